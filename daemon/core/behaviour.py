@@ -1,0 +1,171 @@
+"""Provider behaviour models shared by the daemon's `sandbox` provider and the simulator.
+
+One model, two users: the simulator draws simulated provider answers from it and the daemon's
+in-process `sandbox` provider draws real (slept) answers from it, so a demo on the daemon and a
+drill in the simulator behave alike. Pure: every draw takes the random source as a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from .durations import parse_duration_ms
+
+Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+OutageKind = Literal["down", "hang", "error", "throttle", "slow", "flaky", "no-receipts"]
+FailMode = Literal["none", "down", "hang", "error", "throttle", "slow", "flaky", "no-receipts"]
+OUTAGE_KINDS: tuple[str, ...] = ("down", "hang", "error", "throttle", "slow", "flaky", "no-receipts")
+
+# z-score of the 99th percentile of a standard normal distribution
+_Z99 = 2.3263478740408408
+
+
+class LatencyDist(BaseModel):
+    """Log-normal latency fitted to a median and a 99th percentile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    median: Duration
+    p99: Duration
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LatencyDist":
+        if self.p99 < self.median:
+            raise ValueError("p99 must be at least the median")
+        return self
+
+
+def _latency(value: object) -> object:
+    if isinstance(value, dict):
+        return value
+    ms = parse_duration_ms(value)
+    return {"median": ms, "p99": ms}
+
+
+Latency = Annotated[LatencyDist, BeforeValidator(_latency)]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(ms|s|m|h)\s*$")
+
+
+def _rate(value: object) -> object:
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _RATE.match(value)
+        if not m:
+            raise ValueError(f"bad rate {value!r}; write e.g. \"200/s\" or \"1000/m\"")
+        per = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        return float(m.group(1)) / per
+    raise ValueError(f"bad rate {value!r}; write e.g. \"200/s\"")
+
+
+Rate = Annotated[float, BeforeValidator(_rate), Field(gt=0)]
+
+
+class BehaviourSpec(BaseModel):
+    """A provider's healthy behaviour: latency, error share, rate limit, receipt delay."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    latency: Latency = LatencyDist(median=80, p99=80)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    rate_limit: Rate | None = None
+    receipt_delay: Latency = LatencyDist(median=1000, p99=1000)
+    # parameters of the outage kinds
+    slow_factor: float = Field(default=10.0, ge=1.0)
+    flaky_error_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    throttle_retry_after: Duration = 1000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a provider does with one request.
+
+    kind: "response" (an HTTP-like status after `delay_s`), "refused" (connection refused after
+    `delay_s`), "hang" (never answers). `receipt_delay_s` is set when a 2xx will be followed by a
+    delivered receipt that long after the response; None when no receipt will ever come.
+    """
+
+    kind: Literal["response", "refused", "hang"]
+    delay_s: float = 0.0
+    status: int | None = None
+    retry_after_s: float | None = None
+    receipt_delay_s: float | None = None
+
+
+def sample_latency_s(dist: LatencyDist, rng: random.Random) -> float:
+    """One latency draw in seconds from the log-normal fitted to (median, p99)."""
+    median = dist.median / 1000.0
+    p99 = dist.p99 / 1000.0
+    if p99 <= median or median <= 0:
+        return median
+    sigma = math.log(p99 / median) / _Z99
+    return median * math.exp(sigma * rng.gauss(0.0, 1.0))
+
+
+class RateWindow:
+    """Token bucket over simulated or real time (time passed in); one per provider."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self.rate = rate_per_s
+        self.capacity = max(1.0, rate_per_s or 1.0)
+        self.tokens = self.capacity
+        self.last = 0.0
+
+    def take(self, now: float) -> float | None:
+        """Take one token; None when allowed, else the seconds until the next token."""
+        if self.rate is None:
+            return None
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate
+
+
+def draw_answer(
+    spec: BehaviourSpec,
+    fail: str,
+    rng: random.Random,
+    now: float,
+    window: RateWindow | None = None,
+    confirm_receipt: bool = False,
+) -> Answer:
+    """Draw a provider's answer to one request at time `now` under outage mode `fail`."""
+    if fail == "down":
+        return Answer("refused", delay_s=0.001)
+    if fail == "hang":
+        return Answer("hang")
+    latency = sample_latency_s(spec.latency, rng)
+    if fail == "error":
+        return Answer("response", delay_s=min(latency, 0.05), status=503)
+    if fail == "throttle":
+        return Answer("response", delay_s=min(latency, 0.05), status=429,
+                      retry_after_s=spec.throttle_retry_after / 1000.0)
+    if window is not None:
+        wait = window.take(now)
+        if wait is not None:
+            return Answer("response", delay_s=min(latency, 0.05), status=429,
+                          retry_after_s=max(wait, 0.001))
+    if fail == "slow":
+        latency *= spec.slow_factor
+    error_rate = spec.flaky_error_rate if fail == "flaky" else spec.error_rate
+    if error_rate > 0 and rng.random() < error_rate:
+        return Answer("response", delay_s=latency, status=503)
+    receipt: float | None = None
+    if confirm_receipt and fail != "no-receipts":
+        receipt = sample_latency_s(spec.receipt_delay, rng)
+    return Answer("response", delay_s=latency, status=202 if confirm_receipt else 200,
+                  receipt_delay_s=receipt)
+
+
+__all__ = [
+    "Answer", "BehaviourSpec", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
+    "OutageKind", "RateWindow", "draw_answer", "sample_latency_s", "Union",
+]

@@ -1,0 +1,625 @@
+"""The sans-IO routing engine: one `Delivery` state machine per message.
+
+Inputs, each with `now` (seconds on the driver's clock; the daemon passes wall-anchored monotonic
+time, the simulator SimPy's `env.now`):
+
+    start(now)                              begin routing
+    on_outcome(attempt_id, Outcome, now)    a provider answered (or the connection failed)
+    on_receipt(attempt_id, status, now)     a delivery receipt arrived
+    on_timer(now)                           the wake-up asked for by the last SetTimer came due
+
+Outputs are commands (dataclasses below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
+Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
+the back-off jitter, drawn from the `rng` passed in. Same inputs, same commands.
+
+Semantics (DESIGN.md "Timeout hierarchy", "Outcomes and failover"):
+  * channel deadline = min(channel start + channel timeout, message deadline);
+    attempt deadline = min(attempt start + provider timeout, channel deadline);
+    receipt deadline = min(2xx + receipt_timeout, channel deadline). At a deadline the running
+    attempt is cancelled and counts as a timeout.
+  * retryable outcomes (failover.on; receipt timeout / failed receipt always) retry the same
+    provider while it has retries left and the back-off fits before the channel deadline, else
+    fail over to the next provider; other outcomes fail the channel.
+  * single: items in order until one delivers; all: every item runs, delivered if any is.
+  * a receipt that arrives after failover moved on still counts; deliveries beyond the first in
+    a `single` scope are recorded as duplicates.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Union
+
+from .health import HealthTracker
+from .plan import ChannelStep, GroupStep, Plan, ProviderStep
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt's provider call gave: an HTTP-like status, or a network failure."""
+
+    status: int | None = None
+    network: bool = False
+    retry_after_s: float | None = None
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class StartAttempt:
+    attempt_id: str
+    message_id: str
+    channel: str
+    provider: str
+    try_no: int
+    started_at: float
+    deadline: float
+    idempotency_key: str
+    confirm: str = "response"
+
+
+@dataclass(frozen=True)
+class CancelAttempt:
+    attempt_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """The one wake-up this delivery wants (replaces any earlier one); None: no timer."""
+
+    at: float | None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    event: Event
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: Literal["delivered", "undeliverable", "expired"]
+    at: float
+    delivered_at: float | None
+
+
+Command = Union[StartAttempt, CancelAttempt, SetTimer, RecordEvent, Finish]
+
+AttemptOutcomeName = Literal["delivered", "failed", "timeout", "network", "rejected", "cancelled"]
+
+
+@dataclass
+class AttemptRecord:
+    attempt_id: str
+    channel: str
+    provider: str
+    try_no: int
+    started_at: float
+    deadline: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    status_code: int | None = None
+    receipt_deadline: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempt_id": self.attempt_id, "channel": self.channel, "provider": self.provider,
+                "try": self.try_no, "started_at": self.started_at, "ended_at": self.ended_at,
+                "deadline": self.deadline, "outcome": self.outcome, "status_code": self.status_code}
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+class _Node:
+    parent: "_Group | _Channel | None"
+    result: str | None = None        # None while running; "delivered" | "failed" | "skipped"
+    delivered: bool = False          # something under it delivered (set by late receipts too)
+    started: bool = False
+
+
+class _Group(_Node):
+    def __init__(self, step: GroupStep, parent: "_Group | None") -> None:
+        self.parent = parent
+        self.method = step.method
+        self.children: list[_Node] = [_Channel(s, self) if isinstance(s, ChannelStep) else _Group(s, self)
+                                      for s in step.items]
+        self.idx = 0
+        self.launching = False
+
+
+class _Channel(_Node):
+    def __init__(self, step: ChannelStep, parent: _Group) -> None:
+        self.parent = parent
+        self.step = step
+        self.method = step.method
+        self.children: list[_Node] = [_Run(p, self) for p in step.providers]
+        self.idx = 0
+        self.launching = False
+        self.deadline = 0.0
+        self.rejected = False
+
+
+class _Run(_Node):
+    """One provider inside one channel: its tries, back-off and current attempt."""
+
+    def __init__(self, step: ProviderStep, parent: _Channel) -> None:
+        self.parent = parent
+        self.step = step
+        self.tries = 0
+        self.attempt: AttemptRecord | None = None
+        self.state: Literal["idle", "attempting", "awaiting", "backoff", "done"] = "idle"
+        self.wake_at: float | None = None
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+class Delivery:
+    """Routes one message through its plan. Create one per message (and per resume)."""
+
+    def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
+                 rng: random.Random, health: HealthTracker | None = None, run: int = 0) -> None:
+        self.message_id = message_id
+        self.plan = plan
+        self.recipient = recipient
+        self.accepted_at = accepted_at
+        self.rng = rng
+        self.health = health if health is not None else HealthTracker()
+        self.run = run
+        self.message_deadline = accepted_at + plan.message_timeout_ms / 1000.0
+        self.root = _Group(plan.root, None)
+        self.status: Literal["pending", "delivered", "undeliverable", "expired"] = "pending"
+        self.finished_at: float | None = None
+        self.delivered_at: float | None = None
+        self.attempts: dict[str, AttemptRecord] = {}
+        self.duplicates = 0
+        self._runs: dict[str, _Run] = {}            # attempt_id -> run, for every attempt ever made
+        self._seq = 0
+        self._out: list[Command] = []
+        self._timer: float | None = None
+        self._channels: list[_Channel] = []
+        self._all_runs: list[_Run] = []
+        self._index(self.root)
+
+    def _index(self, node: _Node) -> None:
+        if isinstance(node, _Channel):
+            self._channels.append(node)
+        if isinstance(node, _Run):
+            self._all_runs.append(node)
+        for c in getattr(node, "children", ()):
+            self._index(c)
+
+    # ------------------------------------------------------------------ public inputs
+
+    @property
+    def terminal(self) -> bool:
+        return self.status != "pending"
+
+    @property
+    def next_wakeup(self) -> float | None:
+        return self._timer
+
+    def start(self, now: float) -> list[Command]:
+        self._emit("started", now, route=self.plan.route, policy_version=self.plan.policy_version,
+                   message_deadline=self.message_deadline, run=self.run)
+        if now >= self.message_deadline:
+            self._finish(now)
+        else:
+            self._start_node(self.root, now)
+        return self._flush()
+
+    def on_outcome(self, attempt_id: str, outcome: Outcome, now: float) -> list[Command]:
+        self._advance(now, inclusive=False)
+        run = self._runs.get(attempt_id)
+        if self.terminal or run is None or run.state != "attempting" or run.attempt is None \
+                or run.attempt.attempt_id != attempt_id:
+            return self._flush()         # a cancelled/finished attempt: its answer no longer counts
+        self._handle_outcome(run, outcome, now)
+        self._advance(now, inclusive=True)
+        return self._flush()
+
+    def on_receipt(self, attempt_id: str, status: str, now: float) -> list[Command]:
+        self._advance(now, inclusive=False)
+        run = self._runs.get(attempt_id)
+        rec = self.attempts.get(attempt_id)
+        if run is None or rec is None:
+            self._emit("receipt_unknown", now, attempt_id=attempt_id, status=status)
+            return self._flush()
+        current = run.attempt is not None and run.attempt.attempt_id == attempt_id \
+            and run.state in ("attempting", "awaiting")
+        if self.terminal or not current:
+            self._late_receipt(run, rec, status, now)
+        elif status == "delivered":
+            if run.state == "attempting":
+                self._out.append(CancelAttempt(attempt_id, "receipt arrived before the response"))
+            self._end_attempt(rec, "delivered", rec.status_code, now)
+            self._record_health(run, True, now)
+            self._run_delivered(run, rec, now)
+        else:
+            if run.state == "attempting":
+                self._out.append(CancelAttempt(attempt_id, "failed receipt"))
+            self._end_attempt(rec, "failed", rec.status_code, now)
+            self._record_health(run, False, now)
+            self._retry_or_fail(run, now, None, "failed receipt")
+        self._advance(now, inclusive=True)
+        return self._flush()
+
+    def on_timer(self, now: float) -> list[Command]:
+        self._advance(now, inclusive=True)
+        return self._flush()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _emit(self, type_: str, now: float, **data: Any) -> None:
+        self._out.append(RecordEvent(Event(type_, now, data)))
+
+    def _flush(self) -> list[Command]:
+        want = None if self.terminal else self._earliest()
+        if want != self._timer:
+            self._timer = want
+            self._out.append(SetTimer(want))
+        out, self._out = self._out, []
+        return out
+
+    def _earliest(self) -> float | None:
+        times = [self.message_deadline]
+        for ch in self._channels:
+            if ch.started and ch.result is None:
+                times.append(ch.deadline)
+        for r in self._all_runs:
+            if r.state == "attempting" and r.attempt:
+                times.append(r.attempt.deadline)
+            elif r.state == "awaiting" and r.attempt and r.attempt.receipt_deadline is not None:
+                times.append(r.attempt.receipt_deadline)
+            elif r.state == "backoff" and r.wake_at is not None:
+                times.append(r.wake_at)
+        return min(times)
+
+    def _advance(self, now: float, inclusive: bool) -> None:
+        """Fire every deadline that has come due, earliest first; message before channel before attempt."""
+        for _ in range(10_000):
+            if self.terminal:
+                return
+            due = self._next_due(now, inclusive)
+            if due is None:
+                return
+            kind, t, node = due
+            if kind == "message":
+                self._emit("message_deadline", t)
+                self._finish(t, deadline_hit=True)
+            elif kind == "channel":
+                assert isinstance(node, _Channel)
+                self._emit("channel_deadline", t, channel=node.step.channel)
+                self._cancel_under(node, t, "timeout", "channel deadline")
+                self._complete(node, "failed", t, reason="timeout")
+            elif kind == "attempt":
+                assert isinstance(node, _Run) and node.attempt
+                self._out.append(CancelAttempt(node.attempt.attempt_id, "attempt deadline"))
+                self._end_attempt(node.attempt, "timeout", None, t)
+                self._record_health(node, False, t)
+                self._retry_or_fail(node, t, None, "timeout", retryable=self.plan.failover.timeout)
+            elif kind == "receipt":
+                assert isinstance(node, _Run) and node.attempt
+                self._end_attempt(node.attempt, "timeout", node.attempt.status_code, t)
+                self._emit("receipt_timeout", t, attempt_id=node.attempt.attempt_id)
+                self._record_health(node, False, t)
+                self._retry_or_fail(node, t, None, "receipt timeout")
+            elif kind == "backoff":
+                assert isinstance(node, _Run)
+                node.wake_at = None
+                self._try(node, t)
+        raise RuntimeError("engine: deadline processing did not settle")  # pragma: no cover
+
+    def _next_due(self, now: float, inclusive: bool) -> tuple[str, float, _Node | None] | None:
+        def due(t: float) -> bool:
+            return t <= now if inclusive else t < now
+        best: tuple[float, int, str, _Node | None] | None = None
+
+        def consider(t: float, rank: int, kind: str, node: _Node | None) -> None:
+            nonlocal best
+            if due(t) and (best is None or (t, rank) < (best[0], best[1])):
+                best = (t, rank, kind, node)
+        consider(self.message_deadline, 0, "message", None)
+        for ch in self._channels:
+            if ch.started and ch.result is None:
+                consider(ch.deadline, 1, "channel", ch)
+        for r in self._all_runs:
+            if r.state == "attempting" and r.attempt:
+                consider(r.attempt.deadline, 2, "attempt", r)
+            elif r.state == "awaiting" and r.attempt and r.attempt.receipt_deadline is not None:
+                consider(r.attempt.receipt_deadline, 2, "receipt", r)
+            elif r.state == "backoff" and r.wake_at is not None:
+                consider(r.wake_at, 3, "backoff", r)
+        if best is None:
+            return None
+        return best[2], best[0], best[3]
+
+    # ------------------------------------------------------------------ starting nodes
+
+    def _start_node(self, node: _Node, now: float) -> None:
+        node.started = True
+        if isinstance(node, _Run):
+            self._try(node, now)
+            return
+        if isinstance(node, _Channel):
+            step = node.step
+            if step.requires and not self.recipient.get(step.requires):
+                self._emit("channel_skipped", now, channel=step.channel,
+                           reason=f"recipient has no {step.requires!r}")
+                self._complete(node, "skipped", now)
+                return
+            node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
+            self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
+            if node.deadline <= now:
+                self._complete(node, "failed", now, reason="timeout")
+                return
+        assert isinstance(node, (_Group, _Channel))
+        if not node.children:
+            self._complete(node, "failed", now)
+            return
+        if node.method == "single":
+            node.idx = 0
+            self._start_node(node.children[0], now)
+        else:
+            node.launching = True
+            for child in node.children:
+                if node.result is not None or self.terminal:
+                    break
+                self._start_node(child, now)
+            node.launching = False
+            self._check_all_done(node, now)
+
+    def _try(self, run: _Run, now: float) -> None:
+        step = run.step
+        ch = run.parent
+        assert isinstance(ch, _Channel)
+        if not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
+            self._emit("provider_skipped", now, channel=ch.step.channel, provider=step.provider,
+                       reason="breaker open")
+            self._complete(run, "failed", now, reason="skipped")
+            return
+        run.tries += 1
+        self._seq += 1
+        attempt_id = f"{self.message_id}.{self.run}.{self._seq}"
+        deadline = min(now + step.timeout_ms / 1000.0, ch.deadline)
+        rec = AttemptRecord(attempt_id, ch.step.channel, step.provider, run.tries, now, deadline)
+        self.attempts[attempt_id] = rec
+        self._runs[attempt_id] = run
+        run.attempt = rec
+        run.state = "attempting"
+        self._emit("attempt_started", now, attempt_id=attempt_id, channel=rec.channel, provider=rec.provider,
+                   attempt=run.tries, deadline=deadline)
+        self._out.append(StartAttempt(attempt_id, self.message_id, rec.channel, rec.provider, run.tries, now,
+                                      deadline, f"{self.message_id}:{rec.channel}:{rec.provider}", step.confirm))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _end_attempt(self, rec: AttemptRecord, outcome: str, status: int | None, now: float,
+                     detail: str = "") -> None:
+        rec.ended_at = now
+        rec.outcome = outcome
+        rec.status_code = status
+        data: dict[str, Any] = dict(attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                                    outcome=outcome, status_code=status)
+        if detail:
+            data["detail"] = detail
+        self._emit("attempt_ended", now, **data)
+
+    def _record_health(self, run: _Run, ok: bool, now: float) -> None:
+        s = run.step
+        change = self.health.record(s.provider, ok, s.breaker_failures, s.breaker_cooldown_ms / 1000.0, now)
+        if change:
+            self._emit(f"breaker_{change}", now, provider=s.provider)
+
+    def _handle_outcome(self, run: _Run, o: Outcome, now: float) -> None:
+        rec = run.attempt
+        assert rec is not None
+        rule = self.plan.failover
+        if o.network or o.status is None:
+            self._end_attempt(rec, "network", None, now, o.detail)
+            self._record_health(run, False, now)
+            self._retry_or_fail(run, now, None, "network", retryable=rule.network)
+            return
+        if 200 <= o.status < 300:
+            if run.step.confirm == "receipt":
+                rec.status_code = o.status
+                rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0, run.parent.deadline)
+                run.state = "awaiting"
+                self._emit("attempt_accepted", now, attempt_id=rec.attempt_id, status_code=o.status,
+                           receipt_deadline=rec.receipt_deadline)
+                return
+            self._end_attempt(rec, "delivered", o.status, now)
+            self._record_health(run, True, now)
+            self._run_delivered(run, rec, now)
+            return
+        if rule.status_retryable(o.status):
+            self._end_attempt(rec, "failed", o.status, now, o.detail)
+            self._record_health(run, False, now)
+            self._retry_or_fail(run, now, o.retry_after_s, f"status {o.status}")
+        else:
+            self._end_attempt(rec, "rejected", o.status, now, o.detail)
+            run.state = "done"
+            run.parent.rejected = True
+            self._complete(run, "failed", now, reason=f"rejected with status {o.status}")
+
+    def _retry_or_fail(self, run: _Run, now: float, retry_after: float | None, reason: str,
+                       retryable: bool = True) -> None:
+        step = run.step
+        ch = run.parent
+        assert isinstance(ch, _Channel)
+        run.state = "done"
+        if not retryable:
+            ch.rejected = True
+            self._complete(run, "failed", now, reason=f"{reason} (not in failover.on)")
+            return
+        if run.tries <= step.retries:
+            if retry_after is not None:
+                delay = max(0.0, retry_after)
+            else:
+                cap = min(step.backoff_max_ms, step.backoff_base_ms * (2 ** (run.tries - 1)))
+                delay = self.rng.uniform(0.0, cap / 1000.0)
+            if now + delay < ch.deadline:
+                run.state = "backoff"
+                run.wake_at = now + delay
+                self._emit("retry_scheduled", now, channel=ch.step.channel, provider=step.provider,
+                           at=run.wake_at, delay_s=delay, reason=reason)
+                return
+            self._emit("retry_abandoned", now, channel=ch.step.channel, provider=step.provider,
+                       reason=f"back-off of {delay:.3f}s does not fit before the channel deadline")
+        self._complete(run, "failed", now, reason=reason)
+
+    def _run_delivered(self, run: _Run, rec: AttemptRecord, now: float) -> None:
+        run.state = "done"
+        if self.delivered_at is None:
+            self.delivered_at = now
+        self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider)
+        self._complete(run, "delivered", now)
+
+    def _late_receipt(self, run: _Run, rec: AttemptRecord, status: str, now: float) -> None:
+        self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+                   provider=rec.provider)
+        if status != "delivered" or rec.outcome == "delivered":
+            return
+        rec.outcome = "delivered"
+        self._record_health(run, True, now)
+        if self.terminal:
+            if self.status == "delivered":
+                self.duplicates += 1
+                self._emit("duplicate", now, attempt_id=rec.attempt_id, channel=rec.channel,
+                           provider=rec.provider)
+            return
+        if self.delivered_at is None:
+            self.delivered_at = now
+        self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                   late=True)
+        # Walk up: a single scope that already delivered through another child makes this a
+        # duplicate; a single scope still running is satisfied now and stops what it runs.
+        node: _Node = run
+        node.delivered = True
+        while node.parent is not None:
+            parent = node.parent
+            if parent.method == "single" and parent.delivered:
+                self.duplicates += 1
+                self._emit("duplicate", now, attempt_id=rec.attempt_id, channel=rec.channel,
+                           provider=rec.provider)
+                return
+            parent.delivered = True
+            if parent.result is None and parent.method == "single":
+                self._cancel_under(parent, now, "cancelled", "delivered by a late receipt")
+                self._complete(parent, "delivered", now)
+                return
+            node = parent
+        if self.root.result is not None and not self.terminal:
+            self._finish(now)
+
+    # ------------------------------------------------------------------ completion
+
+    def _complete(self, node: _Node, result: str, now: float, reason: str = "") -> None:
+        if node.result is not None:
+            return
+        node.result = result
+        if result == "delivered":
+            node.delivered = True
+        if isinstance(node, _Run):
+            node.state = "done"
+        if isinstance(node, _Channel):
+            self._cancel_under(node, now, "cancelled", "channel finished")
+            res = "delivered" if node.delivered else result
+            if result != "skipped":
+                self._emit("channel_finished", now, channel=node.step.channel, result=res,
+                           **({"reason": reason} if reason else {}))
+        parent = node.parent
+        if parent is None:
+            self._finish(now)
+            return
+        self._child_done(parent, node, now)
+
+    def _child_done(self, parent: "_Group | _Channel", child: _Node, now: float) -> None:
+        if parent.result is not None or self.terminal:
+            return
+        if child.delivered:
+            parent.delivered = True
+        if parent.method == "single":
+            if child.delivered:
+                self._complete(parent, "delivered", now)
+                return
+            if isinstance(parent, _Channel) and parent.rejected:
+                self._complete(parent, "failed", now, reason="rejected")
+                return
+            parent.idx += 1
+            if parent.idx >= len(parent.children):
+                self._complete(parent, "failed", now, reason="every option exhausted")
+                return
+            nxt = parent.children[parent.idx]
+            kind = "provider" if isinstance(parent, _Channel) else "channel"
+            self._emit("failover", now, kind=kind, **{"from": _name(child), "to": _name(nxt)})
+            self._start_node(nxt, now)
+        else:
+            self._check_all_done(parent, now)
+
+    def _check_all_done(self, node: "_Group | _Channel", now: float) -> None:
+        if node.launching or node.result is not None or self.terminal:
+            return
+        if all(c.result is not None for c in node.children):
+            self._complete(node, "delivered" if node.delivered else "failed", now)
+
+    def _cancel_under(self, node: _Node, now: float, outcome: str, reason: str) -> None:
+        runs = [node] if isinstance(node, _Run) else []
+        stack = list(getattr(node, "children", ()))
+        while stack:
+            n = stack.pop()
+            if isinstance(n, _Run):
+                runs.append(n)
+            stack.extend(getattr(n, "children", ()))
+        for r in runs:
+            if r.state in ("attempting", "awaiting") and r.attempt is not None:
+                if r.state == "attempting":
+                    self._out.append(CancelAttempt(r.attempt.attempt_id, reason))
+                self._end_attempt(r.attempt, outcome, r.attempt.status_code, now, reason)
+            if r.state != "done":
+                r.state = "done"
+                r.wake_at = None
+                if r.result is None:
+                    r.result = "failed"
+        if not isinstance(node, _Run):
+            stack = list(getattr(node, "children", ()))
+            while stack:
+                n = stack.pop()
+                if n.result is None and n.started and not isinstance(n, _Run):
+                    n.result = "failed"
+                stack.extend(getattr(n, "children", ()))
+
+    def _finish(self, now: float, deadline_hit: bool = False) -> None:
+        if self.terminal:
+            return
+        self._cancel_under(self.root, now, "timeout" if deadline_hit else "cancelled",
+                           "message deadline" if deadline_hit else "message finished")
+        if self.root.delivered or self.delivered_at is not None:
+            self.status = "delivered"
+        elif deadline_hit:
+            self.status = "expired"
+        else:
+            self.status = "undeliverable"
+        self.finished_at = now
+        self._emit("finished", now, status=self.status)
+        self._out.append(Finish(self.status, now, self.delivered_at))
+
+
+def _name(node: _Node) -> str:
+    if isinstance(node, _Run):
+        return node.step.provider
+    if isinstance(node, _Channel):
+        return node.step.channel
+    return "group"

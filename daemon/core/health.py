@@ -1,0 +1,69 @@
+"""Per-provider circuit breakers: a pure object shared by every message of one process/run.
+
+closed --(N consecutive retryable failures)--> open --(cooldown)--> half-open: one probe is let
+through (and the breaker re-arms for another cooldown in case the probe vanishes); a success
+closes it, a failure opens it again. Time is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0
+    open_until: float | None = None     # None: closed
+    half_open: bool = False
+
+
+class HealthTracker:
+    def __init__(self) -> None:
+        self._b: dict[str, _Breaker] = {}
+
+    def _get(self, provider: str) -> _Breaker:
+        b = self._b.get(provider)
+        if b is None:
+            b = self._b[provider] = _Breaker()
+        return b
+
+    def allow(self, provider: str, threshold: int | None, cooldown_s: float, now: float) -> bool:
+        """May an attempt on `provider` start now? Consumes the half-open probe if it is one."""
+        if threshold is None:
+            return True
+        b = self._get(provider)
+        if b.open_until is None:
+            return True
+        if now >= b.open_until:
+            b.half_open = True
+            b.open_until = now + cooldown_s    # one probe per cooldown
+            return True
+        return False
+
+    def record(self, provider: str, ok: bool, threshold: int | None, cooldown_s: float, now: float) -> str | None:
+        """Record a success or a retryable failure; return "opened"/"closed" on a transition."""
+        if threshold is None:
+            return None
+        b = self._get(provider)
+        if ok:
+            was_open = b.open_until is not None
+            b.failures, b.open_until, b.half_open = 0, None, False
+            return "closed" if was_open else None
+        b.failures += 1
+        if b.open_until is not None:
+            if b.half_open:
+                b.half_open = False
+                b.open_until = now + cooldown_s
+            return None
+        if b.failures >= threshold:
+            b.open_until = now + cooldown_s
+            return "opened"
+        return None
+
+    def is_open(self, provider: str) -> bool:
+        b = self._b.get(provider)
+        return b is not None and b.open_until is not None
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return {p: {"failures": b.failures, "open": b.open_until is not None, "open_until": b.open_until}
+                for p, b in self._b.items()}

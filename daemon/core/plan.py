@@ -1,0 +1,182 @@
+"""Timeout resolution: a route plus a request's overrides -> a fully resolved failover plan.
+
+Precedence (most specific wins; at equal specificity request > route > file):
+
+  provider P: request providers.P.timeout > [providers.P] timeout > request timeout.provider
+              > route timeouts.provider > [timeouts] provider > 5 min
+  channel C:  request channels.C.timeout > [channels.C] timeout > request timeout.channel
+              > route timeouts.channel > [timeouts] channel > 30 min
+  message:    request timeout.message > route timeouts.message > [timeouts] message > 72 h
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
+                     BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup)
+from .request import MessageRequest
+
+
+class PlanError(Exception):
+    """A request names something the policy lacks (unknown route/channel/provider)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p.key_path}: {p.msg}" for p in problems))
+
+
+@dataclass(frozen=True)
+class FailoverRule:
+    """Which outcomes fail over (retry/next provider); anything else fails the channel."""
+
+    codes: frozenset[int] = frozenset({408, 429})
+    classes: frozenset[int] = frozenset({5})
+    timeout: bool = True
+    network: bool = True
+
+    @classmethod
+    def from_entries(cls, entries: list[int | str]) -> "FailoverRule":
+        codes = frozenset(e for e in entries if isinstance(e, int))
+        classes = frozenset(int(e[0]) for e in entries if isinstance(e, str) and e.endswith("xx"))
+        return cls(codes, classes, "timeout" in entries, "network" in entries)
+
+    def status_retryable(self, status: int) -> bool:
+        return status in self.codes or status // 100 in self.classes
+
+
+@dataclass(frozen=True)
+class ProviderStep:
+    provider: str
+    timeout_ms: int
+    retries: int = 0
+    confirm: str = "response"
+    receipt_timeout_ms: int = 120_000
+    backoff_base_ms: int = 500
+    backoff_max_ms: int = 30_000
+    breaker_failures: int | None = 5       # None: breaker off
+    breaker_cooldown_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class ChannelStep:
+    channel: str
+    timeout_ms: int
+    providers: tuple[ProviderStep, ...]
+    method: str = "single"
+    requires: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupStep:
+    method: str
+    items: tuple[Union[ChannelStep, "GroupStep"], ...]
+
+
+Step = Union[ChannelStep, GroupStep]
+
+
+@dataclass(frozen=True)
+class Plan:
+    route: str
+    method: str
+    message_timeout_ms: int
+    items: tuple[Step, ...]
+    failover: FailoverRule = field(default_factory=FailoverRule)
+    policy_version: str = ""
+
+    @property
+    def root(self) -> GroupStep:
+        return GroupStep(self.method, self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"route": self.route, "method": self.method,
+                "message_timeout_ms": self.message_timeout_ms,
+                "items": [_step_json(s) for s in self.items]}
+
+
+def _step_json(step: Step) -> dict[str, Any]:
+    if isinstance(step, GroupStep):
+        return {"method": step.method, "items": [_step_json(s) for s in step.items]}
+    return {"channel": step.channel, "method": step.method, "timeout_ms": step.timeout_ms,
+            "requires": step.requires,
+            "providers": [{"provider": p.provider, "timeout_ms": p.timeout_ms, "retries": p.retries,
+                           "confirm": p.confirm,
+                           **({"receipt_timeout_ms": p.receipt_timeout_ms} if p.confirm == "receipt" else {}),
+                           "breaker": None if p.breaker_failures is None else
+                           {"failures": p.breaker_failures, "cooldown_ms": p.breaker_cooldown_ms}}
+                          for p in step.providers]}
+
+
+def _first(*values: int | None) -> int:
+    for v in values:
+        if v is not None:
+            return v
+    raise AssertionError("unreachable: the last value is a built-in default")
+
+
+def resolve_plan(policy: Policy, route: str | None = None, request: MessageRequest | None = None) -> Plan:
+    """Resolve a route (and a send request's overrides) into a plan with every timeout set."""
+    m = policy.model
+    route_name = route if route is not None else (request.route if request and request.route else "default")
+    problems: list[Problem] = []
+    if route_name not in m.routes:
+        known = ", ".join(sorted(m.routes)) or "none defined"
+        raise PlanError([Problem(("message", "route"), f"unknown route {route_name!r}; routes: {known}")])
+    r = m.routes[route_name]
+    req_t = request.timeout if request and request.timeout else None
+    req_channels = request.channels if request else {}
+    req_providers = request.providers if request else {}
+    method, items = r.method, r.channels
+    if request is not None and request.routing is not None:
+        method, items = request.routing.method, request.routing.channels
+
+    for name in req_channels:
+        if name not in m.channels:
+            problems.append(Problem(("message", "channels", name), f"unknown channel {name!r}"))
+    for name in req_providers:
+        if name not in m.providers:
+            problems.append(Problem(("message", "providers", name), f"unknown provider {name!r}"))
+
+    message_ms = _first(req_t.message if req_t else None, r.timeouts.message, m.timeouts.message,
+                        BUILTIN_MESSAGE_TIMEOUT_MS)
+
+    def provider_step(pname: str) -> ProviderStep:
+        p = m.providers[pname]
+        ov = req_providers.get(pname)
+        t = _first(ov.effective_timeout if ov else None, p.timeout, req_t.provider if req_t else None,
+                   r.timeouts.provider, m.timeouts.provider, BUILTIN_PROVIDER_TIMEOUT_MS)
+        br = p.breaker
+        return ProviderStep(pname, t, p.retries, p.confirm, p.receipt_timeout, p.backoff.base, p.backoff.max,
+                            None if br is False else br.failures, 0 if br is False else br.cooldown)
+
+    def channel_step(cname: str) -> ChannelStep:
+        c = m.channels[cname]
+        ov = req_channels.get(cname)
+        t = _first(ov.effective_timeout if ov else None, c.timeout, req_t.channel if req_t else None,
+                   r.timeouts.channel, m.timeouts.channel, BUILTIN_CHANNEL_TIMEOUT_MS)
+        return ChannelStep(cname, t, tuple(provider_step(p) for p in c.providers), c.method, c.requires)
+
+    def build(seq: list, loc: tuple, depth: int = 0) -> tuple[Step, ...]:
+        out: list[Step] = []
+        if depth > 16:
+            problems.append(Problem(loc, "routing nesting is deeper than 16 levels"))
+            return ()
+        for i, item in enumerate(seq):
+            if isinstance(item, str):
+                if item not in m.channels:
+                    problems.append(Problem(loc + (i,), f"unknown channel {item!r}"))
+                    continue
+                out.append(channel_step(item))
+            elif isinstance(item, RouteGroup):
+                out.append(GroupStep(item.method, build(item.channels, loc + (i, "channels"), depth + 1)))
+        return tuple(out)
+
+    loc = ("message", "routing", "channels") if request is not None and request.routing is not None \
+        else ("routes", route_name, "channels")
+    steps = build(list(items), loc)
+    if problems:
+        raise PlanError(problems)
+    return Plan(route_name, method, message_ms, steps, FailoverRule.from_entries(list(m.failover.on)),
+                policy.version)

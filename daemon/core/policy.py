@@ -1,0 +1,388 @@
+"""The routing.toml model: pydantic models, ${VAR} interpolation, validation with key paths.
+
+`load_policy(path)` gives an immutable `Policy` whose `version` is the content hash of the
+file, or raises `PolicyError` listing every problem as "PATH: key.path: reason".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Mapping, Union
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator)
+
+from .behaviour import BehaviourSpec, Duration, FailMode
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+BUILTIN_PROVIDER_TIMEOUT_MS = 5 * 60_000
+BUILTIN_CHANNEL_TIMEOUT_MS = 30 * 60_000
+BUILTIN_MESSAGE_TIMEOUT_MS = 72 * 3_600_000
+DEFAULT_FAILOVER_ON: tuple[int | str, ...] = (408, 429, "5xx", "timeout", "network")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- daemon section
+
+
+class MqttSection(Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "routingd"
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    qos: Literal[0, 1, 2] = 1
+    shared_subscription: bool = False
+    subscribe: bool = True
+    tls: bool = False
+    ca_file: str | None = None
+    buffer: int = Field(default=10_000, ge=1)
+    keepalive: int = Field(default=30, ge=1)
+
+
+class DaemonSection(Strict):
+    listen: str = "127.0.0.1:8080"
+    state: str = "routingd.db"
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+    mqtt: MqttSection | None = None
+    max_body: int = Field(default=256 * 1024, ge=1024)
+    max_inflight: int = Field(default=100_000, ge=1)
+    grace: Duration = 10_000
+    retention: Duration = 7 * 24 * 3_600_000
+    idempotency_ttl: Duration = 24 * 3_600_000
+    watch: bool = True
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _drop_empty(cls, v: Any) -> Any:
+        # "${ROUTINGD_TOKEN}" with the variable unset interpolates to "": no token.
+        if isinstance(v, list):
+            return [t for t in v if not (isinstance(t, str) and t == "")]
+        return v
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class TimeoutsSection(Strict):
+    provider: Duration | None = None
+    channel: Duration | None = None
+    message: Duration | None = None
+
+
+def _failover_entry(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("expected a status code, \"4xx\", \"5xx\", \"timeout\" or \"network\"")
+    if isinstance(v, int):
+        if not 100 <= v <= 599:
+            raise ValueError(f"status code {v} is not between 100 and 599")
+        return v
+    if isinstance(v, str) and v in ("timeout", "network", "4xx", "5xx"):
+        return v
+    if isinstance(v, str) and v.isdigit():
+        return _failover_entry(int(v))
+    raise ValueError(f"bad failover outcome {v!r}; expected a status code, \"4xx\", \"5xx\", "
+                     "\"timeout\" or \"network\"")
+
+
+FailoverEntry = Annotated[Union[int, str], BeforeValidator(_failover_entry)]
+
+
+class FailoverSection(Strict):
+    on: list[FailoverEntry] = Field(default_factory=lambda: list(DEFAULT_FAILOVER_ON))
+
+
+class BreakerSection(Strict):
+    failures: int = Field(default=5, ge=1, le=10_000)
+    cooldown: Duration = 30_000
+
+
+class BackoffSection(Strict):
+    base: Duration = 500
+    max: Duration = 30_000
+
+
+def _breaker(v: Any) -> Any:
+    if v is True:
+        return {}
+    return v
+
+
+class ProviderBase(Strict):
+    timeout: Duration | None = None
+    retries: int = Field(default=0, ge=0, le=100)
+    confirm: Literal["response", "receipt"] = "response"
+    receipt_timeout: Duration = 120_000
+    receipt_secret: SecretStr | None = None
+    breaker: Annotated[Union[BreakerSection, Literal[False]], BeforeValidator(_breaker)] = BreakerSection()
+    backoff: BackoffSection = BackoffSection()
+
+
+class HttpProvider(ProviderBase):
+    type: Literal["http"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"url must start with http:// or https:// and name a host, got {v!r}")
+        return v
+
+
+class MqttProvider(ProviderBase):
+    type: Literal["mqtt"]
+    topic: str
+    qos: Literal[1, 2] = 1
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v or "#" in v or "+" in v:
+            raise ValueError("topic must be a non-empty topic name without the wildcards + and #")
+        return v
+
+
+class SandboxProvider(ProviderBase, BehaviourSpec):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["sandbox"]
+    fail: FailMode = "none"
+
+
+Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- channels, routes
+
+
+class ChannelSection(Strict):
+    providers: list[str] = Field(min_length=1)
+    method: Literal["single", "all"] = "single"
+    timeout: Duration | None = None
+    requires: str | None = None
+
+
+class RouteGroup(Strict):
+    method: Literal["single", "all"] = "single"
+    channels: list["RouteItem"] = Field(min_length=1)
+
+
+RouteItem = Union[str, RouteGroup]
+RouteGroup.model_rebuild()
+
+
+class RouteSection(Strict):
+    method: Literal["single", "all"] = "single"
+    channels: list[RouteItem] = Field(min_length=1)
+    timeouts: TimeoutsSection = TimeoutsSection()
+
+
+class PolicyModel(Strict):
+    version: Literal[1] = 1
+    daemon: DaemonSection = DaemonSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
+    failover: FailoverSection = FailoverSection()
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    channels: dict[str, ChannelSection] = Field(default_factory=dict)
+    routes: dict[str, RouteSection] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: tuple[str | int, ...]
+    msg: str
+
+    @property
+    def key_path(self) -> str:
+        return ".".join(str(p) for p in self.loc) or "(file)"
+
+
+class PolicyError(Exception):
+    """routing.toml (or a scenario file) is invalid; `problems` lists every reason."""
+
+    def __init__(self, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
+
+
+def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    out: list[Problem] = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
+            p in ("http", "mqtt", "sandbox", "str", "RouteGroup", "int", "BreakerSection")
+            or p.startswith("literal[") or p.startswith("function-"))))
+        msg = e["msg"]
+        for pre in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(pre):
+                msg = msg[len(pre):]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(Problem(prefix + loc, msg))
+    # Unions report once per branch; keep the first message per location.
+    seen: dict[tuple, Problem] = {}
+    for p in out:
+        seen.setdefault(p.loc, p)
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- interpolation
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(raw: Any, env: Mapping[str, str], loc: tuple = (), problems: list[Problem] | None = None) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed TOML tree."""
+    if problems is None:
+        problems = []
+    if isinstance(raw, dict):
+        return {k: interpolate(v, env, loc + (k,), problems) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [interpolate(v, env, loc + (i,), problems) for i, v in enumerate(raw)]
+    if isinstance(raw, str) and "${" in raw:
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            # api_tokens may name an unset variable: that simply means "no token".
+            if loc[:2] == ("daemon", "api_tokens"):
+                return ""
+            problems.append(Problem(loc, f"environment variable {name} is not set "
+                                         f"(write ${{{name}:-}} to default it to empty)"))
+            return ""
+        return _VAR.sub(sub, raw)
+    return raw
+
+
+# --------------------------------------------------------------------------- the snapshot
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An immutable, validated policy snapshot. `version` is the content hash."""
+
+    model: PolicyModel
+    version: str
+    source: str
+    path: str
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def providers(self) -> dict[str, Any]:
+        return self.model.providers
+
+    @property
+    def channels(self) -> dict[str, ChannelSection]:
+        return self.model.channels
+
+    @property
+    def routes(self) -> dict[str, RouteSection]:
+        return self.model.routes
+
+
+def _check_names(kind: str, names: Any, problems: list[Problem]) -> None:
+    for name in names:
+        if not NAME_RE.match(str(name)):
+            problems.append(Problem((kind, name), "name may hold only letters, digits, '_', '-' and '.'"))
+
+
+def _check_items(items: list, loc: tuple, channels: Mapping[str, Any], problems: list[Problem], depth: int = 0) -> None:
+    if depth > 16:
+        problems.append(Problem(loc, "route nesting is deeper than 16 levels"))
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            if item not in channels:
+                problems.append(Problem(loc + (i,), f"unknown channel {item!r}"
+                                        + (f"; defined channels: {', '.join(sorted(channels))}" if channels else "")))
+        else:
+            _check_items(item.channels, loc + (i, "channels"), channels, problems, depth + 1)
+
+
+def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
+    """Cross-references the schema cannot see: unknown providers/channels, timeout sanity."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    _check_names("providers", model.providers, problems)
+    _check_names("channels", model.channels, problems)
+    _check_names("routes", model.routes, problems)
+    for cname, ch in model.channels.items():
+        for i, p in enumerate(ch.providers):
+            if p not in model.providers:
+                problems.append(Problem(("channels", cname, "providers", i), f"unknown provider {p!r}"
+                                        + (f"; defined providers: {', '.join(sorted(model.providers))}" if model.providers else "")))
+        if len(set(ch.providers)) != len(ch.providers):
+            problems.append(Problem(("channels", cname, "providers"), "a provider is listed twice"))
+    for rname, r in model.routes.items():
+        _check_items(r.channels, ("routes", rname, "channels"), model.channels, problems)
+    for pname, p in model.providers.items():
+        if p.backoff.max < p.backoff.base:
+            problems.append(Problem(("providers", pname, "backoff", "max"), "must be at least backoff.base"))
+    msg_default = model.timeouts.message or BUILTIN_MESSAGE_TIMEOUT_MS
+    for cname, ch in model.channels.items():
+        if ch.timeout is not None and ch.timeout > msg_default:
+            warnings.append(f"channels.{cname}.timeout ({ch.timeout} ms) is larger than the message timeout "
+                            f"({msg_default} ms); the message deadline will cut it short")
+    for rname, r in model.routes.items():
+        mt = r.timeouts.message or msg_default
+        ct = r.timeouts.channel
+        if ct is not None and ct > mt:
+            warnings.append(f"routes.{rname}.timeouts.channel ({ct} ms) is larger than its message timeout ({mt} ms)")
+    if model.routes and "default" not in model.routes:
+        warnings.append("no [routes.default]: every send must name a route or carry inline routing")
+    return problems, warnings
+
+
+def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None) -> Policy:
+    """Parse and validate routing.toml text; raise PolicyError with every problem found."""
+    import os  # environment only, read once here: no I/O beyond it
+
+    env = dict(os.environ) if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(path, [Problem((), f"not valid TOML: {e}")]) from None
+    problems: list[Problem] = []
+    raw = interpolate(raw, env, (), problems)
+    try:
+        model = PolicyModel.model_validate(raw)
+    except ValidationError as e:
+        raise PolicyError(path, problems + problems_from_validation(e)) from None
+    ref_problems, warnings = validate_references(model)
+    problems += ref_problems
+    if problems:
+        raise PolicyError(path, problems)
+    version = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Policy(model=model, version=version, source=text, path=path, warnings=tuple(warnings))
+
+
+def load_policy(path: str, env: Mapping[str, str] | None = None) -> Policy:
+    """Read and validate a routing.toml file (the one file read this package does)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PolicyError(path, [Problem((), f"cannot read file: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
+    return parse_policy(text, path, env)
