@@ -1,0 +1,72 @@
+"""The one small interface every provider adapter implements (http, sandbox, mqtt, ...).
+
+The runtime starts one `send()` task per StartAttempt command and cancels the task when the
+engine says CancelAttempt (deadline hit, delivered elsewhere). An adapter therefore never needs
+its own timeout logic: it answers with an engine `Outcome`, or is cancelled.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .core.engine import Outcome
+
+
+@dataclass(frozen=True)
+class AttemptRequest:
+    message_id: str
+    attempt_id: str
+    channel: str
+    provider: str
+    try_no: int
+    deadline_s: float                 # seconds left until the attempt deadline when sent
+    idempotency_key: str              # "<message_id>:<channel>:<provider>"
+    to: dict[str, Any] = field(default_factory=dict)
+    content: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body providers receive (DESIGN.md "Send API")."""
+        return {"message_id": self.message_id, "attempt_id": self.attempt_id, "channel": self.channel,
+                "to": self.to, "content": self.content, "metadata": self.metadata}
+
+
+class ProviderAdapter(ABC):
+    """Sends one attempt to one provider. Instances are built per provider per policy snapshot."""
+
+    name: str
+
+    @abstractmethod
+    async def send(self, req: AttemptRequest) -> Outcome:
+        """Deliver (or hand over) one attempt; may be cancelled at any await."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources when the policy snapshot that built it is retired."""
+
+
+@dataclass
+class AdapterContext:
+    """Shared, process-wide resources adapters may use."""
+
+    http_session: Any = None          # one aiohttp.ClientSession per process
+    mqtt: Any = None                  # the daemon's MQTT connection (daemon/mqtt.py), if configured
+    rng_seed: int | None = None
+
+
+AdapterFactory = Callable[[str, Any, AdapterContext], ProviderAdapter]
+_FACTORIES: dict[str, AdapterFactory] = {}
+
+
+def register_adapter(type_name: str, factory: AdapterFactory) -> None:
+    """Register the factory for a provider `type` (called by each adapter module on import)."""
+    _FACTORIES[type_name] = factory
+
+
+def build_adapter(name: str, config: Any, ctx: AdapterContext) -> ProviderAdapter:
+    try:
+        factory = _FACTORIES[config.type]
+    except KeyError:
+        raise LookupError(f"provider {name!r}: no adapter for type {config.type!r}") from None
+    return factory(name, config, ctx)
