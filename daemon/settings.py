@@ -1,0 +1,187 @@
+"""Process settings of `routingd serve`, with their precedence.
+
+    CLI flags (--config, --listen, --state)  >  ROUTINGD_* environment  >  [daemon] of routing.toml
+    >  built-in defaults
+
+The config path itself cannot come from the file it names: it is `--config`, else
+`ROUTINGD_CONFIG`, else `./routing.toml` (`config_path()`). `ROUTINGD_API_TOKENS` takes a
+comma-separated list (or a JSON list); tokens are `SecretStr` and never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Mapping
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .core.behaviour import Duration
+from .core.policy import MqttSection, Policy
+
+ENV_PREFIX = "ROUTINGD_"
+DEFAULT_CONFIG = "routing.toml"
+
+
+class SettingsError(Exception):
+    """Settings are unusable; `lines()` gives one actionable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """"HOST:PORT" or "[V6]:PORT" -> ListenAddress; ValueError with a readable reason."""
+    v = value.strip()
+    if v.startswith("["):
+        host, sep, port = v[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"listen address {value!r}: write an IPv6 host as [::1]:8080")
+    else:
+        host, sep, port = v.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+        if ":" in host:
+            raise ValueError(f"listen address {value!r}: write an IPv6 host as [::1]:8080")
+    if not host:
+        raise ValueError(f"listen address {value!r} has no host (use 0.0.0.0 for every interface)")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {value!r}: port must be a number from 0 to 65535")
+    return ListenAddress(host, int(port))
+
+
+class _DaemonTableSource(PydanticBaseSettingsSource):
+    """The [daemon] table of routing.toml (already validated and ${VAR}-interpolated)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], table: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._table = dict(table)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._table.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._table.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="ignore", frozen=True)
+
+    config: str = DEFAULT_CONFIG
+    listen: str = "127.0.0.1:8080"
+    state: str = "routingd.db"
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    mqtt: MqttSection | None = None
+    max_body: int = Field(default=256 * 1024, ge=1024)
+    max_inflight: int = Field(default=100_000, ge=1)
+    grace: Duration = 10_000
+    retention: Duration = 7 * 24 * 3_600_000
+    idempotency_ttl: Duration = 24 * 3_600_000
+    watch: bool = True
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            s = v.strip()
+            if s.startswith("["):
+                import json
+                try:
+                    v = json.loads(s)
+                except ValueError:
+                    raise ValueError("ROUTINGD_API_TOKENS: not a JSON list; "
+                                     "write tokens separated by commas") from None
+            else:
+                v = [t.strip() for t in s.split(",")]
+        if isinstance(v, list):
+            return [t for t in v if not (isinstance(t, str) and t.strip() == "")
+                    and not (isinstance(t, SecretStr) and t.get_secret_value() == "")]
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    # The [daemon] table, bound per load by a throwaway subclass (see load_settings()).
+    daemon_table: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   env_settings: Any, dotenv_settings: Any,
+                                   file_secret_settings: Any) -> tuple[Any, ...]:
+        return (init_settings, env_settings, _DaemonTableSource(settings_cls, cls.daemon_table))
+
+    @property
+    def listen_address(self) -> ListenAddress:
+        return parse_listen(self.listen)
+
+    def token_values(self) -> list[bytes]:
+        return [t.get_secret_value().encode() for t in self.api_tokens]
+
+
+def config_path(cli_value: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """--config > ROUTINGD_CONFIG > ./routing.toml"""
+    env = os.environ if env is None else env
+    return cli_value or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG
+
+
+def load_settings(policy: Policy | None, *, config: str, listen: str | None = None,
+                  state: str | None = None) -> Settings:
+    """Merge CLI flags > ROUTINGD_* env > policy [daemon] table > defaults; SettingsError if bad."""
+    table: dict[str, Any] = {}
+    if policy is not None:
+        table = policy.model.daemon.model_dump(exclude_unset=True)  # dicts, so env merges in
+    cli: dict[str, Any] = {"config": config}
+    if listen is not None:
+        cli["listen"] = listen
+    if state is not None:
+        cli["state"] = state
+
+    class _Bound(Settings):
+        daemon_table = table
+
+    try:
+        bound = _Bound(**cli)
+    except ValidationError as e:
+        raise SettingsError([_problem_line(err) for err in e.errors()]) from None
+    except ValueError as e:  # pydantic-settings' SettingsError for undecodable env values
+        raise SettingsError([str(e)]) from None
+    return bound
+
+
+def _problem_line(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid"))
+    for pre in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(pre):
+            msg = msg[len(pre):]
+    return f"setting {loc} (daemon.{loc} / {ENV_PREFIX}{loc.upper().replace('.', '__')}): {msg}"
