@@ -1,0 +1,561 @@
+"""The `routingd` command line: check, explain, init; serve and simulate are delegated.
+
+    routingd check [PATH...]                      validate routing.toml (exit 0 ok, 1 invalid)
+    routingd explain ROUTE [--config PATH] [--message FILE.json] [--json]
+    routingd init [PATH] [--force]                write a commented starter routing.toml
+    routingd serve ...                            daemon.service
+    routingd simulate ...                         simulator.cli
+
+Every error is one line on stderr and a non-zero exit (1: the input is invalid, 2: usage or an
+unavailable subcommand, 130: interrupted); never a traceback (ROUTINGD_DEBUG=1 shows one for an
+internal error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import stat
+import sys
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable, NoReturn, Sequence
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_CONFIG = "routing.toml"
+CONFIG_ENV = "ROUTINGD_CONFIG"
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def default_config() -> str:
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("routingd")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0+unknown"
+
+
+def _err(line: str) -> None:
+    print(" ".join(line.split("\n")), file=sys.stderr)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class InputError(Exception):
+    """An input file cannot be used; `lines` are ready to print, one problem each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def read_text(path: str) -> str:
+    """Read a UTF-8 text file (or stdin for "-"), refusing directories, devices and huge files."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise InputError([f"{path}: cannot read file: {e.strerror or e}"]) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError([f"{path}: is a directory, not a file"])
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError([f"{path}: not a regular file"])
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
+        except OSError as e:
+            raise InputError([f"{path}: cannot read file: {e.strerror or e}"]) from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError([f"{path}: file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError([f"{path}: not UTF-8 text (invalid byte at offset {e.start})"]) from None
+
+
+def load(path: str) -> Any:
+    """Load and validate a routing.toml; InputError with one line per problem."""
+    from .core.policy import PolicyError, parse_policy
+
+    label = "<stdin>" if path == "-" else path
+    text = read_text(path)
+    try:
+        return parse_policy(text, label)
+    except PolicyError as e:
+        raise InputError(e.lines()) from None
+
+
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    paths = args.paths or [default_config()]
+    status = EXIT_OK
+    for path in paths:
+        label = "<stdin>" if path == "-" else path
+        try:
+            policy = load(path)
+        except InputError as e:
+            for line in e.lines:
+                _err(line)
+            status = EXIT_INVALID
+            continue
+        m = policy.model
+        print(f"{label}: ok (version {policy.version}; {_plural(len(m.providers), 'provider')}, "
+              f"{_plural(len(m.channels), 'channel')}, {_plural(len(m.routes), 'route')})")
+        for w in policy.warnings:
+            _err(f"{label}: warning: {w}")
+    return status
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def load_request(path: str) -> Any:
+    """Read a send request body ({"message": {...}}) as POST /v1/send would take it."""
+    from pydantic import ValidationError
+
+    from .core.policy import problems_from_validation
+    from .core.request import SendRequest
+
+    label = "<stdin>" if path == "-" else path
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError([f"{label}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
+    try:
+        return SendRequest.model_validate(data).message
+    except ValidationError as e:
+        raise InputError([f"{label}: {p.key_path}: {p.msg}" for p in problems_from_validation(e)]) from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.plan import PlanError, resolve_plan
+    from .explain import render_tree, timeout_sources
+
+    config = args.config or default_config()
+    try:
+        policy = load(config)
+        request = load_request(args.message) if args.message else None
+    except InputError as e:
+        for line in e.lines:
+            _err(line)
+        return EXIT_INVALID
+    route = args.route
+    if route is None:
+        route = request.route if request is not None and request.route else "default"
+    elif request is not None and request.route and request.route != route:
+        _err(f"{args.message}: warning: message.route {request.route!r} is ignored; "
+             f"explaining route {route!r}")
+    try:
+        plan = resolve_plan(policy, route, request)
+    except PlanError as e:
+        for p in e.problems:
+            if p.loc == ("message", "route") and args.route is not None:
+                _err(f"routingd explain: {p.msg}")
+            else:
+                where = args.message if p.loc[:1] == ("message",) and args.message else policy.path
+                _err(f"{where}: {p.key_path}: {p.msg}")
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        sources = timeout_sources(policy, route, request)
+        recipient = dict(request.to) if request is not None else None
+        sys.stdout.write(render_tree(plan, sources, recipient, list(policy.model.failover.on)))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- init
+
+
+def starter_document() -> dict[str, Any]:
+    """The starter routing.toml as data; works out of the box (sandbox providers only)."""
+    return {
+        "version": 1,
+        "daemon": {"listen": "127.0.0.1:8080", "state": "routingd.db",
+                   "api_tokens": ["${ROUTINGD_TOKEN}"]},
+        "timeouts": {"provider": "5s", "channel": "30s", "message": "5m"},
+        "failover": {"on": [408, 429, "5xx", "timeout", "network"]},
+        "providers": {
+            "email-primary": {"type": "sandbox", "latency": {"median": "80ms", "p99": "400ms"},
+                              "error_rate": 0.01, "retries": 1, "fail": "none"},
+            "email-backup": {"type": "sandbox", "latency": {"median": "120ms", "p99": "600ms"},
+                             "error_rate": 0.01, "fail": "none"},
+            "sms": {"type": "sandbox", "latency": {"median": "200ms", "p99": "1s"},
+                    "error_rate": 0.02, "timeout": "10s", "fail": "none"},
+            "push": {"type": "sandbox", "latency": {"median": "60ms", "p99": "300ms"},
+                     "error_rate": 0.01, "breaker": {"failures": 5, "cooldown": "30s"}, "fail": "none"},
+        },
+        "channels": {
+            "email": {"providers": ["email-primary", "email-backup"], "method": "single",
+                      "requires": "email"},
+            "push": {"providers": ["push"], "requires": "user_id"},
+            "sms": {"providers": ["sms"], "requires": "phone_number", "timeout": "1m"},
+        },
+        "routes": {
+            "default": {"method": "single", "channels": ["email", "push", "sms"]},
+            "urgent": {"method": "all", "channels": ["email", "sms"],
+                       "timeouts": {"provider": "2s", "channel": "10s", "message": "1m"}},
+        },
+    }
+
+
+_HTTP_EXAMPLE = {"providers": {"ses": {
+    "type": "http", "url": "https://email.example.com/send",
+    "headers": {"Authorization": "Bearer ${SES_TOKEN}"},
+    "timeout": "20s", "retries": 1, "confirm": "receipt", "receipt_timeout": "2m",
+    "receipt_secret": "${SES_RECEIPT_SECRET}",
+}}}
+
+_MQTT_EXAMPLE = {"providers": {"devices": {
+    "type": "mqtt", "topic": "devices/{to.user_id}/notify", "qos": 1}}}
+
+# Comment lines above each part of the starter file, and short comments after some keys.
+_HEADER = """\
+# routing.toml — the routingd routing policy (written by `routingd init`).
+#
+# Which channels (email, sms, push, ...) and which providers inside each channel routingd tries
+# for a message, in which order, and how long it waits at each level. Check it with
+#     routingd check routing.toml
+# and see the resolved failover plan of a route, with every effective timeout, with
+#     routingd explain default
+# Every key is described in docs/configuration.md. Durations are strings ("250ms", "10s", "5m",
+# "72h", "1m30s") or integers in milliseconds; "${VAR}" is replaced from the environment.
+"""
+
+_SECTIONS: list[tuple[str, str]] = [
+    ("version", ""),
+    ("daemon", """\
+# Process settings. listen: HOST:PORT of the HTTP API; state: the SQLite file that keeps every
+# message durable; api_tokens: bearer tokens the API accepts (an unset variable = no token; no
+# tokens at all = no auth, only allowed on a loopback address). Add [daemon.mqtt] to publish
+# delivery events over MQTT."""),
+    ("timeouts", """\
+# Default timeouts for every route (built-in when absent: provider 5m, channel 30m, message 72h).
+# provider: one attempt at one provider; channel: all attempts in a channel together; message:
+# the whole delivery. The most specific setting wins: [providers.X] timeout beats these, and so
+# does a route's `timeouts` or a send request's own `timeout`."""),
+    ("failover", """\
+# Outcomes that fail over (retry the provider if it has retries left, else try the next
+# provider). Any other outcome — e.g. 400, 401, 422 — fails the channel; the route goes on."""),
+    ("providers", """\
+# Providers. These are `sandbox` providers: in-process stand-ins with the simulator's provider
+# model, so this file works with no outside service. latency is a log-normal fitted to a median
+# and a 99th percentile (or one duration for a constant); error_rate is the share of 5xx answers.
+# Switch an outage on with fail = "down" | "hang" | "error" | "throttle" | "slow" | "flaky" |
+# "no-receipts", save, and watch the failover (the daemon reloads the file by itself).
+# Common keys: timeout, retries (extra tries before failing over, default 0), confirm
+# ("response" or "receipt"), receipt_timeout, breaker (= false turns the circuit breaker off),
+# backoff = { base, max }."""),
+    ("channels", """\
+# Channels. providers: in priority order (provider failover). method: "single" tries one
+# provider at a time, "all" sends through every provider. requires: the recipient field
+# (message.to.FIELD) this channel needs; a message without it skips the channel."""),
+    ("routes", """\
+# Routes: named routing policies a send request picks with "route" (none named: default).
+# method "single" tries the channels in order until one delivers (channel failover); "all" fans
+# out to every channel at once. Items may nest: { method = "all", channels = ["sms", "push"] }.
+# A route's `timeouts` override [timeouts] for the messages it routes."""),
+]
+
+_KEY_COMMENTS: dict[tuple[str, str], str] = {
+    ("daemon", "api_tokens"): "unset ROUTINGD_TOKEN: no auth (loopback only)",
+    ("providers.email-primary", "retries"): "one extra try before failing over to email-backup",
+    ("providers.email-primary", "fail"): "none | down | hang | error | throttle | slow | flaky | no-receipts",
+    ("providers.sms", "timeout"): "this provider's own timeout beats [timeouts] provider",
+    ("channels.sms", "timeout"): "this channel's own timeout beats [timeouts] channel",
+    ("routes.default", "channels"): "email, else push, else sms",
+    ("routes.urgent", "channels"): "email and sms at once",
+}
+
+
+def _collapse_arrays(fragment: str, width: int = 100) -> str:
+    """Put tomli-w's one-item-per-line arrays of scalars on one line when they fit."""
+    out: list[str] = []
+    lines = fragment.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.endswith(" = [") and not line.startswith(" "):
+            items: list[str] = []
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("    ") and lines[j].endswith(","):
+                items.append(lines[j].strip()[:-1])
+                j += 1
+            if j < len(lines) and lines[j] == "]" and items \
+                    and not any(it.startswith(("[", "{")) for it in items):
+                joined = f"{line}{', '.join(items)}]"
+                if len(joined) <= width:
+                    out.append(joined)
+                    i = j + 1
+                    continue
+        out.append(line)
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def _annotate(fragment: str) -> str:
+    """Append the _KEY_COMMENTS to the key lines of a tomli-w fragment."""
+    out: list[str] = []
+    table = ""
+    for line in _collapse_arrays(fragment).splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            table = line.strip("[]")
+        else:
+            key = line.split(" = ", 1)[0]
+            comment = _KEY_COMMENTS.get((table, key))
+            if comment and " = " in line:
+                line = f"{line}  # {comment}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def starter_text() -> str:
+    """The commented starter file: the document dumped by tomli-w, a section at a time."""
+    import tomli_w
+
+    doc = starter_document()
+    parts = [_HEADER]
+    for key, comment in _SECTIONS:
+        if comment:
+            parts.append("\n" + comment + "\n")
+        if key in ("providers", "channels", "routes"):
+            for name, body in doc[key].items():
+                parts.append(_annotate(tomli_w.dumps({key: {name: body}})) + "\n")
+            if key == "providers":
+                parts.append("# A real HTTP provider looks like this (see deploy/routing.example.toml);\n"
+                             "# the http provider POSTs the message as JSON to url with these headers:\n#\n")
+                parts.append(_commented(_collapse_arrays(tomli_w.dumps(_HTTP_EXAMPLE))))
+                parts.append("#\n# and an MQTT provider publishes the message to a topic (needs [daemon.mqtt]):\n#\n")
+                parts.append(_commented(tomli_w.dumps(_MQTT_EXAMPLE)) + "\n")
+        else:
+            parts.append(_annotate(tomli_w.dumps({key: doc[key]})))
+    text = "".join(parts).rstrip("\n") + "\n"
+    if tomllib.loads(text) != doc:  # the comments and layout must not change the data
+        raise AssertionError("routingd init: the starter file does not round-trip")
+    return text
+
+
+def _commented(fragment: str) -> str:
+    return "".join(f"# {line}".rstrip() + "\n" for line in fragment.splitlines())
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .core.policy import PolicyError, parse_policy
+
+    path = args.path
+    text = starter_text()
+    try:  # never write a file that `check` would reject
+        parse_policy(text, path, env={})
+    except PolicyError as e:  # pragma: no cover - a bug in the starter document
+        for line in e.lines():
+            _err(f"routingd init: internal error: {line}")
+        return EXIT_INVALID
+    if path == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    if os.path.isdir(path):
+        _err(f"{path}: is a directory; give the path of the file to write")
+        return EXIT_INVALID
+    if os.path.lexists(path) and not args.force:
+        _err(f"{path}: already exists; not overwriting it (use --force to replace it)")
+        return EXIT_INVALID
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        if not args.force and os.path.lexists(path):
+            raise FileExistsError(path)
+        os.replace(tmp, path)
+    except FileExistsError:
+        _remove(tmp)
+        _err(f"{path}: already exists; not overwriting it (use --force to replace it)")
+        return EXIT_INVALID
+    except OSError as e:
+        _remove(tmp)
+        _err(f"{path}: cannot write file: {e.strerror or e}")
+        return EXIT_INVALID
+    print(f"{path}: written; check it with `routingd check {path}`, serve it with "
+          f"`routingd serve --config {path}`")
+    return EXIT_OK
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- delegated commands
+
+
+@dataclass(frozen=True)
+class Delegate:
+    name: str
+    help: str
+    module: str
+    add_arguments: str
+    command: str
+
+
+DELEGATES = (
+    Delegate("serve", "run the daemon: HTTP API, deliveries, hot reload",
+             "daemon.service", "add_serve_arguments", "serve_command"),
+    Delegate("simulate", "replay provider outages against a routing.toml (SimPy)",
+             "simulator.cli", "add_simulate_arguments", "simulate_command"),
+)
+
+
+def _unavailable(name: str, reason: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        _err(f"routingd {name}: not available in this installation: {reason}")
+        return EXIT_USAGE
+    return run
+
+
+def _add_delegate(sub: Any, d: Delegate, load: bool) -> None:
+    p = sub.add_parser(d.name, help=d.help, description=d.help)
+    if not load:  # only listed in --help; the real arguments are added when it is run
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    try:
+        mod = importlib.import_module(d.module)
+        add_arguments = getattr(mod, d.add_arguments)
+        command = getattr(mod, d.command)
+        add_arguments(p)
+    except Exception as e:  # a broken or missing module must not break the other commands
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        p.description = f"{d.help}. NOT AVAILABLE in this installation: {reason}"
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_unavailable(d.name, reason))
+        return
+    p.set_defaults(func=command)
+
+
+# --------------------------------------------------------------------------- parser, main
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _err(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `load_delegate` names the delegated command whose module to import."""
+    parser = _Parser(
+        prog="routingd",
+        description="Declarative notification routing with failover, and an outage simulator.",
+        epilog="Exit status: 0 ok, 1 invalid input (config, message, route), 2 usage error or "
+               "unavailable command, 130 interrupted. Config path default: $ROUTINGD_CONFIG or "
+               "./routing.toml. Reference: docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"routingd {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d_serve = DELEGATES[0]
+    _add_delegate(sub, d_serve, load_delegate == d_serve.name)
+
+    p = sub.add_parser("check", help="validate routing.toml files (like nginx -t)",
+                       description="Validate routing.toml files. Exit 0 when every file is valid, "
+                                   "1 otherwise, with one 'PATH: key.path: reason' line per error "
+                                   "on stderr. Warnings go to stderr as 'PATH: warning: ...'.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="file to check (default: $ROUTINGD_CONFIG or ./routing.toml; - reads stdin)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explain", help="show a route's failover plan with every effective timeout",
+                       description="Resolve a route (and optionally a send request's overrides) into "
+                                   "its failover plan, every timeout after the precedence rules, "
+                                   "each with the setting it came from.")
+    p.add_argument("route", nargs="?", metavar="ROUTE",
+                   help="route name (default: the message's route, else 'default')")
+    p.add_argument("--config", "-c", metavar="PATH",
+                   help="routing.toml (default: $ROUTINGD_CONFIG or ./routing.toml)")
+    p.add_argument("--message", "-m", metavar="FILE.json",
+                   help="a send request body {\"message\": {...}} as POSTed to /v1/send; its "
+                        "timeout overrides apply and its inline \"routing\" replaces the route's "
+                        "channels (- reads stdin)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("init", help="write a commented starter routing.toml",
+                       description="Write a commented starter routing.toml that passes `check` "
+                                   "and runs with no outside service (sandbox providers).")
+    p.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH",
+                   help="where to write it (default: ./routing.toml; - prints it)")
+    p.add_argument("--force", "-f", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_init)
+
+    d_sim = DELEGATES[1]
+    _add_delegate(sub, d_sim, load_delegate == d_sim.name)
+    return parser
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in argv: the first argument that is not an option (top-level options take
+    no values)."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = build_parser(_command_name(argv))
+    args = parser.parse_args(list(argv))
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    rc = func(args)
+    return int(rc) if rc is not None else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining
+        # about the unflushed stdout at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_INVALID
+    except InputError as e:
+        for line in e.lines:
+            _err(line)
+        return EXIT_INVALID
+    except Exception as e:  # never a traceback for a user; ROUTINGD_DEBUG=1 shows it
+        if os.environ.get("ROUTINGD_DEBUG"):
+            raise
+        _err(f"routingd: internal error: {type(e).__name__}: {e} (set ROUTINGD_DEBUG=1 for a traceback)")
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
