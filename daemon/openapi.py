@@ -1,0 +1,205 @@
+"""The OpenAPI 3.1 document of the daemon's HTTP API, served at /openapi.json.
+
+The send request schema is generated from the pydantic models the handler validates with
+(daemon/core/request.py), so the document cannot drift from what the daemon accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from .core.request import SendRequest
+
+REF = "#/components/schemas/{model}"
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _model_schemas(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF, mode="validation")
+    defs = schema.pop("$defs", {})
+    return schema, defs
+
+
+_TIMESTAMP = {"type": ["string", "null"], "format": "date-time",
+              "description": "RFC 3339 with milliseconds, UTC"}
+
+_ATTEMPT = {
+    "type": "object",
+    "required": ["attempt_id", "channel", "provider", "try", "started_at", "deadline", "outcome"],
+    "properties": {
+        "attempt_id": {"type": "string"},
+        "channel": {"type": "string"},
+        "provider": {"type": "string"},
+        "try": {"type": "integer", "minimum": 1},
+        "started_at": _TIMESTAMP,
+        "ended_at": _TIMESTAMP,
+        "deadline": _TIMESTAMP,
+        "outcome": {"type": ["string", "null"],
+                    "enum": ["delivered", "failed", "timeout", "network", "rejected", "cancelled", None],
+                    "description": "null while the attempt runs (or waits for its receipt)"},
+        "status_code": {"type": ["integer", "null"]},
+    },
+}
+
+_STATUS = {
+    "type": "object",
+    "required": ["message_id", "status", "accepted_at", "attempts", "events"],
+    "properties": {
+        "message_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["pending", "delivered", "undeliverable", "expired"]},
+        "accepted_at": _TIMESTAMP,
+        "finished_at": _TIMESTAMP,
+        "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}},
+        "events": {"type": "array", "items": {"type": "object", "required": ["type", "at"],
+                                              "properties": {"type": {"type": "string"}, "at": _TIMESTAMP},
+                                              "additionalProperties": True}},
+    },
+    "additionalProperties": True,
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "details"],
+    "properties": {
+        "error": {"type": "string", "description": "one line a person can act on"},
+        "details": {"type": "array", "items": {
+            "type": "object", "required": ["loc", "msg"],
+            "properties": {"loc": {"type": "array", "items": {"type": ["string", "integer"]},
+                                   "description": "where: e.g. [\"message\", \"to\"] or [\"header\", \"Authorization\"]"},
+                           "msg": {"type": "string"}}}},
+    },
+}
+
+_RECEIPT = {
+    "type": "object",
+    "required": ["attempt_id", "status"],
+    "properties": {"attempt_id": {"type": "string", "description": "the attempt_id the provider was sent"},
+                   "status": {"type": "string", "enum": ["delivered", "failed"]}},
+}
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_AUTH = [{"bearer": []}]
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    send_schema, defs = _model_schemas(SendRequest)
+    schemas: dict[str, Any] = dict(defs)
+    schemas.update({"SendRequest": send_schema, "Error": _ERROR, "Attempt": _ATTEMPT,
+                    "MessageStatus": _STATUS, "Receipt": _RECEIPT})
+    json_ok = lambda desc, schema: {"description": desc,  # noqa: E731
+                                    "content": {"application/json": {"schema": schema}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "routingd", "version": "1",
+                 "description": "Notification routing with failover. Send bodies follow Courier's Send API "
+                                "message shape. Every error answer is an Error object."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "one of [daemon] api_tokens / ROUTINGD_API_TOKENS; "
+                                                          "no auth when none is configured (loopback only)"}},
+        },
+        "security": _AUTH,
+        "paths": {
+            "/v1/send": {"post": {
+                "operationId": "send",
+                "summary": "Accept one message for routing (durably stored before the 202)",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "description": "a resend with the same key answers the first message_id"}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SendRequest"}}}},
+                "responses": {
+                    "202": {"description": "accepted",
+                            "headers": {"Location": {"schema": {"type": "string"}},
+                                        "Idempotent-Replayed": {"schema": {"type": "string"},
+                                                                "description": "\"true\" on a replay"}},
+                            "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["message_id"],
+                                "properties": {"message_id": {"type": "string"}}}}}},
+                    "400": _error_response("body is not a JSON object, or a bad Idempotency-Key"),
+                    "401": _error_response("missing or wrong bearer token"),
+                    "413": _error_response("body larger than [daemon] max_body"),
+                    "422": _error_response("validation failed, or unknown route/channel/provider"),
+                    "503": _error_response("draining (shutting down) or at the in-flight limit", _RETRY_AFTER),
+                }}},
+            "/v1/messages/{message_id}": {"get": {
+                "operationId": "messageStatus",
+                "summary": "Status of a message, with every attempt and event (the failover history)",
+                "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": json_ok("the message", {"$ref": "#/components/schemas/MessageStatus"}),
+                              "401": _error_response("missing or wrong bearer token"),
+                              "404": _error_response("unknown message")}}},
+            "/v1/receipts/{provider}": {"post": {
+                "operationId": "receipt",
+                "summary": "A provider's delivery receipt for one attempt",
+                "description": "When the provider has a receipt_secret the request must carry "
+                               "X-Routingd-Signature: sha256=<hex HMAC-SHA256 of the raw body>, which "
+                               "replaces the bearer token; otherwise the bearer token is required.",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+                               {"name": "X-Routingd-Signature", "in": "header", "required": False,
+                                "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Receipt"}}}},
+                "responses": {
+                    "200": json_ok("counted", {"type": "object", "properties": {
+                        "attempt_id": {"type": "string"}, "status": {"type": "string"},
+                        "accepted": {"type": "boolean"}}}),
+                    "400": _error_response("body is not a JSON object"),
+                    "401": _error_response("bad signature or bearer token"),
+                    "404": _error_response("unknown provider, or no such attempt awaits a receipt"),
+                    "413": _error_response("body too large"),
+                    "422": _error_response("invalid receipt body")}}},
+            "/healthz": {"get": {
+                "operationId": "healthz", "summary": "Liveness: the process answers", "security": [],
+                "responses": {"200": json_ok("alive", {"type": "object"})}}},
+            "/readyz": {"get": {
+                "operationId": "readyz", "summary": "Readiness: 200 when accepting messages", "security": [],
+                "responses": {"200": json_ok("ready", {"type": "object"}),
+                              "503": json_ok("starting or draining", {"type": "object"})}}},
+            "/metrics": {"get": {
+                "operationId": "metrics", "summary": "Prometheus metrics (text exposition format)",
+                "security": [],
+                "responses": {"200": {"description": "metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document", "security": [],
+                "responses": {"200": json_ok("OpenAPI 3.1", {"type": "object"})}}},
+            "/-/reload": {"post": {
+                "operationId": "reload",
+                "summary": "Re-read routing.toml; validate, then swap (same as SIGHUP)",
+                "responses": {
+                    "200": json_ok("the new (or unchanged) version", {"type": "object", "properties": {
+                        "status": {"type": "string", "enum": ["reloaded", "unchanged"]},
+                        "version": {"type": "string"},
+                        "warnings": {"type": "array", "items": {"type": "string"}}}}),
+                    "401": _error_response("missing or wrong bearer token"),
+                    "422": _error_response("the file is invalid; the previous policy stays active")}}},
+            "/v1/config": {"get": {
+                "operationId": "config", "summary": "The active policy version, when it was loaded, from where",
+                "responses": {
+                    "200": json_ok("active configuration", {"type": "object", "properties": {
+                        "version": {"type": "string"}, "loaded_at": _TIMESTAMP, "path": {"type": "string"},
+                        "last_reload": {"type": "object"}}}),
+                    "401": _error_response("missing or wrong bearer token")}}},
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may mutate it)."""
+    return copy.deepcopy(_document())
