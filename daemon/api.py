@@ -1,0 +1,331 @@
+"""The HTTP face of the daemon: an aiohttp application over the runtime `Router`.
+
+Every answer is JSON (except /metrics); every error is `{"error": "...", "details": [{"loc":
+[...], "msg": "..."}]}`. Bearer tokens guard everything but the probes (/healthz, /readyz),
+/metrics and /openapi.json; a receipt from a provider with a `receipt_secret` is authenticated
+by its HMAC signature instead. See docs/api.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .core.plan import PlanError
+from .core.request import ReceiptStatus, SendRequest
+from .openapi import openapi_document
+
+log = logging.getLogger("routingd.api")
+
+Phase = Literal["starting", "ready", "draining"]
+SIGNATURE_HEADER = "X-Routingd-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# --------------------------------------------------------------------------- collaborators
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    version: str                      # the active version after the attempt
+    changed: bool = False
+    errors: tuple[str, ...] = ()      # "PATH: key.path: reason" lines when not ok
+    warnings: tuple[str, ...] = ()
+
+
+class Reloader(Protocol):
+    """Re-reads routing.toml, validates it and swaps it in (daemon/service.py)."""
+
+    async def reload(self, trigger: str) -> ReloadResult: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ApiState:
+    """What the handlers share; `phase` and `tokens` change while the process runs."""
+
+    router: Any                       # daemon.runtime.Router
+    metrics: Any                      # daemon.metrics.Metrics
+    reloader: Reloader
+    tokens: Sequence[bytes] = ()
+    max_body: int = 256 * 1024
+    phase: Phase = "starting"
+    extra_ready_checks: list[Callable[[], str | None]] = field(default_factory=list)
+
+
+STATE_KEY: web.AppKey[ApiState] = web.AppKey("routingd_state", ApiState)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error answer: status, one-line message, optional field details and headers."""
+
+    def __init__(self, status: int, error: str, details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = details or []
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return json_response({"error": self.error, "details": self.details}, status=self.status,
+                             headers=self.headers)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(body, separators=(",", ":")), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def validation_details(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    out = []
+    for e in err.errors(include_url=False):
+        msg = str(e["msg"])
+        for pre in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(pre):
+                msg = msg[len(pre):]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "field required"
+        out.append({"loc": list(prefix) + [p for p in e["loc"]], "msg": msg})
+    return out
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Every error as a JSON body; an unexpected exception is logged and answered 500, no trace."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        reason = {404: "not found", 405: f"method {request.method} not allowed on {request.path}",
+                  413: "request body too large"}.get(e.status, e.reason.lower())
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        return ApiError(e.status, reason, headers=headers).response()
+    except Exception:  # noqa: BLE001 - the catch-all that keeps tracebacks off the wire
+        log.exception("internal error on %s %s", request.method, request.path)
+        return ApiError(500, "internal error; the daemon log has the details").response()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    if request.path in PUBLIC_PATHS or not state.tokens:
+        return await handler(request)
+    if request.path.startswith("/v1/receipts/") and _receipt_secret(state, request) is not None:
+        return await handler(request)          # the HMAC signature authenticates it
+    if not token_ok(request.headers.get("Authorization", ""), state.tokens):
+        raise ApiError(401, "missing or invalid bearer token",
+                       [{"loc": ["header", "Authorization"], "msg": "expected 'Bearer <token>'"}],
+                       headers={"WWW-Authenticate": 'Bearer realm="routingd"'})
+    return await handler(request)
+
+
+def token_ok(header: str, tokens: Sequence[bytes]) -> bool:
+    """Constant-time comparison against every configured token (no early exit)."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    candidate = given.strip().encode()
+    ok = False
+    for t in tokens:
+        ok |= hmac.compare_digest(candidate, t)
+    return ok
+
+
+def _receipt_secret(state: ApiState, request: web.Request) -> str | None:
+    provider = request.match_info.get("provider") or request.path.rsplit("/", 1)[-1]
+    return state.router.receipt_secret(provider)
+
+
+# --------------------------------------------------------------------------- body helpers
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body too large (limit {limit} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "request body is not valid JSON", [{"loc": ["body"], "msg": str(e)}]) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", [{"loc": ["body"], "msg": "expected an object"}])
+    return body
+
+
+class ReceiptBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    attempt_id: str
+    status: ReceiptStatus
+
+
+def signature_ok(secret: str, raw: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header[len("sha256="):].strip().lower().encode(), expected.encode())
+
+
+def sign(secret: str, raw: bytes) -> str:
+    """The header value a provider sends: "sha256=<hex HMAC-SHA256 of the raw body>"."""
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def send(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if state.phase != "ready":
+        raise ApiError(503, f"routingd is {state.phase}; not accepting messages",
+                       headers={"Retry-After": "5"})
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not _IDEMPOTENCY_KEY_RE.match(key):
+        raise ApiError(400, "bad Idempotency-Key",
+                       [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}])
+    raw = await read_body(request, state.max_body)
+    body = parse_json_object(raw)
+    try:
+        req = SendRequest.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(422, "invalid send request", validation_details(e)) from None
+    from .runtime import Overloaded  # the runtime module is imported lazily: api stays importable alone
+    try:
+        result = await state.router.submit(req, idempotency_key=key)
+    except PlanError as e:
+        raise ApiError(422, "the request does not fit the routing policy",
+                       [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]) from None
+    except Overloaded as e:
+        retry = max(1, int(round(getattr(e, "retry_after_s", 1) or 1)))
+        raise ApiError(503, "routingd is at its in-flight limit; retry later",
+                       headers={"Retry-After": str(retry)}) from None
+    headers = {"Location": f"/v1/messages/{result.message_id}"}
+    if not result.created:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response({"message_id": result.message_id}, status=202, headers=headers)
+
+
+async def message_status(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    mid = request.match_info["message_id"]
+    status = state.router.status(mid)
+    if status is None:
+        raise ApiError(404, f"no message {mid!r}", [{"loc": ["path", "message_id"], "msg": "unknown message"}])
+    return json_response(status)
+
+
+async def receipt(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    provider = request.match_info["provider"]
+    secret = state.router.receipt_secret(provider)
+    if secret is None and provider not in state.router.policy.providers:
+        raise ApiError(404, f"no provider {provider!r}", [{"loc": ["path", "provider"], "msg": "unknown provider"}])
+    raw = await read_body(request, state.max_body)
+    if secret is not None and not signature_ok(secret, raw, request.headers.get(SIGNATURE_HEADER)):
+        raise ApiError(401, "bad or missing receipt signature",
+                       [{"loc": ["header", SIGNATURE_HEADER],
+                         "msg": "expected sha256=<hex HMAC-SHA256 of the raw body with the receipt_secret>"}])
+    body = parse_json_object(raw)
+    try:
+        rb = ReceiptBody.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(422, "invalid receipt", validation_details(e)) from None
+    if not await state.router.receipt(provider, rb.attempt_id, rb.status):
+        raise ApiError(404, f"no attempt {rb.attempt_id!r} of provider {provider!r} awaits a receipt",
+                       [{"loc": ["body", "attempt_id"], "msg": "unknown attempt"}])
+    return json_response({"attempt_id": rb.attempt_id, "status": rb.status, "accepted": True})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if state.phase != "ready":
+        return json_response({"status": state.phase, "error": f"routingd is {state.phase}", "details": []},
+                             status=503)
+    for check in state.extra_ready_checks:
+        problem = check()
+        if problem:
+            return json_response({"status": "not ready", "error": problem, "details": []}, status=503)
+    return json_response({"status": "ready", "version": state.router.policy.version})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+async def reload(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    result = await state.reloader.reload("http")
+    if not result.ok:
+        raise ApiError(422, "invalid configuration; the previous policy stays active",
+                       [{"loc": ["config"], "msg": line} for line in result.errors])
+    return json_response({"status": "reloaded" if result.changed else "unchanged", "version": result.version,
+                          "warnings": list(result.warnings)})
+
+
+async def config(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].reloader.info())
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(state: ApiState) -> web.Application:
+    # client_max_size is a backstop; read_body() answers 413 itself with a JSON body.
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=state.max_body + 1024)
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/send", send)
+    app.router.add_get("/v1/messages/{message_id}", message_status)
+    app.router.add_post("/v1/receipts/{provider}", receipt)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/v1/config", config)
+    return app
