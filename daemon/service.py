@@ -1,0 +1,284 @@
+"""`routingd serve`: the daemon process around the runtime Router and the HTTP API.
+
+    routingd serve [--config PATH] [--listen HOST:PORT] [--state PATH] [--log-level LEVEL]
+
+Startup: load and validate routing.toml (one line per error, exit 1), merge the settings
+(CLI > ROUTINGD_* env > [daemon] table), refuse a non-loopback listen address without API
+tokens, open the SQLite store, listen (readyz 503 "starting"), start the Router (resumes every
+message that was not finished), then readyz 200 and one startup line with the URL and version.
+
+Signals: SIGHUP (and POST /-/reload) re-reads the file: validate, then swap; an invalid file
+keeps the old policy, logs each error and sets routingd_config_last_reload_successful 0.
+SIGTERM/SIGINT: /v1/send answers 503, the Router finishes in-flight attempts within the grace
+period (the rest stay in the store for the next start), exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .api import ApiState, ReloadResult, create_app
+from .core.policy import Policy, PolicyError, load_policy
+from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
+
+log = logging.getLogger("routingd")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class StartupError(Exception):
+    """The daemon cannot start; `lines` are ready to print, one problem each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("; ".join(lines))
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record on one line, a traceback included (newlines become " | ")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+# --------------------------------------------------------------------------- settings checks
+
+
+def startup_settings(policy: Policy, config: str, listen: str | None, state: str | None) -> Settings:
+    try:
+        settings = load_settings(policy, config=config, listen=listen, state=state)
+    except SettingsError as e:
+        raise StartupError(e.lines()) from None
+    check_auth(settings)
+    return settings
+
+
+def check_auth(settings: Settings) -> None:
+    addr = settings.listen_address
+    if not settings.api_tokens and not addr.is_loopback:
+        raise StartupError([
+            f"refusing to listen on {settings.listen} without API tokens: anyone who can reach it could "
+            "send messages. Set [daemon] api_tokens in routing.toml or ROUTINGD_API_TOKENS, or listen "
+            "on a loopback address such as 127.0.0.1:8080"])
+
+
+# --------------------------------------------------------------------------- reload
+
+
+class ConfigReloader:
+    """Re-read routing.toml, validate, then swap it into the Router (one reload at a time)."""
+
+    def __init__(self, path: str, router: Any, metrics: Any, state: ApiState,
+                 cli_listen: str | None, cli_state: str | None, settings: Settings) -> None:
+        self.path = path
+        self.router = router
+        self.metrics = metrics
+        self.state = state
+        self.settings = settings
+        self._cli = (cli_listen, cli_state)
+        self._lock = asyncio.Lock()
+        self.loaded_at = time.time()
+        self.last: dict[str, Any] = {"ok": True, "at": self.loaded_at, "trigger": "start", "errors": []}
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        async with self._lock:
+            current = self.router.policy
+            try:
+                result = self._reload(current, trigger)
+            except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
+                log.exception("reload (%s) failed unexpectedly; keeping policy %s", trigger, current.version)
+                result = ReloadResult(False, current.version, errors=(f"{self.path}: internal error: {e}",))
+            if result.ok:
+                self.metrics.config_loaded(result.version)
+            else:
+                self.metrics.config_reload_failed()
+            self.last = {"ok": result.ok, "at": time.time(), "trigger": trigger, "errors": list(result.errors)}
+            return result
+
+    def _reload(self, current: Policy, trigger: str) -> ReloadResult:
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as e:
+            for line in e.lines():
+                log.error("reload (%s) rejected: %s", trigger, line)
+            log.error("reload (%s): keeping policy %s", trigger, current.version)
+            return ReloadResult(False, current.version, errors=tuple(e.lines()))
+        try:
+            settings = load_settings(policy, config=self.path, listen=self._cli[0], state=self._cli[1])
+            check_auth(settings)
+        except (SettingsError, StartupError) as e:
+            lines = tuple(f"{self.path}: {line}" for line in (e.lines() if isinstance(e, SettingsError) else e.lines))
+            for line in lines:
+                log.error("reload (%s) rejected: %s", trigger, line)
+            return ReloadResult(False, current.version, errors=lines)
+        for w in policy.warnings:
+            log.warning("%s: warning: %s", self.path, w)
+        for key in ("listen", "state", "mqtt"):
+            if getattr(settings, key) != getattr(self.settings, key):
+                log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
+        self.state.tokens = settings.token_values()
+        self.state.max_body = settings.max_body
+        if policy.version == current.version:
+            log.info("reload (%s): %s unchanged (version %s)", trigger, self.path, policy.version)
+            return ReloadResult(True, policy.version, changed=False, warnings=policy.warnings)
+        self.router.swap_policy(policy)
+        self.loaded_at = time.time()
+        log.info("reload (%s): now serving policy %s (was %s)", trigger, policy.version, current.version)
+        return ReloadResult(True, policy.version, changed=True, warnings=policy.warnings)
+
+    def info(self) -> dict[str, Any]:
+        from .clock import rfc3339
+
+        last = dict(self.last)
+        last["at"] = rfc3339(last["at"])
+        return {"version": self.router.policy.version, "loaded_at": rfc3339(self.loaded_at),
+                "path": os.path.abspath(self.path), "last_reload": last}
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="PATH",
+                        help="routing.toml (default: $ROUTINGD_CONFIG or ./routing.toml)")
+    parser.add_argument("--listen", "-l", metavar="HOST:PORT",
+                        help="listen address (overrides $ROUTINGD_LISTEN and [daemon] listen; port 0 picks a free one)")
+    parser.add_argument("--state", "-s", metavar="PATH",
+                        help="SQLite state file (overrides $ROUTINGD_STATE and [daemon] state)")
+    parser.add_argument("--log-level", metavar="LEVEL", default=os.environ.get("ROUTINGD_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+                        help="log level (default: $ROUTINGD_LOG_LEVEL or INFO)")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    configure_logging(getattr(args, "log_level", "INFO") or "INFO")
+    path = config_path(getattr(args, "config", None))
+    try:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            raise StartupError(e.lines()) from None
+        settings = startup_settings(policy, path, args.listen, args.state)
+        for w in policy.warnings:
+            log.warning("%s: warning: %s", path, w)
+        return asyncio.run(Service(policy, settings, args.listen, args.state).run())
+    except StartupError as e:
+        for line in e.lines:
+            print(" ".join(line.split("\n")), file=sys.stderr)
+        return EXIT_FAILED
+
+
+class Service:
+    """One running daemon: store, Router, HTTP site, signal handling."""
+
+    def __init__(self, policy: Policy, settings: Settings, cli_listen: str | None = None,
+                 cli_state: str | None = None) -> None:
+        self.policy = policy
+        self.settings = settings
+        self._cli = (cli_listen, cli_state)
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> int:
+        from .metrics import Metrics
+        from .runtime import Router
+        from .store import Store, StoreError
+
+        s = self.settings
+        metrics = Metrics()
+        store = Store(s.state)
+        try:
+            await store.open()
+        except StoreError as e:
+            raise StartupError([str(e)]) from None
+        router = Router(self.policy, store, metrics)
+        metrics.config_loaded(self.policy.version)
+        state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
+                         tokens=s.token_values(), max_body=s.max_body, phase="starting")
+        reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s)
+        state.reloader = reloader
+        runner = web.AppRunner(create_app(state), access_log=logging.getLogger("aiohttp.access"),
+                               handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        addr = parse_listen(s.listen)
+        try:
+            site = web.TCPSite(runner, addr.host, addr.port, backlog=1024)
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            await _close(store)
+            raise StartupError([f"cannot listen on {s.listen}: {e.strerror or e}"]) from None
+        url = _bound_url(runner, addr)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(reloader.reload("SIGHUP")))
+        try:
+            await router.start()
+            state.phase = "ready"
+            log.info("listening on %s (policy %s from %s, state %s)", url, self.policy.version,
+                     os.path.abspath(s.config), os.path.abspath(s.state))
+            await self._stop.wait()
+            state.phase = "draining"
+            grace_s = s.grace / 1000
+            log.info("stopping: no new messages; in-flight attempts get %gs to finish", grace_s)
+            await router.stop(grace_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            for t in list(self._tasks):
+                t.cancel()
+            await runner.cleanup()
+            await _close(store)
+        log.info("stopped")
+        return EXIT_OK
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.info("%s again: already stopping", sig.name)
+            return
+        log.info("%s received", sig.name)
+        self._stop.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _bound_url(runner: web.AppRunner, addr: Any) -> str:
+    from .settings import ListenAddress
+
+    for a in runner.addresses:
+        if isinstance(a, tuple) and len(a) >= 2:
+            return ListenAddress(addr.host, int(a[1])).url
+    return addr.url
+
+
+async def _close(store: Any) -> None:
+    try:
+        await store.close()
+    except Exception:  # noqa: BLE001 - the store logs its own write errors; do not mask the exit
+        log.exception("closing the state store failed")
