@@ -12,8 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
-                      field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
+                      ValidationError, field_validator)
 
 from .behaviour import BehaviourSpec, Duration, FailMode
 
@@ -112,7 +112,17 @@ class BackoffSection(Strict):
 def _breaker(v: Any) -> Any:
     if v is True:
         return {}
-    return v
+    if v is False or isinstance(v, (dict, BreakerSection)):
+        return v
+    raise ValueError(f"expected a table like {{ failures = 5, cooldown = \"30s\" }}, true or false, got {v!r}")
+
+
+# A table, or false (off). Discriminated so a bad table reports only its own problems.
+Breaker = Annotated[
+    Union[Annotated[BreakerSection, Tag(":table")], Annotated[Literal[False], Tag(":off")]],
+    Discriminator(lambda v: ":off" if v is False else ":table"),
+    BeforeValidator(_breaker),
+]
 
 
 class ProviderBase(Strict):
@@ -121,7 +131,7 @@ class ProviderBase(Strict):
     confirm: Literal["response", "receipt"] = "response"
     receipt_timeout: Duration = 120_000
     receipt_secret: SecretStr | None = None
-    breaker: Annotated[Union[BreakerSection, Literal[False]], BeforeValidator(_breaker)] = BreakerSection()
+    breaker: Breaker = BreakerSection()
     backoff: BackoffSection = BackoffSection()
 
 
@@ -158,6 +168,7 @@ class SandboxProvider(ProviderBase, BehaviourSpec):
 
 
 Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider], Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("http", "mqtt", "sandbox")
 
 
 # --------------------------------------------------------------------------- channels, routes
@@ -175,7 +186,21 @@ class RouteGroup(Strict):
     channels: list["RouteItem"] = Field(min_length=1)
 
 
-RouteItem = Union[str, RouteGroup]
+def _route_item_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return ":channel"
+    if isinstance(v, (dict, RouteGroup)):
+        return ":group"
+    return None
+
+
+# A channel name or a nested { method, channels } group. Discriminated so that a bad group
+# reports only its own problems (not also "should be a valid string").
+RouteItem = Annotated[
+    Union[Annotated[str, Tag(":channel")], Annotated[RouteGroup, Tag(":group")]],
+    Discriminator(_route_item_kind, custom_error_type="route_item",
+                  custom_error_message="expected a channel name or a { method, channels } table"),
+]
 RouteGroup.model_rebuild()
 
 
@@ -220,12 +245,36 @@ class PolicyError(Exception):
         return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
 
 
+def _user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
+    """pydantic's error location without the union-branch names it inserts.
+
+    Branch tags of our own unions start with ':' (no user name can); a provider's `type` tag
+    sits right after providers.NAME; the rest are pydantic's names of model/function branches.
+    """
+    out: list[str | int] = []
+    for i, p in enumerate(raw_loc):
+        if isinstance(p, str):
+            if p.startswith(":") or p.startswith("literal[") or p.startswith("function-"):
+                continue
+            if p in ("RouteGroup", "BreakerSection", "InlineRouting"):
+                continue
+            if i == 2 and raw_loc[0] == "providers" and p in PROVIDER_TYPES:
+                continue
+            if p in ("str", "int") and i > 0 and not _is_mapping_key(raw_loc, i):
+                continue
+        out.append(p)
+    return tuple(out)
+
+
+def _is_mapping_key(raw_loc: tuple, i: int) -> bool:
+    # providers.NAME / channels.NAME / routes.NAME / headers.NAME: user-chosen keys
+    return raw_loc[i - 1] in ("providers", "channels", "routes", "headers")
+
+
 def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
     out: list[Problem] = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
-            p in ("http", "mqtt", "sandbox", "str", "RouteGroup", "int", "BreakerSection")
-            or p.startswith("literal[") or p.startswith("function-"))))
+        loc = _user_loc(e["loc"])
         msg = e["msg"]
         for pre in ("Value error, ", "Assertion failed, "):
             if msg.startswith(pre):
@@ -234,12 +283,30 @@ def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...]
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # A discriminated union (provider `type`): name the key and the choices.
+            ctx = e.get("ctx") or {}
+            key = str(ctx.get("discriminator", "type")).strip("'")
+            kind = "provider " if "providers" in loc else ""
+            expected = _expected_tags(ctx)
+            if e["type"] == "union_tag_invalid":
+                msg = f"unknown {kind}{key} {ctx.get('tag')!r}; expected one of: {expected}"
+            else:
+                msg = f"required key is missing; expected one of: {expected}"
+            loc = loc + (key,)
         out.append(Problem(prefix + loc, msg))
     # Unions report once per branch; keep the first message per location.
     seen: dict[tuple, Problem] = {}
     for p in out:
         seen.setdefault(p.loc, p)
     return list(seen.values())
+
+
+def _expected_tags(ctx: Mapping[str, Any]) -> str:
+    tags = ctx.get("expected_tags")
+    if tags:
+        return ", ".join(t.strip().strip("'") for t in str(tags).split(","))
+    return ", ".join(PROVIDER_TYPES)
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -317,6 +384,15 @@ def _check_items(items: list, loc: tuple, channels: Mapping[str, Any], problems:
             _check_items(item.channels, loc + (i, "channels"), channels, problems, depth + 1)
 
 
+def _route_channels(items: list, depth: int = 0) -> list[str]:
+    """Channel names of a route's item list, nested groups included, in order, once each."""
+    out: list[str] = []
+    for item in items:
+        names = [item] if isinstance(item, str) else (_route_channels(item.channels, depth + 1) if depth < 16 else [])
+        out += [n for n in names if n not in out]
+    return out
+
+
 def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     """Cross-references the schema cannot see: unknown providers/channels, timeout sanity."""
     problems: list[Problem] = []
@@ -336,19 +412,69 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     for pname, p in model.providers.items():
         if p.backoff.max < p.backoff.base:
             problems.append(Problem(("providers", pname, "backoff", "max"), "must be at least backoff.base"))
-    msg_default = model.timeouts.message or BUILTIN_MESSAGE_TIMEOUT_MS
+    msg_default = model.timeouts.message if model.timeouts.message is not None else BUILTIN_MESSAGE_TIMEOUT_MS
+    if model.timeouts.channel is not None and model.timeouts.channel > msg_default:
+        warnings.append(f"timeouts.channel ({model.timeouts.channel} ms) is larger than the message timeout "
+                        f"({msg_default} ms); the message deadline will cut it short")
     for cname, ch in model.channels.items():
         if ch.timeout is not None and ch.timeout > msg_default:
             warnings.append(f"channels.{cname}.timeout ({ch.timeout} ms) is larger than the message timeout "
                             f"({msg_default} ms); the message deadline will cut it short")
     for rname, r in model.routes.items():
-        mt = r.timeouts.message or msg_default
+        mt = r.timeouts.message if r.timeouts.message is not None else msg_default
         ct = r.timeouts.channel
         if ct is not None and ct > mt:
             warnings.append(f"routes.{rname}.timeouts.channel ({ct} ms) is larger than its message timeout ({mt} ms)")
+        if r.timeouts.message is None:
+            continue        # the file-level warnings above already cover this route
+        for cname in _route_channels(r.channels):
+            ch = model.channels.get(cname)
+            if ch is None or ch.timeout is None and ct is not None:
+                continue    # unknown (reported) or the route's own channel timeout (warned above)
+            eff = ch.timeout if ch.timeout is not None else model.timeouts.channel
+            if eff is not None and eff > mt:
+                warnings.append(f"routes.{rname}: channel {cname!r} has a timeout ({eff} ms) larger than the "
+                                f"route's message timeout ({mt} ms); the message deadline will cut it short")
     if model.routes and "default" not in model.routes:
         warnings.append("no [routes.default]: every send must name a route or carry inline routing")
     return problems, warnings
+
+
+def raw_reference_problems(raw: Any) -> list[Problem]:
+    """Unknown providers in channels and unknown channels in routes, read from the raw tree.
+
+    Used when the schema already failed, so that a file is not fixed one round at a time:
+    the cross-references are reported with the schema errors.
+    """
+    if not isinstance(raw, dict):
+        return []
+    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
+    channels = raw.get("channels") if isinstance(raw.get("channels"), dict) else {}
+    problems: list[Problem] = []
+    for cname, ch in channels.items():
+        plist = ch.get("providers") if isinstance(ch, dict) else None
+        if isinstance(plist, list):
+            for i, p in enumerate(plist):
+                if isinstance(p, str) and p not in providers:
+                    problems.append(Problem(("channels", cname, "providers", i), f"unknown provider {p!r}"
+                                            + (f"; defined providers: {', '.join(sorted(providers))}"
+                                               if providers else "")))
+
+    def walk(items: Any, loc: tuple, depth: int) -> None:
+        if not isinstance(items, list) or depth > 16:
+            return
+        for i, item in enumerate(items):
+            if isinstance(item, str) and item not in channels:
+                problems.append(Problem(loc + (i,), f"unknown channel {item!r}"
+                                        + (f"; defined channels: {', '.join(sorted(channels))}" if channels else "")))
+            elif isinstance(item, dict):
+                walk(item.get("channels"), loc + (i, "channels"), depth + 1)
+
+    routes = raw.get("routes") if isinstance(raw.get("routes"), dict) else {}
+    for rname, r in routes.items():
+        if isinstance(r, dict):
+            walk(r.get("channels"), ("routes", rname, "channels"), 0)
+    return problems
 
 
 def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None) -> Policy:
@@ -365,7 +491,10 @@ def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] |
     try:
         model = PolicyModel.model_validate(raw)
     except ValidationError as e:
-        raise PolicyError(path, problems + problems_from_validation(e)) from None
+        problems += problems_from_validation(e)
+        known = {p.loc for p in problems}
+        problems += [p for p in raw_reference_problems(raw) if p.loc not in known]
+        raise PolicyError(path, problems) from None
     ref_problems, warnings = validate_references(model)
     problems += ref_problems
     if problems:
