@@ -117,7 +117,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         m = policy.model
         print(f"{label}: ok (version {policy.version}; {_plural(len(m.providers), 'provider')}, "
               f"{_plural(len(m.channels), 'channel')}, {_plural(len(m.routes), 'route')})")
-        for w in policy.warnings:
+        warnings = list(policy.warnings)
+        if not m.routes:
+            warnings.append("no [routes] defined: the daemon cannot route any message")
+        for w in warnings:
             _err(f"{label}: warning: {w}")
     return status
 

@@ -54,7 +54,7 @@ def timeout_sources(policy: Policy, route: str, request: MessageRequest | None =
     req_channels = request.channels if request is not None else {}
     req_providers = request.providers if request is not None else {}
 
-    message = _pick((req_t.message if req_t else None, "message.timeout.message (request)"),
+    message = _pick((req_t.message if req_t else None, "request message.timeout.message"),
                     (r.timeouts.message, f"routes.{route}.timeouts.message"),
                     (m.timeouts.message, "timeouts.message"),
                     (BUILTIN_MESSAGE_TIMEOUT_MS, BUILTIN))
@@ -62,9 +62,9 @@ def timeout_sources(policy: Policy, route: str, request: MessageRequest | None =
     for name, c in m.channels.items():
         ov = req_channels.get(name)
         channels[name] = _pick(
-            (ov.effective_timeout if ov else None, f"message.channels.{name}.timeout (request)"),
+            (ov.effective_timeout if ov else None, f"request message.channels.{name}.timeout"),
             (c.timeout, f"channels.{name}.timeout"),
-            (req_t.channel if req_t else None, "message.timeout.channel (request)"),
+            (req_t.channel if req_t else None, "request message.timeout.channel"),
             (r.timeouts.channel, f"routes.{route}.timeouts.channel"),
             (m.timeouts.channel, "timeouts.channel"),
             (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN))
@@ -72,9 +72,9 @@ def timeout_sources(policy: Policy, route: str, request: MessageRequest | None =
     for name, p in m.providers.items():
         ov = req_providers.get(name)
         providers[name] = _pick(
-            (ov.effective_timeout if ov else None, f"message.providers.{name}.timeout (request)"),
+            (ov.effective_timeout if ov else None, f"request message.providers.{name}.timeout"),
             (p.timeout, f"providers.{name}.timeout"),
-            (req_t.provider if req_t else None, "message.timeout.provider (request)"),
+            (req_t.provider if req_t else None, "request message.timeout.provider"),
             (r.timeouts.provider, f"routes.{route}.timeouts.provider"),
             (m.timeouts.provider, "timeouts.provider"),
             (BUILTIN_PROVIDER_TIMEOUT_MS, BUILTIN))
