@@ -1,0 +1,105 @@
+"""Per-provider circuit breakers (HealthTracker): closed -> open -> half-open probe -> closed."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.core.health import HealthTracker
+
+N, COOL = 3, 10.0
+
+
+def fail(h: HealthTracker, p: str, now: float, n: int = 1) -> list[str | None]:
+    return [h.record(p, False, N, COOL, now) for _ in range(n)]
+
+
+def test_opens_after_n_consecutive_failures() -> None:
+    h = HealthTracker()
+    assert fail(h, "ses", 0.0, N - 1) == [None] * (N - 1)
+    assert not h.is_open("ses") and h.allow("ses", N, COOL, 0.0)
+    assert fail(h, "ses", 1.0) == ["opened"]
+    assert h.is_open("ses")
+    assert not h.allow("ses", N, COOL, 1.0)
+    assert not h.allow("ses", N, COOL, 1.0 + COOL - 0.001)
+
+
+def test_success_resets_the_consecutive_count() -> None:
+    h = HealthTracker()
+    fail(h, "ses", 0.0, N - 1)
+    assert h.record("ses", True, N, COOL, 0.0) is None      # closed -> closed: no transition
+    fail(h, "ses", 0.0, N - 1)
+    assert not h.is_open("ses")
+
+
+def test_half_open_lets_one_probe_through_per_cooldown() -> None:
+    h = HealthTracker()
+    fail(h, "ses", 0.0, N)
+    assert h.allow("ses", N, COOL, COOL)           # the probe
+    assert not h.allow("ses", N, COOL, COOL)       # nobody else while it runs
+    assert not h.allow("ses", N, COOL, COOL + 5)
+    # the probe vanished (cancelled, never recorded): another probe one cooldown later
+    assert h.allow("ses", N, COOL, 2 * COOL)
+    assert not h.allow("ses", N, COOL, 2 * COOL)
+
+
+def test_probe_success_closes() -> None:
+    h = HealthTracker()
+    fail(h, "ses", 0.0, N)
+    assert h.allow("ses", N, COOL, COOL)
+    assert h.record("ses", True, N, COOL, COOL + 1) == "closed"
+    assert not h.is_open("ses")
+    assert all(h.allow("ses", N, COOL, COOL + 1) for _ in range(5))
+    # closed again means N fresh failures are needed to re-open
+    assert fail(h, "ses", COOL + 2, N) == [None] * (N - 1) + ["opened"]
+
+
+def test_probe_failure_reopens_for_another_cooldown() -> None:
+    h = HealthTracker()
+    fail(h, "ses", 0.0, N)
+    assert h.allow("ses", N, COOL, COOL)
+    fail(h, "ses", COOL + 1)
+    assert h.is_open("ses")
+    assert not h.allow("ses", N, COOL, COOL + 1 + COOL - 0.001)
+    assert h.allow("ses", N, COOL, COOL + 1 + COOL)
+
+
+def test_breaker_off_never_skips() -> None:
+    h = HealthTracker()
+    for i in range(100):
+        assert h.record("ses", False, None, 0.0, float(i)) is None
+        assert h.allow("ses", None, 0.0, float(i))
+    assert not h.is_open("ses")
+
+
+def test_providers_are_independent() -> None:
+    h = HealthTracker()
+    fail(h, "ses", 0.0, N)
+    assert h.is_open("ses") and not h.is_open("sendgrid")
+    assert h.allow("sendgrid", N, COOL, 0.0)
+    snap = h.snapshot()
+    assert snap["ses"]["open"] is True and snap["ses"]["open_until"] == COOL
+    assert "sendgrid" not in snap or snap["sendgrid"]["open"] is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ok", "fail", "allow"]), st.floats(0, 5)), max_size=60),
+       st.integers(1, 4), st.floats(0.5, 10))
+def test_never_open_without_threshold_consecutive_failures(ops: list[tuple[str, float]], n: int, cool: float) -> None:
+    """Model check: open iff the last `n` recorded results since the last success were failures."""
+    h = HealthTracker()
+    now = 0.0
+    streak = 0
+    for op, dt in ops:
+        now += dt
+        if op == "ok":
+            h.record("p", True, n, cool, now)
+            streak = 0
+        elif op == "fail":
+            h.record("p", False, n, cool, now)
+            streak += 1
+        else:
+            allowed = h.allow("p", n, cool, now)
+            if streak < n:
+                assert allowed
+        assert h.is_open("p") == (streak >= n)
