@@ -165,7 +165,15 @@ def draw_answer(
                   receipt_delay_s=receipt)
 
 
+def behaviour_of(config: BaseModel) -> BehaviourSpec:
+    """The behaviour part of a provider config: a `sandbox` provider *is* a BehaviourSpec, so its
+    latency, error_rate, rate_limit, receipt_delay and outage parameters come through unchanged;
+    any other config gives the defaults."""
+    data = config.model_dump(include=set(BehaviourSpec.model_fields) & set(type(config).model_fields))
+    return BehaviourSpec.model_validate(data)
+
+
 __all__ = [
-    "Answer", "BehaviourSpec", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
+    "Answer", "BehaviourSpec", "behaviour_of", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
     "OutageKind", "RateWindow", "draw_answer", "sample_latency_s", "Union",
 ]

@@ -1,0 +1,218 @@
+"""`routingd simulate SCENARIO.toml... [--routing PATH]... [--json PATH] [--plot PATH] [--seed N] [--check]`
+
+Also runnable as `python -m simulator.cli ...`. A SCENARIO that is not a file but names a shipped
+drill (`email-primary-hang`) runs that drill. Exit status: 0 done (and every expectation met
+with --check), 1 an expectation missed (--check), 2 invalid input (one line per problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+from typing import Any, Sequence, TextIO
+
+from daemon.core.policy import Policy, PolicyError, load_policy
+
+from .report import build_report, format_table
+from .runner import RunResult, run
+from .scenario import Scenario, load_scenario
+from .setup import RunSetup, bind_scenario
+
+EXIT_OK, EXIT_MISSED, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
+PROGRESS_AFTER_S = 2.0
+
+
+def shipped_drills() -> dict[str, str]:
+    """Name -> path of the drills shipped in simulator/scenarios (routing*.toml are not drills)."""
+    base = resources.files("simulator.scenarios")
+    out: dict[str, str] = {}
+    for entry in sorted(base.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml") and not entry.name.startswith("routing"):
+            out[entry.name[:-5]] = str(entry)
+    return out
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO.toml",
+                        help="scenario files, or names of shipped drills (see --list)")
+    parser.add_argument("--routing", action="append", default=[], metavar="PATH",
+                        help="routing file to run instead of the scenario's own; repeat to compare "
+                             "several side by side on the same seeded traffic")
+    parser.add_argument("--json", metavar="PATH", help='write {"runs": [report, ...]} to PATH ("-": stdout)')
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG timeline to PATH")
+    parser.add_argument("--seed", type=int, help="override the scenario's seed")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when an [expect] of a scenario is missed")
+    parser.add_argument("--list", action="store_true", help="list the shipped drills and exit")
+
+
+class _ProgressBar:
+    """A one-line bar on stderr, only on a terminal and only once a run has taken > 2 s."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.enabled = stream.isatty()
+        self.t0 = time.monotonic()
+        self.drawn = False
+
+    def __call__(self, fraction: float) -> None:
+        if not self.enabled or time.monotonic() - self.t0 < PROGRESS_AFTER_S:
+            return
+        width = 30
+        done = int(round(fraction * width))
+        self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {fraction:4.0%}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _resolve_scenario_path(arg: str) -> str:
+    if os.path.exists(arg) or os.sep in arg or arg.endswith(".toml"):
+        return arg
+    return shipped_drills().get(arg, arg)
+
+
+def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
+            seed: int | None) -> tuple[list[RunSetup], list[str]]:
+    """Load and check every scenario and routing file; return the runs or every error line."""
+    errors: list[str] = []
+    setups: list[RunSetup] = []
+    policies: dict[str, Policy | None] = {}
+
+    def policy(path: str) -> Policy | None:
+        if path not in policies:
+            try:
+                policies[path] = load_policy(path)
+            except PolicyError as e:
+                errors.extend(e.lines())
+                policies[path] = None
+        return policies[path]
+
+    for arg in scenario_args:
+        path = _resolve_scenario_path(arg)
+        try:
+            sc: Scenario = load_scenario(path)
+        except PolicyError as e:
+            errors.extend(e.lines())
+            continue
+        if not routing_args and not os.path.exists(sc.routing_path):
+            errors.append(f"{sc.path}: routing: routing file {sc.routing_path} not found "
+                          f"(the path is relative to the scenario; give --routing PATH)")
+            continue
+        routing = list(routing_args) or [sc.routing_path]
+        loaded = [(r, policy(r)) for r in routing]
+        names: set[str] = set()
+        for _, p in loaded:
+            if p is not None:
+                names.update(p.providers)
+        for r, p in loaded:
+            if p is None:
+                continue
+            elsewhere = names - set(p.providers) if len(loaded) > 1 else set()
+            try:
+                setups.append(bind_scenario(sc, p, r, seed, elsewhere))
+            except PolicyError as e:
+                errors.extend(f"{line} (with routing {r})" if len(loaded) > 1 else line for line in e.lines())
+    return setups, list(dict.fromkeys(errors))
+
+
+def run_all(setups: Sequence[RunSetup], stderr: TextIO | None = None) -> list[RunResult]:
+    out: list[RunResult] = []
+    for s in setups:
+        bar = _ProgressBar(stderr, f"{s.scenario.name} ({os.path.basename(s.routing_path)})") \
+            if stderr is not None else None
+        try:
+            out.append(run(s, bar))
+        finally:
+            if bar is not None:
+                bar.close()
+    return out
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        if args.list:
+            for name, path in shipped_drills().items():
+                try:
+                    desc = load_scenario(path).model.description
+                except PolicyError:
+                    desc = "(invalid)"
+                stdout.write(f"{name:28s} {desc}\n")
+            return EXIT_OK
+        if not args.scenarios:
+            stderr.write("routingd simulate: give at least one SCENARIO.toml (or --list the shipped drills)\n")
+            return EXIT_INVALID
+        setups, errors = prepare(args.scenarios, args.routing, args.seed)
+        if errors:
+            for line in errors:
+                stderr.write(line + "\n")
+            return EXIT_INVALID
+        results = run_all(setups, stderr)
+        reports = [build_report(r) for r in results]
+        table = format_table(reports)
+        if args.json == "-":
+            stderr.write(table)
+        else:
+            stdout.write(table)
+        if args.json:
+            doc = json.dumps({"runs": reports}, indent=2) + "\n"
+            if args.json == "-":
+                stdout.write(doc)
+            else:
+                try:
+                    with open(args.json, "w") as f:
+                        f.write(doc)
+                except OSError as e:
+                    stderr.write(f"{args.json}: cannot write the JSON report: {e.strerror or e}\n")
+                    return EXIT_INVALID
+        if args.plot:
+            from .plot import write_plot
+            try:
+                write_plot(results, args.plot)
+            except OSError as e:
+                stderr.write(f"{args.plot}: cannot write the plot: {e.strerror or e}\n")
+                return EXIT_INVALID
+        if args.check:
+            missed = _missed(reports)
+            for line in missed:
+                stderr.write(line + "\n")
+            if missed:
+                return EXIT_MISSED
+        return EXIT_OK
+    except KeyboardInterrupt:
+        stderr.write("\nroutingd simulate: interrupted\n")
+        return 130
+    except Exception as e:  # never a traceback to a CLI user
+        stderr.write(f"routingd simulate: internal error: {type(e).__name__}: {e}\n")
+        return EXIT_INTERNAL
+
+
+def _missed(reports: Sequence[dict[str, Any]]) -> list[str]:
+    out = []
+    for rep in reports:
+        for e in rep["expect"]:
+            if not e["ok"]:
+                out.append(f"{rep['scenario_file']}: expect.{e['name']}: missed with {rep['routing']}: "
+                           f"actual {e['actual']}, target {e['target']}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="routingd simulate",
+                                     description="Replay provider outages against a routing file.")
+    add_simulate_arguments(parser)
+    return simulate_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Simulated providers: the shared behaviour model (daemon.core.behaviour) plus an outage timeline.
+
+The answer to each request is drawn by `daemon.core.behaviour.draw_answer`, the very function the
+daemon's `sandbox` provider uses; the only simulator-specific part is *which* fail mode and
+behaviour apply at a given simulated time (the outage windows of the scenario).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from daemon.core.behaviour import Answer, BehaviourSpec, RateWindow, draw_answer
+
+
+@dataclass(frozen=True)
+class OutageWindow:
+    start_s: float
+    end_s: float
+    kind: str
+    spec: BehaviourSpec          # the provider's behaviour with this outage's parameters applied
+
+
+class SimProvider:
+    """One provider of one run: healthy behaviour, baseline fail mode, outage windows, rate limit."""
+
+    def __init__(self, name: str, spec: BehaviourSpec, rng: random.Random, fail: str = "none",
+                 outages: tuple[OutageWindow, ...] = ()) -> None:
+        self.name = name
+        self.spec = spec
+        self.fail = fail
+        self.rng = rng
+        self.outages = tuple(sorted(outages, key=lambda o: o.start_s))
+        self.window = RateWindow(spec.rate_limit)
+
+    def mode_at(self, now: float) -> tuple[str, BehaviourSpec]:
+        """The fail mode and behaviour in force at `now` (the latest-starting active outage wins)."""
+        fail, spec = self.fail, self.spec
+        for o in self.outages:
+            if o.start_s > now:
+                break
+            if now < o.end_s:
+                fail, spec = o.kind, o.spec
+        return fail, spec
+
+    def answer(self, now: float, confirm_receipt: bool) -> Answer:
+        fail, spec = self.mode_at(now) if self.outages else (self.fail, self.spec)
+        return draw_answer(spec, fail, self.rng, now, self.window, confirm_receipt)

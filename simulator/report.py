@@ -1,0 +1,238 @@
+"""The report of a run (DESIGN.md "Simulator"), its [expect] verdicts and the text table.
+
+Units: times in seconds (floats, rounded to the microsecond), counts as integers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from daemon.core.durations import format_duration_ms
+
+from .metrics import WAITED, Metrics, percentile
+from .runner import RunResult
+from .scenario import ExpectSection
+
+ROUTE_AROUND_SHARE = 0.95
+ROUTE_AROUND_BLOCK = 20       # messages per block: at most 1 (5%) of every 20 may still wait
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def route_around_s(m: Metrics, provider: str, start: float, end: float) -> float | None:
+    """Seconds from `start` until 95% of the messages accepted from then on no longer wait on
+    `provider`; None when that does not happen before `end`.
+
+    Counted are the messages accepted in [start, end) whose routing reached the provider (an
+    attempt on it, or a breaker skip of it), in accept order. A message waited on it when an
+    attempt on it that started inside the window failed, timed out or was refused. So that a long
+    outage cannot dilute a slow reaction, "95% of the messages from then on" is held locally:
+    from the returned moment on, every run of 20 consecutive such messages has at most one (5%)
+    that waited. 0 when that holds from the outage's start.
+    """
+    p = m.providers.index(provider)
+    waited_of: dict[int, bool] = {}
+    for msg, prov, t0, out in zip(m.a_msg, m.a_prov, m.a_start, m.a_outcome):
+        if prov == p and start <= m.accepted_at[msg] < end:
+            waited = start <= t0 < end and out in WAITED
+            waited_of[msg] = waited_of.get(msg, False) or waited
+    for msg, prov in zip(m.s_msg, m.s_prov):
+        if prov == p and start <= m.accepted_at[msg] < end:
+            waited_of.setdefault(msg, False)
+    order = sorted(waited_of)                # message index order == accept order
+    n = len(order)
+    if n == 0:
+        return 0.0
+    block = min(ROUTE_AROUND_BLOCK, n)
+    allowed = int((1.0 - ROUTE_AROUND_SHARE) * block + 1e-9)
+    prefix = [0]
+    for msg in order:
+        prefix.append(prefix[-1] + waited_of[msg])
+    last_bad = -1
+    for j in range(n - block + 1):
+        if prefix[j + block] - prefix[j] > allowed:
+            last_bad = j
+    k = last_bad + 1
+    if k == 0:
+        return 0.0
+    if k > n - block:
+        return None
+    return max(0.0, m.accepted_at[order[k]] - start)
+
+
+def _expect(ex: ExpectSection, rep: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    ttd = rep["time_to_deliver_s"]
+
+    def add(name: str, target: Any, actual: Any, ok: bool) -> None:
+        out.append({"name": name, "target": target, "actual": actual, "ok": bool(ok)})
+
+    def at_most(name: str, target: float | int | None, actual: float | int | None, scale: float = 1.0) -> None:
+        if target is None:
+            return
+        t = target / scale if scale != 1.0 else target
+        add(name, t, actual, actual is not None and actual <= t + 1e-9)
+
+    def at_least(name: str, target: float | int | None, actual: float | int | None) -> None:
+        if target is None:
+            return
+        add(name, target, actual, actual is not None and actual >= target - 1e-12)
+
+    at_least("delivered_ratio", ex.delivered_ratio, rep["delivered_ratio"])
+    for q in ("p50", "p95", "p99", "max"):
+        at_most(f"{q}_time_to_deliver", getattr(ex, f"{q}_time_to_deliver"), ttd[q], 1000.0)
+    at_most("expired", ex.expired, rep["expired"])
+    at_most("undeliverable", ex.undeliverable, rep["undeliverable"])
+    at_most("duplicates", ex.duplicates, rep["duplicates"])
+    at_most("violations", ex.violations, rep["violations"])
+    at_most("attempts_per_message", ex.attempts_per_message, rep["attempts_per_message"]["mean"])
+    if ex.time_to_route_around is not None:
+        times = [o["time_to_route_around_s"] for o in rep["outages"]]
+        worst = None if not times or any(t is None for t in times) else max(times)
+        at_most("time_to_route_around", ex.time_to_route_around, worst, 1000.0)
+    at_least("min_provider_failovers", ex.min_provider_failovers, rep["failovers"]["provider"])
+    at_least("min_channel_failovers", ex.min_channel_failovers, rep["failovers"]["channel"])
+    return out
+
+
+def build_report(res: RunResult) -> dict[str, Any]:
+    m = res.metrics
+    setup = res.setup
+    sc = setup.scenario
+    s = m.summary()
+    ttd = sorted(m.times_to_deliver())
+    attempts = m.attempts
+    duration = sc.duration_s
+    outages = []
+    for o in setup.outages:
+        window_end = min(o.end_s, duration)
+        outages.append({"provider": o.provider, "kind": o.kind, "start_s": _r(o.start_s), "end_s": _r(o.end_s),
+                        "time_to_route_around_s": _r(route_around_s(m, o.provider, o.start_s, window_end))})
+    violations = res.checker.total
+    rep: dict[str, Any] = {
+        "scenario": sc.name,
+        "scenario_file": sc.path,
+        "routing": setup.routing_path,
+        "policy_version": setup.policy.version,
+        "seed": setup.seed,
+        "duration_s": _r(duration),
+        "rate": float(sc.model.traffic.rate),
+        "messages": s["messages"],
+        "delivered": s["delivered"],
+        "undeliverable": s["undeliverable"],
+        "expired": s["expired"],
+        "pending": res.pending,
+        "delivered_ratio": _r(s["delivered"] / s["messages"] if s["messages"] else None),
+        "duplicates": m.duplicates,
+        "time_to_deliver_s": {q: _r(percentile(ttd, v)) for q, v in
+                              (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+        "attempts_per_message": {"mean": _r(sum(attempts) / len(attempts) if attempts else None, 4),
+                                 "max": max(attempts, default=0)},
+        "failovers": {"provider": m.failovers.get("provider", 0), "channel": m.failovers.get("channel", 0)},
+        "providers": {p: st.to_json() for p, st in m.stats.items()},
+        "outages": outages,
+        "violations": violations,
+        "violation_kinds": dict(res.checker.counts),
+        "sim_end_s": _r(res.sim_end_s),
+    }
+    rep["expect"] = _expect(sc.model.expect, rep)
+    rep["ok"] = all(e["ok"] for e in rep["expect"])
+    rep["wall_s"] = round(res.wall_s, 3)
+    return rep
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _secs(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v < 1.0:
+        return f"{v * 1000:.0f}ms"
+    return f"{v:.2f}s"
+
+
+_EXPECT_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">="}
+_EXPECT_SECS = {"p50_time_to_deliver", "p95_time_to_deliver", "p99_time_to_deliver", "max_time_to_deliver",
+                "time_to_route_around"}
+
+
+def _rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = [
+        ("messages", _fmt(rep["messages"])),
+        ("delivered", _fmt(rep["delivered"])),
+        ("undeliverable", _fmt(rep["undeliverable"])),
+        ("expired", _fmt(rep["expired"])),
+        ("delivered ratio", f"{rep['delivered_ratio']:.4%}" if rep["delivered_ratio"] is not None else "-"),
+        ("duplicates", _fmt(rep["duplicates"])),
+    ]
+    for q in ("p50", "p95", "p99", "max"):
+        rows.append((f"time to deliver {q}", _secs(rep["time_to_deliver_s"][q])))
+    apm = rep["attempts_per_message"]
+    rows.append(("attempts/message mean, max", f"{_fmt(apm['mean'])}, {apm['max']}"))
+    rows.append(("failovers provider, channel", f"{rep['failovers']['provider']}, {rep['failovers']['channel']}"))
+    for p, st in rep["providers"].items():
+        rows.append((f"{p}: attempts/ok/fail/timeout/skip",
+                     f"{st['attempts']}/{st['delivered']}/{st['failed']}/{st['timeouts']}/{st['skipped']}"))
+    for o in rep["outages"]:
+        label = f"outage {o['provider']} {o['kind']} {_secs(o['start_s'])}-{_secs(o['end_s'])}: route-around"
+        t = o["time_to_route_around_s"]
+        rows.append((label, "never" if t is None else _secs(t)))
+    rows.append(("violations", _fmt(rep["violations"])))
+    for e in rep["expect"]:
+        sign = _EXPECT_SIGN.get(e["name"], "<=")
+        fmt = _secs if e["name"] in _EXPECT_SECS else _fmt
+        label = f"expect {e['name']} {sign} {fmt(e['target'])}"
+        rows.append((label, f"{fmt(e['actual'])} {'ok' if e['ok'] else 'MISS'}"))
+    rows.append(("wall time", f"{rep['wall_s']:.2f}s"))
+    return rows
+
+
+def format_table(reports: list[dict[str, Any]]) -> str:
+    """One table per scenario; runs of the same scenario (routing files) side by side."""
+    blocks: list[str] = []
+    by_scenario: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rep in reports:
+        by_scenario.setdefault((rep["scenario_file"], rep["scenario"]), []).append(rep)
+    for (_, name), reps in by_scenario.items():
+        cols = [dict(_rows(r)) for r in reps]
+        labels: list[str] = []
+        for r in reps:
+            for label, _ in _rows(r):
+                if label not in labels:
+                    labels.append(label)
+        heads = [_short(r["routing"]) for r in reps]
+        w0 = max(len(x) for x in labels + ["routing"])
+        widths = [max([len(h)] + [len(c.get(label, "")) for label in labels]) for h, c in zip(heads, cols)]
+        r0 = reps[0]
+        title = (f"scenario {name}: {format_duration_ms(int(round(r0['duration_s'] * 1000)))} at "
+                 f"{_fmt(r0['rate'])}/s, seed {r0['seed']}")
+        lines = [title, "  ".join(["routing".ljust(w0)] + [h.rjust(w) for h, w in zip(heads, widths)])]
+        lines.append("  ".join(["-" * w0] + ["-" * w for w in widths]))
+        for label in labels:
+            lines.append("  ".join([label.ljust(w0)] + [c.get(label, "").rjust(w) for c, w in zip(cols, widths)]))
+        verdict = ", ".join(f"{_short(r['routing'])}: {'ok' if r['ok'] else 'FAILED'}" for r in reps)
+        lines.append(f"expectations: {verdict}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        rel = path
+    return rel if len(rel) <= len(path) else path

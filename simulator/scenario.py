@@ -1,0 +1,198 @@
+"""The scenario file: traffic, healthy provider behaviour, an outage timeline and CI expectations.
+
+    name = "email-primary-hang"
+    duration = "5m"                 # arrivals stop here; the run goes on until every message ends
+    seed = 1
+    routing = "../../routing.toml"  # relative to this file; `--routing` overrides it
+
+    [traffic]
+    rate = 20                       # Poisson arrivals per second (or "1200/m")
+    route = "default"               # or a mix: routes = { default = 0.9, urgent = 0.1 }
+    [traffic.recipients]            # share of recipients holding each contact field (default 1)
+    phone_number = 0.8
+
+    [providers.ses]                 # healthy behaviour (daemon.core.behaviour.BehaviourSpec)
+    latency = { median = "80ms", p99 = "400ms" }
+
+    [[outages]]
+    provider = "ses"
+    start = "1m"
+    duration = "3m"
+    kind = "hang"
+
+    [expect]
+    delivered_ratio = 0.999
+
+Shape errors are reported like routing.toml's: PolicyError lines "FILE: key.path: reason".
+References into the routing file (routes, providers) are checked by `bind_scenario`, once the
+routing file of a run is known.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
+from daemon.core.policy import PolicyError, Problem, problems_from_validation
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class TrafficSection(_Strict):
+    rate: Rate
+    route: str | None = None
+    routes: dict[str, Annotated[float, Field(gt=0.0)]] | None = None
+    recipients: dict[str, Share] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_route_form(self) -> "TrafficSection":
+        if self.route is not None and self.routes is not None:
+            raise ValueError("give either route or routes (a mix), not both")
+        if self.routes is not None and not self.routes:
+            raise ValueError("routes must name at least one route")
+        return self
+
+    def route_mix(self) -> list[tuple[str, float]]:
+        """(route, share) pairs summing to 1, in file order."""
+        if self.routes:
+            total = sum(self.routes.values())
+            return [(r, w / total) for r, w in self.routes.items()]
+        return [(self.route or "default", 1.0)]
+
+
+# outage parameters and the kind they belong to
+OUTAGE_PARAMS = {"factor": "slow", "error_rate": "flaky", "retry_after": "throttle"}
+
+
+class OutageSection(_Strict):
+    provider: str
+    start: Duration
+    duration: Duration
+    kind: OutageKind
+    factor: float | None = Field(default=None, ge=1.0)            # slow: latency x factor
+    error_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # flaky: share of 5xx
+    retry_after: Duration | None = None                             # throttle: Retry-After
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("an outage must last longer than 0")
+        return v
+
+    @model_validator(mode="after")
+    def _params_fit_kind(self) -> "OutageSection":
+        for param, kind in OUTAGE_PARAMS.items():
+            if getattr(self, param) is not None and self.kind != kind:
+                raise ValueError(f"{param} applies only to kind = \"{kind}\", not \"{self.kind}\"")
+        return self
+
+    def behaviour_update(self) -> dict[str, Any]:
+        """BehaviourSpec fields this outage overrides while it lasts."""
+        out: dict[str, Any] = {}
+        if self.factor is not None:
+            out["slow_factor"] = self.factor
+        if self.error_rate is not None:
+            out["flaky_error_rate"] = self.error_rate
+        if self.retry_after is not None:
+            out["throttle_retry_after"] = self.retry_after
+        return out
+
+
+class ExpectSection(_Strict):
+    """CI assertions; each absent key is not checked. `violations` is always checked (0)."""
+
+    delivered_ratio: Share | None = None                   # actual >= target
+    p50_time_to_deliver: Duration | None = None            # actual <= target
+    p95_time_to_deliver: Duration | None = None
+    p99_time_to_deliver: Duration | None = None
+    max_time_to_deliver: Duration | None = None
+    expired: Annotated[int, Field(ge=0)] | None = None     # actual <= target
+    undeliverable: Annotated[int, Field(ge=0)] | None = None
+    duplicates: Annotated[int, Field(ge=0)] | None = None
+    violations: Annotated[int, Field(ge=0)] = 0
+    attempts_per_message: Annotated[float, Field(gt=0)] | None = None   # mean <= target
+    time_to_route_around: Duration | None = None           # every outage's, <= target
+    min_provider_failovers: Annotated[int, Field(ge=0)] | None = None   # actual >= target
+    min_channel_failovers: Annotated[int, Field(ge=0)] | None = None
+
+
+class ScenarioModel(_Strict):
+    name: str | None = None
+    description: str = ""
+    duration: Duration
+    seed: int = 1
+    routing: str = "routing.toml"
+    traffic: TrafficSection
+    providers: dict[str, BehaviourSpec] = Field(default_factory=dict)
+    outages: list[OutageSection] = Field(default_factory=list)
+    expect: ExpectSection = ExpectSection()
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("duration must be longer than 0")
+        return v
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario file."""
+
+    model: ScenarioModel
+    path: str
+    name: str
+    routing_path: str                   # the scenario's own routing file, resolved against `path`
+    provider_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.model.duration / 1000.0
+
+
+def parse_scenario(text: str, path: str) -> Scenario:
+    """Parse and validate scenario text; raise PolicyError naming `path` for every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(path, [Problem((), f"not valid TOML: {e}")]) from None
+    try:
+        model = ScenarioModel.model_validate(raw)
+    except ValidationError as e:
+        raise PolicyError(path, problems_from_validation(e)) from None
+    # Keep only the keys the scenario sets, so that unset ones default to the routing file's
+    # sandbox provider (see bind_scenario).
+    overrides = {name: spec.model_dump(include=spec.model_fields_set)
+                 for name, spec in model.providers.items()}
+    base = os.path.dirname(os.path.abspath(path))
+    routing = os.path.normpath(os.path.join(base, model.routing))
+    name = model.name or os.path.splitext(os.path.basename(path))[0]
+    return Scenario(model, path, name, routing, overrides)
+
+
+def load_scenario(path: str) -> Scenario:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PolicyError(path, [Problem((), f"cannot read file: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
+    return parse_scenario(text, path)
+
+
+__all__ = ["ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel",
+           "TrafficSection", "load_scenario", "parse_scenario"]
