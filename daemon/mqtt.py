@@ -1,0 +1,581 @@
+"""MQTT for the daemon: one broker connection, events out, sends in, and the `mqtt` provider type.
+
+    link = MqttLink(policy.model.daemon.mqtt, on_drop=metrics.mqtt_dropped.inc)
+    link.set_ingress(submit)                       # before start(); async submit(bytes) -> (ok, body)
+    router.add_event_listener(event_publisher(link))
+    await link.start()  ...  await link.close(flush_timeout=2.0)
+
+`MqttLink` keeps one aiomqtt client alive in a background task and reconnects with capped
+exponential back-off (aiomqtt's documented reconnect loop: a fresh `async with Client(...)` per
+attempt, `MqttError` = connection failed or lost). Everything the daemon publishes on its own
+(events, accepted/rejected answers) goes through a bounded buffer: `publish_nowait()` never blocks
+and never raises; when the buffer is full the publication is dropped, counted (`dropped`, the
+`on_drop` hook for `routingd_mqtt_events_dropped_total`) and logged at most every 10 s. What was
+buffered while the broker was away is published after the reconnect (QoS 1 = PUBACK awaited; a
+publication interrupted by a lost connection goes back to the head of the buffer: at-least-once).
+
+The `mqtt` provider adapter publishes directly and waits for the PUBACK (= delivered); without a
+connection it answers a network outcome at once, so failover moves on instead of waiting.
+Topics and payloads: docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import secrets
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
+from .clock import rfc3339
+from .core.engine import Event, Outcome
+from .core.policy import MqttProvider, MqttSection
+
+log = logging.getLogger("routingd.mqtt")
+
+SHARE_GROUP = "routingd"
+DROPPED_METRIC = "routingd_mqtt_events_dropped_total"
+MAX_ECHO_BYTES = 64 * 1024           # a rejected request is echoed in full up to this size
+INGRESS_CONCURRENCY = 64             # sends handled at once; the reader waits beyond that
+
+SubmitFn = Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]
+EventCallback = Callable[[str, Event], None]
+
+
+class MqttConfigError(ValueError):
+    """[daemon.mqtt] cannot be used as given (bad url); the message names the key and the fix."""
+
+
+class MqttUnavailable(ConnectionError):
+    """Not connected to the broker, or the connection was lost before the broker acknowledged."""
+
+
+class TopicTemplateError(ValueError):
+    """A provider topic template could not be filled for this message."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(settings: MqttSection) -> BrokerAddress:
+    """mqtt://[user[:password]@]host[:port] (1883) or mqtts://... (TLS, 8883); the
+    username/password keys win over credentials in the url."""
+    try:
+        parts = urlsplit(settings.url)
+        port = parts.port
+    except ValueError as exc:
+        raise MqttConfigError(f"daemon.mqtt.url: {exc} in {settings.url!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+        raise MqttConfigError(f"daemon.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], "
+                              f"got {settings.url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise MqttConfigError(f"daemon.mqtt.url: a broker url has no path or query, got {settings.url!r} "
+                              "(set the topic prefix with daemon.mqtt.topic_prefix)")
+    tls = settings.tls or scheme in ("mqtts", "ssl")
+    password = settings.password.get_secret_value() if settings.password is not None else None
+    return BrokerAddress(
+        host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+        username=settings.username or (unquote(parts.username) if parts.username else None),
+        password=password if password is not None else (unquote(parts.password) if parts.password else None))
+
+
+def check_topic(topic: str) -> None:
+    """A topic name we may publish to (no wildcards, not empty, within MQTT's length limit)."""
+    if not topic or "+" in topic or "#" in topic or "\0" in topic or len(topic.encode()) > 65535:
+        raise ValueError(f"invalid MQTT topic name {topic!r} (empty, too long, or holds + # or NUL)")
+
+
+def _encode(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=str).encode()
+
+
+@dataclass(frozen=True)
+class _Publication:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class MqttLink:
+    """The daemon's one MQTT connection (see the module docstring)."""
+
+    def __init__(self, settings: MqttSection, *, on_drop: Callable[[int], Any] | None = None,
+                 on_state: Callable[[bool], Any] | None = None, reconnect_min_s: float = 0.5,
+                 reconnect_max_s: float = 30.0, publish_workers: int = 16,
+                 drop_log_interval_s: float = 10.0) -> None:
+        self.settings = settings
+        self.address = parse_broker_url(settings)
+        self.prefix = settings.topic_prefix.strip("/")
+        self.client_id = settings.client_id or f"routingd-{secrets.token_hex(4)}"
+        self.capacity = settings.buffer
+        self.on_drop = on_drop            # e.g. metrics counter .inc (called with the number dropped)
+        self.on_state = on_state          # e.g. a gauge setter (called with True/False)
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = max(reconnect_max_s, reconnect_min_s)
+        self.publish_timeout_s = float(max(10, settings.keepalive))
+        self.dropped = 0                  # publications dropped because the buffer was full
+        self.published = 0                # buffered publications the broker acknowledged
+        self.last_error: str | None = None
+        self._workers = max(1, publish_workers)
+        self._drop_log_interval_s = drop_log_interval_s
+        self._drops_unlogged = 0
+        self._drop_logged_at = -math.inf
+        self._buffer: deque[_Publication] = deque()
+        self._inflight = 0
+        self._nonempty = asyncio.Event()
+        self._up = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._submit: SubmitFn | None = None
+        self._answer_accepted = True
+        self._ingress_slots = asyncio.Semaphore(INGRESS_CONCURRENCY)
+        self._ingress_tasks: set[asyncio.Task[None]] = set()
+        self._tls_context: ssl.SSLContext | None = None
+
+    # ------------------------------------------------------------------ topics and state
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) + self._inflight
+
+    @property
+    def send_topic(self) -> str:
+        return f"{self.prefix}/send"
+
+    @property
+    def send_subscription(self) -> str:
+        return f"$share/{SHARE_GROUP}/{self.send_topic}" if self.settings.shared_subscription else self.send_topic
+
+    @property
+    def accepted_topic(self) -> str:
+        return f"{self.prefix}/accepted"
+
+    @property
+    def rejected_topic(self) -> str:
+        return f"{self.prefix}/rejected"
+
+    def events_topic(self, message_id: str) -> str:
+        return f"{self.prefix}/events/{message_id}"
+
+    def set_ingress(self, submit: SubmitFn, *, answer_accepted: bool = True) -> None:
+        """Take sends from `{prefix}/send` (when settings.subscribe): `submit(payload)` gives
+        (True, {"message_id", ...}) or (False, {"error", "details"}). Call before start()."""
+        if self._task is not None:
+            raise RuntimeError("MqttLink.set_ingress() must be called before start()")
+        self._submit = submit
+        self._answer_accepted = answer_accepted
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the connection task (returns at once; the broker may still be unreachable)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mqtt-link")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._up.wait(), timeout)
+        return self.connected
+
+    async def close(self, flush_timeout: float = 0.0) -> None:
+        """Stop: optionally give the buffer up to `flush_timeout` s to drain, then disconnect."""
+        if self._task is None:
+            return
+        deadline = time.monotonic() + flush_timeout
+        while self.connected and self.buffered and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in list(self._ingress_tasks):
+            task.cancel()
+        self._task.cancel()
+        await asyncio.gather(self._task, *self._ingress_tasks, return_exceptions=True)
+        self._task = None
+        if self.buffered:
+            log.info("MQTT link closed with %d publication(s) not sent", self.buffered)
+
+    async def __aenter__(self) -> MqttLink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_nowait(self, topic: str, payload: Any, qos: int | None = None) -> bool:
+        """Queue one publication (dict/list = JSON, str, bytes). Never blocks, never raises:
+        False when it was dropped (buffer full: counted and logged; or not publishable)."""
+        try:
+            check_topic(topic)
+            data = _encode(payload)
+        except (TypeError, ValueError) as exc:
+            log.error("MQTT publication to %r not queued: %s", topic, exc)
+            return False
+        if len(self._buffer) >= self.capacity:
+            self._count_drop()
+            return False
+        self._buffer.append(_Publication(topic, data, self.settings.qos if qos is None else qos))
+        self._nonempty.set()
+        return True
+
+    async def publish(self, topic: str, payload: Any, qos: int | None = None) -> None:
+        """Publish now and wait for the broker's acknowledgement (PUBACK for QoS 1).
+
+        Raises MqttUnavailable when not connected or when the connection is lost first, and
+        ValueError for a topic that cannot be published to. Cancellable at any point."""
+        check_topic(topic)
+        data = _encode(payload)
+        client, lost = self._client, self._lost
+        if client is None or lost is None or lost.is_set():
+            raise MqttUnavailable(self._unavailable_reason())
+        pub = asyncio.ensure_future(client.publish(topic, data, qos=self.settings.qos if qos is None else qos,
+                                                   timeout=math.inf))
+        lost_wait = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait((pub, lost_wait), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost_wait.cancel()
+            if not pub.done():
+                pub.cancel()
+        if pub.cancelled():
+            raise MqttUnavailable(f"connection to the MQTT broker at {self.address.where} lost before "
+                                  "it acknowledged the publication")
+        exc = pub.exception()
+        if isinstance(exc, aiomqtt.MqttError):
+            raise MqttUnavailable(f"MQTT publish to {self.address.where} failed: {exc}") from exc
+        if exc is not None:
+            raise exc
+
+    def _unavailable_reason(self) -> str:
+        why = f": {self.last_error}" if self.last_error else ""
+        return f"not connected to the MQTT broker at {self.address.where}{why}"
+
+    def _count_drop(self, n: int = 1) -> None:
+        self.dropped += n
+        self._drops_unlogged += n
+        if self.on_drop is not None:
+            try:
+                self.on_drop(n)
+            except Exception:  # a metrics hook must never break publishing
+                log.exception("MQTT on_drop hook failed")
+        now = time.monotonic()
+        if now - self._drop_logged_at >= self._drop_log_interval_s:
+            log.warning("MQTT buffer full (%d publications; broker %s %s): dropped %d since the last "
+                        "report, %d in total (%s)", self.capacity, self.address.where,
+                        "connected" if self.connected else "unreachable", self._drops_unlogged,
+                        self.dropped, DROPPED_METRIC)
+            self._drop_logged_at = now
+            self._drops_unlogged = 0
+
+    # ------------------------------------------------------------------ the connection task
+
+    def _make_client(self) -> aiomqtt.Client:
+        a = self.address
+        if a.tls and self._tls_context is None:
+            self._tls_context = ssl.create_default_context(cafile=self.settings.ca_file)
+        return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password,
+                              identifier=self.client_id, keepalive=self.settings.keepalive,
+                              tls_context=self._tls_context if a.tls else None,
+                              max_inflight_messages=64, timeout=self.publish_timeout_s)
+
+    async def _run(self) -> None:
+        delay = self.reconnect_min_s
+        failures = 0
+        while True:
+            connected_at: float | None = None
+            try:
+                client = self._make_client()
+                async with client:
+                    connected_at = time.monotonic()
+                    failures = 0
+                    await self._serve(client)
+            except asyncio.CancelledError:
+                raise
+            except (aiomqtt.MqttError, OSError) as exc:
+                cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
+                self.last_error = (str(exc) or type(exc).__name__) + cause
+            except Exception as exc:  # never let the link die: log it and reconnect
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("MQTT connection task failed")
+            if connected_at is not None and time.monotonic() - connected_at >= 10.0:
+                delay = self.reconnect_min_s      # a connection that lasted: start over quickly
+            sleep_s = min(self.reconnect_max_s, delay * random.uniform(0.8, 1.2))
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("MQTT broker %s %s: %s; reconnecting in %.1fs (%d buffered, %d dropped)",
+                            self.address.where, "connection lost" if connected_at else "unreachable",
+                            self.last_error, sleep_s, self.buffered, self.dropped)
+            await asyncio.sleep(sleep_s)
+            delay = min(self.reconnect_max_s, delay * 2)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection: (re)subscribe, then publish the buffer and read sends until it breaks."""
+        ingress = self._submit is not None and self.settings.subscribe
+        if ingress:
+            granted = await client.subscribe(self.send_subscription, qos=self.settings.qos)
+            if any(getattr(code, "is_failure", code == 0x80) for code in granted):
+                log.error("MQTT broker %s refused the subscription to %r (check its ACL); sends over "
+                          "MQTT are off until the next reconnect", self.address.where, self.send_subscription)
+                ingress = False
+        self._client, self._lost = client, asyncio.Event()
+        self._up.set()
+        self._state(True)
+        log.info("MQTT connected to %s as %s%s (%d buffered)", self.address.where, self.client_id,
+                 f", taking sends from {self.send_subscription}" if ingress else "", self.buffered)
+        tasks = [asyncio.create_task(self._read(client, ingress), name="mqtt-read")]
+        tasks += [asyncio.create_task(self._write(client), name=f"mqtt-write-{i}") for i in range(self._workers)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()                 # the loops only end by raising
+        finally:
+            self._up.clear()
+            self._lost.set()
+            self._client = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._state(False)
+
+    def _state(self, up: bool) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state(up)
+            except Exception:
+                log.exception("MQTT on_state hook failed")
+
+    async def _take(self) -> _Publication:
+        while not self._buffer:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        return self._buffer.popleft()
+
+    async def _write(self, client: aiomqtt.Client) -> None:
+        while True:
+            pub = await self._take()
+            self._inflight += 1
+            try:
+                await client.publish(pub.topic, pub.payload, qos=pub.qos)
+            except (aiomqtt.MqttError, asyncio.CancelledError):
+                self._buffer.appendleft(pub)      # publish again after the reconnect
+                self._nonempty.set()
+                raise
+            except Exception:
+                log.exception("MQTT publication to %r dropped", pub.topic)
+                self._count_drop()
+            else:
+                self.published += 1
+            finally:
+                self._inflight -= 1
+
+    async def _read(self, client: aiomqtt.Client, ingress: bool) -> None:
+        async for message in client.messages:    # raises MqttError when the connection is lost
+            if not (ingress and message.topic.matches(self.send_topic)):
+                continue
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes) else str(payload if payload is not None else "").encode()
+            await self._ingress_slots.acquire()
+            task = asyncio.create_task(self._handle_send(raw, bool(message.retain)), name="mqtt-send")
+            self._ingress_tasks.add(task)
+            task.add_done_callback(self._ingress_done)
+
+    def _ingress_done(self, task: asyncio.Task[None]) -> None:
+        self._ingress_tasks.discard(task)
+        self._ingress_slots.release()
+
+    async def _handle_send(self, raw: bytes, retained: bool) -> None:
+        assert self._submit is not None
+        if retained:
+            ok, body = False, {"error": "retained message", "details": [
+                f"{self.send_topic}: retained messages are not accepted (they would be sent again on "
+                "every reconnect); publish without the retain flag and clear the retained message"]}
+        else:
+            try:
+                ok, body = await self._submit(raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("MQTT send from %s could not be processed", self.send_topic)
+                ok, body = False, {"error": "internal error",
+                                   "details": ["the daemon could not process this send; see its log"]}
+        if ok:
+            if self._answer_accepted:
+                self.publish_nowait(self.accepted_topic, body)
+        else:
+            self.publish_nowait(self.rejected_topic, rejection_payload(body, raw))
+
+
+def rejection_payload(body: Mapping[str, Any], raw: bytes) -> dict[str, Any]:
+    """{"error", "details", ...the rest of body, "request": the send as JSON (or text)}."""
+    out: dict[str, Any] = {"error": str(body.get("error") or "rejected"), "details": body.get("details", [])}
+    out.update({k: v for k, v in body.items() if k not in out and k != "request"})
+    if len(raw) > MAX_ECHO_BYTES:
+        out["request"] = raw[:1024].decode(errors="replace")
+        out["request_truncated"] = len(raw)
+        return out
+    try:
+        out["request"] = json.loads(raw)
+    except ValueError:
+        out["request"] = raw.decode(errors="replace")
+    return out
+
+
+# --------------------------------------------------------------------------- events
+
+
+_RENAMED = {"at": "retry_at", "type": "event_type", "message_id": "event_message_id"}
+
+
+def _timestamp(t: float) -> str | None:
+    try:
+        return rfc3339(t) if math.isfinite(t) else None
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def event_payload(message_id: str, event: Event) -> dict[str, Any]:
+    """{"type", "message_id", "at", **data}: times (`at`, `*_at`, `deadline`, `*_deadline`) in
+    RFC 3339 with ms; a data key that would shadow type/message_id/at is renamed (`at` of a
+    retry_scheduled event becomes `retry_at`)."""
+    out: dict[str, Any] = {"type": event.type, "message_id": message_id, "at": _timestamp(event.at)}
+    for key, value in event.data.items():
+        key = _RENAMED.get(key, key) if key in out else key
+        if (key == "deadline" or key.endswith(("_at", "_deadline"))) and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            value = _timestamp(float(value))
+        out[key] = _jsonable(value)
+    return out
+
+
+def event_publisher(link: MqttLink, prefix: str | None = None) -> EventCallback:
+    """A Router event listener: cb(message_id, event) publishes to {prefix}/events/{message_id}
+    through the link's buffer (QoS = daemon.mqtt.qos, 1 by default). Never blocks or raises."""
+    base = (prefix if prefix is not None else link.prefix).strip("/")
+
+    def publish(message_id: str, event: Event) -> None:
+        try:
+            link.publish_nowait(f"{base}/events/{message_id}", event_payload(message_id, event))
+        except Exception:  # a listener must never break the router
+            log.exception("MQTT event for %s not published", message_id)
+
+    return publish
+
+
+# --------------------------------------------------------------------------- provider type "mqtt"
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def render_topic(template: str, req: AttemptRequest) -> str:
+    """Fill {message_id} and {to.FIELD}; a missing field or a value that would change the
+    topic's levels (/ + # NUL) raises TopicTemplateError."""
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name == "message_id":
+            value: Any = req.message_id
+        elif name.startswith("to.") and len(name) > 3:
+            field = name[3:]
+            value = req.to.get(field)
+            if value is None or value == "":
+                raise TopicTemplateError(f"topic {template!r}: the recipient has no {field!r}")
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise TopicTemplateError(f"topic {template!r}: to.{field} is not a string or number")
+        else:
+            raise TopicTemplateError(f"topic {template!r}: unknown placeholder {{{name}}} "
+                                     "(use {message_id} or {to.FIELD})")
+        text = str(value)
+        if any(c in text for c in "/+#\0"):
+            raise TopicTemplateError(f"topic {template!r}: {{{name}}} = {text!r} holds / + # or NUL")
+        return text
+
+    topic = _PLACEHOLDER.sub(fill, template)
+    try:
+        check_topic(topic)
+    except ValueError as exc:
+        raise TopicTemplateError(str(exc)) from None
+    return topic
+
+
+class MqttProviderAdapter(ProviderAdapter):
+    """Publishes the attempt's JSON to the provider's topic; the broker's PUBACK = delivered."""
+
+    def __init__(self, name: str, config: MqttProvider, link: MqttLink) -> None:
+        self.name = name
+        self.config = config
+        self.link = link
+
+    async def send(self, req: AttemptRequest) -> Outcome:
+        try:
+            topic = render_topic(self.config.topic, req)
+        except TopicTemplateError as exc:
+            return Outcome(status=400, detail=str(exc))
+        try:
+            await self.link.publish(topic, req.payload(), qos=self.config.qos)
+        except MqttUnavailable as exc:
+            return Outcome(network=True, detail=str(exc))
+        except (TypeError, ValueError) as exc:
+            return Outcome(status=400, detail=f"cannot publish to {topic!r}: {exc}")
+        return Outcome(status=200)
+
+
+class UnconfiguredMqttAdapter(ProviderAdapter):
+    """A provider of type mqtt while [daemon.mqtt] is absent: every attempt is a network failure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def send(self, req: AttemptRequest) -> Outcome:
+        return Outcome(network=True, detail="[daemon.mqtt] is not configured")
+
+
+def _factory(name: str, config: Any, ctx: AdapterContext) -> ProviderAdapter:
+    if ctx.mqtt is None:
+        return UnconfiguredMqttAdapter(name)
+    return MqttProviderAdapter(name, config, ctx.mqtt)
+
+
+register_adapter("mqtt", _factory)

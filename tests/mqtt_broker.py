@@ -1,0 +1,165 @@
+"""A real mosquitto broker on a free loopback port, for tests.
+
+    from mqtt_broker import mqtt_broker          # the fixture (or tests.mqtt_broker)
+
+    def test_x(mqtt_broker):
+        mqtt_broker.url          # "mqtt://127.0.0.1:PORT"
+        mqtt_broker.stop()       # broker outage (SIGTERM; stop(hard=True) = SIGKILL)
+        mqtt_broker.start()      # recovery on the SAME port
+
+`start_broker(directory)` is the plain function behind the fixture. A missing mosquitto binary
+fails the test with the command that installs it; it is never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+_SEARCH = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin", "/usr/local/opt/mosquitto/sbin")
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be found or started; the message says what to do."""
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path=os.pathsep.join(_SEARCH))
+    if not found:
+        raise BrokerError("the mosquitto binary was not found (PATH, /usr/sbin, /usr/local/sbin); "
+                          "install it with `sh tools/ensure-mosquitto.sh` (run by `make test`) "
+                          "or your package manager (Debian/Ubuntu: apt-get install mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Broker:
+    """One mosquitto process bound to 127.0.0.1:port; restartable on the same port."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, binary: str, directory: Path, port: int, *, persistence: bool = False) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = port
+        self.persistence = persistence
+        self.config_file = directory / "mosquitto.conf"
+        self.log_file = directory / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._write_config()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_config(self) -> None:
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
+                 f"persistence {'true' if self.persistence else 'false'}", "log_dest stdout",
+                 "log_type error", "log_type warning", "log_type notice", "log_type information"]
+        if self.persistence:
+            # Sessions and queued QoS 1 messages survive stop()/start() (saved on SIGTERM).
+            lines += [f"persistence_location {self.directory}/", "autosave_interval 0"]
+        if os.geteuid() == 0:
+            lines.append("user root")   # mosquitto would otherwise drop to user "mosquitto"
+        self.config_file.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        """Start (or restart) the broker and wait, bounded, until it accepts connections."""
+        if self.running:
+            return
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with open(self.log_file, "ab") as log:
+                self._proc = subprocess.Popen([self.binary, "-c", str(self.config_file)],
+                                              stdout=log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL)
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if _accepts(self.host, self.port):
+                    return
+                time.sleep(0.02)
+            if self._proc.poll() is None:       # still running but never listening
+                self.stop(hard=True)
+                break
+            # Exited (e.g. the port was briefly still bound): retry until the deadline.
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within "
+                          f"{START_TIMEOUT_S:.0f}s; its log:\n{self.log_tail()}")
+
+    def stop(self, *, hard: bool = False) -> None:
+        """Stop the broker: SIGTERM (clean shutdown) or, with hard=True, SIGKILL (a crash)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start_broker(directory: Path, *, persistence: bool = False) -> Broker:
+    """Start mosquitto on a free loopback port with its config/log under `directory`."""
+    binary = find_mosquitto()
+    directory.mkdir(parents=True, exist_ok=True)
+    broker = Broker(binary, directory, free_port(), persistence=persistence)
+    broker.start()
+    return broker
+
+
+def _broker_fixture(tmp_path: Path, persistence: bool) -> Iterator[Broker]:
+    try:
+        broker = start_broker(tmp_path / "mosquitto", persistence=persistence)
+    except BrokerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop(hard=True)
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh mosquitto (persistence false) for one test; killed at the end."""
+    yield from _broker_fixture(tmp_path, persistence=False)
+
+
+@pytest.fixture
+def mqtt_broker_persistent(tmp_path: Path) -> Iterator[Broker]:
+    """Like mqtt_broker, but sessions and queued messages survive stop()/start()."""
+    yield from _broker_fixture(tmp_path, persistence=True)

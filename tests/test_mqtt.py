@@ -1,0 +1,327 @@
+"""daemon/mqtt.py against a real mosquitto (tests/mqtt_broker.py): events out, sends in, the mqtt
+provider type, and broker outages (buffering, drop counting, reconnect, resubscribe)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiomqtt
+import pytest
+
+from daemon.adapters import AdapterContext, AttemptRequest, build_adapter
+from daemon.core.engine import Event
+from daemon.core.policy import MqttProvider, MqttSection
+from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_payload, event_publisher,
+                         parse_broker_url, render_topic)
+
+try:
+    from mqtt_broker import Broker, free_port, mqtt_broker, mqtt_broker_persistent  # noqa: F401
+except ImportError:  # tests/ collected as a package
+    from tests.mqtt_broker import Broker, free_port, mqtt_broker, mqtt_broker_persistent  # noqa: F401
+
+PREFIX = "rt"
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+AT = 1_700_000_000.25
+
+
+def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def settings(url: str, **kw: Any) -> MqttSection:
+    return MqttSection(url=url, topic_prefix=PREFIX, **kw)
+
+
+def link_for(broker: Broker, **kw: Any) -> MqttLink:
+    opts = {k: kw.pop(k) for k in ("on_drop", "on_state") if k in kw}
+    return MqttLink(settings(broker.url, **kw), reconnect_min_s=0.05, reconnect_max_s=0.2, **opts)
+
+
+@contextlib.asynccontextmanager
+async def subscriber(broker: Broker, *topics: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(broker.host, broker.port, **kw) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        yield client
+
+
+async def receive(client: aiomqtt.Client, n: int, timeout: float = 5.0) -> list[aiomqtt.Message]:
+    got: list[aiomqtt.Message] = []
+
+    async def collect() -> None:
+        async for message in client.messages:
+            got.append(message)
+            if len(got) >= n:
+                return
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"received {len(got)} of {n} messages within {timeout}s: "
+                             f"{[str(m.topic) for m in got]}") from None
+    return got
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def body(message: aiomqtt.Message) -> Any:
+    assert isinstance(message.payload, bytes)
+    return json.loads(message.payload)
+
+
+def attempt(to: dict[str, Any], message_id: str = "m-9") -> AttemptRequest:
+    return AttemptRequest(message_id=message_id, attempt_id="a-1", channel="push", provider="devices",
+                          try_no=1, deadline_s=5.0, idempotency_key=f"{message_id}:push:devices", to=to,
+                          content={"title": "Door open", "body": "front door"}, metadata={"k": "v"})
+
+
+DEVICE = MqttProvider(type="mqtt", topic="devices/{to.user_id}/notify")
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_broker_url_credentials_port_and_errors() -> None:
+    a = parse_broker_url(MqttSection(url="mqtt://bob:s%40cret@broker.local"))
+    assert (a.host, a.port, a.tls, a.username, a.password) == ("broker.local", 1883, False, "bob", "s@cret")
+    b = parse_broker_url(MqttSection(url="mqtts://u:p@h:9000", username="env-user", password="env-pw"))
+    assert (b.port, b.tls, b.username, b.password) == (9000, True, "env-user", "env-pw")
+    assert parse_broker_url(MqttSection(url="mqtt://h", tls=True)).port == 8883
+    for bad in ("http://h:1883", "mqtt://", "mqtt://h:1883/topic", "mqtt://h:99999"):
+        with pytest.raises(MqttConfigError, match="daemon.mqtt.url"):
+            parse_broker_url(MqttSection(url=bad))
+
+
+def test_event_payload_shape_and_times() -> None:
+    p = event_payload("m-1", Event("retry_scheduled", AT, {"at": AT + 2, "delay_s": 2.0, "channel": "sms",
+                                                          "deadline": float("inf")}))
+    assert p["type"] == "retry_scheduled" and p["message_id"] == "m-1"
+    assert p["at"] == "2023-11-14T22:13:20.250Z"
+    assert p["retry_at"] == "2023-11-14T22:13:22.250Z" and p["delay_s"] == 2.0 and p["channel"] == "sms"
+    assert p["deadline"] is None            # no deadline: JSON null, never Infinity
+    json.dumps(p, allow_nan=False)
+
+
+def test_topic_template() -> None:
+    assert render_topic(DEVICE.topic, attempt({"user_id": "u42"})) == "devices/u42/notify"
+    assert render_topic("m/{message_id}/{to.n}", attempt({"n": 7}, "x1")) == "m/x1/7"
+    for to, template, reason in [({}, DEVICE.topic, "no 'user_id'"),
+                                 ({"user_id": "a/b"}, DEVICE.topic, "holds"),
+                                 ({"user_id": "#"}, DEVICE.topic, "holds"),
+                                 ({"user_id": {"x": 1}}, DEVICE.topic, "not a string"),
+                                 ({"user_id": "u"}, "d/{channel}", "unknown placeholder")]:
+        with pytest.raises(TopicTemplateError, match=reason):
+            render_topic(template, attempt(to))
+
+
+def test_publish_nowait_never_raises_and_bounds_the_buffer() -> None:
+    drops: list[int] = []
+    link = MqttLink(settings("mqtt://127.0.0.1:1", buffer=2), on_drop=drops.append)
+    assert link.publish_nowait("a/+/b", {"x": 1}) is False       # not a topic name
+    assert link.publish_nowait("a/b", {"x": float("nan")}) is False
+    assert [link.publish_nowait("a/b", {"i": i}) for i in range(4)] == [True, True, False, False]
+    assert (link.buffered, link.dropped, drops) == (2, 2, [1, 1])
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_events_published_per_message_and_received(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        link = link_for(mqtt_broker)
+        async with link, subscriber(mqtt_broker, f"{PREFIX}/events/#") as sub:
+            assert await link.wait_connected(5), link.last_error
+            publish = event_publisher(link)
+            publish("m-1", Event("started", AT, {"route": "default", "message_deadline": AT + 120}))
+            publish("m-1", Event("attempt_started", AT + 0.5, {"attempt_id": "a-1", "channel": "email",
+                                                             "provider": "ses", "deadline": AT + 10.5}))
+            publish("m-2", Event("finished", AT + 1, {"status": "delivered"}))
+            msgs = await receive(sub, 3)
+        assert [str(m.topic) for m in msgs] == [f"{PREFIX}/events/m-1", f"{PREFIX}/events/m-1",
+                                                f"{PREFIX}/events/m-2"]
+        assert all(m.qos == 1 for m in msgs)
+        started, attempt_started, finished = (body(m) for m in msgs)
+        assert started["type"] == "started" and started["message_id"] == "m-1"
+        assert started["route"] == "default" and RFC3339_MS.match(started["message_deadline"])
+        assert attempt_started["provider"] == "ses" and RFC3339_MS.match(attempt_started["deadline"])
+        assert finished == {"type": "finished", "message_id": "m-2", "at": "2023-11-14T22:13:21.250Z",
+                            "status": "delivered"}
+        assert link.dropped == 0
+
+    run(main())
+
+
+def test_buffer_overflow_counted_while_broker_down_and_backlog_flows_after_restart(
+        mqtt_broker_persistent: Broker) -> None:
+    broker = mqtt_broker_persistent
+
+    async def main() -> None:
+        drops: list[int] = []
+        states: list[bool] = []
+        # A persistent session: the broker keeps QoS 1 messages for it while it is offline, so
+        # the test sees exactly what the link published after its reconnect.
+        persistent = {"identifier": "events-reader", "clean_session": False}
+        async with subscriber(broker, f"{PREFIX}/events/#", **persistent):
+            pass
+        link = link_for(broker, buffer=5, on_drop=drops.append, on_state=states.append)
+        publish = event_publisher(link)
+        async with link:
+            assert await link.wait_connected(5), link.last_error
+            await asyncio.to_thread(broker.stop)
+            await until(lambda: not link.connected, what="the link to notice the outage")
+            for i in range(8):
+                publish(f"m-{i}", Event("accepted", AT + i, {}))
+            assert (link.dropped, drops, link.buffered) == (3, [1, 1, 1], 5)
+            await asyncio.to_thread(broker.start)
+            assert await link.wait_connected(10), link.last_error
+            publish("m-after", Event("accepted", AT + 9, {}))
+            await until(lambda: link.buffered == 0 and link.published >= 6, what="the backlog to drain")
+        assert states[:3] == [True, False, True]
+        async with subscriber(broker, **persistent) as sub:
+            msgs = await receive(sub, 6)
+        assert sorted(str(m.topic) for m in msgs) == sorted(
+            f"{PREFIX}/events/{m}" for m in ("m-0", "m-1", "m-2", "m-3", "m-4", "m-after"))
+        assert link.dropped == 3                  # nothing more was lost over the reconnect
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- ingress
+
+
+def recording_submit(seen: list[bytes]) -> Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]:
+    """A real validator in miniature: JSON object with a "message" object, else a rejection."""
+
+    async def submit(raw: bytes) -> tuple[bool, dict[str, Any]]:
+        seen.append(raw)
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            return False, {"error": "invalid JSON", "details": [str(exc)]}
+        if not isinstance(doc, dict) or not isinstance(doc.get("message"), dict):
+            return False, {"error": "invalid request", "details": ["message: field required"]}
+        return True, {"message_id": f"msg-{len(seen)}"}
+
+    return submit
+
+
+def test_sends_reach_submit_rejections_are_answered_and_survive_a_reconnect(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        seen: list[bytes] = []
+        link = link_for(mqtt_broker)
+        link.set_ingress(recording_submit(seen))
+        send = json.dumps({"message": {"to": {"email": "a@example.com"}, "content": {"title": "hi"}}})
+        async with link:
+            assert await link.wait_connected(5), link.last_error
+            async with subscriber(mqtt_broker, f"{PREFIX}/accepted", f"{PREFIX}/rejected") as sub:
+                async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
+                    await sender.publish(f"{PREFIX}/send", send, qos=1)
+                    await sender.publish(f"{PREFIX}/send", b'{"nope": 1}', qos=1)
+                    await sender.publish(f"{PREFIX}/send", b"not json", qos=1)
+                msgs = await receive(sub, 3)
+            assert sorted(seen) == sorted([send.encode(), b'{"nope": 1}', b"not json"])
+            accepted = [body(m) for m in msgs if m.topic.matches(f"{PREFIX}/accepted")]
+            rejected = {json.dumps(b["request"]): b for m in msgs
+                        if m.topic.matches(f"{PREFIX}/rejected") for b in [body(m)]}
+            assert len(accepted) == 1 and accepted[0]["message_id"].startswith("msg-")
+            assert rejected[json.dumps({"nope": 1})]["error"] == "invalid request"
+            assert rejected[json.dumps({"nope": 1})]["details"] == ["message: field required"]
+            assert rejected[json.dumps("not json")]["error"] == "invalid JSON"
+
+            # The subscription is renewed after the broker comes back.
+            await asyncio.to_thread(mqtt_broker.stop)
+            await until(lambda: not link.connected, what="the link to notice the outage")
+            await asyncio.to_thread(mqtt_broker.start)
+            assert await link.wait_connected(10), link.last_error
+            async with subscriber(mqtt_broker, f"{PREFIX}/accepted") as sub:
+                async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
+                    await sender.publish(f"{PREFIX}/send", send, qos=1)
+                (again,) = await receive(sub, 1)
+            assert body(again)["message_id"] == "msg-4" and len(seen) == 4
+
+    run(main())
+
+
+def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        seen_a: list[bytes] = []
+        seen_b: list[bytes] = []
+        a = link_for(mqtt_broker, shared_subscription=True, client_id="daemon-a")
+        b = link_for(mqtt_broker, shared_subscription=True, client_id="daemon-b")
+        a.set_ingress(recording_submit(seen_a), answer_accepted=False)
+        b.set_ingress(recording_submit(seen_b), answer_accepted=False)
+        assert a.send_subscription == f"$share/routingd/{PREFIX}/send"
+        async with a, b:
+            assert await a.wait_connected(5) and await b.wait_connected(5)
+            sends = [json.dumps({"message": {"n": i}}).encode() for i in range(20)]
+            async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
+                for raw in sends:
+                    await sender.publish(f"{PREFIX}/send", raw, qos=1)
+            await until(lambda: len(seen_a) + len(seen_b) >= 20, what="20 sends to be handled")
+            await asyncio.sleep(0.2)            # a duplicate would show up here
+        assert sorted(seen_a + seen_b) == sorted(sends)   # each send handled exactly once
+        assert seen_a and seen_b                          # ... and the load was split
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- provider type "mqtt"
+
+
+def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        link = link_for(mqtt_broker)
+        adapter = build_adapter("devices", DEVICE, AdapterContext(mqtt=link))
+        async with link, subscriber(mqtt_broker, "devices/+/notify") as sub:
+            assert await link.wait_connected(5), link.last_error
+            req = attempt({"user_id": "u42", "email": "a@example.com"})
+            outcome = await asyncio.wait_for(adapter.send(req), 5)
+            assert (outcome.status, outcome.network) == (200, False)
+            (msg,) = await receive(sub, 1)
+            assert str(msg.topic) == "devices/u42/notify" and msg.qos == 1
+            assert body(msg) == req.payload()
+
+            missing = await adapter.send(attempt({"email": "a@example.com"}))
+            assert missing.status == 400 and not missing.network and "user_id" in missing.detail
+
+    run(main())
+
+
+def test_mqtt_provider_without_broker_is_a_network_outcome(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        req = attempt({"user_id": "u42"})
+        unconfigured = build_adapter("devices", DEVICE, AdapterContext(mqtt=None))
+        outcome = await unconfigured.send(req)
+        assert outcome.network and outcome.detail == "[daemon.mqtt] is not configured"
+
+        link = link_for(mqtt_broker)
+        adapter = build_adapter("devices", DEVICE, AdapterContext(mqtt=link))
+        async with link:
+            assert await link.wait_connected(5), link.last_error
+            await asyncio.to_thread(mqtt_broker.stop)
+            await until(lambda: not link.connected, what="the link to notice the outage")
+            down = await asyncio.wait_for(adapter.send(req), 5)
+            assert down.network and down.status is None and "not connected" in down.detail
+            await asyncio.to_thread(mqtt_broker.start)
+            assert await link.wait_connected(10), link.last_error
+            back = await asyncio.wait_for(adapter.send(req), 5)
+            assert back.status == 200
+
+        never = MqttLink(settings(f"mqtt://127.0.0.1:{free_port()}"), reconnect_min_s=0.05, reconnect_max_s=0.1)
+        async with never:
+            assert not await never.wait_connected(0.3)
+            outcome = await build_adapter("devices", DEVICE, AdapterContext(mqtt=never)).send(req)
+            assert outcome.network and "not connected" in outcome.detail
+
+    run(main())
