@@ -1,0 +1,572 @@
+"""The durable store: one SQLite file in WAL mode, written by a single thread with group commit.
+
+Tables
+    messages     id, request (the SendRequest JSON), route, policy_version, status (pending |
+                 delivered | undeliverable | expired), accepted_at, message_deadline, finished_at,
+                 delivered_at (seconds since the epoch), idempotency_key, run (resume count)
+    attempts     one row per provider attempt (upserted as it starts, is accepted, ends)
+    events       the engine's event log per message (type, at, data JSON)
+    policies     version -> routing.toml source text, so a resumed message gets the policy
+                 snapshot it was accepted under
+    idempotency  key -> message_id, created_at; kept at least `idempotency_ttl`
+
+Writes go through one writer thread fed by a queue. The thread takes every operation that is
+waiting, runs them in ONE transaction and commits once (group commit): many concurrent
+`insert_message` calls share one fsync, and each caller's future resolves only after the commit
+that holds its row. Fire-and-forget writes (attempts, events, finish) ride the same FIFO, so
+they are ordered after the message they belong to.
+
+Durability: journal_mode=WAL with synchronous=FULL (the default here): a commit is fsynced
+before `insert_message` returns, so a 202 survives power loss. synchronous=NORMAL in WAL mode
+also survives a crash or SIGKILL of the process (the WAL is in the OS page cache) but may
+lose the last commits on power loss or an OS crash; it is offered as `synchronous="NORMAL"`.
+With group commit the fsync is shared by a whole batch, so FULL costs little under load
+(see tests/test_store.py::test_group_commit_shares_commits).
+
+Reads for the status endpoint run on the caller's thread on a second connection (WAL readers
+never block the writer and see only committed data).
+
+A lock file (`<state>.lock`, flock) keeps a second routingd from resuming the same messages.
+Every failure to open or write the file is a `StoreError` naming the path and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("routingd.store")
+
+SCHEMA_VERSION = 1
+_MAX_BATCH = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id               TEXT PRIMARY KEY,
+    request          TEXT NOT NULL,
+    route            TEXT NOT NULL,
+    policy_version   TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending',
+    accepted_at      REAL NOT NULL,
+    message_deadline REAL NOT NULL,
+    finished_at      REAL,
+    delivered_at     REAL,
+    idempotency_key  TEXT,
+    run              INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages(accepted_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS messages_finished ON messages(finished_at) WHERE status != 'pending';
+CREATE TABLE IF NOT EXISTS attempts (
+    attempt_id   TEXT PRIMARY KEY,
+    message_id   TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    provider     TEXT NOT NULL,
+    try_no       INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    ended_at     REAL,
+    deadline     REAL NOT NULL,
+    outcome      TEXT,
+    status_code  INTEGER,
+    detail       TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    at         REAL NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_message ON events(message_id, seq);
+CREATE TABLE IF NOT EXISTS policies (
+    version    TEXT PRIMARY KEY,
+    source     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    stored_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at);
+"""
+
+
+class StoreError(Exception):
+    """The state file cannot be used; `str()` names the path, the problem and what to do."""
+
+    def __init__(self, path: str, problem: str, hint: str = "") -> None:
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
+
+
+def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
+    text = str(exc)
+    low = text.lower()
+    if "unable to open" in low:
+        return StoreError(path, f"cannot {doing}: {text}",
+                          "check that the directory exists and is writable by routingd "
+                          "(set [daemon] state, ROUTINGD_STATE or --state)")
+    if "readonly" in low or "read-only" in low or isinstance(exc, PermissionError):
+        return StoreError(path, f"cannot {doing}: the file or its directory is read-only ({text})",
+                          "give routingd write access to the file and its directory (SQLite's WAL "
+                          "creates PATH-wal and PATH-shm beside it)")
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return StoreError(path, f"cannot {doing}: not a routingd SQLite database or it is corrupt ({text})",
+                          "move the file aside to start with an empty store, or restore a backup "
+                          "(`sqlite3 PATH .recover` may save its rows)")
+    if "locked" in low or "busy" in low:
+        return StoreError(path, f"cannot {doing}: the database is locked by another process ({text})",
+                          "stop the other process that uses this state file")
+    if "full" in low:
+        return StoreError(path, f"cannot {doing}: the disk is full ({text})", "free disk space")
+    return StoreError(path, f"cannot {doing}: {text}")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class MessageRow:
+    id: str
+    request: str
+    route: str
+    policy_version: str
+    status: str
+    accepted_at: float
+    message_deadline: float
+    finished_at: float | None = None
+    delivered_at: float | None = None
+    idempotency_key: str | None = None
+    run: int = 0
+
+
+@dataclass
+class AttemptRow:
+    attempt_id: str
+    message_id: str
+    channel: str
+    provider: str
+    try_no: int
+    started_at: float
+    deadline: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    status_code: int | None = None
+    detail: str | None = None
+
+
+@dataclass
+class EventRow:
+    message_id: str
+    type: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoredMessage:
+    message: MessageRow
+    attempts: list[AttemptRow]
+    events: list[EventRow]
+
+
+_MSG_COLS = ("id, request, route, policy_version, status, accepted_at, message_deadline, finished_at, "
+             "delivered_at, idempotency_key, run")
+_ATT_COLS = ("attempt_id, message_id, channel, provider, try_no, started_at, deadline, ended_at, outcome, "
+             "status_code, detail")
+
+
+def _message(r: tuple) -> MessageRow:
+    return MessageRow(*r)
+
+
+def _attempt(r: tuple) -> AttemptRow:
+    return AttemptRow(*r)
+
+
+def _event(r: tuple) -> EventRow:
+    return EventRow(r[0], r[1], r[2], json.loads(r[3]))
+
+
+# --------------------------------------------------------------------------- the store
+
+_Op = Callable[[sqlite3.Connection], Any]
+_CLOSE = object()
+
+
+class Store:
+    """The SQLite state file. `await open()` first; `await close()` last."""
+
+    def __init__(self, path: str, synchronous: str = "FULL", busy_timeout_s: float = 5.0) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ro: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0           # transactions committed (group commit: << operations)
+        self.operations = 0
+        self.write_errors = 0
+        self.last_error: StoreError | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._check_dir()
+        self._lock()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._writer, args=(ready,), name="routingd-store", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+            self._ro = self._connect(query_only=True)
+        except BaseException:
+            self._unlock()
+            raise
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._q.put(_CLOSE)
+        await asyncio.to_thread(self._thread.join, 30)
+        self._thread = None
+        if self._ro is not None:
+            self._ro.close()
+            self._ro = None
+        self._unlock()
+
+    def _check_dir(self) -> None:
+        d = os.path.dirname(self.path) or "."
+        if not os.path.isdir(d):
+            raise StoreError(self.path, f"directory {d} does not exist",
+                             "create it or point [daemon] state / --state at a writable directory")
+        if os.path.isdir(self.path):
+            raise StoreError(self.path, "is a directory", "name a file inside it, e.g. routingd.db")
+
+    def _lock(self) -> None:
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(self.path, f"cannot create the lock file {lock_path}: {e.strerror}",
+                             "give routingd write access to the state directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(self.path, "is in use by another routingd process (its lock file "
+                             f"{lock_path} is held)", "stop the other daemon or give this one its own "
+                             "--state file") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _connect(self, query_only: bool = False) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_s)
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "open the database") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            if query_only:
+                conn.execute("PRAGMA query_only = 1")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            conn.close()
+            raise _explain(self.path, e, "read the database") from None
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(self.path, f"cannot switch the database to WAL mode (got {mode!r})",
+                             "keep the state file on a local file system (not NFS)")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        have = conn.execute("PRAGMA user_version").fetchone()[0]
+        if have > SCHEMA_VERSION:
+            raise StoreError(self.path, f"was written by a newer routingd (schema {have}, this one knows "
+                             f"{SCHEMA_VERSION})", "upgrade routingd or use another --state file")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):      # not executescript(): it would COMMIT first
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _writer(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+            try:
+                self._init_schema(conn)
+            except sqlite3.Error as e:
+                conn.close()
+                raise _explain(self.path, e, "set up the database") from None
+            except StoreError:
+                conn.close()
+                raise
+        except BaseException as e:  # noqa: BLE001 - handed to the opener
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        closing = False
+        while not closing:
+            batch = [self._q.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if any(op is _CLOSE for op in batch):
+                closing = True
+                batch = [op for op in batch if op is not _CLOSE]
+            if batch:
+                self._run_batch(conn, batch)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future | None]]) -> None:
+        results: list[tuple[asyncio.Future | None, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut in batch:
+                results.append((fut, fn(conn), None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception:  # noqa: BLE001 - retried one by one below to isolate the culprit
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            results = []
+            for fn, fut in batch:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    value = fn(conn)
+                    conn.execute("COMMIT")
+                    self.commits += 1
+                    results.append((fut, value, None))
+                except Exception as e:  # noqa: BLE001
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    err = e if isinstance(e, StoreError) else _explain(self.path, e, "write")
+                    self.write_errors += 1
+                    self.last_error = err
+                    if fut is None:
+                        log.error("state store write failed: %s", err)
+                    results.append((fut, None, err))
+        self.operations += len(batch)
+        loop = self._loop
+        if loop is None:
+            return
+        for fut, value, err in results:
+            if fut is None:
+                continue
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, value, err)
+            except RuntimeError:   # the loop is closed: nobody waits any more
+                pass
+
+    def _submit(self, fn: _Op, wait: bool) -> asyncio.Future | None:
+        if self._thread is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        fut = self._loop.create_future() if wait and self._loop is not None else None
+        self._q.put((fn, fut))
+        return fut
+
+    async def call(self, fn: _Op) -> Any:
+        """Run `fn(conn)` in the writer thread inside a transaction; return after its commit."""
+        fut = self._submit(fn, wait=True)
+        assert fut is not None
+        return await fut
+
+    def write(self, fn: _Op) -> None:
+        """Queue `fn(conn)` for the writer thread (ordered, committed with the next batch)."""
+        self._submit(fn, wait=False)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.call(lambda conn: None)
+
+    # ------------------------------------------------------------------ writes
+
+    async def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float) -> str | None:
+        """Store a new message (committed when this returns). With an idempotency key that is
+        already known (and younger than the TTL), store nothing and return the earlier id."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            key = row.idempotency_key
+            if key is not None:
+                hit = conn.execute("SELECT message_id, created_at FROM idempotency WHERE key = ?",
+                                   (key,)).fetchone()
+                if hit is not None and hit[1] >= now - idempotency_ttl_s:
+                    return str(hit[0])
+            conn.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                         (row.id, row.request, row.route, row.policy_version, row.status, row.accepted_at,
+                          row.message_deadline, row.finished_at, row.delivered_at, key, row.run))
+            if key is not None:
+                conn.execute("INSERT OR REPLACE INTO idempotency (key, message_id, created_at) VALUES (?,?,?)",
+                             (key, row.id, now))
+            return None
+
+        return await self.call(op)
+
+    def put_policy(self, version: str, source: str, path: str, now: float) -> None:
+        self.write(lambda c: c.execute(
+            "INSERT OR IGNORE INTO policies (version, source, path, stored_at) VALUES (?,?,?,?)",
+            (version, source, path, now)))
+
+    def put_attempt(self, a: AttemptRow) -> None:
+        self.write(lambda c: c.execute(
+            f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(attempt_id) DO UPDATE SET ended_at=excluded.ended_at, outcome=excluded.outcome, "
+            "status_code=excluded.status_code, detail=COALESCE(excluded.detail, attempts.detail)",
+            (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at, a.deadline,
+             a.ended_at, a.outcome, a.status_code, a.detail)))
+
+    def add_event(self, e: EventRow) -> None:
+        data = json.dumps(e.data, separators=(",", ":"), default=str)
+        self.write(lambda c: c.execute("INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)",
+                                       (e.message_id, e.type, e.at, data)))
+
+    def finish(self, message_id: str, status: str, finished_at: float, delivered_at: float | None) -> None:
+        self.write(lambda c: c.execute(
+            "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?",
+            (status, finished_at, delivered_at, message_id)))
+
+    def set_run(self, message_id: str, run: int) -> None:
+        self.write(lambda c: c.execute("UPDATE messages SET run = ? WHERE id = ?", (run, message_id)))
+
+    def end_open_attempts(self, message_id: str, at: float, detail: str) -> None:
+        """Mark attempts that never ended (the process stopped under them) as cancelled."""
+        self.write(lambda c: c.execute(
+            "UPDATE attempts SET ended_at = ?, outcome = 'cancelled', detail = ? "
+            "WHERE message_id = ? AND ended_at IS NULL", (at, detail, message_id)))
+
+    async def purge(self, now: float, retention_s: float, idempotency_ttl_s: float, keep_policy: str,
+                    limit: int = 5000) -> int:
+        """Delete up to `limit` terminal messages finished before now - retention (with their
+        attempts and events), expired idempotency keys and unused policies; return messages deleted."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE status != 'pending' AND finished_at < ? LIMIT ?",
+                (now - retention_s, limit))]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM events WHERE message_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM attempts WHERE message_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+            conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_s,))
+            conn.execute("DELETE FROM policies WHERE version != ? AND version NOT IN "
+                         "(SELECT DISTINCT policy_version FROM messages)", (keep_policy,))
+            return len(ids)
+
+        return int(await self.call(op))
+
+    # ------------------------------------------------------------------ reads
+
+    async def load_pending(self) -> list[StoredMessage]:
+        """Every non-terminal message with its attempts and events, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            msgs = [_message(r) for r in conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE status = 'pending' ORDER BY accepted_at")]
+            out = []
+            for m in msgs:
+                atts = [_attempt(r) for r in conn.execute(
+                    f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
+                    (m.id,))]
+                evs = [_event(r) for r in conn.execute(
+                    "SELECT message_id, type, at, data FROM events WHERE message_id = ? ORDER BY seq", (m.id,))]
+                out.append(StoredMessage(m, atts, evs))
+            return out
+
+        return list(await self.call(op))
+
+    async def policy_source(self, version: str) -> tuple[str, str] | None:
+        def op(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            r = conn.execute("SELECT source, path FROM policies WHERE version = ?", (version,)).fetchone()
+            return None if r is None else (str(r[0]), str(r[1]))
+
+        return await self.call(op)
+
+    def _read(self) -> sqlite3.Connection:
+        if self._ro is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        return self._ro
+
+    def get_message(self, message_id: str) -> StoredMessage | None:
+        """A committed message with its attempts and events (reads on the calling thread)."""
+        conn = self._read()
+        try:
+            r = conn.execute(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if r is None:
+                return None
+            atts = [_attempt(a) for a in conn.execute(
+                f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
+                (message_id,))]
+            evs = [_event(e) for e in conn.execute(
+                "SELECT message_id, type, at, data FROM events WHERE message_id = ? ORDER BY seq", (message_id,))]
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "read a message") from None
+        return StoredMessage(_message(r), atts, evs)
+
+    def get_attempt(self, attempt_id: str) -> AttemptRow | None:
+        conn = self._read()
+        try:
+            r = conn.execute(f"SELECT {_ATT_COLS} FROM attempts WHERE attempt_id = ?", (attempt_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "read an attempt") from None
+        return None if r is None else _attempt(r)
+
+    def counts(self) -> dict[str, int]:
+        """Messages per status (for tests and diagnostics)."""
+        conn = self._read()
+        return {str(s): int(n) for s, n in conn.execute("SELECT status, count(*) FROM messages GROUP BY status")}
+
+
+def _resolve(fut: asyncio.Future, value: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)

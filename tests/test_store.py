@@ -1,0 +1,204 @@
+"""The SQLite store: durability, group commit, idempotency keys, purge, and clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from daemon.store import AttemptRow, EventRow, MessageRow, Store, StoreError
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro_fn(), 60))
+
+
+def msg(mid: str, at: float = 1000.0, key: str | None = None) -> MessageRow:
+    return MessageRow(id=mid, request='{"message": {"to": {"email": "a@example.com"}}}', route="default",
+                      policy_version="v1", status="pending", accepted_at=at, message_deadline=at + 60,
+                      idempotency_key=key)
+
+
+def test_message_attempts_events_round_trip_and_survive_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def first() -> None:
+        s = Store(path)
+        await s.open()
+        assert await s.insert_message(msg("m1"), 86400, 1000.0) is None
+        assert await s.insert_message(msg("m2"), 86400, 1000.0) is None
+        s.put_policy("v1", "version = 1\n", "routing.toml", 1000.0)
+        s.put_attempt(AttemptRow("m1.0.1", "m1", "email", "ses", 1, 1000.0, 1010.0))
+        s.put_attempt(AttemptRow("m1.0.1", "m1", "email", "ses", 1, 1000.0, 1010.0, 1000.5, "failed", 503, "HTTP 503"))
+        s.add_event(EventRow("m1", "attempt_ended", 1000.5, {"attempt_id": "m1.0.1", "outcome": "failed"}))
+        s.put_attempt(AttemptRow("m1.0.2", "m1", "email", "sendgrid", 1, 1000.5, 1010.0))   # never ends
+        s.finish("m2", "delivered", 1001.0, 1001.0)
+        await s.flush()
+        got = s.get_message("m1")
+        assert got is not None
+        assert [a.outcome for a in got.attempts] == ["failed", None]
+        assert got.attempts[0].status_code == 503 and got.attempts[0].detail == "HTTP 503"
+        assert got.events[0].data == {"attempt_id": "m1.0.1", "outcome": "failed"}
+        assert s.get_message("nope") is None
+        await s.close()
+
+    async def second() -> None:
+        s = Store(path)
+        await s.open()
+        pending = await s.load_pending()
+        assert [p.message.id for p in pending] == ["m1"]           # m2 finished
+        assert len(pending[0].attempts) == 2 and len(pending[0].events) == 1
+        assert await s.policy_source("v1") == ("version = 1\n", "routing.toml")
+        s.end_open_attempts("m1", 2000.0, "interrupted")
+        await s.flush()
+        assert [a.outcome for a in s.get_message("m1").attempts] == ["failed", "cancelled"]
+        m2 = s.get_message("m2").message
+        assert (m2.status, m2.finished_at, m2.delivered_at) == ("delivered", 1001.0, 1001.0)
+        await s.close()
+
+    run(first)
+    run(second)
+
+
+def test_group_commit_shares_commits_and_each_insert_is_committed_when_it_returns(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path)
+        await s.open()
+        before = s.commits
+        seen_by_other_connection: list[bool] = []
+
+        async def one(i: int) -> None:
+            await s.insert_message(msg(f"g{i}"), 86400, 1000.0)
+            other = sqlite3.connect(path)       # an independent reader sees only committed rows
+            try:
+                seen_by_other_connection.append(
+                    other.execute("SELECT count(*) FROM messages WHERE id = ?", (f"g{i}",)).fetchone()[0] == 1)
+            finally:
+                other.close()
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        assert all(seen_by_other_connection) and len(seen_by_other_connection) == 300
+        commits = s.commits - before
+        assert 1 <= commits < 300, f"{commits} commits for 300 concurrent inserts: no group commit"
+        await s.close()
+
+    run(main)
+
+
+def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = Store(str(tmp_path / "state.db"))
+        await s.open()
+        assert await s.insert_message(msg("a", key="k1"), 100.0, 1000.0) is None
+        # concurrent submits with one key: the writer serialises them, one row wins
+        results = await asyncio.gather(*(s.insert_message(msg(f"b{i}", key="k2"), 100.0, 1000.0) for i in range(5)))
+        assert results[0] is None and results[1:] == ["b0"] * 4
+        assert await s.insert_message(msg("c", key="k1"), 100.0, 1050.0) == "a"
+        assert await s.insert_message(msg("d", key="k1"), 100.0, 1200.0) is None      # older than the TTL
+        assert await s.insert_message(msg("e", key="k1"), 100.0, 1201.0) == "d"
+        await s.close()
+
+    run(main)
+
+
+def test_purge_drops_old_terminal_messages_and_expired_keys_only(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = Store(str(tmp_path / "state.db"))
+        await s.open()
+        for mid in ("old", "new", "pend"):
+            await s.insert_message(msg(mid, key=f"key-{mid}"), 86400, 1000.0 if mid != "new" else 5000.0)
+            s.add_event(EventRow(mid, "started", 1000.0, {}))
+            s.put_attempt(AttemptRow(f"{mid}.0.1", mid, "email", "ses", 1, 1000.0, 1010.0))
+        s.finish("old", "delivered", 1001.0, 1001.0)
+        s.finish("new", "expired", 5001.0, None)
+        s.put_policy("v1", "x", "p", 1000.0)
+        s.put_policy("unused", "y", "p", 1000.0)
+        deleted = await s.purge(now=6000.0, retention_s=3000.0, idempotency_ttl_s=4500.0, keep_policy="v9")
+        assert deleted == 1
+        assert s.get_message("old") is None and s.get_attempt("old.0.1") is None
+        assert s.get_message("new") is not None and s.get_message("pend") is not None
+        assert s.get_message("pend").events and s.get_attempt("pend.0.1") is not None
+        assert await s.policy_source("v1") is not None and await s.policy_source("unused") is None
+        # keys older than the TTL are gone: the same key now makes a new message
+        assert await s.insert_message(msg("again", key="key-pend"), 86400, 6000.0) is None
+        assert await s.insert_message(msg("again2", key="key-new"), 86400, 6000.0) == "new"
+        await s.close()
+
+    run(main)
+
+
+def _open_error(path: str, **kw: Any) -> StoreError:
+    async def main() -> StoreError:
+        s = Store(path, **kw)
+        with pytest.raises(StoreError) as e:
+            await s.open()
+        return e.value
+
+    return run(main)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    err = _open_error(str(tmp_path / "nope" / "state.db"))
+    assert "does not exist" in str(err) and str(tmp_path / "nope") in str(err) and "--state" in err.hint
+
+
+def test_unwritable_location_is_a_clear_error() -> None:
+    err = _open_error("/proc/routingd-test-state.db")     # nobody, not even root, creates files here
+    assert err.path == "/proc/routingd-test-state.db" and "write access" in str(err)
+
+
+def test_directory_as_state_path_is_a_clear_error(tmp_path: Path) -> None:
+    err = _open_error(str(tmp_path))
+    assert "is a directory" in str(err)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not an SQLite database, it is a text file that got in the way\n" * 100)
+    err = _open_error(str(path))
+    assert str(path) in str(err) and "corrupt" in str(err) and "move the file aside" in err.hint
+
+
+def test_second_daemon_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        first = Store(path)
+        await first.open()
+        second = Store(path)
+        with pytest.raises(StoreError) as e:
+            await second.open()
+        assert "another routingd" in str(e.value)
+        await first.close()
+        await second.open()               # released on close
+        await second.close()
+
+    run(main)
+
+
+def test_database_locked_by_another_program_is_a_clear_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("CREATE TABLE x (y)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        err = _open_error(path, busy_timeout_s=0.2)
+        assert "locked" in str(err) and "stop the other process" in err.hint
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA user_version = 99")
+    c.close()
+    err = _open_error(path)
+    assert "newer routingd" in str(err)
