@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .core.engine import Outcome
 
@@ -53,6 +53,9 @@ class AdapterContext:
     http_session: Any = None          # one aiohttp.ClientSession per process
     mqtt: Any = None                  # the daemon's MQTT connection (daemon/mqtt.py), if configured
     rng_seed: int | None = None
+    # Feeds a delivery receipt back into the runtime: receipts(provider, attempt_id, status) -> known?
+    # Set by the Router (it is Router.receipt); the sandbox adapter uses it for confirm = "receipt".
+    receipts: Callable[[str, str, str], Awaitable[bool]] | None = None
 
 
 AdapterFactory = Callable[[str, Any, AdapterContext], ProviderAdapter]
