@@ -215,7 +215,9 @@ class Delivery:
         self._emit("started", now, route=self.plan.route, policy_version=self.plan.policy_version,
                    message_deadline=self.message_deadline, run=self.run)
         if now >= self.message_deadline:
-            self._finish(now)
+            # resumed (e.g. after a restart) past its absolute deadline: it expired, nothing ran
+            self._emit("message_deadline", self.message_deadline)
+            self._finish(now, deadline_hit=True)
         else:
             self._start_node(self.root, now)
         return self._flush()

@@ -1,0 +1,854 @@
+"""The sans-IO engine, rule by rule (DESIGN.md "Timeout hierarchy", "Outcomes and failover")."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
+                                StartAttempt)
+from daemon.core.health import HealthTracker
+from daemon.core.plan import resolve_plan
+from daemon.core.policy import parse_policy
+
+OK = Outcome(200)
+E500 = Outcome(500)
+E400 = Outcome(400)
+NET = Outcome(network=True, detail="connection refused")
+
+TWO_CHANNELS = """
+[timeouts]
+provider = "2s"
+channel = "10s"
+message = "1m"
+
+[providers.a]
+type = "sandbox"
+{a}
+[providers.b]
+type = "sandbox"
+{b}
+[providers.c]
+type = "sandbox"
+{c}
+[channels.email]
+providers = ["a", "b"]
+requires = "email"
+{email}
+[channels.sms]
+providers = ["c"]
+requires = "phone_number"
+{sms}
+[routes.default]
+channels = ["email", "sms"]
+{route}
+"""
+
+EVERYONE = {"email": "a@example.com", "phone_number": "+15550100", "user_id": "u1"}
+
+
+def policy_text(**parts: str) -> str:
+    keys = ("a", "b", "c", "email", "sms", "route")
+    return TWO_CHANNELS.format(**{k: parts.get(k, "") for k in keys})
+
+
+@dataclass
+class Harness:
+    """One Delivery plus the commands it gave, with small readers over them."""
+
+    d: Delivery
+    log: list[Command] = field(default_factory=list)
+
+    def feed(self, cmds: list[Command]) -> list[Command]:
+        self.log += cmds
+        return cmds
+
+    def start(self, now: float = 0.0) -> list[Command]:
+        return self.feed(self.d.start(now))
+
+    def outcome(self, attempt: StartAttempt | str, o: Outcome, now: float) -> list[Command]:
+        aid = attempt if isinstance(attempt, str) else attempt.attempt_id
+        return self.feed(self.d.on_outcome(aid, o, now))
+
+    def receipt(self, attempt: StartAttempt | str, status: str, now: float) -> list[Command]:
+        aid = attempt if isinstance(attempt, str) else attempt.attempt_id
+        return self.feed(self.d.on_receipt(aid, status, now))
+
+    def timer(self) -> list[Command]:
+        """Fire the wake-up the engine asked for last, at its time."""
+        at = self.d.next_wakeup
+        assert at is not None, "no timer set"
+        return self.feed(self.d.on_timer(at))
+
+    @property
+    def wakeup(self) -> float | None:
+        timers = [c for c in self.log if isinstance(c, SetTimer)]
+        return timers[-1].at if timers else None
+
+
+def make(text: str | None = None, route: str = "default", to: dict[str, Any] | None = None, seed: int = 1,
+         health: HealthTracker | None = None, accepted_at: float = 0.0, message_id: str = "m1") -> Harness:
+    policy = parse_policy(text if text is not None else policy_text(), "t.toml", env={})
+    plan = resolve_plan(policy, route)
+    return Harness(Delivery(message_id, plan, EVERYONE if to is None else to, accepted_at, random.Random(seed),
+                            health if health is not None else HealthTracker()))
+
+
+def starts(cmds: list[Command]) -> list[StartAttempt]:
+    return [c for c in cmds if isinstance(c, StartAttempt)]
+
+
+def only_start(cmds: list[Command]) -> StartAttempt:
+    s = starts(cmds)
+    assert len(s) == 1, s
+    return s[0]
+
+
+def cancels(cmds: list[Command]) -> list[CancelAttempt]:
+    return [c for c in cmds if isinstance(c, CancelAttempt)]
+
+
+def events(cmds: list[Command], type_: str | None = None) -> list[Any]:
+    return [c.event for c in cmds if isinstance(c, RecordEvent) and (type_ is None or c.event.type == type_)]
+
+
+def finish(cmds: list[Command]) -> Finish | None:
+    f = [c for c in cmds if isinstance(c, Finish)]
+    assert len(f) <= 1
+    return f[0] if f else None
+
+
+def who(s: StartAttempt) -> tuple[str, str, int]:
+    return s.channel, s.provider, s.try_no
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+def test_first_provider_delivers() -> None:
+    h = make()
+    cmds = h.start(0.0)
+    a = only_start(cmds)
+    assert who(a) == ("email", "a", 1)
+    assert (a.message_id, a.started_at, a.deadline, a.confirm) == ("m1", 0.0, 2.0, "response")
+    assert a.idempotency_key == "m1:email:a"
+    assert events(cmds)[0].type == "started" and events(cmds)[0].data["message_deadline"] == 60.0
+    assert h.wakeup == 2.0
+    cmds = h.outcome(a, OK, 0.3)
+    assert finish(cmds) == Finish("delivered", 0.3, 0.3)
+    assert [e.type for e in events(cmds)] == ["attempt_ended", "delivered", "channel_finished", "finished"]
+    assert cmds[-1] == Finish("delivered", 0.3, 0.3) or SetTimer(None) in cmds
+    assert h.d.status == "delivered" and h.d.terminal and h.d.finished_at == 0.3
+    rec = h.d.attempts[a.attempt_id]
+    assert (rec.outcome, rec.status_code, rec.ended_at) == ("delivered", 200, 0.3)
+    assert h.wakeup is None           # a finished delivery wants no wake-up
+
+
+def test_attempt_ids_are_unique_and_records_serialise() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    b = only_start(h.outcome(a, E500, 0.1))
+    assert a.attempt_id != b.attempt_id
+    assert h.d.attempts[a.attempt_id].to_json() == {
+        "attempt_id": a.attempt_id, "channel": "email", "provider": "a", "try": 1, "started_at": 0.0,
+        "ended_at": 0.1, "deadline": 2.0, "outcome": "failed", "status_code": 500}
+
+
+# --------------------------------------------------------------------------- provider failover
+
+
+@pytest.mark.parametrize("outcome", [Outcome(500), Outcome(502), Outcome(503), Outcome(408), Outcome(429), NET])
+def test_provider_failover_on_retryable_outcome(outcome: Outcome) -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, outcome, 0.5)
+    b = only_start(cmds)
+    assert who(b) == ("email", "b", 1)
+    assert (b.started_at, b.deadline) == (0.5, 2.5)
+    fo = events(cmds, "failover")
+    assert [(e.data["kind"], e.data["from"], e.data["to"]) for e in fo] == [("provider", "a", "b")]
+    assert finish(cmds) is None
+    assert h.d.attempts[a.attempt_id].outcome == ("network" if outcome.network else "failed")
+    assert finish(h.outcome(b, OK, 0.7)) == Finish("delivered", 0.7, 0.7)
+
+
+def test_provider_failover_on_attempt_timeout() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    assert h.wakeup == 2.0
+    cmds = h.timer()
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "attempt deadline")]
+    b = only_start(cmds)
+    assert who(b) == ("email", "b", 1) and b.started_at == 2.0
+    assert h.d.attempts[a.attempt_id].outcome == "timeout"
+    # the answer of a cancelled attempt no longer counts
+    assert starts(h.outcome(a, OK, 2.1)) == [] and not h.d.terminal
+    assert h.d.attempts[a.attempt_id].outcome == "timeout"
+
+
+def test_every_provider_failing_fails_over_to_the_next_channel_then_undeliverable() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    b = only_start(h.outcome(a, E500, 0.1))
+    cmds = h.outcome(b, E500, 0.2)
+    c = only_start(cmds)
+    assert who(c) == ("sms", "c", 1)
+    assert [(e.data["kind"], e.data["from"], e.data["to"]) for e in events(cmds, "failover")] == \
+        [("channel", "email", "sms")]
+    assert events(cmds, "channel_finished")[0].data == {"channel": "email", "result": "failed",
+                                                        "reason": "every option exhausted"}
+    cmds = h.outcome(c, NET, 0.3)
+    assert finish(cmds) == Finish("undeliverable", 0.3, None)
+
+
+# --------------------------------------------------------------------------- channel failover
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_non_retryable_status_fails_the_channel(status: int) -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, Outcome(status), 0.2)
+    c = only_start(cmds)                      # b is never tried: the channel failed
+    assert who(c) == ("sms", "c", 1)
+    assert h.d.attempts[a.attempt_id].outcome == "rejected"
+    assert h.d.attempts[a.attempt_id].status_code == status
+    assert [e.data["kind"] for e in events(cmds, "failover")] == ["channel"]
+    assert "b" not in {s.provider for s in starts(h.log)}
+
+
+def test_failover_on_decides_what_is_retryable() -> None:
+    text = policy_text() + '\n[failover]\non = [503, "timeout"]\n'
+    for outcome, next_provider in ((Outcome(503), "b"), (Outcome(500), "c"), (NET, "c"), (Outcome(429), "c")):
+        h = make(text)
+        a = only_start(h.start(0.0))
+        assert only_start(h.outcome(a, outcome, 0.1)).provider == next_provider, outcome
+    text = policy_text() + '\n[failover]\non = [500]\n'
+    h = make(text)
+    h.start(0.0)
+    cmds = h.timer()                          # attempt timeout, not retryable here
+    assert only_start(cmds).provider == "c"
+
+
+def test_4xx_class_in_failover_on() -> None:
+    h = make(policy_text() + '\n[failover]\non = ["4xx"]\n')
+    a = only_start(h.start(0.0))
+    assert only_start(h.outcome(a, Outcome(404), 0.1)).provider == "b"
+
+
+# --------------------------------------------------------------------------- requires
+
+
+@pytest.mark.parametrize("to", [{"phone_number": "+1555"}, {"email": "", "phone_number": "+1555"},
+                                {"email": None, "phone_number": "+1555"}])
+def test_channel_without_required_field_is_skipped(to: dict[str, Any]) -> None:
+    h = make(to=to)
+    cmds = h.start(0.0)
+    c = only_start(cmds)
+    assert who(c) == ("sms", "c", 1)
+    skipped = events(cmds, "channel_skipped")
+    assert len(skipped) == 1 and skipped[0].data["channel"] == "email"
+    assert "email" in skipped[0].data["reason"]
+    assert events(cmds, "channel_started")[0].data["channel"] == "sms"
+
+
+def test_every_channel_skipped_is_undeliverable_at_once() -> None:
+    h = make(to={"user_id": "u1"})
+    cmds = h.start(5.0)
+    assert starts(cmds) == []
+    assert finish(cmds) == Finish("undeliverable", 5.0, None)
+    assert len(events(cmds, "channel_skipped")) == 2
+
+
+# --------------------------------------------------------------------------- retries and back-off
+
+
+def test_retries_use_exponential_full_jitter_backoff() -> None:
+    text = policy_text(a='retries = 3\nbackoff = { base = "100ms", max = "250ms" }\ntimeout = "1s"')
+    seed = 7
+    h = make(text, seed=seed)
+    mirror = random.Random(seed)
+    s = only_start(h.start(0.0))
+    now = 0.0
+    caps = [0.1, 0.2, 0.25]           # base * 2^(try-1), capped at max
+    for try_no, cap in enumerate(caps, start=1):
+        assert who(s) == ("email", "a", try_no)
+        now += 0.05
+        cmds = h.outcome(s, E500, now)
+        assert starts(cmds) == []
+        sched = events(cmds, "retry_scheduled")
+        assert len(sched) == 1
+        delay = sched[0].data["delay_s"]
+        assert 0.0 <= delay <= cap
+        assert delay == mirror.uniform(0.0, cap)       # full jitter drawn from the rng passed in
+        assert sched[0].data["at"] == h.wakeup == now + delay
+        cmds = h.timer()
+        now = now + delay
+        s = only_start(cmds)
+        assert s.started_at == now and s.deadline == now + 1.0
+    # the 4th try (3 retries used up) fails over to the next provider
+    assert who(s) == ("email", "a", 4)
+    cmds = h.outcome(s, E500, now + 0.05)
+    assert who(only_start(cmds)) == ("email", "b", 1)
+    assert events(cmds, "retry_scheduled") == []
+
+
+def test_backoff_delays_stay_within_their_bounds_over_many_seeds() -> None:
+    text = policy_text(a='retries = 4\nbackoff = { base = "100ms", max = "300ms" }')
+    seen: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    for seed in range(200):
+        h = make(text, seed=seed)
+        s = only_start(h.start(0.0))
+        for try_no in range(1, 5):
+            cmds = h.outcome(s, E500, h.d.attempts[s.attempt_id].started_at)
+            seen[try_no].append(events(cmds, "retry_scheduled")[0].data["delay_s"])
+            s = only_start(h.timer())
+    for try_no, cap in ((1, 0.1), (2, 0.2), (3, 0.3), (4, 0.3)):
+        delays = seen[try_no]
+        assert all(0.0 <= x <= cap for x in delays)
+        # full jitter spreads over the whole [0, cap] window, not a fixed delay
+        assert min(delays) < 0.1 * cap and max(delays) > 0.9 * cap
+
+
+def test_retry_on_attempt_timeout_and_network() -> None:
+    h = make(policy_text(a="retries = 2"))
+    s = only_start(h.start(0.0))
+    cmds = h.timer()                                  # attempt deadline at 2s
+    assert cancels(cmds) and events(cmds, "retry_scheduled")
+    s = only_start(h.timer())
+    assert who(s) == ("email", "a", 2)
+    h.outcome(s, NET, s.started_at + 0.1)
+    s = only_start(h.timer())
+    assert who(s) == ("email", "a", 3)
+
+
+def test_no_retry_on_non_retryable() -> None:
+    h = make(policy_text(a="retries = 5"))
+    s = only_start(h.start(0.0))
+    cmds = h.outcome(s, E400, 0.1)
+    assert events(cmds, "retry_scheduled") == [] and only_start(cmds).channel == "sms"
+
+
+def test_backoff_that_does_not_fit_before_the_channel_deadline_fails_over() -> None:
+    text = policy_text(a='retries = 1\nbackoff = { base = "5s", max = "5s" }', email='timeout = "1s"')
+    for seed in range(20):
+        h = make(text, seed=seed)
+        s = only_start(h.start(0.0))
+        cmds = h.outcome(s, E500, 0.5)
+        mirror = random.Random(seed).uniform(0.0, 5.0)
+        if 0.5 + mirror < 1.0:
+            assert events(cmds, "retry_scheduled")[0].data["delay_s"] == mirror
+        else:
+            assert events(cmds, "retry_abandoned") and who(only_start(cmds)) == ("email", "b", 1)
+
+
+def test_retry_after_is_honoured_when_it_fits() -> None:
+    h = make(policy_text(a="retries = 1"))
+    s = only_start(h.start(0.0))
+    cmds = h.outcome(s, Outcome(429, retry_after_s=3.0), 0.5)
+    sched = events(cmds, "retry_scheduled")
+    assert sched[0].data["delay_s"] == 3.0 and h.wakeup == 3.5
+    s2 = only_start(h.timer())
+    assert who(s2) == ("email", "a", 2) and s2.started_at == 3.5
+
+
+def test_retry_after_beyond_the_backoff_cap_is_still_honoured() -> None:
+    h = make(policy_text(a='retries = 1\nbackoff = { base = "10ms", max = "20ms" }'))
+    s = only_start(h.start(0.0))
+    h.outcome(s, Outcome(503, retry_after_s=4.0), 0.0)
+    assert only_start(h.timer()).started_at == 4.0
+
+
+def test_retry_after_that_does_not_fit_fails_over_at_once() -> None:
+    h = make(policy_text(a="retries = 3"))
+    s = only_start(h.start(0.0))
+    cmds = h.outcome(s, Outcome(429, retry_after_s=30.0), 0.5)     # channel deadline is 10s
+    assert events(cmds, "retry_scheduled") == []
+    assert events(cmds, "retry_abandoned")
+    assert who(only_start(cmds)) == ("email", "b", 1)
+
+
+def test_retry_after_without_retries_left_fails_over() -> None:
+    h = make()
+    s = only_start(h.start(0.0))
+    assert who(only_start(h.outcome(s, Outcome(429, retry_after_s=1.0), 0.5))) == ("email", "b", 1)
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_attempt_deadline_is_capped_by_the_channel_deadline() -> None:
+    h = make(policy_text(a='timeout = "5s"', b='timeout = "5s"', email='timeout = "3s"'))
+    a = only_start(h.start(0.0))
+    assert a.deadline == 3.0
+    h2 = make(policy_text(a='timeout = "5s"', b='timeout = "5s"', email='timeout = "3s"'))
+    a = only_start(h2.start(0.0))
+    b = only_start(h2.outcome(a, E500, 2.5))
+    assert b.deadline == 3.0          # min(2.5 + 5, channel deadline 3)
+
+
+def test_channel_deadline_cancels_and_fails_over() -> None:
+    h = make(policy_text(a='timeout = "5s"', email='timeout = "3s"'))
+    a = only_start(h.start(0.0))
+    assert h.wakeup == 3.0
+    cmds = h.timer()
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "channel deadline")]
+    assert events(cmds, "channel_deadline")[0].data == {"channel": "email"}
+    assert h.d.attempts[a.attempt_id].outcome == "timeout"
+    c = only_start(cmds)
+    assert who(c) == ("sms", "c", 1) and c.started_at == 3.0
+    assert "b" not in {s.provider for s in starts(h.log)}    # the channel's time is up: no provider failover
+
+
+def test_channel_deadline_while_in_backoff_fails_over() -> None:
+    h = make(policy_text(a='retries = 1\ntimeout = "1s"', email='timeout = "2s"'))
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, Outcome(429, retry_after_s=1.5), 0.1)    # back-off until 1.6 < 2.0
+    assert events(cmds, "retry_scheduled")
+    a2 = only_start(h.timer())
+    assert (a2.started_at, a2.deadline) == (1.6, 2.0)
+    cmds = h.timer()
+    assert cancels(cmds)[0].attempt_id == a2.attempt_id
+    assert only_start(cmds).channel == "sms"
+
+
+def test_message_deadline_expires_and_cancels_running_attempts() -> None:
+    text = policy_text(route='method = "all"\ntimeouts = { message = "5s", provider = "1m", channel = "1m" }')
+    h = make(text)
+    cmds = h.start(0.0)
+    a, c = starts(cmds)
+    assert (a.deadline, c.deadline) == (5.0, 5.0)
+    assert h.wakeup == 5.0
+    cmds = h.timer()
+    assert sorted(x.attempt_id for x in cancels(cmds)) == sorted([a.attempt_id, c.attempt_id])
+    assert finish(cmds) == Finish("expired", 5.0, None)
+    assert events(cmds, "message_deadline")
+    assert {h.d.attempts[x.attempt_id].outcome for x in (a, c)} == {"timeout"}
+    # late answers change nothing
+    assert h.outcome(a, OK, 5.1) == [] or finish(h.log[-3:]) is None
+    assert h.d.status == "expired"
+
+
+def test_message_deadline_beats_channel_and_attempt_deadlines_at_the_same_time() -> None:
+    text = policy_text(route='timeouts = { message = "2s", provider = "2s", channel = "2s" }')
+    h = make(text)
+    a = only_start(h.start(0.0))
+    cmds = h.timer()
+    assert finish(cmds) == Finish("expired", 2.0, None)
+    assert starts(cmds) == []
+    assert len(cancels(cmds)) == 1
+
+
+def test_channel_timeout_larger_than_message_timeout_is_cut_by_the_message_deadline() -> None:
+    text = policy_text(email='timeout = "5m"', route='timeouts = { message = "30s", provider = "5m" }')
+    h = make(text, accepted_at=10.0)
+    a = only_start(h.start(10.0))
+    assert a.deadline == 40.0
+    assert events(h.log, "channel_started")[0].data["deadline"] == 40.0
+
+
+def test_resumed_message_past_its_deadline_expires_on_start() -> None:
+    h = make(accepted_at=0.0)
+    cmds = h.start(120.0)                      # message timeout is 1m
+    assert starts(cmds) == [] and finish(cmds) == Finish("expired", 120.0, None)
+
+
+def test_resumed_message_keeps_its_absolute_deadline() -> None:
+    h = make(policy_text(route='timeouts = { message = "10s" }'), accepted_at=100.0)
+    a = only_start(h.start(107.0))
+    assert h.d.message_deadline == 110.0
+    assert a.deadline == 109.0                 # provider timeout 2s
+    b = only_start(h.timer())
+    assert b.deadline == 110.0
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+def test_all_at_channel_level() -> None:
+    h = make(policy_text(email='method = "all"'))
+    cmds = h.start(0.0)
+    a, b = starts(cmds)
+    assert {(a.channel, a.provider), (b.channel, b.provider)} == {("email", "a"), ("email", "b")}
+    assert finish(h.outcome(a, OK, 0.1)) is None            # b still runs
+    cmds = h.outcome(b, E500, 0.2)
+    assert finish(cmds) == Finish("delivered", 0.2, 0.1)
+    assert "c" not in {s.provider for s in starts(h.log)}
+
+
+def test_all_at_channel_level_every_provider_failing_fails_over() -> None:
+    h = make(policy_text(email='method = "all"'))
+    a, b = starts(h.start(0.0))
+    h.outcome(a, E400, 0.1)
+    cmds = h.outcome(b, E500, 0.2)
+    assert only_start(cmds).channel == "sms"
+
+
+def test_all_at_route_level() -> None:
+    h = make(policy_text(route='method = "all"'))
+    a, c = starts(h.start(0.0))
+    assert (a.provider, c.provider) == ("a", "c")
+    h.outcome(c, OK, 0.1)
+    b = only_start(h.outcome(a, E500, 0.2))      # provider failover goes on inside the email channel
+    assert b.provider == "b"
+    cmds = h.outcome(b, OK, 0.3)
+    assert finish(cmds) == Finish("delivered", 0.3, 0.1)
+    assert h.d.duplicates == 0                   # fan-out deliveries are wanted, not duplicates
+
+
+def test_all_at_route_level_one_channel_skipped() -> None:
+    h = make(policy_text(route='method = "all"'), to={"phone_number": "+1"})
+    c = only_start(h.start(0.0))
+    assert finish(h.outcome(c, OK, 0.1)) == Finish("delivered", 0.1, 0.1)
+
+
+NESTED = """
+[timeouts]
+provider = "2s"
+channel = "10s"
+message = "1m"
+
+[providers.p1]
+type = "sandbox"
+[providers.p2]
+type = "sandbox"
+[providers.p3]
+type = "sandbox"
+[providers.p4]
+type = "sandbox"
+
+[channels.email]
+providers = ["p1"]
+[channels.sms]
+providers = ["p2"]
+[channels.chat]
+providers = ["p3"]
+[channels.push]
+providers = ["p4"]
+
+[routes.default]
+method = "single"
+channels = [{ method = "all", channels = ["email", "sms"] }, "push"]
+
+[routes.deep]
+method = "all"
+channels = ["email", { method = "single", channels = ["sms", { method = "all", channels = ["chat", "push"] }] }]
+"""
+
+
+def test_nested_all_group_in_a_single_route() -> None:
+    h = make(NESTED)
+    e, s = starts(h.start(0.0))
+    assert (e.channel, s.channel) == ("email", "sms")
+    assert starts(h.outcome(e, E500, 0.1)) == []
+    cmds = h.outcome(s, E400, 0.2)
+    p = only_start(cmds)                          # the group failed as a whole: next route item
+    assert p.channel == "push"
+    assert [(x.data["kind"], x.data["to"]) for x in events(cmds, "failover")] == [("channel", "push")]
+    assert finish(h.outcome(p, OK, 0.3)) == Finish("delivered", 0.3, 0.3)
+
+
+def test_nested_all_group_delivering_stops_the_single_route() -> None:
+    h = make(NESTED)
+    e, s = starts(h.start(0.0))
+    h.outcome(e, OK, 0.1)
+    cmds = h.outcome(s, E500, 0.2)
+    assert finish(cmds) == Finish("delivered", 0.2, 0.1)
+    assert "push" not in {x.channel for x in starts(h.log)}
+
+
+def test_deep_nesting() -> None:
+    h = make(NESTED, route="deep")
+    e, s = starts(h.start(0.0))
+    assert (e.channel, s.channel) == ("email", "sms")
+    cmds = h.outcome(s, E500, 0.1)               # sms failed: the inner all group starts
+    chat, push = starts(cmds)
+    assert (chat.channel, push.channel) == ("chat", "push")
+    h.outcome(chat, E500, 0.2)
+    h.outcome(e, E500, 0.3)
+    cmds = h.outcome(push, OK, 0.4)
+    assert finish(cmds) == Finish("delivered", 0.4, 0.4)
+
+
+def test_single_group_delivered_cancels_nothing_still_needed_and_starts_nothing_more() -> None:
+    h = make(NESTED, route="deep")
+    e, s = starts(h.start(0.0))
+    assert starts(h.outcome(s, OK, 0.1)) == []   # single group satisfied: chat/push never start
+    cmds = h.outcome(e, E500, 0.2)
+    assert finish(cmds) == Finish("delivered", 0.2, 0.1)
+    assert {x.channel for x in starts(h.log)} == {"email", "sms"}
+
+
+# --------------------------------------------------------------------------- receipts
+
+RECEIPT = policy_text(a='confirm = "receipt"\nreceipt_timeout = "5s"', b='confirm = "receipt"\nreceipt_timeout = "5s"',
+                      email='timeout = "20s"')
+
+
+def test_receipt_confirms_delivery() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    assert a.confirm == "receipt"
+    cmds = h.outcome(a, Outcome(202), 0.2)
+    assert finish(cmds) is None
+    acc = events(cmds, "attempt_accepted")[0]
+    assert acc.data["receipt_deadline"] == 5.2 and h.wakeup == 5.2
+    cmds = h.receipt(a, "delivered", 1.0)
+    assert finish(cmds) == Finish("delivered", 1.0, 1.0)
+    assert h.d.attempts[a.attempt_id].outcome == "delivered"
+    assert h.d.attempts[a.attempt_id].status_code == 202
+
+
+def test_receipt_before_the_response_cancels_the_call_and_delivers() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    cmds = h.receipt(a, "delivered", 0.1)
+    assert cancels(cmds) and cancels(cmds)[0].attempt_id == a.attempt_id
+    assert finish(cmds) == Finish("delivered", 0.1, 0.1)
+
+
+def test_receipt_deadline_is_capped_by_the_channel_deadline() -> None:
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1m"', email='timeout = "3s"'))
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, Outcome(200), 1.0)
+    assert events(cmds, "attempt_accepted")[0].data["receipt_deadline"] == 3.0
+
+
+def test_receipt_timeout_fails_over() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.2)
+    cmds = h.timer()
+    assert events(cmds, "receipt_timeout")[0].data["attempt_id"] == a.attempt_id
+    assert cancels(cmds) == []                     # the call itself is over: nothing to cancel
+    b = only_start(cmds)
+    assert who(b) == ("email", "b", 1) and b.started_at == 5.2
+    assert h.d.attempts[a.attempt_id].outcome == "timeout"
+
+
+def test_failed_receipt_fails_over() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.2)
+    cmds = h.receipt(a, "failed", 0.5)
+    assert who(only_start(cmds)) == ("email", "b", 1)
+    assert h.d.attempts[a.attempt_id].outcome == "failed"
+
+
+def test_late_receipt_delivers_and_cancels_what_still_runs() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.2)
+    b = only_start(h.timer())                      # receipt timeout -> b
+    cmds = h.receipt(a, "delivered", 6.0)          # a's receipt after all
+    assert events(cmds, "late_receipt")
+    assert cancels(cmds) == [CancelAttempt(b.attempt_id, "delivered by a late receipt")]
+    assert finish(cmds) == Finish("delivered", 6.0, 6.0)
+    assert h.d.attempts[a.attempt_id].outcome == "delivered"
+    assert h.d.attempts[b.attempt_id].outcome == "cancelled"
+    assert h.d.duplicates == 0
+
+
+def test_late_receipt_after_the_next_channel_delivered_counts_a_duplicate() -> None:
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1s"', email='timeout = "20s"')
+             .replace('providers = ["a", "b"]', 'providers = ["a"]'))
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.1)
+    c = only_start(h.timer())                      # receipt timeout, email exhausted -> sms
+    assert c.channel == "sms"
+    assert finish(h.outcome(c, OK, 1.5)) == Finish("delivered", 1.5, 1.5)
+    cmds = h.receipt(a, "delivered", 3.0)
+    assert finish(cmds) is None                    # exactly one Finish
+    assert h.d.duplicates == 1 and events(cmds, "duplicate")
+    h.receipt(a, "delivered", 3.5)                 # the same receipt again is not another duplicate
+    assert h.d.duplicates == 1
+
+
+def test_late_receipt_while_the_next_channel_runs_delivers() -> None:
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1s"').replace('providers = ["a", "b"]',
+                                                                                 'providers = ["a"]'))
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.1)
+    c = only_start(h.timer())
+    cmds = h.receipt(a, "delivered", 1.5)
+    assert cancels(cmds) == [CancelAttempt(c.attempt_id, "delivered by a late receipt")]
+    assert finish(cmds) == Finish("delivered", 1.5, 1.5)
+
+
+def test_late_failed_receipt_changes_nothing() -> None:
+    h = make(RECEIPT)
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.2)
+    b = only_start(h.timer())
+    cmds = h.receipt(a, "failed", 6.0)
+    assert events(cmds, "late_receipt") and starts(cmds) == [] and cancels(cmds) == []
+    assert h.d.attempts[a.attempt_id].outcome == "timeout"
+    h.outcome(b, Outcome(202), 6.1)
+    assert finish(h.receipt(b, "delivered", 6.2)) == Finish("delivered", 6.2, 6.2)
+
+
+def test_receipt_for_an_unknown_attempt_is_recorded_only() -> None:
+    h = make(RECEIPT)
+    h.start(0.0)
+    cmds = h.receipt("nope", "delivered", 0.1)
+    assert [e.type for e in events(cmds)] == ["receipt_unknown"] and not h.d.terminal
+
+
+def test_late_receipt_after_expiry_keeps_the_one_finish() -> None:
+    h = make(policy_text(a='confirm = "receipt"', route='timeouts = { message = "3s" }'))
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.1)
+    assert finish(h.timer()) == Finish("expired", 3.0, None)
+    cmds = h.receipt(a, "delivered", 4.0)
+    assert finish(cmds) is None and h.d.status == "expired"
+
+
+# --------------------------------------------------------------------------- breakers
+
+BREAKER = policy_text(a='breaker = { failures = 2, cooldown = "10s" }')
+
+
+def send(health: HealthTracker, now: float, mid: str, text: str = BREAKER) -> Harness:
+    h = make(text, health=health, accepted_at=now, message_id=mid)
+    h.start(now)
+    return h
+
+
+def test_breaker_opens_skips_probes_and_closes() -> None:
+    health = HealthTracker()
+    # two consecutive failures of a (on two messages) open its breaker
+    for i, now in enumerate((0.0, 1.0)):
+        h = send(health, now, f"m{i}")
+        a = only_start(h.log)
+        cmds = h.outcome(a, E500, now + 0.1)
+        assert who(only_start(cmds)) == ("email", "b", 1)
+    assert [e.type for e in events(cmds, "breaker_opened")] == ["breaker_opened"]
+    assert health.is_open("a")
+    # while open, a is skipped with an event and b is tried straight away
+    h = send(health, 2.0, "m2")
+    b = only_start(h.log)
+    assert who(b) == ("email", "b", 1)
+    skip = events(h.log, "provider_skipped")
+    assert len(skip) == 1 and skip[0].data == {"channel": "email", "provider": "a", "reason": "breaker open"}
+    # after the cooldown one probe goes through; others are still skipped meanwhile
+    probe = send(health, 11.1, "m3")
+    pa = only_start(probe.log)
+    assert pa.provider == "a"
+    other = send(health, 11.2, "m4")
+    assert only_start(other.log).provider == "b"
+    # the probe succeeds: closed, a is used again
+    cmds = probe.outcome(pa, OK, 11.3)
+    assert events(cmds, "breaker_closed") and not health.is_open("a")
+    assert only_start(send(health, 11.4, "m5").log).provider == "a"
+
+
+def test_breaker_probe_failure_keeps_it_open() -> None:
+    health = HealthTracker()
+    for i in range(2):
+        h = send(health, 0.0, f"m{i}")
+        h.outcome(only_start(h.log), E500, 0.0)
+    probe = send(health, 10.0, "p")
+    pa = only_start(probe.log)
+    assert pa.provider == "a"
+    probe.outcome(pa, E500, 10.5)
+    assert health.is_open("a")
+    assert only_start(send(health, 11.0, "m9").log).provider == "b"
+
+
+def test_breaker_counts_timeouts_not_rejections() -> None:
+    health = HealthTracker()
+    for i in range(3):
+        h = send(health, 0.0, f"r{i}")
+        h.outcome(only_start(h.log), E400, 0.0)
+    assert not health.is_open("a")
+    for i in range(2):
+        h = send(health, 0.0, f"t{i}")
+        h.timer()                                  # attempt timeout
+    assert health.is_open("a")
+
+
+def test_breaker_every_provider_open_skips_the_channel() -> None:
+    text = policy_text(a='breaker = { failures = 1, cooldown = "1m" }', b='breaker = { failures = 1, cooldown = "1m" }')
+    health = HealthTracker()
+    h = send(health, 0.0, "m0", text)
+    b = only_start(h.outcome(only_start(h.log), E500, 0.1))
+    h.outcome(b, E500, 0.2)
+    h2 = send(health, 1.0, "m1", text)
+    assert who(only_start(h2.log)) == ("sms", "c", 1)
+    assert len(events(h2.log, "provider_skipped")) == 2
+
+
+def test_breaker_false_never_skips() -> None:
+    text = policy_text(a="breaker = false")
+    health = HealthTracker()
+    for i in range(20):
+        h = send(health, float(i), f"m{i}", text)
+        a = only_start(h.log)
+        assert a.provider == "a"
+        h.outcome(a, E500, i + 0.1)
+    assert not health.is_open("a")
+    assert events(h.log, "provider_skipped") == []
+
+
+# --------------------------------------------------------------------------- timers and inputs
+
+
+def test_one_wakeup_at_the_earliest_deadline() -> None:
+    h = make(policy_text(route='method = "all"', email='method = "all"',
+                         a='timeout = "3s"', b='timeout = "1s"', c='timeout = "2s"'))
+    h.start(0.0)
+    assert h.wakeup == 1.0
+    h.timer()                                       # b times out
+    assert h.wakeup == 2.0
+    h.timer()                                       # c times out
+    assert h.wakeup == 3.0
+
+
+def test_a_late_timer_call_fires_everything_due_in_order() -> None:
+    """A driver that wakes late still gets each deadline handled at its own time."""
+    h = make(policy_text(a='timeout = "1s"', b='timeout = "1s"', c='timeout = "1s"'))
+    h.start(0.0)
+    cmds = h.feed(h.d.on_timer(100.0))
+    assert finish(cmds) == Finish("undeliverable", 3.0, None)
+    assert [(s.provider, s.started_at) for s in starts(h.log)] == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
+
+
+def test_outcome_at_exactly_the_deadline_counts() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, OK, 2.0)
+    assert finish(cmds) == Finish("delivered", 2.0, 2.0) and cancels(cmds) == []
+
+
+def test_outcome_after_a_missed_deadline_does_not_count() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    cmds = h.outcome(a, OK, 2.5)                    # the driver was late with the timer
+    assert cancels(cmds)[0].attempt_id == a.attempt_id
+    assert finish(cmds) is None and h.d.attempts[a.attempt_id].outcome == "timeout"
+
+
+def test_inputs_after_finish_give_no_commands_that_act() -> None:
+    h = make()
+    a = only_start(h.start(0.0))
+    h.outcome(a, OK, 0.1)
+    for cmds in (h.outcome(a, E500, 0.2), h.feed(h.d.on_timer(50.0)), h.receipt(a, "failed", 0.3)):
+        assert not [c for c in cmds if isinstance(c, (StartAttempt, CancelAttempt, Finish, SetTimer))]
+
+
+def test_same_seed_same_commands() -> None:
+    text = policy_text(a='retries = 3', b='retries = 2')
+
+    def run(seed: int) -> list[Command]:
+        h = make(text, seed=seed)
+        s = only_start(h.start(0.0))
+        while not h.d.terminal:
+            new = starts(h.outcome(s, E500, s.started_at + 0.01))
+            if not h.d.terminal:
+                s = new[0] if new else only_start(h.timer())
+        return h.log
+    assert run(3) == run(3)
+    assert run(3) != run(4)
