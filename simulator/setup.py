@@ -46,7 +46,7 @@ class RunSetup:
         for o, src in zip(self.outages, self._outage_sections()):
             spec = self.specs[o.provider].model_copy(update=src.behaviour_update())
             windows.setdefault(o.provider, []).append(OutageWindow(o.start_s, o.end_s, o.kind, spec))
-        return {name: SimProvider(name, spec, random.Random(f"{self.seed}:provider:{name}"),
+        return {name: SimProvider(name, spec, random.Random(f"{self.seed}:{name}"),
                                   self.base_fail.get(name, "none"), tuple(windows.get(name, ())))
                 for name, spec in self.specs.items()}
 

@@ -1,0 +1,235 @@
+"""The simulator against first-principles answers, its determinism and its hierarchy check.
+
+Small scenarios whose outcome can be worked out by hand: a primary that hangs for the whole
+run, a provider timeout T and a backup with constant latency L.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.core.engine import Event, StartAttempt
+from daemon.core.policy import load_policy
+from simulator.invariants import HierarchyChecker
+from simulator.report import build_report
+from simulator.runner import RunResult, run
+from simulator.scenario import load_scenario
+from simulator.setup import bind_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+DRILLS = REPO / "simulator" / "scenarios"
+
+T = 2.0      # primary's provider timeout (s)
+L = 0.3      # backup's constant latency (s)
+
+
+def write_routing(tmp: Path, breaker: str) -> Path:
+    path = tmp / "routing.toml"
+    path.write_text(textwrap.dedent(f"""
+        version = 1
+        [timeouts]
+        provider = "{int(T * 1000)}ms"
+        channel = "1m"
+        message = "5m"
+
+        [providers.primary]
+        type = "sandbox"
+        latency = "50ms"
+        breaker = {breaker}
+
+        [providers.backup]
+        type = "sandbox"
+        latency = "{int(L * 1000)}ms"
+        breaker = false
+
+        [channels.email]
+        providers = ["primary", "backup"]
+
+        [routes.default]
+        channels = ["email"]
+    """))
+    return path
+
+
+def write_scenario(tmp: Path, body: str = "", duration: str = "2m", rate: float = 5) -> Path:
+    path = tmp / "hang.toml"
+    path.write_text(textwrap.dedent(f"""
+        duration = "{duration}"
+        seed = 11
+        routing = "routing.toml"
+
+        [traffic]
+        rate = {rate}
+
+        [[outages]]
+        provider = "primary"
+        start = "0s"
+        duration = "1h"
+        kind = "hang"
+    """) + textwrap.dedent(body))
+    return path
+
+
+def simulate(scenario: Path, seed: int | None = None) -> RunResult:
+    sc = load_scenario(str(scenario))
+    return run(bind_scenario(sc, load_policy(sc.routing_path), seed=seed))
+
+
+def test_breaker_off_every_message_pays_timeout_plus_backup_latency(tmp_path: Path) -> None:
+    write_routing(tmp_path, "false")
+    res = simulate(write_scenario(tmp_path))
+    m = res.metrics
+    assert m.messages > 400                       # ~5/s for 2 minutes
+    assert all(s == "delivered" for s in m.status)
+    for ttd in m.times_to_deliver():
+        assert ttd == pytest.approx(T + L, abs=1e-9)
+    assert m.attempts == [2] * m.messages
+    rep = build_report(res)
+    assert rep["time_to_deliver_s"]["p50"] == pytest.approx(T + L, abs=1e-6)
+    assert rep["time_to_deliver_s"]["max"] == pytest.approx(T + L, abs=1e-6)
+    assert rep["attempts_per_message"] == {"mean": 2.0, "max": 2}
+    assert rep["failovers"] == {"provider": m.messages, "channel": 0}
+    assert rep["providers"]["primary"]["timeouts"] == m.messages
+    assert rep["providers"]["primary"]["skipped"] == 0
+    assert rep["providers"]["backup"]["delivered"] == m.messages
+    assert rep["violations"] == 0
+    # nothing ever stops waiting on the hung primary
+    assert rep["outages"][0]["time_to_route_around_s"] is None
+
+
+def test_breaker_on_only_the_first_burst_and_one_probe_per_cooldown_pay_the_timeout(tmp_path: Path) -> None:
+    failures, cooldown = 3, 10.0
+    write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s" }}')
+    res = simulate(write_scenario(tmp_path))
+    m = res.metrics
+    acc = m.accepted_at
+    # First principles: the n-th failure is the n-th message's timeout, at accept + T; the
+    # breaker opens there. Every message accepted before that tried the primary. Then one
+    # probe per cooldown: the first message accepted once the cooldown is over; its timeout
+    # re-opens the breaker for another cooldown.
+    opened_at = acc[failures - 1] + T
+    paying = {i for i, a in enumerate(acc) if a < opened_at}
+    burst = len(paying)
+    next_probe = opened_at + cooldown
+    for i, a in enumerate(acc):
+        if a >= next_probe:
+            paying.add(i)
+            next_probe = a + T + cooldown
+    probes = len(paying) - burst
+    assert burst >= failures and probes >= 5      # the scenario really exercises both
+    for i in range(m.messages):
+        ttd = m.delivered_at[i] - acc[i]
+        if i in paying:
+            assert ttd == pytest.approx(T + L, abs=1e-9), i
+            assert m.attempts[i] == 2, i
+        else:
+            assert ttd == pytest.approx(L, abs=1e-9), i
+            assert m.attempts[i] == 1, i
+    rep = build_report(res)
+    assert rep["providers"]["primary"]["attempts"] == len(paying)
+    assert rep["providers"]["primary"]["skipped"] == m.messages - len(paying)
+    assert rep["providers"]["primary"]["breaker_opened"] == 1
+    assert rep["violations"] == 0
+    # routed around once the breaker opened (the accept after it), not before
+    tra = rep["outages"][0]["time_to_route_around_s"]
+    assert tra is not None and acc[failures - 1] + T - 1.0 <= tra <= opened_at + 1.0
+
+
+def test_same_seed_same_report_and_another_seed_differs() -> None:
+    sc = load_scenario(str(DRILLS / "email-5xx-storm.toml"))
+    policy = load_policy(sc.routing_path)
+
+    def report(seed: int | None = None) -> dict:
+        rep = build_report(run(bind_scenario(sc, policy, seed=seed)))
+        rep.pop("wall_s")
+        return rep
+
+    first, again = report(), report()
+    assert first == again
+    other = report(seed=sc.model.seed + 1)
+    assert other["messages"] != first["messages"] or other["time_to_deliver_s"] != first["time_to_deliver_s"]
+
+
+def test_what_if_routing_files_get_the_same_traffic(tmp_path: Path) -> None:
+    write_routing(tmp_path, "false")
+    scenario = write_scenario(tmp_path)
+    on = tmp_path / "breaker-on.toml"
+    on.write_text((tmp_path / "routing.toml").read_text().replace(
+        "breaker = false\n\n[providers.backup]", 'breaker = { failures = 3, cooldown = "10s" }\n\n[providers.backup]'))
+    sc = load_scenario(str(scenario))
+    runs = [run(bind_scenario(sc, load_policy(str(p)), str(p))) for p in (tmp_path / "routing.toml", on)]
+    assert runs[0].metrics.accepted_at == runs[1].metrics.accepted_at
+    reps = [build_report(r) for r in runs]
+    assert reps[0]["time_to_deliver_s"]["p50"] == pytest.approx(T + L)
+    assert reps[1]["time_to_deliver_s"]["p50"] == pytest.approx(L)
+
+
+def test_receipt_timeouts_and_late_receipts(tmp_path: Path) -> None:
+    """confirm = "receipt": no receipt ever -> a timeout at 2xx + receipt_timeout, then failover."""
+    (tmp_path / "routing.toml").write_text(textwrap.dedent("""
+        version = 1
+        [timeouts]
+        provider = "2s"
+        channel = "1m"
+        message = "5m"
+        [providers.primary]
+        type = "sandbox"
+        latency = "100ms"
+        confirm = "receipt"
+        receipt_timeout = "1s"
+        breaker = false
+        [providers.backup]
+        type = "sandbox"
+        latency = "300ms"
+        breaker = false
+        [channels.email]
+        providers = ["primary", "backup"]
+        [routes.default]
+        channels = ["email"]
+    """))
+    path = write_scenario(tmp_path, duration="30s")
+    path.write_text(path.read_text().replace('kind = "hang"', 'kind = "no-receipts"'))
+    res = simulate(path)
+    for ttd in res.metrics.times_to_deliver():
+        assert ttd == pytest.approx(0.1 + 1.0 + 0.3, abs=1e-9)
+    rep = build_report(res)
+    assert rep["providers"]["primary"]["timeouts"] == rep["messages"]
+    assert rep["violations"] == 0
+
+
+def test_hierarchy_checker_counts_an_attempt_past_its_deadline() -> None:
+    """The independent check is able to fail: hand it a stream that breaks the hierarchy."""
+    sc = load_scenario(str(DRILLS / "email-primary-hang.toml"))
+    setup = bind_scenario(sc, load_policy(sc.routing_path))
+    chk = HierarchyChecker(setup.plans)
+    # bundled routing.toml: provider 2s, channel 10s, message 1m
+    chk.on_event(0, Event("started", 0.0, {"route": "default"}))
+    chk.on_event(0, Event("channel_started", 0.0, {"channel": "email"}))
+    chk.on_event(0, Event("attempt_started", 1.0, {"attempt_id": "a1", "channel": "email", "provider": "ses"}))
+    chk.on_attempt_started(0, StartAttempt("a1", "m0", "email", "ses", 1, 1.0, 3.5, "k"))   # 3.5 > 1 + 2
+    chk.on_event(0, Event("attempt_ended", 3.25, {"attempt_id": "a1", "outcome": "timeout"}))
+    chk.on_attempt_stopped("a1", 3.25)
+    chk.on_event(0, Event("channel_finished", 10.5, {"channel": "email"}))
+    chk.on_event(0, Event("attempt_started", 11.0, {"attempt_id": "a2", "channel": "sms", "provider": "twilio"}))
+    chk.on_event(0, Event("finished", 61.0, {"status": "expired"}))
+    chk.finish_run(70.0)
+    assert chk.counts == {
+        "attempt granted a deadline beyond the hierarchy": 1,
+        "attempt ran past its deadline": 1,
+        "attempt kept running past its deadline": 1,
+        "channel ran past its deadline": 1,
+        "attempt outside a running channel": 1,
+        "message ran past its deadline": 1,
+    }
+    clean = HierarchyChecker(setup.plans)
+    clean.on_event(0, Event("started", 0.0, {"route": "default"}))
+    clean.on_event(0, Event("channel_started", 0.0, {"channel": "email"}))
+    clean.on_event(0, Event("attempt_started", 1.0, {"attempt_id": "a1", "channel": "email", "provider": "ses"}))
+    clean.on_event(0, Event("attempt_ended", 3.0, {"attempt_id": "a1", "outcome": "timeout"}))
+    clean.on_event(0, Event("channel_finished", 10.0, {"channel": "email"}))
+    clean.on_event(0, Event("finished", 10.0, {"status": "undeliverable"}))
+    clean.finish_run(70.0)
+    assert clean.total == 0
