@@ -1,0 +1,598 @@
+"""The asyncio driver of the sans-IO engine: one `Router` per daemon process.
+
+The Router turns engine commands into real effects and feeds real events back; it makes no
+routing decision of its own (those live in daemon.core.engine):
+
+    StartAttempt   -> an asyncio task running the provider adapter's send()
+    CancelAttempt  -> task.cancel() (an http request's connection is closed)
+    SetTimer(at)   -> one loop.call_later handle per message, replaced on every SetTimer
+    RecordEvent    -> SQLite (attempts + events), event listeners (MQTT), Prometheus metrics
+    Finish         -> SQLite status; the message leaves the in-flight set
+
+Time is `Clock.now()`: wall-anchored monotonic seconds (daemon/clock.py). One HealthTracker
+(circuit breakers) is shared by every message of the process.
+
+API (what daemon/api.py, the MQTT bridge and the CLI use):
+
+    router = Router(policy, store, metrics, clock=None, adapter_ctx=None, rng_seed=None)
+    await router.start()
+        Opens the store if it is not open yet (and then closes it in stop()), makes the one
+        shared aiohttp.ClientSession unless adapter_ctx brings one, records the policy source,
+        and resumes every non-terminal message in the store with its original absolute message
+        deadline under the policy snapshot it was accepted under (looked up by version in the
+        store's policies table; if that text no longer parses, the current policy is used and a
+        `policy_unavailable` event says so). Attempts that were running when the previous process
+        died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once.
+    await router.submit(send_request, idempotency_key=None) -> SubmitResult(message_id, created)
+        Raises daemon.core.plan.PlanError for an unknown route/channel/provider (-> 422),
+        Overloaded(retry_after_s) at [daemon] max_inflight or while stopping (-> 503).
+        Returns once the message is COMMITTED to SQLite (group commit). A known Idempotency-Key
+        (younger than [daemon] idempotency_ttl) returns the first message's id, created=False.
+    router.status(message_id) -> dict | None
+        The GET /v1/messages/{id} body: message_id, status, accepted_at, finished_at,
+        delivered_at, message_deadline, route, policy_version, attempts[{attempt_id, channel,
+        provider, try, started_at, ended_at, deadline, outcome, status_code, detail}],
+        events[{type, at, ...data}]; times RFC 3339 UTC with milliseconds.
+    await router.receipt(provider, attempt_id, status) -> bool
+        status "delivered" | "failed" (else ValueError). False: no such attempt for this provider.
+        Raises Overloaded once stop() has halted the router.
+    router.receipt_secret(provider) -> str | None
+    router.swap_policy(policy)    new messages use it; in-flight ones keep theirs. Also records
+                                  the reload as successful in the metrics (routingd_config_hash,
+                                  ..._last_reload_successful = 1, timestamp); a failed reload
+                                  is the reloader's to record: metrics.config_reload_failed().
+    router.policy, router.inflight (non-terminal messages in memory + submits being committed)
+    router.add_event_listener(cb)  cb(message_id, daemon.core.engine.Event), called on the loop
+                                  thread for every event; exceptions are logged and ignored.
+    await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
+                                  to answer (answers are still processed, deadlines still fire);
+                                  then the rest are cancelled. Non-terminal messages stay in the
+                                  store for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
+from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
+from .clock import Clock, rfc3339
+from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent, SetTimer,
+                          StartAttempt)
+from .core.health import HealthTracker
+from .core.plan import PlanError, resolve_plan
+from .core.policy import Policy, PolicyError, parse_policy
+from .core.request import MessageRequest, SendRequest
+from .metrics import Metrics
+from .providers import UnavailableAdapter, make_http_session
+from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage
+
+log = logging.getLogger("routingd.runtime")
+
+__all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
+
+_RECENT = 2048                 # finished messages kept in memory (status, late receipts)
+_PURGE_EVERY_S = 600.0
+_TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
+
+
+class Overloaded(Exception):
+    """The router cannot take the message now (in-flight limit, or shutting down)."""
+
+    def __init__(self, retry_after_s: float, reason: str = "routingd is at its in-flight limit") -> None:
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+        super().__init__(f"{reason}; retry in {retry_after_s:g}s")
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    message_id: str
+    created: bool
+
+
+@dataclass
+class _Snapshot:
+    policy: Policy
+    adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
+    refs: int = 0
+
+
+@dataclass
+class _Live:
+    """One message this process is routing (or finished recently)."""
+
+    row: MessageRow
+    request: MessageRequest
+    delivery: Delivery
+    snapshot: _Snapshot
+    prior: dict[str, AttemptRow] = field(default_factory=dict)    # attempts of earlier runs
+    events: list[EventRow] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)         # attempt_id -> detail
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+    finished: bool = False
+
+
+def new_message_id() -> str:
+    """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>")."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+class Router:
+    def __init__(self, policy: Policy, store: Store, metrics: Metrics, clock: Clock | None = None,
+                 adapter_ctx: AdapterContext | None = None, rng_seed: int | None = None) -> None:
+        self._policy = policy
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock or Clock()
+        self.health = HealthTracker()
+        self._ctx = adapter_ctx if adapter_ctx is not None else AdapterContext(rng_seed=rng_seed)
+        if self._ctx.rng_seed is None:
+            self._ctx.rng_seed = rng_seed
+        self._ctx.receipts = self.receipt
+        self._rng = random.Random(rng_seed)
+        self._snapshots: dict[str, _Snapshot] = {policy.version: _Snapshot(policy)}
+        self._live: dict[str, _Live] = {}
+        self._recent: OrderedDict[str, _Live] = OrderedDict()
+        self._listeners: list[Callable[[str, Event], None]] = []
+        self._reserved = 0
+        self._started = False
+        self._stopping = False
+        self._halted = False
+        self._own_store = False
+        self._own_session = False
+        self._purge_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def inflight(self) -> int:
+        return len(self._live) + self._reserved
+
+    def add_event_listener(self, cb: Callable[[str, Event], None]) -> None:
+        self._listeners.append(cb)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        if not self.store.is_open:
+            await self.store.open()
+            self._own_store = True
+        if self._ctx.http_session is None:
+            self._ctx.http_session = make_http_session()
+            self._own_session = True
+        now = self.clock.now()
+        self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, now)
+        self.metrics.config_loaded(self._policy.version)
+        self._started = True
+        for sm in await self.store.load_pending():
+            await self._resume(sm)
+        self._purge_task = asyncio.create_task(self._purge_loop(), name="routingd purge")
+
+    async def stop(self, grace_s: float) -> None:
+        if not self._started or self._halted:
+            return
+        self._stopping = True
+        running = [t for live in self._live.values() for t in live.tasks.values()]
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        self._halted = True
+        now = self.clock.now()
+        leftover: list[asyncio.Task[None]] = []
+        for live in self._live.values():
+            if live.timer is not None:
+                live.timer.cancel()
+                live.timer = None
+            for t in live.tasks.values():
+                t.cancel()
+                leftover.append(t)
+            live.tasks.clear()
+            self.store.end_open_attempts(live.row.id, now, "cancelled: routingd stopped; retried on the next start")
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            leftover.append(self._purge_task)
+        if leftover:
+            await asyncio.wait(leftover, timeout=5.0)
+        for snap in self._snapshots.values():
+            await self._close_adapters(snap)
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=5.0)
+        if self._own_session and self._ctx.http_session is not None:
+            await self._ctx.http_session.close()
+            self._ctx.http_session = None
+        await self.store.flush()
+        if self._own_store:
+            await self.store.close()
+        log.info("router stopped; %d message(s) left pending in the store", len(self._live))
+
+    # ------------------------------------------------------------------ policies
+
+    def swap_policy(self, policy: Policy) -> None:
+        old = self._policy
+        self._policy = policy
+        self._snapshots.setdefault(policy.version, _Snapshot(policy))
+        if self._started and not self._halted:
+            self.store.put_policy(policy.version, policy.source, policy.path, self.clock.now())
+        self.metrics.config_loaded(policy.version)
+        if old.version != policy.version:
+            self._retire(old.version)
+
+    def _retire(self, version: str) -> None:
+        snap = self._snapshots.get(version)
+        if snap is None or snap.refs > 0 or version == self._policy.version:
+            return
+        del self._snapshots[version]
+        if snap.adapters and self._loop is not None:
+            task = self._loop.create_task(self._close_adapters(snap))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_adapters(self, snap: _Snapshot) -> None:
+        adapters, snap.adapters = list(snap.adapters.values()), {}
+        for a in adapters:
+            try:
+                await a.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing provider adapter %s failed", getattr(a, "name", a))
+
+    async def _snapshot_for(self, version: str) -> tuple[_Snapshot, str | None]:
+        snap = self._snapshots.get(version)
+        if snap is not None:
+            return snap, None
+        problem: str | None = None
+        src = await self.store.policy_source(version)
+        if src is None:
+            problem = f"policy version {version} is not in the store"
+        else:
+            try:
+                policy = parse_policy(src[0], src[1])
+            except PolicyError as e:
+                problem = f"policy version {version} no longer loads: {'; '.join(e.lines())}"
+            else:
+                snap = self._snapshots[version] = _Snapshot(policy)
+                return snap, None
+        return self._snapshots[self._policy.version], problem
+
+    def _adapter(self, snap: _Snapshot, provider: str) -> ProviderAdapter:
+        a = snap.adapters.get(provider)
+        if a is None:
+            cfg = snap.policy.providers[provider]
+            try:
+                a = build_adapter(provider, cfg, self._ctx)
+            except LookupError:
+                a = UnavailableAdapter(provider, f"no adapter for type {cfg.type!r}")
+            snap.adapters[provider] = a
+        return a
+
+    def receipt_secret(self, provider: str) -> str | None:
+        cfg = self._policy.providers.get(provider)
+        if cfg is None:
+            for snap in self._snapshots.values():
+                cfg = snap.policy.providers.get(provider)
+                if cfg is not None:
+                    break
+        secret = getattr(cfg, "receipt_secret", None)
+        return None if secret is None else secret.get_secret_value()
+
+    # ------------------------------------------------------------------ accepting
+
+    async def submit(self, request: SendRequest, idempotency_key: str | None = None) -> SubmitResult:
+        if not self._started or self._stopping:
+            raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
+        policy = self._policy
+        msg = request.message
+        plan = resolve_plan(policy, request=msg)
+        daemon = policy.model.daemon
+        if self.inflight >= daemon.max_inflight:
+            raise Overloaded(1.0)
+        now = self.clock.now()
+        row = MessageRow(id=new_message_id(), request=request.model_dump_json(), route=plan.route,
+                         policy_version=policy.version, status="pending", accepted_at=now,
+                         message_deadline=now + plan.message_timeout_ms / 1000.0,
+                         idempotency_key=idempotency_key)
+        self._reserved += 1
+        try:
+            existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now)
+        finally:
+            self._reserved -= 1
+        if existing is not None:
+            return SubmitResult(existing, False)
+        self.metrics.accepted.inc()
+        if self._stopping:          # durable; the next start routes it
+            return SubmitResult(row.id, True)
+        snap = self._snapshots.setdefault(policy.version, _Snapshot(policy))
+        delivery = Delivery(row.id, plan, msg.to, now, random.Random(self._rng.getrandbits(64)), self.health)
+        self._begin(_Live(row, msg, delivery, snap))
+        return SubmitResult(row.id, True)
+
+    async def _resume(self, sm: StoredMessage) -> None:
+        row = sm.message
+        now = self.clock.now()
+        snap, problem = await self._snapshot_for(row.policy_version)
+        req = SendRequest.model_validate_json(row.request).message
+        live_prior = {a.attempt_id: a for a in sm.attempts}
+        self.store.end_open_attempts(row.id, now, "interrupted: routingd stopped during the attempt")
+        for a in live_prior.values():
+            if a.ended_at is None:
+                a.ended_at, a.outcome, a.detail = now, "cancelled", "interrupted: routingd stopped during the attempt"
+        row.run += 1
+        self.store.set_run(row.id, row.run)
+        if now >= row.message_deadline:
+            # The engine's start() past the deadline would say "undeliverable" (engine.py
+            # Delivery.start); a message whose deadline passed while routingd was down expired.
+            self._finish_offline(row, "expired", now, [
+                Event("message_deadline", row.message_deadline, {"while": "routingd was not running"}),
+                Event("finished", now, {"status": "expired"})])
+            return
+        try:
+            plan = resolve_plan(snap.policy, request=req)
+        except PlanError as e:        # cannot happen with the stored snapshot; possible on a fallback policy
+            self._finish_offline(row, "undeliverable", now, [
+                Event("resume_failed", now, {"reason": str(e)}), Event("finished", now, {"status": "undeliverable"})])
+            return
+        delivery = Delivery(row.id, plan, req.to, row.accepted_at, random.Random(self._rng.getrandbits(64)),
+                            self.health, run=row.run)
+        delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
+        live = _Live(row, req, delivery, snap, live_prior, list(sm.events))
+        if problem:
+            self._record(live, Event("policy_unavailable", now,
+                                     {"reason": problem, "using_version": snap.policy.version}))
+        self._begin(live)
+
+    def _finish_offline(self, row: MessageRow, status: str, now: float, events: list[Event]) -> None:
+        """Finish a stored message without routing it (resume found it past its end)."""
+        for ev in events:
+            self.store.add_event(EventRow(row.id, ev.type, ev.at, dict(ev.data)))
+            for cb in self._listeners:
+                try:
+                    cb(row.id, ev)
+                except Exception:  # noqa: BLE001
+                    log.exception("event listener failed")
+        self.store.finish(row.id, status, now, None)
+        self.metrics.finished.labels(status=status).inc()
+
+    def _begin(self, live: _Live) -> None:
+        self._live[live.row.id] = live
+        live.snapshot.refs += 1
+        self.metrics.inflight.set(len(self._live))
+        self._apply(live, live.delivery.start(self.clock.now()))
+
+    # ------------------------------------------------------------------ commands
+
+    def _apply(self, live: _Live, commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, RecordEvent):
+                self._record(live, cmd.event)
+            elif isinstance(cmd, StartAttempt):
+                self._start_attempt(live, cmd)
+            elif isinstance(cmd, CancelAttempt):
+                task = live.tasks.pop(cmd.attempt_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(cmd, SetTimer):
+                self._set_timer(live, cmd.at)
+            elif isinstance(cmd, Finish):
+                self._finish(live, cmd)
+        if not live.finished and live.timer is None and not self._halted:
+            wake = live.delivery.next_wakeup      # defensive: never leave a live message without a wake-up
+            if wake is not None:
+                self._set_timer(live, wake)
+
+    def _record(self, live: _Live, event: Event) -> None:
+        mid = live.row.id
+        row = EventRow(mid, event.type, event.at, dict(event.data))
+        live.events.append(row)
+        self.store.add_event(row)
+        data = event.data
+        aid = data.get("attempt_id")
+        if event.type == "attempt_ended" and data.get("detail"):
+            live.details[aid] = str(data["detail"])
+        rec = live.delivery.attempts.get(aid) if aid else None
+        if rec is not None:
+            self.store.put_attempt(AttemptRow(rec.attempt_id, mid, rec.channel, rec.provider, rec.try_no,
+                                              rec.started_at, rec.deadline, rec.ended_at, rec.outcome,
+                                              rec.status_code, live.details.get(rec.attempt_id)))
+        m = self.metrics
+        if event.type == "attempt_ended":
+            m.attempts.labels(channel=data.get("channel", ""), provider=data.get("provider", ""),
+                              outcome=data.get("outcome", "")).inc()
+        elif event.type == "failover":
+            m.failovers.labels(kind=data.get("kind", "")).inc()
+        elif event.type == "breaker_opened":
+            m.breaker_open.labels(provider=data.get("provider", "")).set(1)
+        elif event.type == "breaker_closed":
+            m.breaker_open.labels(provider=data.get("provider", "")).set(0)
+        for cb in self._listeners:
+            try:
+                cb(mid, event)
+            except Exception:  # noqa: BLE001 - a listener must never break routing
+                log.exception("event listener failed on %s %s", mid, event.type)
+
+    def _start_attempt(self, live: _Live, cmd: StartAttempt) -> None:
+        now = self.clock.now()
+        if self._stopping:
+            live.details[cmd.attempt_id] = "not started: routingd is stopping"
+            self.store.put_attempt(AttemptRow(cmd.attempt_id, live.row.id, cmd.channel, cmd.provider, cmd.try_no,
+                                              cmd.started_at, cmd.deadline, now, "cancelled", None,
+                                              "not started: routingd is stopping"))
+            return
+        req = AttemptRequest(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
+                             provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
+                             idempotency_key=cmd.idempotency_key, to=live.request.to,
+                             content=live.request.content, metadata=live.request.metadata)
+        adapter = self._adapter(live.snapshot, cmd.provider)
+        assert self._loop is not None
+        live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req),
+                                                            name=f"attempt {cmd.attempt_id}")
+
+    async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest) -> None:
+        try:
+            outcome = await adapter.send(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an adapter bug is a failed attempt, not a dead daemon
+            log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
+            outcome = Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}")
+        if live.tasks.pop(req.attempt_id, None) is None or self._halted:
+            return                  # cancelled meanwhile: the engine no longer waits for it
+        self._apply(live, live.delivery.on_outcome(req.attempt_id, outcome, self.clock.now()))
+
+    def _set_timer(self, live: _Live, at: float | None) -> None:
+        if live.timer is not None:
+            live.timer.cancel()
+            live.timer = None
+        if at is None or live.finished or self._halted:
+            return
+        assert self._loop is not None
+        live.timer = self._loop.call_later(max(0.0, at - self.clock.now()), self._on_timer, live, at)
+
+    def _on_timer(self, live: _Live, at: float) -> None:
+        live.timer = None
+        if live.finished or self._halted:
+            return
+        # asyncio may run a handle a hair early; the engine must see the deadline as reached
+        self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+
+    def _finish(self, live: _Live, cmd: Finish) -> None:
+        if live.finished:
+            return
+        live.finished = True
+        row = live.row
+        row.status, row.finished_at, row.delivered_at = cmd.status, cmd.at, cmd.delivered_at
+        if live.timer is not None:
+            live.timer.cancel()
+            live.timer = None
+        for t in live.tasks.values():
+            t.cancel()
+        live.tasks.clear()
+        self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
+        self.metrics.finished.labels(status=cmd.status).inc()
+        if cmd.delivered_at is not None:
+            self.metrics.time_to_deliver.observe(max(0.0, cmd.delivered_at - row.accepted_at))
+        self._live.pop(row.id, None)
+        self.metrics.inflight.set(len(self._live))
+        self._recent[row.id] = live
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        live.snapshot.refs -= 1
+        self._retire(live.snapshot.policy.version)
+
+    # ------------------------------------------------------------------ receipts
+
+    async def receipt(self, provider: str, attempt_id: str, status: str) -> bool:
+        if status not in ("delivered", "failed"):
+            raise ValueError(f"receipt status must be 'delivered' or 'failed', got {status!r}")
+        if self._halted:
+            raise Overloaded(1.0, "routingd is shutting down")
+        mid = attempt_id.rsplit(".", 2)[0] if attempt_id.count(".") >= 2 else ""
+        live = self._live.get(mid) or self._recent.get(mid)
+        now = self.clock.now()
+        if live is not None:
+            rec = live.delivery.attempts.get(attempt_id)
+            if rec is not None:
+                if rec.provider != provider:
+                    return False
+                self._apply(live, live.delivery.on_receipt(attempt_id, status, now))
+                return True
+            prior = live.prior.get(attempt_id)
+            if prior is None or prior.provider != provider:
+                return False
+            # An attempt of an earlier run (before a restart): the engine of this run cannot
+            # take it; it is recorded, and the message goes on under its resumed delivery.
+            self._record(live, Event("late_receipt", now, {"attempt_id": attempt_id, "status": status,
+                                                           "channel": prior.channel, "provider": provider,
+                                                           "previous_run": True}))
+            return True
+        row = self.store.get_attempt(attempt_id)
+        if row is None or row.provider != provider:
+            return False
+        event = Event("late_receipt", now, {"attempt_id": attempt_id, "status": status, "channel": row.channel,
+                                            "provider": provider})
+        self.store.add_event(EventRow(row.message_id, event.type, event.at, dict(event.data)))
+        for cb in self._listeners:
+            try:
+                cb(row.message_id, event)
+            except Exception:  # noqa: BLE001
+                log.exception("event listener failed")
+        return True
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, message_id: str) -> dict[str, Any] | None:
+        live = self._live.get(message_id) or self._recent.get(message_id)
+        if live is not None:
+            attempts = [_attempt_json(a) for a in live.prior.values()]
+            for rec in live.delivery.attempts.values():
+                attempts.append(_attempt_json(AttemptRow(
+                    rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
+                    rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id))))
+            return _message_json(live.row, attempts, live.events)
+        sm = self.store.get_message(message_id)
+        if sm is None:
+            return None
+        return _message_json(sm.message, [_attempt_json(a) for a in sm.attempts], sm.events)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                d = self._policy.model.daemon
+                while True:
+                    n = await self.store.purge(self.clock.now(), d.retention / 1000.0, d.idempotency_ttl / 1000.0,
+                                               self._policy.version)
+                    if n:
+                        log.info("purged %d finished message(s) older than the retention", n)
+                    if n < 5000:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                log.error("purging old messages failed: %s", e)
+            await asyncio.sleep(_PURGE_EVERY_S)
+
+
+def _attempt_json(a: AttemptRow) -> dict[str, Any]:
+    out: dict[str, Any] = {"attempt_id": a.attempt_id, "channel": a.channel, "provider": a.provider,
+                           "try": a.try_no, "started_at": rfc3339(a.started_at), "ended_at": rfc3339(a.ended_at),
+                           "deadline": rfc3339(a.deadline), "outcome": a.outcome, "status_code": a.status_code}
+    if a.detail:
+        out["detail"] = a.detail
+    return out
+
+
+def _event_json(e: EventRow) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": e.type, "at": rfc3339(e.at)}
+    for k, v in e.data.items():
+        if k == "at":
+            k = "retry_at" if e.type == "retry_scheduled" else "data_at"
+            v = rfc3339(v) if isinstance(v, (int, float)) else v
+        elif k in _TIME_KEYS and isinstance(v, (int, float)):
+            v = rfc3339(v)
+        out[k] = v
+    return out
+
+
+def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: list[EventRow]) -> dict[str, Any]:
+    return {"message_id": row.id, "status": row.status, "accepted_at": rfc3339(row.accepted_at),
+            "finished_at": rfc3339(row.finished_at), "delivered_at": rfc3339(row.delivered_at),
+            "message_deadline": rfc3339(row.message_deadline), "route": row.route,
+            "policy_version": row.policy_version, "attempts": attempts,
+            "events": [_event_json(e) for e in events]}
