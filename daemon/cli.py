@@ -63,28 +63,29 @@ class InputError(Exception):
 
 def read_text(path: str) -> str:
     """Read a UTF-8 text file (or stdin for "-"), refusing directories, devices and huge files."""
+    label = "<stdin>" if path == "-" else path
     if path == "-":
         data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
     else:
         try:
             st = os.stat(path)
         except OSError as e:
-            raise InputError([f"{path}: cannot read file: {e.strerror or e}"]) from None
+            raise InputError([f"{label}: (file): cannot read file: {e.strerror or e}"]) from None
         if stat.S_ISDIR(st.st_mode):
-            raise InputError([f"{path}: is a directory, not a file"])
+            raise InputError([f"{label}: (file): is a directory, not a file"])
         if not stat.S_ISREG(st.st_mode):
-            raise InputError([f"{path}: not a regular file"])
+            raise InputError([f"{label}: (file): not a regular file"])
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as e:
-            raise InputError([f"{path}: cannot read file: {e.strerror or e}"]) from None
+            raise InputError([f"{label}: (file): cannot read file: {e.strerror or e}"]) from None
     if len(data) > MAX_INPUT_BYTES:
-        raise InputError([f"{path}: file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"])
+        raise InputError([f"{label}: (file): file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError([f"{path}: not UTF-8 text (invalid byte at offset {e.start})"]) from None
+        raise InputError([f"{label}: (file): not UTF-8 text (invalid byte at offset {e.start})"]) from None
 
 
 def load(path: str) -> Any:
@@ -140,7 +141,7 @@ def load_request(path: str) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError([f"{label}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
+        raise InputError([f"{label}: (file): not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
     try:
         return SendRequest.model_validate(data).message
     except ValidationError as e:

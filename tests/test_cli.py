@@ -148,7 +148,7 @@ def test_check_unusable_files_one_line_exit_1(tmp_path: Path, name: str, content
     p = run("check", path)
     assert p.returncode == 1
     lines = err_lines(p)
-    assert len(lines) == 1 and lines[0].startswith(f"{path}: ") and reason in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: (file): ") and reason in lines[0], lines
 
 
 def test_check_warnings_go_to_stderr_and_exit_0(tmp_path: Path) -> None:
@@ -401,7 +401,7 @@ def test_explain_errors_one_line_each(tmp_path: Path) -> None:
     p = run("explain", "r", "--config", config, "--message", bad_json)
     assert p.returncode == 1
     lines = err_lines(p)
-    assert len(lines) == 1 and lines[0].startswith(f"{bad_json}: not valid JSON: ")
+    assert len(lines) == 1 and lines[0].startswith(f"{bad_json}: (file): not valid JSON: ")
 
     invalid = write(tmp_path / "invalid.json", json.dumps({"message": {
         "to": {"email": "a@b"}, "timeout": {"provider": "soon", "channel": -1}, "colour": "red"}}))
@@ -490,3 +490,24 @@ def test_unavailable_delegate_fails_alone() -> None:
     assert p.returncode == 0 and re.search(r"^\s+simulate\s", p.stdout, re.M)
     p = py("check", str(BUNDLED))
     assert p.returncode == 0 and ": ok (" in p.stdout
+
+
+# --------------------------------------------------------------------------- reference docs
+
+
+def test_configuration_reference_names_every_key() -> None:
+    """docs/configuration.md documents every key the routing.toml models accept."""
+    from pydantic import BaseModel
+
+    from daemon.core import policy as pol
+
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    models: list[type[BaseModel]] = [
+        pol.PolicyModel, pol.DaemonSection, pol.MqttSection, pol.TimeoutsSection, pol.FailoverSection,
+        pol.ProviderBase, pol.BreakerSection, pol.BackoffSection, pol.HttpProvider, pol.MqttProvider,
+        pol.SandboxProvider, pol.ChannelSection, pol.RouteSection, pol.RouteGroup]
+    missing = [f"{m.__name__}.{name}" for m in models for name in m.model_fields
+               if not re.search(rf"`\[?(?:[\w.]+\.)?{re.escape(name)}(?:`|\]|\.NAME\])", doc)]
+    assert missing == [], f"undocumented keys: {missing}"
+    for mode in ("none", "down", "hang", "error", "throttle", "slow", "flaky", "no-receipts"):
+        assert f'`"{mode}"`' in doc
