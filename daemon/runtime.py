@@ -44,6 +44,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
     router.policy, router.inflight (non-terminal messages in memory + submits being committed)
     router.add_event_listener(cb)  cb(message_id, daemon.core.engine.Event), called on the loop
                                   thread for every event; exceptions are logged and ignored.
+                                  Event.at (and the deadlines in Event.data) are seconds since
+                                  the epoch on Clock.now(); daemon.clock.rfc3339() formats them.
     await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
                                   to answer (answers are still processed, deadlines still fire);
                                   then the rest are cancelled. Non-terminal messages stay in the

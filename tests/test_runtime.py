@@ -488,3 +488,29 @@ def test_restart_after_the_message_deadline_expires_it(tmp_path: Path) -> None:
                 await r2.stop(0)
 
     run(main)
+
+
+def test_stop_starts_no_new_attempt_and_the_next_start_finishes_the_message(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with ProviderStandin([{"status": 503, "delay": 0.1}]) as a, ProviderStandin() as b:
+            text = policy_text(http("a", a.url) + http("b", b.url), EMAIL_AB, 'channels = ["email"]')
+            policy = parse_policy(text, "routing.toml", env={})
+            r1 = Router(policy, Store(str(tmp_path / "state.db")), Metrics())
+            await r1.start()
+            mid = (await r1.submit(send())).message_id
+            await a.wait_for(1)
+            await r1.stop(5.0)           # a answers 503 within the grace; failover to b must not start
+            assert b.requests == []
+            r2 = Router(policy, Store(str(tmp_path / "state.db")), Metrics())
+            await r2.start()
+            try:
+                st = await finished(r2, mid)
+                assert st["status"] == "delivered"
+                assert [(x["provider"], x["outcome"]) for x in st["attempts"]] == \
+                    [("a", "failed"), ("b", "cancelled"), ("a", "failed"), ("b", "delivered")]
+                assert st["attempts"][1]["detail"] == "not started: routingd is stopping"
+                assert len(b.requests) == 1
+            finally:
+                await r2.stop(0)
+
+    run(main)
