@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .core.plan import PlanError
 from .core.request import ReceiptStatus, SendRequest
 from .openapi import openapi_document
+from .runtime import Overloaded
 
 log = logging.getLogger("routingd.api")
 
@@ -225,7 +226,6 @@ async def send(request: web.Request) -> web.Response:
         req = SendRequest.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, "invalid send request", validation_details(e)) from None
-    from .runtime import Overloaded  # the runtime module is imported lazily: api stays importable alone
     try:
         result = await state.router.submit(req, idempotency_key=key)
     except PlanError as e:

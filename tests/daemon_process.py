@@ -155,7 +155,7 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None and self.running, "the daemon is not running"
         self.proc.send_signal(sig)
 
@@ -171,7 +171,7 @@ class DaemonProcess:
         if not self.running:
             assert self.proc is not None, "the daemon was never started"
             return self.proc.returncode
-        self.signal(sig)
+        self.send_signal(sig)
         return self.wait(timeout)
 
     def kill(self) -> int:
@@ -280,3 +280,54 @@ class DaemonProcess:
                 if got == dict(labels):
                     return float(value)
         return None
+
+
+# --------------------------------------------------------------------------- stand-ins for sync tests
+
+
+class StandinLoop:
+    """An event loop on a background thread hosting provider stand-ins for synchronous tests.
+
+        loop = StandinLoop()
+        s = loop.standin([{"status": 503}])           # a started tests/provider_standin.ProviderStandin
+        loop.call(s.wait_for(1, finished=True))       # run any coroutine on that loop, bounded
+        loop.close()                                  # closes every stand-in, stops the thread
+
+    A test thread may block (HTTP to the daemon, sleeps) while the stand-ins keep answering.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="standins", daemon=True)
+        self._thread.start()
+        self.standins: list[Any] = []
+
+    def call(self, coro: Any, timeout: float = 20.0) -> Any:
+        fut = self._asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def standin(self, script: Any = None, **kw: Any) -> Any:
+        from provider_standin import ProviderStandin
+
+        async def make() -> Any:
+            return await ProviderStandin(script, **kw).start()
+
+        s = self.call(make())
+        self.standins.append(s)
+        return s
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for s in self.standins:
+                await s.close()
+
+        try:
+            self.call(close_all(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
