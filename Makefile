@@ -23,6 +23,7 @@ check: $(STAMP)
 
 test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
+	@sh tools/ensure-systemd-analyze.sh
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
