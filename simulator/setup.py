@@ -7,7 +7,7 @@ reported against the scenario file as "FILE: key.path: reason".
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Collection
 
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ class OutageInfo:
     kind: str
     start_s: float
     end_s: float
+    update: dict[str, Any] = field(default_factory=dict, compare=False)   # BehaviourSpec overrides
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,12 @@ class RunSetup:
     def providers(self) -> dict[str, SimProvider]:
         """Fresh provider models (own rate windows, own seeded random stream each)."""
         windows: dict[str, list[OutageWindow]] = {}
-        for o, src in zip(self.outages, self._outage_sections()):
-            spec = self.specs[o.provider].model_copy(update=src.behaviour_update())
+        for o in self.outages:
+            spec = self.specs[o.provider].model_copy(update=o.update)
             windows.setdefault(o.provider, []).append(OutageWindow(o.start_s, o.end_s, o.kind, spec))
         return {name: SimProvider(name, spec, random.Random(f"{self.seed}:{name}"),
                                   self.base_fail.get(name, "none"), tuple(windows.get(name, ())))
                 for name, spec in self.specs.items()}
-
-    def _outage_sections(self) -> list[Any]:
-        return [o for o in self.scenario.model.outages if o.provider in self.policy.providers]
 
 
 def _base_spec(cfg: Any) -> tuple[BehaviourSpec, str]:
@@ -108,7 +106,8 @@ def bind_scenario(scenario: Scenario, policy: Policy, routing_path: str | None =
         base_fail[name] = fail
     if problems:
         raise PolicyError(scenario.path, problems)
-    outages = [OutageInfo(o.provider, o.kind, o.start / 1000.0, (o.start + o.duration) / 1000.0)
+    outages = [OutageInfo(o.provider, o.kind, o.start / 1000.0, (o.start + o.duration) / 1000.0,
+                          o.behaviour_update())
                for o in m.outages if o.provider in policy.providers]
     return RunSetup(scenario, policy, routing_path or scenario.routing_path,
                     m.seed if seed is None else seed, plans, mix, specs, base_fail, outages)
