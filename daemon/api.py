@@ -232,13 +232,16 @@ async def send(request: web.Request) -> web.Response:
         raise ApiError(422, "the request does not fit the routing policy",
                        [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]) from None
     except Overloaded as e:
-        retry = max(1, int(round(getattr(e, "retry_after_s", 1) or 1)))
-        raise ApiError(503, "routingd is at its in-flight limit; retry later",
-                       headers={"Retry-After": str(retry)}) from None
+        raise _unavailable(e) from None
     headers = {"Location": f"/v1/messages/{result.message_id}"}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
     return json_response({"message_id": result.message_id}, status=202, headers=headers)
+
+
+def _unavailable(e: Overloaded) -> ApiError:
+    retry = max(1, int(round(e.retry_after_s or 1)))
+    return ApiError(503, f"{e.reason}; retry later", headers={"Retry-After": str(retry)})
 
 
 async def message_status(request: web.Request) -> web.Response:
@@ -266,7 +269,11 @@ async def receipt(request: web.Request) -> web.Response:
         rb = ReceiptBody.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, "invalid receipt", validation_details(e)) from None
-    if not await state.router.receipt(provider, rb.attempt_id, rb.status):
+    try:
+        known = await state.router.receipt(provider, rb.attempt_id, rb.status)
+    except Overloaded as e:
+        raise _unavailable(e) from None
+    if not known:
         raise ApiError(404, f"no attempt {rb.attempt_id!r} of provider {provider!r} awaits a receipt",
                        [{"loc": ["body", "attempt_id"], "msg": "unknown attempt"}])
     return json_response({"attempt_id": rb.attempt_id, "status": rb.status, "accepted": True})

@@ -188,6 +188,9 @@ def serve_command(args: argparse.Namespace) -> int:
         for line in e.lines:
             print(" ".join(line.split("\n")), file=sys.stderr)
         return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - a bug: one log line (with its traceback folded), exit 1
+        log.exception("routingd serve failed: %s", e)
+        return EXIT_FAILED
 
 
 class Service:
@@ -214,7 +217,6 @@ class Service:
         except StoreError as e:
             raise StartupError([str(e)]) from None
         router = Router(self.policy, store, metrics)
-        metrics.config_loaded(self.policy.version)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
                          tokens=s.token_values(), max_body=s.max_body, phase="starting")
         reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s)
@@ -236,10 +238,17 @@ class Service:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(reloader.reload("SIGHUP")))
         try:
-            await router.start()
+            try:
+                await router.start()
+            except StoreError as e:
+                raise StartupError([str(e)]) from None
             state.phase = "ready"
-            log.info("listening on %s (policy %s from %s, state %s)", url, self.policy.version,
-                     os.path.abspath(s.config), os.path.abspath(s.state))
+            startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
+                       f"state {os.path.abspath(s.state)})")
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s", startup)
+            else:  # the startup line is printed whatever the log level
+                print(f"routingd: {startup}", file=sys.stderr, flush=True)
             await self._stop.wait()
             state.phase = "draining"
             grace_s = s.grace / 1000
