@@ -19,7 +19,7 @@ from daemon.metrics import Metrics
 from daemon.openapi import openapi_document
 from daemon.runtime import Router
 from daemon.service import ConfigReloader, StartupError, check_auth
-from daemon.settings import SettingsError, load_settings, parse_listen
+from daemon.settings import SettingsError, config_path, load_settings, parse_listen
 from daemon.store import Store
 from provider_standin import ProviderStandin
 
@@ -458,3 +458,9 @@ def test_listen_addresses_and_the_no_token_rule(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(StartupError):
         check_auth(load_settings(_policy(tmp_path, 'api_tokens = ["${ROUTINGD_TOKEN}"]'), config="c",
                                  listen="10.0.0.1:8080"))
+
+
+def test_config_path_precedence() -> None:
+    assert config_path(None, {}) == "routing.toml"
+    assert config_path(None, {"ROUTINGD_CONFIG": "/etc/routingd/routing.toml"}) == "/etc/routingd/routing.toml"
+    assert config_path("cli.toml", {"ROUTINGD_CONFIG": "/etc/routingd/routing.toml"}) == "cli.toml"

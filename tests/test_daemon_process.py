@@ -325,7 +325,7 @@ channels = ["email"]
 
 def test_sigkill_with_attempts_in_flight_then_restart_delivers_every_accepted_message(
         tmp_path: Path, standins: StandinLoop) -> None:
-    s = standins.standin([{"delay": 2.0}])
+    s = standins.standin([{"hang": True}])
     d = DaemonProcess(tmp_path, SLOW_CONFIG.format(grace="1s", url=s.url))
     with d:
         ids = [d.send({"to": {"email": f"u{i}@example.com"}}) for i in range(8)]
@@ -344,7 +344,7 @@ def test_sigkill_with_attempts_in_flight_then_restart_delivers_every_accepted_me
 
 
 def test_sigterm_drains_then_exits_0(tmp_path: Path, standins: StandinLoop) -> None:
-    s = standins.standin([{"delay": 1.5}])
+    s = standins.standin([{"delay": 3.0}])     # well inside the 5s provider timeout and 20s grace
     d = DaemonProcess(tmp_path, SLOW_CONFIG.format(grace="20s", url=s.url))
     with d:
         mid = d.send({"to": {"email": "a@example.com"}})
