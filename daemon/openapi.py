@@ -163,7 +163,8 @@ def _document() -> dict[str, Any]:
                     "401": _error_response("bad signature or bearer token"),
                     "404": _error_response("unknown provider, or no such attempt awaits a receipt"),
                     "413": _error_response("body too large"),
-                    "422": _error_response("invalid receipt body")}}},
+                    "422": _error_response("invalid receipt body"),
+                    "503": _error_response("routingd has stopped routing (shutting down)", _RETRY_AFTER)}}},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness: the process answers", "security": [],
                 "responses": {"200": json_ok("alive", {"type": "object"})}}},
