@@ -59,6 +59,10 @@ class Metrics:
         self.config_hash = Gauge("routingd_config_hash", "Hash of the loaded routing policy "
                                  "(first 13 hex digits of its version as an integer).", registry=r)
         self.config_info = Info("routingd_config", "The loaded routing policy version.", registry=r)
+        self.mqtt_dropped = Counter("routingd_mqtt_events_dropped",
+                                    "MQTT publications dropped because the buffer was full.", registry=r)
+        self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
+                                    registry=r)
         for status in ("delivered", "undeliverable", "expired"):
             self.finished.labels(status=status)
         for kind in ("provider", "channel"):

@@ -91,8 +91,10 @@ class ConfigReloader:
     """Re-read routing.toml, validate, then swap it into the Router (one reload at a time)."""
 
     def __init__(self, path: str, router: Any, metrics: Any, state: ApiState,
-                 cli_listen: str | None, cli_state: str | None, settings: Settings) -> None:
+                 cli_listen: str | None, cli_state: str | None, settings: Settings,
+                 notifier: Any = None) -> None:
         self.path = path
+        self.notifier = notifier
         self.router = router
         self.metrics = metrics
         self.state = state
@@ -105,6 +107,8 @@ class ConfigReloader:
     async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
             current = self.router.policy
+            if self.notifier is not None:
+                self.notifier.reloading()
             try:
                 result = self._reload(current, trigger)
             except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
@@ -115,6 +119,12 @@ class ConfigReloader:
             else:
                 self.metrics.config_reload_failed()
             self.last = {"ok": result.ok, "at": time.time(), "trigger": trigger, "errors": list(result.errors)}
+            if self.notifier is not None:
+                if result.ok:
+                    self.notifier.ready(f"serving policy {result.version}")
+                else:
+                    self.notifier.ready(f"reload failed: {result.errors[0] if result.errors else 'error'} "
+                                        f"({len(result.errors)} error(s)); serving policy {result.version}")
             return result
 
     def _reload(self, current: Policy, trigger: str) -> ReloadResult:
@@ -209,17 +219,30 @@ class Service:
         from .runtime import Router
         from .store import Store, StoreError
 
+        from . import mqtt_service
+        from .adapters import AdapterContext
+        from .mqtt import MqttConfigError
+        from .sdnotify import Notifier, run_watchdog
+        from .watch import watch_file
+
         s = self.settings
         metrics = Metrics()
+        self.notifier = notifier = Notifier.from_env()
+        try:
+            link = mqtt_service.make_link(s.mqtt, metrics)
+        except MqttConfigError as e:
+            raise StartupError([f"{s.config}: daemon.mqtt.url: {e}"]) from None
         store = Store(s.state)
         try:
             await store.open()
         except StoreError as e:
             raise StartupError([str(e)]) from None
-        router = Router(self.policy, store, metrics)
+        router = Router(self.policy, store, metrics, adapter_ctx=AdapterContext(mqtt=link))
+        if link is not None:
+            mqtt_service.attach(link, router)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
                          tokens=s.token_values(), max_body=s.max_body, phase="starting")
-        reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s)
+        reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier)
         state.reloader = reloader
         runner = web.AppRunner(create_app(state), access_log=logging.getLogger("aiohttp.access"),
                                handle_signals=False, shutdown_timeout=2.0)
@@ -242,25 +265,37 @@ class Service:
                 await router.start()
             except StoreError as e:
                 raise StartupError([str(e)]) from None
+            if link is not None:
+                await link.start()      # returns at once; a missing broker never stops HTTP service
             state.phase = "ready"
+            self._spawn(run_watchdog(notifier))
+            if s.watch:
+                self._spawn(watch_file(s.config, lambda: reloader.reload("file")))
             startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
                        f"state {os.path.abspath(s.state)})")
             if log.isEnabledFor(logging.INFO):
                 log.info("%s", startup)
             else:  # the startup line is printed whatever the log level
                 print(f"routingd: {startup}", file=sys.stderr, flush=True)
+            notifier.ready(f"serving {url}, policy {self.policy.version}")
             await self._stop.wait()
+            notifier.stopping()
             state.phase = "draining"
             grace_s = s.grace / 1000
             log.info("stopping: no new messages; in-flight attempts get %gs to finish", grace_s)
             await router.stop(grace_s)
+            if link is not None:
+                await link.close(flush_timeout=min(2.0, grace_s))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for t in list(self._tasks):
                 t.cancel()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await runner.cleanup()
             await _close(store)
+            notifier.close()
         log.info("stopped")
         return EXIT_OK
 
