@@ -130,7 +130,12 @@ def new_message_id() -> str:
 
 class Router:
     def __init__(self, policy: Policy, store: Store, metrics: Metrics, clock: Clock | None = None,
-                 adapter_ctx: AdapterContext | None = None, rng_seed: int | None = None) -> None:
+                 adapter_ctx: AdapterContext | None = None, rng_seed: int | None = None,
+                 limits: Any = None) -> None:
+        # `limits`: the merged process settings (daemon/settings.py Settings: CLI > ROUTINGD_* env >
+        # [daemon]); it supplies max_inflight, idempotency_ttl and retention. Without it the
+        # [daemon] table of the current policy does.
+        self.limits = limits
         self._policy = policy
         self.store = store
         self.metrics = metrics
@@ -301,7 +306,7 @@ class Router:
         policy = self._policy
         msg = request.message
         plan = resolve_plan(policy, request=msg)
-        daemon = policy.model.daemon
+        daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
         now = self.clock.now()
@@ -556,7 +561,7 @@ class Router:
     async def _purge_loop(self) -> None:
         while True:
             try:
-                d = self._policy.model.daemon
+                d = self.limits if self.limits is not None else self._policy.model.daemon
                 while True:
                     n = await self.store.purge(self.clock.now(), d.retention / 1000.0, d.idempotency_ttl / 1000.0,
                                                self._policy.version)

@@ -150,6 +150,7 @@ class ConfigReloader:
                 log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
         self.state.tokens = settings.token_values()
         self.state.max_body = settings.max_body
+        self.router.limits = settings           # max_inflight, idempotency_ttl, retention
         if policy.version == current.version:
             log.info("reload (%s): %s unchanged (version %s)", trigger, self.path, policy.version)
             return ReloadResult(True, policy.version, changed=False, warnings=policy.warnings)
@@ -237,7 +238,7 @@ class Service:
             await store.open()
         except StoreError as e:
             raise StartupError([str(e)]) from None
-        router = Router(self.policy, store, metrics, adapter_ctx=AdapterContext(mqtt=link))
+        router = Router(self.policy, store, metrics, adapter_ctx=AdapterContext(mqtt=link), limits=s)
         if link is not None:
             mqtt_service.attach(link, router)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
