@@ -220,15 +220,18 @@ class Delivery:
             self._finish(now, deadline_hit=True)
         else:
             self._start_node(self.root, now)
+            # a zero timeout gives a deadline of `now`: handle it in this batch, not a wake-up later
+            self._advance(now, inclusive=True)
         return self._flush()
 
     def on_outcome(self, attempt_id: str, outcome: Outcome, now: float) -> list[Command]:
         self._advance(now, inclusive=False)
         run = self._runs.get(attempt_id)
-        if self.terminal or run is None or run.state != "attempting" or run.attempt is None \
-                or run.attempt.attempt_id != attempt_id:
-            return self._flush()         # a cancelled/finished attempt: its answer no longer counts
-        self._handle_outcome(run, outcome, now)
+        if not (self.terminal or run is None or run.state != "attempting" or run.attempt is None
+                or run.attempt.attempt_id != attempt_id):
+            self._handle_outcome(run, outcome, now)
+        # (else a cancelled/finished attempt: its answer no longer counts.) Either way, whatever
+        # falls due at `now` is handled before returning: nothing stays alive at its deadline.
         self._advance(now, inclusive=True)
         return self._flush()
 
@@ -238,6 +241,7 @@ class Delivery:
         rec = self.attempts.get(attempt_id)
         if run is None or rec is None:
             self._emit("receipt_unknown", now, attempt_id=attempt_id, status=status)
+            self._advance(now, inclusive=True)
             return self._flush()
         current = run.attempt is not None and run.attempt.attempt_id == attempt_id \
             and run.state in ("attempting", "awaiting")
