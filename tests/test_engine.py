@@ -871,3 +871,37 @@ def test_a_stale_answer_at_a_deadline_still_fires_that_deadline() -> None:
     cmds = h.outcome(a, OK, 2.0)                    # a's stale answer arrives at b's deadline
     assert cancels(cmds) == [CancelAttempt(b.attempt_id, "attempt deadline")]
 
+
+def test_late_receipt_stops_the_retries_of_its_provider() -> None:
+    """A provider in an `all` channel (under an `all` route) is retrying when an earlier try's
+    receipt says delivered: it is not tried again (that would send the message twice) and the
+    channel - and so the message - completes."""
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1s"\nretries = 2\n'
+                           'backoff = { base = "100ms", max = "100ms" }', email='method = "all"',
+                         route='method = "all"'), to={"email": "a@example.com"})
+    a1, b = starts(h.start(0.0))
+    h.outcome(b, E500, 0.05)
+    h.outcome(a1, Outcome(202), 0.1)
+    cmds = h.timer()                                # receipt timeout at 1.1 -> back-off
+    assert events(cmds, "receipt_timeout") and events(cmds, "retry_scheduled")
+    a2 = only_start(h.timer())
+    assert who(a2) == ("email", "a", 2)
+    cmds = h.receipt(a1, "delivered", a2.started_at + 0.1)
+    assert cancels(cmds) == [CancelAttempt(a2.attempt_id, "delivered by a late receipt")]
+    f = finish(cmds)
+    assert f is not None and f.status == "delivered"
+    assert [s.try_no for s in starts(h.log) if s.provider == "a"] == [1, 2]
+
+
+def test_late_receipt_during_backoff_stops_the_retry() -> None:
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1s"\nretries = 2\n'
+                           'backoff = { base = "5s", max = "5s" }', email='method = "all"',
+                         route='method = "all"'), to={"email": "a@example.com"}, seed=1)
+    a1, b = starts(h.start(0.0))
+    h.outcome(b, E500, 0.05)
+    h.outcome(a1, Outcome(202), 0.1)
+    cmds = h.timer()
+    assert events(cmds, "retry_scheduled")[0].data["at"] > 1.2      # still backing off at 1.2
+    cmds = h.receipt(a1, "delivered", 1.2)
+    assert finish(cmds) == Finish("delivered", 1.2, 1.2) and cancels(cmds) == []
+    assert h.wakeup is None

@@ -510,6 +510,12 @@ class Delivery:
             self.delivered_at = now
         self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
                    late=True)
+        if run.result is None:
+            # The provider is still being tried (a retry in flight or backing off) but an earlier
+            # try did deliver: stop trying it and let the tree go on as for any delivery.
+            self._stop_run(run, now, "delivered by a late receipt")
+            self._complete(run, "delivered", now)
+            return
         # Walk up: a single scope that already delivered through another child makes this a
         # duplicate; a single scope still running is satisfied now and stops what it runs.
         node: _Node = run
@@ -606,6 +612,15 @@ class Delivery:
                 if n.result is None and n.started and not isinstance(n, _Run):
                     n.result = "failed"
                 stack.extend(getattr(n, "children", ()))
+
+    def _stop_run(self, run: _Run, now: float, reason: str) -> None:
+        """End a provider run early: cancel its live attempt and any pending back-off."""
+        if run.state in ("attempting", "awaiting") and run.attempt is not None:
+            if run.state == "attempting":
+                self._out.append(CancelAttempt(run.attempt.attempt_id, reason))
+            self._end_attempt(run.attempt, "cancelled", run.attempt.status_code, now, reason)
+        run.state = "done"
+        run.wake_at = None
 
     def _finish(self, now: float, deadline_hit: bool = False) -> None:
         if self.terminal:
