@@ -107,8 +107,12 @@ class ConfigReloader:
     async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
             current = self.router.policy
-            if self.notifier is not None:
-                self.notifier.reloading()
+            # systemd hears of reloads only between READY=1 and STOPPING=1: a READY=1 while
+            # starting would report a start that is not done, and one after STOPPING=1 would
+            # contradict it (a reload while draining still works, silently).
+            notifier = self.notifier if self.state.phase == "ready" else None
+            if notifier is not None:
+                notifier.reloading()
             try:
                 result = self._reload(current, trigger)
             except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
@@ -119,11 +123,11 @@ class ConfigReloader:
             else:
                 self.metrics.config_reload_failed()
             self.last = {"ok": result.ok, "at": time.time(), "trigger": trigger, "errors": list(result.errors)}
-            if self.notifier is not None:
+            if notifier is not None:
                 if result.ok:
-                    self.notifier.ready(f"serving policy {result.version}")
+                    notifier.ready(f"serving policy {result.version}")
                 else:
-                    self.notifier.ready(f"reload failed: {result.errors[0] if result.errors else 'error'} "
+                    notifier.ready(f"reload failed: {result.errors[0] if result.errors else 'error'} "
                                         f"({len(result.errors)} error(s)); serving policy {result.version}")
             return result
 
@@ -280,9 +284,9 @@ class Service:
                 print(f"routingd: {startup}", file=sys.stderr, flush=True)
             notifier.ready(f"serving {url}, policy {self.policy.version}")
             await self._stop.wait()
-            notifier.stopping()
             state.phase = "draining"
             grace_s = s.grace / 1000
+            notifier.stopping(f"stopping: in-flight attempts get {grace_s:g}s to finish")
             log.info("stopping: no new messages; in-flight attempts get %gs to finish", grace_s)
             await router.stop(grace_s)
             if link is not None:
