@@ -1,0 +1,225 @@
+"""Hot reload of routing.toml on a real `routingd serve` process.
+
+- a reload under concurrent sends fails no request, and accepted messages keep their snapshot;
+- an invalid file keeps the old policy serving (and says so in /metrics and /v1/config);
+- a file edit alone (no signal) is picked up: in place, editor-style rename, delete + re-create.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.core.policy import parse_policy
+from daemon_process import DaemonError, DaemonProcess
+
+# One route, one channel, two sandbox providers: the first hangs until its timeout, so every
+# message fails over after 150 ms -- well after a reload that happens meanwhile. The provider
+# names carry the policy's letter, so the attempts show which snapshot a message ran under.
+POLICY = """version = 1
+[daemon]
+grace = "1s"
+[timeouts]
+provider = "2s"
+message = "10s"
+[providers.{x}1]
+type = "sandbox"
+fail = "hang"
+timeout = "150ms"
+breaker = false
+[providers.{x}2]
+type = "sandbox"
+latency = "1ms"
+[channels.email]
+providers = ["{x}1", "{x}2"]
+[routes.default]
+channels = ["email"]
+"""
+
+MESSAGE = {"to": {"email": "a@example.com"}}
+
+
+def policy(x: str, extra: str = "") -> str:
+    return POLICY.format(x=x) + extra
+
+
+def config(d: DaemonProcess) -> dict[str, Any]:
+    r = d.get("/v1/config")
+    assert r.status == 200, r.body
+    return r.json()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def wait_version(d: DaemonProcess, old: str, timeout: float = 5.0) -> str:
+    wait_until(lambda: config(d)["version"] != old, timeout, f"a version other than {old}")
+    return config(d)["version"]
+
+
+def providers_of(status: dict[str, Any]) -> list[str]:
+    return [a["provider"] for a in status["attempts"]]
+
+
+# --------------------------------------------------------------------------- concurrent sends
+
+
+def test_reloads_under_concurrent_sends_fail_no_request(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, policy("a"))
+    with d:
+        va = config(d)["version"]
+        before = [d.send(MESSAGE) for _ in range(5)]          # in flight across every reload
+        total = 300
+        sent: list[tuple[str, str]] = []                       # (message_id, policy_version at accept)
+        failures: list[str] = []
+
+        def sender() -> None:
+            for i in range(total):
+                try:
+                    mid = d.send(MESSAGE)
+                    sent.append((mid, d.status(mid)["policy_version"]))
+                except (DaemonError, OSError) as e:
+                    failures.append(f"send {i}: {e}")
+
+        t = threading.Thread(target=sender, name="sender")
+        t.start()
+        versions = {va}
+        reloads = 0
+        try:
+            # alternate b/a files, each reloaded by SIGHUP or POST /-/reload (and, since the
+            # watch is on, by the file change too), while the sender keeps going
+            while t.is_alive() and reloads < 12:
+                x = "b" if reloads % 2 == 0 else "a"
+                d.write_config(policy(x))
+                if reloads % 2 == 0:
+                    d.send_signal(signal.SIGHUP)
+                else:
+                    r = d.post("/-/reload")
+                    assert r.status == 200, r.body
+                    versions.add(r.json()["version"])
+                reloads += 1
+                time.sleep(0.1)
+        finally:
+            t.join(60)
+        assert not t.is_alive()
+        assert failures == []
+        assert len(sent) == total
+        assert reloads >= 4, "the sender finished before the reloads had a chance"
+        vb = parse_policy(policy("b"), str(d.config_path)).version
+        assert versions == {va}                                # POST /-/reload always loaded "a"
+        seen = {v for _, v in sent}
+        assert seen == {va, vb}, "reloads happened while sending, so both policies took messages"
+
+        for mid in before:
+            st = d.wait_status(mid, "delivered")
+            assert st["policy_version"] == va and providers_of(st) == ["a1", "a2"]
+        for mid, v in sent:
+            st = d.wait_status(mid, "delivered")
+            assert st["policy_version"] == v                   # the snapshot it was accepted under
+            x = "a" if v == va else "b"
+            assert providers_of(st) == [f"{x}1", f"{x}2"], st  # ... and it failed over within it
+        assert d.metric("routingd_messages_accepted_total") == total + len(before)
+        assert d.metric("routingd_config_last_reload_successful") == 1.0
+        assert "Traceback" not in d.log_text()
+        assert d.stop() == 0
+
+
+# --------------------------------------------------------------------------- invalid files
+
+
+def test_an_invalid_file_keeps_the_old_policy_serving(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, policy("a"))
+    with d:
+        va = config(d)["version"]
+        hash_a = d.metric("routingd_config_hash")
+        assert d.metric("routingd_config_last_reload_successful") == 1.0
+        ts_a = d.metric("routingd_config_last_reload_success_timestamp_seconds")
+
+        for broken, error in [
+            (policy("a", '[routes.broken]\nchannels = ["nosuch"]\n'),
+             f"{d.config_path}: routes.broken.channels.0: unknown channel 'nosuch'"),
+            ("version = 1\n[providers.a1\n", f"{d.config_path}: "),          # not even TOML
+        ]:
+            d.write_config(broken)                          # no signal: the watch sees it
+            wait_until(lambda: config(d)["last_reload"]["errors"] != [] and
+                       config(d)["last_reload"]["trigger"] == "file"
+                       and any(error in e for e in config(d)["last_reload"]["errors"]),
+                       what="the rejected reload")
+            assert d.metric("routingd_config_last_reload_successful") == 0.0
+            info = config(d)
+            assert info["version"] == va and info["last_reload"]["ok"] is False
+            assert d.metric("routingd_config_hash") == hash_a
+            assert d.metric("routingd_config_last_reload_success_timestamp_seconds") == ts_a
+            st = d.wait_status(d.send(MESSAGE), "delivered")   # still serving, the old policy
+            assert st["policy_version"] == va and providers_of(st) == ["a1", "a2"]
+            assert f"reload (file) rejected: {error}" in d.log_text()
+
+        r = d.post("/-/reload")
+        assert r.status == 422 and r.json()["details"]
+
+        d.write_config(policy("b"))                         # fixed
+        vb = wait_version(d, va)
+        assert d.metric("routingd_config_last_reload_successful") == 1.0
+        assert d.metric("routingd_config_hash") not in (None, hash_a)
+        assert d.metric("routingd_config_last_reload_success_timestamp_seconds") > ts_a
+        info = config(d)
+        assert info["last_reload"]["ok"] is True and info["last_reload"]["errors"] == []
+        st = d.wait_status(d.send(MESSAGE), "delivered")
+        assert st["policy_version"] == vb and providers_of(st) == ["b1", "b2"]
+        assert d.stop() == 0
+
+
+# --------------------------------------------------------------------------- file edits alone
+
+
+def test_a_file_edit_alone_is_picked_up(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, policy("a"))
+    with d:
+        info = config(d)
+        v, loaded = info["version"], info["loaded_at"]
+
+        # written in place (truncate + write, as `echo > file` or a naive editor does)
+        d.config_path.write_text(policy("b"))
+        v2 = wait_version(d, v)
+        info = config(d)
+        assert info["last_reload"]["trigger"] == "file" and info["loaded_at"] > loaded
+
+        # editor-style save: write a temp file next to it, then rename it over the original
+        tmp = d.config_path.parent / ".routing.toml.swp"
+        tmp.write_text(policy("a", "# saved by an editor\n"))
+        os.replace(tmp, d.config_path)
+        v3 = wait_version(d, v2)
+
+        # vim with backupcopy=no: rename the original away, write a new file, delete the backup
+        os.rename(d.config_path, d.config_path.with_name("routing.toml~"))
+        d.config_path.write_text(policy("b", "# vim\n"))
+        os.unlink(d.config_path.with_name("routing.toml~"))
+        v4 = wait_version(d, v3)
+
+        assert len({v, v2, v3, v4}) == 4
+        st = d.wait_status(d.send(MESSAGE), "delivered")
+        assert st["policy_version"] == v4 and providers_of(st) == ["b1", "b2"]
+        assert d.stop() == 0
+
+
+def test_watch_false_ignores_edits_but_sighup_still_reloads(tmp_path: Path) -> None:
+    off = '[daemon]\nwatch = false\n'
+    d = DaemonProcess(tmp_path, policy("a").replace('[daemon]\n', off))
+    with d:
+        v = config(d)["version"]
+        d.write_config(policy("b").replace('[daemon]\n', off))
+        time.sleep(1.5)                                     # three debounce periods: no reload
+        assert config(d)["version"] == v
+        d.send_signal(signal.SIGHUP)
+        wait_version(d, v)
+        assert config(d)["last_reload"]["trigger"] == "SIGHUP"
+        assert d.stop() == 0
