@@ -304,3 +304,16 @@ def test_request_validation_rejects_bad_timeouts_and_shapes() -> None:
                 {"to": {"email": "a"}, "channels": {"email": {"timeout": -1}}}):
         with pytest.raises(ValidationError):
             MessageRequest.model_validate(bad)
+
+
+def test_inline_routing_works_without_a_default_route() -> None:
+    policy = parse_policy(POLICY.replace("[routes.default]", "[routes.other]"), "routing.toml", env={})
+    req = MessageRequest.model_validate({"to": {"email": "a@x"}, "routing": {"channels": ["email"]}})
+    plan = resolve_plan(policy, request=req)
+    assert plan.route == "(inline)" and plan.method == "single" and plan.message_timeout_ms == 120_000
+    assert [c.channel for c in plan.items] == ["email"] and plan.items[0].timeout_ms == 50_000
+    # naming a missing route is still an error, inline routing or not
+    for message in ({"to": {"email": "a@x"}}, {"to": {"email": "a@x"}, "route": "default",
+                                               "routing": {"channels": ["email"]}}):
+        with pytest.raises(PlanError):
+            resolve_plan(policy, request=MessageRequest.model_validate(message))

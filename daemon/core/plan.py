@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
-                     BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup)
+                     BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup, TimeoutsSection)
 from .request import MessageRequest
+
+
+INLINE_ROUTE = "(inline)"   # Plan.route of inline routing sent without a route and no [routes.default]
 
 
 class PlanError(Exception):
@@ -121,14 +124,20 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
     m = policy.model
     route_name = route if route is not None else (request.route if request and request.route else "default")
     problems: list[Problem] = []
-    if route_name not in m.routes:
+    inline = request is not None and request.routing is not None
+    named = route is not None or (request is not None and bool(request.route))
+    if route_name in m.routes:
+        r = m.routes[route_name]
+        rt, method, items = r.timeouts, r.method, r.channels
+    elif inline and not named:
+        # inline routing needs no route: without [routes.default] only the file's timeouts apply
+        route_name, rt, method, items = INLINE_ROUTE, TimeoutsSection(), "single", []
+    else:
         known = ", ".join(sorted(m.routes)) or "none defined"
         raise PlanError([Problem(("message", "route"), f"unknown route {route_name!r}; routes: {known}")])
-    r = m.routes[route_name]
     req_t = request.timeout if request and request.timeout else None
     req_channels = request.channels if request else {}
     req_providers = request.providers if request else {}
-    method, items = r.method, r.channels
     if request is not None and request.routing is not None:
         method, items = request.routing.method, request.routing.channels
 
@@ -139,14 +148,14 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
         if name not in m.providers:
             problems.append(Problem(("message", "providers", name), f"unknown provider {name!r}"))
 
-    message_ms = _first(req_t.message if req_t else None, r.timeouts.message, m.timeouts.message,
+    message_ms = _first(req_t.message if req_t else None, rt.message, m.timeouts.message,
                         BUILTIN_MESSAGE_TIMEOUT_MS)
 
     def provider_step(pname: str) -> ProviderStep:
         p = m.providers[pname]
         ov = req_providers.get(pname)
         t = _first(ov.effective_timeout if ov else None, p.timeout, req_t.provider if req_t else None,
-                   r.timeouts.provider, m.timeouts.provider, BUILTIN_PROVIDER_TIMEOUT_MS)
+                   rt.provider, m.timeouts.provider, BUILTIN_PROVIDER_TIMEOUT_MS)
         br = p.breaker
         return ProviderStep(pname, t, p.retries, p.confirm, p.receipt_timeout, p.backoff.base, p.backoff.max,
                             None if br is False else br.failures, 0 if br is False else br.cooldown)
@@ -155,7 +164,7 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
         c = m.channels[cname]
         ov = req_channels.get(cname)
         t = _first(ov.effective_timeout if ov else None, c.timeout, req_t.channel if req_t else None,
-                   r.timeouts.channel, m.timeouts.channel, BUILTIN_CHANNEL_TIMEOUT_MS)
+                   rt.channel, m.timeouts.channel, BUILTIN_CHANNEL_TIMEOUT_MS)
         return ChannelStep(cname, t, tuple(provider_step(p) for p in c.providers), c.method, c.requires)
 
     def build(seq: list, loc: tuple, depth: int = 0) -> tuple[Step, ...]:
