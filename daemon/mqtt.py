@@ -55,7 +55,17 @@ EventCallback = Callable[[str, Event], None]
 
 
 class MqttConfigError(ValueError):
-    """[daemon.mqtt] cannot be used as given (bad url); the message names the key and the fix."""
+    """[daemon.mqtt] cannot be used as given (bad url). `key` is the setting's path
+    ("daemon.mqtt.url"), the message the reason and the fix: the daemon prints
+    "PATH: KEY: MESSAGE", the shape of every other configuration error (`line()` = "KEY: MESSAGE")."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+    def line(self) -> str:
+        return f"{self.key}: {self.reason}"
 
 
 class MqttUnavailable(ConnectionError):
@@ -86,13 +96,13 @@ def parse_broker_url(settings: MqttSection) -> BrokerAddress:
         parts = urlsplit(settings.url)
         port = parts.port
     except ValueError as exc:
-        raise MqttConfigError(f"daemon.mqtt.url: {exc} in {settings.url!r}") from None
+        raise MqttConfigError("daemon.mqtt.url", f"{exc} in {settings.url!r}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise MqttConfigError(f"daemon.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], "
+        raise MqttConfigError("daemon.mqtt.url", "expected mqtt://host[:port] or mqtts://host[:port], "
                               f"got {settings.url!r}")
     if parts.path not in ("", "/") or parts.query:
-        raise MqttConfigError(f"daemon.mqtt.url: a broker url has no path or query, got {settings.url!r} "
+        raise MqttConfigError("daemon.mqtt.url", f"a broker url has no path or query, got {settings.url!r} "
                               "(set the topic prefix with daemon.mqtt.topic_prefix)")
     tls = settings.tls or scheme in ("mqtts", "ssl")
     password = settings.password.get_secret_value() if settings.password is not None else None
@@ -155,11 +165,12 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._lost: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._restart: asyncio.TimerHandle | None = None
         self._submit: SubmitFn | None = None
         self._answer_accepted = True
         self._ingress_slots = asyncio.Semaphore(INGRESS_CONCURRENCY)
         self._ingress_tasks: set[asyncio.Task[None]] = set()
-        self._tls_context: ssl.SSLContext | None = None
+        self._tls_context = self._load_tls() if self.address.tls else None
 
     # ------------------------------------------------------------------ topics and state
 
@@ -203,7 +214,20 @@ class MqttLink:
     async def start(self) -> None:
         """Start the connection task (returns at once; the broker may still be unreachable)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="mqtt-link")
+            self._spawn_run()
+
+    def _spawn_run(self) -> None:
+        self._restart = None
+        self._task = asyncio.create_task(self._run(), name="mqtt-link")
+        self._task.add_done_callback(self._run_ended)
+
+    def _run_ended(self, task: asyncio.Task[None]) -> None:
+        """_run only ends by cancellation; anything else is a bug that must not end MQTT for good."""
+        if task.cancelled() or task is not self._task:
+            return
+        log.error("MQTT connection task ended unexpectedly; restarting it in %.1fs", self.reconnect_min_s,
+                  exc_info=task.exception())
+        self._restart = asyncio.get_running_loop().call_later(self.reconnect_min_s, self._spawn_run)
 
     async def wait_connected(self, timeout: float) -> bool:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -219,6 +243,9 @@ class MqttLink:
             await asyncio.sleep(0.02)
         for task in list(self._ingress_tasks):
             task.cancel()
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
         self._task.cancel()
         await asyncio.gather(self._task, *self._ingress_tasks, return_exceptions=True)
         self._task = None
@@ -301,10 +328,16 @@ class MqttLink:
 
     # ------------------------------------------------------------------ the connection task
 
+    def _load_tls(self) -> ssl.SSLContext:
+        """The TLS context, built once at start so that a bad ca_file is a startup error."""
+        try:
+            return ssl.create_default_context(cafile=self.settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttConfigError("daemon.mqtt.ca_file", f"cannot load the CA bundle {self.settings.ca_file!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+
     def _make_client(self) -> aiomqtt.Client:
         a = self.address
-        if a.tls and self._tls_context is None:
-            self._tls_context = ssl.create_default_context(cafile=self.settings.ca_file)
         return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password,
                               identifier=self.client_id, keepalive=self.settings.keepalive,
                               tls_context=self._tls_context if a.tls else None,
@@ -315,6 +348,7 @@ class MqttLink:
         failures = 0
         while True:
             connected_at: float | None = None
+            refused = False
             try:
                 client = self._make_client()
                 async with client:
@@ -326,6 +360,7 @@ class MqttLink:
             except (aiomqtt.MqttError, OSError) as exc:
                 cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
                 self.last_error = (str(exc) or type(exc).__name__) + cause
+                refused = isinstance(exc, aiomqtt.MqttCodeError) and connected_at is None  # a CONNACK code
             except Exception as exc:  # never let the link die: log it and reconnect
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("MQTT connection task failed")
@@ -334,9 +369,14 @@ class MqttLink:
             sleep_s = min(self.reconnect_max_s, delay * random.uniform(0.8, 1.2))
             failures += 1
             if failures == 1 or failures % 20 == 0:
-                log.warning("MQTT broker %s %s: %s; reconnecting in %.1fs (%d buffered, %d dropped)",
-                            self.address.where, "connection lost" if connected_at else "unreachable",
-                            self.last_error, sleep_s, self.buffered, self.dropped)
+                if refused:   # the broker answered, and said no: credentials, client id or ACL
+                    log.error("MQTT broker %s refused the connection: %s (check daemon.mqtt.username, "
+                              "password and client_id); retrying in %.1fs (%d buffered, %d dropped)",
+                              self.address.where, self.last_error, sleep_s, self.buffered, self.dropped)
+                else:
+                    log.warning("MQTT broker %s %s: %s; reconnecting in %.1fs (%d buffered, %d dropped)",
+                                self.address.where, "connection lost" if connected_at else "unreachable",
+                                self.last_error, sleep_s, self.buffered, self.dropped)
             await asyncio.sleep(sleep_s)
             delay = min(self.reconnect_max_s, delay * 2)
 

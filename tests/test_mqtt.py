@@ -98,9 +98,25 @@ def test_broker_url_credentials_port_and_errors() -> None:
     b = parse_broker_url(MqttSection(url="mqtts://u:p@h:9000", username="env-user", password="env-pw"))
     assert (b.port, b.tls, b.username, b.password) == (9000, True, "env-user", "env-pw")
     assert parse_broker_url(MqttSection(url="mqtt://h", tls=True)).port == 8883
-    for bad in ("http://h:1883", "mqtt://", "mqtt://h:1883/topic", "mqtt://h:99999"):
-        with pytest.raises(MqttConfigError, match="daemon.mqtt.url"):
+    for bad, why in (("http://h:1883", "expected mqtt://host"), ("mqtt://", "expected mqtt://host"),
+                     ("mqtt://h:1883/topic", "no path or query"), ("mqtt://h:99999", "out of range")):
+        with pytest.raises(MqttConfigError, match=why) as err:
             parse_broker_url(MqttSection(url=bad))
+        assert err.value.key == "daemon.mqtt.url" and repr(bad) in str(err.value)
+        assert err.value.line() == f"daemon.mqtt.url: {err.value}"
+
+
+
+def test_unreadable_ca_file_is_a_config_error_at_once(tmp_path: Any) -> None:
+    missing = str(tmp_path / "no-such-ca.pem")
+    with pytest.raises(MqttConfigError, match="cannot load the CA bundle") as err:
+        MqttLink(MqttSection(url="mqtts://127.0.0.1", ca_file=missing))
+    assert err.value.key == "daemon.mqtt.ca_file" and missing in str(err.value)
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(MqttConfigError) as err:
+        MqttLink(MqttSection(url="mqtt://127.0.0.1", tls=True, ca_file=str(tmp_path / "junk.pem")))
+    assert err.value.key == "daemon.mqtt.ca_file"
+    MqttLink(MqttSection(url="mqtt://127.0.0.1", ca_file=missing))   # no TLS: ca_file is not read
 
 
 def test_event_payload_shape_and_times() -> None:
@@ -160,6 +176,33 @@ def test_events_published_per_message_and_received(mqtt_broker: Broker) -> None:
         assert link.dropped == 0
 
     run(main())
+
+
+class FailsOnceLink(MqttLink):
+    """A link whose connection task hits a bug (an exception outside its own handling) once."""
+
+    runs = 0
+
+    async def _run(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("a bug in the connection task")
+        await super()._run()
+
+
+def test_a_connection_task_that_dies_is_restarted(mqtt_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        link = FailsOnceLink(settings(mqtt_broker.url), reconnect_min_s=0.05, reconnect_max_s=0.2)
+        async with link, subscriber(mqtt_broker, f"{PREFIX}/events/#") as sub:
+            assert await link.wait_connected(5), link.last_error
+            event_publisher(link)("m-1", Event("finished", AT, {"status": "delivered"}))
+            [msg] = await receive(sub, 1)
+        assert body(msg)["message_id"] == "m-1" and link.runs == 2
+
+    with caplog.at_level("ERROR", logger="routingd.mqtt"):
+        run(main())
+    assert "MQTT connection task ended unexpectedly; restarting it" in caplog.text
+    assert "a bug in the connection task" in caplog.text
 
 
 def test_buffer_overflow_counted_while_broker_down_and_backlog_flows_after_restart(
