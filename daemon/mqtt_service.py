@@ -18,7 +18,8 @@ from .core.request import SendRequest
 
 
 def make_link(settings: MqttSection | None, metrics: Any) -> mqtt_mod.MqttLink | None:
-    """Build the link (not yet started); raises mqtt.MqttConfigError for a bad url."""
+    """Build the link (not yet started); raises mqtt.MqttConfigError for a bad url or an
+    unreadable ca_file (its `line()` is "daemon.mqtt.KEY: reason")."""
     if settings is None:
         return None
     return mqtt_mod.MqttLink(settings, on_drop=metrics.mqtt_dropped.inc, on_state=metrics.mqtt_connected.set)

@@ -7,6 +7,8 @@
         mqtt_broker.stop()       # broker outage (SIGTERM; stop(hard=True) = SIGKILL)
         mqtt_broker.start()      # recovery on the SAME port
 
+    start_broker(tmp_path / "b", users={"routingd": "s3cret"})   # anonymous access off
+
 `start_broker(directory)` is the plain function behind the fixture. A missing mosquitto binary
 fails the test with the command that installs it; it is never a skip.
 """
@@ -61,13 +63,16 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, directory: Path, port: int, *, persistence: bool = False) -> None:
+    def __init__(self, binary: str, directory: Path, port: int, *, persistence: bool = False,
+                 users: dict[str, str] | None = None) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
         self.persistence = persistence
+        self.users = dict(users or {})
         self.config_file = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
+        self.password_file = directory / "passwords"
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -80,15 +85,33 @@ class Broker:
         return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
+        lines = [f"listener {self.port} {self.host}", f"allow_anonymous {'false' if self.users else 'true'}",
                  f"persistence {'true' if self.persistence else 'false'}", "log_dest stdout",
                  "log_type error", "log_type warning", "log_type notice", "log_type information"]
         if self.persistence:
             # Sessions and queued QoS 1 messages survive stop()/start() (saved on SIGTERM).
             lines += [f"persistence_location {self.directory}/", "autosave_interval 0"]
+        if self.users:
+            self._write_password_file()
+            lines.append(f"password_file {self.password_file}")
         if os.geteuid() == 0:
             lines.append("user root")   # mosquitto would otherwise drop to user "mosquitto"
         self.config_file.write_text("\n".join(lines) + "\n")
+
+    def _write_password_file(self) -> None:
+        """user:password pairs hashed by mosquitto_passwd (next to the mosquitto binary)."""
+        tool = shutil.which("mosquitto_passwd") or shutil.which(
+            "mosquitto_passwd", path=os.pathsep.join((str(Path(self.binary).parent), "/usr/bin", *_SEARCH)))
+        if not tool:
+            raise BrokerError("mosquitto_passwd was not found; it ships with mosquitto "
+                              "(Debian/Ubuntu: apt-get install mosquitto)")
+        self.password_file.write_text("")
+        self.password_file.chmod(0o600)
+        for user, password in self.users.items():
+            done = subprocess.run([tool, "-b", str(self.password_file), user, password],
+                                  capture_output=True, text=True, timeout=10)
+            if done.returncode != 0:
+                raise BrokerError(f"mosquitto_passwd failed: {done.stderr.strip() or done.stdout.strip()}")
 
     def start(self) -> None:
         """Start (or restart) the broker and wait, bounded, until it accepts connections."""
@@ -133,11 +156,12 @@ class Broker:
             return "(no log)"
 
 
-def start_broker(directory: Path, *, persistence: bool = False) -> Broker:
-    """Start mosquitto on a free loopback port with its config/log under `directory`."""
+def start_broker(directory: Path, *, persistence: bool = False, users: dict[str, str] | None = None) -> Broker:
+    """Start mosquitto on a free loopback port with its config/log under `directory`;
+    `users` (name -> password) switches anonymous access off."""
     binary = find_mosquitto()
     directory.mkdir(parents=True, exist_ok=True)
-    broker = Broker(binary, directory, free_port(), persistence=persistence)
+    broker = Broker(binary, directory, free_port(), persistence=persistence, users=users)
     broker.start()
     return broker
 

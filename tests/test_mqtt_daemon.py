@@ -24,9 +24,9 @@ import pytest
 from daemon_process import DaemonProcess
 
 try:
-    from mqtt_broker import Broker, mqtt_broker_persistent, start_broker  # noqa: F401
+    from mqtt_broker import Broker, mqtt_broker, mqtt_broker_persistent, start_broker  # noqa: F401
 except ImportError:  # tests/ collected as a package
-    from tests.mqtt_broker import Broker, mqtt_broker_persistent, start_broker  # noqa: F401
+    from tests.mqtt_broker import Broker, mqtt_broker, mqtt_broker_persistent, start_broker  # noqa: F401
 
 PREFIX = "rt"
 TOKEN = "mqtt-daemon-t0ken"
@@ -375,3 +375,79 @@ def test_broker_stopped_and_restarted_under_traffic(mqtt_broker_persistent: Brok
     with DaemonProcess(tmp_path / "d", policy(broker.url, buffer=buffer), token=TOKEN) as d:
         run(main(d), timeout=35)
         assert d.stop() == 0, d.log_tail()
+
+
+# --------------------------------------------------------------------------- startup and credentials
+
+
+def test_daemon_starts_without_broker_and_connects_when_it_appears(mqtt_broker: Broker, tmp_path: Path) -> None:
+    broker = mqtt_broker
+    broker.stop()
+
+    async def main(d: DaemonProcess) -> None:
+        # No broker: HTTP is served, email delivered, the device attempt fails over at once.
+        assert (await http(d.get, "/readyz")).status == 200
+        st = await http(d.wait_status, await http(d.send, push("late")), "delivered")
+        assert [(a["provider"], a["outcome"]) for a in st["attempts"]] == [("device", "network"),
+                                                                           ("fallback", "delivered")]
+        assert "not connected to the MQTT broker at mqtt://127.0.0.1:" in st["attempts"][0]["detail"]
+        assert await http(connected, d) == 0
+        await until(lambda: re.search(r"MQTT broker mqtt://\S+ unreachable: .*reconnecting in", d.log_text()),
+                    what="the unreachable-broker warning")
+
+        await asyncio.to_thread(broker.start)
+        await until(lambda: connected(d) == 1, timeout=15, what="routingd_mqtt_connected 1")
+        # The send subscription is made on connect: a send over MQTT is taken now.
+        async with subscriber(broker, f"{PREFIX}/accepted") as sub:
+            await sub.publish(f"{PREFIX}/send", json.dumps({"message": mail("late")}), qos=1)
+            [answer] = await receive_until(sub, lambda g: len(g) >= 1, what="the answer on accepted")
+        await http(d.wait_status, body(answer)["message_id"], "delivered")
+
+    with DaemonProcess(tmp_path / "d", policy(broker.url), token=TOKEN) as d:
+        run(main(d))
+        assert d.stop() == 0, d.log_tail()
+
+
+def test_broker_credentials_from_the_environment(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "mosquitto", users={"routingd": "s3cret-pw"})
+    text = policy(broker.url).replace(
+        'keepalive = 5\n', 'keepalive = 5\nusername = "${MQTT_USER}"\npassword = "${MQTT_PASSWORD}"\n')
+    try:
+        d = DaemonProcess(tmp_path / "d", text, token=TOKEN, env={"MQTT_USER": "routingd", "MQTT_PASSWORD": "wrong"})
+        with d:
+            # Refused by the broker: logged with the reason, HTTP unaffected, SIGTERM still exits 0.
+            run(until(lambda: re.search(r"ERROR routingd.mqtt: MQTT broker mqtt://\S+ refused the connection: .*[Nn]ot authori[sz]ed "
+                                        r"\(check daemon.mqtt.username, password and client_id\)", d.log_text()),
+                      what="the not-authorised warning"))
+            assert "s3cret-pw" not in d.log_text() and "wrong" not in d.log_text()
+            assert d.wait_status(d.send(mail("auth")), "delivered")
+            assert connected(d) == 0
+            assert d.stop() == 0, d.log_tail()
+
+            d.env = {"MQTT_USER": "routingd", "MQTT_PASSWORD": "s3cret-pw"}
+            d.start()
+
+            async def main() -> None:
+                await until(lambda: connected(d) == 1, what="routingd_mqtt_connected 1")
+                async with subscriber(broker, "devices/sec/notify", username="routingd",
+                                      password="s3cret-pw") as device:
+                    mid = await http(d.send, push("sec"))
+                    [note] = await receive_until(device, lambda g: len(g) >= 1, what="the device notification")
+                assert body(note)["message_id"] == mid
+                st = await http(d.wait_status, mid, "delivered")
+                assert [(a["provider"], a["outcome"]) for a in st["attempts"]] == [("device", "delivered")]
+
+            run(main())
+            assert d.stop() == 0, d.log_tail()
+    finally:
+        broker.stop(hard=True)
+
+
+def test_bad_broker_url_is_a_startup_error(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, policy("http://127.0.0.1:1883"), token=TOKEN, start_timeout=10)
+    d.spawn()
+    assert d.wait() == 1
+    out = d.log_text().strip()
+    assert len(out.splitlines()) == 1 and "Traceback" not in out, out
+    assert out == (f"{d.config_path}: daemon.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], "
+                   "got 'http://127.0.0.1:1883'")
