@@ -1,0 +1,127 @@
+"""Profile the daemon under the ingress load, or the simulator, and print the hot spots.
+
+    python benchmarks/profile_hotspots.py daemon    [--tool cprofile|pyinstrument] [--duration 8]
+    python benchmarks/profile_hotspots.py simulator [--tool cprofile|pyinstrument]
+
+daemon: `routingd serve` (the ingress benchmark's config) runs under the profiler while wrk posts
+/v1/send for --duration seconds; then the daemon drains and gets SIGTERM, and the profile of its
+main (event loop) thread is printed. simulator: the simulator benchmark's scenario runs under the
+profiler in this process. cProfile: the top functions by own time (tottime) with their share
+of the total, and the project's functions by cumulative time; pyinstrument (a sampler, far less
+overhead; needs `pip install pyinstrument` in the venv) is summarised the same way. Output files land in --out (default: a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (PYTHON, BenchError, WrkSettings, run_wrk, send_body, start_daemon, wait_drained)
+
+
+def print_cprofile(path: Path, top: int) -> None:
+    st = pstats.Stats(str(path))
+    total = st.total_tt  # type: ignore[attr-defined]
+    rows = []
+    for (file, line, fn), (cc, nc, tt, ct, callers) in st.stats.items():  # type: ignore[attr-defined]
+        rows.append((tt, ct, nc, f"{_short(file)}:{line}:{fn}"))
+    print(f"\ntotal profiled time {total:.2f}s; top {top} by own time (tottime):")
+    print(f"{'own%':>6} {'own s':>7} {'cum%':>6} {'calls':>9}  function")
+    for tt, ct, nc, name in sorted(rows, reverse=True)[:top]:
+        print(f"{tt / total:6.1%} {tt:7.2f} {ct / total:6.1%} {nc:9d}  {name}")
+    print(f"\ntop {top} project functions by cumulative time:")
+    proj = [r for r in rows if ("daemon/" in r[3] or "simulator/" in r[3]) and "site-packages" not in r[3]]
+    for tt, ct, nc, name in sorted(proj, key=lambda r: r[1], reverse=True)[:top]:
+        print(f"{tt / total:6.1%} {tt:7.2f} {ct / total:6.1%} {nc:9d}  {name}")
+
+
+def _short(file: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in file:
+            return file.split(marker, 1)[1]
+    return file
+
+
+def profiler_prefix(tool: str, out: Path) -> list[str]:
+    if tool == "cprofile":
+        return [PYTHON, "-m", "cProfile", "-o", str(out)]
+    if shutil.which("pyinstrument", path=str(Path(PYTHON).parent)) is None:
+        raise BenchError("pyinstrument is not installed in this venv: .venv/bin/pip install pyinstrument")
+    return [str(Path(PYTHON).parent / "pyinstrument"), "-i", "0.0005", "-o", str(out), "-r", "pstats"]
+
+
+def profile_daemon(tool: str, duration: int, out_dir: Path, top: int) -> None:
+    from bench_ingress import CONFIG
+
+    out = out_dir / f"daemon-{tool}.prof"
+    d = start_daemon(out_dir / "daemon", CONFIG, command_prefix=profiler_prefix(tool, out))
+    try:
+        r = run_wrk(d.url + "/v1/send", WrkSettings(duration_s=duration), send_body())
+        wait_drained(d, 60)
+        print(f"under the profiler: {r.accepted_per_s:.0f} req/s accepted (p50 {r.p50_s * 1000:.1f}ms)")
+        d.stop(timeout=60)
+    finally:
+        d.close()
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print_cprofile(out, top)
+    print(f"\nprofile: {out} (pstats format: python -m pstats {out})")
+
+
+def profile_simulator(tool: str, out_dir: Path, top: int) -> None:
+    from bench_simulator import make_setup, DEFAULT_RATE, DEFAULT_SIM_S
+    from simulator.runner import run
+
+    setup = make_setup(out_dir, DEFAULT_RATE, DEFAULT_SIM_S)
+    if tool == "cprofile":
+        import cProfile
+
+        out = out_dir / "simulator.prof"
+        prof = cProfile.Profile()
+        prof.runcall(run, setup)
+        prof.dump_stats(str(out))
+        print_cprofile(out, top)
+    else:
+        from pyinstrument import Profiler
+
+        prof = Profiler(interval=0.0005)
+        prof.start()
+        run(setup)
+        prof.stop()
+        from pyinstrument.renderers import PstatsRenderer
+
+        out = out_dir / "simulator-pyinstrument.prof"
+        out.write_bytes(prof.output(PstatsRenderer()))  # type: ignore[arg-type]
+        print_cprofile(out, top)
+    print(f"\nprofile: {out}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("target", choices=["daemon", "simulator"])
+    p.add_argument("--tool", choices=["cprofile", "pyinstrument"], default="cprofile")
+    p.add_argument("--duration", type=int, default=8)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    out_dir = a.out or Path(tempfile.mkdtemp(prefix="routingd-profile-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if a.target == "daemon":
+            profile_daemon(a.tool, a.duration, out_dir, a.top)
+        else:
+            profile_simulator(a.tool, out_dir, a.top)
+    except BenchError as e:
+        print(f"profile_hotspots: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
