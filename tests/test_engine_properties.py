@@ -370,7 +370,7 @@ def check(res: Result) -> None:
         assert a.ended_at <= a.bound + EPS, f"attempt {aid} alive until {a.ended_at} past {a.bound}"
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(doc=policies(), msgs=messages, seed=st.integers(0, 2**32 - 1))
 def test_engine_invariants_hold_for_random_policies_and_outcomes(doc: dict[str, Any],
                                                                  msgs: list[tuple[dict[str, Any], float]],
