@@ -6,6 +6,7 @@
         mqtt_broker.url          # "mqtt://127.0.0.1:PORT"
         mqtt_broker.stop()       # broker outage (SIGTERM; stop(hard=True) = SIGKILL)
         mqtt_broker.start()      # recovery on the SAME port
+        mqtt_broker.pause()      # SIGSTOP: connections stay open, nothing is answered; resume()
 
     start_broker(tmp_path / "b", users={"routingd": "s3cret"})   # anonymous access off
 
@@ -148,6 +149,16 @@ class Broker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its connections open but answers nothing (no PUBACK)."""
+        assert self._proc is not None and self.running, "the broker is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self._proc is not None, "the broker is not running"
+        self._proc.send_signal(signal.SIGCONT)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -301,6 +301,27 @@ def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(
     run(main())
 
 
+def test_mqtt_provider_without_puback_before_the_deadline_is_a_timeout(broker: Broker, daemon: DaemonProcess) -> None:
+    async def main() -> None:
+        msg = {**push("frozen"), "providers": {"device": {"timeout": "300ms"}}}
+        async with subscriber(broker, "devices/frozen/notify") as device:
+            broker.pause()             # the connection stays up, but no PUBACK comes
+            try:
+                mid = await http(daemon.send, msg)
+                st = await http(daemon.wait_status, mid, "delivered")
+            finally:
+                broker.resume()
+            # The PUBLISH was on the wire: the broker passes it on once it runs again.
+            [late] = await receive_until(device, lambda g: len(g) >= 1, what="the late notification")
+        assert body(late)["message_id"] == mid
+        first, second = st["attempts"]
+        assert (first["provider"], first["outcome"]) == ("device", "timeout"), st
+        assert (second["provider"], second["outcome"]) == ("fallback", "delivered"), st
+        await until(lambda: connected(daemon) == 1, what="the link to stay connected")
+
+    run(main())
+
+
 def test_mqtt_provider_without_daemon_mqtt_fails_over_at_once(tmp_path: Path) -> None:
     with DaemonProcess(tmp_path, policy(None), token=TOKEN) as d:
         mid = d.send(push("u7"))
