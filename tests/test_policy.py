@@ -417,3 +417,15 @@ channels = ["group", { method = "x", channels = ["group"] }]
         "conf/routing.toml: routes.default.channels.1.method: Input should be 'single' or 'all'",
         "conf/routing.toml: channels.group.providers.1: unknown provider 'nope'; defined providers: http, str",
     ]
+
+
+def test_user_loc_drops_union_branch_names_from_request_errors() -> None:
+    from pydantic import ValidationError
+
+    from daemon.core.policy import user_loc
+    from daemon.core.request import SendRequest
+    with pytest.raises(ValidationError) as e:
+        SendRequest.model_validate({"message": {"to": {"email": "a@x"}, "routing": {
+            "channels": ["email", {"method": "x", "channels": ["sms"]}, 3]}}})
+    locs = [user_loc(err["loc"]) for err in e.value.errors()]
+    assert locs == [("message", "routing", "channels", 1, "method"), ("message", "routing", "channels", 2)]

@@ -245,7 +245,7 @@ class PolicyError(Exception):
         return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
 
 
-def _user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
+def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
     """pydantic's error location without the union-branch names it inserts.
 
     Branch tags of our own unions start with ':' (no user name can); a provider's `type` tag
@@ -274,7 +274,7 @@ def _is_mapping_key(raw_loc: tuple, i: int) -> bool:
 def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
     out: list[Problem] = []
     for e in err.errors():
-        loc = _user_loc(e["loc"])
+        loc = user_loc(e["loc"])
         msg = e["msg"]
         for pre in ("Value error, ", "Assertion failed, "):
             if msg.startswith(pre):
