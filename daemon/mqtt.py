@@ -3,7 +3,7 @@
     link = MqttLink(policy.model.daemon.mqtt, on_drop=metrics.mqtt_dropped.inc)
     link.set_ingress(submit)                       # before start(); async submit(bytes) -> (ok, body)
     router.add_event_listener(event_publisher(link))
-    await link.start()  ...  await link.close(flush_timeout=2.0)
+    await link.start()  ...  await link.stop_ingress()  # drain  ...  await link.close(flush_timeout=2.0)
 
 `MqttLink` keeps one aiomqtt client alive in a background task and reconnects with capped
 exponential back-off (aiomqtt's documented reconnect loop: a fresh `async with Client(...)` per
@@ -170,6 +170,8 @@ class MqttLink:
         self._answer_accepted = True
         self._ingress_slots = asyncio.Semaphore(INGRESS_CONCURRENCY)
         self._ingress_tasks: set[asyncio.Task[None]] = set()
+        self._ingress_stopped = False
+        self._subscribed: aiomqtt.Client | None = None   # the client holding the send subscription
         self._tls_context = self._load_tls() if self.address.tls else None
 
     # ------------------------------------------------------------------ topics and state
@@ -233,6 +235,22 @@ class MqttLink:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._up.wait(), timeout)
         return self.connected
+
+    async def stop_ingress(self, timeout: float = 2.0) -> None:
+        """Take no more sends (call when a drain starts): unsubscribe from {prefix}/send, so that
+        with a shared subscription the broker hands new sends to the other daemons of the group
+        instead of to one that would only reject them. Events keep flowing until close()."""
+        self._ingress_stopped = True
+        client, self._subscribed = self._subscribed, None
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.unsubscribe(self.send_subscription), timeout)
+        except (aiomqtt.MqttError, asyncio.TimeoutError) as exc:
+            log.warning("MQTT: could not unsubscribe from %r while stopping: %s", self.send_subscription,
+                        exc or type(exc).__name__)
+        else:
+            log.info("MQTT: no longer taking sends from %s", self.send_subscription)
 
     async def close(self, flush_timeout: float = 0.0) -> None:
         """Stop: optionally give the buffer up to `flush_timeout` s to drain, then disconnect."""
@@ -382,13 +400,14 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """One connection: (re)subscribe, then publish the buffer and read sends until it breaks."""
-        ingress = self._submit is not None and self.settings.subscribe
+        ingress = self._submit is not None and self.settings.subscribe and not self._ingress_stopped
         if ingress:
             granted = await client.subscribe(self.send_subscription, qos=self.settings.qos)
             if any(getattr(code, "is_failure", code == 0x80) for code in granted):
                 log.error("MQTT broker %s refused the subscription to %r (check its ACL); sends over "
                           "MQTT are off until the next reconnect", self.address.where, self.send_subscription)
                 ingress = False
+        self._subscribed = client if ingress else None
         self._client, self._lost = client, asyncio.Event()
         self._up.set()
         self._state(True)
@@ -403,7 +422,7 @@ class MqttLink:
         finally:
             self._up.clear()
             self._lost.set()
-            self._client = None
+            self._client = self._subscribed = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

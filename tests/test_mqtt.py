@@ -322,6 +322,31 @@ def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -
 # --------------------------------------------------------------------------- provider type "mqtt"
 
 
+def test_stop_ingress_hands_new_sends_to_the_rest_of_the_group(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        seen_a: list[bytes] = []
+        seen_b: list[bytes] = []
+        a = link_for(mqtt_broker, shared_subscription=True, client_id="draining-a")
+        b = link_for(mqtt_broker, shared_subscription=True, client_id="staying-b")
+        a.set_ingress(recording_submit(seen_a), answer_accepted=False)
+        b.set_ingress(recording_submit(seen_b), answer_accepted=False)
+        async with a, b, subscriber(mqtt_broker, f"{PREFIX}/events/#") as events:
+            assert await a.wait_connected(5) and await b.wait_connected(5)
+            await a.stop_ingress()
+            sends = [json.dumps({"message": {"n": i}}).encode() for i in range(10)]
+            async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
+                for raw in sends:
+                    await sender.publish(f"{PREFIX}/send", raw, qos=1)
+            await until(lambda: len(seen_b) >= 10, what="10 sends to reach the staying daemon")
+            # The draining link still publishes its events.
+            event_publisher(a)("m-1", Event("finished", AT, {"status": "delivered"}))
+            [ev] = await receive(events, 1)
+        assert seen_a == [] and sorted(seen_b) == sorted(sends)
+        assert body(ev)["message_id"] == "m-1"
+
+    run(main())
+
+
 def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(mqtt_broker: Broker) -> None:
     async def main() -> None:
         link = link_for(mqtt_broker)
