@@ -13,16 +13,19 @@ import hmac
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .core.plan import PlanError
 from .core.request import ReceiptStatus, SendRequest
-from .openapi import openapi_document
+from .openapi import MAX_JSON_DEPTH, MAX_TIMEOUT_MS, openapi_document
 from .runtime import Overloaded
+from .store import StoreError
 
 log = logging.getLogger("routingd.api")
 
@@ -31,6 +34,7 @@ SIGNATURE_HEADER = "X-Routingd-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")      # what a message or attempt id can look like
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -117,6 +121,10 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return await handler(request)
     except ApiError as e:
         return e.response()
+    except StoreError as e:
+        log.error("%s %s: state store error: %s", request.method, request.path, e)
+        return ApiError(503, "routingd cannot use its state store right now (the daemon log says why)",
+                        headers={"Retry-After": "5"}).response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -149,7 +157,9 @@ def token_ok(header: str, tokens: Sequence[bytes]) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
-    candidate = given.strip().encode()
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates; surrogateescape gives
+    # the raw bytes back (they then simply do not match) instead of a UnicodeEncodeError.
+    candidate = given.strip().encode("utf-8", "surrogateescape")
     ok = False
     for t in tokens:
         ok |= hmac.compare_digest(candidate, t)
@@ -180,14 +190,39 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The body as a JSON object nested at most `max_depth` levels deep, else a 400."""
+    too_deep = ApiError(400, f"request body nests deeper than {max_depth} levels",
+                        [{"loc": ["body"], "msg": f"at most {max_depth} nested objects/arrays"}])
     try:
         body = json.loads(raw)
+    except RecursionError:          # the decoder's own recursion limit (~1000 levels)
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "request body is not valid JSON", [{"loc": ["body"], "msg": str(e)}]) from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", [{"loc": ["body"], "msg": "expected an object"}])
+    if json_depth(body) > max_depth:
+        raise too_deep
     return body
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, {} or [] is 1), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            deepest = max(deepest, d)
+            continue
+        deepest = max(deepest, d + 1)
+        stack.extend((c, d + 1) for c in children)
+    return deepest
 
 
 class ReceiptBody(BaseModel):
@@ -197,10 +232,14 @@ class ReceiptBody(BaseModel):
 
 
 def signature_ok(secret: str, raw: bytes, header: str | None) -> bool:
+    """Whether `header` is "sha256=<hex HMAC-SHA256 of raw>"; compared in constant time."""
     if not header or not header.startswith("sha256="):
         return False
+    given = header[len("sha256="):].strip().lower()
+    if not given.isascii():         # compare_digest takes ASCII str only; not hex anyway
+        return False
     expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(header[len("sha256="):].strip().lower().encode(), expected.encode())
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def sign(secret: str, raw: bytes) -> str:
@@ -217,15 +256,23 @@ async def send(request: web.Request) -> web.Response:
         raise ApiError(503, f"routingd is {state.phase}; not accepting messages",
                        headers={"Retry-After": "5"})
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not _IDEMPOTENCY_KEY_RE.match(key):
+    if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise ApiError(400, "bad Idempotency-Key",
                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}])
+    limit = _inflight_limit(state)
+    if limit is not None and state.router.inflight >= limit:
+        # Back-pressure before reading the body: a flood past the bound costs no parsing and
+        # holds no memory (the router checks again, atomically, before it stores anything).
+        raise _unavailable(Overloaded(1.0))
     raw = await read_body(request, state.max_body)
     body = parse_json_object(raw)
     try:
         req = SendRequest.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, "invalid send request", validation_details(e)) from None
+    too_long = timeout_problems(req)
+    if too_long:
+        raise ApiError(422, "invalid send request", too_long)
     try:
         result = await state.router.submit(req, idempotency_key=key)
     except PlanError as e:
@@ -239,6 +286,28 @@ async def send(request: web.Request) -> web.Response:
     return json_response({"message_id": result.message_id}, status=202, headers=headers)
 
 
+def _inflight_limit(state: ApiState) -> int | None:
+    router = state.router
+    limits = getattr(router, "limits", None)
+    if limits is None:
+        limits = router.policy.model.daemon
+    value = getattr(limits, "max_inflight", None)
+    return value if isinstance(value, int) else None
+
+
+def timeout_problems(req: SendRequest) -> list[dict[str, Any]]:
+    """Request timeout overrides larger than MAX_TIMEOUT_MS, as 422 details."""
+    msg = req.message
+    found: list[tuple[list[str | int], int | None]] = []
+    if msg.timeout is not None:
+        found += [(["message", "timeout", k], getattr(msg.timeout, k)) for k in ("provider", "channel", "message")]
+    for kind, targets in (("channels", msg.channels), ("providers", msg.providers)):
+        for name, t in targets.items():
+            found += [(["message", kind, name, k], getattr(t, k)) for k in ("timeout", "timeouts")]
+    return [{"loc": loc, "msg": f"at most {MAX_TIMEOUT_MS} ms (366 days)"}
+            for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
+
+
 def _unavailable(e: Overloaded) -> ApiError:
     retry = max(1, int(round(e.retry_after_s or 1)))
     return ApiError(503, f"{e.reason}; retry later", headers={"Retry-After": str(retry)})
@@ -247,7 +316,7 @@ def _unavailable(e: Overloaded) -> ApiError:
 async def message_status(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     mid = request.match_info["message_id"]
-    status = state.router.status(mid)
+    status = state.router.status(mid) if _ID_RE.fullmatch(mid) else None
     if status is None:
         raise ApiError(404, f"no message {mid!r}", [{"loc": ["path", "message_id"], "msg": "unknown message"}])
     return json_response(status)
@@ -270,7 +339,7 @@ async def receipt(request: web.Request) -> web.Response:
     except ValidationError as e:
         raise ApiError(422, "invalid receipt", validation_details(e)) from None
     try:
-        known = await state.router.receipt(provider, rb.attempt_id, rb.status)
+        known = bool(_ID_RE.fullmatch(rb.attempt_id)) and await state.router.receipt(provider, rb.attempt_id, rb.status)
     except Overloaded as e:
         raise _unavailable(e) from None
     if not known:
@@ -321,10 +390,35 @@ async def config(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- the app
 
 
+class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level logger. A request the HTTP parser rejects (a header line over
+    8190 bytes, more than 128 headers, a NUL in a header, bytes that are not HTTP) is the
+    client's fault: aiohttp answers it 400 and closes the connection; here it is one WARNING
+    line without the traceback and without the offending bytes (they may hold a credential).
+    Anything else is logged as aiohttp would."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("routingd.http"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.logger.warning("rejected a malformed HTTP request (%s %s); the connection was closed",
+                                exc.code, type(exc).__name__)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kw)
+
+    def debug(self, msg: object, *args: object, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), HttpProcessingError):
+            kw["exc_info"] = None
+        self.logger.debug(msg, *args, **kw)
+
+
 def create_app(state: ApiState) -> web.Application:
     # client_max_size is a backstop; read_body() answers 413 itself with a JSON body.
     app = web.Application(middlewares=[error_middleware, auth_middleware],
-                          client_max_size=state.max_body + 1024)
+                          client_max_size=state.max_body + 1024,
+                          handler_args={"logger": ProtocolLog()})
     app[STATE_KEY] = state
     app.router.add_post("/v1/send", send)
     app.router.add_get("/v1/messages/{message_id}", message_status)

@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from .core.request import SendRequest
 
 REF = "#/components/schemas/{model}"
+MAX_TIMEOUT_MS = 366 * 24 * 3_600_000     # the largest timeout override a send request may carry
+MAX_JSON_DEPTH = 32                       # the deepest nesting a request body may have
 
 
 def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,12 +94,26 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "s
 _AUTH = [{"bearer": []}]
 
 
+def _tighten(schemas: dict[str, Any]) -> None:
+    """What the pydantic models check in code, written into the schema: a recipient names at
+    least one field; timeouts are 0..MAX_TIMEOUT_MS ms (the API's own bound). Route, channel and
+    provider names are free strings here: the policy in force decides (unknown -> 422)."""
+    schemas["MessageRequest"]["properties"]["to"]["minProperties"] = 1
+    for model, keys in (("TimeoutOverride", ("provider", "channel", "message")),
+                        ("TargetOverride", ("timeout", "timeouts"))):
+        for key in keys:
+            for alt in schemas[model]["properties"][key].get("anyOf", []):
+                if alt.get("type") == "integer":      # milliseconds; a fraction is rounded
+                    alt.update(type="number", minimum=0, maximum=MAX_TIMEOUT_MS)
+
+
 @lru_cache(maxsize=1)
 def _document() -> dict[str, Any]:
     send_schema, defs = _model_schemas(SendRequest)
     schemas: dict[str, Any] = dict(defs)
     schemas.update({"SendRequest": send_schema, "Error": _ERROR, "Attempt": _ATTEMPT,
                     "MessageStatus": _STATUS, "Receipt": _RECEIPT})
+    _tighten(schemas)
     json_ok = lambda desc, schema: {"description": desc,  # noqa: E731
                                     "content": {"application/json": {"schema": schema}}}
     return {
@@ -118,7 +134,7 @@ def _document() -> dict[str, Any]:
                 "operationId": "send",
                 "summary": "Accept one message for routing (durably stored before the 202)",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
                                 "description": "a resend with the same key answers the first message_id"}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/SendRequest"}}}},
@@ -129,8 +145,11 @@ def _document() -> dict[str, Any]:
                                                                 "description": "\"true\" on a replay"}},
                             "content": {"application/json": {"schema": {
                                 "type": "object", "required": ["message_id"],
-                                "properties": {"message_id": {"type": "string"}}}}}},
-                    "400": _error_response("body is not a JSON object, or a bad Idempotency-Key"),
+                                "properties": {"message_id": {"type": "string"}}}}},
+                            "links": {"GetMessage": {"operationId": "messageStatus",
+                                                     "parameters": {"message_id": "$response.body#/message_id"}}}},
+                    "400": _error_response("body is not a JSON object, nests deeper than "
+                                           f"{MAX_JSON_DEPTH} levels, or a bad Idempotency-Key"),
                     "401": _error_response("missing or wrong bearer token"),
                     "413": _error_response("body larger than [daemon] max_body"),
                     "422": _error_response("validation failed, or unknown route/channel/provider"),
