@@ -65,7 +65,8 @@ from typing import Any, Callable
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
-from .clock import Clock, rfc3339
+from .clock import Clock
+from .clock import rfc3339 as _rfc3339
 from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent, SetTimer,
                           StartAttempt)
 from .core.health import HealthTracker
@@ -74,7 +75,7 @@ from .core.policy import Policy, PolicyError, parse_policy
 from .core.request import MessageRequest, SendRequest
 from .metrics import Metrics
 from .providers import UnavailableAdapter, make_http_session
-from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage
+from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
 log = logging.getLogger("routingd.runtime")
 
@@ -189,8 +190,13 @@ class Router:
         self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, now)
         self.metrics.config_loaded(self._policy.version)
         self._started = True
-        for sm in await self.store.load_pending():
-            await self._resume(sm)
+        resumed = [await self._resume(sm) for sm in await self.store.load_pending()]
+        # The new run numbers are committed before any attempt of them goes out: a crash during
+        # this start can then never make the next start reuse an attempt id a provider has seen.
+        await self.store.flush()
+        for live in resumed:
+            if live is not None:
+                self._begin(live)
         self._purge_task = asyncio.create_task(self._purge_loop(), name="routingd purge")
 
     async def stop(self, grace_s: float) -> None:
@@ -317,6 +323,10 @@ class Router:
         self._reserved += 1
         try:
             existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now)
+        except StoreError as e:
+            # Not stored, so not accepted: the client is told to retry (503), never a 202.
+            log.error("cannot accept a message: %s", e)
+            raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
         finally:
             self._reserved -= 1
         if existing is not None:
@@ -329,7 +339,8 @@ class Router:
         self._begin(_Live(row, msg, delivery, snap))
         return SubmitResult(row.id, True)
 
-    async def _resume(self, sm: StoredMessage) -> None:
+    async def _resume(self, sm: StoredMessage) -> _Live | None:
+        """Prepare a stored message for its next run (None: it finished offline); _begin() runs it."""
         row = sm.message
         now = self.clock.now()
         snap, problem = await self._snapshot_for(row.policy_version)
@@ -347,13 +358,13 @@ class Router:
             self._finish_offline(row, "expired", now, [
                 Event("message_deadline", row.message_deadline, {"while": "routingd was not running"}),
                 Event("finished", now, {"status": "expired"})])
-            return
+            return None
         try:
             plan = resolve_plan(snap.policy, request=req)
         except PlanError as e:        # cannot happen with the stored snapshot; possible on a fallback policy
             self._finish_offline(row, "undeliverable", now, [
                 Event("resume_failed", now, {"reason": str(e)}), Event("finished", now, {"status": "undeliverable"})])
-            return
+            return None
         delivery = Delivery(row.id, plan, req.to, row.accepted_at, random.Random(self._rng.getrandbits(64)),
                             self.health, run=row.run)
         delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
@@ -361,7 +372,7 @@ class Router:
         if problem:
             self._record(live, Event("policy_unavailable", now,
                                      {"reason": problem, "using_version": snap.policy.version}))
-        self._begin(live)
+        return live
 
     def _finish_offline(self, row: MessageRow, status: str, now: float, events: list[Event]) -> None:
         """Finish a stored message without routing it (resume found it past its end)."""
@@ -574,6 +585,18 @@ class Router:
             except Exception as e:  # noqa: BLE001
                 log.error("purging old messages failed: %s", e)
             await asyncio.sleep(_PURGE_EVERY_S)
+
+
+_LATEST = "9999-12-31T23:59:59.999Z"
+
+
+def rfc3339(t: float | None) -> str | None:
+    """daemon.clock.rfc3339, saturating at year 9999: a policy may hold a timeout so long that its
+    deadline is past every date a datetime can hold ("99999999h"); that is "never", not an error."""
+    try:
+        return _rfc3339(t)
+    except (OverflowError, ValueError, OSError):
+        return _LATEST if t is not None and t > 0 else "0001-01-01T00:00:00.000Z"
 
 
 def _attempt_json(a: AttemptRow) -> dict[str, Any]:

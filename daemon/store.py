@@ -132,6 +132,10 @@ def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
                           "stop the other process that uses this state file")
     if "full" in low:
         return StoreError(path, f"cannot {doing}: the disk is full ({text})", "free disk space")
+    if "disk i/o error" in low:
+        return StoreError(path, f"cannot {doing}: the file system refused a write or read ({text})",
+                          "check free space (df), file size limits (ulimit -f / LimitFSIZE=) and the "
+                          "kernel log for a failing disk")
     return StoreError(path, f"cannot {doing}: {text}")
 
 
@@ -260,6 +264,12 @@ class Store:
     def _check_dir(self) -> None:
         d = os.path.dirname(self.path) or "."
         if not os.path.isdir(d):
+            existing = d
+            while existing and not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)
+            if existing and os.path.lexists(existing) and not os.path.isdir(existing):
+                raise StoreError(self.path, f"{existing} is a file, not a directory",
+                                 "point [daemon] state / --state at a file inside a writable directory")
             raise StoreError(self.path, f"directory {d} does not exist",
                              "create it or point [daemon] state / --state at a writable directory")
         if os.path.isdir(self.path):
