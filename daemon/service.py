@@ -236,7 +236,7 @@ class Service:
         try:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
-            raise StartupError([f"{s.config}: daemon.mqtt.url: {e}"]) from None
+            raise StartupError([f"{s.config}: {e.line()}"]) from None
         store = Store(s.state)
         try:
             await store.open()
@@ -288,6 +288,8 @@ class Service:
             grace_s = s.grace / 1000
             notifier.stopping(f"stopping: in-flight attempts get {grace_s:g}s to finish")
             log.info("stopping: no new messages; in-flight attempts get %gs to finish", grace_s)
+            if link is not None:
+                await link.stop_ingress()   # let other daemons of a shared subscription take new sends
             await router.stop(grace_s)
             if link is not None:
                 await link.close(flush_timeout=min(2.0, grace_s))

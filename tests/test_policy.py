@@ -429,3 +429,34 @@ def test_user_loc_drops_union_branch_names_from_request_errors() -> None:
             "channels": ["email", {"method": "x", "channels": ["sms"]}, 3]}}})
     locs = [user_loc(err["loc"]) for err in e.value.errors()]
     assert locs == [("message", "routing", "channels", 1, "method"), ("message", "routing", "channels", 2)]
+
+
+# --- MQTT settings checked at `check` time, not only when `serve` connects ---------------------------
+
+_MQTT_BASE = """
+[providers.dev]
+type = "mqtt"
+topic = "devices/{to.user_id}/notify"
+[channels.push]
+providers = ["dev"]
+[routes.default]
+channels = ["push"]
+"""
+
+
+def test_mqtt_provider_without_broker_is_a_warning_not_an_error():
+    from daemon.core.policy import parse_policy
+
+    p = parse_policy(_MQTT_BASE, "r.toml", env={})
+    assert any("providers.dev" in w and "[daemon.mqtt]" in w for w in p.warnings)
+    p2 = parse_policy('[daemon.mqtt]\nurl = "mqtt://127.0.0.1:1883"\n' + _MQTT_BASE, "r.toml", env={})
+    assert not any("[daemon.mqtt]" in w for w in p2.warnings)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://", "mqtt://host:99999", "mqtt://host/prefix"])
+def test_bad_broker_url_is_rejected_by_check(url):
+    from daemon.core.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError) as ei:
+        parse_policy(f'[daemon.mqtt]\nurl = "{url}"\n' + _MQTT_BASE, "r.toml", env={})
+    assert any(line.startswith("r.toml: daemon.mqtt.url: ") for line in ei.value.lines()), ei.value.lines()

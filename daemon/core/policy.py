@@ -34,6 +34,23 @@ class Strict(BaseModel):
 
 class MqttSection(Strict):
     url: str = "mqtt://127.0.0.1:1883"
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as e:
+            raise ValueError(f"{e} in {v!r}") from None
+        if parts.scheme.lower() not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {v!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"a broker url has no path or query, got {v!r} (set daemon.mqtt.topic_prefix)")
+        return v
+
     topic_prefix: str = "routingd"
     client_id: str | None = None
     username: str | None = None
@@ -412,6 +429,11 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     for pname, p in model.providers.items():
         if p.backoff.max < p.backoff.base:
             problems.append(Problem(("providers", pname, "backoff", "max"), "must be at least backoff.base"))
+    if model.daemon.mqtt is None:
+        for pname, p in model.providers.items():
+            if p.type == "mqtt":
+                warnings.append(f"providers.{pname}: type \"mqtt\" but there is no [daemon.mqtt]: every attempt "
+                                "fails at once (network, \"[daemon.mqtt] is not configured\") and fails over")
     msg_default = model.timeouts.message if model.timeouts.message is not None else BUILTIN_MESSAGE_TIMEOUT_MS
     if model.timeouts.channel is not None and model.timeouts.channel > msg_default:
         warnings.append(f"timeouts.channel ({model.timeouts.channel} ms) is larger than the message timeout "
