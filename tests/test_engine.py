@@ -816,6 +816,33 @@ def test_a_late_timer_call_fires_everything_due_in_order() -> None:
     assert [(s.provider, s.started_at) for s in starts(h.log)] == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
 
 
+def test_an_early_timer_call_rearms_the_same_wakeup() -> None:
+    """A driver whose timer fires a hair before the wake-up it was given (float rounding) has used
+    up its timer: the engine must hand the wake-up back, or the delivery would stall forever."""
+    h = make()
+    a = only_start(h.start(0.1))
+    assert h.wakeup == 2.1
+    early = 2.1 - 1e-12
+    cmds = h.feed(h.d.on_timer(early))
+    assert cmds == [SetTimer(2.1)]                  # nothing fired, the same wake-up again
+    assert h.d.attempts[a.attempt_id].outcome is None
+    cmds = h.timer()                                # the re-armed wake-up fires the deadline
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "attempt deadline")]
+    assert only_start(cmds).provider == "b"
+
+
+def test_every_timer_call_on_a_pending_delivery_answers_with_a_wakeup() -> None:
+    h = make(policy_text(a="retries = 1"))
+    a = only_start(h.start(0.0))
+    for now in (0.0, 0.5, 1.999):                   # spurious wake-ups
+        assert [c for c in h.feed(h.d.on_timer(now)) if isinstance(c, SetTimer)] == [SetTimer(2.0)]
+    h.outcome(a, E500, 1.0)
+    at = h.wakeup
+    assert at is not None and 1.0 <= at <= 1.5      # back-off
+    assert h.feed(h.d.on_timer(at - 1e-9)) == [SetTimer(at)]
+    assert only_start(h.timer()).try_no == 2
+
+
 def test_outcome_at_exactly_the_deadline_counts() -> None:
     h = make()
     a = only_start(h.start(0.0))

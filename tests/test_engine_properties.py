@@ -5,7 +5,8 @@ StartAttempt with a random outcome (2xx, 4xx, 5xx, 408, 429 with or without Retr
 error, or no answer at all) at a random time - sometimes exactly at the attempt's deadline, to
 hit ties - sends random receipts for receipt-confirmed providers (before or after the response,
 delivered or failed, or none), keeps feeding answers of cancelled attempts (as a real driver
-races), adds spurious early wake-ups, and always calls on_timer at each SetTimer time.
+races), adds spurious early wake-ups, and calls on_timer at each SetTimer time - sometimes a
+hair before it, as float rounding in a real driver does, and then relies on the engine to re-arm.
 
 Everything checked is derived from what the driver saw (commands, events, its own inputs) and
 from the resolved plan, never from the engine's internals:
@@ -131,6 +132,8 @@ class MessageState:
     accepted: float
     message_deadline: float
     timer_token: int = 0
+    armed: bool = False           # the driver holds a live wake-up for this message
+    early_at: float | None = None # the wake-up last fired early (each is fired early at most once)
     channel_start: dict[str, float] = field(default_factory=dict)
     finish: Finish | None = None
     finishes: int = 0
@@ -237,6 +240,7 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
             elif isinstance(c, SetTimer):
                 assert st_.finish is None or c.at is None
                 st_.timer_token += 1
+                st_.armed = c.at is not None
                 if c.at is not None:
                     assert c.at >= now - EPS, f"wake-up asked for the past: {c.at} < {now}"
                     push(c.at, "timer", m, st_.timer_token)
@@ -262,6 +266,7 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
                 assert st_.finish is None, f"attempt {a.start.attempt_id} still running after Finish"
         if st_.finish is None:
             assert st_.d.next_wakeup is not None, "a pending delivery must always want a wake-up"
+            assert st_.armed, "a pending delivery left its driver without a wake-up (it would stall)"
 
     steps = 0
     max_steps = 20_000
@@ -274,7 +279,16 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
             take(m, st_.d.start(now), now)
         elif kind == "timer":
             if payload == st_.timer_token:
-                take(m, st_.d.on_timer(now), now)
+                st_.armed = False                     # this wake-up is used up
+                if st_.early_at != now and drv.random() < 0.3:
+                    st_.early_at = now                # fired a hair early (float rounding)
+                    early = now - max(abs(now), 1.0) * 1e-12
+                    cmds = st_.d.on_timer(early)
+                    assert not [c for c in cmds if not isinstance(c, SetTimer)], \
+                        f"nothing is due before the wake-up asked for, yet: {cmds}"
+                    take(m, cmds, early)
+                else:
+                    take(m, st_.d.on_timer(now), now)
         elif kind == "spurious":
             take(m, st_.d.on_timer(now), now)
         elif kind == "outcome":

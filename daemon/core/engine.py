@@ -7,6 +7,8 @@ time, the simulator SimPy's `env.now`):
     on_outcome(attempt_id, Outcome, now)    a provider answered (or the connection failed)
     on_receipt(attempt_id, status, now)     a delivery receipt arrived
     on_timer(now)                           the wake-up asked for by the last SetTimer came due
+                                            (answered with a SetTimer even when unchanged, so a
+                                            timer that fired early re-arms instead of stalling)
 
 Outputs are commands (dataclasses below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -264,16 +266,18 @@ class Delivery:
 
     def on_timer(self, now: float) -> list[Command]:
         self._advance(now, inclusive=True)
-        return self._flush()
+        # Always answer with the wake-up still wanted, even if unchanged: a driver whose timer
+        # fired a hair early (float rounding) has consumed it, and would otherwise never wake again.
+        return self._flush(rearm=True)
 
     # ------------------------------------------------------------------ plumbing
 
     def _emit(self, type_: str, now: float, **data: Any) -> None:
         self._out.append(RecordEvent(Event(type_, now, data)))
 
-    def _flush(self) -> list[Command]:
+    def _flush(self, rearm: bool = False) -> list[Command]:
         want = None if self.terminal else self._earliest()
-        if want != self._timer:
+        if want != self._timer or (rearm and want is not None):
             self._timer = want
             self._out.append(SetTimer(want))
         out, self._out = self._out, []
