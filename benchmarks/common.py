@@ -259,6 +259,18 @@ def wrk_path() -> str:
     return path
 
 
+def start_wrk(url: str, settings: WrkSettings, body: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """wrk in the background (stop it with SIGINT: it then prints its summary and exits)."""
+    cmd = [wrk_path(), f"-t{settings.threads}", f"-c{settings.connections}", f"-d{settings.duration_s}s",
+           f"--timeout={settings.timeout_s}s", "-s", str(SEND_LUA), url]
+    out = open(log_path, "wb")
+    try:
+        return subprocess.Popen(cmd, env={**os.environ, "BENCH_BODY": body}, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        out.close()
+
+
 def run_wrk(url: str, settings: WrkSettings, body: str, log_path: Path | None = None) -> WrkResult:
     """POST `body` to `url` with wrk and benchmarks/send.lua; bounded by the duration + a margin."""
     cmd = [wrk_path(), f"-t{settings.threads}", f"-c{settings.connections}", f"-d{settings.duration_s}s",

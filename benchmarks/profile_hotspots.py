@@ -2,13 +2,17 @@
 
     python benchmarks/profile_hotspots.py daemon    [--tool cprofile|pyinstrument] [--duration 8]
     python benchmarks/profile_hotspots.py simulator [--tool cprofile|pyinstrument]
+    python benchmarks/profile_hotspots.py memory    [--messages 5000]
 
 daemon: `routingd serve` (the ingress benchmark's config) runs under the profiler while wrk posts
 /v1/send for --duration seconds; then the daemon drains and gets SIGTERM, and the profile of its
 main (event loop) thread is printed. simulator: the simulator benchmark's scenario runs under the
 profiler in this process. cProfile: the top functions by own time (tottime) with their share
 of the total, and the project's functions by cumulative time; pyinstrument (a sampler, far less
-overhead; needs `pip install pyinstrument` in the venv) is summarised the same way. Output files land in --out (default: a temporary directory).
+overhead; needs `pip install pyinstrument` in the venv) is summarised the same way. memory: an in-process Router (real
+SQLite store, the memory benchmark's hanging provider) takes --messages sends; tracemalloc
+then attributes the bytes still held per pending message to the source lines that allocated
+them. Output files land in --out (default: a temporary directory).
 """
 
 from __future__ import annotations
@@ -102,9 +106,57 @@ def profile_simulator(tool: str, out_dir: Path, top: int) -> None:
     print(f"\nprofile: {out}")
 
 
+def profile_memory(messages: int, out_dir: Path, top: int) -> None:
+    import asyncio
+    import gc
+    import tracemalloc
+
+    from bench_memory import CONFIG
+    from daemon.core.policy import parse_policy
+    from daemon.core.request import SendRequest
+    from daemon.metrics import Metrics
+    from daemon.runtime import Router
+    from daemon.store import Store
+
+    async def go() -> tuple[tracemalloc.Snapshot, tracemalloc.Snapshot, int]:
+        policy = parse_policy(CONFIG.format(limit=messages * 2), "routing.toml", env={})
+        router = Router(policy, Store(str(out_dir / "state.db")), Metrics(), rng_seed=1)
+        await router.start()
+        req = SendRequest.model_validate_json(send_body())
+        for _ in range(50):                      # warm caches before the first snapshot
+            await router.submit(SendRequest.model_validate_json(send_body()))
+        await router.store.flush()
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        batch = 200
+        for i in range(0, messages, batch):
+            await asyncio.gather(*(router.submit(SendRequest.model_validate_json(send_body()))
+                                   for _ in range(min(batch, messages - i))))
+        await router.store.flush()
+        await asyncio.sleep(0.2)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        n = router.inflight - 50
+        del req
+        await router.stop(0)
+        return before, after, n
+
+    tracemalloc.start(1)
+    before, after, n = asyncio.run(go())
+    tracemalloc.stop()
+    stats = after.compare_to(before, "lineno")
+    total = sum(s.size_diff for s in stats)
+    print(f"{n} pending messages hold {total / n:.0f} bytes each (Python allocations, tracemalloc)")
+    print(f"{'bytes/msg':>9} {'share':>6}  allocated at")
+    for s in stats[:top]:
+        fr = s.traceback[0]
+        print(f"{s.size_diff / n:9.0f} {s.size_diff / total:6.1%}  {_short(fr.filename)}:{fr.lineno}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("target", choices=["daemon", "simulator"])
+    p.add_argument("target", choices=["daemon", "simulator", "memory"])
+    p.add_argument("--messages", type=int, default=5000, help="memory: pending messages (default 5000)")
     p.add_argument("--tool", choices=["cprofile", "pyinstrument"], default="cprofile")
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--top", type=int, default=25)
@@ -115,8 +167,10 @@ def main() -> int:
     try:
         if a.target == "daemon":
             profile_daemon(a.tool, a.duration, out_dir, a.top)
-        else:
+        elif a.target == "simulator":
             profile_simulator(a.tool, out_dir, a.top)
+        else:
+            profile_memory(a.messages, out_dir, a.top)
     except BenchError as e:
         print(f"profile_hotspots: {e}", file=sys.stderr)
         return 1
