@@ -427,6 +427,12 @@ def test_message_deadline_expires_and_cancels_running_attempts() -> None:
     assert finish(cmds) == Finish("expired", 5.0, None)
     assert events(cmds, "message_deadline")
     assert {h.d.attempts[x.attempt_id].outcome for x in (a, c)} == {"timeout"}
+    # the channels cut by the deadline say so, in plan order, before the message's end
+    assert [(e.data["channel"], e.data["result"], e.data["reason"]) for e in events(cmds, "channel_finished")] \
+        == [("email", "timeout", "message deadline"), ("sms", "timeout", "message deadline")]
+    types = [e.type for e in events(cmds)]
+    assert types.index("channel_finished") > max(i for i, t in enumerate(types) if t == "attempt_ended")
+    assert types[-1] == "finished"
     # late answers change nothing
     late = h.outcome(a, OK, 5.1)
     assert finish(late) is None and starts(late) == [] and h.d.status == "expired"
@@ -676,6 +682,71 @@ def test_late_receipt_while_the_next_channel_runs_delivers() -> None:
     cmds = h.receipt(a, "delivered", 1.5)
     assert cancels(cmds) == [CancelAttempt(c.attempt_id, "delivered by a late receipt")]
     assert finish(cmds) == Finish("delivered", 1.5, 1.5)
+
+
+def test_channels_cut_by_a_late_receipt_report_their_end() -> None:
+    h = make(policy_text(a='confirm = "receipt"\nreceipt_timeout = "1s"').replace('providers = ["a", "b"]',
+                                                                                 'providers = ["a"]'))
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.1)
+    c = only_start(h.timer())                      # email exhausted at 1.1: sms runs
+    cmds = h.receipt(a, "delivered", 1.5)
+    fin = events(cmds, "channel_finished")
+    assert [e.data for e in fin] == [{"channel": "sms", "result": "cancelled",
+                                      "reason": "delivered by a late receipt"}]
+    ended = events(cmds, "attempt_ended")
+    assert [(e.data["attempt_id"], e.data["outcome"]) for e in ended] == [(c.attempt_id, "cancelled")]
+    types = [e.type for e in events(cmds)]
+    assert types.index("attempt_ended") < types.index("channel_finished") < types.index("finished")
+
+
+LATE_INTO_GROUP = """
+[timeouts]
+provider = "2s"
+channel = "10s"
+message = "1m"
+
+[providers.p1]
+type = "sandbox"
+confirm = "receipt"
+receipt_timeout = "1s"
+[providers.p3]
+type = "sandbox"
+[providers.p4]
+type = "sandbox"
+[providers.p5]
+type = "sandbox"
+
+[channels.email]
+providers = ["p1"]
+[channels.chat]
+providers = ["p3"]
+[channels.push]
+providers = ["p4", "p5"]
+method = "all"
+
+[routes.default]
+method = "single"
+channels = ["email", { method = "all", channels = ["chat", "push"] }]
+"""
+
+
+def test_a_late_receipt_cutting_a_nested_group_ends_every_channel_in_it() -> None:
+    h = make(LATE_INTO_GROUP)
+    a = only_start(h.start(0.0))
+    h.outcome(a, Outcome(202), 0.1)
+    cmds = h.timer()                               # receipt timeout: the all group starts
+    running = starts(cmds)
+    assert [(s.channel, s.provider) for s in running] == [("chat", "p3"), ("push", "p4"), ("push", "p5")]
+    h.outcome(running[1], E500, 1.2)               # push/p4 ended by itself; p5 still runs
+    cmds = h.receipt(a, "delivered", 1.5)
+    assert sorted(c.attempt_id for c in cancels(cmds)) == sorted([running[0].attempt_id, running[2].attempt_id])
+    assert [(e.data["channel"], e.data["result"], e.data["reason"]) for e in events(cmds, "channel_finished")] \
+        == [("chat", "cancelled", "delivered by a late receipt"), ("push", "cancelled", "delivered by a late receipt")]
+    assert finish(cmds) == Finish("delivered", 1.5, 1.5)
+    # every channel that started also finished, exactly once
+    started = sorted(e.data["channel"] for e in events(h.log, "channel_started"))
+    assert sorted(e.data["channel"] for e in events(h.log, "channel_finished")) == started
 
 
 def test_late_failed_receipt_changes_nothing() -> None:

@@ -15,6 +15,8 @@ from the resolved plan, never from the engine's internals:
 * no attempt is alive past min(start + provider timeout, channel start + channel timeout,
   message deadline), and none is alive after its message finished;
 * in a `single` scope no item starts after another item of that scope delivered;
+* every channel that starts reports channel_finished exactly once, after its attempts' events
+  and before the Finish - also when a late receipt or the message deadline cuts it;
 * the status is `delivered` iff some attempt delivered (a 2xx to a live response-confirmed
   attempt, or a delivered receipt before the Finish);
 * the same inputs (same seeds) give the same commands.
@@ -366,6 +368,22 @@ def check(res: Result) -> None:
         started = [c.attempt_id for _, c in st_.log if isinstance(c, StartAttempt)]
         assert sorted(ended) == sorted(started)
         assert all(r.outcome is not None and r.ended_at is not None for r in st_.d.attempts.values())
+        # every channel that started reports its end exactly once (however it was cut), after the
+        # last event of its attempts and before the message's Finish
+        open_: dict[str, int] = {}
+        for i, c in st_.log:
+            if isinstance(c, RecordEvent):
+                ev = c.event
+                ch = ev.data.get("channel")
+                if ev.type == "channel_started":
+                    open_[ch] = open_.get(ch, 0) + 1
+                elif ev.type == "channel_finished":
+                    assert open_.get(ch, 0) == 1, f"message {m}: channel {ch} finished without running"
+                    open_[ch] -= 1
+                elif ev.type in ("attempt_started", "attempt_ended", "attempt_accepted") and ch is not None:
+                    assert open_.get(ch, 0) == 1, f"message {m}: attempt event of {ch} outside its channel"
+            elif isinstance(c, Finish):
+                assert not any(open_.values()), f"message {m}: channels {open_} never reported their end"
         # breaker = false never skips
         for _, c in st_.log:
             if isinstance(c, RecordEvent) and c.event.type == "provider_skipped":

@@ -610,12 +610,16 @@ class Delivery:
                 if r.result is None:
                     r.result = "failed"
         if not isinstance(node, _Run):
-            stack = list(getattr(node, "children", ()))
+            # channels and groups cut while running end here; each channel says so (in plan order)
+            stack = list(reversed(getattr(node, "children", ())))
             while stack:
                 n = stack.pop()
                 if n.result is None and n.started and not isinstance(n, _Run):
-                    n.result = "failed"
-                stack.extend(getattr(n, "children", ()))
+                    n.result = "delivered" if n.delivered else "failed"
+                    if isinstance(n, _Channel):
+                        res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
+                        self._emit("channel_finished", now, channel=n.step.channel, result=res, reason=reason)
+                stack.extend(reversed(getattr(n, "children", ())))
 
     def _stop_run(self, run: _Run, now: float, reason: str) -> None:
         """End a provider run early: cancel its live attempt and any pending back-off."""
