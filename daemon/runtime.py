@@ -187,13 +187,23 @@ class Router:
             self._ctx.http_session = make_http_session()
             self._own_session = True
         now = self.clock.now()
-        self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, now)
+        try:
+            self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, now)
+            resumed = [await self._resume(sm) for sm in await self.store.load_pending()]
+            # The new run numbers are committed before any attempt of them goes out: a crash during
+            # this start can never make the next start reuse an attempt id a provider has seen.
+            await self.store.flush()
+        except BaseException:       # e.g. a StoreError on a corrupt file: leave nothing open behind
+            if self._own_session and self._ctx.http_session is not None:
+                await self._ctx.http_session.close()
+                self._ctx.http_session = None
+                self._own_session = False
+            if self._own_store:
+                await self.store.close()
+                self._own_store = False
+            raise
         self.metrics.config_loaded(self._policy.version)
         self._started = True
-        resumed = [await self._resume(sm) for sm in await self.store.load_pending()]
-        # The new run numbers are committed before any attempt of them goes out: a crash during
-        # this start can then never make the next start reuse an attempt id a provider has seen.
-        await self.store.flush()
         for live in resumed:
             if live is not None:
                 self._begin(live)

@@ -395,7 +395,7 @@ class Store:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                    err = e if isinstance(e, StoreError) else _explain(self.path, e, "write")
+                    err = e if isinstance(e, StoreError) else _explain(self.path, e, "read or write the database")
                     self.write_errors += 1
                     self.last_error = err
                     if fut is None:
