@@ -33,7 +33,7 @@ def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
 
     def ingress() -> BenchResult:
         import bench_ingress
-        return bench_ingress.run(wrk)
+        return bench_ingress.run(wrk, a.rounds)
 
     def delivery() -> BenchResult:
         import bench_delivery
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--duration", type=int, default=8, help="wrk seconds per side (default 8)")
     g.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     g.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    g.add_argument("--rounds", type=int, default=2, help="ingress: alternating rounds, best counts (default 2)")
     g.add_argument("--paced-count", type=int, default=300, help="delivery overhead: messages (default 300)")
     g.add_argument("--paced-rate", type=float, default=100.0, help="delivery overhead: msg/s (default 100)")
     g = p.add_argument_group("simulator")
