@@ -499,3 +499,22 @@ def test_across_a_restart_deadlines_are_wall_clock_absolute(tmp_path: Path, monk
             await run_once(expired)
 
     arun(main)
+
+
+def test_a_policy_timeout_past_year_9999_reads_as_the_last_date_not_a_500(tmp_path: Path) -> None:
+    """A message timeout of 11 million years is valid in routing.toml; its deadline does not fit
+    a datetime. The status shows the last representable date instead of failing."""
+    text = SANDBOX.replace("[providers.fast]", '[timeouts]\nmessage = "99999999999h"\n[providers.fast]')
+
+    async def main() -> None:
+        router = Router(parse_policy(text, "routing.toml", env={}), Store(str(tmp_path / "state.db")), Metrics())
+        await router.start()
+        try:
+            mid = (await router.submit(send_request())).message_id
+            st = await wait_for_status(router, mid, "delivered")
+            assert st["message_deadline"] == "9999-12-31T23:59:59.999Z"
+            assert st["attempts"][0]["deadline"].startswith("20")       # the provider's 5m default
+        finally:
+            await router.stop(0)
+
+    arun(main)
