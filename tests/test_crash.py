@@ -187,7 +187,7 @@ def store_rows(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return status, {k: v[0] for k, v in keys.items()}
 
 
-def run_crash_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[float, float],
+def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, window: tuple[float, float],
                      threads: int, rate_per_thread: float) -> dict[str, Any]:
     rng = random.Random(seed)
     loop = StandinLoop()
@@ -270,7 +270,7 @@ def run_crash_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[fl
     assert max_calls <= runs
 
     summary = {
-        "seed": seed, "rounds": rounds, "sigkills": len(kills), "sigkills_while_starting": kills_while_starting,
+        "variant": variant, "seed": seed, "rounds": rounds, "sigkills": len(kills), "sigkills_while_starting": kills_while_starting,
         "process_runs": runs, "load_seconds": round(load_s, 1), "accepted": len(load.accepted),
         "accepted_per_second": round(len(load.accepted) / load_s, 1),
         "resent_after_a_dropped_connection": load.resent, "of_which_replayed_same_id": load.replayed,
@@ -286,14 +286,14 @@ def run_crash_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[fl
     (tmp_path / "crash-summary.json").write_text(line + "\n")
     report_dir = os.environ.get("ROUTINGD_REPORT_DIR")
     if report_dir:
-        name = f"crash-summary-{'soak' if SOAK else 'short'}-{seed}.json"
+        name = f"crash-summary-{variant}-{seed}.json"
         Path(report_dir).mkdir(parents=True, exist_ok=True)
         (Path(report_dir) / name).write_text(line + "\n")
     return summary
 
 
 def test_sigkill_under_load_loses_nothing_short(tmp_path: Path) -> None:
-    s = run_crash_rounds(tmp_path, seed=20261121, rounds=4, window=(0.4, 1.5), threads=3, rate_per_thread=80)
+    s = run_crash_rounds(tmp_path, variant="short", seed=20261121, rounds=4, window=(0.4, 1.5), threads=3, rate_per_thread=80)
     assert s["accepted"] > 0 and s["sigkills"] >= 4
 
 
@@ -303,5 +303,5 @@ def test_sigkill_under_load_loses_nothing_short(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_under_load_loses_nothing_soak(tmp_path: Path, seed: int) -> None:
-    s = run_crash_rounds(tmp_path, seed=seed, rounds=15, window=(0.5, 4.0), threads=4, rate_per_thread=100)
+    s = run_crash_rounds(tmp_path, variant="soak", seed=seed, rounds=15, window=(0.5, 4.0), threads=4, rate_per_thread=100)
     assert s["accepted"] > 0 and s["sigkills"] >= 15
