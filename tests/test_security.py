@@ -217,9 +217,6 @@ def test_no_secret_in_any_answer_or_metric(world: tuple[DaemonProcess, Any, Reco
         assert secret not in everything, f"a secret ({secret[:6]}...) is in an HTTP answer"
 
 
-@pytest.mark.xfail(strict=True, reason="daemon/core/policy.py: a validation message quotes the offending "
-                   "value even when it came from ${VAR} (e.g. a secret put in a duration field); "
-                   "the fix (mask interpolated values in PolicyError) is the policy owner's")
 def test_a_secret_misplaced_in_the_file_is_not_echoed_by_a_rejected_reload(tmp_path: Path) -> None:
     text = OPEN.replace("version = 1", 'version = 1\n[daemon]\napi_tokens = ["${API_TOKEN}"]')
     with DaemonProcess(tmp_path, text, token=API_TOKEN, env=ENV) as d:

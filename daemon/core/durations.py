@@ -8,6 +8,9 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
+MAX_DURATION_MS = 1000 * 365 * 86_400_000     # 1000 years: beyond it a float loses whole ms
+
+
 class DurationError(ValueError):
     """A duration that cannot be read."""
 
@@ -24,10 +27,14 @@ def parse_duration_ms(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise DurationError(f"duration must not be negative, got {value}")
+        if value >= MAX_DURATION_MS:
+            raise DurationError(f"duration {value} ms is too large; the longest is 1000 years")
         return value
     if isinstance(value, float):
         if value < 0 or value != value or value == float("inf"):
             raise DurationError(f"duration must be a finite non-negative number, got {value}")
+        if value >= MAX_DURATION_MS:
+            raise DurationError(f"duration {value:g} ms is too large; the longest is 1000 years")
         return int(round(value))
     if not isinstance(value, str):
         raise DurationError(f"expected a duration like \"10s\" or an integer of milliseconds, got {value!r}")
@@ -41,6 +48,8 @@ def parse_duration_ms(value: object) -> int:
             break
         total += float(m.group(1)) * _UNIT_MS[m.group(2)]
         pos = m.end()
+    if pos == len(text) and pos and not total < MAX_DURATION_MS:
+        raise DurationError(f"duration {value[:40]!r} is too large; the longest is 1000 years")
     if pos != len(text) or pos == 0:
         raise DurationError(
             f"bad duration {value!r}; write a number with a unit ms, s, m, h or d (\"250ms\", \"10s\", \"1m30s\")"

@@ -331,18 +331,24 @@ def _expected_tags(ctx: Mapping[str, Any]) -> str:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(raw: Any, env: Mapping[str, str], loc: tuple = (), problems: list[Problem] | None = None) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string of a parsed TOML tree."""
+def interpolate(raw: Any, env: Mapping[str, str], loc: tuple = (), problems: list[Problem] | None = None,
+                used: dict[str, str] | None = None) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed TOML tree.
+
+    `used`, when given, collects {value: VAR} of every substituted variable, so that error
+    messages can name the variable instead of echoing its (possibly secret) value."""
     if problems is None:
         problems = []
     if isinstance(raw, dict):
-        return {k: interpolate(v, env, loc + (k,), problems) for k, v in raw.items()}
+        return {k: interpolate(v, env, loc + (k,), problems, used) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [interpolate(v, env, loc + (i,), problems) for i, v in enumerate(raw)]
+        return [interpolate(v, env, loc + (i,), problems, used) for i, v in enumerate(raw)]
     if isinstance(raw, str) and "${" in raw:
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                if used is not None and env[name]:
+                    used[env[name]] = name
                 return env[name]
             if default is not None:
                 return default
@@ -508,21 +514,42 @@ def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] |
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(path, [Problem((), f"not valid TOML: {e}")]) from None
+    except RecursionError:
+        raise PolicyError(path, [Problem((), "not valid TOML: arrays or tables are nested too deeply")]) from None
     problems: list[Problem] = []
-    raw = interpolate(raw, env, (), problems)
+    used: dict[str, str] = {}
     try:
-        model = PolicyModel.model_validate(raw)
-    except ValidationError as e:
-        problems += problems_from_validation(e)
-        known = {p.loc for p in problems}
-        problems += [p for p in raw_reference_problems(raw) if p.loc not in known]
-        raise PolicyError(path, problems) from None
-    ref_problems, warnings = validate_references(model)
+        raw = interpolate(raw, env, (), problems, used)
+        try:
+            model = PolicyModel.model_validate(raw)
+        except ValidationError as e:
+            problems += problems_from_validation(e)
+            known = {p.loc for p in problems}
+            problems += [p for p in raw_reference_problems(raw) if p.loc not in known]
+            raise PolicyError(path, _masked(problems, used)) from None
+        ref_problems, warnings = validate_references(model)
+    except RecursionError:
+        raise PolicyError(path, [Problem((), "the file is nested too deeply to check")]) from None
     problems += ref_problems
     if problems:
-        raise PolicyError(path, problems)
+        raise PolicyError(path, _masked(problems, used))
     version = hashlib.sha256(text.encode()).hexdigest()[:16]
     return Policy(model=model, version=version, source=text, path=path, warnings=tuple(warnings))
+
+
+def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
+    """Never echo a value that came from the environment (it may be a secret put in the wrong key):
+    name its variable instead."""
+    if not used:
+        return problems
+    out = []
+    for p in problems:
+        msg = p.msg
+        for value in sorted(used, key=len, reverse=True):
+            if value in msg:
+                msg = msg.replace(value, f"${{{used[value]}}}")
+        out.append(Problem(p.loc, msg))
+    return out
 
 
 def load_policy(path: str, env: Mapping[str, str] | None = None) -> Policy:
