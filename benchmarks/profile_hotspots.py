@@ -101,7 +101,8 @@ def profile_simulator(tool: str, out_dir: Path, top: int) -> None:
         from pyinstrument.renderers import PstatsRenderer
 
         out = out_dir / "simulator-pyinstrument.prof"
-        out.write_bytes(prof.output(PstatsRenderer()))  # type: ignore[arg-type]
+        text = prof.output(PstatsRenderer())     # marshal bytes decoded with surrogateescape
+        out.write_bytes(text.encode("utf-8", "surrogateescape"))
         print_cprofile(out, top)
     print(f"\nprofile: {out}")
 
