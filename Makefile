@@ -31,6 +31,8 @@ soak: $(STAMP)
 	ROUTINGD_SOAK=1 $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
+	@sh tools/ensure-wrk.sh
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
