@@ -122,31 +122,51 @@ class AttemptRecord:
 
 
 # --------------------------------------------------------------------------- the tree
+#
+# Every node carries its position in the plan's pre-order (`pre`) and that of its last descendant
+# (`end`): n lies under node iff node.pre < n.pre <= node.end. Deadline ties are broken by `pre`
+# (plan order), and cuts walk only the nodes that ever started instead of the whole tree. A node
+# names its parent by its `pre` (a key of Delivery._nodes), not by reference: the tree holds no reference
+# cycle, so a finished Delivery is freed as soon as its driver drops it, without the cyclic GC.
 
 
 class _Node:
-    parent: "_Group | _Channel | None"
-    result: str | None = None        # None while running; "delivered" | "failed" | "skipped"
-    delivered: bool = False          # something under it delivered (set by late receipts too)
-    started: bool = False
+    __slots__ = ("parent", "result", "delivered", "started", "pre", "end")
+
+    parent: int                      # the parent's `pre` (its key in Delivery._nodes); -1: the root
+    result: str | None               # None while running; "delivered" | "failed" | "skipped"
+    delivered: bool                  # something under it delivered (set by late receipts too)
+    started: bool
 
 
 class _Group(_Node):
-    def __init__(self, step: GroupStep, parent: "_Group | None") -> None:
+    __slots__ = ("method", "children", "idx", "launching")
+
+    def __init__(self, step: GroupStep, parent: int, pre: int) -> None:
         self.parent = parent
+        self.result = None
+        self.delivered = False
+        self.started = False
+        self.pre = self.end = pre
         self.method = step.method
-        self.children: list[_Node] = [_Channel(s, self) if isinstance(s, ChannelStep) else _Group(s, self)
-                                      for s in step.items]
+        self.children: list[_Node] = []
         self.idx = 0
         self.launching = False
 
 
 class _Channel(_Node):
-    def __init__(self, step: ChannelStep, parent: _Group) -> None:
+    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected")
+
+    def __init__(self, step: ChannelStep, parent: int, pre: int) -> None:
         self.parent = parent
+        self.result = None
+        self.delivered = False
+        self.started = False
+        self.pre = pre
         self.step = step
         self.method = step.method
-        self.children: list[_Node] = [_Run(p, self) for p in step.providers]
+        self.children: list[_Node] = []             # its runs, made when it starts (most never do)
+        self.end = pre + len(step.providers)
         self.idx = 0
         self.launching = False
         self.deadline = 0.0
@@ -156,13 +176,41 @@ class _Channel(_Node):
 class _Run(_Node):
     """One provider inside one channel: its tries, back-off and current attempt."""
 
-    def __init__(self, step: ProviderStep, parent: _Channel) -> None:
+    __slots__ = ("step", "tries", "attempt", "state", "wake_at")
+
+    def __init__(self, step: ProviderStep, parent: int, pre: int) -> None:
         self.parent = parent
+        self.result = None
+        self.delivered = False
+        self.started = False
+        self.pre = self.end = pre
         self.step = step
         self.tries = 0
         self.attempt: AttemptRecord | None = None
         self.state: Literal["idle", "attempting", "awaiting", "backoff", "done"] = "idle"
         self.wake_at: float | None = None
+
+
+def _build(step: GroupStep, parent: int, pre: int, nodes: "dict[int, _Group | _Channel]") -> _Group:
+    """The group and the channels under it, registered in `nodes` by `pre` (runs come later)."""
+    group = _Group(step, parent, pre)
+    nodes[pre] = group
+    children = group.children
+    me = pre
+    for s in step.items:
+        if isinstance(s, ChannelStep):
+            child: _Node = _Channel(s, me, pre + 1)
+            nodes[pre + 1] = child
+        else:
+            child = _build(s, me, pre + 1, nodes)
+        children.append(child)
+        pre = child.end
+    group.end = pre
+    return group
+
+
+def _by_pre(node: _Node) -> int:
+    return node.pre
 
 
 # --------------------------------------------------------------------------- the machine
@@ -181,7 +229,8 @@ class Delivery:
         self.health = health if health is not None else HealthTracker()
         self.run = run
         self.message_deadline = accepted_at + plan.message_timeout_ms / 1000.0
-        self.root = _Group(plan.root, None)
+        self._nodes: dict[int, _Group | _Channel] = {}     # groups and channels (the parents) by `pre`
+        self.root = _build(plan.root, -1, 0, self._nodes)
         self.status: Literal["pending", "delivered", "undeliverable", "expired"] = "pending"
         self.finished_at: float | None = None
         self.delivered_at: float | None = None
@@ -190,18 +239,12 @@ class Delivery:
         self._runs: dict[str, _Run] = {}            # attempt_id -> run, for every attempt ever made
         self._seq = 0
         self._out: list[Command] = []
-        self._timer: float | None = None
-        self._channels: list[_Channel] = []
-        self._all_runs: list[_Run] = []
-        self._index(self.root)
-
-    def _index(self, node: _Node) -> None:
-        if isinstance(node, _Channel):
-            self._channels.append(node)
-        if isinstance(node, _Run):
-            self._all_runs.append(node)
-        for c in getattr(node, "children", ()):
-            self._index(c)
+        self._timer: float | None = None            # the wake-up last handed to the driver
+        self._want: float | None = self.message_deadline   # the earliest deadline, as of the last settle
+        # only nodes that ever started can be alive: deadlines and cuts look at these alone
+        self._groups: list[_Group] = []
+        self._chans: list[_Channel] = []
+        self._tried: list[_Run] = []
 
     # ------------------------------------------------------------------ public inputs
 
@@ -223,31 +266,28 @@ class Delivery:
         else:
             self._start_node(self.root, now)
             # a zero timeout gives a deadline of `now`: handle it in this batch, not a wake-up later
-            self._advance(now, inclusive=True)
-        return self._flush()
+        return self._settle(now)
 
     def on_outcome(self, attempt_id: str, outcome: Outcome, now: float) -> list[Command]:
-        self._advance(now, inclusive=False)
+        self._catch_up(now)
         run = self._runs.get(attempt_id)
-        if not (self.terminal or run is None or run.state != "attempting" or run.attempt is None
+        if not (self.status != "pending" or run is None or run.state != "attempting" or run.attempt is None
                 or run.attempt.attempt_id != attempt_id):
             self._handle_outcome(run, outcome, now)
         # (else a cancelled/finished attempt: its answer no longer counts.) Either way, whatever
         # falls due at `now` is handled before returning: nothing stays alive at its deadline.
-        self._advance(now, inclusive=True)
-        return self._flush()
+        return self._settle(now)
 
     def on_receipt(self, attempt_id: str, status: str, now: float) -> list[Command]:
-        self._advance(now, inclusive=False)
+        self._catch_up(now)
         run = self._runs.get(attempt_id)
         rec = self.attempts.get(attempt_id)
         if run is None or rec is None:
             self._emit("receipt_unknown", now, attempt_id=attempt_id, status=status)
-            self._advance(now, inclusive=True)
-            return self._flush()
+            return self._settle(now)
         current = run.attempt is not None and run.attempt.attempt_id == attempt_id \
             and run.state in ("attempting", "awaiting")
-        if self.terminal or not current:
+        if self.status != "pending" or not current:
             self._late_receipt(run, rec, status, now)
         elif status == "delivered":
             if run.state == "attempting":
@@ -261,100 +301,109 @@ class Delivery:
             self._end_attempt(rec, "failed", rec.status_code, now)
             self._record_health(run, False, now)
             self._retry_or_fail(run, now, None, "failed receipt")
-        self._advance(now, inclusive=True)
-        return self._flush()
+        return self._settle(now)
 
     def on_timer(self, now: float) -> list[Command]:
-        self._advance(now, inclusive=True)
         # Always answer with the wake-up still wanted, even if unchanged: a driver whose timer
         # fired a hair early (float rounding) has consumed it, and would otherwise never wake again.
-        return self._flush(rearm=True)
+        return self._settle(now, rearm=True)
 
     # ------------------------------------------------------------------ plumbing
 
     def _emit(self, type_: str, now: float, **data: Any) -> None:
         self._out.append(RecordEvent(Event(type_, now, data)))
 
+    def _settle(self, now: float, rearm: bool = False) -> list[Command]:
+        """Fire whatever is due at `now`, then hand out the commands and the wake-up wanted."""
+        self._advance(now, inclusive=True)
+        return self._flush(rearm)
+
     def _flush(self, rearm: bool = False) -> list[Command]:
-        want = None if self.terminal else self._earliest()
+        want = None if self.status != "pending" else self._want
         if want != self._timer or (rearm and want is not None):
             self._timer = want
             self._out.append(SetTimer(want))
         out, self._out = self._out, []
         return out
 
-    def _earliest(self) -> float | None:
-        times = [self.message_deadline]
-        for ch in self._channels:
-            if ch.started and ch.result is None:
-                times.append(ch.deadline)
-        for r in self._all_runs:
-            if r.state == "attempting" and r.attempt:
-                times.append(r.attempt.deadline)
-            elif r.state == "awaiting" and r.attempt and r.attempt.receipt_deadline is not None:
-                times.append(r.attempt.receipt_deadline)
-            elif r.state == "backoff" and r.wake_at is not None:
-                times.append(r.wake_at)
-        return min(times)
+    def _catch_up(self, now: float) -> None:
+        """Before an input at `now`: fire the deadlines that passed strictly before it."""
+        want = self._want        # nothing changed since the last settle: still the earliest deadline
+        if want is not None and want < now:
+            self._advance(now, inclusive=False)
 
     def _advance(self, now: float, inclusive: bool) -> None:
-        """Fire every deadline that has come due, earliest first; message before channel before attempt."""
+        """Fire every deadline that has come due, earliest first; message before channel before attempt.
+
+        Leaves the earliest deadline still ahead in self._want (None once terminal)."""
         for _ in range(10_000):
-            if self.terminal:
+            if self.status != "pending":
+                self._want = None
                 return
-            due = self._next_due(now, inclusive)
-            if due is None:
+            t, rank, node = self._earliest()
+            if t > now or (t == now and not inclusive):
+                self._want = t
                 return
-            kind, t, node = due
-            if kind == "message":
+            if rank == 0:
                 self._emit("message_deadline", t)
                 self._finish(t, deadline_hit=True)
-            elif kind == "channel":
+            elif rank == 1:
                 assert isinstance(node, _Channel)
                 self._emit("channel_deadline", t, channel=node.step.channel)
                 self._cancel_under(node, t, "timeout", "channel deadline")
                 self._complete(node, "failed", t, reason="timeout")
-            elif kind == "attempt":
-                assert isinstance(node, _Run) and node.attempt
-                self._out.append(CancelAttempt(node.attempt.attempt_id, "attempt deadline"))
-                self._end_attempt(node.attempt, "timeout", None, t)
-                self._record_health(node, False, t)
-                self._retry_or_fail(node, t, None, "timeout", retryable=self.plan.failover.timeout)
-            elif kind == "receipt":
-                assert isinstance(node, _Run) and node.attempt
-                self._end_attempt(node.attempt, "timeout", node.attempt.status_code, t)
-                self._emit("receipt_timeout", t, attempt_id=node.attempt.attempt_id)
-                self._record_health(node, False, t)
-                self._retry_or_fail(node, t, None, "receipt timeout")
-            elif kind == "backoff":
+            elif rank == 3:
                 assert isinstance(node, _Run)
                 node.wake_at = None
                 self._try(node, t)
+            else:
+                assert isinstance(node, _Run) and node.attempt
+                rec = node.attempt
+                if node.state == "attempting":
+                    self._out.append(CancelAttempt(rec.attempt_id, "attempt deadline"))
+                    self._end_attempt(rec, "timeout", None, t)
+                    self._record_health(node, False, t)
+                    self._retry_or_fail(node, t, None, "timeout", retryable=self.plan.failover.timeout)
+                else:                                       # awaiting its receipt
+                    self._end_attempt(rec, "timeout", rec.status_code, t)
+                    self._emit("receipt_timeout", t, attempt_id=rec.attempt_id)
+                    self._record_health(node, False, t)
+                    self._retry_or_fail(node, t, None, "receipt timeout")
         raise RuntimeError("engine: deadline processing did not settle")  # pragma: no cover
 
-    def _next_due(self, now: float, inclusive: bool) -> tuple[str, float, _Node | None] | None:
-        def due(t: float) -> bool:
-            return t <= now if inclusive else t < now
-        best: tuple[float, int, str, _Node | None] | None = None
+    def _earliest(self) -> tuple[float, int, _Node | None]:
+        """The first deadline by (time, rank, plan order): rank 0 message, 1 channel, 2 attempt or
+        receipt, 3 back-off wake-up."""
+        bt, brank, bpre, bnode = self.message_deadline, 0, -1, None
+        for ch in self._chans:
+            if ch.result is None:
+                t = ch.deadline
+                if t < bt or (t == bt and (brank > 1 or (brank == 1 and ch.pre < bpre))):
+                    bt, brank, bpre, bnode = t, 1, ch.pre, ch
+        for r in self._tried:
+            st = r.state
+            if st == "attempting":
+                t, rank = r.attempt.deadline, 2          # type: ignore[union-attr]
+            elif st == "awaiting":
+                rt = r.attempt.receipt_deadline          # type: ignore[union-attr]
+                if rt is None:
+                    continue
+                t, rank = rt, 2
+            elif st == "backoff":
+                wt = r.wake_at
+                if wt is None:
+                    continue
+                t, rank = wt, 3
+            else:
+                continue
+            if t < bt or (t == bt and (brank > rank or (brank == rank and r.pre < bpre))):
+                bt, brank, bpre, bnode = t, rank, r.pre, r
+        return bt, brank, bnode
 
-        def consider(t: float, rank: int, kind: str, node: _Node | None) -> None:
-            nonlocal best
-            if due(t) and (best is None or (t, rank) < (best[0], best[1])):
-                best = (t, rank, kind, node)
-        consider(self.message_deadline, 0, "message", None)
-        for ch in self._channels:
-            if ch.started and ch.result is None:
-                consider(ch.deadline, 1, "channel", ch)
-        for r in self._all_runs:
-            if r.state == "attempting" and r.attempt:
-                consider(r.attempt.deadline, 2, "attempt", r)
-            elif r.state == "awaiting" and r.attempt and r.attempt.receipt_deadline is not None:
-                consider(r.attempt.receipt_deadline, 2, "receipt", r)
-            elif r.state == "backoff" and r.wake_at is not None:
-                consider(r.wake_at, 3, "backoff", r)
-        if best is None:
-            return None
-        return best[2], best[0], best[3]
+    def _channel_of(self, run: _Run) -> _Channel:
+        ch = self._nodes[run.parent]
+        assert isinstance(ch, _Channel)
+        return ch
 
     # ------------------------------------------------------------------ starting nodes
 
@@ -364,18 +413,23 @@ class Delivery:
             self._try(node, now)
             return
         if isinstance(node, _Channel):
+            self._chans.append(node)
             step = node.step
             if step.requires and not self.recipient.get(step.requires):
                 self._emit("channel_skipped", now, channel=step.channel,
                            reason=f"recipient has no {step.requires!r}")
                 self._complete(node, "skipped", now)
                 return
+            pre = node.pre
+            node.children = [_Run(p, pre, pre + i) for i, p in enumerate(step.providers, 1)]
             node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
             self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
             if node.deadline <= now:
                 self._complete(node, "failed", now, reason="timeout")
                 return
-        assert isinstance(node, (_Group, _Channel))
+        else:
+            assert isinstance(node, _Group)
+            self._groups.append(node)
         if not node.children:
             self._complete(node, "failed", now)
             return
@@ -385,7 +439,7 @@ class Delivery:
         else:
             node.launching = True
             for child in node.children:
-                if node.result is not None or self.terminal:
+                if node.result is not None or self.status != "pending":
                     break
                 self._start_node(child, now)
             node.launching = False
@@ -393,7 +447,7 @@ class Delivery:
 
     def _try(self, run: _Run, now: float) -> None:
         step = run.step
-        ch = run.parent
+        ch = self._nodes[run.parent]
         assert isinstance(ch, _Channel)
         if not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
             self._emit("provider_skipped", now, channel=ch.step.channel, provider=step.provider,
@@ -401,18 +455,21 @@ class Delivery:
             self._complete(run, "failed", now, reason="skipped")
             return
         run.tries += 1
+        if run.tries == 1:
+            self._tried.append(run)
         self._seq += 1
         attempt_id = f"{self.message_id}.{self.run}.{self._seq}"
         deadline = min(now + step.timeout_ms / 1000.0, ch.deadline)
-        rec = AttemptRecord(attempt_id, ch.step.channel, step.provider, run.tries, now, deadline)
+        channel = ch.step.channel
+        rec = AttemptRecord(attempt_id, channel, step.provider, run.tries, now, deadline)
         self.attempts[attempt_id] = rec
         self._runs[attempt_id] = run
         run.attempt = rec
         run.state = "attempting"
-        self._emit("attempt_started", now, attempt_id=attempt_id, channel=rec.channel, provider=rec.provider,
+        self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                    attempt=run.tries, deadline=deadline)
-        self._out.append(StartAttempt(attempt_id, self.message_id, rec.channel, rec.provider, run.tries, now,
-                                      deadline, f"{self.message_id}:{rec.channel}:{rec.provider}", step.confirm))
+        self._out.append(StartAttempt(attempt_id, self.message_id, channel, step.provider, run.tries, now,
+                                      deadline, f"{self.message_id}:{channel}:{step.provider}", step.confirm))
 
     # ------------------------------------------------------------------ outcomes
 
@@ -445,7 +502,8 @@ class Delivery:
         if 200 <= o.status < 300:
             if run.step.confirm == "receipt":
                 rec.status_code = o.status
-                rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0, run.parent.deadline)
+                rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0,
+                                         self._channel_of(run).deadline)
                 run.state = "awaiting"
                 self._emit("attempt_accepted", now, attempt_id=rec.attempt_id, status_code=o.status,
                            receipt_deadline=rec.receipt_deadline)
@@ -461,14 +519,13 @@ class Delivery:
         else:
             self._end_attempt(rec, "rejected", o.status, now, o.detail)
             run.state = "done"
-            run.parent.rejected = True
+            self._channel_of(run).rejected = True
             self._complete(run, "failed", now, reason=f"rejected with status {o.status}")
 
     def _retry_or_fail(self, run: _Run, now: float, retry_after: float | None, reason: str,
                        retryable: bool = True) -> None:
         step = run.step
-        ch = run.parent
-        assert isinstance(ch, _Channel)
+        ch = self._channel_of(run)
         run.state = "done"
         if not retryable:
             ch.rejected = True
@@ -524,8 +581,9 @@ class Delivery:
         # duplicate; a single scope still running is satisfied now and stops what it runs.
         node: _Node = run
         node.delivered = True
-        while node.parent is not None:
-            parent = node.parent
+        while node.parent >= 0:
+            parent = self._nodes[node.parent]
+            assert isinstance(parent, (_Group, _Channel))
             if parent.method == "single" and parent.delivered:
                 self.duplicates += 1
                 self._emit("duplicate", now, attempt_id=rec.attempt_id, channel=rec.channel,
@@ -556,10 +614,11 @@ class Delivery:
             if result != "skipped":
                 self._emit("channel_finished", now, channel=node.step.channel, result=res,
                            **({"reason": reason} if reason else {}))
-        parent = node.parent
-        if parent is None:
+        if node.parent < 0:
             self._finish(now)
             return
+        parent = self._nodes[node.parent]
+        assert isinstance(parent, (_Group, _Channel))
         self._child_done(parent, node, now)
 
     def _child_done(self, parent: "_Group | _Channel", child: _Node, now: float) -> None:
@@ -586,40 +645,45 @@ class Delivery:
             self._check_all_done(parent, now)
 
     def _check_all_done(self, node: "_Group | _Channel", now: float) -> None:
-        if node.launching or node.result is not None or self.terminal:
+        if node.launching or node.result is not None or self.status != "pending":
             return
-        if all(c.result is not None for c in node.children):
-            self._complete(node, "delivered" if node.delivered else "failed", now)
+        for c in node.children:
+            if c.result is None:
+                return
+        self._complete(node, "delivered" if node.delivered else "failed", now)
 
     def _cancel_under(self, node: _Node, now: float, outcome: str, reason: str) -> None:
-        runs = [node] if isinstance(node, _Run) else []
-        stack = list(getattr(node, "children", ()))
-        while stack:
-            n = stack.pop()
-            if isinstance(n, _Run):
-                runs.append(n)
-            stack.extend(getattr(n, "children", ()))
-        for r in runs:
-            if r.state in ("attempting", "awaiting") and r.attempt is not None:
-                if r.state == "attempting":
-                    self._out.append(CancelAttempt(r.attempt.attempt_id, reason))
-                self._end_attempt(r.attempt, outcome, r.attempt.status_code, now, reason)
-            if r.state != "done":
+        """Cut everything still running under `node`: live attempts are cancelled (last in plan
+        order first), back-offs dropped, and every running channel reports its end (plan order).
+        Only nodes that ever started can be running, so only those are looked at."""
+        lo, hi = node.pre, node.end
+        if isinstance(node, _Run):
+            lo -= 1
+        cut = [r for r in self._tried if lo < r.pre <= hi and r.state != "done"]
+        if cut:
+            if len(cut) > 1:
+                cut.sort(key=_by_pre, reverse=True)
+            for r in cut:
+                rec = r.attempt
+                if rec is not None and (r.state == "attempting" or r.state == "awaiting"):
+                    if r.state == "attempting":
+                        self._out.append(CancelAttempt(rec.attempt_id, reason))
+                    self._end_attempt(rec, outcome, rec.status_code, now, reason)
                 r.state = "done"
                 r.wake_at = None
                 if r.result is None:
                     r.result = "failed"
-        if not isinstance(node, _Run):
+        if isinstance(node, _Group):
             # channels and groups cut while running end here; each channel says so (in plan order)
-            stack = list(reversed(getattr(node, "children", ())))
-            while stack:
-                n = stack.pop()
-                if n.result is None and n.started and not isinstance(n, _Run):
-                    n.result = "delivered" if n.delivered else "failed"
-                    if isinstance(n, _Channel):
-                        res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
-                        self._emit("channel_finished", now, channel=n.step.channel, result=res, reason=reason)
-                stack.extend(reversed(getattr(n, "children", ())))
+            open_: list[_Node] = [n for n in self._chans if n.result is None and lo < n.pre <= hi]
+            open_ += [n for n in self._groups if n.result is None and lo < n.pre <= hi]
+            if len(open_) > 1:
+                open_.sort(key=_by_pre)
+            for n in open_:
+                n.result = "delivered" if n.delivered else "failed"
+                if isinstance(n, _Channel):
+                    res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
+                    self._emit("channel_finished", now, channel=n.step.channel, result=res, reason=reason)
 
     def _stop_run(self, run: _Run, now: float, reason: str) -> None:
         """End a provider run early: cancel its live attempt and any pending back-off."""
