@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .core.plan import PlanError
 from .core.request import ReceiptStatus, SendRequest
-from .openapi import MAX_JSON_DEPTH, MAX_TIMEOUT_MS, openapi_document
-from .runtime import Overloaded
+from .openapi import MAX_JSON_DEPTH, openapi_document
+from .runtime import Overloaded, timeout_problems
 from .store import StoreError
 
 log = logging.getLogger("routingd.api")
@@ -270,9 +270,9 @@ async def send(request: web.Request) -> web.Response:
         req = SendRequest.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, "invalid send request", validation_details(e)) from None
-    too_long = timeout_problems(req)
+    too_long = timeout_problems(req.message)
     if too_long:
-        raise ApiError(422, "invalid send request", too_long)
+        raise ApiError(422, "invalid send request", [{"loc": list(p.loc), "msg": p.msg} for p in too_long])
     try:
         result = await state.router.submit(req, idempotency_key=key)
     except PlanError as e:
@@ -293,19 +293,6 @@ def _inflight_limit(state: ApiState) -> int | None:
         limits = router.policy.model.daemon
     value = getattr(limits, "max_inflight", None)
     return value if isinstance(value, int) else None
-
-
-def timeout_problems(req: SendRequest) -> list[dict[str, Any]]:
-    """Request timeout overrides larger than MAX_TIMEOUT_MS, as 422 details."""
-    msg = req.message
-    found: list[tuple[list[str | int], int | None]] = []
-    if msg.timeout is not None:
-        found += [(["message", "timeout", k], getattr(msg.timeout, k)) for k in ("provider", "channel", "message")]
-    for kind, targets in (("channels", msg.channels), ("providers", msg.providers)):
-        for name, t in targets.items():
-            found += [(["message", kind, name, k], getattr(t, k)) for k in ("timeout", "timeouts")]
-    return [{"loc": loc, "msg": f"at most {MAX_TIMEOUT_MS} ms (366 days)"}
-            for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
 
 
 def _unavailable(e: Overloaded) -> ApiError:

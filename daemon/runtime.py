@@ -24,7 +24,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         `policy_unavailable` event says so). Attempts that were running when the previous process
         died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once.
     await router.submit(send_request, idempotency_key=None) -> SubmitResult(message_id, created)
-        Raises daemon.core.plan.PlanError for an unknown route/channel/provider (-> 422),
+        Raises daemon.core.plan.PlanError for an unknown route/channel/provider or a timeout
+        override past a year (-> 422),
         Overloaded(retry_after_s) at [daemon] max_inflight or while stopping (-> 503).
         Returns once the message is COMMITTED to SQLite (group commit). A known Idempotency-Key
         (younger than [daemon] idempotency_ttl) returns the first message's id, created=False.
@@ -71,9 +72,10 @@ from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outco
                           StartAttempt)
 from .core.health import HealthTracker
 from .core.plan import PlanError, resolve_plan
-from .core.policy import Policy, PolicyError, parse_policy
+from .core.policy import Policy, PolicyError, Problem, parse_policy
 from .core.request import MessageRequest, SendRequest
 from .metrics import Metrics
+from .openapi import MAX_TIMEOUT_MS
 from .providers import UnavailableAdapter, make_http_session
 from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
@@ -122,6 +124,19 @@ class _Live:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
+
+
+def timeout_problems(msg: MessageRequest) -> list[Problem]:
+    """Request timeout overrides past MAX_TIMEOUT_MS (a year): "no deadline" in disguise, and a
+    10^400 ms one would not even convert to a float. Checked for every way in (HTTP, MQTT)."""
+    found: list[tuple[tuple[str | int, ...], int | None]] = []
+    if msg.timeout is not None:
+        found += [(("message", "timeout", k), getattr(msg.timeout, k)) for k in ("provider", "channel", "message")]
+    for kind, targets in (("channels", msg.channels), ("providers", msg.providers)):
+        for name, t in targets.items():
+            found += [(("message", kind, name, k), getattr(t, k)) for k in ("timeout", "timeouts")]
+    return [Problem(loc, f"at most {MAX_TIMEOUT_MS} ms (366 days)")
+            for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
 
 
 def new_message_id() -> str:
@@ -321,6 +336,9 @@ class Router:
             raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
         policy = self._policy
         msg = request.message
+        too_long = timeout_problems(msg)
+        if too_long:
+            raise PlanError(too_long)
         plan = resolve_plan(policy, request=msg)
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:

@@ -58,7 +58,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     with d:
         yield d
         assert d.stop() == 0
-    assert "Traceback" not in d.log_text()
+    log = d.log_text()
+    assert "Traceback" not in log, "\n".join(line for line in log.splitlines() if "Traceback" in line)
 
 
 def host_port(d: DaemonProcess) -> tuple[str, int]:
@@ -298,3 +299,31 @@ def test_methods_paths_and_content_types_nobody_documented(daemon: DaemonProcess
     json_error(*raw(daemon, request_bytes("POST", "/v1/send", b"a=1&b=2",
                                           {"Content-Type": "application/x-www-form-urlencoded"})), want=400)
     alive(daemon)
+
+
+def test_the_router_itself_refuses_absurd_timeouts(tmp_path: Path) -> None:
+    """The bound holds for every way in (MQTT sends go to Router.submit without the HTTP layer)."""
+    import asyncio
+
+    from daemon.core.plan import PlanError
+    from daemon.core.policy import parse_policy
+    from daemon.core.request import SendRequest
+    from daemon.metrics import Metrics
+    from daemon.runtime import Router
+    from daemon.store import Store
+
+    async def main() -> None:
+        router = Router(parse_policy(CONFIG, "routing.toml", env={}), Store(str(tmp_path / "s.db")), Metrics())
+        await router.start()
+        try:
+            # past the API's year but within what a duration may be (1000 years)
+            for override in ({"timeout": {"message": 10 ** 12}}, {"channels": {"email": {"timeouts": "100000h"}}}):
+                req = SendRequest.model_validate({"message": {"to": {"email": "a@example.com"}, **override}})
+                with pytest.raises(PlanError) as e:
+                    await router.submit(req)
+                assert "366 days" in e.value.problems[0].msg
+            assert router.store.counts() == {}
+        finally:
+            await router.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
