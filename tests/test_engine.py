@@ -1003,3 +1003,23 @@ def test_late_receipt_during_backoff_stops_the_retry() -> None:
     cmds = h.receipt(a1, "delivered", 1.2)
     assert finish(cmds) == Finish("delivered", 1.2, 1.2) and cancels(cmds) == []
     assert h.wakeup is None
+
+
+def test_the_engines_fast_event_construction_equals_the_dataclasses() -> None:
+    """The engine builds RecordEvent/Event/StartAttempt without their __init__ (speed): if a field
+    is ever added to one, this fails and the fast path must learn it."""
+    from dataclasses import fields
+
+    from daemon.core.engine import Event, _record
+    assert [f.name for f in fields(Event)] == ["type", "at", "data"]
+    assert [f.name for f in fields(RecordEvent)] == ["event"]
+    assert [f.name for f in fields(StartAttempt)] == ["attempt_id", "message_id", "channel", "provider", "try_no",
+                                                     "started_at", "deadline", "idempotency_key", "confirm"]
+    a = only_start(make().start(0.0))
+    assert a == StartAttempt(a.attempt_id, "m1", "email", "a", 1, 0.0, 2.0, "m1:email:a", "response")
+    assert a.__dict__ == StartAttempt(**a.__dict__).__dict__
+    fast, plain = _record("x", 1.5, {"a": 1}), RecordEvent(Event("x", 1.5, {"a": 1}))
+    assert fast == plain and repr(fast) == repr(plain) and hash(fast.event.type) == hash("x")
+    assert fast.__dict__ == plain.__dict__ and fast.event.__dict__ == plain.event.__dict__
+    with pytest.raises(AttributeError):
+        fast.event.type = "y"                       # type: ignore[misc]  # still frozen

@@ -121,6 +121,20 @@ class AttemptRecord:
                 "deadline": self.deadline, "outcome": self.outcome, "status_code": self.status_code}
 
 
+def _record(type_: str, at: float, data: dict[str, Any]) -> RecordEvent:
+    """RecordEvent(Event(type_, at, data)), built without the frozen dataclasses' __init__ (one
+    object.__setattr__ call per field): the engine emits ~15 events per message, and this halves
+    their cost. Equal to the plain construction in every way (tests/test_engine.py checks it)."""
+    ev = _new(Event)
+    ev.__dict__.update(type=type_, at=at, data=data)
+    rec = _new(RecordEvent)
+    rec.__dict__["event"] = ev
+    return rec
+
+
+_new = object.__new__
+
+
 # --------------------------------------------------------------------------- the tree
 #
 # Every node carries its position in the plan's pre-order (`pre`) and that of its last descendant
@@ -311,7 +325,7 @@ class Delivery:
     # ------------------------------------------------------------------ plumbing
 
     def _emit(self, type_: str, now: float, **data: Any) -> None:
-        self._out.append(RecordEvent(Event(type_, now, data)))
+        self._out.append(_record(type_, now, data))
 
     def _settle(self, now: float, rearm: bool = False) -> list[Command]:
         """Fire whatever is due at `now`, then hand out the commands and the wake-up wanted."""
@@ -468,8 +482,11 @@ class Delivery:
         run.state = "attempting"
         self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                    attempt=run.tries, deadline=deadline)
-        self._out.append(StartAttempt(attempt_id, self.message_id, channel, step.provider, run.tries, now,
-                                      deadline, f"{self.message_id}:{channel}:{step.provider}", step.confirm))
+        cmd = _new(StartAttempt)            # = StartAttempt(...), without the frozen __init__ (see _record)
+        cmd.__dict__.update(attempt_id=attempt_id, message_id=self.message_id, channel=channel,
+                            provider=step.provider, try_no=run.tries, started_at=now, deadline=deadline,
+                            idempotency_key=f"{self.message_id}:{channel}:{step.provider}", confirm=step.confirm)
+        self._out.append(cmd)
 
     # ------------------------------------------------------------------ outcomes
 
