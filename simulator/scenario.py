@@ -38,7 +38,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
-from daemon.core.policy import PolicyError, Problem, problems_from_validation
+from daemon.core.policy import read_config_text, PolicyError, Problem, problems_from_validation
 
 
 class _Strict(BaseModel):
@@ -182,16 +182,7 @@ def parse_scenario(text: str, path: str) -> Scenario:
 
 
 def load_scenario(path: str) -> Scenario:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PolicyError(path, [Problem((), f"cannot read file: {e.strerror or e}")]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
-    return parse_scenario(text, path)
+    return parse_scenario(read_config_text(path), path)
 
 
 __all__ = ["ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel",

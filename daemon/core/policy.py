@@ -552,15 +552,19 @@ def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
     return out
 
 
-def load_policy(path: str, env: Mapping[str, str] | None = None) -> Policy:
-    """Read and validate a routing.toml file (the one file read this package does)."""
+def read_config_text(path: str) -> str:
+    """Read a TOML config file (routing.toml, a scenario) as text; PolicyError when it cannot be."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise PolicyError(path, [Problem((), f"cannot read file: {e.strerror or e}")]) from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
-    return parse_policy(text, path, env)
+
+
+def load_policy(path: str, env: Mapping[str, str] | None = None) -> Policy:
+    """Read and validate a routing.toml file (the one file read this package does)."""
+    return parse_policy(read_config_text(path), path, env)
