@@ -17,8 +17,8 @@ or after its message finished, counts too, as does a message that never finished
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from daemon.core.engine import Event, StartAttempt
 from daemon.core.plan import ChannelStep, GroupStep, Plan, Step
@@ -55,21 +55,25 @@ class Timeouts:
         return cls(plan.message_timeout_ms / 1000.0, ch, pr, rc)
 
 
-@dataclass
 class _Attempt:
-    provider: str
-    deadline: float                 # recomputed attempt deadline
-    channel_deadline: float
-    receipt_deadline: float | None = None
-    ended: bool = False
+    __slots__ = ("provider", "deadline", "channel_deadline", "receipt_deadline", "ended")
+
+    def __init__(self, provider: str, deadline: float, channel_deadline: float) -> None:
+        self.provider = provider
+        self.deadline = deadline                    # recomputed attempt deadline
+        self.channel_deadline = channel_deadline
+        self.receipt_deadline: float | None = None
+        self.ended = False
 
 
-@dataclass
 class _Message:
-    timeouts: Timeouts
-    deadline: float
-    channels: dict[str, list[float]] = field(default_factory=dict)   # open instances' deadlines
-    attempts: dict[str, _Attempt] = field(default_factory=dict)
+    __slots__ = ("timeouts", "deadline", "channels", "attempts")
+
+    def __init__(self, timeouts: Timeouts, deadline: float) -> None:
+        self.timeouts = timeouts
+        self.deadline = deadline
+        self.channels: dict[str, list[float]] = {}     # open instances' deadlines
+        self.attempts: dict[str, _Attempt] = {}
 
 
 @dataclass
@@ -90,6 +94,16 @@ class HierarchyChecker:
         self._finished: set[int] = set()
         self._running: dict[str, tuple[int, float]] = {}   # driver: attempt id -> (message, deadline)
         self._deadline_of: dict[str, float] = {}             # attempt id -> recomputed deadline
+        # the event types the check reads, and what reads each; every other type is ignored
+        self.handlers: dict[str, Callable[[int, Event], None]] = {
+            "started": self._started,
+            "channel_started": self._channel_started,
+            "channel_finished": self._channel_finished,
+            "attempt_started": self._attempt_started,
+            "attempt_accepted": self._attempt_accepted,
+            "attempt_ended": self._attempt_ended,
+            "finished": self._message_finished,
+        }
 
     @property
     def total(self) -> int:
@@ -103,68 +117,107 @@ class HierarchyChecker:
     # ---------------------------------------------------------------- the engine's events
 
     def on_event(self, i: int, ev: Event) -> None:
-        t, d = ev.type, ev.data
-        if t == "started":
-            to = self.timeouts[d["route"]]
-            self._msgs[i] = _Message(to, ev.at + to.message)
-            return
+        handler = self.handlers.get(ev.type)
+        if handler is not None:
+            handler(i, ev)
+
+    def _unknown(self, i: int, ev: Event) -> None:
+        """An event of a message that is not running (work after it finished is a violation)."""
+        if i in self._finished and ev.type in ("attempt_started", "channel_started"):
+            self._flag("work after the message finished", i, ev.at, ev.type)
+
+    def _started(self, i: int, ev: Event) -> None:
+        to = self.timeouts[ev.data["route"]]
+        self._msgs[i] = _Message(to, ev.at + to.message)
+
+    def _channel_started(self, i: int, ev: Event) -> None:
         m = self._msgs.get(i)
         if m is None:
-            if i in self._finished and t in ("attempt_started", "channel_started"):
-                self._flag("work after the message finished", i, ev.at, t)
+            return self._unknown(i, ev)
+        ch = ev.data["channel"]
+        at = ev.at
+        dl = at + m.timeouts.channel[ch]
+        if dl > m.deadline:
+            dl = m.deadline
+        if at > m.deadline + EPS:
+            self._flag("channel started after the message deadline", i, at, ch)
+        stack = m.channels.get(ch)
+        if stack is None:
+            m.channels[ch] = [dl]
+        else:
+            stack.append(dl)
+
+    def _channel_finished(self, i: int, ev: Event) -> None:
+        m = self._msgs.get(i)
+        if m is None:
             return
-        if t == "channel_started":
-            dl = min(ev.at + m.timeouts.channel[d["channel"]], m.deadline)
-            if ev.at > m.deadline + EPS:
-                self._flag("channel started after the message deadline", i, ev.at, d["channel"])
-            m.channels.setdefault(d["channel"], []).append(dl)
-        elif t == "channel_finished":
-            stack = m.channels.get(d["channel"])
-            if not stack:
-                self._flag("channel finished without starting", i, ev.at, d["channel"])
-                return
-            dl = stack.pop()
-            if ev.at > dl + EPS:
-                self._flag("channel ran past its deadline", i, ev.at,
-                           f"{d['channel']}: ended {ev.at - dl:.6f}s late")
-        elif t == "attempt_started":
-            stack = m.channels.get(d["channel"])
-            if not stack:
-                self._flag("attempt outside a running channel", i, ev.at, d["attempt_id"])
-                return
-            ch_dl = stack[-1]
-            if ev.at > ch_dl + EPS:
-                self._flag("attempt started after its channel deadline", i, ev.at, d["attempt_id"])
-            dl = min(ev.at + m.timeouts.provider[d["provider"]], ch_dl)
-            m.attempts[d["attempt_id"]] = _Attempt(d["provider"], dl, ch_dl)
-            self._deadline_of[d["attempt_id"]] = dl
-        elif t == "attempt_accepted":
-            a = m.attempts.get(d["attempt_id"])
-            if a is None:
-                return
-            if ev.at > a.deadline + EPS:
-                self._flag("attempt ran past its deadline", i, ev.at, d["attempt_id"])
-            rt = m.timeouts.receipt.get(a.provider)
-            if rt is not None:
-                a.receipt_deadline = min(ev.at + rt, a.channel_deadline)
-        elif t == "attempt_ended":
-            a = m.attempts.get(d["attempt_id"])
-            if a is None or a.ended:
-                return
-            a.ended = True
-            limit = a.receipt_deadline if a.receipt_deadline is not None else a.deadline
-            if ev.at > limit + EPS:
-                what = "receipt wait" if a.receipt_deadline is not None else "attempt"
-                self._flag(f"{what} ran past its deadline", i, ev.at,
-                           f"{d['attempt_id']}: ended {ev.at - limit:.6f}s late")
-        elif t == "finished":
-            if ev.at > m.deadline + EPS:
-                self._flag("message ran past its deadline", i, ev.at, f"{ev.at - m.deadline:.6f}s late")
-            for aid, a in m.attempts.items():
-                if not a.ended:
-                    self._flag("attempt outlived its message", i, ev.at, aid)
-            del self._msgs[i]
-            self._finished.add(i)
+        ch = ev.data["channel"]
+        stack = m.channels.get(ch)
+        if not stack:
+            self._flag("channel finished without starting", i, ev.at, ch)
+            return
+        dl = stack.pop()
+        if ev.at > dl + EPS:
+            self._flag("channel ran past its deadline", i, ev.at, f"{ch}: ended {ev.at - dl:.6f}s late")
+
+    def _attempt_started(self, i: int, ev: Event) -> None:
+        m = self._msgs.get(i)
+        if m is None:
+            return self._unknown(i, ev)
+        d = ev.data
+        at = ev.at
+        stack = m.channels.get(d["channel"])
+        if not stack:
+            self._flag("attempt outside a running channel", i, at, d["attempt_id"])
+            return
+        ch_dl = stack[-1]
+        if at > ch_dl + EPS:
+            self._flag("attempt started after its channel deadline", i, at, d["attempt_id"])
+        provider = d["provider"]
+        dl = at + m.timeouts.provider[provider]
+        if dl > ch_dl:
+            dl = ch_dl
+        aid = d["attempt_id"]
+        m.attempts[aid] = _Attempt(provider, dl, ch_dl)
+        self._deadline_of[aid] = dl
+
+    def _attempt_accepted(self, i: int, ev: Event) -> None:
+        m = self._msgs.get(i)
+        if m is None:
+            return
+        a = m.attempts.get(ev.data["attempt_id"])
+        if a is None:
+            return
+        if ev.at > a.deadline + EPS:
+            self._flag("attempt ran past its deadline", i, ev.at, ev.data["attempt_id"])
+        rt = m.timeouts.receipt.get(a.provider)
+        if rt is not None:
+            a.receipt_deadline = min(ev.at + rt, a.channel_deadline)
+
+    def _attempt_ended(self, i: int, ev: Event) -> None:
+        m = self._msgs.get(i)
+        if m is None:
+            return
+        aid = ev.data["attempt_id"]
+        a = m.attempts.get(aid)
+        if a is None or a.ended:
+            return
+        a.ended = True
+        limit = a.receipt_deadline if a.receipt_deadline is not None else a.deadline
+        if ev.at > limit + EPS:
+            what = "receipt wait" if a.receipt_deadline is not None else "attempt"
+            self._flag(f"{what} ran past its deadline", i, ev.at, f"{aid}: ended {ev.at - limit:.6f}s late")
+
+    def _message_finished(self, i: int, ev: Event) -> None:
+        m = self._msgs.pop(i, None)
+        if m is None:
+            return
+        if ev.at > m.deadline + EPS:
+            self._flag("message ran past its deadline", i, ev.at, f"{ev.at - m.deadline:.6f}s late")
+        for aid, a in m.attempts.items():
+            if not a.ended:
+                self._flag("attempt outlived its message", i, ev.at, aid)
+        self._finished.add(i)
 
     # ---------------------------------------------------------------- the driver's side
 

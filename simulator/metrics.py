@@ -62,7 +62,8 @@ class Metrics:
         self._pidx = {p: i for i, p in enumerate(self.providers)}
         self.stats = {p: ProviderStats() for p in self.providers}
         self._row: dict[str, int] = {}
-        self._on: dict[str, Callable[[int, Event], None]] = {
+        # the event types the metrics read, and what reads each; every other type is ignored
+        self.handlers: dict[str, Callable[[int, Event], None]] = {
             "attempt_started": self._attempt_started,
             "attempt_ended": self._attempt_ended,
             "provider_skipped": self._skipped,
@@ -84,7 +85,7 @@ class Metrics:
         self.attempts.append(0)
 
     def event(self, i: int, ev: Event) -> None:
-        handler = self._on.get(ev.type)
+        handler = self.handlers.get(ev.type)
         if handler is not None:
             handler(i, ev)
 

@@ -13,10 +13,10 @@ engine's commands:
     RecordEvent    fed to the metrics and to the independent hierarchy checker.
     Finish         the message is terminal.
 
-Attempts are scheduled as plain SimPy timeouts with a callback rather than one generator
-process each: same semantics, a fraction of the cost. Arrivals are one SimPy process (Poisson,
-until the scenario's duration); the run then goes on until the event queue is empty, so every
-message reaches a terminal state. Three seeded random streams (traffic, each provider, the
+Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
+than generator processes: same semantics and event order, a fraction of the cost. Arrivals are
+Poisson until the scenario's duration, each arrival scheduling the next; the run then goes on
+until the event queue is empty, so every message reaches a terminal state. Three seeded random streams (traffic, each provider, the
 engine's back-off jitter) make the same seed give the same report.
 """
 
@@ -32,8 +32,7 @@ from typing import Any, Callable
 
 import simpy
 
-from daemon.core.behaviour import Answer
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent,
+from daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent,
                                 SetTimer, StartAttempt)
 from daemon.core.health import HealthTracker
 
@@ -79,6 +78,34 @@ class _Msg:
         self.gen = 0
 
 
+EventSink = Callable[[int, Event], None]
+
+
+def event_sinks(*tables: Mapping[str, EventSink]) -> dict[str, EventSink]:
+    """One handler per event type from several readers' {type: handler} tables (called in the
+    order given); a type no reader wants has no entry, so it costs one failed lookup."""
+    merged: dict[str, list[EventSink]] = {}
+    for table in tables:
+        for type_, handler in table.items():
+            merged.setdefault(type_, []).append(handler)
+    return {type_: hs[0] if len(hs) == 1 else _fan_out(tuple(hs)) for type_, hs in merged.items()}
+
+
+def _fan_out(handlers: tuple[EventSink, ...]) -> EventSink:
+    if len(handlers) == 2:
+        first, second = handlers
+
+        def both(i: int, ev: Event) -> None:
+            first(i, ev)
+            second(i, ev)
+        return both
+
+    def each(i: int, ev: Event) -> None:
+        for h in handlers:
+            h(i, ev)
+    return each
+
+
 @dataclass
 class RunResult:
     setup: RunSetup
@@ -95,7 +122,9 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
     sc = setup.scenario.model
     seed = setup.seed
     env = simpy.Environment()
+    timeout = env.timeout
     providers = setup.providers()
+    answer_of = {name: p.answer for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
     jitter = random.Random(f"{seed}:engine")
     health = HealthTracker()
@@ -110,57 +139,65 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
     shares = sorted((f, s) for f, s in sc.traffic.recipients.items() if s < 1.0)
     fields = tuple(dict.fromkeys((*STANDARD_FIELDS, *sorted(sc.traffic.recipients))))
     recipients: dict[frozenset[str], Recipient] = {}
+    everyone = Recipient(fields, frozenset())      # the recipient when every field is always present
 
     live: dict[str, _Msg] = {}      # attempts the driver is running
-    state = {"pending": 0}
-    now_of = lambda: env.now  # noqa: E731
-
-    def schedule(delay: float, fn: Callable[[Any], None]) -> None:
-        env.timeout(delay).callbacks.append(fn)  # type: ignore[union-attr]
+    live_pop = live.pop
+    pending = 0
+    sink_of = event_sinks(metrics.handlers, checker.handlers).get
+    attempt_started = checker.on_attempt_started
+    attempt_stopped = checker.on_attempt_stopped
+    metrics_finish = metrics.finish
+    metrics_accept = metrics.accept
+    refused = Outcome(network=True, detail="connection refused")
+    outcome_of: dict[int | None, Outcome] = {}     # plain answers by status (Outcome is immutable)
 
     def execute(msg: _Msg, cmds: list[Command]) -> None:
         for c in cmds:
             t = type(c)
-            if t is RecordEvent:
+            if t is RecordEvent:                    # most commands are events: no dispatch for them
                 ev = c.event  # type: ignore[union-attr]
-                metrics.event(msg.i, ev)
-                checker.on_event(msg.i, ev)
-            elif t is StartAttempt:
-                start_attempt(msg, c)  # type: ignore[arg-type]
-            elif t is SetTimer:
-                set_timer(msg, c.at)  # type: ignore[union-attr]
-            elif t is CancelAttempt:
-                if live.pop(c.attempt_id, None) is not None:  # type: ignore[union-attr]
-                    checker.on_attempt_stopped(c.attempt_id, env.now)  # type: ignore[union-attr]
-            elif t is Finish:
-                metrics.finish(msg.i, c)  # type: ignore[arg-type]
-                state["pending"] -= 1
+                sink = sink_of(ev.type)
+                if sink is not None:
+                    sink(msg.i, ev)
+            else:
+                handler_of[t](msg, c)
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
-        receipt = c.confirm == "receipt"
-        ans = providers[c.provider].answer(env.now, receipt)
-        live[c.attempt_id] = msg
-        checker.on_attempt_started(msg.i, c)
+        aid = c.attempt_id
+        ans = answer_of[c.provider](env.now, c.confirm == "receipt")
+        live[aid] = msg
+        attempt_started(msg.i, c)
         if ans.kind == "hang":
             return
-        aid = c.attempt_id
-        schedule(ans.delay_s, lambda _e: answered(msg, aid, ans))
 
-    def answered(msg: _Msg, aid: str, ans: Answer) -> None:
-        if live.pop(aid, None) is None:
-            return                       # cancelled meanwhile: the answer no longer counts
-        now = env.now
-        checker.on_attempt_stopped(aid, now)
-        if ans.kind == "refused":
-            outcome = Outcome(network=True, detail="connection refused")
-        else:
-            outcome = Outcome(status=ans.status, retry_after_s=ans.retry_after_s)
-        execute(msg, msg.d.on_outcome(aid, outcome, now))
-        if ans.receipt_delay_s is not None:
-            schedule(ans.receipt_delay_s, lambda _e: execute(msg, msg.d.on_receipt(aid, "delivered", env.now)))
+        def answered(_e: Any) -> None:
+            if live_pop(aid, None) is None:
+                return                       # cancelled meanwhile: the answer no longer counts
+            now = env.now
+            attempt_stopped(aid, now)
+            if ans.kind == "refused":
+                outcome = refused
+            elif ans.retry_after_s is None:
+                outcome = outcome_of.get(ans.status)  # type: ignore[assignment]
+                if outcome is None:
+                    outcome = outcome_of[ans.status] = Outcome(status=ans.status)
+            else:
+                outcome = Outcome(status=ans.status, retry_after_s=ans.retry_after_s)
+            d = msg.d
+            execute(msg, d.on_outcome(aid, outcome, now))
+            if ans.receipt_delay_s is not None:
+                timeout(ans.receipt_delay_s).callbacks.append(  # type: ignore[union-attr]
+                    lambda _e: execute(msg, d.on_receipt(aid, "delivered", env.now)))
+        timeout(ans.delay_s).callbacks.append(answered)  # type: ignore[union-attr]
 
-    def set_timer(msg: _Msg, at: float | None) -> None:
+    def cancel_attempt(msg: _Msg, c: CancelAttempt) -> None:
+        if live_pop(c.attempt_id, None) is not None:
+            attempt_stopped(c.attempt_id, env.now)
+
+    def set_timer(msg: _Msg, c: SetTimer) -> None:
         msg.gen += 1
+        at = c.at
         if at is None:
             return
         gen = msg.gen
@@ -168,38 +205,57 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
         def fire(_e: Any) -> None:
             if msg.gen == gen:
                 # never hand the engine a time before the one it asked for (float rounding)
-                execute(msg, msg.d.on_timer(max(env.now, at)))
-        schedule(max(0.0, at - env.now), fire)
+                now = env.now
+                execute(msg, msg.d.on_timer(now if now > at else at))
+        delay = at - env.now
+        timeout(delay if delay > 0.0 else 0.0).callbacks.append(fire)  # type: ignore[union-attr]
+
+    def finish(msg: _Msg, c: Finish) -> None:
+        nonlocal pending
+        metrics_finish(msg.i, c)
+        pending -= 1
+
+    handler_of: dict[type, Callable[[_Msg, Any], None]] = {
+        StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
 
     def recipient() -> Recipient:
+        if not shares:
+            return everyone
         absent = frozenset(f for f, s in shares if traffic.random() >= s)
         r = recipients.get(absent)
         if r is None:
             r = recipients[absent] = Recipient(fields, absent)
         return r
 
-    def arrivals() -> Any:
-        i = 0
-        while True:
-            gap = traffic.expovariate(rate)
-            if env.now + gap >= duration:
-                return
-            yield env.timeout(gap)
-            k = 0 if len(cum) == 1 else min(bisect_right(cum, traffic.random()), len(cum) - 1)
-            rec = recipient()
-            now = env.now
-            msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health))
-            metrics.accept(i, now, routes[k])
-            state["pending"] += 1
-            execute(msg, msg.d.start(now))
-            i += 1
-            if progress is not None and i % 2000 == 0:
-                progress(min(now / duration, 1.0))
+    one_route = len(cum) == 1
+    last_route = len(cum) - 1
+    count = 0
 
-    env.process(arrivals())
+    def next_arrival() -> None:
+        """Poisson arrivals until the scenario's duration: each one schedules the next."""
+        gap = traffic.expovariate(rate)
+        if env.now + gap < duration:
+            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
+
+    def arrive(_e: Any) -> None:
+        nonlocal pending, count
+        i = count
+        k = 0 if one_route else min(bisect_right(cum, traffic.random()), last_route)
+        rec = recipient()
+        now = env.now
+        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health))
+        metrics_accept(i, now, routes[k])
+        pending += 1
+        execute(msg, msg.d.start(now))
+        count = i + 1
+        if progress is not None and count % 2000 == 0:
+            progress(min(now / duration, 1.0))
+        next_arrival()
+
+    next_arrival()
     env.run()
-    end = now_of()
+    end = env.now
     checker.finish_run(end)
     if progress is not None:
         progress(1.0)
-    return RunResult(setup, metrics, checker, state["pending"], end, time.perf_counter() - wall0)
+    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0)
