@@ -864,6 +864,138 @@ def test_breaker_false_never_skips() -> None:
     assert events(h.log, "provider_skipped") == []
 
 
+# --------------------------------------------------------------------------- provider unhealthy
+
+
+def open_breaker(health: HealthTracker, now: float, text: str = BREAKER) -> list[Command]:
+    """Other messages fail on `a` at `now` until its breaker (failures = 2) opens."""
+    log: list[Command] = []
+    for i in range(2):
+        h = send(health, now, f"opener{i}", text)
+        log += h.outcome(next(x for x in starts(h.log) if x.provider == "a"), E500, now)
+        if health.is_open("a"):
+            break
+    assert events(log, "breaker_opened")
+    return log
+
+
+def test_provider_unhealthy_fails_over_at_once_from_the_attempt_in_flight() -> None:
+    health = HealthTracker()
+    text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }\nretries = 2')
+    v = send(health, 0.0, "victim", text)
+    a = only_start(v.log)
+    assert a.provider == "a"
+    open_breaker(health, 0.5, text)
+    before = health.snapshot()["a"]
+    cmds = v.feed(v.d.on_provider_unhealthy("a", 0.6))
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "breaker opened")]
+    b = only_start(cmds)
+    assert who(b) == ("email", "b", 1) and b.started_at == 0.6     # no retry on a despite retries = 2
+    assert [(e.data["from"], e.data["to"]) for e in events(cmds, "failover")] == [("a", "b")]
+    ended = events(cmds, "attempt_ended")
+    assert [(e.data["attempt_id"], e.data["outcome"], e.data["detail"]) for e in ended] == \
+        [(a.attempt_id, "cancelled", "breaker opened")]
+    assert v.d.attempts[a.attempt_id].outcome == "cancelled"
+    assert health.snapshot()["a"] == before            # no breaker failure counted
+    assert v.wakeup == b.deadline
+    # a's answer, if it still comes, no longer counts - and tells the breaker nothing either
+    late = v.outcome(a, E500, 0.7)
+    assert late == [] and health.snapshot()["a"] == before
+    assert finish(v.outcome(b, OK, 0.8)) == Finish("delivered", 0.8, 0.8)
+
+
+def test_provider_unhealthy_on_the_last_provider_fails_over_to_the_next_channel() -> None:
+    health = HealthTracker()
+    text = BREAKER.replace('providers = ["a", "b"]', 'providers = ["a"]')
+    v = send(health, 0.0, "victim", text)
+    a = only_start(v.log)
+    open_breaker(health, 0.2, text)
+    cmds = v.feed(v.d.on_provider_unhealthy("a", 0.3))
+    assert cancels(cmds)[0].attempt_id == a.attempt_id
+    assert who(only_start(cmds)) == ("sms", "c", 1)
+    assert events(cmds, "channel_finished")[0].data == {"channel": "email", "result": "failed",
+                                                        "reason": "every option exhausted"}
+
+
+def test_provider_unhealthy_gives_up_a_pending_retry_of_that_provider() -> None:
+    health = HealthTracker()
+    text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }\nretries = 1\n'
+                         'backoff = { base = "1s", max = "1s" }')
+    v = send(health, 0.0, "victim", text)
+    a = only_start(v.log)
+    v.outcome(a, Outcome(503, retry_after_s=0.9), 0.1)  # back-off until 1.0
+    assert v.wakeup == 1.0
+    open_breaker(health, 0.3, text)
+    cmds = v.feed(v.d.on_provider_unhealthy("a", 0.4))
+    assert cancels(cmds) == []                          # nothing was in flight
+    assert events(cmds, "retry_abandoned")[0].data == {"channel": "email", "provider": "a",
+                                                       "reason": "breaker opened"}
+    assert who(only_start(cmds)) == ("email", "b", 1)
+
+
+def test_provider_unhealthy_leaves_attempts_awaiting_their_receipt() -> None:
+    health = HealthTracker()
+    text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }\nconfirm = "receipt"')
+    v = send(health, 0.0, "victim", text)
+    a = only_start(v.log)
+    v.outcome(a, Outcome(202), 0.1)                      # accepted: the receipt may still come
+    open_breaker(health, 0.2, text)
+    assert v.feed(v.d.on_provider_unhealthy("a", 0.3)) == []
+    assert finish(v.receipt(a, "delivered", 0.4)) == Finish("delivered", 0.4, 0.4)
+
+
+def test_provider_unhealthy_is_ignored_unless_that_breaker_is_open_and_on() -> None:
+    health = HealthTracker()
+    v = send(health, 0.0, "victim")
+    a = only_start(v.log)
+    assert v.feed(v.d.on_provider_unhealthy("a", 0.1)) == []      # closed: nothing to do
+    assert v.feed(v.d.on_provider_unhealthy("b", 0.1)) == []      # not in flight
+    # the breaker opened under another policy version, but this plan has breaker = false for a
+    off = send(health, 0.0, "off", policy_text(a="breaker = false"))
+    oa = only_start(off.log)
+    open_breaker(health, 0.2)
+    assert off.feed(off.d.on_provider_unhealthy("a", 0.3)) == []
+    assert off.d.attempts[oa.attempt_id].outcome is None
+    # finished deliveries ignore it
+    v.outcome(a, OK, 0.25)
+    assert v.d.terminal and v.feed(v.d.on_provider_unhealthy("a", 0.3)) == []
+
+
+def test_provider_unhealthy_is_ignored_once_a_probe_is_due() -> None:
+    """A call that comes a cooldown late (the breaker would let a probe through) changes nothing."""
+    health = HealthTracker()
+    text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }\ntimeout = "1m"', email='timeout = "1m"',
+                       route='timeouts = { message = "2m" }')
+    v = send(health, 0.0, "victim", text)
+    a = only_start(v.log)
+    open_breaker(health, 0.2, text)
+    assert v.feed(v.d.on_provider_unhealthy("a", 10.2)) == []
+    assert v.d.attempts[a.attempt_id].outcome is None
+
+
+def test_provider_unhealthy_in_an_all_channel_cuts_only_that_provider() -> None:
+    health = HealthTracker()
+    text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }', email='method = "all"')
+    v = send(health, 0.0, "victim", text)
+    a, b = starts(v.log)
+    open_breaker(health, 0.2, text)
+    cmds = v.feed(v.d.on_provider_unhealthy("a", 0.3))
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "breaker opened")] and starts(cmds) == []
+    assert finish(v.outcome(b, OK, 0.4)) == Finish("delivered", 0.4, 0.4)
+
+
+def test_provider_unhealthy_first_fires_what_fell_due_before_it() -> None:
+    health = HealthTracker()
+    v = send(health, 0.0, "victim")
+    a = only_start(v.log)                               # deadline 2.0
+    open_breaker(health, 2.5)
+    cmds = v.feed(v.d.on_provider_unhealthy("a", 2.5))  # the driver is late: a timed out at 2.0
+    assert cancels(cmds) == [CancelAttempt(a.attempt_id, "attempt deadline")]
+    assert v.d.attempts[a.attempt_id].outcome == "timeout"
+    b = only_start(cmds)
+    assert (b.provider, b.started_at) == ("b", 2.0)
+
+
 # --------------------------------------------------------------------------- timers and inputs
 
 

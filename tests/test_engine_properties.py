@@ -7,6 +7,8 @@ hit ties - sends random receipts for receipt-confirmed providers (before or afte
 delivered or failed, or none), keeps feeding answers of cancelled attempts (as a real driver
 races), adds spurious early wake-ups, and calls on_timer at each SetTimer time - sometimes a
 hair before it, as float rounding in a real driver does, and then relies on the engine to re-arm.
+When a breaker opens it sometimes calls on_provider_unhealthy on every other message with an
+attempt in flight on that provider (as a driver may), and it also calls it at random.
 
 Everything checked is derived from what the driver saw (commands, events, its own inputs) and
 from the resolved plan, never from the engine's internals:
@@ -19,6 +21,8 @@ from the resolved plan, never from the engine's internals:
   and before the Finish - also when a late receipt or the message deadline cuts it;
 * the status is `delivered` iff some attempt delivered (a 2xx to a live response-confirmed
   attempt, or a delivered receipt before the Finish);
+* on_provider_unhealthy(P) on a provider whose breaker refuses attempts leaves no attempt on P in
+  flight, starts none on P and counts no breaker failure; otherwise it changes nothing;
 * the same inputs (same seeds) give the same commands.
 """
 
@@ -180,6 +184,8 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
     policy = parse_policy(tomli_w.dumps(doc), "random.toml", env={})
     plan = resolve_plan(policy, "default")
     chan_steps, _ = index_plan(plan)
+    breaker_on = {p.provider: p.breaker_failures is not None for ch in chan_steps.values() for p in ch.providers}
+    breaker_on.update({p: False for p in doc["providers"] if p not in breaker_on})
     health = HealthTracker()
     drv = random.Random(seed)
     heap: list[tuple[float, float, int, str, int, Any]] = []
@@ -198,6 +204,8 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
         push(accepted, "start", m, None)
         for _ in range(drv.randint(0, 3)):                    # spurious early wake-ups
             push(accepted + drv.randint(0, 200) * TICK, "spurious", m, None)
+        for _ in range(drv.choice([0, 0, 1, 2])):             # stray provider-unhealthy calls
+            push(accepted + drv.randint(0, 120) * TICK, "unhealthy", m, drv.choice(sorted(doc["providers"])))
 
     def schedule_answers(m: int, s: StartAttempt, now: float) -> None:
         kind = drv.choices(["2xx", "4xx", "5xx", "408", "429", "network", "hang"],
@@ -252,6 +260,14 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
                 if ev.type == "channel_started":
                     assert ev.data["channel"] not in st_.channel_start, "a channel started twice"
                     st_.channel_start[ev.data["channel"]] = ev.at
+                elif ev.type == "breaker_opened" and drv.random() < 0.8:
+                    # as a driver may: fail over at once whatever is in flight on that provider
+                    # (and now and then on every message, e.g. to catch back-offs on it too)
+                    prov = ev.data["provider"]
+                    every = drv.random() < 0.3
+                    for other in sorted({a.msg for a in attempts.values()
+                                         if every or (a.ended_at is None and a.start.provider == prov)}):
+                        push(now, "unhealthy", other, prov)
                 elif ev.type == "channel_finished" and ev.data["channel"] in st_.channel_start:
                     ch = chan_steps[ev.data["channel"]]
                     cdl = min(st_.channel_start[ch.channel] + ch.timeout_ms / 1000.0, st_.message_deadline)
@@ -307,6 +323,23 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
                         and c.event.data.get("attempt_id") == aid}
                 assert seen & {"attempt_ended", "attempt_accepted"}, f"answer of live attempt {aid} ignored"
             take(m, cmds, now)
+        elif kind == "unhealthy":
+            prov = payload
+            blocking = health.blocks(prov, now) and breaker_on[prov]
+            before = health.snapshot().get(prov)
+            in_flight = [a for a in attempts.values() if a.msg == m and a.ended_at is None and a.start.provider == prov]
+            cmds = st_.d.on_provider_unhealthy(prov, now)
+            take(m, cmds, now)
+            cut = [c.attempt_id for c in cmds if isinstance(c, CancelAttempt) and c.reason == "breaker opened"]
+            if not blocking:
+                assert not cut, f"{prov} does not refuse attempts, yet {cut} were cut"
+            else:
+                assert not [a for a in in_flight if a.ended_at is None], f"attempts on {prov} still in flight"
+                assert not [c for c in cmds if isinstance(c, StartAttempt) and c.provider == prov]
+                other_ends = [c for c in cmds if isinstance(c, RecordEvent) and c.event.type == "attempt_ended"
+                              and c.event.data["provider"] == prov and c.event.data["outcome"] != "cancelled"]
+                if not other_ends:
+                    assert health.snapshot().get(prov) == before, "a breaker failure was counted"
         elif kind == "receipt":
             aid, status = payload
             if status == "delivered" and st_.finish is None and attempts[aid].confirm == "receipt":

@@ -43,6 +43,21 @@ def test_half_open_lets_one_probe_through_per_cooldown() -> None:
     assert not h.allow("ses", N, COOL, 2 * COOL)
 
 
+def test_blocks_says_what_allow_would_answer_without_consuming_the_probe() -> None:
+    h = HealthTracker()
+    assert not h.blocks("ses", 0.0)                 # never seen
+    fail(h, "ses", 0.0, N - 1)
+    assert not h.blocks("ses", 0.0)                 # closed
+    fail(h, "ses", 1.0)
+    assert h.blocks("ses", 1.0) and h.blocks("ses", 1.0 + COOL - 0.001)
+    assert not h.blocks("ses", 1.0 + COOL)          # a probe is due ...
+    assert not h.blocks("ses", 1.0 + COOL)          # ... and asking did not use it up
+    assert h.allow("ses", N, COOL, 1.0 + COOL)      # the probe
+    assert h.blocks("ses", 1.0 + COOL)              # nobody else while it runs
+    assert h.record("ses", True, N, COOL, 2.0 + COOL) == "closed"
+    assert not h.blocks("ses", 2.0 + COOL)
+
+
 def test_probe_success_closes() -> None:
     h = HealthTracker()
     fail(h, "ses", 0.0, N)
@@ -99,7 +114,9 @@ def test_never_open_without_threshold_consecutive_failures(ops: list[tuple[str, 
             h.record("p", False, n, cool, now)
             streak += 1
         else:
+            blocked = h.blocks("p", now)
             allowed = h.allow("p", n, cool, now)
+            assert blocked == (not allowed)
             if streak < n:
                 assert allowed
         assert h.is_open("p") == (streak >= n)

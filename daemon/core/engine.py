@@ -9,6 +9,8 @@ time, the simulator SimPy's `env.now`):
     on_timer(now)                           the wake-up asked for by the last SetTimer came due
                                             (answered with a SetTimer even when unchanged, so a
                                             timer that fired early re-arms instead of stalling)
+    on_provider_unhealthy(provider, now)    optional: that provider's breaker has just opened;
+                                            fail over at once from the attempts in flight on it
 
 Outputs are commands (dataclasses below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -321,6 +323,46 @@ class Delivery:
         # Always answer with the wake-up still wanted, even if unchanged: a driver whose timer
         # fired a hair early (float rounding) has consumed it, and would otherwise never wake again.
         return self._settle(now, rearm=True)
+
+    def on_provider_unhealthy(self, provider: str, now: float) -> list[Command]:
+        """`provider`'s breaker has just opened: stop waiting on it.
+
+        Optional input. A driver that sees a `breaker_opened` event (from any delivery; the
+        HealthTracker is shared) may call this, at that same `now`, on every other pending
+        delivery that has an attempt in flight on that provider. Each such attempt is cancelled
+        (CancelAttempt and outcome "cancelled", reason "breaker opened") and its provider run
+        fails over at once to the next provider - as after a retryable failure, but without a
+        retry on that provider and without counting a breaker failure (the provider's health
+        did not change). A pending back-off retry of that provider is given up the same way.
+        Attempts already answered 2xx and awaiting their receipt are left alone: the provider
+        accepted those. Nothing happens unless this delivery's HealthTracker refuses the
+        provider right now (open, no probe due: HealthTracker.blocks) and the provider has a
+        breaker in this delivery's plan, so a late, repeated or stray call is harmless; on a
+        finished delivery it is a no-op.
+        """
+        self._catch_up(now)
+        if self.status == "pending" and self.health.blocks(provider, now):
+            hit = [r for r in self._tried if r.step.provider == provider and r.step.breaker_failures is not None
+                   and (r.state == "attempting" or r.state == "backoff")]
+            if len(hit) > 1:
+                hit.sort(key=_by_pre)
+            for run in hit:
+                # what an earlier one set off (a channel ending, a failover) may have ended it already
+                if self.status != "pending" or run.result is not None or \
+                        not (run.state == "attempting" or run.state == "backoff"):
+                    continue
+                ch = self._channel_of(run)
+                rec = run.attempt
+                if run.state == "attempting" and rec is not None:
+                    self._out.append(CancelAttempt(rec.attempt_id, "breaker opened"))
+                    self._end_attempt(rec, "cancelled", None, now, "breaker opened")
+                else:
+                    self._emit("retry_abandoned", now, channel=ch.step.channel, provider=provider,
+                               reason="breaker opened")
+                run.state = "done"
+                run.wake_at = None
+                self._complete(run, "failed", now, reason="breaker opened")
+        return self._settle(now)
 
     # ------------------------------------------------------------------ plumbing
 

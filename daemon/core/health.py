@@ -60,6 +60,11 @@ class HealthTracker:
             return "opened"
         return None
 
+    def blocks(self, provider: str, now: float) -> bool:
+        """Would allow() refuse an attempt on `provider` now? (open, and no probe due; consumes nothing)"""
+        b = self._b.get(provider)
+        return b is not None and b.open_until is not None and now < b.open_until
+
     def is_open(self, provider: str) -> bool:
         b = self._b.get(provider)
         return b is not None and b.open_until is not None
