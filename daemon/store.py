@@ -14,7 +14,12 @@ Writes go through one writer thread fed by a queue. The thread takes every opera
 waiting, runs them in ONE transaction and commits once (group commit): many concurrent
 `insert_message` calls share one fsync, and each caller's future resolves only after the commit
 that holds its row. Fire-and-forget writes (attempts, events, finish) ride the same FIFO, so
-they are ordered after the message they belong to.
+they are ordered after the message they belong to. The queue holds plain row tuples, not closures:
+the writer sorts a batch's rows per statement and runs each statement once with `executemany`
+(message inserts, then attempt upserts, events and message updates, each in queue order) and
+encodes the events' JSON itself, so the event loop only queues a tuple per write. A closure
+(`call()`, `write()`) is a barrier: the rows queued before it are written first. The futures
+of a batch are resolved with one wake-up of the event loop.
 
 Durability: journal_mode=WAL with synchronous=FULL (the default here): a commit is fsynced
 before `insert_message` returns, so a 202 survives power loss. synchronous=NORMAL in WAL mode
@@ -47,7 +52,7 @@ from typing import Any, Callable
 log = logging.getLogger("routingd.store")
 
 SCHEMA_VERSION = 1
-_MAX_BATCH = 2000
+_MAX_BATCH = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -210,6 +215,93 @@ def _event(r: tuple) -> EventRow:
 _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
+# Queue items: (kind, payload, future or None). Rows of one kind are written with one executemany.
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN = range(6)
+_Item = tuple[int, Any, "asyncio.Future[Any] | None"]
+
+_SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_SQL_ATTEMPT = (f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(attempt_id) DO UPDATE SET ended_at=excluded.ended_at, outcome=excluded.outcome, "
+                "status_code=excluded.status_code, detail=COALESCE(excluded.detail, attempts.detail)")
+_SQL_EVENT = "INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)"
+_SQL_FINISH = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?"
+_SQL_RUN = "UPDATE messages SET run = ? WHERE id = ?"
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: float) -> str | None:
+    """A message insert with an Idempotency-Key: the earlier message's id if the key is known."""
+    key = row[9]
+    hit = conn.execute("SELECT message_id, created_at FROM idempotency WHERE key = ?", (key,)).fetchone()
+    if hit is not None and hit[1] >= not_before:
+        return str(hit[0])
+    conn.execute(_SQL_INSERT, row)
+    conn.execute("INSERT OR REPLACE INTO idempotency (key, message_id, created_at) VALUES (?,?,?)",
+                 (key, row[0], now))
+    return None
+
+
+def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
+    """Run queued items inside the caller's transaction; one result per item.
+
+    Rows are gathered per statement and written with executemany: message inserts first, then
+    attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
+    insert, which must see every earlier key) first writes what was gathered, then runs."""
+    values: list[Any] = []
+    inserts: list[tuple] = []
+    attempts: list[tuple] = []
+    events: list[tuple] = []
+    updates: list[tuple[str, tuple]] = []
+
+    def write_gathered() -> None:
+        if inserts:
+            conn.executemany(_SQL_INSERT, inserts)
+            inserts.clear()
+        if attempts:
+            conn.executemany(_SQL_ATTEMPT, attempts)
+            attempts.clear()
+        if events:
+            conn.executemany(_SQL_EVENT, [(m, t, at, _encode(d)) for m, t, at, d in events])
+            events.clear()
+        if updates:
+            i = 0
+            while i < len(updates):          # consecutive updates of one statement: one executemany
+                sql = updates[i][0]
+                j = i
+                while j < len(updates) and updates[j][0] is sql:
+                    j += 1
+                conn.executemany(sql, [u[1] for u in updates[i:j]])
+                i = j
+            updates.clear()
+
+    for kind, payload, _fut in items:
+        value = None
+        if kind == _EVENT:
+            events.append(payload)
+        elif kind == _ATTEMPT:
+            attempts.append(payload)
+        elif kind == _INSERT:
+            row, not_before, now = payload
+            if row[9] is None:
+                inserts.append(row)
+            else:
+                write_gathered()
+                value = _insert_keyed(conn, row, not_before, now)
+        elif kind == _FINISH:
+            updates.append((_SQL_FINISH, payload))
+        elif kind == _RUN:
+            updates.append((_SQL_RUN, payload))
+        else:
+            write_gathered()
+            value = payload(conn)
+        values.append(value)
+    write_gathered()
+    return values
+
 
 class Store:
     """The SQLite state file. `await open()` first; `await close()` last."""
@@ -369,24 +461,25 @@ class Store:
             pass
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future | None]]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         results: list[tuple[asyncio.Future | None, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut in batch:
-                results.append((fut, fn(conn), None))
+            values = _apply(conn, batch)
             conn.execute("COMMIT")
             self.commits += 1
+            results = [(item[2], value, None) for item, value in zip(batch, values) if item[2] is not None]
         except Exception:  # noqa: BLE001 - retried one by one below to isolate the culprit
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             results = []
-            for fn, fut in batch:
+            for item in batch:
+                fut = item[2]
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    value = fn(conn)
+                    value = _apply(conn, [item])[0]
                     conn.execute("COMMIT")
                     self.commits += 1
                     results.append((fut, value, None))
@@ -403,59 +496,44 @@ class Store:
                     results.append((fut, None, err))
         self.operations += len(batch)
         loop = self._loop
-        if loop is None:
+        if loop is None or not results:
             return
-        for fut, value, err in results:
-            if fut is None:
-                continue
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, value, err)
-            except RuntimeError:   # the loop is closed: nobody waits any more
-                pass
+        try:
+            loop.call_soon_threadsafe(_resolve_all, results)    # one wake-up for the whole batch
+        except RuntimeError:   # the loop is closed: nobody waits any more
+            pass
 
-    def _submit(self, fn: _Op, wait: bool) -> asyncio.Future | None:
+    def _put(self, kind: int, payload: Any, wait: bool = False) -> asyncio.Future | None:
         if self._thread is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
         fut = self._loop.create_future() if wait and self._loop is not None else None
-        self._q.put((fn, fut))
+        self._q.put((kind, payload, fut))
         return fut
 
     async def call(self, fn: _Op) -> Any:
         """Run `fn(conn)` in the writer thread inside a transaction; return after its commit."""
-        fut = self._submit(fn, wait=True)
+        fut = self._put(_CALL, fn, wait=True)
         assert fut is not None
         return await fut
 
     def write(self, fn: _Op) -> None:
         """Queue `fn(conn)` for the writer thread (ordered, committed with the next batch)."""
-        self._submit(fn, wait=False)
+        self._put(_CALL, fn)
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
-        await self.call(lambda conn: None)
+        await self.call(_nothing)
 
     # ------------------------------------------------------------------ writes
 
     async def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float) -> str | None:
         """Store a new message (committed when this returns). With an idempotency key that is
         already known (and younger than the TTL), store nothing and return the earlier id."""
-
-        def op(conn: sqlite3.Connection) -> str | None:
-            key = row.idempotency_key
-            if key is not None:
-                hit = conn.execute("SELECT message_id, created_at FROM idempotency WHERE key = ?",
-                                   (key,)).fetchone()
-                if hit is not None and hit[1] >= now - idempotency_ttl_s:
-                    return str(hit[0])
-            conn.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                         (row.id, row.request, row.route, row.policy_version, row.status, row.accepted_at,
-                          row.message_deadline, row.finished_at, row.delivered_at, key, row.run))
-            if key is not None:
-                conn.execute("INSERT OR REPLACE INTO idempotency (key, message_id, created_at) VALUES (?,?,?)",
-                             (key, row.id, now))
-            return None
-
-        return await self.call(op)
+        fut = self._put(_INSERT, ((row.id, row.request, row.route, row.policy_version, row.status,
+                                   row.accepted_at, row.message_deadline, row.finished_at, row.delivered_at,
+                                   row.idempotency_key, row.run), now - idempotency_ttl_s, now), wait=True)
+        assert fut is not None
+        return await fut
 
     def put_policy(self, version: str, source: str, path: str, now: float) -> None:
         self.write(lambda c: c.execute(
@@ -463,25 +541,23 @@ class Store:
             (version, source, path, now)))
 
     def put_attempt(self, a: AttemptRow) -> None:
-        self.write(lambda c: c.execute(
-            f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(attempt_id) DO UPDATE SET ended_at=excluded.ended_at, outcome=excluded.outcome, "
-            "status_code=excluded.status_code, detail=COALESCE(excluded.detail, attempts.detail)",
-            (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at, a.deadline,
-             a.ended_at, a.outcome, a.status_code, a.detail)))
+        """Insert or update an attempt row (an update keeps an earlier non-empty detail)."""
+        self._put(_ATTEMPT, (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at,
+                             a.deadline, a.ended_at, a.outcome, a.status_code, a.detail))
 
     def add_event(self, e: EventRow) -> None:
-        data = json.dumps(e.data, separators=(",", ":"), default=str)
-        self.write(lambda c: c.execute("INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)",
-                                       (e.message_id, e.type, e.at, data)))
+        self.put_event(e.message_id, e.type, e.at, e.data)
+
+    def put_event(self, message_id: str, type_: str, at: float, data: dict[str, Any]) -> None:
+        """Queue one event; `data` is JSON-encoded by the writer thread, so it must not change
+        after this call (the engine never touches an event's data once emitted)."""
+        self._put(_EVENT, (message_id, type_, at, data))
 
     def finish(self, message_id: str, status: str, finished_at: float, delivered_at: float | None) -> None:
-        self.write(lambda c: c.execute(
-            "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?",
-            (status, finished_at, delivered_at, message_id)))
+        self._put(_FINISH, (status, finished_at, delivered_at, message_id))
 
     def set_run(self, message_id: str, run: int) -> None:
-        self.write(lambda c: c.execute("UPDATE messages SET run = ? WHERE id = ?", (run, message_id)))
+        self._put(_RUN, (run, message_id))
 
     def end_open_attempts(self, message_id: str, at: float, detail: str) -> None:
         """Mark attempts that never ended (the process stopped under them) as cancelled."""
@@ -573,10 +649,11 @@ class Store:
         return {str(s): int(n) for s, n in conn.execute("SELECT status, count(*) FROM messages GROUP BY status")}
 
 
-def _resolve(fut: asyncio.Future, value: Any, err: BaseException | None) -> None:
-    if fut.done():
-        return
-    if err is not None:
-        fut.set_exception(err)
-    else:
-        fut.set_result(value)
+def _resolve_all(results: list[tuple[asyncio.Future | None, Any, BaseException | None]]) -> None:
+    for fut, value, err in results:
+        if fut is None or fut.done():
+            continue
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(value)
