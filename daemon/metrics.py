@@ -19,6 +19,7 @@ Names (DESIGN.md "Runtime behaviour"):
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
@@ -63,10 +64,35 @@ class Metrics:
                                     "MQTT publications dropped because the buffer was full.", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
                                     registry=r)
+        self._finished: dict[str, Any] = {}
+        self._attempts: dict[tuple[str, str, str], Any] = {}
+        self._failovers: dict[str, Any] = {}
         for status in ("delivered", "undeliverable", "expired"):
-            self.finished.labels(status=status)
+            self._finished[status] = self.finished.labels(status=status)
         for kind in ("provider", "channel"):
-            self.failovers.labels(kind=kind)
+            self._failovers[kind] = self.failovers.labels(kind=kind)
+
+    # ------------------------------------------------------------------ per message (hot path)
+    # labels() builds a key and takes a lock on every call; the children are cached instead.
+
+    def message_finished(self, status: str) -> None:
+        child = self._finished.get(status)
+        if child is None:
+            child = self._finished[status] = self.finished.labels(status=status)
+        child.inc()
+
+    def attempt_ended(self, channel: str, provider: str, outcome: str) -> None:
+        key = (channel, provider, outcome)
+        child = self._attempts.get(key)
+        if child is None:
+            child = self._attempts[key] = self.attempts.labels(channel=channel, provider=provider, outcome=outcome)
+        child.inc()
+
+    def failover(self, kind: str) -> None:
+        child = self._failovers.get(kind)
+        if child is None:
+            child = self._failovers[kind] = self.failovers.labels(kind=kind)
+        child.inc()
 
     # ------------------------------------------------------------------ config
 

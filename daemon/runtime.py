@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
-import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -71,7 +71,7 @@ from .clock import rfc3339 as _rfc3339
 from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent, SetTimer,
                           StartAttempt)
 from .core.health import HealthTracker
-from .core.plan import PlanError, resolve_plan
+from .core.plan import Plan, PlanError, resolve_plan
 from .core.policy import Policy, PolicyError, Problem, parse_policy
 from .core.request import MessageRequest, SendRequest
 from .metrics import Metrics
@@ -119,16 +119,19 @@ class _Live:
     delivery: Delivery
     snapshot: _Snapshot
     prior: dict[str, AttemptRow] = field(default_factory=dict)    # attempts of earlier runs
-    events: list[EventRow] = field(default_factory=list)
+    events: list[EventRow | Event] = field(default_factory=list)  # both have .type, .at, .data
     details: dict[str, str] = field(default_factory=dict)         # attempt_id -> detail
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
+    written: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # attempt_id -> last row state stored
 
 
 def timeout_problems(msg: MessageRequest) -> list[Problem]:
     """Request timeout overrides past MAX_TIMEOUT_MS (a year): "no deadline" in disguise, and a
     10^400 ms one would not even convert to a float. Checked for every way in (HTTP, MQTT)."""
+    if msg.timeout is None and not msg.channels and not msg.providers:
+        return []
     found: list[tuple[tuple[str | int, ...], int | None]] = []
     if msg.timeout is not None:
         found += [(("message", "timeout", k), getattr(msg.timeout, k)) for k in ("provider", "channel", "message")]
@@ -139,9 +142,35 @@ def timeout_problems(msg: MessageRequest) -> list[Problem]:
             for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
 
 
+class _RandomHex:
+    """Unguessable hex strings from os.urandom, drawn 4 KiB at a time (one syscall per 512 ids
+    instead of one per id); a forked child starts with a fresh buffer."""
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._buf, self._pos = b"", 0
+
+    def take(self, nbytes: int) -> str:
+        pos = self._pos
+        if pos + nbytes > len(self._buf):
+            self._buf, pos = os.urandom(self._CHUNK), 0
+        self._pos = pos + nbytes
+        return self._buf[pos:pos + nbytes].hex()
+
+
+_random_hex = _RandomHex()
+
+
 def new_message_id() -> str:
-    """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>")."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+    """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>"): 11 hex
+    digits of milliseconds since the epoch, then 64 random bits."""
+    return f"{int(time.time() * 1000):011x}{_random_hex.take(8)}"
 
 
 class Router:
@@ -161,7 +190,12 @@ class Router:
         if self._ctx.rng_seed is None:
             self._ctx.rng_seed = rng_seed
         self._ctx.receipts = self.receipt
+        # One jitter stream for every message of the process (the engine draws only back-off
+        # jitter from it); a Random per message cost 2.8 KB and a seeding each.
         self._rng = random.Random(rng_seed)
+        # Plans of requests without overrides, per route, for the current policy (swap_policy
+        # starts a new cache): a Plan is immutable, so every such message can share it.
+        self._plans: dict[str | None, Plan] = {}
         self._snapshots: dict[str, _Snapshot] = {policy.version: _Snapshot(policy)}
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
@@ -265,6 +299,7 @@ class Router:
     def swap_policy(self, policy: Policy) -> None:
         old = self._policy
         self._policy = policy
+        self._plans = {}
         self._snapshots.setdefault(policy.version, _Snapshot(policy))
         if self._started and not self._halted:
             self.store.put_policy(policy.version, policy.source, policy.path, self.clock.now())
@@ -339,7 +374,7 @@ class Router:
         too_long = timeout_problems(msg)
         if too_long:
             raise PlanError(too_long)
-        plan = resolve_plan(policy, request=msg)
+        plan = self._plan(policy, msg)
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
@@ -363,9 +398,21 @@ class Router:
         if self._stopping:          # durable; the next start routes it
             return SubmitResult(row.id, True)
         snap = self._snapshots.setdefault(policy.version, _Snapshot(policy))
-        delivery = Delivery(row.id, plan, msg.to, now, random.Random(self._rng.getrandbits(64)), self.health)
+        delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health)
         self._begin(_Live(row, msg, delivery, snap))
         return SubmitResult(row.id, True)
+
+    def _plan(self, policy: Policy, msg: MessageRequest) -> Plan:
+        """resolve_plan(policy, request=msg), cached for requests that override nothing."""
+        if msg.routing is not None or msg.timeout is not None or msg.channels or msg.providers:
+            return resolve_plan(policy, request=msg)
+        plans = self._plans
+        plan = plans.get(msg.route)
+        if plan is None or policy is not self._policy:
+            plan = resolve_plan(policy, request=msg)      # raises PlanError for an unknown route
+            if policy is self._policy and len(plans) < 1024:
+                plans[msg.route] = plan
+        return plan
 
     async def _resume(self, sm: StoredMessage) -> _Live | None:
         """Prepare a stored message for its next run (None: it finished offline); _begin() runs it."""
@@ -393,8 +440,7 @@ class Router:
             self._finish_offline(row, "undeliverable", now, [
                 Event("resume_failed", now, {"reason": str(e)}), Event("finished", now, {"status": "undeliverable"})])
             return None
-        delivery = Delivery(row.id, plan, req.to, row.accepted_at, random.Random(self._rng.getrandbits(64)),
-                            self.health, run=row.run)
+        delivery = Delivery(row.id, plan, req.to, row.accepted_at, self._rng, self.health, run=row.run)
         delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
         live = _Live(row, req, delivery, snap, live_prior, list(sm.events))
         if problem:
@@ -412,7 +458,7 @@ class Router:
                 except Exception:  # noqa: BLE001
                     log.exception("event listener failed")
         self.store.finish(row.id, status, now, None)
-        self.metrics.finished.labels(status=status).inc()
+        self.metrics.message_finished(status)
 
     def _begin(self, live: _Live) -> None:
         self._live[live.row.id] = live
@@ -442,28 +488,36 @@ class Router:
                 self._set_timer(live, wake)
 
     def _record(self, live: _Live, event: Event) -> None:
+        # The engine never changes an event once emitted, so the Event itself is kept for the
+        # status endpoint and its data handed to the store (encoded by the writer thread).
         mid = live.row.id
-        row = EventRow(mid, event.type, event.at, dict(event.data))
-        live.events.append(row)
-        self.store.add_event(row)
-        data = event.data
+        type_, data = event.type, event.data
+        live.events.append(event)
+        self.store.put_event(mid, type_, event.at, data)
         aid = data.get("attempt_id")
-        if event.type == "attempt_ended" and data.get("detail"):
-            live.details[aid] = str(data["detail"])
-        rec = live.delivery.attempts.get(aid) if aid else None
-        if rec is not None:
-            self.store.put_attempt(AttemptRow(rec.attempt_id, mid, rec.channel, rec.provider, rec.try_no,
-                                              rec.started_at, rec.deadline, rec.ended_at, rec.outcome,
-                                              rec.status_code, live.details.get(rec.attempt_id)))
+        if aid is not None:
+            if type_ == "attempt_ended" and data.get("detail"):
+                live.details[aid] = str(data["detail"])
+            rec = live.delivery.attempts.get(aid)
+            if rec is not None:
+                # The row is written when it changes: at the start, at the end, and when a 2xx
+                # awaits its receipt or a late receipt turns it delivered (not for the other events
+                # that name the attempt).
+                detail = live.details.get(aid)
+                state = (rec.ended_at, rec.outcome, rec.status_code, detail)
+                if live.written.get(aid) != state:
+                    live.written[aid] = state
+                    self.store.put_attempt(AttemptRow(aid, mid, rec.channel, rec.provider, rec.try_no,
+                                                      rec.started_at, rec.deadline, rec.ended_at, rec.outcome,
+                                                      rec.status_code, detail))
         m = self.metrics
-        if event.type == "attempt_ended":
-            m.attempts.labels(channel=data.get("channel", ""), provider=data.get("provider", ""),
-                              outcome=data.get("outcome", "")).inc()
-        elif event.type == "failover":
-            m.failovers.labels(kind=data.get("kind", "")).inc()
-        elif event.type == "breaker_opened":
+        if type_ == "attempt_ended":
+            m.attempt_ended(data.get("channel", ""), data.get("provider", ""), data.get("outcome", ""))
+        elif type_ == "failover":
+            m.failover(data.get("kind", ""))
+        elif type_ == "breaker_opened":
             m.breaker_open.labels(provider=data.get("provider", "")).set(1)
-        elif event.type == "breaker_closed":
+        elif type_ == "breaker_closed":
             m.breaker_open.labels(provider=data.get("provider", "")).set(0)
         for cb in self._listeners:
             try:
@@ -529,7 +583,7 @@ class Router:
             t.cancel()
         live.tasks.clear()
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
-        self.metrics.finished.labels(status=cmd.status).inc()
+        self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
             self.metrics.time_to_deliver.observe(max(0.0, cmd.delivered_at - row.accepted_at))
         self._live.pop(row.id, None)
@@ -636,7 +690,7 @@ def _attempt_json(a: AttemptRow) -> dict[str, Any]:
     return out
 
 
-def _event_json(e: EventRow) -> dict[str, Any]:
+def _event_json(e: EventRow | Event) -> dict[str, Any]:
     out: dict[str, Any] = {"type": e.type, "at": rfc3339(e.at)}
     for k, v in e.data.items():
         if k == "at":
@@ -648,7 +702,7 @@ def _event_json(e: EventRow) -> dict[str, Any]:
     return out
 
 
-def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: list[EventRow]) -> dict[str, Any]:
+def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: list[EventRow | Event]) -> dict[str, Any]:
     return {"message_id": row.id, "status": row.status, "accepted_at": rfc3339(row.accepted_at),
             "finished_at": rfc3339(row.finished_at), "delivered_at": rfc3339(row.delivered_at),
             "message_deadline": rfc3339(row.message_deadline), "route": row.route,
