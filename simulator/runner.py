@@ -22,6 +22,7 @@ engine's back-off jitter) make the same seed give the same report.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from bisect import bisect_right
@@ -70,12 +71,35 @@ class Recipient(Mapping[str, str]):
 
 
 class _Msg:
-    __slots__ = ("i", "d", "gen")
+    """The driver's side of one message: its engine and its one wake-up.
+
+    gen     generation of the wanted wake-up: a scheduled one of an older generation is stale
+    due     the SimPy time of a wanted wake-up held back, not scheduled yet (None: none held)
+    at      the time the engine asked for with it
+    anchor  the SimPy time of an answer or receipt of this message already on the queue, earlier
+            than `due`, whose handling schedules `due` (None: none known)
+    """
+
+    __slots__ = ("i", "d", "gen", "due", "at", "anchor")
 
     def __init__(self, i: int, d: Delivery) -> None:
         self.i = i
         self.d = d
         self.gen = 0
+        self.due: float | None = None
+        self.at = 0.0
+        self.anchor: float | None = None
+
+
+def _delay_to(now: float, t: float) -> float:
+    """A delay d >= 0 with now + d == t exactly (t - now alone can miss t by an ulp)."""
+    d = t - now
+    for _ in range(64):
+        s = now + d
+        if s == t:
+            return d
+        d = math.nextafter(d, math.inf if s < t else -math.inf)
+    return t - now      # pragma: no cover - within an ulp or two in practice
 
 
 EventSink = Callable[[int, Event], None]
@@ -116,15 +140,17 @@ class RunResult:
     wall_s: float
 
 
-def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
-    """Simulate one scenario against one routing file."""
+def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True) -> RunResult:
+    """Simulate one scenario against one routing file.
+
+    hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower."""
     wall0 = time.perf_counter()
     sc = setup.scenario.model
     seed = setup.seed
     env = simpy.Environment()
     timeout = env.timeout
     providers = setup.providers()
-    answer_of = {name: p.answer for name, p in providers.items()}
+    draw_of = {name: p.draw for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
     jitter = random.Random(f"{seed}:engine")
     health = HealthTracker()
@@ -142,6 +168,7 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
     everyone = Recipient(fields, frozenset())      # the recipient when every field is always present
 
     live: dict[str, _Msg] = {}      # attempts the driver is running
+    held_until = 0.0                # the latest wake-up ever held back (see set_timer)
     live_pop = live.pop
     pending = 0
     sink_of = event_sinks(metrics.handlers, checker.handlers).get
@@ -165,41 +192,92 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
         aid = c.attempt_id
-        ans = answer_of[c.provider](env.now, c.confirm == "receipt")
+        now = env.now
+        kind, delay, status, retry_after, receipt = draw_of[c.provider](now, c.confirm == "receipt")
         live[aid] = msg
         attempt_started(msg.i, c)
-        if ans.kind == "hang":
+        if kind == "hang":
             return
 
         def answered(_e: Any) -> None:
-            if live_pop(aid, None) is None:
-                return                       # cancelled meanwhile: the answer no longer counts
             now = env.now
-            attempt_stopped(aid, now)
-            if ans.kind == "refused":
-                outcome = refused
-            elif ans.retry_after_s is None:
-                outcome = outcome_of.get(ans.status)  # type: ignore[assignment]
-                if outcome is None:
-                    outcome = outcome_of[ans.status] = Outcome(status=ans.status)
-            else:
-                outcome = Outcome(status=ans.status, retry_after_s=ans.retry_after_s)
-            d = msg.d
-            execute(msg, d.on_outcome(aid, outcome, now))
-            if ans.receipt_delay_s is not None:
-                timeout(ans.receipt_delay_s).callbacks.append(  # type: ignore[union-attr]
-                    lambda _e: execute(msg, d.on_receipt(aid, "delivered", env.now)))
-        timeout(ans.delay_s).callbacks.append(answered)  # type: ignore[union-attr]
+            anchor = msg.anchor
+            if anchor is not None and anchor <= now:
+                msg.anchor = None
+            if live_pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
+                attempt_stopped(aid, now)
+                if kind == "refused":
+                    outcome = refused
+                elif retry_after is None:
+                    outcome = outcome_of.get(status)  # type: ignore[assignment]
+                    if outcome is None:
+                        outcome = outcome_of[status] = Outcome(status=status)
+                else:
+                    outcome = Outcome(status=status, retry_after_s=retry_after)
+                execute(msg, msg.d.on_outcome(aid, outcome, now))
+                if receipt is not None:
+                    timeout(receipt).callbacks.append(receipted)  # type: ignore[union-attr]
+                    hold(msg, now + receipt)
+            if msg.due is not None:
+                release(msg)
+
+        def receipted(_e: Any) -> None:
+            now = env.now
+            anchor = msg.anchor
+            if anchor is not None and anchor <= now:
+                msg.anchor = None
+            execute(msg, msg.d.on_receipt(aid, "delivered", now))
+            if msg.due is not None:
+                release(msg)
+
+        timeout(delay).callbacks.append(answered)  # type: ignore[union-attr]
+        hold(msg, now + delay)
+
+    def hold(msg: _Msg, t: float) -> None:
+        """An answer or receipt of `msg` is on the queue for SimPy time `t`."""
+        anchor = msg.anchor
+        if anchor is None or t < anchor:
+            msg.anchor = t
+
+    def release(msg: _Msg) -> None:
+        """Schedule the held-back wake-up once no earlier answer or receipt will do it."""
+        anchor = msg.anchor
+        due = msg.due
+        if anchor is None or anchor >= due:  # type: ignore[operator]
+            msg.due = None
+            wake(msg, _delay_to(env.now, due), msg.at)  # type: ignore[arg-type]
 
     def cancel_attempt(msg: _Msg, c: CancelAttempt) -> None:
         if live_pop(c.attempt_id, None) is not None:
             attempt_stopped(c.attempt_id, env.now)
 
     def set_timer(msg: _Msg, c: SetTimer) -> None:
+        """One wake-up per message. Most are replaced before they come due (an attempt's deadline,
+        dropped when its answer comes), so one that comes after an answer or receipt of the same
+        message already on the queue is held back until that has been handled: by then it has
+        usually been replaced or dropped, and otherwise it is scheduled for the very SimPy time
+        it would have had."""
         msg.gen += 1
         at = c.at
         if at is None:
+            msg.due = None
             return
+        now = env.now
+        delay = at - now
+        if delay < 0.0:
+            delay = 0.0
+        anchor = msg.anchor
+        if hold_wakeups and anchor is not None and anchor < now + delay:
+            due = msg.due = now + delay
+            msg.at = at
+            nonlocal held_until
+            if due > held_until:
+                held_until = due
+            return
+        msg.due = None
+        wake(msg, delay, at)
+
+    def wake(msg: _Msg, delay: float, at: float) -> None:
         gen = msg.gen
 
         def fire(_e: Any) -> None:
@@ -207,8 +285,7 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
                 # never hand the engine a time before the one it asked for (float rounding)
                 now = env.now
                 execute(msg, msg.d.on_timer(now if now > at else at))
-        delay = at - env.now
-        timeout(delay if delay > 0.0 else 0.0).callbacks.append(fire)  # type: ignore[union-attr]
+        timeout(delay).callbacks.append(fire)  # type: ignore[union-attr]
 
     def finish(msg: _Msg, c: Finish) -> None:
         nonlocal pending
@@ -254,7 +331,9 @@ def run(setup: RunSetup, progress: Progress | None = None) -> RunResult:
 
     next_arrival()
     env.run()
-    end = env.now
+    # the run ends with its last event, a held-back wake-up included (it would have fired, if
+    # only to be ignored): so the end does not depend on which ones were held back
+    end = max(env.now, held_until)
     checker.finish_run(end)
     if progress is not None:
         progress(1.0)

@@ -153,6 +153,79 @@ def test_same_seed_same_report_and_another_seed_differs() -> None:
     assert other["messages"] != first["messages"] or other["time_to_deliver_s"] != first["time_to_deliver_s"]
 
 
+@pytest.mark.parametrize("drill", ["email-primary-hang", "email-receipts-never-come", "email-throttle"])
+def test_holding_back_wake_ups_changes_nothing(drill: str) -> None:
+    """The runner holds back a wake-up while an earlier answer of the same message is queued (it
+    is usually dropped before it comes due); scheduling every one at once gives the same run."""
+    sc = load_scenario(str(DRILLS / f"{drill}.toml"))
+    setup = bind_scenario(sc, load_policy(sc.routing_path))
+    held, plain = run(setup), run(setup, hold_wakeups=False)
+    reports = [build_report(r) for r in (held, plain)]
+    for rep in reports:
+        rep.pop("wall_s")
+    assert reports[0] == reports[1]
+    rows = [(r.metrics.a_start, r.metrics.a_end, r.metrics.a_outcome, r.metrics.delivered_at,
+             r.metrics.finished_at, r.sim_end_s) for r in (held, plain)]
+    assert rows[0] == rows[1]
+    # not vacuous: wake-ups decided things here (deadlines hit, back-offs, receipt timeouts)
+    assert sum(p["timeouts"] for p in reports[0]["providers"].values()) > 0 or reports[0]["failovers"]["provider"] > 0
+
+
+def test_held_back_wake_ups_come_when_an_answer_does_not_replace_them(tmp_path: Path) -> None:
+    """Parallel channels: the fast channel's answer is queued before the hanging primary's deadline,
+    and handling it leaves that deadline wanted (the engine sends no new SetTimer), so the held
+    wake-up must be scheduled then; receipts and a throttling window on top."""
+    (tmp_path / "routing.toml").write_text(textwrap.dedent("""
+        version = 1
+        [timeouts]
+        provider = "1s"
+        channel = "20s"
+        message = "1m"
+        [failover]
+        on = [429, "5xx", "timeout", "network"]
+        [providers.primary]
+        type = "sandbox"
+        latency = { median = "50ms", p99 = "300ms" }
+        confirm = "receipt"
+        receipt_timeout = "2s"
+        receipt_delay = { median = "500ms", p99 = "3s" }
+        retries = 1
+        [providers.backup]
+        type = "sandbox"
+        latency = { median = "80ms", p99 = "900ms" }
+        error_rate = 0.05
+        [providers.sms]
+        type = "sandbox"
+        latency = { median = "30ms", p99 = "200ms" }
+        [channels.email]
+        providers = ["primary", "backup"]
+        [channels.sms]
+        providers = ["sms"]
+        [routes.default]
+        method = "all"
+        channels = ["email", "sms"]
+    """))
+    scenario = write_scenario(tmp_path, duration="1m", rate=20, body="""
+        [[outages]]
+        provider = "backup"
+        start = "20s"
+        duration = "20s"
+        kind = "throttle"
+    """)
+    sc = load_scenario(str(scenario))
+    setup = bind_scenario(sc, load_policy(sc.routing_path))
+    held, plain = run(setup), run(setup, hold_wakeups=False)
+    reports = [build_report(r) for r in (held, plain)]
+    for rep in reports:
+        rep.pop("wall_s")
+    assert reports[0] == reports[1]
+    assert [r.metrics.a_end for r in (held, plain)] == [plain.metrics.a_end] * 2
+    assert held.pending == 0 and held.checker.total == 0
+    stats = reports[0]["providers"]
+    assert stats["primary"]["timeouts"] > 0 and stats["sms"]["delivered"] > 0   # hangs and receipt timeouts
+    assert stats["backup"]["failed"] > 0
+
+
 def test_what_if_routing_files_get_the_same_traffic(tmp_path: Path) -> None:
     write_routing(tmp_path, "false")
     scenario = write_scenario(tmp_path)

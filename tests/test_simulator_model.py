@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from daemon.adapters import AdapterContext, AttemptRequest
-from daemon.core.behaviour import OUTAGE_KINDS, BehaviourSpec, behaviour_of, draw_answer
+from daemon.core.behaviour import OUTAGE_KINDS, BehaviourSpec, RateWindow, behaviour_of, draw_answer
 from daemon.core.policy import load_policy, parse_policy
 from daemon.providers import SandboxAdapter
+from simulator.providers import SimProvider
 from simulator.scenario import parse_scenario
 from simulator.setup import bind_scenario
 
@@ -172,3 +173,27 @@ def test_outage_parameters_reach_the_model() -> None:
     provs = bind_scenario(sc, policy).providers()
     assert all(provs["ses"].answer(1.0, False).status == 503 for _ in range(50))
     assert provs["sendgrid"].answer(1.0, False).retry_after_s == 3.0
+
+
+@pytest.mark.parametrize("spec", [
+    BehaviourSpec(),                                                               # constant latency
+    BehaviourSpec.model_validate({"latency": {"median": 80, "p99": 400}, "error_rate": 0.2}),
+    BehaviourSpec.model_validate({"latency": {"median": 5, "p99": 900}, "rate_limit": "40/s",
+                                  "receipt_delay": {"median": 1000, "p99": 9000}}),
+    BehaviourSpec.model_validate({"latency": 0, "error_rate": 1.0}),
+])
+@pytest.mark.parametrize("fail", ["none", *OUTAGE_KINDS])
+def test_the_precomputed_draws_are_draw_answers_draw_for_draw(spec: BehaviourSpec, fail: str) -> None:
+    """SimProvider.draw precomputes the healthy case; it must give draw_answer's floats and
+    consume the same random draws, in every fail mode, with and without receipts."""
+    sim = SimProvider("p", spec, random.Random(5), fail)
+    rng, window = random.Random(5), RateWindow(spec.rate_limit)
+    statuses = set()
+    for i in range(400):
+        now, receipt = i * 0.013, i % 3 == 0
+        want = draw_answer(spec, fail, rng, now, window, receipt)
+        assert sim.answer(now, receipt) == want
+        statuses.add(want.status)
+    assert rng.random() == sim.rng.random()            # the streams are still in step
+    if fail == "none" and spec.rate_limit:             # not vacuous: 429s, 202s with receipts
+        assert {202, 200, 429} <= statuses
