@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -228,6 +229,11 @@ def test_receipt_confirms_delivery(world: tuple[DaemonProcess, dict[str, Any]], 
     (a,) = st["attempts"]
     assert (a["provider"], a["outcome"]) == ("prcpt", "delivered")
     assert any(e["type"] == "attempt_accepted" for e in st["events"])   # 202 first, then the receipt
+    # the stand-in records its receipt only once its POST has returned, which can be just after the
+    # daemon already shows the message delivered: wait (bounded) for the record
+    deadline = time.monotonic() + 5.0
+    while not s["prcpt"].receipts_sent and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert s["prcpt"].receipts_sent == [{"attempt_id": a["attempt_id"], "status": "delivered", "http_status": 200}]
     # a receipt with a wrong signature, and one for an unknown attempt, are refused
     raw = json.dumps({"attempt_id": a["attempt_id"], "status": "failed"}).encode()
