@@ -196,6 +196,8 @@ class Router:
         # Plans of requests without overrides, per route, for the current policy (swap_policy
         # starts a new cache): a Plan is immutable, so every such message can share it.
         self._plans: dict[str | None, Plan] = {}
+        # routingd_messages_inflight is read at scrape time instead of set twice per message
+        metrics.inflight.set_function(self._inflight_now)
         self._snapshots: dict[str, _Snapshot] = {policy.version: _Snapshot(policy)}
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
@@ -219,6 +221,9 @@ class Router:
     @property
     def inflight(self) -> int:
         return len(self._live) + self._reserved
+
+    def _inflight_now(self) -> int:
+        return len(self._live)
 
     def add_event_listener(self, cb: Callable[[str, Event], None]) -> None:
         self._listeners.append(cb)
@@ -463,7 +468,6 @@ class Router:
     def _begin(self, live: _Live) -> None:
         self._live[live.row.id] = live
         live.snapshot.refs += 1
-        self.metrics.inflight.set(len(self._live))
         self._apply(live, live.delivery.start(self.clock.now()))
 
     # ------------------------------------------------------------------ commands
@@ -587,7 +591,6 @@ class Router:
         if cmd.delivered_at is not None:
             self.metrics.time_to_deliver.observe(max(0.0, cmd.delivered_at - row.accepted_at))
         self._live.pop(row.id, None)
-        self.metrics.inflight.set(len(self._live))
         self._recent[row.id] = live
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)

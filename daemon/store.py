@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -47,7 +48,13 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable
+
+try:
+    from _json import make_encoder as c_make_encoder
+except ImportError:  # pragma: no cover - CPython always has it
+    c_make_encoder = None
 
 log = logging.getLogger("routingd.store")
 
@@ -215,8 +222,8 @@ def _event(r: tuple) -> EventRow:
 _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
-# Queue items: (kind, payload, future or None). Rows of one kind are written with one executemany.
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN = range(6)
+# Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS = range(7)
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
 _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -226,7 +233,49 @@ _SQL_ATTEMPT = (f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?
 _SQL_EVENT = "INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)"
 _SQL_FINISH = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?"
 _SQL_RUN = "UPDATE messages SET run = ? WHERE id = ?"
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """Compact JSON with default=str. JSONEncoder.encode() builds its C encoder on every call;
+    this builds it once (no circular check: event data are flat dicts the engine made)."""
+    if c_make_encoder is None:                    # no C accelerator: the plain path
+        return json.JSONEncoder(separators=(",", ":"), default=str).encode
+    enc = c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda obj: "".join(enc(obj, 0))
+
+
+_encode = _make_encoder()
+
+# Rows are written with multi-row statements, INSERT ... VALUES (...),(...),...: one SQLite step
+# (one release of the GIL, which the event loop thread wants back at once) per chunk of rows
+# instead of one per row as with executemany. Chunk sizes are fixed so the statements stay in
+# the connection's statement cache.
+_CHUNKS = (64, 16, 4, 1)
+_MULTI_HEAD = {
+    _INSERT: (f"INSERT INTO messages ({_MSG_COLS}) VALUES ", 11, ""),
+    _ATTEMPT: (f"INSERT INTO attempts ({_ATT_COLS}) VALUES ", 11, _SQL_ATTEMPT[_SQL_ATTEMPT.index(" ON CONFLICT"):]),
+    _EVENT: ("INSERT INTO events (message_id, type, at, data) VALUES ", 4, ""),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_sql(kind: int, n: int) -> str:
+    if kind == _FINISH:     # UPDATE ... FROM (VALUES ...): ids must be distinct within one statement
+        values = ",".join(["(?,?,?,?)"] * n)
+        return (f"UPDATE messages SET status = v.column1, finished_at = v.column2, delivered_at = v.column3 "
+                f"FROM (VALUES {values}) AS v WHERE messages.id = v.column4")
+    head, width, tail = _MULTI_HEAD[kind]
+    row = "(" + ",".join("?" * width) + ")"
+    return head + ",".join([row] * n) + tail
+
+
+def _multi(conn: sqlite3.Connection, kind: int, rows: list[tuple]) -> None:
+    """Write `rows` (in order) with as few multi-row statements as the fixed chunk sizes allow."""
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        while n - i >= size:
+            conn.execute(_multi_sql(kind, size), [v for r in rows[i:i + size] for v in r])
+            i += size
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
@@ -248,39 +297,51 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
 def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
     """Run queued items inside the caller's transaction; one result per item.
 
-    Rows are gathered per statement and written with executemany: message inserts first, then
-    attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
+    Rows are gathered per statement and written with multi-row statements: message inserts first,
+    then attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
     insert, which must see every earlier key) first writes what was gathered, then runs."""
     values: list[Any] = []
     inserts: list[tuple] = []
     attempts: list[tuple] = []
     events: list[tuple] = []
-    updates: list[tuple[str, tuple]] = []
+    updates: list[tuple[int, tuple]] = []
 
     def write_gathered() -> None:
         if inserts:
-            conn.executemany(_SQL_INSERT, inserts)
+            _multi(conn, _INSERT, inserts)
             inserts.clear()
         if attempts:
-            conn.executemany(_SQL_ATTEMPT, attempts)
+            _multi(conn, _ATTEMPT, attempts)
             attempts.clear()
         if events:
-            conn.executemany(_SQL_EVENT, [(m, t, at, _encode(d)) for m, t, at, d in events])
+            _multi(conn, _EVENT, [(m, t, at, _encode(d)) for m, t, at, d in events])
             events.clear()
         if updates:
             i = 0
-            while i < len(updates):          # consecutive updates of one statement: one executemany
-                sql = updates[i][0]
+            while i < len(updates):          # consecutive updates of one kind together
+                kind = updates[i][0]
                 j = i
-                while j < len(updates) and updates[j][0] is sql:
+                while j < len(updates) and updates[j][0] == kind:
                     j += 1
-                conn.executemany(sql, [u[1] for u in updates[i:j]])
+                rows = [u[1] for u in updates[i:j]]
+                if kind == _FINISH and len({r[3] for r in rows}) == len(rows):
+                    _multi(conn, _FINISH, rows)
+                else:
+                    conn.executemany(_SQL_FINISH if kind == _FINISH else _SQL_RUN, rows)
                 i = j
             updates.clear()
 
     for kind, payload, _fut in items:
         value = None
-        if kind == _EVENT:
+        if kind == _ROWS:
+            for k, row in payload:
+                if k == _EVENT:
+                    events.append(row)
+                elif k == _ATTEMPT:
+                    attempts.append(row)
+                else:
+                    updates.append((k, row))
+        elif kind == _EVENT:
             events.append(payload)
         elif kind == _ATTEMPT:
             attempts.append(payload)
@@ -291,10 +352,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
             else:
                 write_gathered()
                 value = _insert_keyed(conn, row, not_before, now)
-        elif kind == _FINISH:
-            updates.append((_SQL_FINISH, payload))
-        elif kind == _RUN:
-            updates.append((_SQL_RUN, payload))
+        elif kind == _FINISH or kind == _RUN:
+            updates.append((kind, payload))
         else:
             write_gathered()
             value = payload(conn)
@@ -317,6 +376,7 @@ class Store:
         self._ro: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rows: list[tuple[int, tuple]] = []     # rows not yet handed to the writer (see _row)
         self.commits = 0           # transactions committed (group commit: << operations)
         self.operations = 0
         self.write_errors = 0
@@ -345,6 +405,7 @@ class Store:
     async def close(self) -> None:
         if self._thread is None:
             return
+        self._hand_over()
         self._q.put(_CLOSE)
         await asyncio.to_thread(self._thread.join, 30)
         self._thread = None
@@ -475,7 +536,10 @@ class Store:
             except sqlite3.Error:
                 pass
             results = []
-            for item in batch:
+            # in queue order, each row of a _ROWS item on its own
+            singles = [one for item in batch
+                       for one in ([(k, row, None) for k, row in item[1]] if item[0] == _ROWS else [item])]
+            for item in singles:
                 fut = item[2]
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -506,9 +570,30 @@ class Store:
     def _put(self, kind: int, payload: Any, wait: bool = False) -> asyncio.Future | None:
         if self._thread is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        if self._rows:
+            self._hand_over()          # FIFO: the rows queued before this item go first
         fut = self._loop.create_future() if wait and self._loop is not None else None
         self._q.put((kind, payload, fut))
         return fut
+
+    def _row(self, kind: int, payload: tuple) -> None:
+        """Queue a fire-and-forget row. Rows gather on the loop thread and go to the writer as one
+        item at the end of this turn of the event loop (or before the next item that is not a
+        row), so a message's ~10 rows cost the loop a list append each, not a queue operation."""
+        if self._thread is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        rows = self._rows
+        if not rows:
+            if self._loop is None:
+                self._q.put((kind, payload, None))
+                return
+            self._loop.call_soon(self._hand_over)
+        rows.append((kind, payload))
+
+    def _hand_over(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._q.put((_ROWS, rows, None))
 
     async def call(self, fn: _Op) -> Any:
         """Run `fn(conn)` in the writer thread inside a transaction; return after its commit."""
@@ -542,7 +627,7 @@ class Store:
 
     def put_attempt(self, a: AttemptRow) -> None:
         """Insert or update an attempt row (an update keeps an earlier non-empty detail)."""
-        self._put(_ATTEMPT, (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at,
+        self._row(_ATTEMPT, (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at,
                              a.deadline, a.ended_at, a.outcome, a.status_code, a.detail))
 
     def add_event(self, e: EventRow) -> None:
@@ -551,13 +636,13 @@ class Store:
     def put_event(self, message_id: str, type_: str, at: float, data: dict[str, Any]) -> None:
         """Queue one event; `data` is JSON-encoded by the writer thread, so it must not change
         after this call (the engine never touches an event's data once emitted)."""
-        self._put(_EVENT, (message_id, type_, at, data))
+        self._row(_EVENT, (message_id, type_, at, data))
 
     def finish(self, message_id: str, status: str, finished_at: float, delivered_at: float | None) -> None:
-        self._put(_FINISH, (status, finished_at, delivered_at, message_id))
+        self._row(_FINISH, (status, finished_at, delivered_at, message_id))
 
     def set_run(self, message_id: str, run: int) -> None:
-        self._put(_RUN, (run, message_id))
+        self._row(_RUN, (run, message_id))
 
     def end_open_attempts(self, message_id: str, at: float, detail: str) -> None:
         """Mark attempts that never ended (the process stopped under them) as cancelled."""
