@@ -180,13 +180,14 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     outcome_of: dict[int | None, Outcome] = {}     # plain answers by status (Outcome is immutable)
 
     def execute(msg: _Msg, cmds: list[Command]) -> None:
+        i = msg.i
         for c in cmds:
             t = type(c)
             if t is RecordEvent:                    # most commands are events: no dispatch for them
                 ev = c.event  # type: ignore[union-attr]
                 sink = sink_of(ev.type)
                 if sink is not None:
-                    sink(msg.i, ev)
+                    sink(i, ev)
             else:
                 handler_of[t](msg, c)
 
@@ -231,7 +232,10 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                 release(msg)
 
         timeout(delay).callbacks.append(answered)  # type: ignore[union-attr]
-        hold(msg, now + delay)
+        t = now + delay                 # hold(msg, t), inlined: once per attempt
+        anchor = msg.anchor
+        if anchor is None or t < anchor:
+            msg.anchor = t
 
     def hold(msg: _Msg, t: float) -> None:
         """An answer or receipt of `msg` is on the queue for SimPy time `t`."""
