@@ -5,7 +5,8 @@ routing decision of its own (those live in daemon.core.engine):
 
     StartAttempt   -> an asyncio task running the provider adapter's send()
     CancelAttempt  -> task.cancel() (an http request's connection is closed)
-    SetTimer(at)   -> one loop.call_later handle per message, replaced on every SetTimer
+    SetTimer(at)   -> one entry per message in the Router's wake-up heap (one loop timer for the
+                      earliest entry; an entry a later SetTimer replaced is skipped when due)
     RecordEvent    -> SQLite (attempts + events), event listeners (MQTT), Prometheus metrics
     Finish         -> SQLite status; the message leaves the in-flight set
 
@@ -56,6 +57,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -83,9 +86,11 @@ log = logging.getLogger("routingd.runtime")
 
 __all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
 
+_EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wakeups)
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
 _TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
+_METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 
 
 class Overloaded(Exception):
@@ -122,7 +127,7 @@ class _Live:
     events: list[EventRow | Event] = field(default_factory=list)  # both have .type, .at, .data
     details: dict[str, str] = field(default_factory=dict)         # attempt_id -> detail
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    timer: asyncio.TimerHandle | None = None
+    wake_seq: int = -1                 # the message's live entry in Router._wakeups (-1: none)
     finished: bool = False
     written: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # attempt_id -> last row state stored
 
@@ -193,6 +198,7 @@ class Router:
         # One jitter stream for every message of the process (the engine draws only back-off
         # jitter from it); a Random per message cost 2.8 KB and a seeding each.
         self._rng = random.Random(rng_seed)
+        self._put_event = store.put_event
         # Plans of requests without overrides, per route, for the current policy (swap_policy
         # starts a new cache): a Plan is immutable, so every such message can share it.
         self._plans: dict[str | None, Plan] = {}
@@ -211,6 +217,15 @@ class Router:
         self._purge_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Wake-ups (SetTimer) of every message: a heap of (at, seq, message_id) served by ONE
+        # loop timer for its earliest entry. An entry is live while its message's wake_seq is its
+        # seq; replaced and finished ones are skipped when due, and dropped in bulk when they are
+        # the majority. Cheaper than a TimerHandle made and cancelled per message.
+        self._wakeups: list[tuple[float, int, str]] = []
+        self._wake_seq = itertools.count()
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
+        self._stale = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -273,10 +288,12 @@ class Router:
         self._halted = True
         now = self.clock.now()
         leftover: list[asyncio.Task[None]] = []
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+            self._wake_handle = self._wake_at = None
+        self._wakeups.clear()
         for live in self._live.values():
-            if live.timer is not None:
-                live.timer.cancel()
-                live.timer = None
+            live.wake_seq = -1
             for t in live.tasks.values():
                 t.cancel()
                 leftover.append(t)
@@ -486,7 +503,7 @@ class Router:
                 self._set_timer(live, cmd.at)
             elif isinstance(cmd, Finish):
                 self._finish(live, cmd)
-        if not live.finished and live.timer is None and not self._halted:
+        if not live.finished and live.wake_seq < 0 and not self._halted:
             wake = live.delivery.next_wakeup      # defensive: never leave a live message without a wake-up
             if wake is not None:
                 self._set_timer(live, wake)
@@ -495,9 +512,10 @@ class Router:
         # The engine never changes an event once emitted, so the Event itself is kept for the
         # status endpoint and its data handed to the store (encoded by the writer thread).
         mid = live.row.id
-        type_, data = event.type, event.data
+        type_ = event.type
+        data = event.data
         live.events.append(event)
-        self.store.put_event(mid, type_, event.at, data)
+        self._put_event(mid, type_, event.at, data)
         aid = data.get("attempt_id")
         if aid is not None:
             if type_ == "attempt_ended" and data.get("detail"):
@@ -514,15 +532,16 @@ class Router:
                     self.store.put_attempt(AttemptRow(aid, mid, rec.channel, rec.provider, rec.try_no,
                                                       rec.started_at, rec.deadline, rec.ended_at, rec.outcome,
                                                       rec.status_code, detail))
-        m = self.metrics
-        if type_ == "attempt_ended":
-            m.attempt_ended(data.get("channel", ""), data.get("provider", ""), data.get("outcome", ""))
-        elif type_ == "failover":
-            m.failover(data.get("kind", ""))
-        elif type_ == "breaker_opened":
-            m.breaker_open.labels(provider=data.get("provider", "")).set(1)
-        elif type_ == "breaker_closed":
-            m.breaker_open.labels(provider=data.get("provider", "")).set(0)
+        if type_ in _METRIC_EVENTS:
+            m = self.metrics
+            if type_ == "attempt_ended":
+                m.attempt_ended(data.get("channel", ""), data.get("provider", ""), data.get("outcome", ""))
+            elif type_ == "failover":
+                m.failover(data.get("kind", ""))
+            elif type_ == "breaker_opened":
+                m.breaker_open.labels(provider=data.get("provider", "")).set(1)
+            elif type_ == "breaker_closed":
+                m.breaker_open.labels(provider=data.get("provider", "")).set(0)
         for cb in self._listeners:
             try:
                 cb(mid, event)
@@ -559,20 +578,61 @@ class Router:
         self._apply(live, live.delivery.on_outcome(req.attempt_id, outcome, self.clock.now()))
 
     def _set_timer(self, live: _Live, at: float | None) -> None:
-        if live.timer is not None:
-            live.timer.cancel()
-            live.timer = None
+        if live.wake_seq >= 0:
+            live.wake_seq = -1
+            self._stale += 1
         if at is None or live.finished or self._halted:
             return
-        assert self._loop is not None
-        live.timer = self._loop.call_later(max(0.0, at - self.clock.now()), self._on_timer, live, at)
+        seq = next(self._wake_seq)
+        live.wake_seq = seq
+        heapq.heappush(self._wakeups, (at, seq, live.row.id))
+        if self._wake_at is None or at < self._wake_at:   # (-inf while _on_wakeups runs)
+            self._arm(at)
+        if self._stale > 1024 and self._stale * 2 > len(self._wakeups):
+            self._compact_wakeups()
 
-    def _on_timer(self, live: _Live, at: float) -> None:
-        live.timer = None
-        if live.finished or self._halted:
+    def _arm(self, at: float) -> None:
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        assert self._loop is not None
+        self._wake_at = at
+        self._wake_handle = self._loop.call_later(max(0.0, at - self.clock.now()), self._on_wakeups)
+
+    def _compact_wakeups(self) -> None:
+        live_of = self._live
+        kept = [e for e in self._wakeups if (lv := live_of.get(e[2])) is not None and lv.wake_seq == e[1]]
+        heapq.heapify(kept)
+        self._wakeups = kept
+        self._stale = 0
+
+    def _on_wakeups(self) -> None:
+        self._wake_handle = self._wake_at = None
+        if self._halted:
             return
-        # asyncio may run a handle a hair early; the engine must see the deadline as reached
-        self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+        heap = self._wakeups
+        live_of = self._live
+        # asyncio may run a handle a hair early (and the wall-anchored clock rounds): what is due
+        # within _EARLY_S counts as due, and the engine sees its own deadline as reached. Wake-ups
+        # asked for while these run are served by the next timer, never in this loop.
+        now = self.clock.now()
+        due: list[tuple[float, _Live]] = []
+        while heap and heap[0][0] <= now + _EARLY_S:
+            at, seq, mid = heapq.heappop(heap)
+            live = live_of.get(mid)
+            if live is None or live.wake_seq != seq:
+                self._stale = max(0, self._stale - 1)
+                continue
+            live.wake_seq = -1
+            due.append((at, live))
+        self._wake_at = float("-inf")          # _set_timer: do not arm while the due ones run
+        try:
+            for at, live in due:
+                if not live.finished and not self._halted and live.wake_seq < 0:
+                    self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+        finally:
+            self._wake_at = None
+        if heap and not self._halted:
+            self._arm(heap[0][0])
 
     def _finish(self, live: _Live, cmd: Finish) -> None:
         if live.finished:
@@ -580,9 +640,9 @@ class Router:
         live.finished = True
         row = live.row
         row.status, row.finished_at, row.delivered_at = cmd.status, cmd.at, cmd.delivered_at
-        if live.timer is not None:
-            live.timer.cancel()
-            live.timer = None
+        if live.wake_seq >= 0:
+            live.wake_seq = -1
+            self._stale += 1
         for t in live.tasks.values():
             t.cancel()
         live.tasks.clear()
