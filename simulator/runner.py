@@ -9,7 +9,9 @@ engine's commands:
                    answers. A 2xx from a confirm = "receipt" provider schedules its receipt.
     CancelAttempt  forget the attempt: its answer (and receipt), if any comes, is dropped.
     SetTimer       one wake-up per delivery; a newer SetTimer makes older ones stale
-                   (generation counter), and a stale one is ignored when it fires.
+                   (generation counter), and a stale one is ignored when it fires. One that an
+                   already queued answer of the same message comes before is held back until
+                   that answer is handled (see set_timer): most are dropped by then.
     RecordEvent    fed to the metrics and to the independent hierarchy checker.
     Finish         the message is terminal.
 
