@@ -57,6 +57,7 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import logging
@@ -172,6 +173,23 @@ class _RandomHex:
 _random_hex = _RandomHex()
 
 
+_GC_GEN0 = 10_000
+
+
+def tune_gc() -> None:
+    """Raise the cyclic collector's young-generation threshold to _GC_GEN0 (CPython: 700).
+
+    Every message allocates a few hundred container objects (request model, engine nodes,
+    events, asyncio tasks and futures) that reference counting frees again; with the default
+    threshold the collector still ran every ~3 messages and, with its older generations, took
+    about 50 us of CPU per message (~17% of the ingress path, measured in-process). Counted net
+    of frees, 10,000 young objects are reached rarely, and cycles are still collected. Only ever
+    raised, never lowered (an embedding application may have chosen more)."""
+    g0, g1, g2 = gc.get_threshold()
+    if 0 < g0 < _GC_GEN0:
+        gc.set_threshold(_GC_GEN0, g1, g2)
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>"): 11 hex
     digits of milliseconds since the epoch, then 64 random bits."""
@@ -249,6 +267,7 @@ class Router:
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
+        tune_gc()
         if not self.store.is_open:
             await self.store.open()
             self._own_store = True
