@@ -12,7 +12,12 @@ engine's commands:
                    (generation counter), and a stale one is ignored when it fires. One that an
                    already queued answer of the same message comes before is held back until
                    that answer is handled (see set_timer): most are dropped by then.
-    RecordEvent    fed to the metrics and to the independent hierarchy checker.
+    RecordEvent    fed to the metrics and to the independent hierarchy checker. A
+                   `breaker_opened` one also queues its provider: once the batch is applied,
+                   every pending message gets the engine's on_provider_unhealthy(provider, now)
+                   at that same time (a worklist: those batches can open further breakers), so
+                   attempts in flight on it fail over at once - unless the scenario sets
+                   [simulation] cut_inflight_on_breaker_open = false.
     Finish         the message is terminal.
 
 Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
@@ -142,10 +147,12 @@ class RunResult:
     wall_s: float
 
 
-def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True) -> RunResult:
+def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
+        cut_inflight: bool | None = None) -> RunResult:
     """Simulate one scenario against one routing file.
 
-    hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower."""
+    hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower.
+    cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open."""
     wall0 = time.perf_counter()
     sc = setup.scenario.model
     seed = setup.seed
@@ -173,7 +180,16 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     held_until = 0.0                # the latest wake-up ever held back (see set_timer)
     live_pop = live.pop
     pending = 0
-    sink_of = event_sinks(metrics.handlers, checker.handlers).get
+    cut = sc.simulation.cut_inflight_on_breaker_open if cut_inflight is None else cut_inflight
+    waiting: dict[int, _Msg] = {}   # pending messages, by arrival (kept only when cutting)
+    opened: list[str] = []          # providers whose breaker opened, not yet handed to `waiting`
+    draining = False
+
+    def breaker_opened(_i: int, ev: Event) -> None:
+        opened.append(ev.data["provider"])
+
+    sink_of = event_sinks(metrics.handlers, checker.handlers,
+                          {"breaker_opened": breaker_opened} if cut else {}).get
     attempt_started = checker.on_attempt_started
     attempt_stopped = checker.on_attempt_stopped
     metrics_finish = metrics.finish
@@ -192,6 +208,24 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                     sink(i, ev)
             else:
                 handler_of[t](msg, c)
+        if opened and not draining:
+            cut_over()
+
+    def cut_over() -> None:
+        """Hand each newly opened breaker's provider to every pending message, at this same time,
+        until no batch opens another one (a worklist, not recursion)."""
+        nonlocal draining
+        draining = True
+        now = env.now
+        try:
+            while opened:
+                provider = opened.pop(0)
+                for msg in list(waiting.values()):
+                    d = msg.d
+                    if d.status == "pending":
+                        execute(msg, d.on_provider_unhealthy(provider, now))
+        finally:
+            draining = False
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
         aid = c.attempt_id
@@ -297,6 +331,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         nonlocal pending
         metrics_finish(msg.i, c)
         pending -= 1
+        if cut:
+            waiting.pop(msg.i, None)
 
     handler_of: dict[type, Callable[[_Msg, Any], None]] = {
         StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
@@ -329,6 +365,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health))
         metrics_accept(i, now, routes[k])
         pending += 1
+        if cut:
+            waiting[i] = msg
         execute(msg, msg.d.start(now))
         count = i + 1
         if progress is not None and count % 2000 == 0:

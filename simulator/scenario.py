@@ -23,6 +23,10 @@
     [expect]
     delivered_ratio = 0.999
 
+    [simulation]                    # how the driver runs the engine
+    cut_inflight_on_breaker_open = true   # fail over at once from attempts on a provider whose
+                                          # breaker just opened (engine: on_provider_unhealthy)
+
 Shape errors are reported like routing.toml's: PolicyError lines "FILE: key.path: reason".
 References into the routing file (routes, providers) are checked by `bind_scenario`, once the
 routing file of a run is known.
@@ -127,6 +131,17 @@ class ExpectSection(_Strict):
     min_channel_failovers: Annotated[int, Field(ge=0)] | None = None
 
 
+class SimulationSection(_Strict):
+    """How the driver runs the engine (not the world being simulated).
+
+    cut_inflight_on_breaker_open  when a provider's breaker opens, hand every pending message
+        the engine's `on_provider_unhealthy` input, so attempts in flight (and back-off retries)
+        on that provider fail over at once instead of each waiting out its own timeout. On by
+        default (what a driver of the engine should do); false to measure what the cut is worth."""
+
+    cut_inflight_on_breaker_open: bool = True
+
+
 class ScenarioModel(_Strict):
     name: str | None = None
     description: str = ""
@@ -137,6 +152,7 @@ class ScenarioModel(_Strict):
     providers: dict[str, BehaviourSpec] = Field(default_factory=dict)
     outages: list[OutageSection] = Field(default_factory=list)
     expect: ExpectSection = ExpectSection()
+    simulation: SimulationSection = SimulationSection()
 
     @field_validator("duration")
     @classmethod
@@ -185,5 +201,5 @@ def load_scenario(path: str) -> Scenario:
     return parse_scenario(read_config_text(path), path)
 
 
-__all__ = ["ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel",
+__all__ = ["ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel", "SimulationSection",
            "TrafficSection", "load_scenario", "parse_scenario"]
