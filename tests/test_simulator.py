@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.core.engine import Event, StartAttempt
-from daemon.core.policy import load_policy
+from daemon.core.policy import PolicyError, load_policy
 from simulator.invariants import HierarchyChecker
 from simulator.report import build_report
 from simulator.runner import RunResult, run
@@ -100,10 +100,17 @@ def test_breaker_off_every_message_pays_timeout_plus_backup_latency(tmp_path: Pa
     assert rep["outages"][0]["time_to_route_around_s"] is None
 
 
+NO_CUT = """
+    [simulation]
+    cut_inflight_on_breaker_open = false
+"""
+
+
 def test_breaker_on_only_the_first_burst_and_one_probe_per_cooldown_pay_the_timeout(tmp_path: Path) -> None:
+    """Without the in-flight cut: every message on the primary waits out its own timeout."""
     failures, cooldown = 3, 10.0
     write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s" }}')
-    res = simulate(write_scenario(tmp_path))
+    res = simulate(write_scenario(tmp_path, NO_CUT))
     m = res.metrics
     acc = m.accepted_at
     # First principles: the n-th failure is the n-th message's timeout, at accept + T; the
@@ -136,6 +143,70 @@ def test_breaker_on_only_the_first_burst_and_one_probe_per_cooldown_pay_the_time
     # routed around once the breaker opened (the accept after it), not before
     tra = rep["outages"][0]["time_to_route_around_s"]
     assert tra is not None and acc[failures - 1] + T - 1.0 <= tra <= opened_at + 1.0
+
+
+def test_breaker_opening_cuts_the_attempts_in_flight_on_the_primary_over_at_once(tmp_path: Path) -> None:
+    """With the cut (the default): the messages in flight on the primary when its breaker opens
+    are delivered at (breaker-open time) + L instead of at their own start + T + L."""
+    failures, cooldown = 3, 10.0
+    write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s" }}')
+    res = simulate(write_scenario(tmp_path, rate=20))
+    m = res.metrics
+    acc = m.accepted_at
+    # First principles: the breaker opens at the n-th message's timeout. Messages 0..n-1 time
+    # out (their own start + T; the n-th is the one that opens it); every later message accepted
+    # before it opens is cut over at that instant. Then one probe per cooldown pays T.
+    opened_at = acc[failures - 1] + T
+    timed_out = {i for i, a in enumerate(acc) if i < failures}
+    cut = {i for i, a in enumerate(acc) if i >= failures and a < opened_at}
+    next_probe = opened_at + cooldown
+    for i, a in enumerate(acc):
+        if a >= next_probe:
+            timed_out.add(i)
+            next_probe = a + T + cooldown
+    assert len(cut) >= 20 and len(timed_out) >= failures + 5     # the scenario really exercises both
+    for i in range(m.messages):
+        delivered = m.delivered_at[i]
+        if i in cut:
+            assert delivered == pytest.approx(opened_at + L, abs=1e-9), i
+            assert delivered - acc[i] < T + L - 1e-3, i               # it did not wait out T
+            assert m.attempts[i] == 2, i
+        elif i in timed_out:
+            assert delivered - acc[i] == pytest.approx(T + L, abs=1e-9), i
+            assert m.attempts[i] == 2, i
+        else:
+            assert delivered - acc[i] == pytest.approx(L, abs=1e-9), i
+            assert m.attempts[i] == 1, i
+    rep = build_report(res)
+    primary = rep["providers"]["primary"]
+    assert primary["attempts"] == len(timed_out) + len(cut)
+    assert primary["timeouts"] == len(timed_out)
+    assert primary["cancelled"] == len(cut)
+    assert primary["breaker_opened"] == 1
+    assert rep["violations"] == 0
+    assert res.pending == 0
+
+    # the same traffic without the cut: exactly the cut messages pay start + T + L instead
+    res_no = simulate(write_scenario(tmp_path, NO_CUT, rate=20))
+    assert res_no.metrics.accepted_at == acc
+    for i in cut:
+        assert res_no.metrics.delivered_at[i] - acc[i] == pytest.approx(T + L, abs=1e-9), i
+    assert build_report(res_no)["providers"]["primary"]["cancelled"] == 0
+
+
+def test_the_cut_is_a_scenario_option_and_a_run_override(tmp_path: Path) -> None:
+    write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
+    sc = load_scenario(str(write_scenario(tmp_path, NO_CUT, duration="20s", rate=20)))
+    assert sc.model.simulation.cut_inflight_on_breaker_open is False
+    setup = bind_scenario(sc, load_policy(sc.routing_path))
+    off, on = run(setup), run(setup, cut_inflight=True)
+    assert off.metrics.stats["primary"].cancelled == 0
+    assert on.metrics.stats["primary"].cancelled > 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(write_scenario(tmp_path).read_text() + "\n[simulation]\ncut_inflight = true\n")
+    with pytest.raises(PolicyError) as e:
+        load_scenario(str(bad))
+    assert any("simulation.cut_inflight" in line for line in e.value.lines())
 
 
 def test_same_seed_same_report_and_another_seed_differs() -> None:
