@@ -14,17 +14,30 @@ Names (DESIGN.md "Runtime behaviour"):
         hash) read as an integer from its first 13 hex digits (52 bits, exact in a float64), as
         Prometheus' and Alertmanager's own config_hash gauges do; routingd_config_info{version}
         carries the full version string.
+
+The per-message series (accepted, finished, attempts, failovers, time to deliver) are plain
+integers and floats updated on the event loop thread -- a prometheus_client child costs a label
+lookup and a lock per update, several times per message -- and turned into metric families
+only when /metrics is scraped (the `_MessageSeries` collector). Call the methods
+(`message_accepted()`, `message_finished()`, `attempt_ended()`, `failover()`,
+`delivered_after()`) from the event loop thread only.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _DELIVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, float("inf"))
+_STATUSES = ("delivered", "undeliverable", "expired")
+_FAILOVER_KINDS = ("provider", "channel")
 
 
 def version_as_int(version: str) -> int:
@@ -39,20 +52,17 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.accepted = Counter("routingd_messages_accepted", "Messages accepted (committed to the store).",
-                                registry=r)
-        self.finished = Counter("routingd_messages_finished", "Messages that reached a terminal status.",
-                                ["status"], registry=r)
+        self.created = time.time()
+        self.accepted = 0
+        self.finished: dict[str, int] = dict.fromkeys(_STATUSES, 0)
+        self.attempts: dict[tuple[str, str, str], int] = {}
+        self.failovers: dict[str, int] = dict.fromkeys(_FAILOVER_KINDS, 0)
+        self.deliver_buckets = [0] * len(_DELIVER_BUCKETS)     # not cumulative; see _MessageSeries
+        self.deliver_sum = 0.0
+        r.register(_MessageSeries(self))
         self.inflight = Gauge("routingd_messages_inflight", "Messages not yet terminal.", registry=r)
-        self.attempts = Counter("routingd_attempts", "Provider attempts by how they ended.",
-                                ["channel", "provider", "outcome"], registry=r)
-        self.failovers = Counter("routingd_failovers", "Failovers to the next provider or channel.",
-                                 ["kind"], registry=r)
         self.breaker_open = Gauge("routingd_breaker_open", "1 while the provider's circuit breaker is open.",
                                   ["provider"], registry=r)
-        self.time_to_deliver = Histogram("routingd_time_to_deliver_seconds",
-                                         "Seconds from accept to the first delivered outcome.",
-                                         buckets=_DELIVER_BUCKETS, registry=r)
         self.reload_ok = Gauge("routingd_config_last_reload_successful",
                                "Whether the last configuration reload attempt was successful.", registry=r)
         self.reload_ts = Gauge("routingd_config_last_reload_success_timestamp_seconds",
@@ -64,35 +74,26 @@ class Metrics:
                                     "MQTT publications dropped because the buffer was full.", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
                                     registry=r)
-        self._finished: dict[str, Any] = {}
-        self._attempts: dict[tuple[str, str, str], Any] = {}
-        self._failovers: dict[str, Any] = {}
-        for status in ("delivered", "undeliverable", "expired"):
-            self._finished[status] = self.finished.labels(status=status)
-        for kind in ("provider", "channel"):
-            self._failovers[kind] = self.failovers.labels(kind=kind)
 
     # ------------------------------------------------------------------ per message (hot path)
-    # labels() builds a key and takes a lock on every call; the children are cached instead.
+
+    def message_accepted(self) -> None:
+        self.accepted += 1
 
     def message_finished(self, status: str) -> None:
-        child = self._finished.get(status)
-        if child is None:
-            child = self._finished[status] = self.finished.labels(status=status)
-        child.inc()
+        self.finished[status] = self.finished.get(status, 0) + 1
 
     def attempt_ended(self, channel: str, provider: str, outcome: str) -> None:
         key = (channel, provider, outcome)
-        child = self._attempts.get(key)
-        if child is None:
-            child = self._attempts[key] = self.attempts.labels(channel=channel, provider=provider, outcome=outcome)
-        child.inc()
+        self.attempts[key] = self.attempts.get(key, 0) + 1
 
     def failover(self, kind: str) -> None:
-        child = self._failovers.get(kind)
-        if child is None:
-            child = self._failovers[kind] = self.failovers.labels(kind=kind)
-        child.inc()
+        self.failovers[kind] = self.failovers.get(kind, 0) + 1
+
+    def delivered_after(self, seconds: float) -> None:
+        """One observation of routingd_time_to_deliver_seconds."""
+        self.deliver_buckets[bisect.bisect_left(_DELIVER_BUCKETS, seconds)] += 1
+        self.deliver_sum += seconds
 
     # ------------------------------------------------------------------ config
 
@@ -110,3 +111,42 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _MessageSeries(Collector):
+    """The per-message counters and histogram of a Metrics, as metric families at scrape time."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        created = m.created
+        c = CounterMetricFamily("routingd_messages_accepted", "Messages accepted (committed to the store).")
+        c.add_metric([], m.accepted, created=created)
+        yield c
+        c = CounterMetricFamily("routingd_messages_finished", "Messages that reached a terminal status.",
+                                labels=["status"])
+        for status, n in list(m.finished.items()):
+            c.add_metric([status], n, created=created)
+        yield c
+        c = CounterMetricFamily("routingd_attempts", "Provider attempts by how they ended.",
+                                labels=["channel", "provider", "outcome"])
+        for key, n in list(m.attempts.items()):
+            c.add_metric(list(key), n, created=created)
+        yield c
+        c = CounterMetricFamily("routingd_failovers", "Failovers to the next provider or channel.", labels=["kind"])
+        for kind, n in list(m.failovers.items()):
+            c.add_metric([kind], n, created=created)
+        yield c
+        h = HistogramMetricFamily("routingd_time_to_deliver_seconds",
+                                  "Seconds from accept to the first delivered outcome.")
+        cumulative, buckets = 0, []
+        for bound, n in zip(_DELIVER_BUCKETS, list(m.deliver_buckets)):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        h.add_metric([], buckets, m.deliver_sum, timestamp=None)
+        yield h
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())     # collected on every scrape; no name clash checks needed

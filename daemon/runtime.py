@@ -435,7 +435,7 @@ class Router:
             self._reserved -= 1
         if existing is not None:
             return SubmitResult(existing, False)
-        self.metrics.accepted.inc()
+        self.metrics.message_accepted()
         if self._stopping:          # durable; the next start routes it
             return SubmitResult(row.id, True)
         snap = self._snapshots.setdefault(policy.version, _Snapshot(policy))
@@ -668,7 +668,7 @@ class Router:
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
-            self.metrics.time_to_deliver.observe(max(0.0, cmd.delivered_at - row.accepted_at))
+            self.metrics.delivered_after(max(0.0, cmd.delivered_at - row.accepted_at))
         self._live.pop(row.id, None)
         self._recent[row.id] = live
         while len(self._recent) > _RECENT:
