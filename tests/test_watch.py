@@ -238,3 +238,27 @@ def test_edits_to_a_symlinked_file_elsewhere(tmp_path: Path) -> None:
 def test_targets_of_a_plain_file(cfg: Path) -> None:
     t = watch_targets(cfg)
     assert t.dirs == (str(cfg.parent),) and t.paths == {str(cfg)}
+
+
+def test_writes_to_other_open_files_raise_no_event(cfg: Path) -> None:
+    """The state database usually sits beside routing.toml: SQLite writes it (and its -wal) through
+    open descriptors, many times a second. Those writes must not even wake the watcher; the next
+    edit of the config is still seen."""
+    from daemon.watch import _Inotify
+
+    ino = _Inotify((str(cfg.parent),))
+    try:
+        db = cfg.parent / "routingd.db"
+        with db.open("wb") as f:
+            assert {p for _, p in ino.read()} == {str(db)}       # created (IN_CREATE)
+            for i in range(200):
+                f.write(b"page %d\n" % i)
+                f.flush()
+                os.fsync(f.fileno())
+                f.truncate(f.tell())
+            assert ino.read() == []                              # writes through an open file: silent
+        assert {p for _, p in ino.read()} == {str(db)}           # closed after writing
+        cfg.write_text("edited")
+        assert (cfg.parent / "routing.toml") in {Path(p) for _, p in ino.read()}
+    finally:
+        ino.close()
