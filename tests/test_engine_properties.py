@@ -180,7 +180,8 @@ def index_plan(plan: Plan) -> tuple[dict[str, ChannelStep], list[tuple[str, list
     return channels, singles
 
 
-def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed: int) -> Result:
+def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed: int,
+             events: frozenset[str] | None = None) -> Result:
     policy = parse_policy(tomli_w.dumps(doc), "random.toml", env={})
     plan = resolve_plan(policy, "default")
     chan_steps, _ = index_plan(plan)
@@ -199,7 +200,8 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
         heapq.heappush(heap, (t, drv.random(), next(seq), kind, m, payload))
 
     for m, (to, accepted) in enumerate(msgs):
-        d = Delivery(f"m{m}", plan, to, accepted, random.Random(seed * 31 + m), health)
+        d = Delivery(f"m{m}", plan, to, accepted, random.Random(seed * 31 + m), health,
+                     events=events)
         states.append(MessageState(d, accepted, accepted + plan.message_timeout_ms / 1000.0))
         push(accepted, "start", m, None)
         for _ in range(drv.randint(0, 3)):                    # spurious early wake-ups
@@ -450,6 +452,28 @@ def test_same_inputs_same_commands(doc: dict[str, Any], msgs: list[tuple[dict[st
     b = simulate(doc, msgs, seed)
     assert a.commands == b.commands
     assert [s.d.attempts.keys() for s in a.states] == [s.d.attempts.keys() for s in b.states]
+
+
+# what this file's driver reads (its bookkeeping; breaker_opened to call on_provider_unhealthy)
+DRIVER_READS = frozenset({"channel_started", "channel_finished", "breaker_opened", "attempt_ended",
+                          "attempt_accepted", "finished"})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(doc=policies(), msgs=messages, seed=st.integers(0, 2**32 - 1))
+def test_an_events_filter_drops_only_the_other_events(doc: dict[str, Any],
+                                                     msgs: list[tuple[dict[str, Any], float]], seed: int) -> None:
+    """Delivery(events=...) gives exactly the commands of an unfiltered one, less the RecordEvents of
+    the types left out; status and attempts are the same."""
+    full = simulate(doc, msgs, seed)
+    some = simulate(doc, msgs, seed, events=DRIVER_READS)
+    kept = [(m, c) for m, c in full.commands
+            if not isinstance(c, RecordEvent) or c.event.type in DRIVER_READS]
+    assert some.commands == kept
+    assert len(kept) < len(full.commands)        # something was left out: the filter is not vacuous
+    for a, b in zip(full.states, some.states):
+        assert (a.d.status, a.d.delivered_at, a.d.duplicates) == (b.d.status, b.d.delivered_at, b.d.duplicates)
+        assert [r.to_json() for r in a.d.attempts.values()] == [r.to_json() for r in b.d.attempts.values()]
 
 
 def test_the_driver_can_see_a_violation() -> None:

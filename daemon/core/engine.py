@@ -236,8 +236,13 @@ class Delivery:
     """Routes one message through its plan. Create one per message (and per resume)."""
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
-                 rng: random.Random, health: HealthTracker | None = None, run: int = 0) -> None:
+                 rng: random.Random, health: HealthTracker | None = None, run: int = 0,
+                 events: frozenset[str] | None = None) -> None:
+        """`events`: the event types to emit as RecordEvent commands (None: all of them). A driver
+        that reads only some types (the simulator) passes those; every other command, `status`,
+        `attempts` and the like are the same either way."""
         self.message_id = message_id
+        self._events = events
         self.plan = plan
         self.recipient = recipient
         self.accepted_at = accepted_at
@@ -367,7 +372,9 @@ class Delivery:
     # ------------------------------------------------------------------ plumbing
 
     def _emit(self, type_: str, now: float, **data: Any) -> None:
-        self._out.append(_record(type_, now, data))
+        ev = self._events
+        if ev is None or type_ in ev:
+            self._out.append(_record(type_, now, data))
 
     def _settle(self, now: float, rearm: bool = False) -> list[Command]:
         """Fire whatever is due at `now`, then hand out the commands and the wake-up wanted."""
@@ -537,11 +544,13 @@ class Delivery:
         rec.ended_at = now
         rec.outcome = outcome
         rec.status_code = status
-        data: dict[str, Any] = dict(attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
-                                    outcome=outcome, status_code=status)
-        if detail:
-            data["detail"] = detail
-        self._emit("attempt_ended", now, **data)
+        ev = self._events
+        if ev is None or "attempt_ended" in ev:
+            data: dict[str, Any] = {"attempt_id": rec.attempt_id, "channel": rec.channel,
+                                    "provider": rec.provider, "outcome": outcome, "status_code": status}
+            if detail:
+                data["detail"] = detail
+            self._out.append(_record("attempt_ended", now, data))
 
     def _record_health(self, run: _Run, ok: bool, now: float) -> None:
         s = run.step
