@@ -28,9 +28,21 @@ class Clock:
         return self._mono0 + (at - self._wall0)
 
 
+LATEST = "9999-12-31T23:59:59.999Z"
+EARLIEST = "0001-01-01T00:00:00.000Z"
+
+
 def rfc3339(t: float | None) -> str | None:
-    """Seconds since the epoch as RFC 3339 UTC with milliseconds: 2026-11-21T21:42:15.123Z."""
+    """Seconds since the epoch as RFC 3339 UTC with milliseconds: 2026-11-21T21:42:15.123Z.
+
+    Saturates instead of raising: a time past year 9999 (a policy may hold a timeout so long that
+    its deadline is past every date a datetime can hold, "99999999h") is LATEST -- "never", not
+    an error -- and one before year 1 (or NaN) is EARLIEST. Used by the status endpoint and the
+    MQTT event formatter."""
     if t is None:
         return None
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    try:
+        dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return LATEST if t > 0 else EARLIEST
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

@@ -71,7 +71,7 @@ from typing import Any, Callable
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
 from .clock import Clock
-from .clock import rfc3339 as _rfc3339
+from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
 from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent, SetTimer,
                           StartAttempt)
 from .core.health import HealthTracker
@@ -749,18 +749,6 @@ class Router:
             except Exception as e:  # noqa: BLE001
                 log.error("purging old messages failed: %s", e)
             await asyncio.sleep(_PURGE_EVERY_S)
-
-
-_LATEST = "9999-12-31T23:59:59.999Z"
-
-
-def rfc3339(t: float | None) -> str | None:
-    """daemon.clock.rfc3339, saturating at year 9999: a policy may hold a timeout so long that its
-    deadline is past every date a datetime can hold ("99999999h"); that is "never", not an error."""
-    try:
-        return _rfc3339(t)
-    except (OverflowError, ValueError, OSError):
-        return _LATEST if t is not None and t > 0 else "0001-01-01T00:00:00.000Z"
 
 
 def _attempt_json(a: AttemptRow) -> dict[str, Any]:

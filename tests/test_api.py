@@ -200,7 +200,35 @@ def test_validation_422_names_the_fields(tmp_path: Path) -> None:
                 == [["message", "providers", "ses"]]
             r = await c.post("/v1/send", json={"message": {"to": {"email": "a"}, "route": "urgent"}}, headers=AUTH)
             assert "unknown route 'urgent'" in (await r.json())["details"][0]["msg"]
+            # inline routing: the path as the user wrote it, without pydantic's union tags (":group")
+            assert await locs({"to": {"email": "a"}, "routing": {"channels": ["email", {"method": "all",
+                                                                                      "channels": [5]}]}}) \
+                == [["message", "routing", "channels", 1, "channels", 0]]
+            assert await locs({"to": {"email": "a"}, "routing": {"channels": [{"channels": ["email"], "x": 1}]}}) \
+                == [["message", "routing", "channels", 0, "x"]]
     run(main())
+
+
+def test_json_nesting_limit(tmp_path: Path) -> None:
+    def nested(lists: int, text: str = "") -> bytes:
+        # depth: the body, message, metadata (3) + the lists
+        return json.dumps({"message": {"to": {"email": "a"}, "metadata": {"x": text, "deep": _lists(lists)}}}).encode()
+
+    async def main() -> None:
+        async with api(tmp_path) as (c, _, _):
+            too_deep = await error_of(await c.post("/v1/send", data=nested(30), headers=AUTH), 400)
+            assert "deeper than 32" in too_deep["error"] and too_deep["details"][0]["loc"] == ["body"]
+            assert (await c.post("/v1/send", data=nested(29), headers=AUTH)).status == 202
+            # brackets inside strings are not nesting: many of them, but a shallow body
+            assert (await c.post("/v1/send", data=nested(1, "[{" * 100), headers=AUTH)).status == 202
+    run(main())
+
+
+def _lists(n: int) -> Any:
+    v: Any = []
+    for _ in range(n - 1):
+        v = [v]
+    return v
 
 
 def test_unknown_paths_and_methods_answer_json(tmp_path: Path) -> None:

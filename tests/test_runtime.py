@@ -514,3 +514,17 @@ def test_stop_starts_no_new_attempt_and_the_next_start_finishes_the_message(tmp_
                 await r2.stop(0)
 
     run(main)
+
+
+def test_rfc3339_saturates_instead_of_raising() -> None:
+    """daemon.clock.rfc3339 (status endpoint, MQTT event formatter): a time past year 9999 is the
+    last representable date, one before year 1 (or NaN) the first; ordinary times are exact."""
+    from daemon.clock import EARLIEST, LATEST, rfc3339
+
+    assert rfc3339(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
+    assert rfc3339(253402300799.998) == "9999-12-31T23:59:59.997Z"       # the last ms that fits
+    for t in (253402300800.0, 1e20, float("inf")):
+        assert rfc3339(t) == LATEST == "9999-12-31T23:59:59.999Z"
+    for t in (-1e20, float("-inf"), float("nan")):
+        assert rfc3339(t) == EARLIEST == "0001-01-01T00:00:00.000Z"
+    assert rfc3339(None) is None

@@ -202,3 +202,48 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     c.close()
     err = _open_error(path)
     assert "newer routingd" in str(err)
+
+
+def test_one_batch_keeps_queue_order_per_row_and_barriers(tmp_path: Path) -> None:
+    """Rows are written per statement in multi-row chunks: an attempt started and ended in the
+    same batch ends up ended (an earlier detail kept), events keep their order, finishes apply,
+    and a closure (end_open_attempts) sees every row queued before it."""
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path)
+        await s.open()
+        n = 150                                  # more than one chunk of every size
+        await asyncio.gather(*(s.insert_message(msg(f"m{i}"), 86400, 1000.0) for i in range(n)))
+        before = s.commits
+        for i in range(n):
+            mid = f"m{i}"
+            s.put_attempt(AttemptRow(f"{mid}.1.1", mid, "email", "ses", 1, 1000.0, 1010.0, detail="first try"))
+            for k in range(3):
+                s.add_event(EventRow(mid, f"e{k}", 1000.0 + k, {"k": k, "i": i, "pi": 3.14159}))
+            if i % 2:
+                s.put_attempt(AttemptRow(f"{mid}.1.1", mid, "email", "ses", 1, 1000.0, 1010.0, 1000.5,
+                                         "delivered", 200, None))
+                s.finish(mid, "delivered", 1001.0, 1000.5)
+        s.end_open_attempts("m0", 2000.0, "interrupted")      # a barrier after all of the above
+        s.put_attempt(AttemptRow("m0.2.1", "m0", "email", "ses", 1, 2000.0, 2010.0))   # after it: stays open
+        await s.flush()
+        assert s.commits - before < 10, "rows queued in one loop turn share transactions"
+        for i in (0, 1, 63, 64, 127, 149):
+            got = s.get_message(f"m{i}")
+            assert got is not None
+            assert [e.type for e in got.events] == ["e0", "e1", "e2"]
+            assert got.events[2].data == {"k": 2, "i": i, "pi": 3.14159}
+            first = got.attempts[0]
+            if i % 2:
+                assert (got.message.status, got.message.finished_at) == ("delivered", 1001.0)
+                assert (first.outcome, first.status_code, first.ended_at, first.detail) == \
+                    ("delivered", 200, 1000.5, "first try")
+            else:
+                assert got.message.status == "pending"
+        m0 = s.get_message("m0")
+        assert [(a.attempt_id, a.outcome) for a in m0.attempts] == [("m0.1.1", "cancelled"), ("m0.2.1", None)]
+        assert s.counts() == {"delivered": n // 2, "pending": n - n // 2}
+        await s.close()
+
+    run(main)
