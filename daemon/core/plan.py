@@ -12,6 +12,7 @@ Precedence (most specific wins; at equal specificity request > route > file):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Union
 
 from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
@@ -89,8 +90,9 @@ class Plan:
     failover: FailoverRule = field(default_factory=FailoverRule)
     policy_version: str = ""
 
-    @property
+    @cached_property
     def root(self) -> GroupStep:
+        """The route as one group (made once per plan: every Delivery walks it)."""
         return GroupStep(self.method, self.items)
 
     def to_json(self) -> dict[str, Any]:
