@@ -5,7 +5,11 @@ Tables
                  delivered | undeliverable | expired), accepted_at, message_deadline, finished_at,
                  delivered_at (seconds since the epoch), idempotency_key, run (resume count)
     attempts     one row per provider attempt (upserted as it starts, is accepted, ends)
-    events       the engine's event log per message (type, at, data JSON)
+    event_log    the engine's event log per message: each row a JSON array of [type, at, data]
+                 events, one row per message per writer batch (a message's ~7 events usually take
+                 one or two rows; schema 2)
+    events       the same, one row per event (type, at, data JSON): written by schema 1, still
+                 read (before event_log) and purged
     policies     version -> routing.toml source text, so a resumed message gets the policy
                  snapshot it was accepted under
     idempotency  key -> message_id, created_at; kept at least `idempotency_ttl`
@@ -16,8 +20,8 @@ waiting, runs them in ONE transaction and commits once (group commit): many conc
 that holds its row. Fire-and-forget writes (attempts, events, finish) ride the same FIFO, so
 they are ordered after the message they belong to. The queue holds plain row tuples, not closures:
 the writer sorts a batch's rows per statement and runs each statement once with `executemany`
-(message inserts, then attempt upserts, events and message updates, each in queue order) and
-encodes the events' JSON itself, so the event loop only queues a tuple per write. A closure
+(message inserts, then attempt upserts, events -- one event_log row per message -- and message
+updates, each in queue order) and encodes the events' JSON itself, so the event loop only queues a tuple per write. A closure
 (`call()`, `write()`) is a barrier: the rows queued before it are written first. The futures
 of a batch are resolved with one wake-up of the event loop.
 
@@ -58,7 +62,7 @@ except ImportError:  # pragma: no cover - CPython always has it
 
 log = logging.getLogger("routingd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2         # 2: event_log (1 -> 2 needs only the new table; see _SCHEMA)
 _MAX_BATCH = 5000
 
 _SCHEMA = """
@@ -99,6 +103,12 @@ CREATE TABLE IF NOT EXISTS events (
     data       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_message ON events(message_id, seq);
+CREATE TABLE IF NOT EXISTS event_log (
+    seq        INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    events     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_log_message ON event_log(message_id, seq);
 CREATE TABLE IF NOT EXISTS policies (
     version    TEXT PRIMARY KEY,
     source     TEXT NOT NULL,
@@ -217,6 +227,15 @@ def _event(r: tuple) -> EventRow:
     return EventRow(r[0], r[1], r[2], json.loads(r[3]))
 
 
+def _read_events(conn: sqlite3.Connection, message_id: str) -> list[EventRow]:
+    """A message's events in order: schema-1 rows (older) first, then the event_log groups."""
+    out = [_event(r) for r in conn.execute(
+        "SELECT message_id, type, at, data FROM events WHERE message_id = ? ORDER BY seq", (message_id,))]
+    for (text,) in conn.execute("SELECT events FROM event_log WHERE message_id = ? ORDER BY seq", (message_id,)):
+        out.extend(EventRow(message_id, t, at, data) for t, at, data in json.loads(text))
+    return out
+
+
 # --------------------------------------------------------------------------- the store
 
 _Op = Callable[[sqlite3.Connection], Any]
@@ -230,7 +249,6 @@ _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?
 _SQL_ATTEMPT = (f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(attempt_id) DO UPDATE SET ended_at=excluded.ended_at, outcome=excluded.outcome, "
                 "status_code=excluded.status_code, detail=COALESCE(excluded.detail, attempts.detail)")
-_SQL_EVENT = "INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)"
 _SQL_FINISH = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?"
 _SQL_RUN = "UPDATE messages SET run = ? WHERE id = ?"
 
@@ -254,7 +272,7 @@ _CHUNKS = (64, 16, 4, 1)
 _MULTI_HEAD = {
     _INSERT: (f"INSERT INTO messages ({_MSG_COLS}) VALUES ", 11, ""),
     _ATTEMPT: (f"INSERT INTO attempts ({_ATT_COLS}) VALUES ", 11, _SQL_ATTEMPT[_SQL_ATTEMPT.index(" ON CONFLICT"):]),
-    _EVENT: ("INSERT INTO events (message_id, type, at, data) VALUES ", 4, ""),
+    _EVENT: ("INSERT INTO event_log (message_id, events) VALUES ", 2, ""),
 }
 
 
@@ -311,10 +329,25 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
             _multi(conn, _INSERT, inserts)
             inserts.clear()
         if attempts:
-            _multi(conn, _ATTEMPT, attempts)
+            # An attempt that started and ended within one batch is one row: the last state, with
+            # the last non-empty detail (what the upserts in a row would leave).
+            merged: dict[str, tuple] = {}
+            for a in attempts:
+                prev = merged.get(a[0])
+                if prev is not None and a[10] is None and prev[10] is not None:
+                    a = a[:10] + (prev[10],)
+                merged[a[0]] = a
+            _multi(conn, _ATTEMPT, list(merged.values()))
             attempts.clear()
         if events:
-            _multi(conn, _EVENT, [(m, t, at, _encode(d)) for m, t, at, d in events])
+            groups: dict[str, list[list[Any]]] = {}     # per message, in queue order
+            for m, t, at, d in events:
+                g = groups.get(m)
+                if g is None:
+                    groups[m] = [[t, at, d]]
+                else:
+                    g.append([t, at, d])
+            _multi(conn, _EVENT, [(m, _encode(g)) for m, g in groups.items()])
             events.clear()
         if updates:
             i = 0
@@ -667,6 +700,7 @@ class Store:
                 chunk = ids[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM events WHERE message_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM event_log WHERE message_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM attempts WHERE message_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
             conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_s,))
@@ -689,8 +723,7 @@ class Store:
                 atts = [_attempt(r) for r in conn.execute(
                     f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
                     (m.id,))]
-                evs = [_event(r) for r in conn.execute(
-                    "SELECT message_id, type, at, data FROM events WHERE message_id = ? ORDER BY seq", (m.id,))]
+                evs = _read_events(conn, m.id)
                 out.append(StoredMessage(m, atts, evs))
             return out
 
@@ -718,8 +751,7 @@ class Store:
             atts = [_attempt(a) for a in conn.execute(
                 f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
                 (message_id,))]
-            evs = [_event(e) for e in conn.execute(
-                "SELECT message_id, type, at, data FROM events WHERE message_id = ? ORDER BY seq", (message_id,))]
+            evs = _read_events(conn, message_id)
         except sqlite3.Error as e:
             raise _explain(self.path, e, "read a message") from None
         return StoredMessage(_message(r), atts, evs)

@@ -247,3 +247,45 @@ def test_one_batch_keeps_queue_order_per_row_and_barriers(tmp_path: Path) -> Non
         await s.close()
 
     run(main)
+
+
+def test_a_schema_1_file_is_upgraded_and_its_events_still_read(tmp_path: Path) -> None:
+    """Schema 1 kept one `events` row per event; schema 2 writes event_log groups. A file of the
+    old shape opens, upgrades, lists its old events before the new ones, and purges both."""
+    path = str(tmp_path / "state.db")
+
+    async def make() -> None:
+        s = Store(path)
+        await s.open()
+        await s.insert_message(msg("m1"), 86400, 1000.0)
+        await s.close()
+
+    run(make)
+    c = sqlite3.connect(path)          # make it a schema-1 file with two old-style events
+    c.execute("DROP TABLE event_log")
+    c.executemany("INSERT INTO events (message_id, type, at, data) VALUES (?,?,?,?)",
+                  [("m1", "started", 1000.0, '{"route":"default"}'), ("m1", "attempt_started", 1000.1, "{}")])
+    c.execute("PRAGMA user_version = 1")
+    c.commit()
+    c.close()
+
+    async def reopen() -> None:
+        s = Store(path)
+        await s.open()
+        s.add_event(EventRow("m1", "attempt_ended", 1000.5, {"outcome": "delivered"}))
+        s.add_event(EventRow("m1", "finished", 1000.6, {"status": "delivered"}))
+        s.finish("m1", "delivered", 1000.6, 1000.5)
+        await s.flush()
+        got = s.get_message("m1")
+        assert [(e.type, e.at, e.data) for e in got.events] == [
+            ("started", 1000.0, {"route": "default"}), ("attempt_started", 1000.1, {}),
+            ("attempt_ended", 1000.5, {"outcome": "delivered"}), ("finished", 1000.6, {"status": "delivered"})]
+        assert await s.purge(now=5000.0, retention_s=100.0, idempotency_ttl_s=100.0, keep_policy="v") == 1
+        await s.close()
+
+    run(reopen)
+    c = sqlite3.connect(path)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert c.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    assert c.execute("SELECT count(*) FROM event_log").fetchone()[0] == 0
+    c.close()
