@@ -182,10 +182,16 @@ def _receipt_secret(state: ApiState, request: web.Request) -> str | None:
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body too large (limit {limit} bytes)")
+    content = request.content
+    if content.is_eof():            # the whole (small) body arrived with the headers: no awaits
+        raw = content.read_nowait(-1)
+        if len(raw) > limit:
+            raise ApiError(413, f"request body too large (limit {limit} bytes)")
+        return raw
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.read(65536)
+        chunk = await content.read(65536)
         if not chunk:
             break
         size += len(chunk)

@@ -121,7 +121,7 @@ class _Live:
     """One message this process is routing (or finished recently)."""
 
     row: MessageRow
-    request: MessageRequest
+    request: MessageRequest | None          # None once finished (only new attempts need it)
     delivery: Delivery
     snapshot: _Snapshot
     prior: dict[str, AttemptRow] = field(default_factory=dict)    # attempts of earlier runs
@@ -438,7 +438,9 @@ class Router:
         self.metrics.message_accepted()
         if self._stopping:          # durable; the next start routes it
             return SubmitResult(row.id, True)
-        snap = self._snapshots.setdefault(policy.version, _Snapshot(policy))
+        snap = self._snapshots.get(policy.version)
+        if snap is None:
+            snap = self._snapshots[policy.version] = _Snapshot(policy)
         delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health)
         self._begin(_Live(row, msg, delivery, snap))
         return SubmitResult(row.id, True)
@@ -575,10 +577,13 @@ class Router:
                                               cmd.started_at, cmd.deadline, now, "cancelled", None,
                                               "not started: routingd is stopping"))
             return
+        msg = live.request
+        if msg is None:             # finished: the engine starts nothing after Finish
+            return
         req = AttemptRequest(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
                              provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
-                             idempotency_key=cmd.idempotency_key, to=live.request.to,
-                             content=live.request.content, metadata=live.request.metadata)
+                             idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content,
+                             metadata=msg.metadata)
         adapter = self._adapter(live.snapshot, cmd.provider)
         assert self._loop is not None
         live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req),
@@ -665,6 +670,7 @@ class Router:
         for t in live.tasks.values():
             t.cancel()
         live.tasks.clear()
+        live.request = None         # freed now, while it is fresh in the cache, not at eviction
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
