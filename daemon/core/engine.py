@@ -525,7 +525,8 @@ class Delivery:
         ch = self._nodes[run.parent]
         if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
             assert isinstance(ch, _Channel)
-        if not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
+        if step.breaker_failures is not None and \
+                not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
             self._emit("provider_skipped", now, channel=ch.step.channel, provider=step.provider,
                        reason="breaker open")
             self._complete(run, "failed", now, reason="skipped")
@@ -567,6 +568,8 @@ class Delivery:
 
     def _record_health(self, run: _Run, ok: bool, now: float) -> None:
         s = run.step
+        if s.breaker_failures is None:      # breaker off: HealthTracker.record would answer None
+            return
         change = self.health.record(s.provider, ok, s.breaker_failures, s.breaker_cooldown_ms / 1000.0, now)
         if change:
             self._emit(f"breaker_{change}", now, provider=s.provider)
