@@ -188,8 +188,10 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     def breaker_opened(_i: int, ev: Event) -> None:
         opened.append(ev.data["provider"])
 
-    sink_of = event_sinks(metrics.handlers, checker.handlers,
-                          {"breaker_opened": breaker_opened} if cut else {}).get
+    sinks = event_sinks(metrics.handlers, checker.handlers,
+                        {"breaker_opened": breaker_opened} if cut else {})
+    sink_of = sinks.get
+    wanted = frozenset(sinks)       # the engine builds only the events something here reads
     attempt_started = checker.on_attempt_started
     attempt_stopped = checker.on_attempt_stopped
     metrics_finish = metrics.finish
@@ -362,7 +364,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         k = 0 if one_route else min(bisect_right(cum, traffic.random()), last_route)
         rec = recipient()
         now = env.now
-        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health))
+        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health, events=wanted))
         metrics_accept(i, now, routes[k])
         pending += 1
         if cut:
