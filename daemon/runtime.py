@@ -127,7 +127,7 @@ class _Live:
     prior: dict[str, AttemptRow] = field(default_factory=dict)    # attempts of earlier runs
     events: list[EventRow | Event] = field(default_factory=list)  # both have .type, .at, .data
     details: dict[str, str] = field(default_factory=dict)         # attempt_id -> detail
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Future[None]] = field(default_factory=dict)   # attempt tasks (or futures, see _start_timed)
     wake_seq: int = -1                 # the message's live entry in Router._wakeups (-1: none)
     finished: bool = False
     written: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # attempt_id -> last row state stored
@@ -306,7 +306,7 @@ class Router:
             await asyncio.wait(running, timeout=grace_s)
         self._halted = True
         now = self.clock.now()
-        leftover: list[asyncio.Task[None]] = []
+        leftover: list[asyncio.Future[None]] = []
         if self._wake_handle is not None:
             self._wake_handle.cancel()
             self._wake_handle = self._wake_at = None
@@ -586,8 +586,38 @@ class Router:
                              metadata=msg.metadata)
         adapter = self._adapter(live.snapshot, cmd.provider)
         assert self._loop is not None
+        timed = getattr(adapter, "timed_answer", None)
+        if timed is not None:
+            self._start_timed(live, req, timed)
+            return
         live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req),
                                                             name=f"attempt {cmd.attempt_id}")
+
+    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any]) -> None:
+        """An adapter that can draw its whole answer at once (the sandbox: `timed_answer`) is
+        answered by one loop timer; a plain future stands for the attempt in live.tasks, so
+        cancelling and stop()'s grace treat it like a task."""
+        try:
+            delay, outcome, after = timed(req)
+        except Exception as e:  # noqa: BLE001 - as in _run_attempt
+            log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
+            delay, outcome, after = 0.0, Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}"), None
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        live.tasks[req.attempt_id] = fut
+        if delay is not None:           # None: it never answers (cancelled at the deadline)
+            self._loop.call_later(delay, self._timed_answer, live, req.attempt_id, outcome, after, fut)
+
+    def _timed_answer(self, live: _Live, attempt_id: str, outcome: Outcome, after: Callable[[], None] | None,
+                      fut: asyncio.Future[None]) -> None:
+        if fut.done():
+            return                      # cancelled meanwhile (deadline, delivered elsewhere, stop)
+        fut.set_result(None)
+        if after is not None:
+            after()
+        if live.tasks.pop(attempt_id, None) is None or self._halted:
+            return
+        self._apply(live, live.delivery.on_outcome(attempt_id, outcome, self.clock.now()))
 
     async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest) -> None:
         try:

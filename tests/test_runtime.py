@@ -528,3 +528,28 @@ def test_rfc3339_saturates_instead_of_raising() -> None:
     for t in (-1e20, float("-inf"), float("nan")):
         assert rfc3339(t) == EARLIEST == "0001-01-01T00:00:00.000Z"
     assert rfc3339(None) is None
+
+
+def test_sandbox_attempts_in_flight_at_stop_finish_within_the_grace_or_stay_pending(tmp_path: Path) -> None:
+    """A sandbox attempt is answered by a loop timer, not a task (Router._start_timed): stop()
+    still waits for it within the grace, and cancels what is left for the next start."""
+    async def main() -> None:
+        for latency, grace, want in (("300ms", 5.0, "delivered"), ("30s", 0.2, "pending")):
+            text = policy_text(f'[providers.s]\ntype = "sandbox"\nlatency = "{latency}"\n',
+                               '[channels.email]\nproviders = ["s"]\nrequires = "email"\n', 'channels = ["email"]',
+                               timeouts='provider = "1m"')
+            path = tmp_path / f"{want}.db"
+            r = Router(parse_policy(text, "routing.toml", env={}), Store(str(path)), Metrics())
+            await r.start()
+            mid = (await r.submit(send())).message_id
+            await asyncio.sleep(0.05)
+            await r.stop(grace)
+            check = Store(str(path))
+            await check.open()
+            got = check.get_message(mid)
+            await check.close()
+            assert got is not None and got.message.status == want, (latency, got)
+            outcomes = [a.outcome for a in got.attempts]
+            assert outcomes == (["delivered"] if want == "delivered" else ["cancelled"]), outcomes
+
+    run(main)
