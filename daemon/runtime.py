@@ -216,7 +216,7 @@ class Router:
         # One jitter stream for every message of the process (the engine draws only back-off
         # jitter from it); a Random per message cost 2.8 KB and a seeding each.
         self._rng = random.Random(rng_seed)
-        self._put_event = store.put_event
+        self._put_events = store.put_events
         # Plans of requests without overrides, per route, for the current policy (swap_policy
         # starts a new cache): a Plan is immutable, so every such message can share it.
         self._plans: dict[str | None, Plan] = {}
@@ -511,9 +511,15 @@ class Router:
     # ------------------------------------------------------------------ commands
 
     def _apply(self, live: _Live, commands: list[Command]) -> None:
+        events: list[Event] | None = None
         for cmd in commands:
             if isinstance(cmd, RecordEvent):
-                self._record(live, cmd.event)
+                ev = cmd.event
+                if events is None:
+                    events = [ev]
+                else:
+                    events.append(ev)
+                self._note(live, ev)
             elif isinstance(cmd, StartAttempt):
                 self._start_attempt(live, cmd)
             elif isinstance(cmd, CancelAttempt):
@@ -524,19 +530,27 @@ class Router:
                 self._set_timer(live, cmd.at)
             elif isinstance(cmd, Finish):
                 self._finish(live, cmd)
+        if events is not None:          # the store takes one command list's events as one item
+            live.events.extend(events)
+            self._put_events(live.row.id, events)
         if not live.finished and live.wake_seq < 0 and not self._halted:
             wake = live.delivery.next_wakeup      # defensive: never leave a live message without a wake-up
             if wake is not None:
                 self._set_timer(live, wake)
 
     def _record(self, live: _Live, event: Event) -> None:
+        """One event outside a command list (resume, late receipts): kept, stored, noted."""
+        live.events.append(event)
+        self._put_events(live.row.id, [event])
+        self._note(live, event)
+
+    def _note(self, live: _Live, event: Event) -> None:
         # The engine never changes an event once emitted, so the Event itself is kept for the
-        # status endpoint and its data handed to the store (encoded by the writer thread).
+        # status endpoint and handed to the store (encoded by the writer thread); here: the
+        # attempt rows, the metrics and the listeners.
         mid = live.row.id
         type_ = event.type
         data = event.data
-        live.events.append(event)
-        self._put_event(mid, type_, event.at, data)
         aid = data.get("attempt_id")
         if aid is not None:
             if type_ == "attempt_ended" and data.get("detail"):

@@ -242,7 +242,7 @@ _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS = range(7)
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS = range(8)
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
 _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -321,7 +321,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
     values: list[Any] = []
     inserts: list[tuple] = []
     attempts: list[tuple] = []
-    events: list[tuple] = []
+    events: list[tuple[int, tuple]] = []
     updates: list[tuple[int, tuple]] = []
 
     def write_gathered() -> None:
@@ -341,12 +341,19 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
             attempts.clear()
         if events:
             groups: dict[str, list[list[Any]]] = {}     # per message, in queue order
-            for m, t, at, d in events:
-                g = groups.get(m)
-                if g is None:
-                    groups[m] = [[t, at, d]]
-                else:
+            for k, e in events:
+                if k == _EVENT:
+                    m, t, at, d = e
+                    g = groups.get(m)
+                    if g is None:
+                        g = groups[m] = []
                     g.append([t, at, d])
+                else:                            # _EVENTS: (message_id, [objects with .type .at .data])
+                    m, evs = e
+                    g = groups.get(m)
+                    if g is None:
+                        g = groups[m] = []
+                    g.extend([ev.type, ev.at, ev.data] for ev in evs)
             _multi(conn, _EVENT, [(m, _encode(g)) for m, g in groups.items()])
             events.clear()
         if updates:
@@ -368,14 +375,14 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
         value = None
         if kind == _ROWS:
             for k, row in payload:
-                if k == _EVENT:
-                    events.append(row)
+                if k == _EVENT or k == _EVENTS:
+                    events.append((k, row))
                 elif k == _ATTEMPT:
                     attempts.append(row)
                 else:
                     updates.append((k, row))
-        elif kind == _EVENT:
-            events.append(payload)
+        elif kind == _EVENT or kind == _EVENTS:
+            events.append((kind, payload))
         elif kind == _ATTEMPT:
             attempts.append(payload)
         elif kind == _INSERT:
@@ -665,6 +672,15 @@ class Store:
 
     def add_event(self, e: EventRow) -> None:
         self.put_event(e.message_id, e.type, e.at, e.data)
+
+    def put_events(self, message_id: str, events: list[Any]) -> None:
+        """Queue several events of one message at once: objects with .type, .at and .data (the
+        engine's Event, an EventRow), neither changed after this call."""
+        rows = self._rows
+        if not rows or self._loop is None:
+            self._row(_EVENTS, (message_id, events))
+        else:
+            rows.append((_EVENTS, (message_id, events)))
 
     def put_event(self, message_id: str, type_: str, at: float, data: dict[str, Any]) -> None:
         """Queue one event; `data` is JSON-encoded by the writer thread, so it must not change
