@@ -312,8 +312,9 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
     return None
 
 
-def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
-    """Run queued items inside the caller's transaction; one result per item.
+def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[asyncio.Future, Any]]) -> list[Any]:
+    """Run queued items inside the caller's transaction; one result per item, and (future,
+    result) in `extra` for the message inserts that came inside a _ROWS item.
 
     Rows are gathered per statement and written with multi-row statements: message inserts first,
     then attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
@@ -371,6 +372,14 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
                 i = j
             updates.clear()
 
+    def insert(payload: tuple) -> str | None:
+        row, not_before, now = payload
+        if row[9] is None:
+            inserts.append(row)
+            return None
+        write_gathered()             # a keyed insert must see every key written before it
+        return _insert_keyed(conn, row, not_before, now)
+
     for kind, payload, _fut in items:
         value = None
         if kind == _ROWS:
@@ -379,6 +388,10 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
                     events.append((k, row))
                 elif k == _ATTEMPT:
                     attempts.append(row)
+                elif k == _INSERT:
+                    v = insert(row[0])
+                    if row[1] is not None:
+                        extra.append((row[1], v))
                 else:
                     updates.append((k, row))
         elif kind == _EVENT or kind == _EVENTS:
@@ -386,12 +399,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
         elif kind == _ATTEMPT:
             attempts.append(payload)
         elif kind == _INSERT:
-            row, not_before, now = payload
-            if row[9] is None:
-                inserts.append(row)
-            else:
-                write_gathered()
-                value = _insert_keyed(conn, row, not_before, now)
+            value = insert(payload)
         elif kind == _FINISH or kind == _RUN:
             updates.append((kind, payload))
         else:
@@ -566,10 +574,12 @@ class Store:
         results: list[tuple[asyncio.Future | None, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            values = _apply(conn, batch)
+            extra: list[tuple[asyncio.Future, Any]] = []
+            values = _apply(conn, batch, extra)
             conn.execute("COMMIT")
             self.commits += 1
             results = [(item[2], value, None) for item, value in zip(batch, values) if item[2] is not None]
+            results += [(fut, value, None) for fut, value in extra]
         except Exception:  # noqa: BLE001 - retried one by one below to isolate the culprit
             try:
                 conn.execute("ROLLBACK")
@@ -578,12 +588,13 @@ class Store:
             results = []
             # in queue order, each row of a _ROWS item on its own
             singles = [one for item in batch
-                       for one in ([(k, row, None) for k, row in item[1]] if item[0] == _ROWS else [item])]
+                       for one in ([(k, row[0], row[1]) if k == _INSERT else (k, row, None) for k, row in item[1]]
+                                   if item[0] == _ROWS else [item])]
             for item in singles:
                 fut = item[2]
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    value = _apply(conn, [item])[0]
+                    value = _apply(conn, [item], [])[0]
                     conn.execute("COMMIT")
                     self.commits += 1
                     results.append((fut, value, None))
@@ -651,14 +662,21 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    async def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float) -> str | None:
-        """Store a new message (committed when this returns). With an idempotency key that is
-        already known (and younger than the TTL), store nothing and return the earlier id."""
-        fut = self._put(_INSERT, ((row.id, row.request, row.route, row.policy_version, row.status,
-                                   row.accepted_at, row.message_deadline, row.finished_at, row.delivered_at,
-                                   row.idempotency_key, row.run), now - idempotency_ttl_s, now), wait=True)
-        assert fut is not None
-        return await fut
+    def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float) -> asyncio.Future[str | None]:
+        """Store a new message; await the answer: None once committed, or -- with an idempotency
+        key that is already known (and younger than the TTL) -- the earlier message's id, and
+        nothing stored. The insert rides with the rows of this loop turn (one queue item)."""
+        if self._thread is None or self._loop is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        fut: asyncio.Future[str | None] = self._loop.create_future()
+        payload = ((row.id, row.request, row.route, row.policy_version, row.status, row.accepted_at,
+                    row.message_deadline, row.finished_at, row.delivered_at, row.idempotency_key, row.run),
+                   now - idempotency_ttl_s, now)
+        rows = self._rows
+        if not rows:
+            self._loop.call_soon(self._hand_over)
+        rows.append((_INSERT, (payload, fut)))
+        return fut
 
     def put_policy(self, version: str, source: str, path: str, now: float) -> None:
         self.write(lambda c: c.execute(
