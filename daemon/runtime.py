@@ -696,11 +696,14 @@ class Router:
         try:
             for at, live in due:
                 if not live.finished and not self._halted and live.wake_seq < 0:
-                    self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+                    try:
+                        self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+                    except Exception:  # noqa: BLE001 - one message's failure must not stall the others
+                        log.exception("handling the wake-up of %s failed", live.row.id)
         finally:
             self._wake_at = None
-        if heap and not self._halted:
-            self._arm(heap[0][0])
+            if heap and not self._halted:
+                self._arm(heap[0][0])
 
     def _finish(self, live: _Live, cmd: Finish) -> None:
         if live.finished:
