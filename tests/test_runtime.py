@@ -553,3 +553,26 @@ def test_sandbox_attempts_in_flight_at_stop_finish_within_the_grace_or_stay_pend
             assert outcomes == (["delivered"] if want == "delivered" else ["cancelled"]), outcomes
 
     run(main)
+
+
+def test_many_deadlines_fire_each_at_its_own_time(tmp_path: Path) -> None:
+    """Every message's wake-up sits in one heap served by one loop timer (Router._on_wakeups):
+    later messages with EARLIER deadlines re-arm it, and no attempt is timed out early."""
+    async def main() -> None:
+        text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\n'
+                           '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
+                           '[channels.email]\nproviders = ["s1", "s2"]\nrequires = "email"\n', 'channels = ["email"]')
+        async with router_for(tmp_path, text) as r:
+            timeouts = [400 - 6 * i for i in range(60)]          # 400 ms down to 46 ms
+            mids = [(await r.submit(send(providers={"s1": {"timeout": t}}))).message_id for t in timeouts]
+            for mid, t in zip(mids, timeouts):
+                st = await finished(r, mid)
+                assert st["status"] == "delivered", st
+                first = st["attempts"][0]
+                assert (first["provider"], first["outcome"]) == ("s1", "timeout"), st["attempts"]
+                assert st["attempts"][1]["provider"] == "s2"
+                live = r._recent[mid].delivery.attempts[first["attempt_id"]]
+                assert live.ended_at == live.deadline, live                # cut at its own deadline
+                assert abs((live.deadline - live.started_at) - t / 1000) < 1e-5, (t, live)
+
+    run(main)
