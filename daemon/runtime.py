@@ -57,6 +57,7 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import heapq
 import itertools
@@ -92,6 +93,14 @@ _RECENT = 2048                 # finished messages kept in memory (status, late 
 _PURGE_EVERY_S = 600.0
 _TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
+_new = object.__new__
+# AttemptRequest may be built field by field only while it has exactly these fields and no
+# __post_init__ or slots (daemon/adapters.py); otherwise the plain constructor is used.
+_ATTEMPT_REQUEST_PLAIN = (
+    tuple(f.name for f in dataclasses.fields(AttemptRequest)) ==
+    ("message_id", "attempt_id", "channel", "provider", "try_no", "deadline_s", "idempotency_key", "to",
+     "content", "metadata")
+    and not hasattr(AttemptRequest, "__post_init__") and not hasattr(AttemptRequest, "__slots__"))
 
 
 class Overloaded(Exception):
@@ -519,7 +528,8 @@ class Router:
                     events = [ev]
                 else:
                     events.append(ev)
-                self._note(live, ev)
+                if self._listeners or ev.type in _METRIC_EVENTS or "attempt_id" in ev.data:
+                    self._note(live, ev)
             elif isinstance(cmd, StartAttempt):
                 self._start_attempt(live, cmd)
             elif isinstance(cmd, CancelAttempt):
@@ -594,10 +604,16 @@ class Router:
         msg = live.request
         if msg is None:             # finished: the engine starts nothing after Finish
             return
-        req = AttemptRequest(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
-                             provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
-                             idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content,
-                             metadata=msg.metadata)
+        fields = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
+                      provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
+                      idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata)
+        if _ATTEMPT_REQUEST_PLAIN:
+            # = AttemptRequest(**fields) without the frozen dataclass __init__ (an object.__setattr__
+            # per field), as the engine builds its commands
+            req = _new(AttemptRequest)
+            req.__dict__.update(fields)
+        else:
+            req = AttemptRequest(**fields)
         adapter = self._adapter(live.snapshot, cmd.provider)
         assert self._loop is not None
         timed = getattr(adapter, "timed_answer", None)

@@ -576,3 +576,16 @@ def test_many_deadlines_fire_each_at_its_own_time(tmp_path: Path) -> None:
                 assert abs((live.deadline - live.started_at) - t / 1000) < 1e-5, (t, live)
 
     run(main)
+
+
+def test_attempt_requests_are_built_field_by_field_only_while_the_fields_are_known() -> None:
+    """Router._start_attempt skips AttemptRequest's frozen __init__ while its fields are exactly
+    the ones it sets (what the adapter then sends is checked end to end by
+    test_provider_failover_on_503_with_idempotency_key_and_payload)."""
+    import dataclasses
+
+    from daemon import runtime
+    from daemon.adapters import AttemptRequest
+
+    assert runtime._ATTEMPT_REQUEST_PLAIN, "AttemptRequest changed: update Router._start_attempt's field list"
+    assert {f.name for f in dataclasses.fields(AttemptRequest)} >= {"to", "content", "metadata", "deadline_s"}
