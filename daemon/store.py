@@ -17,13 +17,17 @@ Tables
 Writes go through one writer thread fed by a queue. The thread takes every operation that is
 waiting, runs them in ONE transaction and commits once (group commit): many concurrent
 `insert_message` calls share one fsync, and each caller's future resolves only after the commit
-that holds its row. Fire-and-forget writes (attempts, events, finish) ride the same FIFO, so
-they are ordered after the message they belong to. The queue holds plain row tuples, not closures:
-the writer sorts a batch's rows per statement and runs each statement once with `executemany`
-(message inserts, then attempt upserts, events -- one event_log row per message -- and message
-updates, each in queue order) and encodes the events' JSON itself, so the event loop only queues a tuple per write. A closure
-(`call()`, `write()`) is a barrier: the rows queued before it are written first. The futures
-of a batch are resolved with one wake-up of the event loop.
+that holds its row (the futures of a batch with one wake-up of the event loop).
+
+Rows (message inserts, attempts, events, finish/run updates) are plain tuples gathered on the
+event loop thread and handed to the writer as ONE queue item at the end of the loop turn (or
+before the next closure), so a message costs the loop a list append per write. The writer
+sorts a batch's rows per statement and writes each with multi-row `INSERT ... VALUES
+(...),(...)` statements in fixed chunk sizes -- message inserts, then attempt upserts (an
+attempt started and ended within the batch is one row), events (one event_log row per message)
+and message updates, each in queue order -- and encodes the events' JSON itself. A closure
+(`call()`, `write()`, `flush()`) or a keyed insert is a barrier: the rows queued before it are
+written first. Write methods are called on the event loop thread only.
 
 Durability: journal_mode=WAL with synchronous=FULL (the default here): a commit is fsynced
 before `insert_message` returns, so a 202 survives power loss. synchronous=NORMAL in WAL mode
