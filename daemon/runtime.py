@@ -3,7 +3,9 @@
 The Router turns engine commands into real effects and feeds real events back; it makes no
 routing decision of its own (those live in daemon.core.engine):
 
-    StartAttempt   -> an asyncio task running the provider adapter's send()
+    StartAttempt   -> an asyncio task running the provider adapter's send() (an adapter that
+                      draws its whole answer at once, `timed_answer` -- the sandbox -- is answered
+                      by one loop timer instead)
     CancelAttempt  -> task.cancel() (an http request's connection is closed)
     SetTimer(at)   -> one entry per message in the Router's wake-up heap (one loop timer for the
                       earliest entry; an entry a later SetTimer replaced is skipped when due)
@@ -17,7 +19,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
 
     router = Router(policy, store, metrics, clock=None, adapter_ctx=None, rng_seed=None)
     await router.start()
-        Opens the store if it is not open yet (and then closes it in stop()), makes the one
+        Raises the cyclic GC's young-generation threshold (tune_gc: the collector otherwise
+        runs every few messages). Opens the store if it is not open yet (and then closes it in stop()), makes the one
         shared aiohttp.ClientSession unless adapter_ctx brings one, records the policy source,
         and resumes every non-terminal message in the store with its original absolute message
         deadline under the policy snapshot it was accepted under (looked up by version in the
