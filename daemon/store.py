@@ -270,9 +270,11 @@ _encode = _make_encoder()
 
 # Rows are written with multi-row statements, INSERT ... VALUES (...),(...),...: one SQLite step
 # (one release of the GIL, which the event loop thread wants back at once) per chunk of rows
-# instead of one per row as with executemany. Chunk sizes are fixed so the statements stay in
-# the connection's statement cache.
-_CHUNKS = (64, 16, 4, 1)
+# instead of one per row as with executemany. Each step releases the GIL, and getting it back
+# can take until the event loop thread next lets go of it, so a batch should take few steps:
+# rows go in chunks of powers of two (13 rows: 8 + 4 + 1), 7 statement shapes per table that stay
+# in the connection's statement cache.
+_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _MULTI_HEAD = {
     _INSERT: (f"INSERT INTO messages ({_MSG_COLS}) VALUES ", 11, ""),
     _ATTEMPT: (f"INSERT INTO attempts ({_ATT_COLS}) VALUES ", 11, _SQL_ATTEMPT[_SQL_ATTEMPT.index(" ON CONFLICT"):]),
