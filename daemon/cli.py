@@ -150,7 +150,7 @@ def load_request(path: str) -> Any:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .core.plan import PlanError, resolve_plan
-    from .explain import render_tree, timeout_sources
+    from .explain import render_tree
 
     config = args.config or default_config()
     try:
@@ -179,9 +179,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
-        sources = timeout_sources(policy, route, request)
         recipient = dict(request.to) if request is not None else None
-        sys.stdout.write(render_tree(plan, sources, recipient, list(policy.model.failover.on)))
+        sys.stdout.write(render_tree(plan, recipient, list(policy.model.failover.on)))
     return EXIT_OK
 
 

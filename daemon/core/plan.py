@@ -61,6 +61,7 @@ class ProviderStep:
     backoff_max_ms: int = 30_000
     breaker_failures: int | None = 5       # None: breaker off
     breaker_cooldown_ms: int = 30_000
+    timeout_source: str = field(default="", compare=False)   # the precedence level that set timeout_ms
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ChannelStep:
     providers: tuple[ProviderStep, ...]
     method: str = "single"
     requires: str | None = None
+    timeout_source: str = field(default="", compare=False)   # the precedence level that set timeout_ms
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Plan:
     items: tuple[Step, ...]
     failover: FailoverRule = field(default_factory=FailoverRule)
     policy_version: str = ""
+    message_timeout_source: str = field(default="", compare=False)
 
     @cached_property
     def root(self) -> GroupStep:
@@ -114,11 +117,15 @@ def _step_json(step: Step) -> dict[str, Any]:
                           for p in step.providers]}
 
 
-def _first(*values: int | None) -> int:
-    for v in values:
-        if v is not None:
-            return v
-    raise AssertionError("unreachable: the last value is a built-in default")
+BUILTIN = "built-in default"
+
+
+def _first(*levels: tuple[int | None, str]) -> tuple[int, str]:
+    """The first level that is set, most specific first, and the key path that names it."""
+    for ms, source in levels:
+        if ms is not None:
+            return ms, source
+    raise AssertionError("unreachable: the last level is a built-in default")
 
 
 def resolve_plan(policy: Policy, route: str | None = None, request: MessageRequest | None = None) -> Plan:
@@ -150,24 +157,34 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
         if name not in m.providers:
             problems.append(Problem(("message", "providers", name), f"unknown provider {name!r}"))
 
-    message_ms = _first(req_t.message if req_t else None, rt.message, m.timeouts.message,
-                        BUILTIN_MESSAGE_TIMEOUT_MS)
+    message_ms, message_src = _first((req_t.message if req_t else None, "request message.timeout.message"),
+                                     (rt.message, f"routes.{route_name}.timeouts.message"),
+                                     (m.timeouts.message, "timeouts.message"),
+                                     (BUILTIN_MESSAGE_TIMEOUT_MS, BUILTIN))
 
     def provider_step(pname: str) -> ProviderStep:
         p = m.providers[pname]
         ov = req_providers.get(pname)
-        t = _first(ov.effective_timeout if ov else None, p.timeout, req_t.provider if req_t else None,
-                   rt.provider, m.timeouts.provider, BUILTIN_PROVIDER_TIMEOUT_MS)
+        t, src = _first((ov.effective_timeout if ov else None, f"request message.providers.{pname}.timeout"),
+                        (p.timeout, f"providers.{pname}.timeout"),
+                        (req_t.provider if req_t else None, "request message.timeout.provider"),
+                        (rt.provider, f"routes.{route_name}.timeouts.provider"),
+                        (m.timeouts.provider, "timeouts.provider"),
+                        (BUILTIN_PROVIDER_TIMEOUT_MS, BUILTIN))
         br = p.breaker
         return ProviderStep(pname, t, p.retries, p.confirm, p.receipt_timeout, p.backoff.base, p.backoff.max,
-                            None if br is False else br.failures, 0 if br is False else br.cooldown)
+                            None if br is False else br.failures, 0 if br is False else br.cooldown, src)
 
     def channel_step(cname: str) -> ChannelStep:
         c = m.channels[cname]
         ov = req_channels.get(cname)
-        t = _first(ov.effective_timeout if ov else None, c.timeout, req_t.channel if req_t else None,
-                   rt.channel, m.timeouts.channel, BUILTIN_CHANNEL_TIMEOUT_MS)
-        return ChannelStep(cname, t, tuple(provider_step(p) for p in c.providers), c.method, c.requires)
+        t, src = _first((ov.effective_timeout if ov else None, f"request message.channels.{cname}.timeout"),
+                        (c.timeout, f"channels.{cname}.timeout"),
+                        (req_t.channel if req_t else None, "request message.timeout.channel"),
+                        (rt.channel, f"routes.{route_name}.timeouts.channel"),
+                        (m.timeouts.channel, "timeouts.channel"),
+                        (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN))
+        return ChannelStep(cname, t, tuple(provider_step(p) for p in c.providers), c.method, c.requires, src)
 
     def build(seq: list, loc: tuple, depth: int = 0) -> tuple[Step, ...]:
         out: list[Step] = []
@@ -190,4 +207,4 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
     if problems:
         raise PlanError(problems)
     return Plan(route_name, method, message_ms, steps, FailoverRule.from_entries(list(m.failover.on)),
-                policy.version)
+                policy.version, message_src)
