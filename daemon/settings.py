@@ -6,6 +6,9 @@
 The config path itself cannot come from the file it names: it is `--config`, else
 `ROUTINGD_CONFIG`, else `./routing.toml` (`config_path()`). `ROUTINGD_API_TOKENS` takes a
 comma-separated list (or a JSON list); tokens are `SecretStr` and never logged.
+
+The fields (names, types, defaults, bounds) are those of `DaemonSection` in core/policy.py,
+carried over with `create_model`, so a [daemon] key and its ROUTINGD_* variable cannot drift.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Mapping
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .core.behaviour import Duration
-from .core.policy import MqttSection, Policy
+from .core.policy import DaemonSection, Policy
 
 ENV_PREFIX = "ROUTINGD_"
 DEFAULT_CONFIG = "routing.toml"
@@ -90,21 +92,30 @@ class _DaemonTableSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._table.items() if k in self.settings_cls.model_fields}
 
 
-class Settings(BaseSettings):
+def _daemon_fields() -> dict[str, Any]:
+    """DaemonSection's fields, for create_model(): one definition of names, types, defaults and
+    bounds for both [daemon] and ROUTINGD_*. `api_tokens` is marked NoDecode so that
+    ROUTINGD_API_TOKENS reaches `Settings._tokens` as text (commas or a JSON list) instead of
+    failing pydantic-settings' own JSON decoding."""
+    fields: dict[str, Any] = {}
+    for name, info in DaemonSection.model_fields.items():
+        annotation: Any = info.annotation
+        if name == "api_tokens":
+            annotation = Annotated[annotation, NoDecode]
+        fields[name] = (annotation, info)  # create_model copies the FieldInfo
+    return fields
+
+
+# The [daemon] fields as a BaseSettings (env and table sources); Settings adds the config path,
+# the parsing of env text and the source order.
+_DaemonSettings = create_model("_DaemonSettings", __base__=BaseSettings, **_daemon_fields())
+
+
+class Settings(_DaemonSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
                                       extra="ignore", frozen=True)
 
     config: str = DEFAULT_CONFIG
-    listen: str = "127.0.0.1:8080"
-    state: str = "routingd.db"
-    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    mqtt: MqttSection | None = None
-    max_body: int = Field(default=256 * 1024, ge=1024)
-    max_inflight: int = Field(default=100_000, ge=1)
-    grace: Duration = 10_000
-    retention: Duration = 7 * 24 * 3_600_000
-    idempotency_ttl: Duration = 24 * 3_600_000
-    watch: bool = True
 
     @field_validator("api_tokens", mode="before")
     @classmethod
