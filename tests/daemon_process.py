@@ -10,6 +10,10 @@ race for one); the URL is read from its startup line ("listening on http://...")
 goes to a log file in the work directory (`log_text()`), so a chatty daemon never blocks on a
 full pipe. ROUTINGD_* variables of the test environment are not inherited: pass `env=`.
 Every wait is bounded; `close()` (also on `__exit__`) SIGKILLs whatever is still running.
+
+Shared by the integration tests: `serving(d)` (a module fixture's start / clean stop / no
+Traceback), `StandinLoop` (provider stand-ins for synchronous tests; the `standins` fixture of
+tests/conftest.py), `free_port()`, `wait_until()` and `ts()`.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 STARTUP_RE = re.compile(r"listening on (http://\S+)")
@@ -50,6 +57,27 @@ class Response:
             if k.lower() == name.lower():
                 return v
         return None
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bound, then closed: nothing listens)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ts(value: str) -> float:
+    """RFC 3339 (as the status endpoint writes it) -> epoch seconds."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `check()` every 50 ms until it is truthy; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
 
 
 def routingd_command() -> list[str]:
@@ -282,6 +310,16 @@ class DaemonProcess:
         return None
 
 
+@contextmanager
+def serving(d: DaemonProcess) -> Iterator[DaemonProcess]:
+    """Start `d` and yield it; afterwards it must stop cleanly (SIGTERM, exit 0) and its log must
+    hold no Traceback. For module fixtures that share one daemon between tests."""
+    with d:
+        yield d
+        assert d.stop() == 0, d.log_tail()
+    assert "Traceback" not in d.log_text(), d.log_tail()
+
+
 # --------------------------------------------------------------------------- stand-ins for sync tests
 
 
@@ -293,7 +331,7 @@ class StandinLoop:
         loop.call(s.wait_for(1, finished=True))       # run any coroutine on that loop, bounded
         loop.close()                                  # closes every stand-in, stops the thread
 
-    A test thread may block (HTTP to the daemon, sleeps) while the stand-ins keep answering.
+    or `with StandinLoop() as loop:`. A test thread may block (HTTP to the daemon, sleeps) while the stand-ins keep answering.
     """
 
     def __init__(self) -> None:
@@ -331,3 +369,9 @@ class StandinLoop:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+
+    def __enter__(self) -> "StandinLoop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -59,6 +59,11 @@ Action = dict[str, Any]
 Script = Union[list[Action], Callable[[int, Any], Action], None]
 
 
+def sign(secret: str, raw: bytes) -> str:
+    """The receipt signature a provider sends: "sha256=<hex HMAC-SHA256 of the raw body>"."""
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
 @dataclass
 class Recorded:
     n: int
@@ -256,8 +261,7 @@ class ProviderStandin:
         raw = json.dumps({"attempt_id": attempt_id, "status": status}).encode()
         headers = {"Content-Type": "application/json"}
         if self.receipt_secret:
-            headers["X-Routingd-Signature"] = "sha256=" + hmac.new(self.receipt_secret.encode(), raw,
-                                                                   hashlib.sha256).hexdigest()
+            headers["X-Routingd-Signature"] = sign(self.receipt_secret, raw)
         if self._session is None:
             self._session = ClientSession(timeout=ClientTimeout(total=10))
         entry: dict[str, Any] = {"attempt_id": attempt_id, "status": status}

@@ -1,0 +1,17 @@
+"""Fixtures shared by several test modules (helpers to import live in daemon_process.py,
+provider_standin.py and mqtt_broker.py)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from daemon_process import StandinLoop
+
+
+@pytest.fixture(scope="module")
+def standins() -> Iterator[StandinLoop]:
+    """Provider stand-ins on a background loop, shared by a module's tests and its daemon."""
+    with StandinLoop() as loop:
+        yield loop
