@@ -7,26 +7,19 @@ SIGHUP, startup errors) start their own processes.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, StandinLoop
+from daemon_process import DaemonProcess, StandinLoop, serving, ts, wait_until
+from provider_standin import sign
 
 TOKEN = "t0ken-for-tests"
 RECEIPT_SECRET = "receipt-s3cret"
-
-
-def ts(value: str) -> float:
-    """RFC 3339 (as the status endpoint writes it) -> epoch seconds."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def attempts_by_provider(status: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -34,10 +27,6 @@ def attempts_by_provider(status: dict[str, Any]) -> dict[str, list[dict[str, Any
     for a in status["attempts"]:
         out.setdefault(a["provider"], []).append(a)
     return out
-
-
-def sign(secret: str, raw: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
 
 
 # --------------------------------------------------------------------------- the shared daemon
@@ -108,26 +97,15 @@ def scenario_config(urls: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def standins() -> Iterator[StandinLoop]:
-    loop = StandinLoop()
-    try:
-        yield loop
-    finally:
-        loop.close()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, standins: StandinLoop) -> Iterator[tuple[DaemonProcess, dict[str, Any]]]:
     s = {name: standins.standin(script) for name, (script, _) in PROVIDERS.items()}
     d = DaemonProcess(tmp_path_factory.mktemp("scenarios"), scenario_config({n: x.url for n, x in s.items()}),
                       token=TOKEN, env={"TEST_TOKEN": TOKEN})
-    with d:
+    with serving(d):
         for name in ("prcpt", "pnorcpt"):
             s[name].receipt_url = f"{d.url}/v1/receipts/{name}"
             s[name].receipt_secret = RECEIPT_SECRET
         yield d, s
-        assert d.stop() == 0, d.log_tail()
-    assert "Traceback" not in d.log_text()
 
 
 # --------------------------------------------------------------------------- failover scenarios
@@ -356,7 +334,7 @@ def test_sigterm_drains_then_exits_0(tmp_path: Path, standins: StandinLoop) -> N
         mid = d.send({"to": {"email": "a@example.com"}})
         standins.call(s.wait_for(1))
         d.send_signal(signal.SIGTERM)
-        _wait_until(lambda: d.get("/readyz").status == 503)
+        wait_until(lambda: d.get("/readyz").status == 503)
         r = d.post("/v1/send", {"message": {"to": {"email": "b@example.com"}}})
         assert r.status == 503 and r.header("Retry-After") and r.json()["error"]
         assert d.wait(20) == 0
@@ -387,12 +365,12 @@ def test_sighup_reload_valid_swaps_invalid_keeps_the_old_policy(tmp_path: Path, 
         v1 = d.get("/v1/config").json()["version"]
         d.write_config(text + '\n[routes.other]\nchannels = ["email"]\n')
         d.send_signal(signal.SIGHUP)
-        _wait_until(lambda: d.get("/v1/config").json()["version"] != v1)
+        wait_until(lambda: d.get("/v1/config").json()["version"] != v1)
         v2 = d.get("/v1/config").json()["version"]
         assert d.send({"to": {"email": "a@example.com"}, "route": "other"})
         d.write_config(text + '\n[routes.broken]\nchannels = ["nosuch"]\n')
         d.send_signal(signal.SIGHUP)
-        _wait_until(lambda: d.metric("routingd_config_last_reload_successful") == 0.0)
+        wait_until(lambda: d.metric("routingd_config_last_reload_successful") == 0.0)
         assert d.get("/v1/config").json()["version"] == v2
         assert "routes.broken.channels.0: unknown channel 'nosuch'" in d.log_text()
         r = d.post("/-/reload")
@@ -438,13 +416,3 @@ def test_unusable_state_file_exits_1_with_one_line(tmp_path: Path) -> None:
     out = _start_fails(d)
     lines = [line for line in out.splitlines() if "missing-dir" in line]
     assert len(lines) == 1 and "does not exist" in lines[0]
-
-
-def _wait_until(cond: Any, timeout: float = 10.0) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met within the deadline")

@@ -25,13 +25,12 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, StandinLoop, routingd_command
+from daemon_process import DaemonProcess, StandinLoop, free_port, routingd_command, serving, ts
 from provider_standin import ProviderStandin
 
 from daemon.core.policy import parse_policy
@@ -39,10 +38,6 @@ from daemon.core.request import SendRequest
 from daemon.metrics import Metrics
 from daemon.runtime import Router
 from daemon.store import Store
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 # --------------------------------------------------------------------------- misbehaving providers
@@ -93,21 +88,7 @@ def faults_config(urls: dict[str, str], closed_port_url: str) -> str:
 
 
 def closed_port() -> str:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()                                   # nothing listens there now: connection refused
-    return f"http://127.0.0.1:{port}/send"
-
-
-@pytest.fixture(scope="module")
-def standins() -> Iterator[StandinLoop]:
-    loop = StandinLoop()
-    try:
-        yield loop
-    finally:
-        loop.close()
+    return f"http://127.0.0.1:{free_port()}/send"     # nothing listens there: connection refused
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +99,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, standins: StandinLoop) -> It
         s[name] = standins.standin([{"delay": 60}])            # slower than every timeout
     d = DaemonProcess(tmp_path_factory.mktemp("faults"), faults_config({k: v.url for k, v in s.items()},
                                                                        closed_port()))
-    with d:
+    with serving(d):
         yield d, s
-        assert d.stop() == 0
-    assert "Traceback" not in d.log_text()
 
 
 @pytest.mark.parametrize("fault", ["garbage", "reset", "truncated", "closed"])

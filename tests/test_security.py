@@ -28,7 +28,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, Response, StandinLoop, routingd_command
+from daemon_process import DaemonProcess, Response, StandinLoop, free_port, routingd_command
+from provider_standin import sign
 
 from daemon import api as api_module
 from daemon.api import ApiState, signature_ok, token_ok
@@ -80,19 +81,6 @@ ENV = {"API_TOKEN": API_TOKEN, "SECOND_TOKEN": SECOND_TOKEN, "PROVIDER_KEY": PRO
        "RECEIPT_SECRET": RECEIPT_SECRET, "MQTT_PASSWORD": MQTT_PASSWORD, "ROUTINGD_LOG_LEVEL": "DEBUG"}
 
 
-def sign(secret: str, raw: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-
-
-def free_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Recorder:
     """Every answer the test saw, for the final scan."""
 
@@ -105,15 +93,6 @@ class Recorder:
 
     def text(self) -> str:
         return "\n".join(json.dumps(r.headers) + "\n" + r.body.decode("utf-8", "replace") for r in self.answers)
-
-
-@pytest.fixture(scope="module")
-def standins() -> Iterator[StandinLoop]:
-    loop = StandinLoop()
-    try:
-        yield loop
-    finally:
-        loop.close()
 
 
 @pytest.fixture(scope="module")
