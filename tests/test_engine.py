@@ -1137,21 +1137,28 @@ def test_late_receipt_during_backoff_stops_the_retry() -> None:
     assert h.wakeup is None
 
 
-def test_the_engines_fast_event_construction_equals_the_dataclasses() -> None:
-    """The engine builds RecordEvent/Event/StartAttempt without their __init__ (speed): if a field
-    is ever added to one, this fails and the fast path must learn it."""
-    from dataclasses import fields
-
+def test_the_engines_fast_command_construction_equals_the_constructors() -> None:
+    """The engine builds its commands with tuple.__new__ and positional fields (speed): if a
+    field is ever added or moved, this fails and the engine's construction must follow."""
     from daemon.core.engine import Event, _record
-    assert [f.name for f in fields(Event)] == ["type", "at", "data"]
-    assert [f.name for f in fields(RecordEvent)] == ["event"]
-    assert [f.name for f in fields(StartAttempt)] == ["attempt_id", "message_id", "channel", "provider", "try_no",
-                                                     "started_at", "deadline", "idempotency_key", "confirm"]
+    assert Event._fields == ("type", "at", "data")
+    assert RecordEvent is Event
+    assert StartAttempt._fields == ("attempt_id", "message_id", "channel", "provider", "try_no",
+                                    "started_at", "deadline", "idempotency_key", "confirm")
+    assert SetTimer._fields == ("at",) and Finish._fields == ("status", "at", "delivered_at")
     a = only_start(make().start(0.0))
     assert a == StartAttempt(a.attempt_id, "m1", "email", "a", 1, 0.0, 2.0, "m1:email:a", "response")
-    assert a.__dict__ == StartAttempt(**a.__dict__).__dict__
-    fast, plain = _record("x", 1.5, {"a": 1}), RecordEvent(Event("x", 1.5, {"a": 1}))
-    assert fast == plain and repr(fast) == repr(plain) and hash(fast.event.type) == hash("x")
-    assert fast.__dict__ == plain.__dict__ and fast.event.__dict__ == plain.event.__dict__
+    assert a == StartAttempt(**a._asdict()) and type(a) is StartAttempt
+    fast, plain = _record("x", 1.5, {"a": 1}), Event("x", 1.5, {"a": 1})
+    assert fast == plain and repr(fast) == repr(plain) == "Event(type='x', at=1.5, data={'a': 1})"
+    assert fast.event is fast and fast.event.type == "x"
     with pytest.raises(AttributeError):
-        fast.event.type = "y"                       # type: ignore[misc]  # still frozen
+        fast.type = "y"                             # type: ignore[misc]  # still immutable
+
+
+def test_commands_are_equal_only_to_commands_of_their_own_type() -> None:
+    assert SetTimer(1.0) == SetTimer(1.0) and SetTimer(1.0) != SetTimer(2.0)
+    assert SetTimer(1.0) != (1.0,) and (1.0,) != SetTimer(1.0)
+    assert CancelAttempt("a", "r") != ("a", "r")
+    assert Finish("delivered", 1.0, None) != ("delivered", 1.0, None)
+    assert hash(SetTimer(1.0)) == hash(SetTimer(1.0))

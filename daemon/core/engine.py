@@ -12,7 +12,7 @@ time, the simulator SimPy's `env.now`):
     on_provider_unhealthy(provider, now)    optional: that provider's breaker has just opened;
                                             fail over at once from the attempts in flight on it
 
-Outputs are commands (dataclasses below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
+Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
 the back-off jitter, drawn from the `rng` passed in. Same inputs, same commands.
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Union
 
 from .health import HealthTracker
 from .plan import ChannelStep, GroupStep, Plan, ProviderStep
@@ -52,10 +52,28 @@ class Outcome:
 
 
 # --------------------------------------------------------------------------- commands
+#
+# Commands are immutable named tuples: the engine makes ~10 of them per message, and a tuple is
+# the cheapest immutable record CPython builds (a frozen dataclass's __init__ costs about four
+# times as much; the simulator's throughput depends on it). Two commands are equal only if they
+# are of the same type and hold the same fields (plain tuples would compare equal across types).
 
 
-@dataclass(frozen=True)
-class StartAttempt:
+class _Typed:
+    """Mixed into each command: equal only to a command of the same type with the same fields."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = tuple.__hash__
+
+
+class _StartAttempt(NamedTuple):
     attempt_id: str
     message_id: str
     channel: str
@@ -67,44 +85,73 @@ class StartAttempt:
     confirm: str = "response"
 
 
-@dataclass(frozen=True)
-class CancelAttempt:
+class StartAttempt(_Typed, _StartAttempt):
+    """Call the provider (the attempt may run until `deadline`, seconds on the driver's clock)."""
+
+    __slots__ = ()
+
+
+class _CancelAttempt(NamedTuple):
     attempt_id: str
     reason: str
 
 
-@dataclass(frozen=True)
-class SetTimer:
-    """The one wake-up this delivery wants (replaces any earlier one); None: no timer."""
+class CancelAttempt(_Typed, _CancelAttempt):
+    """Stop the attempt; its answer, if one still comes, must not be fed back."""
 
+    __slots__ = ()
+
+
+class _SetTimer(NamedTuple):
     at: float | None
 
 
-@dataclass(frozen=True)
-class Event:
+class SetTimer(_Typed, _SetTimer):
+    """The one wake-up this delivery wants (replaces any earlier one); None: no timer."""
+
+    __slots__ = ()
+
+
+class _Event(NamedTuple):
     type: str
     at: float
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RecordEvent:
-    event: Event
+class Event(_Typed, _Event):
+    """One entry of a message's history (`data` holds the event's own fields).
+
+    An Event is also the command to record it: `RecordEvent` is this very class, and `.event`
+    returns the event itself, so a driver reads `cmd.event.type` whichever name it matched."""
+
+    __slots__ = ()
+
+    @property
+    def event(self) -> "Event":
+        return self
 
 
-@dataclass(frozen=True)
-class Finish:
+RecordEvent = Event
+
+
+class _Finish(NamedTuple):
     status: Literal["delivered", "undeliverable", "expired"]
     at: float
     delivered_at: float | None
 
 
-Command = Union[StartAttempt, CancelAttempt, SetTimer, RecordEvent, Finish]
+class Finish(_Typed, _Finish):
+    """The message reached its terminal status."""
+
+    __slots__ = ()
+
+
+Command = Union[StartAttempt, CancelAttempt, SetTimer, Event, Finish]
 
 AttemptOutcomeName = Literal["delivered", "failed", "timeout", "network", "rejected", "cancelled"]
 
 
-@dataclass
+@dataclass(slots=True)
 class AttemptRecord:
     attempt_id: str
     channel: str
@@ -123,18 +170,12 @@ class AttemptRecord:
                 "deadline": self.deadline, "outcome": self.outcome, "status_code": self.status_code}
 
 
-def _record(type_: str, at: float, data: dict[str, Any]) -> RecordEvent:
-    """RecordEvent(Event(type_, at, data)), built without the frozen dataclasses' __init__ (one
-    object.__setattr__ call per field): the engine emits ~15 events per message, and this halves
-    their cost. Equal to the plain construction in every way (tests/test_engine.py checks it)."""
-    ev = _new(Event)
-    ev.__dict__.update(type=type_, at=at, data=data)
-    rec = _new(RecordEvent)
-    rec.__dict__["event"] = ev
-    return rec
+_tnew = tuple.__new__       # _tnew(SetTimer, (at,)) = SetTimer(at), less a Python-level __new__ call
 
 
-_new = object.__new__
+def _record(type_: str, at: float, data: dict[str, Any]) -> Event:
+    """The command recording Event(type_, at, data), built without NamedTuple's __new__."""
+    return _tnew(Event, (type_, at, data))
 
 
 # --------------------------------------------------------------------------- the tree
@@ -374,11 +415,7 @@ class Delivery:
     def _emit(self, type_: str, now: float, **data: Any) -> None:
         evs = self._events
         if evs is None or type_ in evs:
-            ev = _new(Event)                # = _record(type_, now, data), inlined: ~7 events a message
-            ev.__dict__.update(type=type_, at=now, data=data)
-            rec = _new(RecordEvent)
-            rec.__dict__["event"] = ev
-            self._out.append(rec)
+            self._out.append(_tnew(Event, (type_, now, data)))   # = Event(type_, now, data)
 
     def _settle(self, now: float, rearm: bool = False) -> list[Command]:
         """Fire whatever is due at `now`, then hand out the commands and the wake-up wanted."""
@@ -389,7 +426,7 @@ class Delivery:
         want = None if self.status != "pending" else self._want
         if want != self._timer or (rearm and want is not None):
             self._timer = want
-            self._out.append(SetTimer(want))
+            self._out.append(_tnew(SetTimer, (want,)))
         out, self._out = self._out, []
         return out
 
@@ -545,11 +582,9 @@ class Delivery:
         run.state = "attempting"
         self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                    attempt=run.tries, deadline=deadline)
-        cmd = _new(StartAttempt)            # = StartAttempt(...), without the frozen __init__ (see _record)
-        cmd.__dict__.update(attempt_id=attempt_id, message_id=self.message_id, channel=channel,
-                            provider=step.provider, try_no=run.tries, started_at=now, deadline=deadline,
-                            idempotency_key=f"{self.message_id}:{channel}:{step.provider}", confirm=step.confirm)
-        self._out.append(cmd)
+        self._out.append(_tnew(StartAttempt, (                    # = StartAttempt(...), field order
+            attempt_id, self.message_id, channel, step.provider, run.tries, now, deadline,
+            f"{self.message_id}:{channel}:{step.provider}", step.confirm)))
 
     # ------------------------------------------------------------------ outcomes
 
@@ -657,7 +692,7 @@ class Delivery:
                 self.status = "delivered"
                 self.finished_at = now
                 self._emit("finished", now, status="delivered")
-                self._out.append(Finish("delivered", now, self.delivered_at))
+                self._out.append(_tnew(Finish, ("delivered", now, self.delivered_at)))
                 return
         self._complete(run, "delivered", now)
 
@@ -819,7 +854,7 @@ class Delivery:
             self.status = "undeliverable"
         self.finished_at = now
         self._emit("finished", now, status=self.status)
-        self._out.append(Finish(self.status, now, self.delivered_at))
+        self._out.append(_tnew(Finish, (self.status, now, self.delivered_at)))
 
 
 def _name(node: _Node) -> str:
