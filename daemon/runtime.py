@@ -9,7 +9,12 @@ routing decision of its own (those live in daemon.core.engine):
     CancelAttempt  -> task.cancel() (an http request's connection is closed)
     SetTimer(at)   -> one entry per message in the Router's wake-up heap (one loop timer for the
                       earliest entry; an entry a later SetTimer replaced is skipped when due)
-    RecordEvent    -> SQLite (attempts + events), event listeners (MQTT), Prometheus metrics
+    RecordEvent    -> SQLite (attempts + events), event listeners (MQTT), Prometheus metrics.
+                      A `breaker_opened` one also queues its provider: once the batch is applied,
+                      every pending message that has tried that provider gets the engine's
+                      on_provider_unhealthy(provider, now) at the batch's own `now` (a worklist:
+                      those batches can open further breakers), so attempts hanging on it fail
+                      over at once ("cancelled", "breaker opened") -- as simulator/runner.py does
     Finish         -> SQLite status; the message leaves the in-flight set
 
 Time is `Clock.now()`: wall-anchored monotonic seconds (daemon/clock.py). One HealthTracker
@@ -256,6 +261,9 @@ class Router:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
         self._stale = 0
+        # Providers whose breaker opened in the command batch being applied, for _cut_over.
+        self._opened: list[str] = []
+        self._cutting = False
 
     # ------------------------------------------------------------------ properties
 
@@ -518,11 +526,13 @@ class Router:
     def _begin(self, live: _Live) -> None:
         self._live[live.row.id] = live
         live.snapshot.refs += 1
-        self._apply(live, live.delivery.start(self.clock.now()))
+        now = self.clock.now()
+        self._apply(live, live.delivery.start(now), now)
 
     # ------------------------------------------------------------------ commands
 
-    def _apply(self, live: _Live, commands: list[Command]) -> None:
+    def _apply(self, live: _Live, commands: list[Command], now: float) -> None:
+        """Carry out one engine input's commands; `now` is the time that input was given."""
         events: list[Event] | None = None
         for cmd in commands:
             if isinstance(cmd, RecordEvent):
@@ -550,6 +560,42 @@ class Router:
             wake = live.delivery.next_wakeup      # defensive: never leave a live message without a wake-up
             if wake is not None:
                 self._set_timer(live, wake)
+        if self._opened and not self._cutting:
+            self._cut_over(now)
+
+    def _cut_over(self, now: float) -> None:
+        """Breakers opened in the batch just applied: hand each such provider to every pending
+        message that has tried it, as Delivery.on_provider_unhealthy(provider, now) at the batch's
+        own `now`, so attempts hanging on it (and back-offs waiting for it) fail over at once
+        instead of each waiting out its own timeout. Those batches may open further breakers: a
+        worklist, drained here, not recursion. Runs only when a breaker opens (rare); the scan
+        of the in-flight set is one pass over each message's attempts, and the engine decides
+        what, if anything, to cut (simulator/runner.py cut_over does the same)."""
+        self._cutting = True
+        opened = self._opened
+        try:
+            while opened:
+                provider = opened.pop(0)
+                if self._halted:
+                    continue
+                for live in list(self._live.values()):
+                    if live.finished or self._halted:
+                        continue
+                    d = live.delivery
+                    # a run attempting, or backing off, on `provider` has an attempt on it in
+                    # this run's records: the others have nothing to cut (the engine would answer [])
+                    for rec in d.attempts.values():
+                        if rec.provider == provider:
+                            break
+                    else:
+                        continue
+                    try:
+                        self._apply(live, d.on_provider_unhealthy(provider, now), now)
+                    except Exception:  # noqa: BLE001 - one message's failure must not stall the others
+                        log.exception("failing %s over from %s (breaker opened) failed", live.row.id, provider)
+        finally:
+            opened.clear()
+            self._cutting = False
 
     def _record(self, live: _Live, event: Event) -> None:
         """One event outside a command list (resume, late receipts): kept, stored, noted."""
@@ -588,6 +634,7 @@ class Router:
                 m.failover(data.get("kind", ""))
             elif type_ == "breaker_opened":
                 m.breaker_open.labels(provider=data.get("provider", "")).set(1)
+                self._opened.append(data.get("provider", ""))       # see _cut_over
             elif type_ == "breaker_closed":
                 m.breaker_open.labels(provider=data.get("provider", "")).set(0)
         for cb in self._listeners:
@@ -650,7 +697,8 @@ class Router:
             after()
         if live.tasks.pop(attempt_id, None) is None or self._halted:
             return
-        self._apply(live, live.delivery.on_outcome(attempt_id, outcome, self.clock.now()))
+        now = self.clock.now()
+        self._apply(live, live.delivery.on_outcome(attempt_id, outcome, now), now)
 
     async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest) -> None:
         try:
@@ -662,7 +710,8 @@ class Router:
             outcome = Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}")
         if live.tasks.pop(req.attempt_id, None) is None or self._halted:
             return                  # cancelled meanwhile: the engine no longer waits for it
-        self._apply(live, live.delivery.on_outcome(req.attempt_id, outcome, self.clock.now()))
+        now = self.clock.now()
+        self._apply(live, live.delivery.on_outcome(req.attempt_id, outcome, now), now)
 
     def _set_timer(self, live: _Live, at: float | None) -> None:
         if live.wake_seq >= 0:
@@ -716,7 +765,8 @@ class Router:
             for at, live in due:
                 if not live.finished and not self._halted and live.wake_seq < 0:
                     try:
-                        self._apply(live, live.delivery.on_timer(max(self.clock.now(), at)))
+                        t = max(self.clock.now(), at)
+                        self._apply(live, live.delivery.on_timer(t), t)
                     except Exception:  # noqa: BLE001 - one message's failure must not stall the others
                         log.exception("handling the wake-up of %s failed", live.row.id)
         finally:
@@ -763,7 +813,7 @@ class Router:
             if rec is not None:
                 if rec.provider != provider:
                     return False
-                self._apply(live, live.delivery.on_receipt(attempt_id, status, now))
+                self._apply(live, live.delivery.on_receipt(attempt_id, status, now), now)
                 return True
             prior = live.prior.get(attempt_id)
             if prior is None or prior.provider != provider:
