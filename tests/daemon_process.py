@@ -331,7 +331,8 @@ class StandinLoop:
         loop.call(s.wait_for(1, finished=True))       # run any coroutine on that loop, bounded
         loop.close()                                  # closes every stand-in, stops the thread
 
-    or `with StandinLoop() as loop:`. A test thread may block (HTTP to the daemon, sleeps) while the stand-ins keep answering.
+    or `with StandinLoop() as loop:`. A test thread may block (HTTP to the daemon, sleeps) while
+    the stand-ins keep answering.
     """
 
     def __init__(self) -> None:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, Response, StandinLoop
+from daemon_process import DaemonProcess, Response, StandinLoop, serving
 
 LIMIT = 20
 
@@ -83,17 +83,11 @@ def parallel(n: int, fn: object, threads: int = 8) -> list[Response]:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[DaemonProcess, StandinLoop, object, object]]:
-    loop = StandinLoop()
-    try:
+    with StandinLoop() as loop:
         stuck = loop.standin([{"hang": True}])
         backup = loop.standin([{"status": 200}])
-        d = DaemonProcess(tmp_path, CONFIG.format(limit=LIMIT, stuck=stuck.url, backup=backup.url))
-        with d:
+        with serving(DaemonProcess(tmp_path, CONFIG.format(limit=LIMIT, stuck=stuck.url, backup=backup.url))) as d:
             yield d, loop, stuck, backup
-            assert d.stop() == 0
-        assert "Traceback" not in d.log_text()
-    finally:
-        loop.close()
 
 
 def test_past_max_inflight_send_is_503_with_retry_after_memory_stays_flat_then_recovers(world: tuple) -> None:

@@ -190,8 +190,7 @@ def store_rows(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, window: tuple[float, float],
                      threads: int, rate_per_thread: float) -> dict[str, Any]:
     rng = random.Random(seed)
-    loop = StandinLoop()
-    try:
+    with StandinLoop() as loop:
         primary = loop.standin(primary_script(seed))
         backup = loop.standin(backup_script(seed))
         d = DaemonProcess(tmp_path, CONFIG.format(primary=primary.url, backup=backup.url), start_timeout=30)
@@ -238,8 +237,6 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
             d.close()
             load._stop.set()
         requests = list(primary.requests) + list(backup.requests)
-    finally:
-        loop.close()
 
     # ---- nothing lost
     lost = [k for k, mid in load.accepted.items() if mid not in status]

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, serving
 
 TOKEN = "hostile-input-token"
 SECRET = "hostile-receipt-secret"
@@ -54,12 +54,8 @@ channels = ["email", "push"]
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("hostile"), CONFIG, token=TOKEN)
-    with d:
+    with serving(DaemonProcess(tmp_path_factory.mktemp("hostile"), CONFIG, token=TOKEN)) as d:
         yield d
-        assert d.stop() == 0
-    log = d.log_text()
-    assert "Traceback" not in log, "\n".join(line for line in log.splitlines() if "Traceback" in line)
 
 
 def host_port(d: DaemonProcess) -> tuple[str, int]:
