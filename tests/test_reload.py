@@ -12,10 +12,10 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon.core.policy import parse_policy
-from daemon_process import DaemonError, DaemonProcess
+from daemon_process import DaemonError, DaemonProcess, wait_until
 
 # One route, one channel, two sandbox providers: the first hangs until its timeout, so every
 # message fails over after 150 ms -- well after a reload that happens meanwhile. The provider
@@ -51,14 +51,6 @@ def config(d: DaemonProcess) -> dict[str, Any]:
     r = d.get("/v1/config")
     assert r.status == 200, r.body
     return r.json()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
 
 
 def wait_version(d: DaemonProcess, old: str, timeout: float = 5.0) -> str:
@@ -153,7 +145,7 @@ def test_an_invalid_file_keeps_the_old_policy_serving(tmp_path: Path) -> None:
             wait_until(lambda: config(d)["last_reload"]["errors"] != [] and
                        config(d)["last_reload"]["trigger"] == "file"
                        and any(error in e for e in config(d)["last_reload"]["errors"]),
-                       what="the rejected reload")
+                       timeout=5.0, what="the rejected reload")
             assert d.metric("routingd_config_last_reload_successful") == 0.0
             info = config(d)
             assert info["version"] == va and info["last_reload"]["ok"] is False
