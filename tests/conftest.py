@@ -15,3 +15,7 @@ def standins() -> Iterator[StandinLoop]:
     """Provider stand-ins on a background loop, shared by a module's tests and its daemon."""
     with StandinLoop() as loop:
         yield loop
+
+
+# A fresh mosquitto per test (persistent: sessions survive stop()/start()); see mqtt_broker.py.
+from mqtt_broker import mqtt_broker, mqtt_broker_persistent  # noqa: E402,F401

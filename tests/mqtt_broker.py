@@ -10,12 +10,20 @@
 
     start_broker(tmp_path / "b", users={"routingd": "s3cret"})   # anonymous access off
 
-`start_broker(directory)` is the plain function behind the fixture. A missing mosquitto binary
-fails the test with the command that installs it; it is never a skip.
+`start_broker(directory)` is the plain function behind the fixture (tests/conftest.py makes both
+fixtures available to every module). A missing mosquitto binary fails the test with the
+command that installs it; it is never a skip.
+
+Test clients of a broker: `subscriber(broker, *topics)` (an aiomqtt client subscribed at QoS 1),
+`receive(client, n)` / `receive_until(client, done)` (bounded collection) and
+`payload_json(message)`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,9 +31,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
+import aiomqtt
 import pytest
+
+from daemon_process import free_port
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -43,12 +54,6 @@ def find_mosquitto() -> str:
                           "install it with `sh tools/ensure-mosquitto.sh` (run by `make test`) "
                           "or your package manager (Debian/Ubuntu: apt-get install mosquitto)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -198,3 +203,44 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
 def mqtt_broker_persistent(tmp_path: Path) -> Iterator[Broker]:
     """Like mqtt_broker, but sessions and queued messages survive stop()/start()."""
     yield from _broker_fixture(tmp_path, persistence=True)
+
+
+# --------------------------------------------------------------------------- test clients
+
+
+@contextlib.asynccontextmanager
+async def subscriber(broker: Broker, *topics: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
+    """An aiomqtt client of `broker` (extra `kw` for aiomqtt.Client), subscribed at QoS 1."""
+    async with aiomqtt.Client(broker.host, broker.port, **kw) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        yield client
+
+
+async def receive_until(client: aiomqtt.Client, done: Callable[[list[aiomqtt.Message]], bool],
+                        timeout: float = 8.0, what: str = "messages") -> list[aiomqtt.Message]:
+    """Collect messages until `done(collected)` holds; AssertionError after `timeout` seconds."""
+    got: list[aiomqtt.Message] = []
+
+    async def collect() -> None:
+        async for message in client.messages:
+            got.append(message)
+            if done(got):
+                return
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what}: not complete within {timeout}s; got "
+                             f"{[(str(m.topic), m.payload) for m in got]}") from None
+    return got
+
+
+async def receive(client: aiomqtt.Client, n: int, timeout: float = 5.0) -> list[aiomqtt.Message]:
+    """The next `n` messages (bounded)."""
+    return await receive_until(client, lambda got: len(got) >= n, timeout, what=f"{n} message(s)")
+
+
+def payload_json(message: aiomqtt.Message) -> Any:
+    assert isinstance(message.payload, bytes)
+    return json.loads(message.payload)

@@ -4,10 +4,9 @@ provider type, and broker outages (buffering, drop counting, reconnect, resubscr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiomqtt
 import pytest
@@ -18,10 +17,8 @@ from daemon.core.policy import MqttProvider, MqttSection
 from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_payload, event_publisher,
                          parse_broker_url, render_topic)
 
-try:
-    from mqtt_broker import Broker, free_port, mqtt_broker, mqtt_broker_persistent  # noqa: F401
-except ImportError:  # tests/ collected as a package
-    from tests.mqtt_broker import Broker, free_port, mqtt_broker, mqtt_broker_persistent  # noqa: F401
+from daemon_process import free_port
+from mqtt_broker import Broker, payload_json, receive, subscriber
 
 PREFIX = "rt"
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -41,31 +38,6 @@ def link_for(broker: Broker, **kw: Any) -> MqttLink:
     return MqttLink(settings(broker.url, **kw), reconnect_min_s=0.05, reconnect_max_s=0.2, **opts)
 
 
-@contextlib.asynccontextmanager
-async def subscriber(broker: Broker, *topics: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(broker.host, broker.port, **kw) as client:
-        for topic in topics:
-            await client.subscribe(topic, qos=1)
-        yield client
-
-
-async def receive(client: aiomqtt.Client, n: int, timeout: float = 5.0) -> list[aiomqtt.Message]:
-    got: list[aiomqtt.Message] = []
-
-    async def collect() -> None:
-        async for message in client.messages:
-            got.append(message)
-            if len(got) >= n:
-                return
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"received {len(got)} of {n} messages within {timeout}s: "
-                             f"{[str(m.topic) for m in got]}") from None
-    return got
-
-
 async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -73,11 +45,6 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "con
         if loop.time() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-def body(message: aiomqtt.Message) -> Any:
-    assert isinstance(message.payload, bytes)
-    return json.loads(message.payload)
 
 
 def attempt(to: dict[str, Any], message_id: str = "m-9") -> AttemptRequest:
@@ -169,7 +136,7 @@ def test_events_published_per_message_and_received(mqtt_broker: Broker) -> None:
         assert [str(m.topic) for m in msgs] == [f"{PREFIX}/events/m-1", f"{PREFIX}/events/m-1",
                                                 f"{PREFIX}/events/m-2"]
         assert all(m.qos == 1 for m in msgs)
-        started, attempt_started, finished = (body(m) for m in msgs)
+        started, attempt_started, finished = (payload_json(m) for m in msgs)
         assert started["type"] == "started" and started["message_id"] == "m-1"
         assert started["route"] == "default" and RFC3339_MS.match(started["message_deadline"])
         assert attempt_started["provider"] == "ses" and RFC3339_MS.match(attempt_started["deadline"])
@@ -199,7 +166,7 @@ def test_a_connection_task_that_dies_is_restarted(mqtt_broker: Broker, caplog: p
             assert await link.wait_connected(5), link.last_error
             event_publisher(link)("m-1", Event("finished", AT, {"status": "delivered"}))
             [msg] = await receive(sub, 1)
-        assert body(msg)["message_id"] == "m-1" and link.runs == 2
+        assert payload_json(msg)["message_id"] == "m-1" and link.runs == 2
 
     with caplog.at_level("ERROR", logger="routingd.mqtt"):
         run(main())
@@ -245,6 +212,13 @@ def test_buffer_overflow_counted_while_broker_down_and_backlog_flows_after_resta
 # --------------------------------------------------------------------------- ingress
 
 
+async def publish_sends(broker: Broker, *payloads: str | bytes) -> None:
+    """Publish each payload on {PREFIX}/send (QoS 1) from a client of its own, as a producer would."""
+    async with aiomqtt.Client(broker.host, broker.port) as sender:
+        for raw in payloads:
+            await sender.publish(f"{PREFIX}/send", raw, qos=1)
+
+
 def recording_submit(seen: list[bytes]) -> Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]:
     """A real validator in miniature: JSON object with a "message" object, else a rejection."""
 
@@ -270,15 +244,12 @@ def test_sends_reach_submit_rejections_are_answered_and_survive_a_reconnect(mqtt
         async with link:
             assert await link.wait_connected(5), link.last_error
             async with subscriber(mqtt_broker, f"{PREFIX}/accepted", f"{PREFIX}/rejected") as sub:
-                async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
-                    await sender.publish(f"{PREFIX}/send", send, qos=1)
-                    await sender.publish(f"{PREFIX}/send", b'{"nope": 1}', qos=1)
-                    await sender.publish(f"{PREFIX}/send", b"not json", qos=1)
+                await publish_sends(mqtt_broker, send, b'{"nope": 1}', b"not json")
                 msgs = await receive(sub, 3)
             assert sorted(seen) == sorted([send.encode(), b'{"nope": 1}', b"not json"])
-            accepted = [body(m) for m in msgs if m.topic.matches(f"{PREFIX}/accepted")]
+            accepted = [payload_json(m) for m in msgs if m.topic.matches(f"{PREFIX}/accepted")]
             rejected = {json.dumps(b["request"]): b for m in msgs
-                        if m.topic.matches(f"{PREFIX}/rejected") for b in [body(m)]}
+                        if m.topic.matches(f"{PREFIX}/rejected") for b in [payload_json(m)]}
             assert len(accepted) == 1 and accepted[0]["message_id"].startswith("msg-")
             assert rejected[json.dumps({"nope": 1})]["error"] == "invalid request"
             assert rejected[json.dumps({"nope": 1})]["details"] == ["message: field required"]
@@ -290,10 +261,9 @@ def test_sends_reach_submit_rejections_are_answered_and_survive_a_reconnect(mqtt
             await asyncio.to_thread(mqtt_broker.start)
             assert await link.wait_connected(10), link.last_error
             async with subscriber(mqtt_broker, f"{PREFIX}/accepted") as sub:
-                async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
-                    await sender.publish(f"{PREFIX}/send", send, qos=1)
+                await publish_sends(mqtt_broker, send)
                 (again,) = await receive(sub, 1)
-            assert body(again)["message_id"] == "msg-4" and len(seen) == 4
+            assert payload_json(again)["message_id"] == "msg-4" and len(seen) == 4
 
     run(main())
 
@@ -310,9 +280,7 @@ def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -
         async with a, b:
             assert await a.wait_connected(5) and await b.wait_connected(5)
             sends = [json.dumps({"message": {"n": i}}).encode() for i in range(20)]
-            async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
-                for raw in sends:
-                    await sender.publish(f"{PREFIX}/send", raw, qos=1)
+            await publish_sends(mqtt_broker, *sends)
             await until(lambda: len(seen_a) + len(seen_b) >= 20, what="20 sends to be handled")
             await asyncio.sleep(0.2)            # a duplicate would show up here
         assert sorted(seen_a + seen_b) == sorted(sends)   # each send handled exactly once
@@ -336,15 +304,13 @@ def test_stop_ingress_hands_new_sends_to_the_rest_of_the_group(mqtt_broker: Brok
             assert await a.wait_connected(5) and await b.wait_connected(5)
             await a.stop_ingress()
             sends = [json.dumps({"message": {"n": i}}).encode() for i in range(10)]
-            async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sender:
-                for raw in sends:
-                    await sender.publish(f"{PREFIX}/send", raw, qos=1)
+            await publish_sends(mqtt_broker, *sends)
             await until(lambda: len(seen_b) >= 10, what="10 sends to reach the staying daemon")
             # The draining link still publishes its events.
             event_publisher(a)("m-1", Event("finished", AT, {"status": "delivered"}))
             [ev] = await receive(events, 1)
         assert seen_a == [] and sorted(seen_b) == sorted(sends)
-        assert body(ev)["message_id"] == "m-1"
+        assert payload_json(ev)["message_id"] == "m-1"
 
     run(main())
 
@@ -360,7 +326,7 @@ def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(mqt
             assert (outcome.status, outcome.network) == (200, False)
             (msg,) = await receive(sub, 1)
             assert str(msg.topic) == "devices/u42/notify" and msg.qos == 1
-            assert body(msg) == req.payload()
+            assert payload_json(msg) == req.payload()
 
             missing = await adapter.send(attempt({"email": "a@example.com"}))
             assert missing.status == 400 and not missing.network and "user_id" in missing.detail

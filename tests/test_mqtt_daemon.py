@@ -12,21 +12,16 @@ thread (`http()`) so that the aiomqtt subscribers keep reading meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import aiomqtt
 import pytest
 
 from daemon_process import DaemonProcess
-
-try:
-    from mqtt_broker import Broker, mqtt_broker, mqtt_broker_persistent, start_broker  # noqa: F401
-except ImportError:  # tests/ collected as a package
-    from tests.mqtt_broker import Broker, mqtt_broker, mqtt_broker_persistent, start_broker  # noqa: F401
+from mqtt_broker import Broker, payload_json, receive_until, start_broker, subscriber
 
 PREFIX = "rt"
 TOKEN = "mqtt-daemon-t0ken"
@@ -104,47 +99,15 @@ async def http(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kw)
 
 
-@contextlib.asynccontextmanager
-async def subscriber(broker: Broker, *topics: str, **kw: Any) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(broker.host, broker.port, **kw) as client:
-        for topic in topics:
-            await client.subscribe(topic, qos=1)
-        yield client
-
-
-async def receive_until(client: aiomqtt.Client, done: Callable[[list[aiomqtt.Message]], bool],
-                        timeout: float = 8.0, what: str = "messages") -> list[aiomqtt.Message]:
-    """Collect messages until `done(collected)` holds (bounded)."""
-    got: list[aiomqtt.Message] = []
-
-    async def collect() -> None:
-        async for message in client.messages:
-            got.append(message)
-            if done(got):
-                return
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"{what}: not complete within {timeout}s; got "
-                             f"{[(str(m.topic), m.payload) for m in got]}") from None
-    return got
-
-
 async def receive_events(client: aiomqtt.Client, message_id: str, timeout: float = 8.0) -> list[dict[str, Any]]:
     """The events of one message up to and including "finished" (others are ignored)."""
     msgs = await receive_until(
-        client, lambda got: any(body(m).get("type") == "finished" for m in got
+        client, lambda got: any(payload_json(m).get("type") == "finished" for m in got
                                 if str(m.topic) == f"{PREFIX}/events/{message_id}"),
         timeout, what=f"events of {message_id}")
     mine = [m for m in msgs if str(m.topic) == f"{PREFIX}/events/{message_id}"]
     assert all(m.qos == 1 for m in mine), [m.qos for m in mine]
-    return [body(m) for m in mine]
-
-
-def body(message: aiomqtt.Message) -> Any:
-    assert isinstance(message.payload, bytes)
-    return json.loads(message.payload)
+    return [payload_json(m) for m in mine]
 
 
 async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -240,13 +203,13 @@ def test_send_over_mqtt_is_accepted_delivered_and_an_invalid_one_rejected(
             await sub.publish(f"{PREFIX}/send", json.dumps({"message": mail("mqtt")}), qos=1)
             got = await receive_until(sub, lambda g: any(str(m.topic) == f"{PREFIX}/accepted" for m in g),
                                       what="the answer on accepted")
-            answer = body(next(m for m in got if str(m.topic) == f"{PREFIX}/accepted"))
+            answer = payload_json(next(m for m in got if str(m.topic) == f"{PREFIX}/accepted"))
             mid = answer["message_id"]
             status = await http(daemon.wait_status, mid, "delivered")
             assert status["attempts"][0]["provider"] == "mail"
             assert [a["outcome"] for a in status["attempts"]] == ["delivered"]
             # Its events are published like those of an HTTP send.
-            events = [body(m) for m in got if str(m.topic) == f"{PREFIX}/events/{mid}"]
+            events = [payload_json(m) for m in got if str(m.topic) == f"{PREFIX}/events/{mid}"]
             if not any(e["type"] == "finished" for e in events):
                 events += await receive_events(sub, mid)
             assert events[-1]["type"] == "finished" and events[-1]["status"] == "delivered"
@@ -261,7 +224,7 @@ def test_send_over_mqtt_is_accepted_delivered_and_an_invalid_one_rejected(
             got = await receive_until(
                 sub, lambda g: sum(str(m.topic) == f"{PREFIX}/rejected" for m in g) >= len(bad),
                 what="three rejections")
-            rejected = [body(m) for m in got if str(m.topic) == f"{PREFIX}/rejected"]
+            rejected = [payload_json(m) for m in got if str(m.topic) == f"{PREFIX}/rejected"]
             assert not [m for m in got if str(m.topic) == f"{PREFIX}/accepted"]
         by_request = {json.dumps(r["request"], sort_keys=True): r for r in rejected}
         assert len(by_request) == 3
@@ -289,7 +252,7 @@ def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(
         status = await http(daemon.wait_status, mid, "delivered")
         note = got[0]
         assert str(note.topic) == "devices/u42/notify" and note.qos == 1
-        payload = body(note)
+        payload = payload_json(note)
         assert payload["message_id"] == mid
         assert payload["to"] == {"user_id": "u42"}
         assert payload["content"] == {"title": "Door open"}
@@ -313,7 +276,7 @@ def test_mqtt_provider_without_puback_before_the_deadline_is_a_timeout(broker: B
                 broker.resume()
             # The PUBLISH was on the wire: the broker passes it on once it runs again.
             [late] = await receive_until(device, lambda g: len(g) >= 1, what="the late notification")
-        assert body(late)["message_id"] == mid
+        assert payload_json(late)["message_id"] == mid
         first, second = st["attempts"]
         assert (first["provider"], first["outcome"]) == ("device", "timeout"), st
         assert (second["provider"], second["outcome"]) == ("fallback", "delivered"), st
@@ -384,7 +347,7 @@ def test_broker_stopped_and_restarted_under_traffic(mqtt_broker_persistent: Brok
             mid = await http(d.send, mail("after"))
             after = await receive_events(sub, mid)
         assert [e["type"] for e in after] == [e["type"] for e in (await http(d.status, mid))["events"]]
-        events = [body(m) for m in backlog]
+        events = [payload_json(m) for m in backlog]
         assert {e["message_id"] for e in events} <= set(outage)
         assert len(events) == emitted - drops == buffer   # nothing beyond the drops was lost
         ats = [e["at"] for e in events]
@@ -422,7 +385,7 @@ def test_daemon_starts_without_broker_and_connects_when_it_appears(mqtt_broker: 
         async with subscriber(broker, f"{PREFIX}/accepted") as sub:
             await sub.publish(f"{PREFIX}/send", json.dumps({"message": mail("late")}), qos=1)
             [answer] = await receive_until(sub, lambda g: len(g) >= 1, what="the answer on accepted")
-        await http(d.wait_status, body(answer)["message_id"], "delivered")
+        await http(d.wait_status, payload_json(answer)["message_id"], "delivered")
 
     with DaemonProcess(tmp_path / "d", policy(broker.url), token=TOKEN) as d:
         run(main(d))
@@ -454,7 +417,7 @@ def test_broker_credentials_from_the_environment(tmp_path: Path) -> None:
                                       password="s3cret-pw") as device:
                     mid = await http(d.send, push("sec"))
                     [note] = await receive_until(device, lambda g: len(g) >= 1, what="the device notification")
-                assert body(note)["message_id"] == mid
+                assert payload_json(note)["message_id"] == mid
                 st = await http(d.wait_status, mid, "delivered")
                 assert [(a["provider"], a["outcome"]) for a in st["attempts"]] == [("device", "delivered")]
 
