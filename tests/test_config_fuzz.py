@@ -15,9 +15,9 @@ import asyncio
 import io
 import math
 import re
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import tomli_w
@@ -199,6 +199,15 @@ def check_cli(path: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+@contextmanager
+def fuzz_env() -> Iterator[None]:
+    """ENV set in os.environ for the block (the reloader and the CLI read it), then restored."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENV.items():
+            mp.setenv(k, v)
+        yield
+
+
 class Reloads:
     """A real Router (not started: a reload does not need the network) behind a ConfigReloader."""
 
@@ -217,17 +226,8 @@ class Reloads:
     def reload(self, text: str) -> None:
         before = self.router.policy.version
         self.path.write_text(text)
-        import os
-        old = {k: os.environ.get(k) for k in ENV}
-        os.environ.update(ENV)
-        try:
+        with fuzz_env():
             result = asyncio.run(self.reloader.reload("fuzz"))
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         assert not any("internal error" in e for e in result.errors), result.errors
         if result.ok:
             assert self.router.policy.version == result.version
@@ -248,17 +248,8 @@ def exercise(text: str, tmp: Path, reloads: Reloads) -> None:
         plans_never_crash(result)
     path = tmp / "fuzz.toml"
     path.write_text(text, errors="surrogateescape")
-    import os
-    old = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    try:
+    with fuzz_env():
         code, _ = check_cli(path)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     assert code == (0 if isinstance(result, Policy) else 1)
     reloads.reload(text)
 
