@@ -268,14 +268,18 @@ def test_sends_reach_submit_rejections_are_answered_and_survive_a_reconnect(mqtt
     run(main())
 
 
+def group_member(broker: Broker, client_id: str) -> tuple[MqttLink, list[bytes]]:
+    """A link in the shared-subscription group (no answers on accepted) and the sends it took."""
+    seen: list[bytes] = []
+    link = link_for(broker, shared_subscription=True, client_id=client_id)
+    link.set_ingress(recording_submit(seen), answer_accepted=False)
+    return link, seen
+
+
 def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -> None:
     async def main() -> None:
-        seen_a: list[bytes] = []
-        seen_b: list[bytes] = []
-        a = link_for(mqtt_broker, shared_subscription=True, client_id="daemon-a")
-        b = link_for(mqtt_broker, shared_subscription=True, client_id="daemon-b")
-        a.set_ingress(recording_submit(seen_a), answer_accepted=False)
-        b.set_ingress(recording_submit(seen_b), answer_accepted=False)
+        a, seen_a = group_member(mqtt_broker, "daemon-a")
+        b, seen_b = group_member(mqtt_broker, "daemon-b")
         assert a.send_subscription == f"$share/routingd/{PREFIX}/send"
         async with a, b:
             assert await a.wait_connected(5) and await b.wait_connected(5)
@@ -294,12 +298,8 @@ def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -
 
 def test_stop_ingress_hands_new_sends_to_the_rest_of_the_group(mqtt_broker: Broker) -> None:
     async def main() -> None:
-        seen_a: list[bytes] = []
-        seen_b: list[bytes] = []
-        a = link_for(mqtt_broker, shared_subscription=True, client_id="draining-a")
-        b = link_for(mqtt_broker, shared_subscription=True, client_id="staying-b")
-        a.set_ingress(recording_submit(seen_a), answer_accepted=False)
-        b.set_ingress(recording_submit(seen_b), answer_accepted=False)
+        a, seen_a = group_member(mqtt_broker, "draining-a")
+        b, seen_b = group_member(mqtt_broker, "staying-b")
         async with a, b, subscriber(mqtt_broker, f"{PREFIX}/events/#") as events:
             assert await a.wait_connected(5) and await b.wait_connected(5)
             await a.stop_ingress()
