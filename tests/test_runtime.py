@@ -557,9 +557,10 @@ def test_sandbox_attempts_in_flight_at_stop_finish_within_the_grace_or_stay_pend
 
 def test_many_deadlines_fire_each_at_its_own_time(tmp_path: Path) -> None:
     """Every message's wake-up sits in one heap served by one loop timer (Router._on_wakeups):
-    later messages with EARLIER deadlines re-arm it, and no attempt is timed out early."""
+    later messages with EARLIER deadlines re-arm it, and no attempt is timed out early. (s1's
+    breaker is off: an open breaker would cut the remaining hung attempts at once.)"""
     async def main() -> None:
-        text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\n'
+        text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\nbreaker = false\n'
                            '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
                            '[channels.email]\nproviders = ["s1", "s2"]\nrequires = "email"\n', 'channels = ["email"]')
         async with router_for(tmp_path, text) as r:
