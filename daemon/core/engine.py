@@ -276,6 +276,12 @@ def _by_pre(node: _Node) -> int:
 class Delivery:
     """Routes one message through its plan. Create one per message (and per resume)."""
 
+    # slots: no per-message attribute dict (the daemon keeps every pending message in memory,
+    # the simulator makes one per simulated message) and the fastest attribute access
+    __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
+                 "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
+                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried")
+
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
                  events: frozenset[str] | None = None) -> None:
