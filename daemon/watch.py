@@ -18,6 +18,13 @@ never concurrently with itself; a change during a call schedules one more call. 
 `retry_s` seconds (its appearance counts as a change); if inotify cannot be used (watch limits,
 odd filesystems), the directories are polled instead (watchfiles).
 
+A change made before the watch is in place raises no event: the caller read the file, then
+started watching it, and an edit in between would go unseen until the next one. Pass
+`stale()` to close that gap: it is called once, as soon as the first watch is in place (so any
+later edit raises an event), and if it says the file no longer holds what the caller read
+(or raises), `on_change()` runs as if the file had changed. With the polling fallback the watch
+starts on a thread of watchfiles', a few milliseconds after `stale()` is asked.
+
 The directory usually also holds the state database (routingd.db and its -wal), written many
 times a second under load. The watch is a raw inotify watch read on the event loop, with a
 mask that leaves plain writes out (IN_MODIFY): the kernel raises nothing for the database's
@@ -90,12 +97,15 @@ def watch_targets(file: Path) -> Targets:
 
 
 async def watch_file(path: str | os.PathLike[str], on_change: OnChange, debounce_s: float = 0.5,
-                     *, retry_s: float = 1.0) -> None:
-    """Call `on_change()` whenever the file at `path` changes; returns only when cancelled."""
+                     *, retry_s: float = 1.0, stale: Callable[[], bool] | None = None) -> None:
+    """Call `on_change()` whenever the file at `path` changes; returns only when cancelled.
+
+    `stale()`, if given, is asked once when the watch is first in place; True (or an exception)
+    counts as a change."""
     file = Path(os.path.abspath(path))
     changed = asyncio.Event()
     stop = asyncio.Event()         # tells the watchfiles thread to stop within STEP_MS
-    watcher = asyncio.create_task(_watch_dir(file, changed, stop, retry_s),
+    watcher = asyncio.create_task(_watch_dir(file, changed, stop, retry_s, stale),
                                   name=f"watch {file}")
     watcher.add_done_callback(_report_death)
     try:
@@ -125,12 +135,29 @@ def _report_death(task: asyncio.Task[None]) -> None:
                   "(SIGHUP and POST /-/reload still work)", task.exception())
 
 
-async def _watch_dir(file: Path, changed: asyncio.Event, stop: asyncio.Event, retry_s: float) -> None:
+async def _watch_dir(file: Path, changed: asyncio.Event, stop: asyncio.Event, retry_s: float,
+                     stale: Callable[[], bool] | None = None) -> None:
     parent = file.parent
     targets = watch_targets(file)
 
     def wanted(_change: Change, p: str) -> bool:
         return p in targets.paths or p in targets.dirs
+
+    def watching() -> None:
+        """The watch is in place: from now on every change raises an event. Ask `stale()` (the
+        first time only) whether the file changed before that."""
+        nonlocal stale
+        check, stale = stale, None
+        if check is None:
+            return
+        try:
+            differs = check()
+        except Exception as e:  # noqa: BLE001 - cannot tell: let on_change() look at the file
+            log.warning("cannot compare %s with what was loaded (%s); treating it as changed", file, e)
+            differs = True
+        if differs:
+            log.info("%s changed before the watch was in place", file)
+            changed.set()
 
     polling = False        # fall back to polling when inotify cannot be used (limits, odd fs)
     missing = False        # the directory was missing: its appearance counts as a change
@@ -151,8 +178,9 @@ async def _watch_dir(file: Path, changed: asyncio.Event, stop: asyncio.Event, re
             if polling:
                 changes = awatch(*targets.dirs, watch_filter=wanted, debounce=GROUP_MS, step=STEP_MS,
                                  stop_event=stop, recursive=False, force_polling=True)
+                watching()
             else:
-                changes = _inotify_changes(targets.dirs, wanted)
+                changes = _inotify_changes(targets.dirs, wanted, watching)
             async with aclosing(changes):
                 async for batch in changes:
                     changed.set()
@@ -233,14 +261,18 @@ class _Inotify:
         os.close(self.fd)
 
 
-async def _inotify_changes(dirs: tuple[str, ...], wanted: Callable[[Change, str], bool]
+async def _inotify_changes(dirs: tuple[str, ...], wanted: Callable[[Change, str], bool],
+                           watching: Callable[[], None] | None = None
                            ) -> AsyncIterator[set[tuple[Change, str]]]:
-    """Batches of wanted changes in `dirs`, read on the event loop (no thread); until cancelled."""
+    """Batches of wanted changes in `dirs`, read on the event loop (no thread); until cancelled.
+    `watching()` is called once the kernel watches every directory."""
     ino = _Inotify(dirs)
     loop = asyncio.get_running_loop()
     readable = asyncio.Event()
     loop.add_reader(ino.fd, readable.set)
     try:
+        if watching is not None:
+            watching()
         while True:
             await readable.wait()
             readable.clear()

@@ -46,13 +46,16 @@ class Recorder:
 
 
 def run(path: Path, scenario: Callable[[Recorder], Awaitable[None]], fail: bool = False,
-        touch: Callable[[], None] | None = None) -> Recorder:
+        touch: Callable[[], None] | None = None, stale: Callable[[], bool] | None = None) -> Recorder:
+    """Watch `path` and play `scenario`; without `stale`, after a warm-up that waits until the
+    watch sees changes (with `stale`, the scenario starts at once: stale() itself is the sign)."""
     rec = Recorder(path, fail)
 
     async def main() -> None:
-        task = asyncio.create_task(watch_file(path, rec, debounce_s=DEBOUNCE, retry_s=0.1))
+        task = asyncio.create_task(watch_file(path, rec, debounce_s=DEBOUNCE, retry_s=0.1, stale=stale))
         try:
-            await warm_up(path, rec, touch)
+            if stale is None:
+                await warm_up(path, rec, touch)
             await scenario(rec)
         finally:
             task.cancel()
@@ -262,3 +265,84 @@ def test_writes_to_other_open_files_raise_no_event(cfg: Path) -> None:
         assert (cfg.parent / "routing.toml") in {Path(p) for _, p in ino.read()}
     finally:
         ino.close()
+
+
+# --------------------------------------------------------------------------- stale(): edits before the watch
+
+
+class Stale:
+    """The stale() callback: counts its calls; `answer` is what it returns (an exception is
+    raised), `then` runs first (an edit at the very moment of the check)."""
+
+    def __init__(self, answer: bool | Exception, then: Callable[[], None] | None = None) -> None:
+        self.answer = answer
+        self.then = then
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        if self.then is not None:
+            self.then()
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    async def wait_asked(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while not self.asked:
+            assert time.monotonic() < deadline, "stale() was never asked"
+            await asyncio.sleep(0.02)
+
+
+def test_a_file_changed_before_the_watch_gives_one_call(cfg: Path) -> None:
+    stale = Stale(True)
+
+    async def scenario(rec: Recorder) -> None:
+        await rec.wait_for(1)               # no edit at all: stale() said the file changed
+        await rec.settle()
+        cfg.write_text("v1")                # and the watch is live
+        await rec.wait_for(2)
+        await rec.settle()
+
+    assert run(cfg, scenario, stale=stale).calls == ["v0", "v1"]
+    assert stale.asked == 1
+
+
+def test_an_unchanged_file_gives_no_call(cfg: Path) -> None:
+    stale = Stale(False)
+
+    async def scenario(rec: Recorder) -> None:
+        await stale.wait_asked()
+        await rec.settle()
+        assert rec.calls == []
+        cfg.write_text("v1")
+        await rec.wait_for(1)
+        await rec.settle()
+
+    assert run(cfg, scenario, stale=stale).calls == ["v1"]
+    assert stale.asked == 1
+
+
+def test_stale_is_asked_only_once_the_watch_is_in_place(cfg: Path) -> None:
+    """An edit made at the moment stale() runs (after it would have compared: it answers False)
+    is still seen, because the kernel already watches the directory when it is asked."""
+    stale = Stale(False, then=lambda: cfg.write_text("edited while checking"))
+
+    async def scenario(rec: Recorder) -> None:
+        await rec.wait_for(1)
+        await rec.settle()
+
+    assert run(cfg, scenario, stale=stale).calls == ["edited while checking"]
+    assert stale.asked == 1
+
+
+def test_a_failing_stale_counts_as_a_change(cfg: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stale = Stale(OSError("no such file"))
+
+    async def scenario(rec: Recorder) -> None:
+        await rec.wait_for(1)
+        await rec.settle()
+
+    with caplog.at_level(logging.WARNING, logger="routingd.watch"):
+        assert run(cfg, scenario, stale=stale).calls == ["v0"]
+    assert "treating it as changed" in caplog.text and "no such file" in caplog.text
