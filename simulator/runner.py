@@ -40,8 +40,8 @@ from typing import Any, Callable
 
 import simpy
 
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent,
-                                SetTimer, StartAttempt)
+from daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
+                                StartAttempt)
 from daemon.core.health import HealthTracker
 
 from .invariants import HierarchyChecker
@@ -203,11 +203,10 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         i = msg.i
         for c in cmds:
             t = type(c)
-            if t is RecordEvent:                    # most commands are events: no dispatch for them
-                ev = c.event  # type: ignore[union-attr]
-                sink = sink_of(ev.type)
+            if t is Event:                          # most commands are events: no dispatch for them
+                sink = sink_of(c[0])                # an Event is its own RecordEvent; [0] is its type
                 if sink is not None:
-                    sink(i, ev)
+                    sink(i, c)  # type: ignore[arg-type]
             else:
                 handler_of[t](msg, c)
         if opened and not draining:
