@@ -14,6 +14,14 @@ and never raises; when the buffer is full the publication is dropped, counted (`
 buffered while the broker was away is published after the reconnect (QoS 1 = PUBACK awaited; a
 publication interrupted by a lost connection goes back to the head of the buffer: at-least-once).
 
+Sends on `{prefix}/send` are acknowledged late: the PUBACK of a QoS 1 send goes out only once it
+is committed to the store, or once its rejection was published on `{prefix}/rejected` (PUBACK
+awaited), in the order the sends arrived. With `client_id` set the session is persistent
+(clean_session false), so a send that routingd received but had not committed when it crashed
+or lost the connection is delivered again by the broker. aiomqtt (2.5) has no switch for this
+(empicano/aiomqtt#345): paho's own manual_ack_set()/ack() are used on the paho client aiomqtt
+wraps (`_paho()`).
+
 The `mqtt` provider adapter publishes directly and waits for the PUBACK (= delivered); without a
 connection it answers a network outcome at once, so failover moves on instead of waiting.
 Topics and payloads: docs/mqtt.md.
@@ -134,6 +142,51 @@ class _Publication:
     qos: int
 
 
+def _paho(client: aiomqtt.Client) -> Any:
+    """The paho-mqtt client inside an aiomqtt one. aiomqtt 2.5 does not expose paho's manual
+    acknowledgement (empicano/aiomqtt#345, draft PR #346); its `_client` attribute holds the
+    paho client, the workaround named there. Checked so that an aiomqtt without it fails loudly
+    instead of acknowledging sends before they are stored."""
+    paho = getattr(client, "_client", None)
+    if paho is None or not callable(getattr(paho, "manual_ack_set", None)) or not callable(getattr(paho, "ack", None)):
+        raise RuntimeError("this aiomqtt/paho-mqtt has no manual acknowledgement (aiomqtt Client._client."
+                           "manual_ack_set/ack); routingd needs aiomqtt 2.x on paho-mqtt >= 2.0")
+    return paho
+
+
+class _Acks:
+    """The PUBACKs owed on one connection, sent in the order the QoS 1/2 messages arrived (MQTT
+    3.1.1 §4.6). Each message is settled once: acknowledged, or left unacknowledged for the broker
+    to deliver again on the next connection of this (persistent) session. After the connection
+    is lost nothing is sent: the broker redelivers what was not acknowledged on it."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho = _paho(client)
+        self._pending: deque[list[Any]] = deque()     # [mid, qos, None | True (ack) | False (leave)]
+        self.closed = False
+
+    def received(self, message: aiomqtt.Message) -> list[Any] | None:
+        if message.qos == 0:
+            return None                               # nothing to acknowledge
+        entry = [message.mid, message.qos, None]
+        self._pending.append(entry)
+        return entry
+
+    def settle(self, entry: list[Any] | None, ack: bool) -> None:
+        if entry is None or entry[2] is not None:
+            return
+        entry[2] = ack
+        pending = self._pending
+        while pending and pending[0][2] is not None:
+            mid, qos, ack = pending.popleft()
+            if ack and not self.closed:
+                self._paho.ack(mid, qos)
+
+    def close(self) -> None:
+        self.closed = True
+        self._pending.clear()
+
+
 class MqttLink:
     """The daemon's one MQTT connection (see the module docstring)."""
 
@@ -171,6 +224,7 @@ class MqttLink:
         self._ingress_slots = asyncio.Semaphore(INGRESS_CONCURRENCY)
         self._ingress_tasks: set[asyncio.Task[None]] = set()
         self._ingress_stopped = False
+        self._warned_session = False
         self._subscribed: aiomqtt.Client | None = None   # the client holding the send subscription
         self._tls_context = self._load_tls() if self.address.tls else None
 
@@ -191,6 +245,20 @@ class MqttLink:
     @property
     def send_subscription(self) -> str:
         return f"$share/{SHARE_GROUP}/{self.send_topic}" if self.settings.shared_subscription else self.send_topic
+
+    @property
+    def send_qos(self) -> int:
+        """QoS of the send subscription: at most 1. A QoS 2 send is handed over with PUBREC before
+        routingd has it stored, and the broker never sends that PUBLISH again; QoS 1 with the
+        PUBACK after the commit is the at-least-once that redelivery can keep."""
+        return min(self.settings.qos, 1)
+
+    @property
+    def persistent_session(self) -> bool:
+        """Sends are taken and the client id is fixed in the settings: connect with clean_session
+        false so that the broker keeps the subscription and every send not yet acknowledged while
+        routingd is away (a random default id would leave an orphaned session at each restart)."""
+        return self._submit is not None and self.settings.subscribe and bool(self.settings.client_id)
 
     @property
     def accepted_topic(self) -> str:
@@ -237,12 +305,19 @@ class MqttLink:
         return self.connected
 
     async def stop_ingress(self, timeout: float = 2.0) -> None:
-        """Take no more sends (call when a drain starts): unsubscribe from {prefix}/send, so that
-        with a shared subscription the broker hands new sends to the other daemons of the group
-        instead of to one that would only reject them. Events keep flowing until close()."""
+        """Take no more sends (call when a drain starts). With a shared subscription, unsubscribe
+        from it, so that the broker hands new sends to the other daemons of the group instead of
+        to one that would only reject them. With a persistent session of its own, keep the
+        subscription: sends that arrive from now on are left unacknowledged, and the broker keeps
+        them, and those published while routingd is down, for its next start. Events keep flowing
+        until close()."""
         self._ingress_stopped = True
         client, self._subscribed = self._subscribed, None
         if client is None:
+            return
+        if self.persistent_session and not self.settings.shared_subscription:
+            log.info("MQTT: no longer taking sends; the broker keeps those on %s for session %s until "
+                     "routingd starts again", self.send_topic, self.client_id)
             return
         try:
             await asyncio.wait_for(client.unsubscribe(self.send_subscription), timeout)
@@ -356,10 +431,14 @@ class MqttLink:
 
     def _make_client(self) -> aiomqtt.Client:
         a = self.address
-        return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password,
-                              identifier=self.client_id, keepalive=self.settings.keepalive,
-                              tls_context=self._tls_context if a.tls else None,
-                              max_inflight_messages=64, timeout=self.publish_timeout_s)
+        client = aiomqtt.Client(a.host, a.port, username=a.username, password=a.password,
+                                identifier=self.client_id, keepalive=self.settings.keepalive,
+                                clean_session=not self.persistent_session,
+                                tls_context=self._tls_context if a.tls else None,
+                                max_inflight_messages=64, timeout=self.publish_timeout_s)
+        # Before connecting: a persistent session's pending sends arrive right after CONNACK.
+        _paho(client).manual_ack_set(True)
+        return client
 
     async def _run(self) -> None:
         delay = self.reconnect_min_s
@@ -402,7 +481,7 @@ class MqttLink:
         """One connection: (re)subscribe, then publish the buffer and read sends until it breaks."""
         ingress = self._submit is not None and self.settings.subscribe and not self._ingress_stopped
         if ingress:
-            granted = await client.subscribe(self.send_subscription, qos=self.settings.qos)
+            granted = await client.subscribe(self.send_subscription, qos=self.send_qos)
             if any(getattr(code, "is_failure", code == 0x80) for code in granted):
                 log.error("MQTT broker %s refused the subscription to %r (check its ACL); sends over "
                           "MQTT are off until the next reconnect", self.address.where, self.send_subscription)
@@ -411,9 +490,17 @@ class MqttLink:
         self._client, self._lost = client, asyncio.Event()
         self._up.set()
         self._state(True)
-        log.info("MQTT connected to %s as %s%s (%d buffered)", self.address.where, self.client_id,
+        session = "persistent session" if self.persistent_session else "clean session"
+        log.info("MQTT connected to %s as %s (%s)%s (%d buffered)", self.address.where, self.client_id, session,
                  f", taking sends from {self.send_subscription}" if ingress else "", self.buffered)
-        tasks = [asyncio.create_task(self._read(client, ingress), name="mqtt-read")]
+        if ingress and not self.persistent_session and not self._warned_session:
+            self._warned_session = True
+            log.warning("MQTT: daemon.mqtt.client_id is not set, so the broker forgets this daemon's session "
+                        "when it disconnects: a send on %s that routingd received but had not stored when it "
+                        "crashed or lost the connection is lost; set a client_id of its own for each daemon",
+                        self.send_topic)
+        acks = _Acks(client)
+        tasks = [asyncio.create_task(self._read(client, ingress, acks), name="mqtt-read")]
         tasks += [asyncio.create_task(self._write(client), name=f"mqtt-write-{i}") for i in range(self._workers)]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -422,6 +509,7 @@ class MqttLink:
         finally:
             self._up.clear()
             self._lost.set()
+            acks.close()                      # the broker redelivers what was not acknowledged
             self._client = self._subscribed = None
             for task in tasks:
                 task.cancel()
@@ -459,14 +547,22 @@ class MqttLink:
             finally:
                 self._inflight -= 1
 
-    async def _read(self, client: aiomqtt.Client, ingress: bool) -> None:
+    async def _read(self, client: aiomqtt.Client, ingress: bool, acks: _Acks) -> None:
         async for message in client.messages:    # raises MqttError when the connection is lost
-            if not (ingress and message.topic.matches(self.send_topic)):
+            entry = acks.received(message)
+            if not message.topic.matches(self.send_topic):
+                acks.settle(entry, True)          # not ours to keep
+                continue
+            if not ingress or (self._ingress_stopped and self.persistent_session):
+                # Not taking sends now (draining, or a reconnect while draining): a persistent
+                # session keeps the send for the next start; a clean one cannot keep it anyway.
+                acks.settle(entry, not self.persistent_session)
                 continue
             payload = message.payload
             raw = payload if isinstance(payload, bytes) else str(payload if payload is not None else "").encode()
+            log.debug("MQTT send received (mid %d, qos %d, %d bytes)", message.mid, message.qos, len(raw))
             await self._ingress_slots.acquire()
-            task = asyncio.create_task(self._handle_send(raw, bool(message.retain)), name="mqtt-send")
+            task = asyncio.create_task(self._handle_send(raw, bool(message.retain), acks, entry), name="mqtt-send")
             self._ingress_tasks.add(task)
             task.add_done_callback(self._ingress_done)
 
@@ -474,7 +570,19 @@ class MqttLink:
         self._ingress_tasks.discard(task)
         self._ingress_slots.release()
 
-    async def _handle_send(self, raw: bytes, retained: bool) -> None:
+    async def _handle_send(self, raw: bytes, retained: bool, acks: _Acks, entry: list[Any] | None) -> None:
+        """Submit one send, then acknowledge it: once it is stored, or once its rejection is
+        published. Until then (and if routingd stops first) the broker still owns it."""
+        ack = False
+        try:
+            ack = await self._answer_send(raw, retained, acks)
+        finally:
+            acks.settle(entry, ack)       # False (also on cancellation or a bug): not acknowledged
+            if entry is not None:
+                log.debug("MQTT send (mid %d) %s", entry[0], "acknowledged" if ack else "left to the broker")
+
+    async def _answer_send(self, raw: bytes, retained: bool, acks: _Acks) -> bool:
+        """True when the send may be acknowledged (stored, or its rejection published)."""
         assert self._submit is not None
         if retained:
             ok, body = False, {"error": "retained message", "details": [
@@ -492,8 +600,23 @@ class MqttLink:
         if ok:
             if self._answer_accepted:
                 self.publish_nowait(self.accepted_topic, body)
-        else:
-            self.publish_nowait(self.rejected_topic, rejection_payload(body, raw))
+            return True
+        if self.persistent_session and (acks.closed or (self._ingress_stopped and body.get("retry_after") is not None)):
+            # The broker delivers the send again (next connection, or next start while stopping):
+            # that delivery gets the answer.
+            return False
+        answer = rejection_payload(body, raw)
+        try:
+            await self.publish(self.rejected_topic, answer)
+        except MqttUnavailable as exc:
+            if self.persistent_session:
+                log.warning("MQTT: the rejection of a send could not be published (%s); the broker will "
+                            "deliver the send again", exc)
+                return False
+            self.publish_nowait(self.rejected_topic, answer)   # after the reconnect, if the buffer has room
+        except Exception:
+            log.exception("MQTT: the rejection of a send could not be published")
+        return True
 
 
 def rejection_payload(body: Mapping[str, Any], raw: bytes) -> dict[str, Any]:

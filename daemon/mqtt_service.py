@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import mqtt as mqtt_mod  # importing registers the provider type "mqtt"
+from .api import _IDEMPOTENCY_KEY_RE as IDEMPOTENCY_KEY_RE  # the Idempotency-Key header's rule
 from .api import ApiError, parse_json_object, validation_details
 from .core.plan import PlanError
 from .core.policy import MqttSection
@@ -25,6 +26,20 @@ def make_link(settings: MqttSection | None, metrics: Any) -> mqtt_mod.MqttLink |
     return mqtt_mod.MqttLink(settings, on_drop=metrics.mqtt_dropped.inc, on_state=metrics.mqtt_connected.set)
 
 
+def idempotency_key(body: dict[str, Any]) -> str | None:
+    """Take the send's top-level "idempotency_key" out of the body (MQTT 3.1.1 has no headers;
+    it means what the Idempotency-Key header means for POST /v1/send). A send delivered again by
+    the broker (routingd stored it but stopped or lost the connection before acknowledging it)
+    then answers with the first message's id instead of creating a second message."""
+    if "idempotency_key" not in body:
+        return None
+    key = body.pop("idempotency_key")
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ApiError(400, "bad idempotency_key",
+                       [{"loc": ["idempotency_key"], "msg": "1 to 255 printable ASCII characters"}])
+    return key
+
+
 def attach(link: mqtt_mod.MqttLink, router: Any) -> None:
     """Publish the Router's events and accept sends from `{prefix}/send`."""
     router.add_event_listener(mqtt_mod.event_publisher(link))
@@ -33,8 +48,10 @@ def attach(link: mqtt_mod.MqttLink, router: Any) -> None:
         from .runtime import Overloaded
 
         try:
-            req = SendRequest.model_validate(parse_json_object(raw))
-            result = await router.submit(req)
+            body = parse_json_object(raw)
+            key = idempotency_key(body)
+            req = SendRequest.model_validate(body)
+            result = await router.submit(req, idempotency_key=key)
         except ApiError as e:
             return False, {"error": e.error, "details": e.details}
         except ValidationError as e:
@@ -43,11 +60,13 @@ def attach(link: mqtt_mod.MqttLink, router: Any) -> None:
             return False, {"error": "the request does not fit the routing policy",
                            "details": [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]}
         except Overloaded as e:
-            return False, {"error": f"{e.reason}; retry later", "details": []}
+            return False, {"error": f"{e.reason}; retry later", "details": [], "retry_after": e.retry_after_s}
+        if not result.created:
+            return True, {"message_id": result.message_id, "replayed": True}
         return True, {"message_id": result.message_id}
 
     if link.settings.subscribe:
         link.set_ingress(submit)
 
 
-__all__ = ["attach", "make_link", "mqtt_mod"]
+__all__ = ["attach", "idempotency_key", "make_link", "mqtt_mod"]
