@@ -9,6 +9,9 @@ message that was not finished), then readyz 200 and one startup line with the UR
 
 Signals: SIGHUP (and POST /-/reload) re-reads the file: validate, then swap; an invalid file
 keeps the old policy, logs each error and sets routingd_config_last_reload_successful 0.
+With [daemon] watch (the default) a change of the file does the same. The watch starts once the
+daemon is ready; as soon as it is in place, the file is compared with the text the policy was
+loaded from, so an edit made after the startup read but before the watch is reloaded too.
 SIGTERM/SIGINT: /v1/send answers 503, the Router finishes in-flight attempts within the grace
 period (the rest stay in the store for the next start), exit 0.
 """
@@ -27,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from .api import ApiState, ReloadResult, create_app
-from .core.policy import Policy, PolicyError, load_policy
+from .core.policy import Policy, PolicyError, load_policy, read_config_text
 from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
 
 log = logging.getLogger("routingd")
@@ -163,6 +166,13 @@ class ConfigReloader:
         log.info("reload (%s): now serving policy %s (was %s)", trigger, policy.version, current.version)
         return ReloadResult(True, policy.version, changed=True, warnings=policy.warnings)
 
+    def file_differs(self) -> bool:
+        """Does the file no longer hold the text of the policy in force (or cannot be read)?"""
+        try:
+            return read_config_text(self.path) != self.router.policy.source
+        except PolicyError:
+            return True
+
     def info(self) -> dict[str, Any]:
         from .clock import rfc3339
 
@@ -275,7 +285,10 @@ class Service:
             state.phase = "ready"
             self._spawn(run_watchdog(notifier))
             if s.watch:
-                self._spawn(watch_file(s.config, lambda: reloader.reload("file")))
+                # stale: an edit since the startup read, made before the watch was in place. The
+                # task first runs after the READY=1 below (no await in between), so the reload that
+                # follows is announced as RELOADING=1 + READY=1 after it, never before.
+                self._spawn(watch_file(s.config, lambda: reloader.reload("file"), stale=reloader.file_differs))
             startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
                        f"state {os.path.abspath(s.state)})")
             if log.isEnabledFor(logging.INFO):

@@ -2,13 +2,17 @@
 
 - a reload under concurrent sends fails no request, and accepted messages keep their snapshot;
 - an invalid file keeps the old policy serving (and says so in /metrics and /v1/config);
-- a file edit alone (no signal) is picked up: in place, editor-style rename, delete + re-create.
+- a file edit alone (no signal) is picked up: in place, editor-style rename, delete + re-create;
+- so is an edit made while the daemon was still starting, before its file watch was in place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -215,3 +219,107 @@ def test_watch_false_ignores_edits_but_sighup_still_reloads(tmp_path: Path) -> N
         wait_version(d, v)
         assert config(d)["last_reload"]["trigger"] == "SIGHUP"
         assert d.stop() == 0
+
+
+# --------------------------------------------------------------------------- an edit during startup
+
+
+class _NotifyRecorder:
+    """The systemd side of sd_notify: a bound AF_UNIX datagram socket; `kinds()` lists the first
+    KEY of each datagram, in order."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sdn-")      # short: sun_path holds at most 107 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.received: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return self.received
+            self.received.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+
+    def kinds(self) -> list[str]:
+        return [next(iter(m)) for m in self.drain()]
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+def test_an_edit_while_the_daemon_reads_its_startup_file_is_picked_up(tmp_path: Path) -> None:
+    """routing.toml edited after the daemon read it at startup but before its file watch was in
+    place (config management writing the file right after starting the service) is still loaded:
+    no SIGHUP, no further edit.
+
+    The edit lands inside that window deterministically, with no hook in the daemon: routing.toml
+    starts out as a FIFO. The daemon's startup read opens it and blocks on the empty pipe; the
+    test sees that open (a non-blocking open for writing fails with ENXIO until a reader is
+    there), then renames a regular file holding policy "b" over the path, and only then writes
+    policy "a" into the pipe and closes it. So the daemon loads "a" while "b" is already on
+    disk, and nothing touches the file again.
+
+    systemd hears READY=1 for "a" first, then RELOADING=1 and READY=1 for "b": never a
+    RELOADING=1 before READY=1."""
+    d = DaemonProcess(tmp_path, None)
+    os.mkfifo(d.config_path)
+    text_a, text_b = policy("a"), policy("b")
+    va = parse_policy(text_a, str(d.config_path)).version
+    vb = parse_policy(text_b, str(d.config_path)).version
+    errors: list[BaseException] = []
+
+    def feed_fifo() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    fd = os.open(d.config_path, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        raise
+                    assert time.monotonic() < deadline, "the daemon never opened routing.toml"
+                    time.sleep(0.002)
+            try:
+                # the daemon is inside its startup read, waiting for data: edit the file now
+                d.write_config(text_b)
+                os.set_blocking(fd, True)
+                os.write(fd, text_a.encode())       # far below the pipe's capacity
+            finally:
+                os.close(fd)                        # EOF: the daemon's read returns "a"
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            errors.append(e)
+
+    n = _NotifyRecorder()
+    d.env = {"NOTIFY_SOCKET": n.path}
+    feeder = threading.Thread(target=feed_fifo, name="fifo feeder")
+    feeder.start()
+    try:
+        with d:
+            feeder.join(10)
+            assert not feeder.is_alive() and errors == []
+            assert d.config_path.read_text() == text_b
+            wait_until(lambda: config(d)["version"] == vb, 5.0, f"policy b ({vb}) in force")
+            info = config(d)
+            assert info["last_reload"]["ok"] is True and info["last_reload"]["trigger"] == "file"
+            assert d.metric("routingd_config_last_reload_successful") == 1.0
+            st = d.wait_status(d.send(MESSAGE), "delivered")
+            assert st["policy_version"] == vb and providers_of(st) == ["b1", "b2"]
+            log_text = d.log_text()
+            assert f"policy {va} from" in log_text                      # the startup line: "a"
+            assert f"reload (file): now serving policy {vb} (was {va})" in log_text
+            assert "SIGHUP" not in log_text
+            assert d.stop() == 0
+        assert n.kinds() == ["READY", "RELOADING", "READY", "STOPPING"], n.received
+        assert n.received[0]["STATUS"].endswith(f"policy {va}")
+        assert n.received[2]["STATUS"] == f"serving policy {vb}"
+        assert "Traceback" not in d.log_text()
+    finally:
+        feeder.join(10)
+        n.close()
