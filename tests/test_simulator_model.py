@@ -183,9 +183,10 @@ def test_outage_parameters_reach_the_model() -> None:
     BehaviourSpec.model_validate({"latency": 0, "error_rate": 1.0}),
 ])
 @pytest.mark.parametrize("fail", ["none", *OUTAGE_KINDS])
-def test_the_precomputed_draws_are_draw_answers_draw_for_draw(spec: BehaviourSpec, fail: str) -> None:
-    """SimProvider.draw precomputes the healthy case; it must give draw_answer's floats and
-    consume the same random draws, in every fail mode, with and without receipts."""
+def test_the_simulators_draws_are_draw_answers_draw_for_draw(spec: BehaviourSpec, fail: str) -> None:
+    """SimProvider.draw (the tuple form the simulator uses) gives draw_answer's floats -- the form
+    the daemon's sandbox uses -- and consumes the same random draws, in every fail mode, with and
+    without receipts."""
     sim = SimProvider("p", spec, random.Random(5), fail)
     rng, window = random.Random(5), RateWindow(spec.rate_limit)
     statuses = set()

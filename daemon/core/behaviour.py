@@ -11,6 +11,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -39,6 +40,16 @@ class LatencyDist(BaseModel):
         if self.p99 < self.median:
             raise ValueError("p99 must be at least the median")
         return self
+
+    @cached_property
+    def fit(self) -> tuple[float, float | None]:
+        """(median in seconds, log-normal sigma), sigma None for a constant latency; computed once
+        per distribution (the simulator draws from the same one for every attempt)."""
+        median = self.median / 1000.0
+        p99 = self.p99 / 1000.0
+        if p99 <= median or median <= 0:
+            return median, None
+        return median, math.log(p99 / median) / _Z99
 
 
 def _latency(value: object) -> object:
@@ -100,11 +111,9 @@ class Answer:
 
 def sample_latency_s(dist: LatencyDist, rng: random.Random) -> float:
     """One latency draw in seconds from the log-normal fitted to (median, p99)."""
-    median = dist.median / 1000.0
-    p99 = dist.p99 / 1000.0
-    if p99 <= median or median <= 0:
+    median, sigma = dist.fit
+    if sigma is None:
         return median
-    sigma = math.log(p99 / median) / _Z99
     return median * math.exp(sigma * rng.gauss(0.0, 1.0))
 
 
@@ -129,6 +138,50 @@ class RateWindow:
         return (1.0 - self.tokens) / self.rate
 
 
+# (kind, delay_s, status, retry_after_s, receipt_delay_s): an Answer's fields, in its order
+Draw = tuple[str, float, Union[int, None], Union[float, None], Union[float, None]]
+
+_REFUSED: Draw = ("refused", 0.001, None, None, None)
+_HANG: Draw = ("hang", 0.0, None, None, None)
+
+
+def draw(
+    spec: BehaviourSpec,
+    fail: str,
+    rng: random.Random,
+    now: float,
+    window: RateWindow | None = None,
+    confirm_receipt: bool = False,
+) -> Draw:
+    """Draw a provider's answer to one request at time `now` under outage mode `fail`, as a
+    tuple of Answer's fields (the simulator draws one per attempt and keeps no Answer object)."""
+    if fail != "none":
+        if fail == "down":
+            return _REFUSED
+        if fail == "hang":
+            return _HANG
+    median, sigma = spec.latency.fit            # = sample_latency_s(spec.latency, rng), inlined
+    latency = median if sigma is None else median * math.exp(sigma * rng.gauss(0.0, 1.0))
+    if fail != "none":
+        if fail == "error":
+            return "response", min(latency, 0.05), 503, None, None
+        if fail == "throttle":
+            return "response", min(latency, 0.05), 429, spec.throttle_retry_after / 1000.0, None
+    if window is not None and window.rate is not None:
+        wait = window.take(now)
+        if wait is not None:
+            return "response", min(latency, 0.05), 429, max(wait, 0.001), None
+    if fail == "slow":
+        latency *= spec.slow_factor
+    error_rate = spec.flaky_error_rate if fail == "flaky" else spec.error_rate
+    if error_rate > 0 and rng.random() < error_rate:
+        return "response", latency, 503, None, None
+    if not confirm_receipt:
+        return "response", latency, 200, None, None
+    receipt = None if fail == "no-receipts" else sample_latency_s(spec.receipt_delay, rng)
+    return "response", latency, 202, None, receipt
+
+
 def draw_answer(
     spec: BehaviourSpec,
     fail: str,
@@ -137,32 +190,8 @@ def draw_answer(
     window: RateWindow | None = None,
     confirm_receipt: bool = False,
 ) -> Answer:
-    """Draw a provider's answer to one request at time `now` under outage mode `fail`."""
-    if fail == "down":
-        return Answer("refused", delay_s=0.001)
-    if fail == "hang":
-        return Answer("hang")
-    latency = sample_latency_s(spec.latency, rng)
-    if fail == "error":
-        return Answer("response", delay_s=min(latency, 0.05), status=503)
-    if fail == "throttle":
-        return Answer("response", delay_s=min(latency, 0.05), status=429,
-                      retry_after_s=spec.throttle_retry_after / 1000.0)
-    if window is not None:
-        wait = window.take(now)
-        if wait is not None:
-            return Answer("response", delay_s=min(latency, 0.05), status=429,
-                          retry_after_s=max(wait, 0.001))
-    if fail == "slow":
-        latency *= spec.slow_factor
-    error_rate = spec.flaky_error_rate if fail == "flaky" else spec.error_rate
-    if error_rate > 0 and rng.random() < error_rate:
-        return Answer("response", delay_s=latency, status=503)
-    receipt: float | None = None
-    if confirm_receipt and fail != "no-receipts":
-        receipt = sample_latency_s(spec.receipt_delay, rng)
-    return Answer("response", delay_s=latency, status=202 if confirm_receipt else 200,
-                  receipt_delay_s=receipt)
+    """draw()'s answer as an Answer (the daemon's sandbox provider uses this form)."""
+    return Answer(*draw(spec, fail, rng, now, window, confirm_receipt))
 
 
 def behaviour_of(config: BaseModel) -> BehaviourSpec:
@@ -174,6 +203,6 @@ def behaviour_of(config: BaseModel) -> BehaviourSpec:
 
 
 __all__ = [
-    "Answer", "BehaviourSpec", "behaviour_of", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
+    "Answer", "BehaviourSpec", "behaviour_of", "draw", "Draw", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
     "OutageKind", "RateWindow", "draw_answer", "sample_latency_s", "Union",
 ]
