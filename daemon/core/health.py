@@ -21,18 +21,12 @@ class HealthTracker:
     def __init__(self) -> None:
         self._b: dict[str, _Breaker] = {}
 
-    def _get(self, provider: str) -> _Breaker:
-        b = self._b.get(provider)
-        if b is None:
-            b = self._b[provider] = _Breaker()
-        return b
-
     def allow(self, provider: str, threshold: int | None, cooldown_s: float, now: float) -> bool:
         """May an attempt on `provider` start now? Consumes the half-open probe if it is one."""
         if threshold is None:
             return True
-        b = self._get(provider)
-        if b.open_until is None:
+        b = self._b.get(provider)
+        if b is None or b.open_until is None:      # closed (or never seen: a new one is closed)
             return True
         if now >= b.open_until:
             b.half_open = True
@@ -44,8 +38,13 @@ class HealthTracker:
         """Record a success or a retryable failure; return "opened"/"closed" on a transition."""
         if threshold is None:
             return None
-        b = self._get(provider)
+        b = self._b.get(provider)
+        if b is None:
+            b = self._b[provider] = _Breaker()
         if ok:
+            if b.open_until is None:                # the common case: closed, stays closed
+                b.failures = 0
+                return None
             was_open = b.open_until is not None
             b.failures, b.open_until, b.half_open = 0, None, False
             return "closed" if was_open else None
