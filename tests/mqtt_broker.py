@@ -9,6 +9,7 @@
         mqtt_broker.pause()      # SIGSTOP: connections stay open, nothing is answered; resume()
 
     start_broker(tmp_path / "b", users={"routingd": "s3cret"})   # anonymous access off
+    start_broker(tmp_path / "b", debug=True).packet_log()       # every packet the broker saw
 
 `start_broker(directory)` is the plain function behind the fixture (tests/conftest.py makes both
 fixtures available to every module). A missing mosquitto binary fails the test with the
@@ -70,14 +71,16 @@ class Broker:
     host = "127.0.0.1"
 
     def __init__(self, binary: str, directory: Path, port: int, *, persistence: bool = False,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None, debug: bool = False) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
         self.persistence = persistence
+        self.debug = debug
         self.users = dict(users or {})
         self.config_file = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
+        self.packet_log_file = directory / "mosquitto-debug.log"
         self.password_file = directory / "passwords"
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
@@ -94,6 +97,11 @@ class Broker:
         lines = [f"listener {self.port} {self.host}", f"allow_anonymous {'false' if self.users else 'true'}",
                  f"persistence {'true' if self.persistence else 'false'}", "log_dest stdout",
                  "log_type error", "log_type warning", "log_type notice", "log_type information"]
+        if self.debug:
+            # Every packet: "Sending PUBLISH to ID (d0, q1, r0, m1, 'topic', ...)", "Received PUBACK
+            # from ID (Mid: 1, RC:0)" -- what the broker saw, for tests of acknowledgements.
+            # mosquitto buffers its stdout; a log file of its own is written line by line.
+            lines += ["log_type debug", f"log_dest file {self.packet_log_file}"]
         if self.persistence:
             # Sessions and queued QoS 1 messages survive stop()/start() (saved on SIGTERM).
             lines += [f"persistence_location {self.directory}/", "autosave_interval 0"]
@@ -165,19 +173,31 @@ class Broker:
         assert self._proc is not None, "the broker is not running"
         self._proc.send_signal(signal.SIGCONT)
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_text(self) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_file.read_text(errors="replace")
         except OSError:
-            return "(no log)"
+            return ""
+
+    def packet_log(self) -> str:
+        """The packet log of a broker started with debug=True (written as it happens)."""
+        assert self.debug, "start the broker with debug=True"
+        try:
+            return self.packet_log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(no log)"
 
 
-def start_broker(directory: Path, *, persistence: bool = False, users: dict[str, str] | None = None) -> Broker:
+def start_broker(directory: Path, *, persistence: bool = False, users: dict[str, str] | None = None,
+                 debug: bool = False) -> Broker:
     """Start mosquitto on a free loopback port with its config/log under `directory`;
-    `users` (name -> password) switches anonymous access off."""
+    `users` (name -> password) switches anonymous access off; `debug` logs every packet."""
     binary = find_mosquitto()
     directory.mkdir(parents=True, exist_ok=True)
-    broker = Broker(binary, directory, free_port(), persistence=persistence, users=users)
+    broker = Broker(binary, directory, free_port(), persistence=persistence, users=users, debug=debug)
     broker.start()
     return broker
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
 
 import aiomqtt
 import pytest
@@ -18,7 +19,7 @@ from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_pa
                          parse_broker_url, render_topic)
 
 from daemon_process import free_port
-from mqtt_broker import Broker, payload_json, receive, subscriber
+from mqtt_broker import Broker, payload_json, receive, start_broker, subscriber
 
 PREFIX = "rt"
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -293,9 +294,6 @@ def test_shared_subscription_splits_sends_between_daemons(mqtt_broker: Broker) -
     run(main())
 
 
-# --------------------------------------------------------------------------- provider type "mqtt"
-
-
 def test_stop_ingress_hands_new_sends_to_the_rest_of_the_group(mqtt_broker: Broker) -> None:
     async def main() -> None:
         a, seen_a = group_member(mqtt_broker, "draining-a")
@@ -313,6 +311,133 @@ def test_stop_ingress_hands_new_sends_to_the_rest_of_the_group(mqtt_broker: Brok
         assert payload_json(ev)["message_id"] == "m-1"
 
     run(main())
+
+
+# --------------------------------------------------------------------------- acknowledgements and sessions
+
+
+@pytest.fixture
+def packet_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto whose packet log says what it received and sent (start_broker(debug=True))."""
+    broker = start_broker(tmp_path / "mosquitto", debug=True)
+    try:
+        yield broker
+    finally:
+        broker.stop(hard=True)
+
+
+def pubacks(broker: Broker, client_id: str) -> list[int]:
+    """The mids the broker got a PUBACK for from `client_id`, in the order it got them."""
+    return [int(m) for m in re.findall(rf"Received PUBACK from {re.escape(client_id)} \(Mid: (\d+),",
+                                       broker.packet_log())]
+
+
+def sends_to(broker: Broker, client_id: str, dup: int = 0) -> list[int]:
+    """The mids of the sends the broker handed to `client_id` (dup=1: delivered again)."""
+    return [int(m) for m in re.findall(rf"Sending PUBLISH to {re.escape(client_id)} \(d{dup}, q1, r0, m(\d+), "
+                                       rf"'{PREFIX}/send'", broker.packet_log())]
+
+
+def test_sends_are_acknowledged_once_submitted_and_in_the_order_they_arrived(packet_broker: Broker) -> None:
+    first, second = b'{"message": {"n": 1}}', b'{"message": {"n": 2}}'
+
+    async def main() -> None:
+        first_may_finish = asyncio.Event()
+
+        async def submit(raw: bytes) -> tuple[bool, dict[str, Any]]:
+            if raw == first:
+                await first_may_finish.wait()
+            return True, {"message_id": json.loads(raw)["message"]["n"]}
+
+        link = link_for(packet_broker, client_id="ordered")
+        link.set_ingress(submit)
+        async with link, subscriber(packet_broker, f"{PREFIX}/accepted") as sub:
+            assert await link.wait_connected(5), link.last_error
+            await publish_sends(packet_broker, first, second)
+            # The second is answered first (its PUBACK would have reached the broker before the
+            # answer did), but it is not acknowledged while the first is still being submitted.
+            [answer] = await receive(sub, 1)
+            assert payload_json(answer) == {"message_id": 2}
+            assert pubacks(packet_broker, "ordered") == []
+            first_may_finish.set()
+            [answer] = await receive(sub, 1)
+            assert payload_json(answer) == {"message_id": 1}
+            await until(lambda: len(pubacks(packet_broker, "ordered")) == 2, what="both PUBACKs")
+        assert pubacks(packet_broker, "ordered") == sends_to(packet_broker, "ordered") == [1, 2]
+
+    run(main())
+
+
+def test_only_a_link_that_takes_sends_under_a_client_id_of_its_own_keeps_its_session(
+        packet_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    kept = link_for(packet_broker, client_id="kept", qos=2)
+    events_only = link_for(packet_broker, client_id="events-only", subscribe=False)
+    unnamed = link_for(packet_broker)
+    for link in (kept, events_only, unnamed):
+        link.set_ingress(recording_submit([]))
+
+    async def main() -> None:
+        async with kept, events_only, unnamed:
+            for link in (kept, events_only, unnamed):
+                assert await link.wait_connected(5), link.last_error
+
+    with caplog.at_level("INFO", logger="routingd.mqtt"):
+        run(main())
+    log = packet_broker.packet_log()
+    assert (kept.persistent_session, events_only.persistent_session, unnamed.persistent_session) == (True, False, False)
+    assert re.search(r"as kept \(p2, c0, ", log)                     # clean session 0
+    assert re.search(r"as events-only \(p2, c1, ", log)
+    assert re.search(rf"as {unnamed.client_id} \(p2, c1, ", log)
+    # QoS 2 would hand the send over (PUBREC) before it is stored: the subscription is QoS 1.
+    assert f"Received SUBSCRIBE from kept\n" in log and f"\t{PREFIX}/send (QoS 1)" in log
+    assert caplog.text.count("daemon.mqtt.client_id is not set") == 1
+    assert "as kept (persistent session), taking sends" in caplog.text
+
+
+def test_a_link_that_stops_taking_sends_leaves_them_to_the_next_start_of_its_session(
+        packet_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    early, late = b'{"message": {"n": "early"}}', b'{"message": {"n": "late"}}'
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        seen_a: list[bytes] = []
+        seen_b: list[bytes] = []
+
+        async def stopping_submit(raw: bytes) -> tuple[bool, dict[str, Any]]:
+            seen_a.append(raw)
+            await stopping.wait()       # what the daemon's router answers once it is stopping:
+            return False, {"error": "routingd is not running; retry later", "details": [], "retry_after": 1.0}
+
+        a = link_for(packet_broker, client_id="restarting")
+        a.set_ingress(stopping_submit)
+        async with subscriber(packet_broker, f"{PREFIX}/accepted", f"{PREFIX}/rejected") as sub:
+            async with a:
+                assert await a.wait_connected(5), a.last_error
+                await publish_sends(packet_broker, early)
+                await until(lambda: seen_a == [early], what="the early send to be submitted")
+                await a.stop_ingress()          # draining: the subscription stays, nothing is taken
+                stopping.set()
+                await until(lambda: "MQTT send (mid 1) left to the broker" in caplog.text,
+                            what="the early send to be left unanswered")
+                await publish_sends(packet_broker, late)
+                await until(lambda: sends_to(packet_broker, "restarting") == [1, 2], what="the late send to arrive")
+            assert seen_a == [early] and pubacks(packet_broker, "restarting") == []
+
+            b = link_for(packet_broker, client_id="restarting")     # the next start
+            b.set_ingress(recording_submit(seen_b))
+            async with b:
+                answers = await receive(sub, 2)
+                await until(lambda: len(pubacks(packet_broker, "restarting")) == 2, what="both PUBACKs")
+        assert sorted(seen_b) == sorted([early, late])
+        assert [str(m.topic) for m in answers] == [f"{PREFIX}/accepted"] * 2   # nothing was rejected
+        assert sends_to(packet_broker, "restarting", dup=1) == [1, 2]
+
+    with caplog.at_level("DEBUG", logger="routingd.mqtt"):
+        run(main())
+    assert "the broker keeps those on rt/send for session restarting" in caplog.text
+
+
+# --------------------------------------------------------------------------- provider type "mqtt"
 
 
 def test_mqtt_provider_publishes_to_the_device_topic_and_puback_is_delivered(mqtt_broker: Broker) -> None:
