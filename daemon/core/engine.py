@@ -65,7 +65,7 @@ class _Typed:
     __slots__ = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type,operator]
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
@@ -194,6 +194,8 @@ class _Node:
     result: str | None               # None while running; "delivered" | "failed" | "skipped"
     delivered: bool                  # something under it delivered (set by late receipts too)
     started: bool
+    pre: int                         # position in the plan's pre-order
+    end: int                         # position of its last descendant
 
 
 class _Group(_Node):
@@ -256,8 +258,9 @@ def _build(step: GroupStep, parent: int, pre: int, nodes: "dict[int, _Group | _C
     me = pre
     for s in step.items:
         if isinstance(s, ChannelStep):
-            child: _Node = _Channel(s, me, pre + 1)
-            nodes[pre + 1] = child
+            chan = _Channel(s, me, pre + 1)
+            nodes[pre + 1] = chan
+            child: _Node = chan
         else:
             child = _build(s, me, pre + 1, nodes)
         children.append(child)
@@ -487,7 +490,8 @@ class Delivery:
     def _earliest(self) -> tuple[float, int, _Node | None]:
         """The first deadline by (time, rank, plan order): rank 0 message, 1 channel, 2 attempt or
         receipt, 3 back-off wake-up."""
-        bt, brank, bpre, bnode = self.message_deadline, 0, -1, None
+        bnode: _Node | None = None
+        bt, brank, bpre = self.message_deadline, 0, -1
         for ch in self._chans:
             if ch.result is None:
                 t = ch.deadline
