@@ -57,6 +57,11 @@ SHARE_GROUP = "routingd"
 DROPPED_METRIC = "routingd_mqtt_events_dropped_total"
 MAX_ECHO_BYTES = 64 * 1024           # a rejected request is echoed in full up to this size
 INGRESS_CONCURRENCY = 64             # sends handled at once; the reader waits beyond that
+# aiomqtt logs a warning for every publish while more than `pending_calls_threshold` (10) await
+# their PUBACK. The link alone has 16 publish workers, up to 64 rejections and the provider
+# attempts in flight, so more than 10 is normal under load (1,000 sends gave 5,256 such lines);
+# warn only when the broker is far behind.
+PENDING_PUBLISH_WARNING = 1000
 
 SubmitFn = Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]
 EventCallback = Callable[[str, Event], None]
@@ -438,6 +443,7 @@ class MqttLink:
                                 max_inflight_messages=64, timeout=self.publish_timeout_s)
         # Before connecting: a persistent session's pending sends arrive right after CONNACK.
         _paho(client).manual_ack_set(True)
+        client.pending_calls_threshold = PENDING_PUBLISH_WARNING
         return client
 
     async def _run(self) -> None:
