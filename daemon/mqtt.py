@@ -183,8 +183,8 @@ class _Acks:
         entry[2] = ack
         pending = self._pending
         while pending and pending[0][2] is not None:
-            mid, qos, ack = pending.popleft()
-            if ack and not self.closed:
+            mid, qos, acknowledge = pending.popleft()
+            if acknowledge and not self.closed:
                 self._paho.ack(mid, qos)
 
     def close(self) -> None:
