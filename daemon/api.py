@@ -37,6 +37,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")      # what a message or attempt id can look like
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_JSON_CONTENT_TYPE = "application/json; charset=utf-8"     # what json_response() sends
 
 
 # --------------------------------------------------------------------------- collaborators
@@ -119,10 +120,15 @@ def validation_details(err: ValidationError, prefix: tuple[str | int, ...] = ())
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    """Every error as a JSON body; an unexpected exception is logged and answered 500, no trace."""
+async def api_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """Bearer-token check (auth_check), then the handler; every error as a JSON body, an
+    unexpected exception logged and answered 500, no trace. One middleware, not two: each one
+    is a coroutine frame and a partial call per request (aiohttp adds a third of its own)."""
     try:
+        state = request.app[STATE_KEY]
+        if state.tokens:
+            auth_check(state, request)
         return await handler(request)
     except ApiError as e:
         return e.response()
@@ -142,19 +148,17 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return ApiError(500, "internal error; the daemon log has the details").response()
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                          ) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    if request.path in PUBLIC_PATHS or not state.tokens:
-        return await handler(request)
+def auth_check(state: ApiState, request: web.Request) -> None:
+    """Raise the 401 unless the request may pass: a public path, a receipt for a provider with a
+    receipt_secret (its HMAC signature authenticates it), or a configured bearer token."""
+    if request.path in PUBLIC_PATHS:
+        return
     if request.path.startswith("/v1/receipts/") and _receipt_secret(state, request) is not None:
-        return await handler(request)          # the HMAC signature authenticates it
+        return
     if not token_ok(request.headers.get("Authorization", ""), state.tokens):
         raise ApiError(401, "missing or invalid bearer token",
                        [{"loc": ["header", "Authorization"], "msg": "expected 'Bearer <token>'"}],
                        headers={"WWW-Authenticate": 'Bearer realm="routingd"'})
-    return await handler(request)
 
 
 def token_ok(header: str, tokens: Sequence[bytes]) -> bool:
@@ -282,7 +286,13 @@ async def send(request: web.Request) -> web.Response:
         raise _unavailable(Overloaded(1.0))
     raw = await read_body(request, state.max_body)
     req = _send_request_fast(raw)
-    if req is None:                 # the full path: the exact 400 or 422 answer
+    text: str | None = None
+    if req is not None:
+        try:
+            text = raw.decode()     # stored as the request (it validated into req as it is)
+        except UnicodeDecodeError:
+            pass
+    else:                           # the full path: the exact 400 or 422 answer
         body = parse_json_object(raw)
         try:
             req = SendRequest.model_validate(body)
@@ -292,16 +302,19 @@ async def send(request: web.Request) -> web.Response:
     if too_long:
         raise ApiError(422, "invalid send request", [{"loc": list(p.loc), "msg": p.msg} for p in too_long])
     try:
-        result = await state.router.submit(req, idempotency_key=key)
+        result = await state.router.submit(req, idempotency_key=key, request_json=text)
     except PlanError as e:
         raise ApiError(422, "the request does not fit the routing policy",
                        [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]) from None
     except Overloaded as e:
         raise _unavailable(e) from None
-    headers = {"Location": f"/v1/messages/{result.message_id}"}
+    mid = result.message_id
+    headers = {"Content-Type": _JSON_CONTENT_TYPE, "Location": "/v1/messages/" + mid}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
-    return json_response({"message_id": result.message_id}, status=202, headers=headers)
+    # = json_response({"message_id": mid}, status=202, headers=...), the body put together as
+    # bytes (no dict to encode, no text to re-encode, no content type to parse)
+    return web.Response(body=b'{"message_id":' + _encode(mid).encode() + b"}", status=202, headers=headers)
 
 
 def _send_request_fast(raw: bytes) -> SendRequest | None:
@@ -433,7 +446,7 @@ class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def create_app(state: ApiState) -> web.Application:
     # client_max_size is a backstop; read_body() answers 413 itself with a JSON body.
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[api_middleware],
                           client_max_size=state.max_body + 1024,
                           handler_args={"logger": ProtocolLog()})
     app[STATE_KEY] = state

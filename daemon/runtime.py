@@ -32,7 +32,9 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         store's policies table; if that text no longer parses, the current policy is used and a
         `policy_unavailable` event says so). Attempts that were running when the previous process
         died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once.
-    await router.submit(send_request, idempotency_key=None) -> SubmitResult(message_id, created)
+    await router.submit(send_request, idempotency_key=None, request_json=None) -> SubmitResult(message_id, created)
+        request_json: the JSON text send_request was validated from as it is, if the caller has
+        it; stored as the request (else send_request.model_dump_json() is).
         Raises daemon.core.plan.PlanError for an unknown route/channel/provider or a timeout
         override past a year (-> 422),
         Overloaded(retry_after_s) at [daemon] max_inflight or while stopping (-> 503).
@@ -75,7 +77,8 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
@@ -133,21 +136,31 @@ class _Snapshot:
     refs: int = 0
 
 
-@dataclass
-class _Live:
-    """One message this process is routing (or finished recently)."""
+_NO_PRIOR: Mapping[str, AttemptRow] = MappingProxyType({})
 
-    row: MessageRow
-    request: MessageRequest | None          # None once finished (only new attempts need it)
-    delivery: Delivery
-    snapshot: _Snapshot
-    prior: dict[str, AttemptRow] = field(default_factory=dict)    # attempts of earlier runs
-    events: list[EventRow | Event] = field(default_factory=list)  # both have .type, .at, .data
-    details: dict[str, str] = field(default_factory=dict)         # attempt_id -> detail
-    tasks: dict[str, asyncio.Future[None]] = field(default_factory=dict)   # attempt tasks (or futures, see _start_timed)
-    wake_seq: int = -1                 # the message's live entry in Router._wakeups (-1: none)
-    finished: bool = False
-    written: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # attempt_id -> last row state stored
+
+class _Live:
+    """One message this process is routing (or finished recently). Slots and a plain __init__:
+    one is made per message and 2,048 finished ones are kept (and freed, cold) -- no attribute
+    dict, no default factories, and the attempts of earlier runs as a shared empty mapping
+    unless the message was resumed."""
+
+    __slots__ = ("row", "request", "delivery", "snapshot", "prior", "events", "details", "tasks", "wake_seq",
+                 "finished", "written")
+
+    def __init__(self, row: MessageRow, request: MessageRequest | None, delivery: Delivery, snapshot: _Snapshot,
+                 prior: Mapping[str, AttemptRow] = _NO_PRIOR, events: list[EventRow | Event] | None = None) -> None:
+        self.row = row
+        self.request = request              # None once finished (only new attempts need it)
+        self.delivery = delivery
+        self.snapshot = snapshot
+        self.prior = prior                  # attempts of earlier runs (read only)
+        self.events: list[EventRow | Event] = [] if events is None else events   # both have .type, .at, .data
+        self.details: dict[str, str] = {}   # attempt_id -> detail
+        self.tasks: dict[str, asyncio.Future[None]] = {}   # attempt tasks (or futures, see _start_timed)
+        self.wake_seq = -1                  # the message's live entry in Router._wakeups (-1: none)
+        self.finished = False
+        self.written: dict[str, tuple[Any, ...]] = {}     # attempt_id -> last row state stored
 
 
 def timeout_problems(msg: MessageRequest) -> list[Problem]:
@@ -427,7 +440,8 @@ class Router:
 
     # ------------------------------------------------------------------ accepting
 
-    async def submit(self, request: SendRequest, idempotency_key: str | None = None) -> SubmitResult:
+    async def submit(self, request: SendRequest, idempotency_key: str | None = None,
+                     request_json: str | None = None) -> SubmitResult:
         if not self._started or self._stopping:
             raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
         policy = self._policy
@@ -440,7 +454,7 @@ class Router:
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
         now = self.clock.now()
-        row = MessageRow(id=new_message_id(), request=request.model_dump_json(), route=plan.route,
+        row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
                          message_deadline=now + plan.message_timeout_ms / 1000.0,
                          idempotency_key=idempotency_key)
@@ -623,9 +637,8 @@ class Router:
                 state = (rec.ended_at, rec.outcome, rec.status_code, detail)
                 if live.written.get(aid) != state:
                     live.written[aid] = state
-                    self.store.put_attempt(AttemptRow(aid, mid, rec.channel, rec.provider, rec.try_no,
-                                                      rec.started_at, rec.deadline, rec.ended_at, rec.outcome,
-                                                      rec.status_code, detail))
+                    self.store.put_attempt_values((aid, mid, rec.channel, rec.provider, rec.try_no, rec.started_at,
+                                                   rec.deadline, rec.ended_at, rec.outcome, rec.status_code, detail))
         if type_ in _METRIC_EVENTS:
             m = self.metrics
             if type_ == "attempt_ended":

@@ -168,7 +168,7 @@ def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
 # --------------------------------------------------------------------------- rows
 
 
-@dataclass
+@dataclass(slots=True)
 class MessageRow:
     id: str
     request: str
@@ -183,7 +183,7 @@ class MessageRow:
     run: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class AttemptRow:
     attempt_id: str
     message_id: str
@@ -198,7 +198,7 @@ class AttemptRow:
     detail: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class EventRow:
     message_id: str
     type: str
@@ -693,6 +693,10 @@ class Store:
         """Insert or update an attempt row (an update keeps an earlier non-empty detail)."""
         self._row(_ATTEMPT, (a.attempt_id, a.message_id, a.channel, a.provider, a.try_no, a.started_at,
                              a.deadline, a.ended_at, a.outcome, a.status_code, a.detail))
+
+    def put_attempt_values(self, values: tuple[Any, ...]) -> None:
+        """put_attempt() of an AttemptRow's fields as a tuple, in field order (no row object)."""
+        self._row(_ATTEMPT, values)
 
     def add_event(self, e: EventRow) -> None:
         self.put_event(e.message_id, e.type, e.at, e.data)
