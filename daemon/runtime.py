@@ -308,8 +308,9 @@ class Router:
             self._ctx.http_session = make_http_session()
             self._own_session = True
         now = self.clock.now()
+        stored = self._policy
         try:
-            self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, now)
+            self.store.put_policy(stored.version, stored.source, stored.path, now)
             resumed = [await self._resume(sm) for sm in await self.store.load_pending()]
             # The new run numbers are committed before any attempt of them goes out: a crash during
             # this start can never make the next start reuse an attempt id a provider has seen.
@@ -325,6 +326,10 @@ class Router:
             raise
         self.metrics.config_loaded(self._policy.version)
         self._started = True
+        if self._policy is not stored:
+            # swapped (a SIGHUP, a file change) while resuming: swap_policy could not store it yet,
+            # and the messages accepted from now on name it as the policy to resume them under
+            self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, self.clock.now())
         for live in resumed:
             if live is not None:
                 self._begin(live)

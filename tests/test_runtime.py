@@ -590,3 +590,46 @@ def test_attempt_requests_are_built_field_by_field_only_while_the_fields_are_kno
 
     assert runtime._ATTEMPT_REQUEST_PLAIN, "AttemptRequest changed: update Router._start_attempt's field list"
     assert {f.name for f in dataclasses.fields(AttemptRequest)} >= {"to", "content", "metadata", "deadline_s"}
+
+
+def test_a_policy_swapped_while_the_router_starts_is_stored_for_resume(tmp_path: Path) -> None:
+    """A reload that lands while start() is still resuming the store's pending messages must end
+    up in the store's policies table like any other: the messages accepted under it name it, and
+    a later restart resumes them under it (not under whatever routing.toml says by then)."""
+    text_a = policy_text('[providers.s1]\ntype = "sandbox"\nlatency = "1ms"\n',
+                         '[channels.email]\nproviders = ["s1"]\nrequires = "email"\n', 'channels = ["email"]')
+    text_b = text_a.replace('provider = "2s"', 'provider = "3s"')
+
+    class PausingStore(Store):
+        """The real store; load_pending (start()'s resume step) waits until the test lets it go."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            self.loading = asyncio.Event()
+            self.go_on = asyncio.Event()
+
+        async def load_pending(self) -> Any:
+            self.loading.set()
+            await self.go_on.wait()
+            return await super().load_pending()
+
+    async def main() -> None:
+        store = PausingStore(str(tmp_path / "state.db"))
+        a = parse_policy(text_a, "routing.toml", env={})
+        b = parse_policy(text_b, "routing.toml", env={})
+        router = Router(a, store, Metrics(), rng_seed=7)
+        starting = asyncio.ensure_future(router.start())
+        await asyncio.wait_for(store.loading.wait(), 10)      # start() is resuming: a reload now
+        router.swap_policy(b)
+        store.go_on.set()
+        await asyncio.wait_for(starting, 10)
+        try:
+            mid = (await router.submit(send())).message_id
+            st = await finished(router, mid)
+            assert st["policy_version"] == b.version
+            await store.flush()
+            assert await store.policy_source(b.version) == (text_b, "routing.toml")
+        finally:
+            await router.stop(0.0)
+
+    run(main)
