@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .core.plan import PlanError
 from .core.policy import user_loc
-from .core.request import ReceiptStatus, SendRequest
+from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
 from .openapi import MAX_JSON_DEPTH, openapi_document
 from .runtime import Overloaded, timeout_problems
 from .store import StoreError
@@ -34,7 +34,6 @@ Phase = Literal["starting", "ready", "draining"]
 SIGNATURE_HEADER = "X-Routingd-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")      # what a message or attempt id can look like
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _JSON_CONTENT_TYPE = "application/json; charset=utf-8"     # what json_response() sends
@@ -276,7 +275,7 @@ async def send(request: web.Request) -> web.Response:
         raise ApiError(503, f"routingd is {state.phase}; not accepting messages",
                        headers={"Retry-After": "5"})
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise ApiError(400, "bad Idempotency-Key",
                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}])
     limit = _inflight_limit(state)

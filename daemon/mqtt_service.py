@@ -11,11 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import mqtt as mqtt_mod  # importing registers the provider type "mqtt"
-from .api import _IDEMPOTENCY_KEY_RE as IDEMPOTENCY_KEY_RE  # the Idempotency-Key header's rule
 from .api import ApiError, parse_json_object, validation_details
 from .core.plan import PlanError
 from .core.policy import MqttSection
-from .core.request import SendRequest
+from .core.request import IDEMPOTENCY_KEY_RE, SendRequest
 
 
 def make_link(settings: MqttSection | None, metrics: Any) -> mqtt_mod.MqttLink | None:

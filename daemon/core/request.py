@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from .behaviour import Duration
 from .policy import RouteGroup
+
+# An idempotency key (the Idempotency-Key header over HTTP, "idempotency_key" over MQTT): 1-255
+# printable ASCII characters, no spaces.
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 class TimeoutOverride(BaseModel):
