@@ -82,5 +82,6 @@ def _provider_details(p: ProviderStep) -> str:
     if p.breaker_failures is None:
         parts.append("breaker off")
     else:
-        parts.append(f"breaker {p.breaker_failures} failures / {_dur(p.breaker_cooldown_ms)} cooldown")
+        slow = "" if p.breaker_slow_ms is None else f", slow after {_dur(p.breaker_slow_ms)}"
+        parts.append(f"breaker {p.breaker_failures} failures / {_dur(p.breaker_cooldown_ms)} cooldown{slow}")
     return ", ".join(parts)

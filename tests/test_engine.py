@@ -879,6 +879,97 @@ def open_breaker(health: HealthTracker, now: float, text: str = BREAKER) -> list
     return log
 
 
+SLOW = policy_text(a='breaker = { failures = 2, cooldown = "10s", slow = "300ms" }')
+
+
+def test_a_slow_attempt_counts_as_a_breaker_failure_at_its_mark_and_runs_on() -> None:
+    """breaker.slow: an attempt still running `slow` after it started counts one breaker failure
+    then (an attempt_slow event), and goes on running until its answer or its own deadline."""
+    health = HealthTracker()
+    h = send(health, 0.0, "m1", SLOW)
+    a = only_start(h.log)
+    assert h.wakeup == 0.3                                  # the mark comes before the 2 s deadline
+    cmds = h.timer()
+    slow = events(cmds, "attempt_slow")
+    assert [(e.at, e.data["attempt_id"], e.data["provider"]) for e in slow] == [(0.3, a.attempt_id, "a")]
+    assert slow[0].data["after_s"] == 0.3
+    assert health.snapshot()["a"]["failures"] == 1 and not health.is_open("a")
+    assert cancels(cmds) == [] and h.wakeup == 2.0          # still running, until its deadline
+    # its timeout then is the same attempt's failure: not counted a second time
+    cmds = h.timer()
+    assert [e.data["outcome"] for e in events(cmds, "attempt_ended")] == ["timeout"]
+    assert health.snapshot()["a"]["failures"] == 1
+    assert who(only_start(cmds)) == ("email", "b", 1)
+
+
+def test_a_slow_attempt_that_then_succeeds_resets_the_count() -> None:
+    health = HealthTracker()
+    h = send(health, 0.0, "m1", SLOW)
+    a = only_start(h.log)
+    h.timer()
+    assert health.snapshot()["a"]["failures"] == 1
+    assert finish(h.outcome(a, OK, 0.5)) == Finish("delivered", 0.5, 0.5)
+    assert health.snapshot()["a"]["failures"] == 0
+
+
+def test_an_attempt_answered_before_its_mark_is_not_slow() -> None:
+    health = HealthTracker()
+    h = send(health, 0.0, "m1", SLOW)
+    a = only_start(h.log)
+    cmds = h.outcome(a, E500, 0.1)                           # a plain failure: one count
+    assert health.snapshot()["a"]["failures"] == 1
+    assert not events(h.log, "attempt_slow")
+    b = only_start(cmds)
+    assert b.provider == "b" and h.wakeup == b.deadline     # no mark left behind for a
+
+
+def test_the_slow_mark_that_opens_the_breaker_fails_its_own_attempt_over_at_once() -> None:
+    health = HealthTracker()
+    first = send(health, 0.0, "m1", SLOW)
+    second = send(health, 0.1, "m2", SLOW)
+    a1, a2 = only_start(first.log), only_start(second.log)
+    first.timer()                                             # 0.3: one failure
+    cmds = second.timer()                                     # 0.4: the second opens the breaker
+    assert [e.type for e in events(cmds, "breaker_opened")] == ["breaker_opened"]
+    assert cancels(cmds) == [CancelAttempt(a2.attempt_id, "breaker opened")]
+    assert who(only_start(cmds)) == ("email", "b", 1) and only_start(cmds).started_at == 0.4
+    # the other message's attempt is the driver's to cut (on_provider_unhealthy), as for any opening
+    cmds = first.feed(first.d.on_provider_unhealthy("a", 0.4))
+    assert cancels(cmds) == [CancelAttempt(a1.attempt_id, "breaker opened")]
+    assert health.snapshot()["a"]["failures"] == 2          # cuts count nothing more
+
+
+def test_a_slow_half_open_probe_fails_over_at_its_mark_not_at_its_timeout() -> None:
+    """Hedging the probe: a probe still running at its mark re-opens the breaker, and its own
+    message fails over then instead of waiting out the attempt timeout."""
+    health = HealthTracker()
+    for i in range(2):
+        h = send(health, 0.0, f"m{i}", SLOW)
+        h.outcome(only_start(h.log), E500, 0.0)
+    assert health.is_open("a")
+    probe = send(health, 10.0, "p", SLOW)
+    pa = only_start(probe.log)
+    assert pa.provider == "a"                                 # the half-open probe
+    cmds = probe.timer()                                      # 10.3: still no answer
+    assert cancels(cmds) == [CancelAttempt(pa.attempt_id, "breaker opened")]
+    b = only_start(cmds)
+    assert who(b) == ("email", "b", 1) and b.started_at == 10.3
+    assert health.is_open("a") and only_start(send(health, 10.4, "m9", SLOW).log).provider == "b"
+
+
+def test_no_mark_past_the_attempt_deadline_and_none_without_a_breaker() -> None:
+    # slow >= the attempt's own deadline: the timeout is the only signal
+    text = policy_text(a='timeout = "200ms"\nbreaker = { failures = 2, cooldown = "10s", slow = "300ms" }')
+    h = make(text)
+    h.start(0.0)
+    assert h.wakeup == 0.2
+    assert not events(h.timer(), "attempt_slow")
+    # breaker = false: nothing to count, no mark
+    h = make(policy_text(a="breaker = false"))
+    h.start(0.0)
+    assert h.wakeup == 2.0
+
+
 def test_provider_unhealthy_fails_over_at_once_from_the_attempt_in_flight() -> None:
     health = HealthTracker()
     text = policy_text(a='breaker = { failures = 2, cooldown = "10s" }\nretries = 2')

@@ -63,7 +63,8 @@ def provider_tables(draw: st.DrawFn) -> dict[str, Any]:
         p["confirm"] = "receipt"
         p["receipt_timeout"] = draw(ticks_ms(1, 24))
     p["breaker"] = draw(st.one_of(st.just(False), st.fixed_dictionaries(
-        {"failures": st.integers(1, 3), "cooldown": ticks_ms(1, 40)})))
+        {"failures": st.integers(1, 3), "cooldown": ticks_ms(1, 40)},
+        optional={"slow": ticks_ms(1, 24)})))
     base = draw(ticks_ms(0, 8))
     p["backoff"] = {"base": base, "max": base + draw(ticks_ms(0, 16))}
     return p
@@ -338,8 +339,9 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
             else:
                 assert not [a for a in in_flight if a.ended_at is None], f"attempts on {prov} still in flight"
                 assert not [c for c in cmds if isinstance(c, StartAttempt) and c.provider == prov]
-                other_ends = [c for c in cmds if isinstance(c, RecordEvent) and c.event.type == "attempt_ended"
-                              and c.event.data["provider"] == prov and c.event.data["outcome"] != "cancelled"]
+                other_ends = [c for c in cmds if isinstance(c, RecordEvent) and c.event.data.get("provider") == prov
+                              and (c.event.type == "attempt_ended" and c.event.data["outcome"] != "cancelled"
+                                   or c.event.type == "attempt_slow")]     # (a mark that fell due before now)
                 if not other_ends:
                     assert health.snapshot().get(prov) == before, "a breaker failure was counted"
         elif kind == "receipt":
@@ -419,6 +421,22 @@ def check(res: Result) -> None:
                     assert open_.get(ch, 0) == 1, f"message {m}: attempt event of {ch} outside its channel"
             elif isinstance(c, Finish):
                 assert not any(open_.values()), f"message {m}: channels {open_} never reported their end"
+        # a slow-call mark: at most one per attempt, exactly `slow` after its start, before its
+        # deadline and its end, and only with a breaker that has `slow`
+        step_of = {p.provider: p for ch in index_plan(res.plan)[0].values() for p in ch.providers}
+        began = {c.attempt_id: c for _, c in st_.log if isinstance(c, StartAttempt)}
+        ended_at = {c.event.data["attempt_id"]: (i, c.event.at) for i, c in st_.log
+                    if isinstance(c, RecordEvent) and c.event.type == "attempt_ended"}
+        marked: set[str] = set()
+        for i, c in st_.log:
+            if isinstance(c, RecordEvent) and c.event.type == "attempt_slow":
+                aid = c.event.data["attempt_id"]
+                assert aid not in marked, f"attempt {aid} marked slow twice"
+                marked.add(aid)
+                sa, step = began[aid], step_of[began[aid].provider]
+                assert step.breaker_failures is not None and step.breaker_slow_ms is not None
+                assert c.event.at == sa.started_at + step.breaker_slow_ms / 1000.0 < sa.deadline
+                assert aid not in ended_at or ended_at[aid][0] > i, f"attempt {aid} marked slow after it ended"
         # breaker = false never skips
         for _, c in st_.log:
             if isinstance(c, RecordEvent) and c.event.type == "provider_skipped":

@@ -21,6 +21,10 @@ Semantics (DESIGN.md "Timeout hierarchy", "Outcomes and failover"):
     attempt deadline = min(attempt start + provider timeout, channel deadline);
     receipt deadline = min(2xx + receipt_timeout, channel deadline). At a deadline the running
     attempt is cancelled and counts as a timeout.
+  * breaker `slow` (optional): an attempt still running `slow` after its start counts one breaker
+    failure then (event attempt_slow) and runs on; its end counts nothing more unless it is a
+    success. If that opens (or, for a half-open probe, re-opens) the breaker, the attempt fails
+    over at once, as on_provider_unhealthy does for the other messages' attempts.
   * retryable outcomes (failover.on; receipt timeout / failed receipt always) retry the same
     provider while it has retries left and the back-off fits before the channel deadline, else
     fail over to the next provider; other outcomes fail the channel.
@@ -235,7 +239,7 @@ class _Channel(_Node):
 class _Run(_Node):
     """One provider inside one channel: its tries, back-off and current attempt."""
 
-    __slots__ = ("step", "tries", "attempt", "state", "wake_at")
+    __slots__ = ("step", "tries", "attempt", "state", "wake_at", "slow_at", "slow_counted")
 
     def __init__(self, step: ProviderStep, parent: int, pre: int) -> None:
         self.parent = parent
@@ -248,6 +252,8 @@ class _Run(_Node):
         self.attempt: AttemptRecord | None = None
         self.state: Literal["idle", "attempting", "awaiting", "backoff", "done"] = "idle"
         self.wake_at: float | None = None
+        self.slow_at: float | None = None       # the current attempt's slow-call mark, while pending
+        self.slow_counted = False               # the current attempt already counted as a breaker failure
 
 
 def _build(step: GroupStep, parent: int, pre: int, nodes: "dict[int, _Group | _Channel]") -> _Group:
@@ -406,18 +412,22 @@ class Delivery:
                 if self.status != "pending" or run.result is not None or \
                         not (run.state == "attempting" or run.state == "backoff"):
                     continue
-                ch = self._channel_of(run)
-                rec = run.attempt
-                if run.state == "attempting" and rec is not None:
-                    self._out.append(CancelAttempt(rec.attempt_id, "breaker opened"))
-                    self._end_attempt(rec, "cancelled", None, now, "breaker opened")
-                else:
-                    self._emit("retry_abandoned", now, channel=ch.step.channel, provider=provider,
-                               reason="breaker opened")
-                run.state = "done"
-                run.wake_at = None
-                self._complete(run, "failed", now, reason="breaker opened")
+                self._cut_run(run, now)
         return self._settle(now)
+
+    def _cut_run(self, run: _Run, now: float) -> None:
+        """Its provider's breaker is open: stop the run's attempt (or back-off) and fail over."""
+        rec = run.attempt
+        if run.state == "attempting" and rec is not None:
+            self._out.append(CancelAttempt(rec.attempt_id, "breaker opened"))
+            self._end_attempt(rec, "cancelled", None, now, "breaker opened")
+        else:
+            self._emit("retry_abandoned", now, channel=self._channel_of(run).step.channel,
+                       provider=run.step.provider, reason="breaker opened")
+        run.state = "done"
+        run.wake_at = None
+        run.slow_at = None
+        self._complete(run, "failed", now, reason="breaker opened")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -471,6 +481,21 @@ class Delivery:
                     assert isinstance(node, _Run)
                 node.wake_at = None
                 self._try(node, t)
+            elif rank == 4:
+                if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
+                    assert isinstance(node, _Run) and node.attempt
+                # slow-call mark: the attempt runs on, but counts as a breaker failure now
+                node.slow_at = None
+                rec = node.attempt
+                self._emit("attempt_slow", t, attempt_id=rec.attempt_id, channel=rec.channel,
+                           provider=rec.provider, after_s=t - rec.started_at)
+                self._record_health(node, False, t)
+                node.slow_counted = True
+                if self.health.blocks(rec.provider, t):
+                    # the breaker is open now (this mark opened it, or re-opened it after a
+                    # half-open probe that is this very attempt): fail over at once, as
+                    # on_provider_unhealthy does for every other message's attempts on it
+                    self._cut_run(node, t)
             else:
                 if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                     assert isinstance(node, _Run) and node.attempt
@@ -489,7 +514,7 @@ class Delivery:
 
     def _earliest(self) -> tuple[float, int, _Node | None]:
         """The first deadline by (time, rank, plan order): rank 0 message, 1 channel, 2 attempt or
-        receipt, 3 back-off wake-up."""
+        receipt, 3 back-off wake-up, 4 an attempt's slow-call mark (breaker `slow`)."""
         bnode: _Node | None = None
         bt, brank, bpre = self.message_deadline, 0, -1
         for ch in self._chans:
@@ -501,6 +526,9 @@ class Delivery:
             st = r.state
             if st == "attempting":
                 t, rank = r.attempt.deadline, 2          # type: ignore[union-attr]
+                sa = r.slow_at
+                if sa is not None and sa < t:
+                    t, rank = sa, 4
             elif st == "awaiting":
                 rt = r.attempt.receipt_deadline          # type: ignore[union-attr]
                 if rt is None:
@@ -590,6 +618,11 @@ class Delivery:
         self._runs[attempt_id] = run
         run.attempt = rec
         run.state = "attempting"
+        run.slow_counted = False
+        slow = step.breaker_slow_ms
+        if slow is not None and step.breaker_failures is not None:
+            mark = now + slow / 1000.0
+            run.slow_at = mark if mark < deadline else None
         self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                    attempt=run.tries, deadline=deadline)
         self._out.append(_tnew(StartAttempt, (                    # = StartAttempt(...), field order
@@ -614,6 +647,8 @@ class Delivery:
     def _record_health(self, run: _Run, ok: bool, now: float) -> None:
         s = run.step
         if s.breaker_failures is None:      # breaker off: HealthTracker.record would answer None
+            return
+        if not ok and run.slow_counted:     # its slow-call mark already counted this attempt's failure
             return
         change = self.health.record(s.provider, ok, s.breaker_failures, s.breaker_cooldown_ms / 1000.0, now)
         if change:

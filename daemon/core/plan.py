@@ -61,6 +61,7 @@ class ProviderStep:
     backoff_max_ms: int = 30_000
     breaker_failures: int | None = 5       # None: breaker off
     breaker_cooldown_ms: int = 30_000
+    breaker_slow_ms: int | None = None     # None: only an attempt's end counts (no slow-call mark)
     timeout_source: str = field(default="", compare=False)   # the precedence level that set timeout_ms
 
 
@@ -113,7 +114,8 @@ def _step_json(step: Step) -> dict[str, Any]:
                            "confirm": p.confirm,
                            **({"receipt_timeout_ms": p.receipt_timeout_ms} if p.confirm == "receipt" else {}),
                            "breaker": None if p.breaker_failures is None else
-                           {"failures": p.breaker_failures, "cooldown_ms": p.breaker_cooldown_ms}}
+                           {"failures": p.breaker_failures, "cooldown_ms": p.breaker_cooldown_ms,
+                            **({} if p.breaker_slow_ms is None else {"slow_ms": p.breaker_slow_ms})}}
                           for p in step.providers]}
 
 
@@ -173,7 +175,8 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
                         (BUILTIN_PROVIDER_TIMEOUT_MS, BUILTIN))
         br = p.breaker
         return ProviderStep(pname, t, p.retries, p.confirm, p.receipt_timeout, p.backoff.base, p.backoff.max,
-                            None if br is False else br.failures, 0 if br is False else br.cooldown, src)
+                            None if br is False else br.failures, 0 if br is False else br.cooldown,
+                            None if br is False else br.slow, src)
 
     def channel_step(cname: str) -> ChannelStep:
         c = m.channels[cname]

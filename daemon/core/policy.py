@@ -119,6 +119,9 @@ class FailoverSection(Strict):
 class BreakerSection(Strict):
     failures: int = Field(default=5, ge=1, le=10_000)
     cooldown: Duration = 30_000
+    # an attempt still running this long counts as a breaker failure at that moment (not only
+    # at its timeout): a hang is detected after `slow`, not after the whole attempt timeout
+    slow: Duration | None = Field(default=None, ge=1)
 
 
 class BackoffSection(Strict):
