@@ -8,6 +8,9 @@ benchmarks/scenarios/failover-hang.toml (ses hangs for 3 minutes at 50 msg/s, at
                                                 (engine: Delivery.on_provider_unhealthy; the default)
   no cut       the same routing file, [simulation] cut_inflight_on_breaker_open = false: those
                                                 attempts wait out their own timeout
+  slow-call    routing-failover-slow.toml       breaker on, plus slow = "500ms": an attempt still running
+                                                500 ms after its start counts as a breaker failure then,
+                                                so the breaker opens ~0.5 s into the hang, not ~2 s
   breaker off  routing-failover-nobreaker.toml  the same with breaker = false
   floor        routing-failover-floor.toml      sendgrid alone, healthy
 Counted are the messages accepted while the hang lasts. Target: breaker on p95 <= 1.5 x the
@@ -33,7 +36,8 @@ TARGET = 1.5
 SCENARIOS = BENCH / "scenarios"
 # (label, routing file, cut in-flight attempts when a breaker opens)
 RUNS = (("breaker on", "routing-failover-breaker.toml", True), ("no cut", "routing-failover-breaker.toml", False),
-        ("breaker off", "routing-failover-nobreaker.toml", True), ("floor", "routing-failover-floor.toml", True))
+        ("slow-call", "routing-failover-slow.toml", True), ("breaker off", "routing-failover-nobreaker.toml", True),
+        ("floor", "routing-failover-floor.toml", True))
 
 
 def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
@@ -62,8 +66,8 @@ def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
 
 
 def run(seed: int | None = None) -> BenchResult:
-    header("failover quality: ses hangs for 3m at 50 msg/s (simulated), breaker on (cut / no cut) vs off "
-           "vs the floor")
+    header("failover quality: ses hangs for 3m at 50 msg/s (simulated), breaker on (cut / no cut / "
+           "slow-call) vs off vs the floor")
     res = BenchResult("failover")
     t0 = time.monotonic()
     setups, errors = prepare([str(SCENARIOS / "failover-hang.toml")], [str(SCENARIOS / f) for _, f, _ in RUNS],
@@ -83,6 +87,7 @@ def run(seed: int | None = None) -> BenchResult:
                 f"{f['waited_on_ses']:5d} ({f['waited_share']:6.2%})  {f['cut_on_ses']:4d}  "
                 f"{f['breaker_opened']:3d}/{f['ses_skipped']:<6d}        {f['not_delivered']}")
     floor, on, nocut, off = figs["floor"], figs["breaker on"], figs["no cut"], figs["breaker off"]
+    slow = figs["slow-call"]
 
     def rel(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
@@ -91,6 +96,8 @@ def run(seed: int | None = None) -> BenchResult:
                         for k, v in figs.items()})
     res.check("breaker on p95 / floor p95", rel(on["p95_s"], floor["p95_s"]), TARGET, at_least=False)
     res.check("breaker on p99 / floor p99", rel(on["p99_s"], floor["p99_s"]), None)
+    res.check("slow-call p95 / floor p95", rel(slow["p95_s"], floor["p95_s"]), None)
+    res.check("slow-call p99 / floor p99", rel(slow["p99_s"], floor["p99_s"]), None)
     res.check("no cut p95 / floor p95", rel(nocut["p95_s"], floor["p95_s"]), None)
     res.check("no cut p99 / floor p99", rel(nocut["p99_s"], floor["p99_s"]), None)
     res.check("breaker off p95 / floor p95", rel(off["p95_s"], floor["p95_s"]), None)
@@ -100,7 +107,8 @@ def run(seed: int | None = None) -> BenchResult:
             f"and the cut {delayed / on['messages'] if on['messages'] else 0.0:.2%} were ({on['waited_on_ses']} "
             f"timed out: the first failures and one probe per cooldown; {on['cut_on_ses']} cut when it opened, "
             f"after waiting up to one attempt timeout); without the cut {nocut['waited_share']:.2%} "
-            f"({nocut['waited_on_ses']}) timed out")
+            f"({nocut['waited_on_ses']}) timed out; with slow-call detection "
+            f"{(slow['waited_on_ses'] + slow['cut_on_ses']) / slow['messages'] if slow['messages'] else 0.0:.2%}")
     res.wall_s = time.monotonic() - t0
     return res
 

@@ -194,6 +194,44 @@ def test_breaker_opening_cuts_the_attempts_in_flight_on_the_primary_over_at_once
     assert build_report(res_no)["providers"]["primary"]["cancelled"] == 0
 
 
+def test_slow_call_detection_opens_the_breaker_at_the_nth_mark_and_hedges_every_probe(tmp_path: Path) -> None:
+    """breaker.slow = S: an attempt on the hung primary counts as a failure at its start + S. The
+    breaker opens at the n-th such mark (the n-th message's accept + S), and every message in flight
+    on the primary is delivered at that instant + L. Each half-open probe is cut at its own mark:
+    delivered at accept + S + L. Nothing on the primary ever waits out T."""
+    failures, cooldown, slow = 3, 10.0, 0.25
+    write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s", slow = "{int(slow * 1000)}ms" }}')
+    res = simulate(write_scenario(tmp_path, rate=20))
+    m = res.metrics
+    acc = m.accepted_at
+    opened_at = acc[failures - 1] + slow
+    burst = {i for i, a in enumerate(acc) if a < opened_at}
+    probes: set[int] = set()
+    next_probe = opened_at + cooldown
+    for i, a in enumerate(acc):
+        if a >= next_probe:
+            probes.add(i)
+            next_probe = a + slow + cooldown           # the probe's mark re-opens it for a cooldown
+    assert len(burst) >= failures + 1 and len(probes) >= 5      # the scenario exercises both
+    for i in range(m.messages):
+        delivered = m.delivered_at[i]
+        if i in burst:
+            assert delivered == pytest.approx(opened_at + L, abs=1e-9), i
+            assert m.attempts[i] == 2, i
+        elif i in probes:
+            assert delivered - acc[i] == pytest.approx(slow + L, abs=1e-9), i
+            assert m.attempts[i] == 2, i
+        else:
+            assert delivered - acc[i] == pytest.approx(L, abs=1e-9), i
+            assert m.attempts[i] == 1, i
+    rep = build_report(res)
+    primary = rep["providers"]["primary"]
+    assert primary["timeouts"] == 0                              # nobody waited out T
+    assert primary["cancelled"] == len(burst) + len(probes)
+    assert primary["breaker_opened"] == 1
+    assert rep["violations"] == 0 and res.pending == 0
+
+
 def test_the_cut_is_a_scenario_option_and_a_run_override(tmp_path: Path) -> None:
     write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
     sc = load_scenario(str(write_scenario(tmp_path, NO_CUT, duration="20s", rate=20)))
