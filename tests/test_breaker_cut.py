@@ -8,12 +8,14 @@ the test sends). Its breaker opens after 3 failures and stays open for 10 minute
 20 s; the daemon hands the engine on_provider_unhealthy(provider, now) for every pending message
 that tried the provider, which cancels such attempts ("cancelled", "breaker opened") and fails
 over to the backup provider in the same instant. Attempts already answered 2xx and awaiting their
-receipt are left alone: the provider accepted those.
+receipt are left alone: the provider accepted those. A fourth primary, `mark`, has breaker.slow
+set: there the hanging attempts themselves open the breaker, 300 ms after they started.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import pytest
@@ -24,6 +26,9 @@ from provider_standin import sign
 PROVIDER_TIMEOUT_S = 20.0
 RECEIPT_SECRET = "cut-receipt-secret"
 BREAKER = 'breaker = { failures = 3, cooldown = "10m" }'
+SLOW_S = 0.3
+MARK_BREAKER = 'breaker = { failures = 3, cooldown = "1m", slow = "300ms" }'
+TS_RESOLUTION_S = 0.001     # the status endpoint writes times truncated to the millisecond
 
 
 def by_title(_n: int, body: Any) -> dict[str, Any]:
@@ -71,12 +76,22 @@ url = "{slow}"
 type = "http"
 url = "{slow_backup}"
 
+[providers.mark]
+type = "http"
+url = "{mark}"
+{mark_breaker}
+[providers.mark_backup]
+type = "http"
+url = "{mark_backup}"
+
 [channels.c_hung]
 providers = ["hung", "backup"]
 [channels.c_rcpt]
 providers = ["rcpt", "rcpt_backup"]
 [channels.c_slow]
 providers = ["slow", "slow_backup"]
+[channels.c_mark]
+providers = ["mark", "mark_backup"]
 
 [routes.default]
 channels = ["c_hung"]
@@ -84,6 +99,8 @@ channels = ["c_hung"]
 channels = ["c_rcpt"]
 [routes.r_slow]
 channels = ["c_slow"]
+[routes.r_mark]
+channels = ["c_mark"]
 """
 
 
@@ -91,8 +108,10 @@ channels = ["c_slow"]
 def world(tmp_path_factory: pytest.TempPathFactory, standins: StandinLoop) -> Iterator[tuple[DaemonProcess, dict[str, Any]]]:
     s = {"hung": standins.standin(by_title), "backup": standins.standin([{"status": 200}]),
          "rcpt": standins.standin(by_title), "rcpt_backup": standins.standin([{"status": 200}]),
-         "slow": standins.standin([{"hang": True}]), "slow_backup": standins.standin([{"status": 200}])}
-    text = CONFIG.format(breaker=BREAKER, secret=RECEIPT_SECRET, **{k: v.url for k, v in s.items()})
+         "slow": standins.standin([{"hang": True}]), "slow_backup": standins.standin([{"status": 200}]),
+         "mark": standins.standin([{"hang": True}]), "mark_backup": standins.standin([{"status": 200}])}
+    text = CONFIG.format(breaker=BREAKER, mark_breaker=MARK_BREAKER, secret=RECEIPT_SECRET,
+                         **{k: v.url for k, v in s.items()})
     with serving(DaemonProcess(tmp_path_factory.mktemp("breaker_cut"), text)) as d:
         yield d, s
 
@@ -210,3 +229,74 @@ def test_attempts_awaiting_their_receipt_are_left_alone(
         st = d.wait_status(mid, "delivered", timeout=10)
         assert outcomes(st) == [("rcpt", "delivered", None)]
 
+
+
+def test_a_breaker_opened_by_slow_call_marks_fails_over_the_hanging_attempts(
+        world: tuple[DaemonProcess, dict[str, Any]], standins: StandinLoop) -> None:
+    """breaker.slow: `mark` hangs, its timeout is 20 s, its breaker { failures = 3, slow = "300ms" }.
+    Six messages sent at once all hang on it. Each attempt still running 300 ms after its start
+    counts one breaker failure then (attempt_slow) and runs on; the third such mark opens the
+    breaker, which cancels that attempt on the spot and, through the daemon's cut-over, every
+    other attempt on `mark`: all six fail over to the backup within about 300 ms, not 20 s.
+
+    Not every message need carry an attempt_slow: the breaker opens at the third mark, and an
+    attempt whose own mark is still ahead then is cut without one (its mark never comes due)."""
+    d, s = world
+    n = 6
+    def one(_i: int) -> str:
+        return send(d, "hang", "r_mark")
+
+    with ThreadPoolExecutor(n) as pool:        # concurrent POSTs: all six start well within 300 ms
+        mids = list(pool.map(one, range(n)))
+    done = {mid: d.wait_status(mid, "delivered", timeout=PROVIDER_TIMEOUT_S / 2) for mid in mids}
+
+    opened = [(mid, e) for mid, st in done.items() for e in st["events"] if e["type"] == "breaker_opened"]
+    assert [e["provider"] for _mid, e in opened] == ["mark"], opened
+    opener, opened_ev = opened[0]
+    t_open = ts(opened_ev["at"])
+
+    slow_at: dict[str, float] = {}
+    for mid, st in done.items():
+        # every message started on `mark` (all six were in flight before the breaker opened),
+        # had that attempt cut when it opened, and was delivered by the backup
+        assert outcomes(st) == [("mark", "cancelled", "breaker opened"), ("mark_backup", "delivered", None)], st
+        first = st["attempts"][0]
+        started, ended = ts(first["started_at"]), ts(first["ended_at"])
+        ended_evs = [e for e in st["events"] if e["type"] == "attempt_ended" and e["provider"] == "mark"]
+        assert [(e["outcome"], e.get("detail")) for e in ended_evs] == [("cancelled", "breaker opened")], st
+        assert ended >= t_open                                      # never cut before the breaker opened
+        assert ts(st["delivered_at"]) - ts(st["accepted_at"]) < PROVIDER_TIMEOUT_S / 2
+
+        slows = [e for e in st["events"] if e["type"] == "attempt_slow"]
+        assert len(slows) <= 1, st
+        if slows:
+            ev = slows[0]
+            assert (ev["attempt_id"], ev["channel"], ev["provider"]) == (first["attempt_id"], "c_mark", "mark")
+            # the mark is the engine's own time: the attempt's start + slow, exactly
+            assert abs(ev["after_s"] - SLOW_S) < 1e-6, ev
+            assert abs(ts(ev["at"]) - (started + SLOW_S)) <= TS_RESOLUTION_S + 1e-6, (ev, first)
+            slow_at[mid] = ts(ev["at"])
+        else:
+            # cut by the opening before its own mark came due
+            assert ended < started + SLOW_S + TS_RESOLUTION_S, (st, t_open)
+
+    # the opener's own mark opened the breaker: attempt_slow, breaker_opened and its attempt's
+    # end are one instant, in that order
+    st = done[opener]
+    types = [e["type"] for e in st["events"]]
+    i = types.index("attempt_slow")
+    assert types[i + 1] == "breaker_opened", types
+    assert slow_at[opener] == t_open == ts(st["attempts"][0]["ended_at"])
+    # three marks counted up to the opening (the opener's and two before it)
+    assert sum(1 for t in slow_at.values() if t <= t_open) >= 3, (slow_at, t_open)
+
+    # the daemon really closed the six hanging connections
+    reqs = standins.call(s["mark"].wait_for(n, timeout=10, finished=True))
+    assert [r.finished for r in reqs] == ["cancelled"] * n
+    assert d.metric("routingd_breaker_open", {"provider": "mark"}) == 1.0
+
+    # while the breaker is open (cooldown 1 m), a new message skips `mark` altogether
+    st = d.wait_status(send(d, "hang", "r_mark"), "delivered", timeout=10)
+    assert outcomes(st) == [("mark_backup", "delivered", None)], st
+    assert any(e["type"] == "provider_skipped" and e["provider"] == "mark" for e in st["events"]), st
+    assert len(s["mark"].requests) == n
