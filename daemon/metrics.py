@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric

@@ -220,7 +220,7 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
             load.stop()
             load_s = time.monotonic() - started
             # drain: every accepted message must reach a terminal status in this last run
-            deadline = time.monotonic() + (240 if SOAK else 60)
+            deadline = time.monotonic() + (240 if variant == "soak" else 60)
             while True:
                 status, by_key = store_rows(d.state_path)  # type: ignore[arg-type]
                 pending = [mid for mid in load.accepted.values() if status.get(mid) == "pending"]

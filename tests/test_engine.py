@@ -441,7 +441,7 @@ def test_message_deadline_expires_and_cancels_running_attempts() -> None:
 def test_message_deadline_beats_channel_and_attempt_deadlines_at_the_same_time() -> None:
     text = policy_text(route='timeouts = { message = "2s", provider = "2s", channel = "2s" }')
     h = make(text)
-    a = only_start(h.start(0.0))
+    only_start(h.start(0.0))
     cmds = h.timer()
     assert finish(cmds) == Finish("expired", 2.0, None)
     assert starts(cmds) == []

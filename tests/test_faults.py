@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
-import shutil
 import sqlite3
 import subprocess
 import threading

@@ -389,7 +389,7 @@ def test_only_a_link_that_takes_sends_under_a_client_id_of_its_own_keeps_its_ses
     assert re.search(r"as events-only \(p2, c1, ", log)
     assert re.search(rf"as {unnamed.client_id} \(p2, c1, ", log)
     # QoS 2 would hand the send over (PUBREC) before it is stored: the subscription is QoS 1.
-    assert f"Received SUBSCRIBE from kept\n" in log and f"\t{PREFIX}/send (QoS 1)" in log
+    assert "Received SUBSCRIBE from kept\n" in log and f"\t{PREFIX}/send (QoS 1)" in log
     assert caplog.text.count("daemon.mqtt.client_id is not set") == 1
     assert "as kept (persistent session), taking sends" in caplog.text
 

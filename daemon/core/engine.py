@@ -36,7 +36,7 @@ Semantics (DESIGN.md "Timeout hierarchy", "Outcomes and failover"):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Union
 
 from .health import HealthTracker
