@@ -24,6 +24,7 @@ check: $(STAMP)
 test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
 	@sh tools/ensure-systemd-analyze.sh
+	$(BIN)/ruff check --select F --no-cache --quiet .
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
