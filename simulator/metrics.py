@@ -29,6 +29,7 @@ class ProviderStats:
     skipped: int = 0            # not tried: breaker open
     late_receipts: int = 0      # delivered receipts that came after the attempt had ended
     breaker_opened: int = 0
+    slow: int = 0               # attempts still running at their breaker's slow-call mark (breaker.slow)
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -67,6 +68,7 @@ class Metrics:
             "attempt_started": self._attempt_started,
             "attempt_ended": self._attempt_ended,
             "provider_skipped": self._skipped,
+            "attempt_slow": self._slow,
             "failover": self._failover,
             "duplicate": self._duplicate,
             "late_receipt": self._late_receipt,
@@ -129,6 +131,9 @@ class Metrics:
         d = ev.data
         if d.get("status") == "delivered":
             self.stats[d["provider"]].late_receipts += 1
+
+    def _slow(self, i: int, ev: Event) -> None:
+        self.stats[ev.data["provider"]].slow += 1
 
     def _skipped(self, i: int, ev: Event) -> None:
         p = ev.data["provider"]

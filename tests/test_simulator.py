@@ -415,3 +415,23 @@ def test_hierarchy_checker_counts_an_attempt_past_its_deadline() -> None:
     clean.on_event(0, Event("finished", 10.0, {"status": "undeliverable"}))
     clean.finish_run(70.0)
     assert clean.total == 0
+
+
+def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:
+    """Each attempt_slow event is one `slow` in its provider's report row; without `slow` none."""
+    write_routing(tmp_path, '{ failures = 3, cooldown = "10s", slow = "250ms" }')
+    res = simulate(write_scenario(tmp_path, duration="30s", rate=20))
+    rep = build_report(res)
+    # first principles: the burst's first three marks open the breaker (the third cuts the rest
+    # in flight), then every probe is marked once; the backup has no breaker and no marks
+    acc = res.metrics.accepted_at
+    opened_at = acc[2] + 0.25
+    probes, next_probe = 0, opened_at + 10.0
+    for a in acc:
+        if a >= next_probe:
+            probes += 1
+            next_probe = a + 0.25 + 10.0
+    assert rep["providers"]["primary"]["slow"] == 3 + probes and probes >= 1
+    assert rep["providers"]["backup"]["slow"] == 0
+    write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
+    assert build_report(simulate(write_scenario(tmp_path, duration="30s", rate=20)))["providers"]["primary"]["slow"] == 0
