@@ -256,9 +256,15 @@ def test_a_breaker_opened_by_slow_call_marks_fails_over_the_hanging_attempts(
     t_open = ts(opened_ev["at"])
 
     slow_at: dict[str, float] = {}
+    on_mark = 0
     for mid, st in done.items():
-        # every message started on `mark` (all six were in flight before the breaker opened),
-        # had that attempt cut when it opened, and was delivered by the backup
+        if ts(st["accepted_at"]) >= t_open and outcomes(st) == [("mark_backup", "delivered", None)]:
+            # (on a machine slow enough to accept it only after the opening: it skipped `mark`)
+            assert any(e["type"] == "provider_skipped" for e in st["events"]), st
+            continue
+        on_mark += 1
+        # every message started on `mark` (in flight before the breaker opened), had that attempt
+        # cut when it opened, and was delivered by the backup
         assert outcomes(st) == [("mark", "cancelled", "breaker opened"), ("mark_backup", "delivered", None)], st
         first = st["attempts"][0]
         started, ended = ts(first["started_at"]), ts(first["ended_at"])
@@ -290,13 +296,14 @@ def test_a_breaker_opened_by_slow_call_marks_fails_over_the_hanging_attempts(
     # three marks counted up to the opening (the opener's and two before it)
     assert sum(1 for t in slow_at.values() if t <= t_open) >= 3, (slow_at, t_open)
 
-    # the daemon really closed the six hanging connections
-    reqs = standins.call(s["mark"].wait_for(n, timeout=10, finished=True))
-    assert [r.finished for r in reqs] == ["cancelled"] * n
+    # the daemon really closed the hanging connections (six, unless one came after the opening)
+    assert on_mark >= 3
+    reqs = standins.call(s["mark"].wait_for(on_mark, timeout=10, finished=True))
+    assert [r.finished for r in reqs] == ["cancelled"] * on_mark
     assert d.metric("routingd_breaker_open", {"provider": "mark"}) == 1.0
 
     # while the breaker is open (cooldown 1 m), a new message skips `mark` altogether
     st = d.wait_status(send(d, "hang", "r_mark"), "delivered", timeout=10)
     assert outcomes(st) == [("mark_backup", "delivered", None)], st
     assert any(e["type"] == "provider_skipped" and e["provider"] == "mark" for e in st["events"]), st
-    assert len(s["mark"].requests) == n
+    assert len(s["mark"].requests) == on_mark
