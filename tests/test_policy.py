@@ -391,6 +391,22 @@ def test_route_level_timeout_warnings() -> None:
     assert p.warnings[0].startswith("timeouts.channel (600000 ms) is larger than the message timeout")
 
 
+def test_a_breaker_slow_mark_that_can_never_come_first_warns() -> None:
+    slow_ses = BASE.replace('url = "https://email.example.com/send"',
+                            'url = "https://email.example.com/send"\nbreaker = { slow = "%s" }')
+    # the provider's own timeout
+    p = parse(slow_ses.replace('breaker = { slow = "%s" }', 'timeout = "3s"\nbreaker = { slow = "3s" }'))
+    assert p.warnings == ("providers.ses.breaker.slow (3000 ms) is not shorter than providers.ses.timeout (3000 ms): "
+                          "an attempt times out before it could be marked slow, so it has no effect",)
+    # the file's timeouts.provider, and nothing when the mark comes first
+    p = parse(slow_ses % "2s" + '[timeouts]\nprovider = "1s"\n')
+    assert len(p.warnings) == 1 and "than timeouts.provider (1000 ms)" in p.warnings[0]
+    assert parse(slow_ses % "500ms" + '[timeouts]\nprovider = "1s"\n').warnings == ()
+    # a route's own provider timeout decides it per route: no file-level verdict
+    per_route = (slow_ses % "2s").replace('channels = ["email"]', 'channels = ["email"]\ntimeouts = { provider = "5s" }')
+    assert parse(per_route + '[timeouts]\nprovider = "1s"\n').warnings == ()
+
+
 def test_no_default_route_warns() -> None:
     p = parse(BASE.replace("[routes.default]", "[routes.other]"))
     assert any("no [routes.default]" in w for w in p.warnings)

@@ -443,6 +443,21 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
             if p.type == "mqtt":
                 warnings.append(f"providers.{pname}: type \"mqtt\" but there is no [daemon.mqtt]: every attempt "
                                 "fails at once (network, \"[daemon.mqtt] is not configured\") and fails over")
+    route_sets_provider_timeout = any(r.timeouts.provider is not None for r in model.routes.values())
+    for pname, p in model.providers.items():
+        slow = p.breaker.slow if p.breaker is not False else None
+        if slow is None:
+            continue
+        if p.timeout is not None:
+            timeout, where = p.timeout, f"providers.{pname}.timeout"
+        elif route_sets_provider_timeout:
+            continue        # depends on the route: explain ROUTE shows it
+        else:
+            timeout = model.timeouts.provider if model.timeouts.provider is not None else BUILTIN_PROVIDER_TIMEOUT_MS
+            where = "timeouts.provider" if model.timeouts.provider is not None else "the built-in provider timeout"
+        if slow >= timeout:
+            warnings.append(f"providers.{pname}.breaker.slow ({slow} ms) is not shorter than {where} ({timeout} ms): "
+                            "an attempt times out before it could be marked slow, so it has no effect")
     msg_default = model.timeouts.message if model.timeouts.message is not None else BUILTIN_MESSAGE_TIMEOUT_MS
     if model.timeouts.channel is not None and model.timeouts.channel > msg_default:
         warnings.append(f"timeouts.channel ({model.timeouts.channel} ms) is larger than the message timeout "
