@@ -62,19 +62,24 @@ def make_app(forward: str | None) -> web.Application:
     return app
 
 
-async def serve(port: int, forward: str | None) -> None:
-    runner = web.AppRunner(make_app(forward), access_log=None, handle_signals=False)
+async def serve_app(app: web.Application, port: int) -> None:
+    """Serve `app` on 127.0.0.1:`port` (0: any free port), print the bound port on stdout for the
+    benchmark that started this process, and run until SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
     await site.start()
-    bound = runner.addresses[0][1]
-    print(bound, flush=True)
+    print(runner.addresses[0][1], flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+async def serve(port: int, forward: str | None) -> None:
+    await serve_app(make_app(forward), port)
 
 
 def main() -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from typing import Any
 
 from aiohttp import web
+
+from bare_server import serve_app       # the same start-up, port line and signal handling
 
 
 def make_app() -> web.Application:
@@ -50,17 +51,7 @@ def make_app() -> web.Application:
 
 
 async def serve(port: int) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_app(make_app(), port)
 
 
 def main() -> int:
