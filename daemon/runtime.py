@@ -533,12 +533,7 @@ class Router:
     def _finish_offline(self, row: MessageRow, status: str, now: float, events: list[Event]) -> None:
         """Finish a stored message without routing it (resume found it past its end)."""
         for ev in events:
-            self.store.add_event(EventRow(row.id, ev.type, ev.at, dict(ev.data)))
-            for cb in self._listeners:
-                try:
-                    cb(row.id, ev)
-                except Exception:  # noqa: BLE001
-                    log.exception("event listener failed")
+            self._record_offline(row.id, ev)
         self.store.finish(row.id, status, now, None)
         self.metrics.message_finished(status)
 
@@ -655,11 +650,19 @@ class Router:
                 self._opened.append(data.get("provider", ""))       # see _cut_over
             elif type_ == "breaker_closed":
                 m.breaker_open.labels(provider=data.get("provider", "")).set(0)
+        self._notify(mid, event)
+
+    def _record_offline(self, message_id: str, event: Event) -> None:
+        """One event of a message not in memory (finished at resume, a late receipt): stored, noted."""
+        self.store.add_event(EventRow(message_id, event.type, event.at, dict(event.data)))
+        self._notify(message_id, event)
+
+    def _notify(self, message_id: str, event: Event) -> None:
         for cb in self._listeners:
             try:
-                cb(mid, event)
+                cb(message_id, event)
             except Exception:  # noqa: BLE001 - a listener must never break routing
-                log.exception("event listener failed on %s %s", mid, event.type)
+                log.exception("event listener failed on %s %s", message_id, event.type)
 
     def _start_attempt(self, live: _Live, cmd: StartAttempt) -> None:
         now = self.clock.now()
@@ -847,12 +850,7 @@ class Router:
             return False
         event = Event("late_receipt", now, {"attempt_id": attempt_id, "status": status, "channel": row.channel,
                                             "provider": provider})
-        self.store.add_event(EventRow(row.message_id, event.type, event.at, dict(event.data)))
-        for cb in self._listeners:
-            try:
-                cb(row.message_id, event)
-            except Exception:  # noqa: BLE001
-                log.exception("event listener failed")
+        self._record_offline(row.message_id, event)
         return True
 
     # ------------------------------------------------------------------ status
