@@ -550,7 +550,7 @@ class Router:
         events: list[Event] | None = None
         for cmd in commands:
             if isinstance(cmd, RecordEvent):
-                ev = cmd.event
+                ev = cmd                        # an Event is its own RecordEvent (no .event call)
                 if events is None:
                     events = [ev]
                 else:
