@@ -13,11 +13,12 @@ Every wait is bounded; `close()` (also on `__exit__`) SIGKILLs whatever is still
 
 Shared by the integration tests: `serving(d)` (a module fixture's start / clean stop / no
 Traceback), `StandinLoop` (provider stand-ins for synchronous tests; the `standins` fixture of
-tests/conftest.py), `free_port()`, `wait_until()` and `ts()`.
+tests/conftest.py), `free_port()`, `wait_until()`, `run_bounded()` and `ts()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 STARTUP_RE = re.compile(r"listening on (http://\S+)")
@@ -69,6 +70,11 @@ def free_port() -> int:
 def ts(value: str) -> float:
     """RFC 3339 (as the status endpoint writes it) -> epoch seconds."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def run_bounded(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+    """asyncio.run(coro), cancelled (TimeoutError) after `timeout` seconds: no test hangs on a loop."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:

@@ -7,7 +7,7 @@ import asyncio
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -21,6 +21,7 @@ from daemon.runtime import Router
 from daemon.service import ConfigReloader, StartupError, check_auth
 from daemon.settings import SettingsError, config_path, load_settings, parse_listen
 from daemon.store import Store
+from daemon_process import run_bounded as run
 from provider_standin import ProviderStandin
 
 TOKEN = "api-test-token"
@@ -43,10 +44,6 @@ requires = "email"
 [routes.default]
 channels = ["email"]
 """
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 @asynccontextmanager

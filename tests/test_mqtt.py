@@ -19,15 +19,12 @@ from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_pa
                          parse_broker_url, render_topic)
 
 from daemon_process import free_port
+from daemon_process import run_bounded as run
 from mqtt_broker import Broker, payload_json, receive, start_broker, subscriber
 
 PREFIX = "rt"
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 AT = 1_700_000_000.25
-
-
-def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
 
 
 def settings(url: str, **kw: Any) -> MqttSection:

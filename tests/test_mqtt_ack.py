@@ -16,11 +16,11 @@ import json
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Awaitable, Iterator
+from typing import Any, Iterator
 
 import aiomqtt
 
-from daemon_process import DaemonProcess, wait_until
+from daemon_process import DaemonProcess, run_bounded, wait_until
 from mqtt_broker import Broker, payload_json, receive_until, start_broker, subscriber
 
 PREFIX = "rt"
@@ -28,6 +28,7 @@ TOKEN = "mqtt-ack-t0ken"
 CLIENT_ID = "routingd-ack"
 SEND, ACCEPTED, REJECTED = f"{PREFIX}/send", f"{PREFIX}/accepted", f"{PREFIX}/rejected"
 RECEIVED = re.compile(r"MQTT send received \(mid (\d+),")
+RUN_S = 40.0        # bound on each asyncio.run below: these tests restart the daemon
 
 
 def policy(broker_url: str) -> str:
@@ -62,10 +63,6 @@ requires = "email"
 [routes.default]
 channels = ["email"]
 """
-
-
-def run(coro: Awaitable[Any], timeout: float = 40.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
 
 
 def daemon(tmp_path: Path, broker: Broker) -> DaemonProcess:
@@ -136,7 +133,7 @@ def test_a_send_routingd_was_killed_on_before_storing_it_is_delivered_once_after
         with daemon(tmp_path, broker) as d:
             wait_until(lambda: connected(d), what="routingd_mqtt_connected 1")
             with store_write_locked(d):
-                run(publish(broker, send("crash-window")))
+                run_bounded(publish(broker, send("crash-window")), RUN_S)
                 wait_until(lambda: received_mids(d), timeout=4, what="the daemon to read the send")
                 [mid] = received_mids(d)
                 d.kill()                                  # received, not committed: SIGKILL
@@ -149,7 +146,7 @@ def test_a_send_routingd_was_killed_on_before_storing_it_is_delivered_once_after
                     await asyncio.to_thread(d.start)      # same client id: the session resumes
                     return await receive_until(sub, lambda g: len(g) >= 1, timeout=15, what="the answer")
 
-            got = run(restart())
+            got = run_bounded(restart(), RUN_S)
             [answer] = answers(got, ACCEPTED)
             assert answers(got, REJECTED) == []
             # The broker delivered it again (DUP flag), and this time it was acknowledged.
@@ -175,9 +172,9 @@ def test_a_send_stored_but_not_acknowledged_comes_again_and_its_idempotency_key_
     try:
         with daemon(tmp_path, broker) as d:
             wait_until(lambda: connected(d), what="routingd_mqtt_connected 1")
-            run(open_session(broker, reader, ACCEPTED, REJECTED))
+            run_bounded(open_session(broker, reader, ACCEPTED, REJECTED), RUN_S)
             with store_write_locked(d):
-                run(publish(broker, send("keyed", idempotency_key="order-4711"), send("keyless")))
+                run_bounded(publish(broker, send("keyed", idempotency_key="order-4711"), send("keyless")), RUN_S)
                 wait_until(lambda: len(received_mids(d)) == 2, timeout=4, what="the daemon to read both sends")
                 broker.stop()          # the connection is lost before the commits (sessions saved)
             # Lock released: both are stored now, but nothing can acknowledge them.
@@ -191,7 +188,7 @@ def test_a_send_stored_but_not_acknowledged_comes_again_and_its_idempotency_key_
                     # 2 from the broker's second delivery of the two unacknowledged sends.
                     return await receive_until(sub, lambda g: len(g) >= 4, timeout=20, what="4 answers")
 
-            got = run(collect())
+            got = run_bounded(collect(), RUN_S)
             assert answers(got, REJECTED) == []
             accepted = answers(got, ACCEPTED)
             redelivered = re.findall(rf"Sending PUBLISH to {CLIENT_ID} \(d1, q1, r0, m\d+, '{SEND}'",
@@ -245,7 +242,7 @@ def test_accepted_and_rejected_sends_are_acknowledged_and_never_delivered_again(
                     got = await receive_until(sub, lambda g: len(g) >= 4, what="4 answers")
                 return answers(got, ACCEPTED), [payload_json(first), *answers(got, REJECTED)]
 
-            accepted, rejected = run(main())
+            accepted, rejected = run_bounded(main(), RUN_S)
             # The happy path: one message; the retry answered with its id, marked as a replay.
             assert len(accepted) == 2 and accepted[0]["message_id"] == accepted[1]["message_id"]
             assert sorted(a.get("replayed", False) for a in accepted) == [False, True]
@@ -268,7 +265,7 @@ def test_accepted_and_rejected_sends_are_acknowledged_and_never_delivered_again(
                 return await receive_until(c, lambda g: any(b"marker" in m.payload for m in g  # type: ignore[operator]
                                                             if isinstance(m.payload, bytes)), what="the marker")
 
-        got = run(take_over_session())
+        got = run_bounded(take_over_session(), RUN_S)
         assert [m.payload for m in got] == [send("marker")]
     finally:
         broker.stop(hard=True)
@@ -285,14 +282,14 @@ def test_sends_published_while_routingd_is_stopped_are_taken_at_its_next_start(t
             assert "(persistent session), taking sends from rt/send" in d.log_text()
             assert d.stop() == 0, d.log_tail()
             assert f"the broker keeps those on {SEND} for session {CLIENT_ID}" in d.log_text()
-            run(publish(broker, *(send(f"while-down-{i}") for i in range(3))))
+            run_bounded(publish(broker, *(send(f"while-down-{i}") for i in range(3))), RUN_S)
 
             async def restart() -> list[aiomqtt.Message]:
                 async with subscriber(broker, ACCEPTED, REJECTED) as sub:
                     await asyncio.to_thread(d.start)
                     return await receive_until(sub, lambda g: len(g) >= 3, timeout=15, what="3 answers")
 
-            got = run(restart())
+            got = run_bounded(restart(), RUN_S)
             assert answers(got, REJECTED) == []
             for a in answers(got, ACCEPTED):
                 assert d.status(a["message_id"])["status"] in ("pending", "delivered")

@@ -15,12 +15,13 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import aiomqtt
 import pytest
 
 from daemon_process import DaemonProcess
+from daemon_process import run_bounded as run
 from mqtt_broker import Broker, payload_json, receive_until, start_broker, subscriber
 
 PREFIX = "rt"
@@ -88,10 +89,6 @@ channels = ["push"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
 
 
 async def http(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
