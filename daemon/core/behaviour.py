@@ -139,7 +139,7 @@ class RateWindow:
 
 
 # (kind, delay_s, status, retry_after_s, receipt_delay_s): an Answer's fields, in its order
-Draw = tuple[str, float, Union[int, None], Union[float, None], Union[float, None]]
+Draw = tuple[Literal["response", "refused", "hang"], float, Union[int, None], Union[float, None], Union[float, None]]
 
 _REFUSED: Draw = ("refused", 0.001, None, None, None)
 _HANG: Draw = ("hang", 0.0, None, None, None)

@@ -39,6 +39,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Union
 
+from mypy_extensions import mypyc_attr
+
 from .health import HealthTracker
 from .plan import ChannelStep, GroupStep, Plan, ProviderStep
 
@@ -61,8 +63,11 @@ class Outcome:
 # the cheapest immutable record CPython builds (a frozen dataclass's __init__ costs about four
 # times as much; the simulator's throughput depends on it). Two commands are equal only if they
 # are of the same type and hold the same fields (plain tuples would compare equal across types).
+# mypyc (setup.py compiles this module) cannot make a tuple subclass a native class, so these stay
+# ordinary Python classes there (native_class=False); everything else here compiles natively.
 
 
+@mypyc_attr(native_class=False)
 class _Typed:
     """Mixed into each command: equal only to a command of the same type with the same fields."""
 
@@ -89,6 +94,7 @@ class _StartAttempt(NamedTuple):
     confirm: str = "response"
 
 
+@mypyc_attr(native_class=False)
 class StartAttempt(_Typed, _StartAttempt):
     """Call the provider (the attempt may run until `deadline`, seconds on the driver's clock)."""
 
@@ -100,6 +106,7 @@ class _CancelAttempt(NamedTuple):
     reason: str
 
 
+@mypyc_attr(native_class=False)
 class CancelAttempt(_Typed, _CancelAttempt):
     """Stop the attempt; its answer, if one still comes, must not be fed back."""
 
@@ -110,6 +117,7 @@ class _SetTimer(NamedTuple):
     at: float | None
 
 
+@mypyc_attr(native_class=False)
 class SetTimer(_Typed, _SetTimer):
     """The one wake-up this delivery wants (replaces any earlier one); None: no timer."""
 
@@ -122,6 +130,7 @@ class _Event(NamedTuple):
     data: dict[str, Any]
 
 
+@mypyc_attr(native_class=False)
 class Event(_Typed, _Event):
     """One entry of a message's history (`data` holds the event's own fields).
 
@@ -144,6 +153,7 @@ class _Finish(NamedTuple):
     delivered_at: float | None
 
 
+@mypyc_attr(native_class=False)
 class Finish(_Typed, _Finish):
     """The message reached its terminal status."""
 
@@ -334,8 +344,9 @@ class Delivery:
         return self._timer
 
     def start(self, now: float) -> list[Command]:
-        self._emit("started", now, route=self.plan.route, policy_version=self.plan.policy_version,
-                   message_deadline=self.message_deadline, run=self.run)
+        if self._wants("started"):
+            self._emit("started", now, route=self.plan.route, policy_version=self.plan.policy_version,
+                       message_deadline=self.message_deadline, run=self.run)
         if now >= self.message_deadline:
             # resumed (e.g. after a restart) past its absolute deadline: it expired, nothing ran
             self._emit("message_deadline", self.message_deadline)
@@ -430,6 +441,12 @@ class Delivery:
         self._complete(run, "failed", now, reason="breaker opened")
 
     # ------------------------------------------------------------------ plumbing
+
+    def _wants(self, type_: str) -> bool:
+        """Whether the driver reads events of this type. The hot paths ask first, so that events a
+        driver does not read (the simulator reads few) cost no keyword dict either."""
+        evs = self._events
+        return evs is None or type_ in evs
 
     def _emit(self, type_: str, now: float, **data: Any) -> None:
         evs = self._events
@@ -623,8 +640,9 @@ class Delivery:
         if slow is not None and step.breaker_failures is not None:
             mark = now + slow / 1000.0
             run.slow_at = mark if mark < deadline else None
-        self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
-                   attempt=run.tries, deadline=deadline)
+        if self._wants("attempt_started"):
+            self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
+                       attempt=run.tries, deadline=deadline)
         self._out.append(_tnew(StartAttempt, (                    # = StartAttempt(...), field order
             attempt_id, self.message_id, channel, step.provider, run.tries, now, deadline,
             f"{self.message_id}:{channel}:{step.provider}", step.confirm)))
@@ -716,7 +734,8 @@ class Delivery:
         run.state = "done"
         if self.delivered_at is None:
             self.delivered_at = now
-        self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider)
+        if self._wants("delivered"):
+            self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider)
         root = self.root
         tried = self._tried
         if len(tried) == 1 and len(self._chans) == 1 and len(self._groups) == 1 and root.method == "single" \
@@ -736,7 +755,8 @@ class Delivery:
                 root.delivered = True
                 self.status = "delivered"
                 self.finished_at = now
-                self._emit("finished", now, status="delivered")
+                if self._wants("finished"):
+                    self._emit("finished", now, status="delivered")
                 self._out.append(_tnew(Finish, ("delivered", now, self.delivered_at)))
                 return
         self._complete(run, "delivered", now)
@@ -898,7 +918,8 @@ class Delivery:
         else:
             self.status = "undeliverable"
         self.finished_at = now
-        self._emit("finished", now, status=self.status)
+        if self._wants("finished"):
+            self._emit("finished", now, status=self.status)
         self._out.append(_tnew(Finish, (self.status, now, self.delivered_at)))
 
 

@@ -12,7 +12,6 @@ Precedence (most specific wins; at equal specificity request > route > file):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Union
 
 from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
@@ -93,11 +92,12 @@ class Plan:
     failover: FailoverRule = field(default_factory=FailoverRule)
     policy_version: str = ""
     message_timeout_source: str = field(default="", compare=False)
+    # the route as one group, made once per plan (every Delivery walks it); a field set in
+    # __post_init__, not a cached_property: compiled by mypyc, that would be rebuilt on every read
+    root: GroupStep = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def root(self) -> GroupStep:
-        """The route as one group (made once per plan: every Delivery walks it)."""
-        return GroupStep(self.method, self.items)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", GroupStep(self.method, self.items))
 
     def to_json(self) -> dict[str, Any]:
         return {"route": self.route, "method": self.method,

@@ -427,9 +427,9 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     _check_names("channels", model.channels, problems)
     _check_names("routes", model.routes, problems)
     for cname, ch in model.channels.items():
-        for i, p in enumerate(ch.providers):
-            if p not in model.providers:
-                problems.append(Problem(("channels", cname, "providers", i), f"unknown provider {p!r}"
+        for i, listed in enumerate(ch.providers):
+            if listed not in model.providers:
+                problems.append(Problem(("channels", cname, "providers", i), f"unknown provider {listed!r}"
                                         + (f"; defined providers: {', '.join(sorted(model.providers))}" if model.providers else "")))
         if len(set(ch.providers)) != len(ch.providers):
             problems.append(Problem(("channels", cname, "providers"), "a provider is listed twice"))
@@ -474,16 +474,21 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
         if r.timeouts.message is None:
             continue        # the file-level warnings above already cover this route
         for cname in _route_channels(r.channels):
-            ch = model.channels.get(cname)
-            if ch is None or ch.timeout is None and ct is not None:
+            used = model.channels.get(cname)
+            if used is None or used.timeout is None and ct is not None:
                 continue    # unknown (reported) or the route's own channel timeout (warned above)
-            eff = ch.timeout if ch.timeout is not None else model.timeouts.channel
+            eff = used.timeout if used.timeout is not None else model.timeouts.channel
             if eff is not None and eff > mt:
                 warnings.append(f"routes.{rname}: channel {cname!r} has a timeout ({eff} ms) larger than the "
                                 f"route's message timeout ({mt} ms); the message deadline will cut it short")
     if model.routes and "default" not in model.routes:
         warnings.append("no [routes.default]: every send must name a route or carry inline routing")
     return problems, warnings
+
+
+def _dict_at(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def raw_reference_problems(raw: Any) -> list[Problem]:
@@ -494,8 +499,8 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
     """
     if not isinstance(raw, dict):
         return []
-    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
-    channels = raw.get("channels") if isinstance(raw.get("channels"), dict) else {}
+    providers = _dict_at(raw, "providers")
+    channels = _dict_at(raw, "channels")
     problems: list[Problem] = []
     for cname, ch in channels.items():
         plist = ch.get("providers") if isinstance(ch, dict) else None
@@ -516,7 +521,7 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
             elif isinstance(item, dict):
                 walk(item.get("channels"), loc + (i, "channels"), depth + 1)
 
-    routes = raw.get("routes") if isinstance(raw.get("routes"), dict) else {}
+    routes = _dict_at(raw, "routes")
     for rname, r in routes.items():
         if isinstance(r, dict):
             walk(r.get("channels"), ("routes", rname, "channels"), 0)
