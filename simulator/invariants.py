@@ -1,17 +1,21 @@
 """An independent check of the timeout hierarchy (DESIGN.md "Timeout hierarchy").
 
 It does not ask the engine what its deadlines are. From the resolved plan (the configured
-timeouts) and the engine's event stream (when a message, channel and attempt started, when
-each ended) it recomputes every deadline itself:
+timeouts), what the driver knows itself (when it accepted each message) and what the engine
+tells the driver (its StartAttempt and Finish commands; the events for when a channel started
+and ended and when an attempt ended or got its 2xx) it recomputes every deadline itself:
 
     message deadline = accept + message timeout
     channel deadline = min(channel start + channel timeout, message deadline)
     attempt deadline = min(attempt start + provider timeout, channel deadline)
     receipt deadline = min(2xx + receipt timeout, channel deadline)
 
-and counts everything that ran past one of them. It also watches the driver's side: an attempt
-that the simulator was still running (no answer handed in, no CancelAttempt) after its deadline,
-or after its message finished, counts too, as does a message that never finished.
+and counts everything that ran past one of them. The driver's inputs: on_accept (a message
+arrived), on_attempt_started (a StartAttempt: the deadline the engine granted is checked against
+the recomputed one), on_attempt_stopped (its answer handed in, or a CancelAttempt), on_finish (a
+Finish), finish_run (the end); the engine's events through `handlers` (on_event). It also watches
+the driver's side: an attempt that the simulator was still running after its deadline, or at the
+end of the run, counts too, as does a message that never finished.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from daemon.core.engine import Event, StartAttempt
+from daemon.core.engine import Event, Finish, StartAttempt
 from daemon.core.plan import ChannelStep, GroupStep, Plan, Step
 
 EPS = 1e-6     # seconds; float noise, far below any configurable timeout (1 ms)
@@ -93,16 +97,13 @@ class HierarchyChecker:
         self._msgs: dict[int, _Message] = {}
         self._finished: set[int] = set()
         self._running: dict[str, tuple[int, float]] = {}   # driver: attempt id -> (message, deadline)
-        self._deadline_of: dict[str, float] = {}             # attempt id -> recomputed deadline
-        # the event types the check reads, and what reads each; every other type is ignored
+        # the event types the check reads, and what reads each; every other type is ignored (the
+        # engine's started/attempt_started/finished events tell nothing the driver's inputs do not)
         self.handlers: dict[str, Callable[[int, Event], None]] = {
-            "started": self._started,
             "channel_started": self._channel_started,
             "channel_finished": self._channel_finished,
-            "attempt_started": self._attempt_started,
             "attempt_accepted": self._attempt_accepted,
             "attempt_ended": self._attempt_ended,
-            "finished": self._message_finished,
         }
 
     @property
@@ -121,19 +122,12 @@ class HierarchyChecker:
         if handler is not None:
             handler(i, ev)
 
-    def _unknown(self, i: int, ev: Event) -> None:
-        """An event of a message that is not running (work after it finished is a violation)."""
-        if i in self._finished and ev.type in ("attempt_started", "channel_started"):
-            self._flag("work after the message finished", i, ev.at, ev.type)
-
-    def _started(self, i: int, ev: Event) -> None:
-        to = self.timeouts[ev.data["route"]]
-        self._msgs[i] = _Message(to, ev.at + to.message)
-
     def _channel_started(self, i: int, ev: Event) -> None:
         m = self._msgs.get(i)
         if m is None:
-            return self._unknown(i, ev)
+            if i in self._finished:
+                self._flag("work after the message finished", i, ev.at, ev.type)
+            return
         ch = ev.data["channel"]
         at = ev.at
         dl = at + m.timeouts.channel[ch]
@@ -159,27 +153,6 @@ class HierarchyChecker:
         dl = stack.pop()
         if ev.at > dl + EPS:
             self._flag("channel ran past its deadline", i, ev.at, f"{ch}: ended {ev.at - dl:.6f}s late")
-
-    def _attempt_started(self, i: int, ev: Event) -> None:
-        m = self._msgs.get(i)
-        if m is None:
-            return self._unknown(i, ev)
-        d = ev.data
-        at = ev.at
-        stack = m.channels.get(d["channel"])
-        if not stack:
-            self._flag("attempt outside a running channel", i, at, d["attempt_id"])
-            return
-        ch_dl = stack[-1]
-        if at > ch_dl + EPS:
-            self._flag("attempt started after its channel deadline", i, at, d["attempt_id"])
-        provider = d["provider"]
-        dl = at + m.timeouts.provider[provider]
-        if dl > ch_dl:
-            dl = ch_dl
-        aid = d["attempt_id"]
-        m.attempts[aid] = _Attempt(provider, dl, ch_dl)
-        self._deadline_of[aid] = dl
 
     def _attempt_accepted(self, i: int, ev: Event) -> None:
         m = self._msgs.get(i)
@@ -208,28 +181,43 @@ class HierarchyChecker:
             what = "receipt wait" if a.receipt_deadline is not None else "attempt"
             self._flag(f"{what} ran past its deadline", i, ev.at, f"{aid}: ended {ev.at - limit:.6f}s late")
 
-    def _message_finished(self, i: int, ev: Event) -> None:
-        m = self._msgs.pop(i, None)
-        if m is None:
-            return
-        if ev.at > m.deadline + EPS:
-            self._flag("message ran past its deadline", i, ev.at, f"{ev.at - m.deadline:.6f}s late")
-        for aid, a in m.attempts.items():
-            if not a.ended:
-                self._flag("attempt outlived its message", i, ev.at, aid)
-        self._finished.add(i)
-
     # ---------------------------------------------------------------- the driver's side
 
+    def on_accept(self, i: int, route: str, at: float) -> None:
+        """The driver accepted message `i` on `route` at `at` (and starts its delivery then)."""
+        to = self.timeouts[route]
+        self._msgs[i] = _Message(to, at + to.message)
+
     def on_attempt_started(self, i: int, cmd: StartAttempt) -> None:
-        dl = self._deadline_of.pop(cmd.attempt_id, None)
-        if dl is None:
-            self._flag("attempt started without an attempt_started event", i, cmd.started_at, cmd.attempt_id)
-            dl = cmd.deadline
-        elif cmd.deadline > dl + EPS:
-            self._flag("attempt granted a deadline beyond the hierarchy", i, cmd.started_at,
-                       f"{cmd.attempt_id}: {cmd.deadline - dl:.6f}s too long")
-        self._running[cmd.attempt_id] = (i, dl)
+        """The engine asked for an attempt: recompute its deadline from its channel's and check
+        the one the engine granted against it; the driver then runs it until on_attempt_stopped."""
+        aid = cmd.attempt_id
+        at = cmd.started_at
+        m = self._msgs.get(i)
+        if m is None:
+            if i in self._finished:
+                self._flag("work after the message finished", i, at, "attempt_started")
+            else:
+                self._flag("attempt of a message never accepted", i, at, aid)
+            self._running[aid] = (i, cmd.deadline)
+            return
+        stack = m.channels.get(cmd.channel)
+        if not stack:
+            self._flag("attempt outside a running channel", i, at, aid)
+            self._running[aid] = (i, cmd.deadline)
+            return
+        ch_dl = stack[-1]
+        if at > ch_dl + EPS:
+            self._flag("attempt started after its channel deadline", i, at, aid)
+        provider = cmd.provider
+        dl = at + m.timeouts.provider[provider]
+        if dl > ch_dl:
+            dl = ch_dl
+        m.attempts[aid] = _Attempt(provider, dl, ch_dl)
+        if cmd.deadline > dl + EPS:
+            self._flag("attempt granted a deadline beyond the hierarchy", i, at,
+                       f"{aid}: {cmd.deadline - dl:.6f}s too long")
+        self._running[aid] = (i, dl)
 
     def on_attempt_stopped(self, attempt_id: str, now: float) -> None:
         """The driver handed the attempt's answer to the engine, or cancelled it."""
@@ -237,6 +225,19 @@ class HierarchyChecker:
         if entry is not None and now > entry[1] + EPS:
             self._flag("attempt kept running past its deadline", entry[0], now,
                        f"{attempt_id}: stopped {now - entry[1]:.6f}s late")
+
+    def on_finish(self, i: int, cmd: Finish) -> None:
+        """The engine finished message `i` (its Finish command)."""
+        m = self._msgs.pop(i, None)
+        if m is None:
+            return
+        at = cmd.at
+        if at > m.deadline + EPS:
+            self._flag("message ran past its deadline", i, at, f"{at - m.deadline:.6f}s late")
+        for aid, a in m.attempts.items():
+            if not a.ended:
+                self._flag("attempt outlived its message", i, at, aid)
+        self._finished.add(i)
 
     def finish_run(self, now: float) -> None:
         """End of the run: whatever still runs or never finished is a violation."""

@@ -1,4 +1,5 @@
-"""Run metrics, fed with the engine's own event stream (RecordEvent) and Finish commands.
+"""Run metrics, fed with the engine's own event stream (RecordEvent), its StartAttempt and
+Finish commands, and the driver's accepts.
 
 Nothing here decides anything about routing: it only counts what the engine reported. Per
 message it keeps the accept time, status and first-delivery time; per attempt a compact row
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from daemon.core.engine import Event, Finish
+from daemon.core.engine import Event, Finish, StartAttempt
 
 # attempt outcome codes in the compact rows
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
@@ -63,9 +64,9 @@ class Metrics:
         self._pidx = {p: i for i, p in enumerate(self.providers)}
         self.stats = {p: ProviderStats() for p in self.providers}
         self._row: dict[str, int] = {}
-        # the event types the metrics read, and what reads each; every other type is ignored
+        # the event types the metrics read, and what reads each; every other type is ignored (an
+        # attempt's row opens from its StartAttempt command, see start_attempt)
         self.handlers: dict[str, Callable[[int, Event], None]] = {
-            "attempt_started": self._attempt_started,
             "attempt_ended": self._attempt_ended,
             "provider_skipped": self._skipped,
             "attempt_slow": self._slow,
@@ -91,23 +92,24 @@ class Metrics:
         if handler is not None:
             handler(i, ev)
 
+    def start_attempt(self, i: int, cmd: StartAttempt) -> None:
+        """An attempt of message `i` starts: open its row."""
+        provider = cmd.provider
+        self._row[cmd.attempt_id] = len(self.a_msg)
+        self.a_msg.append(i)
+        self.a_prov.append(self._pidx[provider])
+        self.a_start.append(cmd.started_at)
+        self.a_end.append(None)
+        self.a_outcome.append(RUNNING)
+        self.attempts[i] += 1
+        self.stats[provider].attempts += 1
+
     def finish(self, i: int, cmd: Finish) -> None:
         self.status[i] = cmd.status
         self.finished_at[i] = cmd.at
         self.delivered_at[i] = cmd.delivered_at
 
     # ---------------------------------------------------------------- event handlers
-
-    def _attempt_started(self, i: int, ev: Event) -> None:
-        d = ev.data
-        self._row[d["attempt_id"]] = len(self.a_msg)
-        self.a_msg.append(i)
-        self.a_prov.append(self._pidx[d["provider"]])
-        self.a_start.append(ev.at)
-        self.a_end.append(None)
-        self.a_outcome.append(RUNNING)
-        self.attempts[i] += 1
-        self.stats[d["provider"]].attempts += 1
 
     def _attempt_ended(self, i: int, ev: Event) -> None:
         d = ev.data

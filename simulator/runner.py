@@ -2,18 +2,22 @@
 
 Exactly what the daemon's runtime does, on a simulated clock: one `daemon.core.engine.Delivery`
 per message and one `HealthTracker` shared by the whole run; the driver only executes the
-engine's commands:
+engine's commands. It also tells the run's two readers, the metrics and the independent
+hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
 
     StartAttempt   draw the provider's answer (daemon.core.behaviour.draw_answer, with the outage
                    in force at that moment) and schedule it on the SimPy clock; a "hang" never
                    answers. A 2xx from a confirm = "receipt" provider schedules its receipt.
+                   (The metrics open the attempt's row, the checker checks its deadline.)
     CancelAttempt  forget the attempt: its answer (and receipt), if any comes, is dropped.
     SetTimer       one wake-up per delivery; a newer SetTimer makes older ones stale
                    (generation counter), and a stale one is ignored when it fires. One that an
                    already queued answer of the same message comes before is held back until
                    that answer is handled (see set_timer): most are dropped by then.
-    RecordEvent    fed to the metrics and to the independent hierarchy checker. A
-                   `breaker_opened` one also queues its provider: once the batch is applied,
+    RecordEvent    fed to the readers. The engine builds only the event types they read (its
+                   `events` filter), not the ones that say what the driver already knows:
+                   `started` (the accept), `attempt_started` (StartAttempt), `finished` (Finish).
+                   A `breaker_opened` one also queues its provider: once the batch is applied,
                    every pending message gets the engine's on_provider_unhealthy(provider, now)
                    at that same time (a worklist: those batches can open further breakers), so
                    attempts in flight on it fail over at once - unless the scenario sets
@@ -21,10 +25,11 @@ engine's commands:
     Finish         the message is terminal.
 
 Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
-than generator processes: same semantics and event order, a fraction of the cost. Arrivals are
-Poisson until the scenario's duration, each arrival scheduling the next; the run then goes on
-until the event queue is empty, so every message reaches a terminal state. Three seeded random streams (traffic, each provider, the
-engine's back-off jitter) make the same seed give the same report.
+than generator processes (one callback per kind; what it needs rides on the timeout as its
+value): same semantics and event order, a fraction of the cost. Arrivals are Poisson until the
+scenario's duration, each arrival scheduling the next; the run then goes on until the event
+queue is empty, so every message reaches a terminal state. Three seeded random streams
+(traffic, each provider, the engine's back-off jitter) make the same seed give the same report.
 """
 
 from __future__ import annotations
@@ -111,6 +116,10 @@ def _delay_to(now: float, t: float) -> float:
 
 EventSink = Callable[[int, Event], None]
 
+# an attempt's answer as it rides on its SimPy timeout: (message, attempt id, then the provider's
+# draw less its delay: kind, status, retry_after, receipt delay)
+_Answer = tuple[_Msg, str, str, int | None, float | None, float | None]
+
 
 def event_sinks(*tables: Mapping[str, EventSink]) -> dict[str, EventSink]:
     """One handler per event type from several readers' {type: handler} tables (called in the
@@ -192,10 +201,11 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                         {"breaker_opened": breaker_opened} if cut else {})
     sink_of = sinks.get
     wanted = frozenset(sinks)       # the engine builds only the events something here reads
-    attempt_started = checker.on_attempt_started
+    # what the driver knows from its own commands it hands the readers itself
+    metrics_accept, checker_accept = metrics.accept, checker.on_accept
+    metrics_attempt, checker_attempt = metrics.start_attempt, checker.on_attempt_started
+    metrics_finish, checker_finish = metrics.finish, checker.on_finish
     attempt_stopped = checker.on_attempt_stopped
-    metrics_finish = metrics.finish
-    metrics_accept = metrics.accept
     refused = Outcome(network=True, detail="connection refused")
     outcome_of: dict[int | None, Outcome] = {}     # plain answers by status (Outcome is immutable)
 
@@ -203,8 +213,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         i = msg.i
         for c in cmds:
             t = type(c)
-            if t is Event:                          # most commands are events: no dispatch for them
-                sink = sink_of(c[0])                # an Event is its own RecordEvent; [0] is its type
+            if t is Event:                          # events first: no dispatch through handler_of for them
+                sink = sink_of(c[0])  # type: ignore[arg-type]  # an Event is its own RecordEvent; [0] is its type
                 if sink is not None:
                     sink(i, c)  # type: ignore[arg-type]
             else:
@@ -233,46 +243,54 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         now = env.now
         kind, delay, status, retry_after, receipt = draw_of[c.provider](now, c.confirm == "receipt")
         live[aid] = msg
-        attempt_started(msg.i, c)
+        i = msg.i
+        metrics_attempt(i, c)
+        checker_attempt(i, c)
         if kind == "hang":
             return
-
-        def answered(_e: Any) -> None:
-            now = env.now
-            anchor = msg.anchor
-            if anchor is not None and anchor <= now:
-                msg.anchor = None
-            if live_pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
-                attempt_stopped(aid, now)
-                if kind == "refused":
-                    outcome = refused
-                elif retry_after is None:
-                    outcome = outcome_of.get(status)  # type: ignore[assignment]
-                    if outcome is None:
-                        outcome = outcome_of[status] = Outcome(status=status)
-                else:
-                    outcome = Outcome(status=status, retry_after_s=retry_after)
-                execute(msg, msg.d.on_outcome(aid, outcome, now))
-                if receipt is not None:
-                    timeout(receipt).callbacks.append(receipted)  # type: ignore[union-attr]
-                    hold(msg, now + receipt)
-            if msg.due is not None:
-                release(msg)
-
-        def receipted(_e: Any) -> None:
-            now = env.now
-            anchor = msg.anchor
-            if anchor is not None and anchor <= now:
-                msg.anchor = None
-            execute(msg, msg.d.on_receipt(aid, "delivered", now))
-            if msg.due is not None:
-                release(msg)
-
-        timeout(delay).callbacks.append(answered)  # type: ignore[union-attr]
+        # what answered needs rides on the timeout as its value: no closure per attempt
+        answer: _Answer = (msg, aid, kind, status, retry_after, receipt)
+        timeout(delay, answer).callbacks.append(answered)  # type: ignore[union-attr]
         t = now + delay                 # hold(msg, t), inlined: once per attempt
         anchor = msg.anchor
         if anchor is None or t < anchor:
             msg.anchor = t
+
+    def answered(e: Any) -> None:
+        """An attempt's answer comes: hand it to the engine unless the attempt was cancelled."""
+        answer: _Answer = e.value
+        msg, aid, kind, status, retry_after, receipt = answer
+        now = env.now
+        anchor = msg.anchor
+        if anchor is not None and anchor <= now:
+            msg.anchor = None
+        if live_pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
+            attempt_stopped(aid, now)
+            if kind == "refused":
+                outcome = refused
+            elif retry_after is None:
+                outcome = outcome_of.get(status)  # type: ignore[assignment]
+                if outcome is None:
+                    outcome = outcome_of[status] = Outcome(status=status)
+            else:
+                outcome = Outcome(status=status, retry_after_s=retry_after)
+            execute(msg, msg.d.on_outcome(aid, outcome, now))
+            if receipt is not None:
+                timeout(receipt, (msg, aid)).callbacks.append(receipted)  # type: ignore[union-attr]
+                hold(msg, now + receipt)
+        if msg.due is not None:
+            release(msg)
+
+    def receipted(e: Any) -> None:
+        receipt: tuple[_Msg, str] = e.value         # (message, attempt id)
+        msg, aid = receipt
+        now = env.now
+        anchor = msg.anchor
+        if anchor is not None and anchor <= now:
+            msg.anchor = None
+        execute(msg, msg.d.on_receipt(aid, "delivered", now))
+        if msg.due is not None:
+            release(msg)
 
     def hold(msg: _Msg, t: float) -> None:
         """An answer or receipt of `msg` is on the queue for SimPy time `t`."""
@@ -319,28 +337,30 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         wake(msg, delay, at)
 
     def wake(msg: _Msg, delay: float, at: float) -> None:
-        gen = msg.gen
+        timeout(delay, (msg, msg.gen, at)).callbacks.append(fire)  # type: ignore[union-attr]
 
-        def fire(_e: Any) -> None:
-            if msg.gen == gen:
-                # never hand the engine a time before the one it asked for (float rounding)
-                now = env.now
-                execute(msg, msg.d.on_timer(now if now > at else at))
-        timeout(delay).callbacks.append(fire)  # type: ignore[union-attr]
+    def fire(e: Any) -> None:
+        wakeup: tuple[_Msg, int, float] = e.value   # (message, generation, the time asked for)
+        msg, gen, at = wakeup
+        if msg.gen == gen:
+            # never hand the engine a time before the one it asked for (float rounding)
+            now = env.now
+            execute(msg, msg.d.on_timer(now if now > at else at))
 
     def finish(msg: _Msg, c: Finish) -> None:
         nonlocal pending
-        metrics_finish(msg.i, c)
+        i = msg.i
+        metrics_finish(i, c)
+        checker_finish(i, c)
         pending -= 1
         if cut:
-            waiting.pop(msg.i, None)
+            waiting.pop(i, None)
 
     handler_of: dict[type, Callable[[_Msg, Any], None]] = {
         StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
 
     def recipient() -> Recipient:
-        if not shares:
-            return everyone
+        """A recipient missing each field of `shares` with its odds (only called when there are some)."""
         absent = frozenset(f for f, s in shares if traffic.random() >= s)
         r = recipients.get(absent)
         if r is None:
@@ -361,10 +381,12 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         nonlocal pending, count
         i = count
         k = 0 if one_route else min(bisect_right(cum, traffic.random()), last_route)
-        rec = recipient()
+        rec = recipient() if shares else everyone
         now = env.now
         msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health, events=wanted))
-        metrics_accept(i, now, routes[k])
+        route = routes[k]
+        metrics_accept(i, now, route)
+        checker_accept(i, route, now)
         pending += 1
         if cut:
             waiting[i] = msg
@@ -372,7 +394,9 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))
-        next_arrival()
+        gap = traffic.expovariate(rate)     # next_arrival(), inlined: once per message
+        if now + gap < duration:
+            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
 
     next_arrival()
     env.run()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
-from daemon.core.engine import Event, StartAttempt
+from daemon.core.engine import Command, Delivery, Event, Finish, StartAttempt
 from daemon.core.policy import PolicyError, load_policy
+from simulator import runner
 from simulator.invariants import HierarchyChecker
 from simulator.report import build_report
 from simulator.runner import RunResult, run
@@ -388,15 +390,15 @@ def test_hierarchy_checker_counts_an_attempt_past_its_deadline() -> None:
     setup = bind_scenario(sc, load_policy(sc.routing_path))
     chk = HierarchyChecker(setup.plans)
     # bundled routing.toml: provider 2s, channel 10s, message 1m
-    chk.on_event(0, Event("started", 0.0, {"route": "default"}))
+    chk.on_accept(0, "default", 0.0)
     chk.on_event(0, Event("channel_started", 0.0, {"channel": "email"}))
-    chk.on_event(0, Event("attempt_started", 1.0, {"attempt_id": "a1", "channel": "email", "provider": "ses"}))
     chk.on_attempt_started(0, StartAttempt("a1", "m0", "email", "ses", 1, 1.0, 3.5, "k"))   # 3.5 > 1 + 2
     chk.on_event(0, Event("attempt_ended", 3.25, {"attempt_id": "a1", "outcome": "timeout"}))
     chk.on_attempt_stopped("a1", 3.25)
     chk.on_event(0, Event("channel_finished", 10.5, {"channel": "email"}))
-    chk.on_event(0, Event("attempt_started", 11.0, {"attempt_id": "a2", "channel": "sms", "provider": "twilio"}))
-    chk.on_event(0, Event("finished", 61.0, {"status": "expired"}))
+    chk.on_attempt_started(0, StartAttempt("a2", "m0", "sms", "twilio", 1, 11.0, 13.0, "k"))
+    chk.on_attempt_stopped("a2", 11.5)
+    chk.on_finish(0, Finish("expired", 61.0, None))
     chk.finish_run(70.0)
     assert chk.counts == {
         "attempt granted a deadline beyond the hierarchy": 1,
@@ -407,14 +409,96 @@ def test_hierarchy_checker_counts_an_attempt_past_its_deadline() -> None:
         "message ran past its deadline": 1,
     }
     clean = HierarchyChecker(setup.plans)
-    clean.on_event(0, Event("started", 0.0, {"route": "default"}))
+    clean.on_accept(0, "default", 0.0)
     clean.on_event(0, Event("channel_started", 0.0, {"channel": "email"}))
-    clean.on_event(0, Event("attempt_started", 1.0, {"attempt_id": "a1", "channel": "email", "provider": "ses"}))
+    clean.on_attempt_started(0, StartAttempt("a1", "m0", "email", "ses", 1, 1.0, 3.0, "k"))
     clean.on_event(0, Event("attempt_ended", 3.0, {"attempt_id": "a1", "outcome": "timeout"}))
+    clean.on_attempt_stopped("a1", 3.0)
     clean.on_event(0, Event("channel_finished", 10.0, {"channel": "email"}))
-    clean.on_event(0, Event("finished", 10.0, {"status": "undeliverable"}))
+    clean.on_finish(0, Finish("undeliverable", 10.0, None))
     clean.finish_run(70.0)
     assert clean.total == 0
+
+
+def test_hierarchy_checker_counts_work_outside_a_message_and_what_never_ends() -> None:
+    """The checks that hang on the driver's own inputs (accept, StartAttempt, Finish, end of run)."""
+    sc = load_scenario(str(DRILLS / "email-primary-hang.toml"))
+    chk = HierarchyChecker(bind_scenario(sc, load_policy(sc.routing_path)).plans)
+    # message 0: an attempt that never ends in the engine's events, and work after the Finish
+    chk.on_accept(0, "default", 0.0)
+    chk.on_event(0, Event("channel_started", 0.0, {"channel": "email"}))
+    chk.on_attempt_started(0, StartAttempt("a1", "m0", "email", "ses", 1, 0.0, 2.0, "k"))
+    chk.on_attempt_stopped("a1", 1.0)
+    chk.on_attempt_started(0, StartAttempt("a2", "m0", "email", "ses", 2, 11.0, 10.0, "k"))   # channel ends at 10
+    chk.on_attempt_stopped("a2", 11.5)
+    chk.on_finish(0, Finish("undeliverable", 12.0, None))
+    chk.on_event(0, Event("channel_started", 13.0, {"channel": "sms"}))
+    chk.on_attempt_started(0, StartAttempt("a3", "m0", "sms", "twilio", 1, 13.0, 15.0, "k"))
+    chk.on_attempt_stopped("a3", 14.0)
+    # message 1 was never accepted; message 2 never finishes and its attempt never stops
+    chk.on_attempt_started(1, StartAttempt("b1", "m1", "email", "ses", 1, 5.0, 7.0, "k"))
+    chk.on_attempt_stopped("b1", 6.0)
+    chk.on_accept(2, "default", 20.0)
+    chk.on_event(2, Event("channel_started", 20.0, {"channel": "email"}))
+    chk.on_attempt_started(2, StartAttempt("c1", "m2", "email", "ses", 1, 20.0, 22.0, "k"))
+    chk.finish_run(30.0)
+    assert chk.counts == {
+        "attempt started after its channel deadline": 1,
+        "attempt kept running past its deadline": 1,        # a2, necessarily
+        "attempt outlived its message": 2,                  # a1 and a2: no attempt_ended
+        "work after the message finished": 2,               # the channel and the attempt
+        "attempt of a message never accepted": 1,
+        "attempt never stopped": 1,
+        "message never finished": 1,
+    }
+
+
+class _Tampered:
+    """A Delivery whose commands pass through `alter` before the driver sees them."""
+
+    alter: Callable[[list[Command]], list[Command]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._d = Delivery(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._d, name)
+        if name in ("start", "on_outcome", "on_receipt", "on_timer", "on_provider_unhealthy"):
+            return lambda *args: self.alter(attr(*args))
+        return attr
+
+
+def _longer_deadlines(cmds: list[Command]) -> list[Command]:
+    return [c._replace(deadline=c.deadline + 1.0) if type(c) is StartAttempt else c for c in cmds]
+
+
+def _no_attempt_ended(cmds: list[Command]) -> list[Command]:
+    return [c for c in cmds if not (type(c) is Event and c.type == "attempt_ended")]
+
+
+def _no_finish(cmds: list[Command]) -> list[Command]:
+    return [c for c in cmds if type(c) is not Finish]
+
+
+@pytest.mark.parametrize("alter, kind", [
+    (_longer_deadlines, "attempt granted a deadline beyond the hierarchy"),
+    (_no_attempt_ended, "attempt outlived its message"),
+    (_no_finish, "message never finished"),
+])
+def test_the_run_catches_an_engine_that_breaks_the_hierarchy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            alter: Callable[[list[Command]], list[Command]],
+                                                            kind: str) -> None:
+    """The driver hands the checker what it knows from the engine's commands (StartAttempt, Finish)
+    and from its own accepts: an engine that lies in them is caught in a whole run."""
+    write_routing(tmp_path, "false")
+    scenario = write_scenario(tmp_path, duration="10s")
+    assert simulate(scenario).checker.total == 0
+    monkeypatch.setattr(_Tampered, "alter", staticmethod(alter), raising=False)
+    monkeypatch.setattr(runner, "Delivery", _Tampered)
+    res = simulate(scenario)
+    per_message = res.metrics.messages if kind == "message never finished" else len(res.metrics.a_msg)
+    assert per_message > 0
+    assert res.checker.counts == {kind: per_message}
 
 
 def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:
