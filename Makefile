@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: run test venv bench soak clean check
 
-$(STAMP): pyproject.toml
+# the compiled core (setup.py: mypyc) is rebuilt whenever one of its sources changes; until then
+# daemon/core/__init__.py runs the edited sources, never a stale extension
+CORE_SOURCES := setup.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py
+
+$(STAMP): pyproject.toml $(CORE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -33,8 +37,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	@sh tools/ensure-wrk.sh
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis *.so daemon/core/*.so daemon/core/_native_build.py

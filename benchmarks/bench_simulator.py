@@ -25,6 +25,7 @@ import simpy
 
 from common import BENCH, BenchResult, header
 
+from daemon.core import core_build
 from daemon.core.behaviour import LatencyDist, sample_latency_s
 from daemon.core.policy import load_policy
 from simulator.runner import run as sim_run
@@ -84,7 +85,7 @@ def bare_simpy(rate: float, sim_s: float, seed: int, latency: LatencyDist,
 
 
 def run(rate: float = DEFAULT_RATE, sim_s: float = DEFAULT_SIM_S, repeat: int = 2, drills: bool = True) -> BenchResult:
-    header(f"simulator: {rate:g} msg/s for {sim_s:g} simulated s, best of {repeat}")
+    header(f"simulator: {rate:g} msg/s for {sim_s:g} simulated s, best of {repeat}; core {core_build()}")
     res = BenchResult("simulator")
     t_start = time.monotonic()
     setup = make_setup(None, rate, sim_s)
@@ -119,7 +120,8 @@ def run(rate: float = DEFAULT_RATE, sim_s: float = DEFAULT_SIM_S, repeat: int = 
     r_lean = sub_rate / lean_rate if lean_rate else None
     res.figures.update({"rate": rate, "sim_s": sim_s, "messages": sub_best[1],
                         "baseline_msg_per_wall_s": round(base_rate), "lean_msg_per_wall_s": round(lean_rate),
-                        "simulator_msg_per_wall_s": round(sub_rate), "ratio": r_, "ratio_lean": r_lean})
+                        "simulator_msg_per_wall_s": round(sub_rate), "ratio": r_, "ratio_lean": r_lean,
+                        "core": core_build()})
     res.check("simulator / bare SimPy loop", r_, TARGET)
     res.check("simulator / leaner callback loop", r_lean, None)
     if drills:

@@ -45,6 +45,19 @@ def _version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version: the release and whether the routing core runs compiled (imported only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and the routing core's build, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from .core import core_build
+        print(f"routingd {_version()}, core {core_build()}")
+        parser.exit()
+
+
 def _err(line: str) -> None:
     print(" ".join(line.split("\n")), file=sys.stderr)
 
@@ -470,7 +483,7 @@ def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
                "unavailable command, 130 interrupted. Config path default: $ROUTINGD_CONFIG or "
                "./routing.toml. Reference: docs/configuration.md.",
     )
-    parser.add_argument("--version", action="version", version=f"routingd {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     d_serve = DELEGATES[0]

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from .api import ApiState, ReloadResult, create_app
+from .core import core_build
 from .core.policy import Policy, PolicyError, load_policy, read_config_text
 from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
 
@@ -290,7 +291,7 @@ class Service:
                 # follows is announced as RELOADING=1 + READY=1 after it, never before.
                 self._spawn(watch_file(s.config, lambda: reloader.reload("file"), stale=reloader.file_differs))
             startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
-                       f"state {os.path.abspath(s.state)})")
+                       f"state {os.path.abspath(s.state)}, core {core_build()})")
             if log.isEnabledFor(logging.INFO):
                 log.info("%s", startup)
             else:  # the startup line is printed whatever the log level

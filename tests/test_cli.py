@@ -53,7 +53,7 @@ def test_help_lists_all_five_commands() -> None:
 def test_version() -> None:
     p = run("--version")
     assert p.returncode == 0
-    assert re.fullmatch(r"routingd \S+\n", p.stdout)
+    assert re.fullmatch(r"routingd \S+, core (compiled \(mypyc\)|pure Python \(.+\))\n", p.stdout)
 
 
 def test_usage_errors_are_one_line_exit_2() -> None:
