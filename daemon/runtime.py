@@ -3,9 +3,10 @@
 The Router turns engine commands into real effects and feeds real events back; it makes no
 routing decision of its own (those live in daemon.core.engine):
 
-    StartAttempt   -> an asyncio task running the provider adapter's send() (an adapter that
-                      draws its whole answer at once, `timed_answer` -- the sandbox -- is answered
-                      by one loop timer instead)
+    StartAttempt   -> once the attempt's row is committed (Store.committed(): write-ahead, so a
+                      crash never hides a call), an asyncio task running the provider adapter's
+                      send() (an adapter that draws its whole answer at once, `timed_answer` --
+                      the sandbox -- is answered by one loop timer instead)
     CancelAttempt  -> task.cancel() (an http request's connection is closed)
     SetTimer(at)   -> one entry per message in the Router's wake-up heap (one loop timer for the
                       earliest entry; an entry a later SetTimer replaced is skipped when due)
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import heapq
 import itertools
@@ -687,25 +689,35 @@ class Router:
             req = AttemptRequest(**fields)
         adapter = self._adapter(live.snapshot, cmd.provider)
         assert self._loop is not None
+        # Write-ahead: the call goes out only once the attempt's row (queued by _note from the
+        # attempt_started event just before this command) is committed, so a crash can never
+        # leave a call the provider may have received without a record of it.
+        durable = self.store.committed()
         timed = getattr(adapter, "timed_answer", None)
         if timed is not None:
-            self._start_timed(live, req, timed)
+            fut: asyncio.Future[None] = self._loop.create_future()
+            live.tasks[cmd.attempt_id] = fut
+            durable.add_done_callback(functools.partial(self._start_timed, live, req, timed, fut))
             return
-        live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req),
+        live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req, durable),
                                                             name=f"attempt {cmd.attempt_id}")
 
-    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any]) -> None:
+    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any],
+                     fut: asyncio.Future[None], _durable: asyncio.Future[None]) -> None:
         """An adapter that can draw its whole answer at once (the sandbox: `timed_answer`) is
-        answered by one loop timer; a plain future stands for the attempt in live.tasks, so
-        cancelling and stop()'s grace treat it like a task."""
+        answered by one loop timer, set once the attempt's row is committed; the plain future
+        `fut` stands for the attempt in live.tasks, so cancelling and stop()'s grace treat it
+        like a task."""
+        if not _durable.cancelled():
+            _durable.exception()        # retrieved: a store failure was logged by the store (as above)
+        if fut.done():
+            return                      # cancelled before its row was committed: never called
         try:
             delay, outcome, after = timed(req)
         except Exception as e:  # noqa: BLE001 - as in _run_attempt
             log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
             delay, outcome, after = 0.0, Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}"), None
         assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        live.tasks[req.attempt_id] = fut
         if delay is not None:           # None: it never answers (cancelled at the deadline)
             self._loop.call_later(delay, self._timed_answer, live, req.attempt_id, outcome, after, fut)
 
@@ -721,7 +733,14 @@ class Router:
         now = self.clock.now()
         self._apply(live, live.delivery.on_outcome(attempt_id, outcome, now), now)
 
-    async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest) -> None:
+    async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest,
+                           durable: asyncio.Future[None]) -> None:
+        try:
+            await durable               # the attempt's row is committed (see _start_attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the store logged and counted its failure; the call
+            pass           # still goes out (a message is never held back by a broken attempt row)
         try:
             outcome = await adapter.send(req)
         except asyncio.CancelledError:

@@ -27,7 +27,10 @@ sorts a batch's rows per statement and writes each with multi-row `INSERT ... VA
 attempt started and ended within the batch is one row), events (one event_log row per message)
 and message updates, each in queue order -- and encodes the events' JSON itself. A closure
 (`call()`, `write()`, `flush()`) or a keyed insert is a barrier: the rows queued before it are
-written first. Write methods are called on the event loop thread only.
+written first. `committed()` is a future that resolves with the commit of the rows queued
+before it (no commit of its own): the Router awaits it before each provider call, so an
+attempt's row is always on disk before its call goes out. Write methods are called on the
+event loop thread only.
 
 Durability: journal_mode=WAL with synchronous=FULL (the default here): a commit is fsynced
 before `insert_message` returns, so a 202 survives power loss. synchronous=NORMAL in WAL mode
@@ -243,7 +246,7 @@ _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS = range(8)
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK = range(9)
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
 _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -395,6 +398,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                     v = insert(row[0])
                     if row[1] is not None:
                         extra.append((row[1], v))
+                elif k == _MARK:            # committed(): resolved after this transaction commits
+                    extra.append((row, None))
                 else:
                     updates.append((k, row))
         elif kind == _EVENT or kind == _EVENTS:
@@ -405,6 +410,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             value = insert(payload)
         elif kind == _FINISH or kind == _RUN:
             updates.append((kind, payload))
+        elif kind == _MARK:
+            pass                             # nothing to write: its future resolves with the commit
         else:
             write_gathered()
             value = payload(conn)
@@ -591,7 +598,8 @@ class Store:
             results = []
             # in queue order, each row of a _ROWS item on its own
             singles = [one for item in batch
-                       for one in ([(k, row[0], row[1]) if k == _INSERT else (k, row, None) for k, row in item[1]]
+                       for one in ([(k, row[0], row[1]) if k == _INSERT else (k, None, row) if k == _MARK
+                                    else (k, row, None) for k, row in item[1]]
                                    if item[0] == _ROWS else [item])]
             for item in singles:
                 fut = item[2]
@@ -679,6 +687,22 @@ class Store:
         if not rows:
             self._loop.call_soon(self._hand_over)
         rows.append((_INSERT, (payload, fut)))
+        return fut
+
+    def committed(self) -> asyncio.Future[None]:
+        """A future that resolves once every write queued so far (this loop turn's rows included)
+        has been committed -- or, if a row failed to write, once the writer has tried it (the
+        failure is logged and counted as for any row). It costs no commit of its own: it rides
+        with this turn's rows. The Router awaits it before a provider call, so an attempt's row
+        is on disk before the call can reach the provider (a crash then always leaves a record
+        of the call, which the next start marks `cancelled`)."""
+        if self._thread is None or self._loop is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        rows = self._rows
+        if not rows:
+            self._loop.call_soon(self._hand_over)
+        rows.append((_MARK, fut))
         return fut
 
     def put_policy(self, version: str, source: str, path: str, now: float) -> None:

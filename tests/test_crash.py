@@ -9,6 +9,8 @@ Asserted:
     answers, and the message timeout outlives the test): none lost, none left pending;
   * a client that lost its connection in the crash and resent with the same Idempotency-Key got
     one message, never two;
+  * every call a provider stand-in received has its attempt's row in the state file (the row is
+    committed before the call goes out, so no kill can leave a call without a record);
   * duplicate provider calls (the same Idempotency-Key seen twice by a real HTTP stand-in) are
     counted; each one comes from another process run (never two within one run: the attempt
     id carries the run), so no key is sent more often than there were process runs.
@@ -186,6 +188,15 @@ def store_rows(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return status, {k: v[0] for k, v in keys.items()}
 
 
+def attempt_ids(path: Path) -> set[str]:
+    """Every attempt id with a row in the state file."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return {r[0] for r in conn.execute("SELECT attempt_id FROM attempts")}
+    finally:
+        conn.close()
+
+
 def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, window: tuple[float, float],
                      threads: int, rate_per_thread: float) -> dict[str, Any]:
     rng = random.Random(seed)
@@ -230,6 +241,7 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
             sample = rng.sample(sorted(load.accepted.values()), min(50, len(load.accepted)))
             api_status = {mid: d.status(mid)["status"] for mid in sample}
             assert d.stop() == 0
+            recorded = attempt_ids(d.state_path)  # type: ignore[arg-type]
             log = "\n".join((tmp_path / f"routingd-{i}.log").read_text(errors="replace")
                             for i in range(1, d.starts + 1))
         finally:
@@ -248,6 +260,10 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
     assert outcome["delivered"] == len(load.accepted), outcome     # the backup always answers
     assert all(st == status[mid] for mid, st in api_status.items())
     assert "Traceback" not in log
+
+    # ---- write-ahead: a call a provider received always has its attempt row, whenever the kill came
+    unrecorded = [q.json["attempt_id"] for q in requests if q.json["attempt_id"] not in recorded]
+    assert not unrecorded, f"{len(unrecorded)} provider call(s) with no attempt row: {unrecorded[:5]}"
 
     # ---- duplicates: count them, and show each one is a crash's doing
     calls: dict[str, list[Any]] = defaultdict(list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -285,6 +286,81 @@ def test_sandbox_providers_hang_fail_over_and_confirm_by_receipt(tmp_path: Path)
             assert got == {("s1", "timeout"), ("s2", "delivered"), ("s3", "network")}
             s2 = [x for x in st["attempts"] if x["provider"] == "s2"][0]
             assert s2["status_code"] == 202        # accepted first, delivered by the receipt
+
+    run(main)
+
+
+def _attempt_rows(db: Path) -> list[tuple[str, str | None]]:
+    """(provider, outcome) of every committed attempt row, read as another process would."""
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute("SELECT provider, outcome FROM attempts ORDER BY started_at"))
+
+
+def test_a_provider_call_goes_out_only_once_its_attempt_row_is_committed(tmp_path: Path) -> None:
+    """Write-ahead (Router._start_attempt, Store.committed): while another connection holds the
+    database's write lock, the failover attempt on b is decided but its call is held back; once
+    the lock is released, the row is committed and then the call reaches b. A SIGKILL at any
+    moment thus leaves a row for every call a provider may have received."""
+    db = tmp_path / "state.db"
+
+    async def main() -> None:
+        async with ProviderStandin([{"hang": True}]) as a, ProviderStandin([{"hang": True}]) as b:
+            text = policy_text(http("a", a.url, timeout='"300ms"') + http("b", b.url), EMAIL_AB,
+                               'channels = ["email"]')
+            async with router_for(tmp_path, text) as r:
+                mid = (await r.submit(send())).message_id
+                await a.wait_for(1)
+                assert _attempt_rows(db) == [("a", None)]
+                blocker = sqlite3.connect(db, isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")          # the writer now waits (busy_timeout 5 s)
+                try:
+                    loop = asyncio.get_running_loop()
+                    end = loop.time() + 5
+                    while [x["provider"] for x in r.status(mid)["attempts"]] != ["a", "b"]:
+                        assert loop.time() < end, r.status(mid)
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.5)                # time enough for a call to reach b
+                    assert b.requests == []
+                finally:
+                    blocker.execute("ROLLBACK")
+                    blocker.close()
+                await b.wait_for(1)
+                assert [p for p, _ in _attempt_rows(db)] == ["a", "b"]
+
+    run(main)
+
+
+def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tmp_path: Path) -> None:
+    """The same for an adapter answered by a loop timer (the sandbox): s2 answers 1 ms after the
+    call, but its call waits for its row, and the row for the write lock."""
+    db = tmp_path / "state.db"
+    text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\ntimeout = "300ms"\n'
+                       '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
+                       '[channels.email]\nproviders = ["s1", "s2"]\n', 'channels = ["email"]')
+
+    async def main() -> None:
+        async with router_for(tmp_path, text) as r:
+            mid = (await r.submit(send())).message_id
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 5
+            while _attempt_rows(db) != [("s1", None)]:
+                assert loop.time() < end
+                await asyncio.sleep(0.01)
+            blocker = sqlite3.connect(db, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                while len(r.status(mid)["attempts"]) < 2:
+                    assert loop.time() < end, r.status(mid)
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+                assert [(x["provider"], x["outcome"]) for x in r.status(mid)["attempts"]] == \
+                    [("s1", "timeout"), ("s2", None)]
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            st = await finished(r, mid)
+            assert st["status"] == "delivered"
+            assert _attempt_rows(db) == [("s1", "timeout"), ("s2", "delivered")]
 
     run(main)
 

@@ -90,6 +90,64 @@ def test_group_commit_shares_commits_and_each_insert_is_committed_when_it_return
     run(main)
 
 
+def test_committed_resolves_with_the_commit_of_the_rows_before_it_and_adds_no_commit(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    def attempts_seen() -> int:
+        other = sqlite3.connect(path)
+        try:
+            return int(other.execute("SELECT count(*) FROM attempts").fetchone()[0])
+        finally:
+            other.close()
+
+    async def main() -> None:
+        s = Store(path)
+        await s.open()
+        await s.insert_message(msg("m"), 86400, 1000.0)
+        before = s.commits
+        marks = []
+        for i in range(20):       # one loop turn: 20 rows, each followed by its mark
+            s.put_attempt(AttemptRow(f"m-{i}", "m", "email", "a", 1, 1000.0, 1010.0, None, None, None, None))
+            marks.append(s.committed())
+        assert attempts_seen() == 0
+        seen = []
+        for i, fut in enumerate(marks):
+            await fut
+            seen.append(attempts_seen() >= i + 1)
+        assert all(seen)
+        assert s.commits - before == 1          # the marks rode with the rows' one commit
+        await s.flush()
+        assert s.commits - before == 2          # (flush is a commit of its own, for contrast)
+        await s.close()
+
+    run(main)
+
+
+def test_a_failing_row_fails_alone_and_the_marks_around_it_still_resolve(tmp_path: Path) -> None:
+    """A batch that fails is retried item by item: the culprit's caller gets the StoreError, the
+    rows and committed() marks before and after it are committed and resolve as usual."""
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path)
+        await s.open()
+        await s.insert_message(msg("m"), 86400, 1000.0)
+        s.put_attempt(AttemptRow("m-1", "m", "email", "a", 1, 1000.0, 1010.0))
+        first = s.committed()
+        dup = s.insert_message(msg("m"), 86400, 1000.0)       # the same id again: a constraint error
+        s.put_attempt(AttemptRow("m-2", "m", "email", "b", 1, 1000.0, 1010.0))
+        second = s.committed()
+        assert await first is None and await second is None
+        with pytest.raises(StoreError):
+            await dup
+        assert s.write_errors == 1
+        got = s.get_message("m")
+        assert got is not None and [a.attempt_id for a in got.attempts] == ["m-1", "m-2"]
+        await s.close()
+
+    run(main)
+
+
 def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
     async def main() -> None:
         s = Store(str(tmp_path / "state.db"))
