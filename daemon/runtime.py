@@ -465,9 +465,26 @@ class Router:
                          policy_version=policy.version, status="pending", accepted_at=now,
                          message_deadline=now + plan.message_timeout_ms / 1000.0,
                          idempotency_key=idempotency_key)
+        # The engine starts the message before the insert commits: its first attempts' rows go
+        # into the insert's own transaction, so their calls go out right after the commit the
+        # 202 waits for (write-ahead at no extra commit; see _start_attempt). Nothing of it takes
+        # effect until then: an idempotent replay or a failed insert drops the commands (a
+        # half-open breaker's probe it took is then re-armed like a probe that vanished).
+        delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health)
+        first = delivery.start(now)
+        ahead: list[tuple[Any, ...]] | None = None
+        for cmd in first:
+            if isinstance(cmd, StartAttempt):
+                rec = delivery.attempts[cmd.attempt_id]
+                values = (cmd.attempt_id, row.id, rec.channel, rec.provider, rec.try_no, rec.started_at,
+                          rec.deadline, rec.ended_at, rec.outcome, rec.status_code, None)
+                if ahead is None:
+                    ahead = [values]
+                else:
+                    ahead.append(values)
         self._reserved += 1
         try:
-            existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now)
+            existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now, ahead)
         except StoreError as e:
             # Not stored, so not accepted: the client is told to retry (503), never a 202.
             log.error("cannot accept a message: %s", e)
@@ -478,12 +495,19 @@ class Router:
             return SubmitResult(existing, False)
         self.metrics.message_accepted()
         if self._stopping:          # durable; the next start routes it
+            if ahead is not None and self.store.is_open:   # those calls never go out: say so
+                at = self.clock.now()                       # (else resume says "interrupted")
+                for v in ahead:
+                    self.store.put_attempt_values(v[:7] + (at, "cancelled", None, "not started: routingd is stopping"))
             return SubmitResult(row.id, True)
         snap = self._snapshots.get(policy.version)
         if snap is None:
             snap = self._snapshots[policy.version] = _Snapshot(policy)
-        delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health)
-        self._begin(_Live(row, msg, delivery, snap))
+        live = _Live(row, msg, delivery, snap)
+        if ahead is not None:
+            for v in ahead:
+                live.written[v[0]] = v[7:]      # (ended_at, outcome, status_code, detail): stored
+        self._begin(live, first, now)
         return SubmitResult(row.id, True)
 
     def _plan(self, policy: Policy, msg: MessageRequest) -> Plan:
@@ -539,16 +563,22 @@ class Router:
         self.store.finish(row.id, status, now, None)
         self.metrics.message_finished(status)
 
-    def _begin(self, live: _Live) -> None:
+    def _begin(self, live: _Live, first: list[Command] | None = None, at: float = 0.0) -> None:
+        """Route `live`: its start() commands now, or `first`, the commands start(at) gave
+        before the insert, whose attempt rows that insert committed."""
         self._live[live.row.id] = live
         live.snapshot.refs += 1
-        now = self.clock.now()
-        self._apply(live, live.delivery.start(now), now)
+        if first is None:
+            now = self.clock.now()
+            self._apply(live, live.delivery.start(now), now)
+        else:
+            self._apply(live, first, at, committed=True)
 
     # ------------------------------------------------------------------ commands
 
-    def _apply(self, live: _Live, commands: list[Command], now: float) -> None:
-        """Carry out one engine input's commands; `now` is the time that input was given."""
+    def _apply(self, live: _Live, commands: list[Command], now: float, committed: bool = False) -> None:
+        """Carry out one engine input's commands; `now` is the time that input was given.
+        committed: the rows of the attempts these commands start are already committed."""
         events: list[Event] | None = None
         for cmd in commands:
             if isinstance(cmd, RecordEvent):
@@ -560,7 +590,7 @@ class Router:
                 if self._listeners or ev.type in _METRIC_EVENTS or "attempt_id" in ev.data:
                     self._note(live, ev)
             elif isinstance(cmd, StartAttempt):
-                self._start_attempt(live, cmd)
+                self._start_attempt(live, cmd, committed)
             elif isinstance(cmd, CancelAttempt):
                 task = live.tasks.pop(cmd.attempt_id, None)
                 if task is not None:
@@ -666,7 +696,7 @@ class Router:
             except Exception:  # noqa: BLE001 - a listener must never break routing
                 log.exception("event listener failed on %s %s", message_id, event.type)
 
-    def _start_attempt(self, live: _Live, cmd: StartAttempt) -> None:
+    def _start_attempt(self, live: _Live, cmd: StartAttempt, committed: bool = False) -> None:
         now = self.clock.now()
         if self._stopping:
             live.details[cmd.attempt_id] = "not started: routingd is stopping"
@@ -690,25 +720,29 @@ class Router:
         adapter = self._adapter(live.snapshot, cmd.provider)
         assert self._loop is not None
         # Write-ahead: the call goes out only once the attempt's row (queued by _note from the
-        # attempt_started event just before this command) is committed, so a crash can never
-        # leave a call the provider may have received without a record of it.
-        durable = self.store.committed()
+        # attempt_started event just before this command, or committed with the message's
+        # insert: `committed`) is committed, so a crash can never leave a call the provider
+        # may have received without a record of it.
+        durable = None if committed else self.store.committed()
         timed = getattr(adapter, "timed_answer", None)
         if timed is not None:
             fut: asyncio.Future[None] = self._loop.create_future()
             live.tasks[cmd.attempt_id] = fut
-            durable.add_done_callback(functools.partial(self._start_timed, live, req, timed, fut))
+            if durable is None:
+                self._start_timed(live, req, timed, fut, None)
+            else:
+                durable.add_done_callback(functools.partial(self._start_timed, live, req, timed, fut))
             return
         live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req, durable),
                                                             name=f"attempt {cmd.attempt_id}")
 
     def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any],
-                     fut: asyncio.Future[None], _durable: asyncio.Future[None]) -> None:
+                     fut: asyncio.Future[None], _durable: asyncio.Future[None] | None) -> None:
         """An adapter that can draw its whole answer at once (the sandbox: `timed_answer`) is
         answered by one loop timer, set once the attempt's row is committed; the plain future
         `fut` stands for the attempt in live.tasks, so cancelling and stop()'s grace treat it
         like a task."""
-        if not _durable.cancelled():
+        if _durable is not None and not _durable.cancelled():
             _durable.exception()        # retrieved: a store failure was logged by the store (as above)
         if fut.done():
             return                      # cancelled before its row was committed: never called
@@ -734,13 +768,14 @@ class Router:
         self._apply(live, live.delivery.on_outcome(attempt_id, outcome, now), now)
 
     async def _run_attempt(self, live: _Live, adapter: ProviderAdapter, req: AttemptRequest,
-                           durable: asyncio.Future[None]) -> None:
-        try:
-            await durable               # the attempt's row is committed (see _start_attempt)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - the store logged and counted its failure; the call
-            pass           # still goes out (a message is never held back by a broken attempt row)
+                           durable: asyncio.Future[None] | None) -> None:
+        if durable is not None:
+            try:
+                await durable           # the attempt's row is committed (see _start_attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the store logged and counted its failure; the call
+                pass           # still goes out (a message is never held back by a broken attempt row)
         try:
             outcome = await adapter.send(req)
         except asyncio.CancelledError:

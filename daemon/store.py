@@ -318,9 +318,11 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
     return None
 
 
-def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[asyncio.Future, Any]]) -> list[Any]:
+def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[asyncio.Future, Any]],
+           ends: list[int] | None = None) -> list[Any]:
     """Run queued items inside the caller's transaction; one result per item, and (future,
-    result) in `extra` for the message inserts that came inside a _ROWS item.
+    result) in `extra` for the message inserts and marks that came inside a _ROWS item (`ends`:
+    len(extra) after each item, so that the futures can be resolved in queue order).
 
     Rows are gathered per statement and written with multi-row statements: message inserts first,
     then attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
@@ -379,12 +381,17 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             updates.clear()
 
     def insert(payload: tuple) -> str | None:
-        row, not_before, now = payload
+        row, not_before, now, ahead = payload
         if row[9] is None:
             inserts.append(row)
+            if ahead:
+                attempts.extend(ahead)
             return None
         write_gathered()             # a keyed insert must see every key written before it
-        return _insert_keyed(conn, row, not_before, now)
+        earlier = _insert_keyed(conn, row, not_before, now)
+        if earlier is None and ahead:   # an idempotent replay stores nothing, its attempts neither
+            attempts.extend(ahead)
+        return earlier
 
     for kind, payload, _fut in items:
         value = None
@@ -416,6 +423,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             write_gathered()
             value = payload(conn)
         values.append(value)
+        if ends is not None:
+            ends.append(len(extra))
     write_gathered()
     return values
 
@@ -585,11 +594,17 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             extra: list[tuple[asyncio.Future, Any]] = []
-            values = _apply(conn, batch, extra)
+            ends: list[int] = []
+            values = _apply(conn, batch, extra, ends)
             conn.execute("COMMIT")
             self.commits += 1
-            results = [(item[2], value, None) for item, value in zip(batch, values) if item[2] is not None]
-            results += [(fut, value, None) for fut, value in extra]
+            # in queue order: a flush() resolves after every caller whose write came before it
+            start = 0
+            for item, value, end in zip(batch, values, ends):
+                results += [(fut, v, None) for fut, v in extra[start:end]]
+                start = end
+                if item[2] is not None:
+                    results.append((item[2], value, None))
         except Exception:  # noqa: BLE001 - retried one by one below to isolate the culprit
             try:
                 conn.execute("ROLLBACK")
@@ -673,16 +688,22 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float) -> asyncio.Future[str | None]:
+    def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float,
+                       attempts: list[tuple[Any, ...]] | None = None) -> asyncio.Future[str | None]:
         """Store a new message; await the answer: None once committed, or -- with an idempotency
         key that is already known (and younger than the TTL) -- the earlier message's id, and
-        nothing stored. The insert rides with the rows of this loop turn (one queue item)."""
+        nothing stored. The insert rides with the rows of this loop turn (one queue item).
+
+        `attempts`: rows (put_attempt_values() tuples) of the message's first attempts, written in
+        the insert's own transaction -- all or none: not at all for an idempotent replay, and
+        retried and failed together with the insert -- so those calls can go out right after the
+        commit the 202 waits for anyway, with their record already on disk."""
         if self._thread is None or self._loop is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
         fut: asyncio.Future[str | None] = self._loop.create_future()
         payload = ((row.id, row.request, row.route, row.policy_version, row.status, row.accepted_at,
                     row.message_deadline, row.finished_at, row.delivered_at, row.idempotency_key, row.run),
-                   now - idempotency_ttl_s, now)
+                   now - idempotency_ttl_s, now, attempts)
         rows = self._rows
         if not rows:
             self._loop.call_soon(self._hand_over)

@@ -305,12 +305,12 @@ def test_a_provider_call_goes_out_only_once_its_attempt_row_is_committed(tmp_pat
 
     async def main() -> None:
         async with ProviderStandin([{"hang": True}]) as a, ProviderStandin([{"hang": True}]) as b:
-            text = policy_text(http("a", a.url, timeout='"300ms"') + http("b", b.url), EMAIL_AB,
+            text = policy_text(http("a", a.url, timeout='"1s"') + http("b", b.url), EMAIL_AB,
                                'channels = ["email"]')
             async with router_for(tmp_path, text) as r:
                 mid = (await r.submit(send())).message_id
                 await a.wait_for(1)
-                assert _attempt_rows(db) == [("a", None)]
+                assert [p for p, _ in _attempt_rows(db)] == ["a"]
                 blocker = sqlite3.connect(db, isolation_level=None)
                 blocker.execute("BEGIN IMMEDIATE")          # the writer now waits (busy_timeout 5 s)
                 try:
@@ -334,7 +334,7 @@ def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tm
     """The same for an adapter answered by a loop timer (the sandbox): s2 answers 1 ms after the
     call, but its call waits for its row, and the row for the write lock."""
     db = tmp_path / "state.db"
-    text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\ntimeout = "300ms"\n'
+    text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\ntimeout = "1s"\n'
                        '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
                        '[channels.email]\nproviders = ["s1", "s2"]\n', 'channels = ["email"]')
 
@@ -343,7 +343,7 @@ def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tm
             mid = (await r.submit(send())).message_id
             loop = asyncio.get_running_loop()
             end = loop.time() + 5
-            while _attempt_rows(db) != [("s1", None)]:
+            while [p for p, _ in _attempt_rows(db)] != ["s1"]:
                 assert loop.time() < end
                 await asyncio.sleep(0.01)
             blocker = sqlite3.connect(db, isolation_level=None)
@@ -360,6 +360,7 @@ def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tm
                 blocker.close()
             st = await finished(r, mid)
             assert st["status"] == "delivered"
+            await r.store.flush()                           # the ends are written after the fact
             assert _attempt_rows(db) == [("s1", "timeout"), ("s2", "delivered")]
 
     run(main)
@@ -382,6 +383,40 @@ def test_idempotent_resubmit_returns_the_same_message(tmp_path: Path) -> None:
                 await finished(r, results[0].message_id)
                 assert len(a.requests) == 2
                 assert metric(r, "routingd_messages_accepted_total") == 2
+            # the replays' first attempts (started before their inserts found the key) left no row
+            assert sorted(p for p, _ in _attempt_rows(tmp_path / "state.db")) == ["a", "a"]
+
+    run(main)
+
+
+def test_the_first_attempts_are_committed_with_the_message(tmp_path: Path) -> None:
+    """The engine starts a message before its insert commits and the insert's transaction holds
+    the first attempts' rows (Router.submit): when submit() returns -- the 202 -- they are on
+    disk, and their calls need no second commit. A message accepted while the router stops
+    keeps them, as `cancelled` ("not started"), and the next start routes it."""
+    db = tmp_path / "state.db"
+    text = policy_text('[providers.s1]\ntype = "sandbox"\nlatency = "10s"\n'
+                       '[providers.s2]\ntype = "sandbox"\nlatency = "10s"\n',
+                       '[channels.email]\nproviders = ["s1"]\n[channels.sms]\nproviders = ["s2"]\n',
+                       'method = "all"\nchannels = ["email", "sms"]', timeouts='provider = "1m"')
+
+    async def main() -> None:
+        async with router_for(tmp_path, text) as r:
+            mid = (await r.submit(send())).message_id
+            assert sorted(_attempt_rows(db)) == [("s1", None), ("s2", None)]   # no loop turn since
+            assert [x["provider"] for x in r.status(mid)["attempts"]] == ["s1", "s2"]
+            late = asyncio.ensure_future(r.submit(send()))
+            await asyncio.sleep(0)                  # its insert is queued; then the router stops
+            await asyncio.gather(late, r.stop(0.0))
+            assert late.result().created
+        check = Store(str(db))
+        await check.open()
+        got = check.get_message(late.result().message_id)
+        await check.close()
+        assert got is not None and got.message.status == "pending"
+        assert [(a.provider, a.outcome, a.detail) for a in got.attempts] == \
+            [("s1", "cancelled", "not started: routingd is stopping"),
+             ("s2", "cancelled", "not started: routingd is stopping")]
 
     run(main)
 

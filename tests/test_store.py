@@ -148,6 +148,45 @@ def test_a_failing_row_fails_alone_and_the_marks_around_it_still_resolve(tmp_pat
     run(main)
 
 
+def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(tmp_path: Path) -> None:
+    """insert_message(..., attempts=): the rows share the insert's transaction; an idempotent
+    replay stores none of them; an insert that fails takes its rows down with it; and the
+    callers of a batch resume in queue order (a flush queued after an insert resumes after it)."""
+    def first(aid: str, mid: str) -> tuple[Any, ...]:
+        return (aid, mid, "email", "ses", 1, 1000.0, 1010.0, None, None, None, None)
+
+    async def main() -> None:
+        s = Store(str(tmp_path / "state.db"))
+        await s.open()
+        assert await s.insert_message(msg("a", key="k"), 100.0, 1000.0, [first("a.0.1", "a")]) is None
+        got = s.get_message("a")
+        assert got is not None and [x.attempt_id for x in got.attempts] == ["a.0.1"]
+        # a replay of key k: the earlier id back, and neither its message nor its attempt stored
+        assert await s.insert_message(msg("b", key="k"), 100.0, 1001.0, [first("b.0.1", "b")]) == "a"
+        assert s.get_message("b") is None and s.get_attempt("b.0.1") is None
+        order: list[str] = []
+
+        async def answered(name: str, fut: Any) -> None:
+            try:
+                await fut
+            except StoreError:
+                name += " failed"
+            order.append(name)
+
+        ok = s.insert_message(msg("c"), 100.0, 1002.0, [first("c.0.1", "c")])
+        await asyncio.gather(answered("c", ok), answered("flush", s.flush()))
+        # an insert that fails (the id "a" again) fails alone, with its attempt
+        dup = s.insert_message(msg("a"), 100.0, 1003.0, [first("a.9.1", "a")])
+        ok = s.insert_message(msg("d"), 100.0, 1003.0, [first("d.0.1", "d")])
+        await asyncio.gather(answered("dup", dup), answered("d", ok), answered("flush", s.flush()))
+        assert order == ["c", "flush", "dup failed", "d", "flush"]
+        assert s.get_attempt("a.9.1") is None
+        assert s.get_attempt("c.0.1") is not None and s.get_attempt("d.0.1") is not None
+        await s.close()
+
+    run(main)
+
+
 def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
     async def main() -> None:
         s = Store(str(tmp_path / "state.db"))
