@@ -3,8 +3,9 @@
 The Router turns engine commands into real effects and feeds real events back; it makes no
 routing decision of its own (those live in daemon.core.engine):
 
-    StartAttempt   -> once the attempt's row is committed (Store.committed(): write-ahead, so a
-                      crash never hides a call), an asyncio task running the provider adapter's
+    StartAttempt   -> once the attempt's row is committed (write-ahead, so a crash never hides a
+                      call: a message's first attempts commit with its insert, later ones wait
+                      for Store.committed()), an asyncio task running the provider adapter's
                       send() (an adapter that draws its whole answer at once, `timed_answer` --
                       the sandbox -- is answered by one loop timer instead)
     CancelAttempt  -> task.cancel() (an http request's connection is closed)

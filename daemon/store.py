@@ -443,7 +443,7 @@ class Store:
         self._ro: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rows: list[tuple[int, tuple]] = []     # rows not yet handed to the writer (see _row)
+        self._rows: list[tuple[int, Any]] = []       # rows not yet handed to the writer (see _row)
         self.commits = 0           # transactions committed (group commit: << operations)
         self.operations = 0
         self.write_errors = 0
