@@ -187,6 +187,41 @@ def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(tmp_path: P
     run(main)
 
 
+def test_every_row_shape_round_trips_whatever_is_null(tmp_path: Path) -> None:
+    """The writer has several statement shapes per table (a new message and a just-started
+    attempt with their NULL columns in the statement, an ended attempt without detail, the full
+    row): every combination of NULL and non-NULL columns reads back exactly as it was written,
+    in one batch and with a row started and ended within it."""
+    async def main() -> None:
+        s = Store(str(tmp_path / "state.db"))
+        await s.open()
+        rows = [AttemptRow("m.0.1", "m", "email", "a", 1, 1000.0, 1010.0),                          # started
+                AttemptRow("m.0.2", "m", "email", "b", 1, 1000.0, 1010.0, 1000.2, "delivered", 200),  # no detail
+                AttemptRow("m.0.3", "m", "email", "c", 1, 1000.0, 1010.0, 1010.0, "timeout"),         # no code
+                AttemptRow("m.0.4", "m", "email", "d", 1, 1000.0, 1010.0, 1000.1, "failed", 503, "HTTP 503"),
+                AttemptRow("m.0.5", "m", "email", "e", 1, 1000.0, 1010.0, None, None, None, "note"),
+                AttemptRow("m.0.6", "m", "email", "f", 2, 0.0, 0.0, 0.0, "", 0, "")]                  # falsy, not NULL
+        fut = s.insert_message(msg("m", key="k"), 100.0, 1000.0)
+        plain = s.insert_message(msg("n"), 100.0, 1000.0)
+        for r in rows:
+            s.put_attempt(r)
+        assert await fut is None and await plain is None
+        s.put_attempt(AttemptRow("m.0.1", "m", "email", "a", 1, 1000.0, 1010.0, 1000.3, "network"))
+        await s.flush()
+        got = s.get_message("m")
+        assert got is not None
+        want = [AttemptRow("m.0.1", "m", "email", "a", 1, 1000.0, 1010.0, 1000.3, "network")] + rows[1:]
+        assert sorted(got.attempts, key=lambda a: a.attempt_id) == want
+        assert got.message.idempotency_key == "k"
+        n = s.get_message("n")
+        assert n is not None and (n.message.finished_at, n.message.delivered_at, n.message.idempotency_key) == \
+            (None, None, None)
+        assert n.message.request == msg("n").request and n.message.run == 0
+        await s.close()
+
+    run(main)
+
+
 def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
     async def main() -> None:
         s = Store(str(tmp_path / "state.db"))
