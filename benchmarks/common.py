@@ -136,12 +136,13 @@ def mib(kib: int | None) -> str:
 class Helper:
     """A python helper process (bare server, sink) that prints its port as its first stdout line."""
 
-    def __init__(self, args: Sequence[str], workdir: Path, name: str, start_timeout: float = 15.0) -> None:
+    def __init__(self, args: Sequence[str], workdir: Path, name: str, start_timeout: float = 15.0,
+                 command_prefix: Sequence[str] = ()) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen([PYTHON, *args], stdout=subprocess.PIPE, stderr=log,
+            self.proc = subprocess.Popen([*command_prefix, PYTHON, *args], stdout=subprocess.PIPE, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             log.close()
@@ -186,7 +187,7 @@ class Helper:
 
 
 def start_daemon(workdir: Path, config: str, env: Mapping[str, str] | None = None,
-                 command_prefix: Sequence[str] = ()) -> Any:
+                 command_prefix: Sequence[str] = (), start_timeout: float = 30.0) -> Any:
     """A started `routingd serve` (tests/daemon_process.DaemonProcess) on 127.0.0.1, port 0."""
     from daemon_process import DaemonProcess
 
@@ -194,7 +195,7 @@ def start_daemon(workdir: Path, config: str, env: Mapping[str, str] | None = Non
         def command(self) -> list[str]:
             return [*command_prefix, *super().command()] if command_prefix else super().command()
 
-    d = _Daemon(workdir, config, env=dict(env or {"ROUTINGD_LOG_LEVEL": "WARNING"}), start_timeout=30.0)
+    d = _Daemon(workdir, config, env=dict(env or {"ROUTINGD_LOG_LEVEL": "WARNING"}), start_timeout=start_timeout)
     return d.start()
 
 
