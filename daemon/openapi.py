@@ -91,7 +91,7 @@ _RECEIPT = {
 }
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
-_AUTH = [{"bearer": []}]
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _tighten(schemas: dict[str, Any]) -> None:

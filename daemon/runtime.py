@@ -81,13 +81,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
 from .clock import Clock
 from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
-from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, RecordEvent, SetTimer,
+from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                           StartAttempt)
 from .core.health import HealthTracker
 from .core.plan import Plan, PlanError, resolve_plan
@@ -582,8 +582,8 @@ class Router:
         committed: the rows of the attempts these commands start are already committed."""
         events: list[Event] | None = None
         for cmd in commands:
-            if isinstance(cmd, RecordEvent):
-                ev = cmd                        # an Event is its own RecordEvent (no .event call)
+            if isinstance(cmd, Event):
+                ev = cmd                        # RecordEvent is Event itself (mypy reads the alias as generic)
                 if events is None:
                     events = [ev]
                 else:
@@ -708,7 +708,7 @@ class Router:
         msg = live.request
         if msg is None:             # finished: the engine starts nothing after Finish
             return
-        fields = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
+        fields: dict[str, Any] = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
                       provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
                       idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata)
         if _ATTEMPT_REQUEST_PLAIN:
@@ -965,7 +965,7 @@ def _event_json(e: EventRow | Event) -> dict[str, Any]:
     return out
 
 
-def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: list[EventRow | Event]) -> dict[str, Any]:
+def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: Sequence[EventRow | Event]) -> dict[str, Any]:
     return {"message_id": row.id, "status": row.status, "accepted_at": rfc3339(row.accepted_at),
             "finished_at": rfc3339(row.finished_at), "delivered_at": rfc3339(row.delivered_at),
             "message_deadline": rfc3339(row.message_deadline), "route": row.route,

@@ -111,7 +111,7 @@ def _daemon_fields() -> dict[str, Any]:
 _DaemonSettings = create_model("_DaemonSettings", __base__=BaseSettings, **_daemon_fields())
 
 
-class Settings(_DaemonSettings):
+class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by create_model: mypy cannot see it
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
                                       extra="ignore", frozen=True)
 

@@ -44,7 +44,7 @@ import struct
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncGenerator, Awaitable, Callable
 
 from watchfiles import Change, awatch
 
@@ -263,7 +263,7 @@ class _Inotify:
 
 async def _inotify_changes(dirs: tuple[str, ...], wanted: Callable[[Change, str], bool],
                            watching: Callable[[], None] | None = None
-                           ) -> AsyncIterator[set[tuple[Change, str]]]:
+                           ) -> AsyncGenerator[set[tuple[Change, str]], None]:
     """Batches of wanted changes in `dirs`, read on the event loop (no thread); until cancelled.
     `watching()` is called once the kernel watches every directory."""
     ino = _Inotify(dirs)
