@@ -29,6 +29,7 @@ test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
 	@sh tools/ensure-systemd-analyze.sh
 	$(BIN)/ruff check --select F --no-cache --quiet .
+	$(BIN)/mypy daemon simulator
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
