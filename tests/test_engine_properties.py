@@ -328,25 +328,35 @@ def simulate(doc: dict[str, Any], msgs: list[tuple[dict[str, Any], float]], seed
             take(m, cmds, now)
         elif kind == "unhealthy":
             prov = payload
-            blocking = health.blocks(prov, now) and breaker_on[prov]
             before = health.snapshot().get(prov)
+            blocking = health.blocks(prov, now)
             in_flight = [a for a in attempts.values() if a.msg == m and a.ended_at is None and a.start.provider == prov]
             cmds = st_.d.on_provider_unhealthy(prov, now)
             take(m, cmds, now)
             cut = [c.attempt_id for c in cmds if isinstance(c, CancelAttempt) and c.reason == "breaker opened"]
-            # (a slow-call mark that fell due before `now` is handled first, and may itself open
-            # the breaker and fail its own attempt over: then that cut is the mark's)
-            marks = [c for c in cmds if isinstance(c, RecordEvent) and c.event.type == "attempt_slow"
-                     and c.event.data["provider"] == prov]
-            if not blocking and not marks:
-                assert not cut, f"{prov} does not refuse attempts, yet {cut} were cut"
+            # A slow-call mark of this message that fell due before `now` is handled first: it
+            # counts a failure on its own provider -- `prov` or another -- and may open that
+            # breaker and fail its own attempt over (that cut is the mark's), or not, and its
+            # attempt runs on. So `prov` refuses if it did before the call, or if a failure this
+            # call counted opened it (judged by the breaker, not by the marks' events, which an
+            # events filter may leave out; and not by blocks() alone: a half-open probe that the
+            # call started re-arms the cooldown too).
+            after = health.snapshot().get(prov)
+            counted = after is not None and (before is None or after["failures"] > before["failures"])
+            refuses = breaker_on[prov] and (health.blocks(prov, now) if counted else blocking)
+            for aid in cut:
+                p_ = attempts[aid].start.provider
+                assert breaker_on[p_] and health.blocks(p_, now), f"{aid} on {p_} was cut, yet {p_} takes attempts"
+            if not refuses:
+                cut_here = [aid for aid in cut if attempts[aid].start.provider == prov]
+                assert not cut_here, f"{prov} does not refuse attempts, yet {cut_here} were cut"
             else:
                 assert not [a for a in in_flight if a.ended_at is None], f"attempts on {prov} still in flight"
                 assert not [c for c in cmds if isinstance(c, StartAttempt) and c.provider == prov]
                 other_ends = [c for c in cmds if isinstance(c, RecordEvent) and c.event.data.get("provider") == prov
                               and (c.event.type == "attempt_ended" and c.event.data["outcome"] != "cancelled"
                                    or c.event.type == "attempt_slow")]     # (a mark that fell due before now)
-                if not other_ends:
+                if events is None and not other_ends:
                     assert health.snapshot().get(prov) == before, "a breaker failure was counted"
         elif kind == "receipt":
             aid, status = payload
