@@ -87,7 +87,7 @@ from . import providers as _providers  # noqa: F401 - registers the http and san
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
 from .clock import Clock
 from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
-from .core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
+from .core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                           StartAttempt)
 from .core.health import HealthTracker
 from .core.plan import Plan, PlanError, resolve_plan
@@ -476,9 +476,7 @@ class Router:
         ahead: list[tuple[Any, ...]] | None = None
         for cmd in first:
             if isinstance(cmd, StartAttempt):
-                rec = delivery.attempts[cmd.attempt_id]
-                values = (cmd.attempt_id, row.id, rec.channel, rec.provider, rec.try_no, rec.started_at,
-                          rec.deadline, rec.ended_at, rec.outcome, rec.status_code, None)
+                values = _attempt_values(cmd.attempt_id, row.id, delivery.attempts[cmd.attempt_id], None)
                 if ahead is None:
                     ahead = [values]
                 else:
@@ -670,8 +668,7 @@ class Router:
                 state = (rec.ended_at, rec.outcome, rec.status_code, detail)
                 if live.written.get(aid) != state:
                     live.written[aid] = state
-                    self.store.put_attempt_values((aid, mid, rec.channel, rec.provider, rec.try_no, rec.started_at,
-                                                   rec.deadline, rec.ended_at, rec.outcome, rec.status_code, detail))
+                    self.store.put_attempt_values(_attempt_values(aid, mid, rec, detail))
         if type_ in _METRIC_EVENTS:
             m = self.metrics
             if type_ == "attempt_ended":
@@ -963,6 +960,14 @@ def _event_json(e: EventRow | Event) -> dict[str, Any]:
             v = rfc3339(v)
         out[k] = v
     return out
+
+
+def _attempt_values(attempt_id: str, message_id: str, rec: AttemptRecord, detail: str | None) -> tuple[Any, ...]:
+    """An attempt's row as Store.put_attempt_values() takes it (AttemptRow's field order) from
+    the engine's record of it: the last four fields are (ended_at, outcome, status_code, detail),
+    the state Router._note compares with `_Live.written`."""
+    return (attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
+            rec.deadline, rec.ended_at, rec.outcome, rec.status_code, detail)
 
 
 def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: Sequence[EventRow | Event]) -> dict[str, Any]:

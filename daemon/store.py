@@ -276,7 +276,8 @@ def _encode(obj: Any) -> str:
 # AttributeError (~3,000 CPU instructions, callgrind), so the rows that are mostly NULL by
 # construction -- a new message (finished_at, delivered_at, idempotency_key) and an attempt that
 # has just started (ended_at, outcome, status_code, detail) -- have shapes with those NULLs written
-# into the statement: _NEW_MESSAGE and _ATTEMPT_START rows leave those columns out (_short_rows).
+# into the statement, and so has an ended attempt without detail: _NEW_MESSAGE, _ATTEMPT_START
+# and _ATTEMPT_NO_DETAIL rows leave those columns out (_write_messages, _write_attempts).
 _CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _NEW_MESSAGE, _ATTEMPT_START, _ATTEMPT_NO_DETAIL = 100, 101, 102
 _ATT_TAIL = _SQL_ATTEMPT[_SQL_ATTEMPT.index(" ON CONFLICT"):]
@@ -306,10 +307,15 @@ _flatten = chain.from_iterable
 def _write_messages(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     """New message rows: those with no finished_at, delivered_at and idempotency_key (all but
     odd ones) as _NEW_MESSAGE, without binding the three NULLs (see _MULTI_HEAD)."""
-    short = [r[:7] + r[10:] for r in rows if r[7] is None and r[8] is None and r[9] is None]
-    if len(short) < len(rows):
-        _multi(conn, _INSERT, [r for r in rows if not (r[7] is None and r[8] is None and r[9] is None)])
+    short: list[tuple] = []
+    full: list[tuple] = []
+    for r in rows:
+        if r[7] is None and r[8] is None and r[9] is None:
+            short.append(r[:7] + r[10:])
+        else:
+            full.append(r)
     _multi(conn, _NEW_MESSAGE, short)
+    _multi(conn, _INSERT, full)
 
 
 def _write_attempts(conn: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -693,8 +699,8 @@ class Store:
         self._q.put((kind, payload, fut))
         return fut
 
-    def _row(self, kind: int, payload: tuple) -> None:
-        """Queue a fire-and-forget row. Rows gather on the loop thread and go to the writer as one
+    def _row(self, kind: int, payload: Any) -> None:
+        """Queue a fire-and-forget row (or a committed() mark). Rows gather on the loop thread and go to the writer as one
         item at the end of this turn of the event loop (or before the next item that is not a
         row), so a message's ~10 rows cost the loop a list append each, not a queue operation."""
         if self._thread is None:
@@ -760,10 +766,7 @@ class Store:
         if self._thread is None or self._loop is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
         fut: asyncio.Future[None] = self._loop.create_future()
-        rows = self._rows
-        if not rows:
-            self._loop.call_soon(self._hand_over)
-        rows.append((_MARK, fut))
+        self._row(_MARK, fut)
         return fut
 
     def put_policy(self, version: str, source: str, path: str, now: float) -> None:
