@@ -13,7 +13,7 @@ Every wait is bounded; `close()` (also on `__exit__`) SIGKILLs whatever is still
 
 Shared by the integration tests: `serving(d)` (a module fixture's start / clean stop / no
 Traceback), `StandinLoop` (provider stand-ins for synchronous tests; the `standins` fixture of
-tests/conftest.py), `free_port()`, `wait_until()`, `run_bounded()` and `ts()`.
+tests/conftest.py), `free_port()`, `wait_until()` (and `until()` on a loop), `run_bounded()` and `ts()`.
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ def ts(value: str) -> float:
 def run_bounded(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
     """asyncio.run(coro), cancelled (TimeoutError) after `timeout` seconds: no test hangs on a loop."""
     return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+async def until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll `cond()` on the running loop every 10 ms until it is truthy; AssertionError after
+    `timeout` seconds (the async twin of wait_until, for conditions the loop itself changes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:

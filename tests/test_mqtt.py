@@ -20,6 +20,7 @@ from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_pa
 
 from daemon_process import free_port
 from daemon_process import run_bounded as run
+from daemon_process import until
 from mqtt_broker import Broker, payload_json, receive, start_broker, subscriber
 
 PREFIX = "rt"
@@ -34,15 +35,6 @@ def settings(url: str, **kw: Any) -> MqttSection:
 def link_for(broker: Broker, **kw: Any) -> MqttLink:
     opts = {k: kw.pop(k) for k in ("on_drop", "on_state") if k in kw}
     return MqttLink(settings(broker.url, **kw), reconnect_min_s=0.05, reconnect_max_s=0.2, **opts)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def attempt(to: dict[str, Any], message_id: str = "m-9") -> AttemptRequest:

@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from daemon_process import until  # noqa: E402
 from provider_standin import ProviderStandin  # noqa: E402
 
 from daemon import adapters  # noqa: E402
@@ -314,11 +315,8 @@ def test_a_provider_call_goes_out_only_once_its_attempt_row_is_committed(tmp_pat
                 blocker = sqlite3.connect(db, isolation_level=None)
                 blocker.execute("BEGIN IMMEDIATE")          # the writer now waits (busy_timeout 5 s)
                 try:
-                    loop = asyncio.get_running_loop()
-                    end = loop.time() + 5
-                    while [x["provider"] for x in r.status(mid)["attempts"]] != ["a", "b"]:
-                        assert loop.time() < end, r.status(mid)
-                        await asyncio.sleep(0.01)
+                    await until(lambda: [x["provider"] for x in r.status(mid)["attempts"]] == ["a", "b"],
+                                what="the failover attempt on b")
                     await asyncio.sleep(0.5)                # time enough for a call to reach b
                     assert b.requests == []
                 finally:
@@ -341,17 +339,13 @@ def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tm
     async def main() -> None:
         async with router_for(tmp_path, text) as r:
             mid = (await r.submit(send())).message_id
-            loop = asyncio.get_running_loop()
-            end = loop.time() + 5
-            while [p for p, _ in _attempt_rows(db)] != ["s1"]:
-                assert loop.time() < end
-                await asyncio.sleep(0.01)
+            end = asyncio.get_running_loop().time() + 5       # one bound for both waits
+            await until(lambda: [p for p, _ in _attempt_rows(db)] == ["s1"], what="s1's row")
             blocker = sqlite3.connect(db, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")
             try:
-                while len(r.status(mid)["attempts"]) < 2:
-                    assert loop.time() < end, r.status(mid)
-                    await asyncio.sleep(0.01)
+                await until(lambda: len(r.status(mid)["attempts"]) >= 2, what="the failover attempt on s2",
+                            timeout=end - asyncio.get_running_loop().time())
                 await asyncio.sleep(0.3)
                 assert [(x["provider"], x["outcome"]) for x in r.status(mid)["attempts"]] == \
                     [("s1", "timeout"), ("s2", None)]
