@@ -15,6 +15,16 @@ from .core.engine import Outcome
 
 
 @dataclass(frozen=True)
+class Content:
+    """What one attempt's provider delivers, already rendered for its channel: from the message's
+    template for that channel, or else from content.title / content.body (docs/providers.md)."""
+
+    title: str = ""                   # email subject, push title
+    text: str = ""                    # email text part, sms text, push body, chat text
+    html: str | None = None           # email HTML part (None: text only)
+
+
+@dataclass(frozen=True)
 class AttemptRequest:
     message_id: str
     attempt_id: str
@@ -26,6 +36,15 @@ class AttemptRequest:
     to: dict[str, Any] = field(default_factory=dict)
     content: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    rendered: Content | None = None   # set by the runtime from the message's template, if any
+
+    def body(self) -> Content:
+        """The content to deliver: the rendered template, else content.title / content.body."""
+        if self.rendered is not None:
+            return self.rendered
+        title = self.content.get("title")
+        body = self.content.get("body")
+        return Content(title="" if title is None else str(title), text="" if body is None else str(body))
 
     def payload(self) -> dict[str, Any]:
         """The JSON body providers receive (DESIGN.md "Send API")."""

@@ -55,6 +55,7 @@ class Outcome:
     network: bool = False
     retry_after_s: float | None = None
     detail: str = ""
+    provider_message_id: str | None = None   # the vendor's id for the message, for its receipts
 
 
 # --------------------------------------------------------------------------- commands
