@@ -461,6 +461,9 @@ class Router:
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
+        if self.store.backlog_full:     # accepting would add writes the disk cannot take (docs/reliability.md)
+            raise Overloaded(5.0, f"routingd cannot write its state store ({self.store.backlog} writes wait "
+                             "for the disk; the daemon log says why)")
         now = self.clock.now()
         row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
