@@ -72,6 +72,8 @@ class Metrics:
         self.config_info = Info("routingd_config", "The loaded routing policy version.", registry=r)
         self.mqtt_dropped = Counter("routingd_mqtt_events_dropped",
                                     "MQTT publications dropped because the buffer was full.", registry=r)
+        self.store_backlog = Gauge("routingd_store_backlog", "Writes kept in memory because the state store "
+                                   "refused them; written when it takes writes again.", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
                                     registry=r)
 

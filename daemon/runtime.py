@@ -57,7 +57,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
                                   is the reloader's to record: metrics.config_reload_failed().
     router.policy, router.inflight (non-terminal messages in memory + submits being committed)
     router.add_event_listener(cb)  cb(message_id, daemon.core.engine.Event), called on the loop
-                                  thread for every event; exceptions are logged and ignored.
+                                  thread for every event once its row is committed (in order);
+                                  exceptions are logged and ignored.
                                   Event.at (and the deadlines in Event.data) are seconds since
                                   the epoch on Clock.now(); daemon.clock.rfc3339() formats them.
     await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
@@ -259,6 +260,7 @@ class Router:
         self._live: dict[str, _Live] = {}
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         self._listeners: list[Callable[[str, Event], None]] = []
+        self._unheard: list[tuple[str, Event]] = []      # events whose rows are not committed yet
         self._reserved = 0
         self._started = False
         self._stopping = False
@@ -461,6 +463,9 @@ class Router:
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
+        if self.store.backlog_full:     # accepting would add writes the disk cannot take (docs/reliability.md)
+            raise Overloaded(5.0, f"routingd cannot write its state store ({self.store.backlog} writes wait "
+                             "for the disk; the daemon log says why)")
         now = self.clock.now()
         row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
@@ -688,11 +693,32 @@ class Router:
         self._notify(message_id, event)
 
     def _notify(self, message_id: str, event: Event) -> None:
-        for cb in self._listeners:
-            try:
-                cb(message_id, event)
-            except Exception:  # noqa: BLE001 - a listener must never break routing
-                log.exception("event listener failed on %s %s", message_id, event.type)
+        """Listeners (the MQTT events) hear an event once its row is committed, never before: a
+        subscriber must not see a status that a crash rolls back. This turn's events wait in
+        _unheard; at the end of the turn (after the rows of the command list that emitted them
+        are queued) one committed() mark is queued behind them, and its commit tells them all."""
+        if not self._listeners:
+            return
+        unheard = self._unheard
+        if not unheard:
+            asyncio.get_running_loop().call_soon(self._seal_unheard)
+        unheard.append((message_id, event))
+
+    def _seal_unheard(self) -> None:
+        unheard, self._unheard = self._unheard, []
+        if not unheard or not self.store.is_open:
+            return                      # the store is closed: not stored, so never told
+        self.store.committed().add_done_callback(functools.partial(self._tell, unheard))
+
+    def _tell(self, unheard: list[tuple[str, Event]], committed: asyncio.Future[None]) -> None:
+        if committed.cancelled() or committed.exception() is not None:
+            return
+        for message_id, event in unheard:
+            for cb in self._listeners:
+                try:
+                    cb(message_id, event)
+                except Exception:  # noqa: BLE001 - a listener must never break routing
+                    log.exception("event listener failed on %s %s", message_id, event.type)
 
     def _start_attempt(self, live: _Live, cmd: StartAttempt, committed: bool = False) -> None:
         now = self.clock.now()

@@ -13,7 +13,8 @@ With [daemon] watch (the default) a change of the file does the same. The watch 
 daemon is ready; as soon as it is in place, the file is compared with the text the policy was
 loaded from, so an edit made after the startup read but before the watch is reloaded too.
 SIGTERM/SIGINT: /v1/send answers 503, the Router finishes in-flight attempts within the grace
-period (the rest stay in the store for the next start), exit 0.
+period (the rest stay in the store for the next start), exit 0 -- or 1 when writes the state
+store refused could still not be stored (its last log line says how many).
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ class Service:
                          tokens=s.token_values(), max_body=s.max_body, phase="starting")
         reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier)
         state.reloader = reloader
+        metrics.store_backlog.set_function(lambda: store.backlog)
+        state.extra_ready_checks.append(lambda: _backlog_problem(store))
         runner = web.AppRunner(create_app(state), access_log=logging.getLogger("aiohttp.access"),
                                handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
@@ -317,6 +320,13 @@ class Service:
             await runner.cleanup()
             await _close(store)
             notifier.close()
+        if store.backlog:
+            # the last line: what this stop could not store (those messages resume from their
+            # last stored state on the next start: a delivered one may be sent again)
+            log.error("stopped with %d write(s) not stored: the state store refused them (%s); the "
+                      "messages they belong to resume from their last stored state on the next start",
+                      store.backlog, store.last_error)
+            return EXIT_FAILED
         log.info("stopped")
         return EXIT_OK
 
@@ -340,6 +350,15 @@ def _bound_url(runner: web.AppRunner, addr: Any) -> str:
         if isinstance(a, tuple) and len(a) >= 2:
             return ListenAddress(addr.host, int(a[1])).url
     return addr.url
+
+
+def _backlog_problem(store: Any) -> str | None:
+    """readyz: writes waiting for a disk that refuses them make the daemon not ready."""
+    n = store.backlog
+    if not n:
+        return None
+    return (f"the state store refuses writes: {n} write(s) wait in memory to be stored "
+            f"({store.last_error}); sends answer 503 while it does{' (the backlog is full)' if store.backlog_full else ''}")
 
 
 async def _close(store: Any) -> None:

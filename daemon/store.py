@@ -42,6 +42,16 @@ With group commit the fsync is shared by a whole batch, so FULL costs little und
 Reads for the status endpoint run on the caller's thread on a second connection (WAL readers
 never block the writer and see only committed data).
 
+A write that fails (the disk is full, refuses a write, or the file is locked) is never
+dropped: a caller who waits for it (a message insert, `call()`) gets the StoreError (a send
+answers 503); a write nobody waits for (attempt rows, events, a message's terminal status) is
+kept in the writer's backlog, in queue order with every later such write and `committed()`
+mark, and written when the store can write again (the writer retries it every _RETRY_S even
+with nothing new to write). `backlog` counts them; past `max_backlog` the Router refuses new
+sends (`backlog_full`) rather than grow it further; `close()` logs what it could not store and
+leaves `backlog` > 0 (the daemon then exits non-zero). Only a row SQLite will never take (a
+constraint error: a bug) is dropped, with an error line. See docs/reliability.md.
+
 A lock file (`<state>.lock`, flock) keeps a second routingd from resuming the same messages.
 Every failure to open or write the file is a `StoreError` naming the path and what to do.
 """
@@ -246,7 +256,8 @@ _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK = range(9)
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK, _FLUSH = range(10)
+_RETRY_S = 0.5             # how often the writer tries its backlog again while the disk refuses
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
 _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -346,10 +357,6 @@ def _multi(conn: sqlite3.Connection, kind: int, rows: list[tuple]) -> None:
         while n - i >= size:
             conn.execute(_multi_sql(kind, size), list(_flatten(rows[i:i + size])))
             i += size
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    return None
 
 
 def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: float) -> str | None:
@@ -463,7 +470,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             value = insert(payload)
         elif kind == _FINISH or kind == _RUN:
             updates.append((kind, payload))
-        elif kind == _MARK:
+        elif kind == _MARK or kind == _FLUSH:
             pass                             # nothing to write: its future resolves with the commit
         else:
             write_gathered()
@@ -478,7 +485,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
 class Store:
     """The SQLite state file. `await open()` first; `await close()` last."""
 
-    def __init__(self, path: str, synchronous: str = "FULL", busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL", busy_timeout_s: float = 5.0,
+                 max_backlog: int = 50_000) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = os.path.abspath(path)
@@ -494,12 +502,24 @@ class Store:
         self.operations = 0
         self.write_errors = 0
         self.last_error: StoreError | None = None
+        # Writes that failed and that nobody waits for (see _run_batch), in queue order: the
+        # writer thread's own list; `backlog` is its length as of the last batch, for the loop.
+        self._backlog: list[_Item] = []
+        self._backlog_logged = False
+        self.backlog = 0
+        self.max_backlog = max_backlog
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def is_open(self) -> bool:
         return self._thread is not None
+
+    @property
+    def backlog_full(self) -> bool:
+        """So many writes wait for the disk that no new message should be accepted (they would
+        add more): the Router answers sends 503 until the backlog is written."""
+        return self.backlog >= self.max_backlog
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -618,8 +638,12 @@ class Store:
         ready.set_result(None)
         closing = False
         while not closing:
-            batch = [self._q.get()]
-            while len(batch) < _MAX_BATCH:
+            try:
+                # with a backlog, wake up now and then to try it again even if nothing new comes
+                batch = [self._q.get(timeout=_RETRY_S if self._backlog else None)]
+            except queue.Empty:
+                batch = []
+            while batch and len(batch) < _MAX_BATCH:
                 try:
                     batch.append(self._q.get_nowait())
                 except queue.Empty:
@@ -627,8 +651,15 @@ class Store:
             if any(op is _CLOSE for op in batch):
                 closing = True
                 batch = [op for op in batch if op is not _CLOSE]
+            if self._backlog:          # the writes kept from failed batches go first, in order
+                batch = self._backlog + batch
+                self._backlog = []
             if batch:
                 self._run_batch(conn, batch)
+            self.backlog = len(self._backlog)
+        if self._backlog:
+            log.error("state store: %d write(s) could not be stored before closing (%s)",
+                      len(self._backlog), self.last_error)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -644,6 +675,9 @@ class Store:
             values = _apply(conn, batch, extra, ends)
             conn.execute("COMMIT")
             self.commits += 1
+            if self._backlog_logged:
+                log.info("state store: writing again; the kept writes are stored")
+                self._backlog_logged = False
             # in queue order: a flush() resolves after every caller whose write came before it
             start = 0
             for item, value, end in zip(batch, values, ends):
@@ -662,8 +696,20 @@ class Store:
                        for one in ([(k, row[0], row[1]) if k == _INSERT else (k, None, row) if k == _MARK
                                     else (k, row, None) for k, row in item[1]]
                                    if item[0] == _ROWS else [item])]
+            keep = self._backlog
             for item in singles:
-                fut = item[2]
+                kind, _, fut = item
+                waited = fut is not None and kind != _MARK and kind != _FLUSH
+                if keep and not waited:
+                    # Behind a write that is kept, every later unwaited write (and committed()
+                    # mark) is kept too, untried: their order matters (an attempt's end must not
+                    # be overwritten by its start), and a mark means "everything before me is on
+                    # disk". A flush() answers at once: it only waits for writes to be tried.
+                    if kind == _FLUSH:
+                        results.append((fut, None, None))
+                    else:
+                        keep.append(item)
+                    continue
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     value = _apply(conn, [item], [])[0]
@@ -678,9 +724,24 @@ class Store:
                     err = e if isinstance(e, StoreError) else _explain(self.path, e, "read or write the database")
                     self.write_errors += 1
                     self.last_error = err
-                    if fut is None:
-                        log.error("state store write failed: %s", err)
-                    results.append((fut, None, err))
+                    if waited:
+                        results.append((fut, None, err))         # the caller is told (a send: 503)
+                    elif isinstance(e, sqlite3.OperationalError) or kind == _MARK or kind == _FLUSH:
+                        # The disk (full, I/O error, read-only, locked): nobody waits for this
+                        # write, so it is kept, in order, and written when the store can write again.
+                        if not keep and not self._backlog_logged:
+                            log.error("state store write failed; keeping the writes that nobody waits "
+                                      "for until it can write again: %s", err)
+                        if kind == _FLUSH:
+                            results.append((fut, None, None))
+                        else:
+                            keep.append(item)
+                    else:
+                        # A row SQLite will never take (a constraint): retrying cannot help.
+                        log.error("state store write failed, the row is dropped: %s", err)
+            if not keep and self._backlog_logged:
+                log.info("state store: writing again; the kept writes are stored")
+            self._backlog_logged = bool(keep)
         self.operations += len(batch)
         loop = self._loop
         if loop is None or not results:
@@ -729,8 +790,12 @@ class Store:
         self._put(_CALL, fn)
 
     async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
-        await self.call(_nothing)
+        """Wait until every write queued so far is committed -- or, while the disk refuses
+        writes, tried and kept in the backlog (`backlog` > 0; written when the disk takes writes
+        again, or reported by close()). Never raises for a write error."""
+        fut = self._put(_FLUSH, None, wait=True)
+        assert fut is not None
+        await fut
 
     # ------------------------------------------------------------------ writes
 
@@ -758,9 +823,9 @@ class Store:
 
     def committed(self) -> asyncio.Future[None]:
         """A future that resolves once every write queued so far (this loop turn's rows included)
-        has been committed -- or, if a row failed to write, once the writer has tried it (the
-        failure is logged and counted as for any row). It costs no commit of its own: it rides
-        with this turn's rows. The Router awaits it before a provider call, so an attempt's row
+        has been committed. If a row before it failed to write, the mark waits with it in the
+        backlog until the store can write again (never earlier: see _run_batch). It costs no
+        commit of its own: it rides with this turn's rows. The Router awaits it before a provider call, so an attempt's row
         is on disk before the call can reach the provider (a crash then always leaves a record
         of the call, which the next start marks `cancelled`)."""
         if self._thread is None or self._loop is None:

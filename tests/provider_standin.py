@@ -22,6 +22,8 @@ Action keys (all optional):
     status        HTTP status to answer (200)
     delay         seconds to wait before answering
     hang          true: never answer; the request ends when the client goes away
+    hold          true: answer (as the other keys say) only once `await release()` was called
+                  (in-process): the test decides when the daemon hears the outcome
     retry_after   Retry-After header value (seconds as a number/string, or an HTTP-date)
     headers       extra response headers
     body          response body (str, or anything JSON-serialisable)
@@ -93,6 +95,7 @@ class ProviderStandin:
         self._changed = asyncio.Condition()
         self._bg: set[asyncio.Task[None]] = set()
         self._session: ClientSession | None = None
+        self._released = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,6 +139,10 @@ class ProviderStandin:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def release(self) -> None:
+        """Let every held request (action "hold") answer, now and from now on."""
+        self._released.set()
 
     def set_script(self, script: Script) -> None:
         self.script = script
@@ -214,6 +221,8 @@ class ProviderStandin:
     async def _answer(self, request: web.Request, rec: Recorded, a: Action) -> web.StreamResponse:
         if a.get("hang"):
             await asyncio.get_running_loop().create_future()      # ends when the client goes away
+        if a.get("hold"):
+            await self._released.wait()
         if a.get("delay"):
             await asyncio.sleep(float(a["delay"]))
         transport = request.transport

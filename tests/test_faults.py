@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, StandinLoop, free_port, routingd_command, serving, ts
+from daemon_process import DaemonProcess, StandinLoop, free_port, routingd_command, serving, ts, wait_until
 from provider_standin import ProviderStandin
 
 from daemon.core.policy import parse_policy
@@ -331,6 +331,7 @@ def test_disk_refusing_writes_while_running_answers_503_then_recovers(tmp_path: 
             assert d.status(first)["status"] == "delivered"            # reads still work
         finally:
             resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        wait_until(lambda: d.get("/readyz").status == 200, what="readyz 200 once the disk takes writes")
         mid = d.send({"to": {"email": "c@example.com"}})                # space again: accepted, delivered
         d.wait_status(mid, "delivered")
         assert d.stop() == 0
@@ -342,6 +343,87 @@ def test_disk_refusing_writes_while_running_answers_503_then_recovers(tmp_path: 
         assert d.stop() == 0
     assert "Traceback" not in log + d.log_text()
     assert "cannot accept a message" in log and "refused a write" in log
+
+
+HELD = """
+version = 1
+[daemon]
+grace = "200ms"
+[timeouts]
+provider = "60s"
+[providers.held]
+type = "http"
+url = "{url}"
+[channels.email]
+providers = ["held"]
+[routes.default]
+channels = ["email"]
+"""
+
+
+def refuse_writes(pid: int) -> Callable[[], None]:
+    """Make the kernel refuse every write of process `pid` to a file past its first byte (as on
+    a full disk); returns the function that lifts the limit again."""
+    hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
+    return lambda: resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+
+
+def test_a_delivered_mark_the_disk_refused_is_stored_once_it_recovers_and_never_sent_twice(
+        tmp_path: Path, standins: StandinLoop) -> None:
+    """The race of the flaky run, forced: the provider holds its 200 until the disk refuses
+    writes, so the message's `delivered` rows are queued while every write fails. They are
+    kept (readyz says so), written once the disk takes writes again, and after a restart the
+    message is delivered and the provider saw one call (the rows were once dropped: pending
+    after the restart, and sent again)."""
+    s = standins.standin([{"hold": True, "status": 200}])
+    d = PipedDaemon(tmp_path, HELD.format(url=s.url))
+    with d:
+        mid = d.send({"to": {"email": "a@example.com"}})
+        standins.call(s.wait_for(1))              # the call is out: its attempt row is on disk
+        lift = refuse_writes(d.pid)
+        try:
+            standins.call(s.release())             # the 200 comes back while the disk refuses
+            d.wait_status(mid, "delivered")        # in memory; its rows wait for the disk
+            wait_until(lambda: d.get("/readyz").status == 503, what="readyz 503 with writes waiting")
+            ready = d.get("/readyz").json()
+            assert "wait in memory to be stored" in ready["error"], ready
+            assert (d.metric("routingd_store_backlog") or 0) >= 1
+            r = d.post("/v1/send", {"message": {"to": {"email": "b@example.com"}}})
+            assert r.status == 503 and "state store" in r.json()["error"], r.body
+        finally:
+            lift()
+        wait_until(lambda: d.get("/readyz").status == 200, what="readyz 200: the kept writes are stored")
+        assert d.metric("routingd_store_backlog") == 0
+        assert d.stop() == 0
+        log = d.log_text()
+        d.start()
+        assert d.status(mid)["status"] == "delivered"
+        assert len(s.requests) == 1                # no provider saw a second call
+        assert d.stop() == 0
+    assert "keeping the writes that nobody waits for" in log and "the kept writes are stored" in log
+    assert "Traceback" not in log + d.log_text()
+
+
+def test_a_stop_that_cannot_store_its_kept_writes_says_so_last_and_exits_1(
+        tmp_path: Path, standins: StandinLoop) -> None:
+    s = standins.standin([{"hold": True, "status": 200}])
+    d = PipedDaemon(tmp_path, HELD.format(url=s.url))
+    with d:
+        mid = d.send({"to": {"email": "a@example.com"}})
+        standins.call(s.wait_for(1))
+        lift = refuse_writes(d.pid)
+        try:
+            standins.call(s.release())
+            d.wait_status(mid, "delivered")
+            wait_until(lambda: d.get("/readyz").status == 503, what="readyz 503 with writes waiting")
+            assert d.stop() == 1
+        finally:
+            if d.running:
+                lift()
+        lines = [line for line in d.log_text().splitlines() if line.strip()]
+        assert "write(s) not stored" in lines[-1] and "ERROR" in lines[-1], lines[-3:]
+        assert "Traceback" not in d.log_text()
 
 
 # --------------------------------------------------------------------------- clock jumps

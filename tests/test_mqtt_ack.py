@@ -161,6 +161,61 @@ def test_a_send_routingd_was_killed_on_before_storing_it_is_delivered_once_after
         broker.stop(hard=True)
 
 
+BURST = 12
+
+
+def test_a_burst_routingd_was_killed_on_between_receiving_and_committing_is_stored_once_each(
+        tmp_path: Path) -> None:
+    """A first burst is stored and acknowledged; a second burst is read by the daemon while its
+    commits wait on the write lock, and the daemon is SIGKILLed: the broker (persistent session)
+    delivers the second burst again at the next start, every send is stored exactly once (the
+    idempotency_key each carries keeps a redelivery one message), none lost, the first burst
+    never comes again."""
+    broker = start_broker(tmp_path / "mosquitto", debug=True)
+    first = [f"burst-a-{i:02d}" for i in range(BURST)]
+    second = [f"burst-b-{i:02d}" for i in range(BURST)]
+
+    def sends(markers: list[str]) -> list[bytes]:
+        return [send(m, idempotency_key=f"key-{m}") for m in markers]
+
+    try:
+        with daemon(tmp_path, broker) as d:
+            wait_until(lambda: connected(d), what="routingd_mqtt_connected 1")
+
+            async def stored_and_answered(markers: list[str]) -> None:
+                async with subscriber(broker, ACCEPTED) as sub:
+                    await publish(broker, *sends(markers))
+                    await receive_until(sub, lambda g: len(g) >= len(markers), timeout=15, what="the accepts")
+
+            run_bounded(stored_and_answered(first), RUN_S)
+            before = received_mids(d)
+            wait_until(lambda: all(acked(broker, mid) for mid in before), timeout=10, what="the first burst's PUBACKs")
+            with store_write_locked(d):
+                run_bounded(publish(broker, *sends(second)), RUN_S)
+                wait_until(lambda: len(received_mids(d)) >= 2 * BURST, timeout=4,
+                           what="the daemon to read the second burst")
+                window = received_mids(d)[BURST:]
+                d.kill()                                  # received, not committed: SIGKILL
+            assert not [mid for mid in window if acked(broker, mid)], "a send was acknowledged before it was stored"
+            assert [stored(d, m) for m in second] == [0] * BURST
+
+            async def restart() -> list[aiomqtt.Message]:
+                async with subscriber(broker, ACCEPTED, REJECTED) as sub:
+                    await asyncio.to_thread(d.start)      # same client id: the session resumes
+                    return await receive_until(sub, lambda g: len(g) >= BURST, timeout=20, what="the answers")
+
+            got = run_bounded(restart(), RUN_S)
+            assert answers(got, REJECTED) == []
+            assert len(answers(got, ACCEPTED)) == BURST
+            wait_until(lambda: all(acked(broker, mid) for mid in window), timeout=10,
+                       what="the PUBACKs of the redelivered burst")
+            assert d.stop() == 0, d.log_tail()
+        assert [stored(d, m) for m in first + second] == [1] * (2 * BURST)     # each once, 0 lost
+        assert "Traceback" not in d.log_text(), d.log_tail()
+    finally:
+        broker.stop(hard=True)
+
+
 # --------------------------------------------------------------------------- stored, not acknowledged
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import sys
@@ -458,11 +459,40 @@ def test_status_json_shape_and_event_listeners(tmp_path: Path) -> None:
                 assert all(RFC3339_MS.match(att[k]) for k in ("started_at", "ended_at", "deadline"))
                 assert all(RFC3339_MS.match(e["at"]) for e in st["events"])
                 assert types(st)[0] == "started" and types(st)[-1] == "finished"
+                await until(lambda: len([t for m, t in seen if m == mid]) >= len(types(st)))
                 assert [t for m, t in seen if m == mid] == types(st)
                 # the same answer once the message has left memory: read back from SQLite
                 await r.store.flush()
                 r._recent.clear()
                 assert r.status(mid) == st
+
+    run(main)
+
+
+def test_event_listeners_hear_an_event_only_once_its_row_is_committed(tmp_path: Path) -> None:
+    """MQTT subscribers must never see a status that a crash rolls back: each event a listener
+    hears is already in the state file (read back on another connection at that moment)."""
+    async def main() -> None:
+        async with ProviderStandin() as a:
+            text = policy_text(http("a", a.url) + http("b", a.url), EMAIL_AB, 'channels = ["email"]')
+            async with router_for(tmp_path, text) as r:
+                heard: list[tuple[str, int]] = []          # (event type, how many the file held then)
+
+                def listener(mid: str, ev: Any) -> None:
+                    conn = sqlite3.connect(r.store.path)
+                    try:
+                        rows = conn.execute("SELECT events FROM event_log WHERE message_id = ?", (mid,)).fetchall()
+                    finally:
+                        conn.close()
+                    stored = [e[0] for (text,) in rows for e in json.loads(text)]
+                    heard.append((ev.type, stored.count(ev.type)))
+
+                r.add_event_listener(listener)
+                mid = (await r.submit(send())).message_id
+                st = await finished(r, mid)
+                await until(lambda: len(heard) >= len(types(st)))
+                assert [t for t, _ in heard] == types(st)
+                assert all(n >= 1 for _, n in heard), heard
 
     run(main)
 

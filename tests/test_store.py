@@ -421,3 +421,99 @@ def test_a_schema_1_file_is_upgraded_and_its_events_still_read(tmp_path: Path) -
     assert c.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert c.execute("SELECT count(*) FROM event_log").fetchone()[0] == 0
     c.close()
+
+
+# --------------------------------------------------------------------------- writes the disk refuses
+
+
+class Locker:
+    """Another SQLite connection holding the write lock: the store's writes fail ("database is
+    locked", after its busy timeout) until release() -- a refusing disk the test can switch off."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+async def until(cond: Callable[[], Any], timeout: float = 20.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_committed_never_resolves_before_the_row_before_it_is_on_disk(tmp_path: Path) -> None:
+    """The write-ahead rule under a disk error: an attempt row that failed to write holds its
+    committed() mark back until the row is written (the mark once resolved after the failure,
+    and the provider call went out with no record of it)."""
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path, busy_timeout_s=0.05)
+        await s.open()
+        await s.insert_message(msg("m"), 86400, 1000.0)
+        lock = Locker(path)
+        s.put_attempt(AttemptRow("m-1", "m", "email", "a", 1, 1000.0, 1010.0))
+        mark = s.committed()
+        await until(lambda: s.write_errors > 0)
+        lock.release()                                  # the disk takes writes again
+        await asyncio.wait_for(mark, 20)
+        assert s.get_attempt("m-1") is not None         # resolved only once the row was on disk
+        await s.close()
+
+    run(main)
+
+
+def test_writes_nobody_waits_for_are_kept_in_order_and_written_when_the_disk_takes_them(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path, busy_timeout_s=0.05)
+        await s.open()
+        await s.insert_message(msg("m"), 86400, 1000.0)
+        lock = Locker(path)
+        s.put_attempt(AttemptRow("m-1", "m", "email", "a", 1, 1000.0, 1010.0))
+        s.add_event(EventRow("m", "attempt_started", 1000.0, {"attempt_id": "m-1"}))
+        await s.flush()                  # tried and kept: a flush does not fail for a write error
+        assert s.backlog == 2
+        s.put_attempt(AttemptRow("m-1", "m", "email", "a", 1, 1000.0, 1010.0, 1000.5, "delivered", 200))
+        s.add_event(EventRow("m", "attempt_ended", 1000.5, {"attempt_id": "m-1"}))
+        s.finish("m", "delivered", 1000.5, 1000.5)
+        with pytest.raises(StoreError, match="locked"):           # a caller who waits is told
+            await s.insert_message(msg("n"), 86400, 1000.0)
+        await until(lambda: s.backlog == 5)
+        assert not s.backlog_full
+        s.max_backlog = 5
+        assert s.backlog_full
+        assert s.get_message("m").message.status == "pending"     # nothing of it on disk yet
+        lock.release()
+        await until(lambda: s.backlog == 0)            # written by the writer's own retry
+        got = s.get_message("m")
+        assert got is not None and got.message.status == "delivered"
+        assert [(a.attempt_id, a.outcome) for a in got.attempts] == [("m-1", "delivered")]   # the end won
+        assert [e.type for e in got.events] == ["attempt_started", "attempt_ended"]
+        assert s.get_message("n") is None
+        await s.close()
+
+    run(main)
+
+
+def test_close_reports_the_writes_it_could_not_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        s = Store(path, busy_timeout_s=0.05)
+        await s.open()
+        await s.insert_message(msg("m"), 86400, 1000.0)
+        lock = Locker(path)
+        s.finish("m", "delivered", 1000.5, 1000.5)
+        await s.close()
+        lock.release()
+        assert s.backlog == 1                           # what close() could not store
+        assert "1 write(s) could not be stored" in caplog.text
+
+    run(main)
