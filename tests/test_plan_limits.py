@@ -167,3 +167,17 @@ def test_engine_work_grows_linearly_with_the_plan() -> None:
     # linear: about 4x the lines for 4x the channels (a heap adds a log factor); the scan of
     # every attempt at every step made it about 16x
     assert big["lines"] < 6 * small["lines"], (small, big)
+
+
+# --------------------------------------------------------------------------- secret masking
+
+
+@pytest.mark.parametrize("secret", ["pk\\Live-9f8e", "pk\tLive-9f8e", "pk'Live\"9f8e", "pk\\\t'\"x-9f8e"])
+def test_a_misplaced_secret_is_masked_in_every_rendering(secret: str) -> None:
+    src = 'version = 1\n[providers.p]\ntype = "sandbox"\ntimeout = "${PROV_KEY}"\n'
+    with pytest.raises(PolicyError) as e:
+        parse_policy(src, env={"PROV_KEY": secret})
+    text = str(e.value)
+    assert "${PROV_KEY}" in text, text
+    for form in (secret, repr(secret)[1:-1], repr(repr(secret))[1:-1], "Live"):
+        assert form not in text, (form, text)

@@ -617,8 +617,12 @@ def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
     for p in problems:
         msg = p.msg
         for value in sorted(used, key=len, reverse=True):
-            if value in msg:
-                msg = msg.replace(value, f"${{{used[value]}}}")
+            # as is, and as repr() shows it inside a message (a backslash, a tab or both quote
+            # kinds come out escaped), and that escaped again (a message quoted by repr once more)
+            once = repr(value)[1:-1]
+            for form in dict.fromkeys((value, once, repr(once)[1:-1], once.replace("\\'", "'"))):
+                if form and form in msg:
+                    msg = msg.replace(form, f"${{{used[value]}}}")
         out.append(Problem(p.loc, msg))
     return out
 
