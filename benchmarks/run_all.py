@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchError, BenchResult, WrkSettings  # noqa: E402
 
-NAMES = ("ingress", "delivery", "simulator", "failover", "memory")
+NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan")
 
 
 def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
@@ -51,8 +51,12 @@ def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
         import bench_memory
         return bench_memory.run(a.messages, a.memory_timeout)
 
+    def worst_plan() -> BenchResult:
+        import bench_worst_plan
+        return bench_worst_plan.run()
+
     return {"ingress": ingress, "delivery": delivery, "simulator": simulator, "failover": failover,
-            "memory": memory}
+            "memory": memory, "worst_plan": worst_plan}
 
 
 def _names(value: str) -> list[str]:

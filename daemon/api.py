@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -128,6 +129,10 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
         state = request.app[STATE_KEY]
         if state.tokens:
             auth_check(state, request)
+        else:
+            browser_check(request)
+        if request.method == "POST" and (request.path in JSON_BODY_PATHS or request.path.startswith("/v1/receipts/")):
+            json_content_type_check(request)
         return await handler(request)
     except ApiError as e:
         return e.response()
@@ -145,6 +150,53 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
     except Exception:  # noqa: BLE001 - the catch-all that keeps tracebacks off the wire
         log.exception("internal error on %s %s", request.method, request.path)
         return ApiError(500, "internal error; the daemon log has the details").response()
+
+
+JSON_BODY_PATHS = frozenset({"/v1/send"})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _loopback_host(value: str) -> bool:
+    """"127.0.0.1", "localhost:8080", "[::1]:8080": a loopback name with an optional port."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        host = v[: v.find("]") + 1] if "]" in v else v
+    else:
+        host = v.rpartition(":")[0] if v.count(":") == 1 else v
+    host = host.rstrip(".")
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def browser_check(request: web.Request) -> None:
+    """Without tokens the API trusts every local process, so no web page may reach it: a Host
+    that is not a loopback name (DNS rebinding) and a cross-site request (Origin of another
+    host, Sec-Fetch-Site: cross-site) are refused 403 (docs/security.md)."""
+    host = request.headers.get("Host", "")
+    if not _loopback_host(host):
+        raise ApiError(403, "without api_tokens only a loopback Host is accepted",
+                       [{"loc": ["header", "Host"], "msg": "expected 127.0.0.1, localhost or [::1] (with a port)"}])
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        rest = origin.partition("://")[2]
+        if not rest or not _loopback_host(rest.rstrip("/")):
+            raise ApiError(403, "cross-site request refused",
+                           [{"loc": ["header", "Origin"], "msg": "only loopback origins without api_tokens"}])
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        raise ApiError(403, "cross-site request refused",
+                       [{"loc": ["header", "Sec-Fetch-Site"], "msg": "cross-site requests are refused"}])
+
+
+def json_content_type_check(request: web.Request) -> None:
+    """A JSON endpoint takes Content-Type: application/json only (415 otherwise): a browser cannot
+    send that cross-site without a CORS preflight, which routingd never answers."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "Content-Type must be application/json",
+                       [{"loc": ["header", "Content-Type"], "msg": f"got {request.content_type or 'none'!r}"}])
 
 
 def auth_check(state: ApiState, request: web.Request) -> None:

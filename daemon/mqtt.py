@@ -50,6 +50,7 @@ from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_
 from .clock import rfc3339
 from .core.engine import Event, Outcome
 from .core.policy import MqttProvider, MqttSection
+from .providers.redact import config_secrets, redact
 
 log = logging.getLogger("routingd.mqtt")
 
@@ -735,18 +736,20 @@ class MqttProviderAdapter(ProviderAdapter):
         self.name = name
         self.config = config
         self.link = link
+        a = link.address
+        self.secrets = config_secrets(extra=(a.password, a.username))
 
     async def send(self, req: AttemptRequest) -> Outcome:
         try:
             topic = render_topic(self.config.topic, req)
         except TopicTemplateError as exc:
-            return Outcome(status=400, detail=str(exc))
+            return Outcome(status=400, detail=redact(str(exc), self.secrets))
         try:
             await self.link.publish(topic, req.payload(), qos=self.config.qos)
         except MqttUnavailable as exc:
-            return Outcome(network=True, detail=str(exc))
+            return Outcome(network=True, detail=redact(str(exc), self.secrets))
         except (TypeError, ValueError) as exc:
-            return Outcome(status=400, detail=f"cannot publish to {topic!r}: {exc}")
+            return Outcome(status=400, detail=redact(f"cannot publish to {topic!r}: {exc}", self.secrets))
         return Outcome(status=200)
 
 

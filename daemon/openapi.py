@@ -152,6 +152,7 @@ def _document() -> dict[str, Any]:
                                            f"{MAX_JSON_DEPTH} levels, or a bad Idempotency-Key"),
                     "401": _error_response("missing or wrong bearer token"),
                     "413": _error_response("body larger than [daemon] max_body"),
+                    "415": _error_response("Content-Type is not application/json"),
                     "422": _error_response("validation failed, or unknown route/channel/provider"),
                     "503": _error_response("draining (shutting down) or at the in-flight limit", _RETRY_AFTER),
                 }}},
@@ -182,6 +183,7 @@ def _document() -> dict[str, Any]:
                     "401": _error_response("bad signature or bearer token"),
                     "404": _error_response("unknown provider, or no such attempt awaits a receipt"),
                     "413": _error_response("body too large"),
+                    "415": _error_response("Content-Type is not application/json"),
                     "422": _error_response("invalid receipt body"),
                     "503": _error_response("routingd has stopped routing (shutting down)", _RETRY_AFTER)}}},
             "/healthz": {"get": {

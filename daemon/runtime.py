@@ -96,6 +96,7 @@ from .core.policy import Policy, PolicyError, Problem, parse_policy
 from .core.request import MessageRequest, SendRequest
 from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
+from .providers.redact import describe_error, redact
 from .providers import UnavailableAdapter, make_http_session
 from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
@@ -774,7 +775,7 @@ class Router:
             delay, outcome, after = timed(req)
         except Exception as e:  # noqa: BLE001 - as in _run_attempt
             log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
-            delay, outcome, after = 0.0, Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}"), None
+            delay, outcome, after = 0.0, Outcome(network=True, detail=f"adapter error: {describe_error(e)}"), None
         assert self._loop is not None
         if delay is not None:           # None: it never answers (cancelled at the deadline)
             self._loop.call_later(delay, self._timed_answer, live, req.attempt_id, outcome, after, fut)
@@ -806,7 +807,10 @@ class Router:
             raise
         except Exception as e:  # noqa: BLE001 - an adapter bug is a failed attempt, not a dead daemon
             log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
-            outcome = Outcome(network=True, detail=f"adapter error: {type(e).__name__}: {e}")
+            outcome = Outcome(network=True, detail=f"adapter error: {describe_error(e)}")
+        if outcome.detail:
+            # the backstop under every adapter's own redaction: no URL path or query in a detail
+            outcome = dataclasses.replace(outcome, detail=redact(outcome.detail))
         if live.tasks.pop(req.attempt_id, None) is None or self._halted:
             return                  # cancelled meanwhile: the engine no longer waits for it
         now = self.clock.now()

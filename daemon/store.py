@@ -586,6 +586,13 @@ class Store:
                 self._lock_fd = None
 
     def _connect(self, query_only: bool = False) -> sqlite3.Connection:
+        if not query_only and self.path != ":memory:":
+            # Made 0600 before SQLite opens it, whatever the umask: it holds recipients and
+            # contents, and SQLite gives the -wal and -shm files the mode of the database file.
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError:
+                pass                # sqlite3.connect reports the reason below
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self.busy_timeout_s)

@@ -26,6 +26,7 @@ from provider_standin import ProviderStandin
 
 TOKEN = "api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}     # raw bodies say what they are
 
 SANDBOX = """
 version = 1
@@ -165,14 +166,14 @@ def test_bad_json_400_and_body_limit_413(tmp_path: Path) -> None:
                 r = await c.post("/v1/send", data=raw, headers={**AUTH, "Content-Type": "application/json"})
                 assert (await error_of(r, 400))["details"][0]["loc"] == ["body"], raw
             big = json.dumps({"message": {"to": {"email": "a" * 2000}}}).encode()
-            await error_of(await c.post("/v1/send", data=big, headers=AUTH), 413)
+            await error_of(await c.post("/v1/send", data=big, headers=JSON_AUTH), 413)
 
             async def chunks() -> AsyncIterator[bytes]:        # no Content-Length: chunked
                 for _ in range(40):
                     yield b" " * 100
-            await error_of(await c.post("/v1/send", data=chunks(), headers=AUTH), 413)
+            await error_of(await c.post("/v1/send", data=chunks(), headers=JSON_AUTH), 413)
             raw = json.dumps({"attempt_id": "x" * 2000, "status": "delivered"}).encode()
-            await error_of(await c.post("/v1/receipts/fast", data=raw, headers=AUTH), 413)
+            await error_of(await c.post("/v1/receipts/fast", data=raw, headers=JSON_AUTH), 413)
     run(main())
 
 
@@ -213,11 +214,11 @@ def test_json_nesting_limit(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with api(tmp_path) as (c, _, _):
-            too_deep = await error_of(await c.post("/v1/send", data=nested(30), headers=AUTH), 400)
+            too_deep = await error_of(await c.post("/v1/send", data=nested(30), headers=JSON_AUTH), 400)
             assert "deeper than 32" in too_deep["error"] and too_deep["details"][0]["loc"] == ["body"]
-            assert (await c.post("/v1/send", data=nested(29), headers=AUTH)).status == 202
+            assert (await c.post("/v1/send", data=nested(29), headers=JSON_AUTH)).status == 202
             # brackets inside strings are not nesting: many of them, but a shallow body
-            assert (await c.post("/v1/send", data=nested(1, "[{" * 100), headers=AUTH)).status == 202
+            assert (await c.post("/v1/send", data=nested(1, "[{" * 100), headers=JSON_AUTH)).status == 202
     run(main())
 
 

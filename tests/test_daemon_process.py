@@ -21,6 +21,8 @@ from provider_standin import sign
 TOKEN = "t0ken-for-tests"
 RECEIPT_SECRET = "receipt-s3cret"
 
+JSON = {"Content-Type": "application/json"}      # raw bodies say what they are (else 415)
+
 
 def attempts_by_provider(status: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
@@ -215,10 +217,10 @@ def test_receipt_confirms_delivery(world: tuple[DaemonProcess, dict[str, Any]], 
     assert s["prcpt"].receipts_sent == [{"attempt_id": a["attempt_id"], "status": "delivered", "http_status": 200}]
     # a receipt with a wrong signature, and one for an unknown attempt, are refused
     raw = json.dumps({"attempt_id": a["attempt_id"], "status": "failed"}).encode()
-    r = d.post("/v1/receipts/prcpt", body=raw, headers={"X-Routingd-Signature": sign("wrong", raw)}, token=False)
+    r = d.post("/v1/receipts/prcpt", body=raw, headers={"X-Routingd-Signature": sign("wrong", raw), **JSON}, token=False)
     assert r.status == 401 and r.json()["details"][0]["loc"] == ["header", "X-Routingd-Signature"]
     raw = json.dumps({"attempt_id": "nope.0.1", "status": "delivered"}).encode()
-    r = d.post("/v1/receipts/prcpt", body=raw, headers={"X-Routingd-Signature": sign(RECEIPT_SECRET, raw)},
+    r = d.post("/v1/receipts/prcpt", body=raw, headers={"X-Routingd-Signature": sign(RECEIPT_SECRET, raw), **JSON},
                token=False)
     assert r.status == 404 and r.json()["error"]
 
@@ -268,7 +270,7 @@ def test_http_error_answers(world: tuple[DaemonProcess, dict[str, Any]]) -> None
 
     r = d.post("/v1/send", body=b'{"message": ', headers={"Content-Type": "application/json"})
     assert r.status == 400 and r.json()["details"][0]["loc"] == ["body"]
-    r = d.post("/v1/send", body=json.dumps({"message": {"to": {"email": "x" * 4000}}}).encode())
+    r = d.post("/v1/send", body=json.dumps({"message": {"to": {"email": "x" * 4000}}}).encode(), headers=JSON)
     assert r.status == 413 and "2048" in r.json()["error"]
     r = d.post("/v1/send", {"message": {"to": {"email": "a@example.com"}, "timeout": {"provider": "soon"}}})
     assert r.status == 422

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Union
 
 from mypy_extensions import mypyc_attr
@@ -300,7 +301,8 @@ class Delivery:
     # the simulator makes one per simulated message) and the fastest attribute access
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
-                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried")
+                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
+                 "_due", "_dueseq")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
@@ -333,6 +335,12 @@ class Delivery:
         self._groups: list[_Group] = []
         self._chans: list[_Channel] = []
         self._tried: list[_Run] = []
+        # Every deadline ever set, as (time, rank, pre, seq, node), a min-heap. An entry whose
+        # node has since moved on is dropped when it reaches the top (_earliest): finding the
+        # next deadline costs O(log n) per deadline, not a scan of every channel and attempt,
+        # so a step never grows with the square of a message's attempts (docs/security.md).
+        self._due: list[tuple[float, int, int, int, _Node]] = []
+        self._dueseq = 0
 
     # ------------------------------------------------------------------ public inputs
 
@@ -477,7 +485,11 @@ class Delivery:
         """Fire every deadline that has come due, earliest first; message before channel before attempt.
 
         Leaves the earliest deadline still ahead in self._want (None once terminal)."""
-        for _ in range(10_000):
+        # Each pass ends a node, starts an attempt or fires one attempt's slow mark or back-off:
+        # a bound that grows with the plan and the attempts made, never hit by a sound machine.
+        passes = 0
+        while passes <= 64 + 4 * (self.root.end + len(self.attempts)):
+            passes += 1
             if self.status != "pending":
                 self._want = None
                 return
@@ -533,35 +545,38 @@ class Delivery:
     def _earliest(self) -> tuple[float, int, _Node | None]:
         """The first deadline by (time, rank, plan order): rank 0 message, 1 channel, 2 attempt or
         receipt, 3 back-off wake-up, 4 an attempt's slow-call mark (breaker `slow`)."""
-        bnode: _Node | None = None
-        bt, brank, bpre = self.message_deadline, 0, -1
-        for ch in self._chans:
-            if ch.result is None:
-                t = ch.deadline
-                if t < bt or (t == bt and (brank > 1 or (brank == 1 and ch.pre < bpre))):
-                    bt, brank, bpre, bnode = t, 1, ch.pre, ch
-        for r in self._tried:
-            st = r.state
+        due = self._due
+        md = self.message_deadline
+        while due:
+            t, rank, _pre, _seq, node = due[0]
+            if self._live(t, rank, node):
+                if md <= t:
+                    break
+                return t, rank, node
+            heappop(due)
+        return md, 0, None
+
+    def _live(self, t: float, rank: int, node: _Node) -> bool:
+        """Whether the heap entry (t, rank, node) is still a deadline of `node`."""
+        if rank == 1:
+            if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
+                assert isinstance(node, _Channel)
+            return node.result is None and node.deadline == t
+        if TYPE_CHECKING:           # narrowing for the type checker only: no isinstance per call
+            assert isinstance(node, _Run)
+        st = node.state
+        rec = node.attempt
+        if rank == 2:
             if st == "attempting":
-                t, rank = r.attempt.deadline, 2          # type: ignore[union-attr]
-                sa = r.slow_at
-                if sa is not None and sa < t:
-                    t, rank = sa, 4
-            elif st == "awaiting":
-                rt = r.attempt.receipt_deadline          # type: ignore[union-attr]
-                if rt is None:
-                    continue
-                t, rank = rt, 2
-            elif st == "backoff":
-                wt = r.wake_at
-                if wt is None:
-                    continue
-                t, rank = wt, 3
-            else:
-                continue
-            if t < bt or (t == bt and (brank > rank or (brank == rank and r.pre < bpre))):
-                bt, brank, bpre, bnode = t, rank, r.pre, r
-        return bt, brank, bnode
+                return rec is not None and rec.deadline == t
+            return st == "awaiting" and rec is not None and rec.receipt_deadline == t
+        if rank == 3:
+            return st == "backoff" and node.wake_at == t
+        return st == "attempting" and node.slow_at == t
+
+    def _push(self, t: float, rank: int, node: _Node) -> None:
+        self._dueseq += 1
+        heappush(self._due, (t, rank, node.pre, self._dueseq, node))
 
     def _channel_of(self, run: _Run) -> _Channel:
         ch = self._nodes[run.parent]
@@ -590,6 +605,7 @@ class Delivery:
             pre = node.pre
             node.children = [_Run(p, pre, pre + i) for i, p in enumerate(step.providers, 1)]
             node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
+            self._push(node.deadline, 1, node)
             self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
             if node.deadline <= now:
                 self._complete(node, "failed", now, reason="timeout")
@@ -641,6 +657,9 @@ class Delivery:
         if slow is not None and step.breaker_failures is not None:
             mark = now + slow / 1000.0
             run.slow_at = mark if mark < deadline else None
+            if run.slow_at is not None:
+                self._push(mark, 4, run)
+        self._push(deadline, 2, run)
         if self._wants("attempt_started"):
             self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                        attempt=run.tries, deadline=deadline)
@@ -689,6 +708,7 @@ class Delivery:
                 rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0,
                                          self._channel_of(run).deadline)
                 run.state = "awaiting"
+                self._push(rec.receipt_deadline, 2, run)
                 self._emit("attempt_accepted", now, attempt_id=rec.attempt_id, status_code=o.status,
                            receipt_deadline=rec.receipt_deadline)
                 return
@@ -724,6 +744,7 @@ class Delivery:
             if now + delay < ch.deadline:
                 run.state = "backoff"
                 run.wake_at = now + delay
+                self._push(run.wake_at, 3, run)
                 self._emit("retry_scheduled", now, channel=ch.step.channel, provider=step.provider,
                            at=run.wake_at, delay_s=delay, reason=reason)
                 return
@@ -860,9 +881,15 @@ class Delivery:
     def _check_all_done(self, node: "_Group | _Channel", now: float) -> None:
         if node.launching or node.result is not None or self.status != "pending":
             return
-        for c in node.children:
-            if c.result is None:
-                return
+        # `idx` (unused by `all` scopes otherwise) is the first child not known to be finished:
+        # results never go back to None, so the whole scan costs O(children) per node, not per call
+        children = node.children
+        i, n = node.idx, len(children)
+        while i < n and children[i].result is not None:
+            i += 1
+        node.idx = i
+        if i < n:
+            return
         self._complete(node, "delivered" if node.delivered else "failed", now)
 
     def _cancel_under(self, node: _Node, now: float, outcome: str, reason: str) -> None:
@@ -872,7 +899,13 @@ class Delivery:
         lo, hi = node.pre, node.end
         if isinstance(node, _Run):
             lo -= 1
-        cut = [r for r in self._tried if lo < r.pre <= hi and r.state != "done"]
+        cut: list[_Run]
+        if type(node) is _Channel:
+            # its runs are its children: no walk over every run of the message per channel end
+            runs: list[_Run] = node.children      # type: ignore[assignment, attr-defined]
+            cut = [r for r in runs if r.tries > 0 and r.state != "done"]
+        else:
+            cut = [r for r in self._tried if lo < r.pre <= hi and r.state != "done"]
         if cut:
             if len(cut) > 1:
                 cut.sort(key=_by_pre, reverse=True)

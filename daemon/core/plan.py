@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
-                     BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup, TimeoutsSection)
+                     BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup, TimeoutsSection,
+                     plan_limit_msg, plan_shape_problems)
 from .request import MessageRequest
 
 
@@ -152,6 +153,17 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
     if request is not None and request.routing is not None:
         method, items = request.routing.method, request.routing.channels
 
+    limits = m.daemon
+    if len(req_channels) + len(req_providers) > limits.max_overrides:
+        raise PlanError([Problem(("message",), plan_limit_msg(
+            "max_overrides", limits.max_overrides, "channel and provider overrides in one request"))])
+    loc = ("message", "routing", "channels") if request is not None and request.routing is not None \
+        else ("routes", route_name, "channels")
+    # before anything is built: a plan past a limit costs only the walk up to that limit
+    shape = plan_shape_problems(list(items), loc, limits, once=inline)
+    if shape:
+        raise PlanError(shape)
+
     for name in req_channels:
         if name not in m.channels:
             problems.append(Problem(("message", "channels", name), f"unknown channel {name!r}"))
@@ -180,6 +192,9 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
 
     def channel_step(cname: str) -> ChannelStep:
         c = m.channels[cname]
+        if len(c.providers) > limits.max_channel_providers:
+            problems.append(Problem(("channels", cname, "providers"), plan_limit_msg(
+                "max_channel_providers", limits.max_channel_providers, "providers in one channel")))
         ov = req_channels.get(cname)
         t, src = _first((ov.effective_timeout if ov else None, f"request message.channels.{cname}.timeout"),
                         (c.timeout, f"channels.{cname}.timeout"),
@@ -204,8 +219,6 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
                 out.append(GroupStep(item.method, build(item.channels, loc + (i, "channels"), depth + 1)))
         return tuple(out)
 
-    loc = ("message", "routing", "channels") if request is not None and request.routing is not None \
-        else ("routes", route_name, "channels")
     steps = build(list(items), loc)
     if problems:
         raise PlanError(problems)

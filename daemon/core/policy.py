@@ -71,6 +71,12 @@ class DaemonSection(Strict):
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)
     max_inflight: int = Field(default=100_000, ge=1)
+    # What one plan may hold (docs/security.md "Limits"): a request builds its plan from
+    # inline routing and overrides, so these bound the work and memory one send can cause.
+    max_plan_channels: int = Field(default=16, ge=1, le=1_000)
+    max_plan_depth: int = Field(default=8, ge=0, le=16)
+    max_channel_providers: int = Field(default=8, ge=1, le=100)
+    max_overrides: int = Field(default=64, ge=0, le=10_000)
     grace: Duration = 10_000
     retention: Duration = 7 * 24 * 3_600_000
     idempotency_ttl: Duration = 24 * 3_600_000
@@ -410,6 +416,44 @@ def _check_items(items: list, loc: tuple, channels: Mapping[str, Any], problems:
             _check_items(item.channels, loc + (i, "channels"), channels, problems, depth + 1)
 
 
+def plan_limit_msg(key: str, limit: int, what: str) -> str:
+    return f"more than {limit} {what} (the limit [daemon] {key})"
+
+
+def plan_shape_problems(items: list, loc: tuple, daemon: DaemonSection, once: bool = False) -> list[Problem]:
+    """A route's (or inline routing's) items against the plan limits: nesting depth, channels
+    in the plan and, with `once` (a request's inline routing), the same channel twice (it would
+    deliver twice to one recipient; a route in the file may do so on purpose).
+
+    Walks at most max_plan_channels channels and stops at the first limit passed, so a request
+    of any size costs no more than the limit to check."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    count = 0
+    max_ch, max_depth = daemon.max_plan_channels, daemon.max_plan_depth
+    # an explicit stack, not recursion: (items, loc, depth, next index)
+    stack: list[tuple[list, tuple, int, int]] = [(list(items), loc, 1, 0)]
+    while stack:
+        seq, here, depth, i = stack.pop()
+        if i >= len(seq):
+            continue
+        stack.append((seq, here, depth, i + 1))
+        item = seq[i]
+        if isinstance(item, str):
+            if once and item in seen:
+                return [Problem(here + (i,), f"channel {item!r} appears twice in one plan")]
+            seen.add(item)
+            count += 1
+            if count > max_ch:
+                return [Problem(here + (i,), plan_limit_msg("max_plan_channels", max_ch, "channels in one plan"))]
+        elif hasattr(item, "channels"):
+            if depth > max_depth:
+                return [Problem(here + (i,), plan_limit_msg("max_plan_depth", max_depth,
+                                                            "levels of nested groups"))]
+            stack.append((list(item.channels), here + (i, "channels"), depth + 1, 0))
+    return problems
+
+
 def _route_channels(items: list, depth: int = 0) -> list[str]:
     """Channel names of a route's item list, nested groups included, in order, once each."""
     out: list[str] = []
@@ -433,8 +477,12 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
                                         + (f"; defined providers: {', '.join(sorted(model.providers))}" if model.providers else "")))
         if len(set(ch.providers)) != len(ch.providers):
             problems.append(Problem(("channels", cname, "providers"), "a provider is listed twice"))
+        if len(ch.providers) > model.daemon.max_channel_providers:
+            problems.append(Problem(("channels", cname, "providers"), plan_limit_msg(
+                "max_channel_providers", model.daemon.max_channel_providers, "providers in one channel")))
     for rname, r in model.routes.items():
         _check_items(r.channels, ("routes", rname, "channels"), model.channels, problems)
+        problems += plan_shape_problems(r.channels, ("routes", rname, "channels"), model.daemon)
     for pname, p in model.providers.items():
         if p.backoff.max < p.backoff.base:
             problems.append(Problem(("providers", pname, "backoff", "max"), "must be at least backoff.base"))
@@ -569,8 +617,12 @@ def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
     for p in problems:
         msg = p.msg
         for value in sorted(used, key=len, reverse=True):
-            if value in msg:
-                msg = msg.replace(value, f"${{{used[value]}}}")
+            # as is, and as repr() shows it inside a message (a backslash, a tab or both quote
+            # kinds come out escaped), and that escaped again (a message quoted by repr once more)
+            once = repr(value)[1:-1]
+            for form in dict.fromkeys((value, once, repr(once)[1:-1], once.replace("\\'", "'"))):
+                if form and form in msg:
+                    msg = msg.replace(form, f"${{{used[value]}}}")
         out.append(Problem(p.loc, msg))
     return out
 

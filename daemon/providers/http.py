@@ -22,6 +22,7 @@ import aiohttp
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
+from .redact import config_secrets, describe_error, redact
 
 _MAX_BODY = 64 * 1024
 _SAFETY_S = 5.0
@@ -66,6 +67,8 @@ class HttpAdapter(ProviderAdapter):
         self.url: str = config.url
         self.headers: dict[str, str] = dict(config.headers)
         self.ctx = ctx
+        # what an error or an echoing provider could show: masked in every detail (redact.py)
+        self.secrets = config_secrets(self.url, self.headers)
 
     async def send(self, req: AttemptRequest) -> Outcome:
         session = self.ctx.http_session
@@ -84,13 +87,13 @@ class HttpAdapter(ProviderAdapter):
         except asyncio.TimeoutError:
             return Outcome(network=True, detail="no answer within the safety timeout")
         except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=_describe(e))
+            return Outcome(network=True, detail=describe_error(e, self.secrets))
         detail = ""
         if not 200 <= status < 300:
             detail = f"HTTP {status}"
             text = body[:200].decode("utf-8", "replace").strip()
             if text:
-                detail += f": {text}"
+                detail = redact(f"{detail}: {text}", self.secrets)
         return Outcome(status=status, retry_after_s=retry_after, detail=detail)
 
 
@@ -104,13 +107,6 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
         if size >= _MAX_BODY:
             break                      # enough to describe it; the rest is discarded with the connection
     return b"".join(chunks)[:_MAX_BODY]
-
-
-def _describe(e: BaseException) -> str:
-    kind = type(e).__name__
-    text = " ".join(str(e).split())
-    text = f"{kind}: {text}" if text else kind
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 register_adapter("http", HttpAdapter)

@@ -1,0 +1,84 @@
+"""One sanitiser for every text a provider adapter turns into an attempt's `detail`.
+
+A detail is stored in the state file, shown by `GET /v1/messages/{id}`, published on the MQTT
+events topic and logged, so it must never carry a credential. Chat APIs put the key in the URL
+(`https://api.example/bot<TOKEN>/sendMessage`), others in a header or the query; an error
+(aiohttp's `ClientResponseError ... url='...'`) or a provider's error body can echo any of them.
+
+`redact(text, secrets)`:
+  * every URL is cut to `scheme://host[:port]` (user info, path, query and fragment dropped);
+  * every given secret (see `config_secrets`) is replaced by `***`, in any of the renderings
+    an error may use (as is, `repr()`-escaped, percent-encoded);
+  * whitespace (newlines included) is folded to single spaces and the text bounded.
+
+Every adapter's error path calls it with `config_secrets(...)` of its configuration; the
+runtime applies it once more to every detail as a backstop (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+from urllib.parse import parse_qsl, quote, urlsplit
+
+MASK = "***"
+MAX_DETAIL = 300
+_MIN_SECRET = 6                  # shorter pieces ("v1", "send") are words, not keys
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{1,15})://([^\s/?#'\"<>()\[\]]*)[^\s'\"<>()\[\]]*")
+
+
+def _host_only(m: re.Match[str]) -> str:
+    netloc = m.group(2).rpartition("@")[2]          # user:password@ never shown
+    return f"{m.group(1)}://{netloc}"
+
+
+def config_secrets(url: str | None = None, headers: Mapping[str, str] | None = None,
+                   extra: Iterable[str | None] = ()) -> tuple[str, ...]:
+    """The pieces of a provider's configuration that may be credentials: the URL's user info,
+    path segments and query values, every header value and each word of it (the token of
+    "Bearer <token>"), plus `extra` (a password, a secret)."""
+    out: set[str] = set()
+    if url:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is not None:
+            if parts.username:
+                out.add(parts.username)
+            if parts.password:
+                out.add(parts.password)
+            out.update(seg for seg in parts.path.split("/") if seg)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True):
+                out.update((k, v))
+            if parts.fragment:
+                out.add(parts.fragment)
+    for value in (headers or {}).values():
+        out.add(value)
+        out.update(value.split())
+    out.update(e for e in extra if e)
+    return tuple(sorted((s for s in out if len(s) >= _MIN_SECRET), key=len, reverse=True))
+
+
+def _renderings(secret: str) -> list[str]:
+    forms = [secret, repr(secret)[1:-1], quote(secret, safe=""), quote(secret)]
+    return [f for f in dict.fromkeys(forms) if f]
+
+
+def redact(text: str, secrets: Iterable[str] = (), limit: int = MAX_DETAIL) -> str:
+    """`text` with URLs cut to their host, `secrets` masked, whitespace folded, at most `limit`
+    characters."""
+    for s in secrets:
+        for form in _renderings(s):
+            if form in text:
+                text = text.replace(form, MASK)
+    text = _URL.sub(_host_only, text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_error(e: BaseException, secrets: Iterable[str] = ()) -> str:
+    """An exception as one redacted line: "ClientResponseError: 400, message=..., url=https://host"."""
+    kind = type(e).__name__
+    text = str(e)
+    return redact(f"{kind}: {text}" if text.strip() else kind, secrets)
