@@ -62,8 +62,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
                                   the epoch on Clock.now(); daemon.clock.rfc3339() formats them.
     await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
                                   to answer (answers are still processed, deadlines still fire);
-                                  then the rest are cancelled. Non-terminal messages stay in the
-                                  store for the next start.
+                                  then the rest are cancelled. A retry or failover due meanwhile
+                                  is held, not started (engine Delivery.drain): its message is
+                                  never finished for lack of it and nothing held counts against a
+                                  breaker. Non-terminal messages stay in the store for the next
+                                  start.
 """
 
 from __future__ import annotations
@@ -342,6 +345,11 @@ class Router:
         if not self._started or self._halted:
             return
         self._stopping = True
+        # From here no attempt starts: where a delivery would start one (a retry, a failover) it
+        # holds that provider instead, and a message is never finished for lack of an attempt
+        # (engine Delivery.drain). Held messages stay pending and resume on the next start.
+        for live in self._live.values():
+            live.delivery.drain()
         running = [t for live in self._live.values() for t in live.tasks.values()]
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
@@ -695,13 +703,8 @@ class Router:
                 log.exception("event listener failed on %s %s", message_id, event.type)
 
     def _start_attempt(self, live: _Live, cmd: StartAttempt, committed: bool = False) -> None:
+        # (Never called once stop() began: it drains every delivery, which then starts nothing.)
         now = self.clock.now()
-        if self._stopping:
-            live.details[cmd.attempt_id] = "not started: routingd is stopping"
-            self.store.put_attempt(AttemptRow(cmd.attempt_id, live.row.id, cmd.channel, cmd.provider, cmd.try_no,
-                                              cmd.started_at, cmd.deadline, now, "cancelled", None,
-                                              "not started: routingd is stopping"))
-            return
         msg = live.request
         if msg is None:             # finished: the engine starts nothing after Finish
             return

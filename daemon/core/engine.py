@@ -11,6 +11,8 @@ time, the simulator SimPy's `env.now`):
                                             timer that fired early re-arms instead of stalling)
     on_provider_unhealthy(provider, now)    optional: that provider's breaker has just opened;
                                             fail over at once from the attempts in flight on it
+    drain()                                 optional: the driver is stopping; start no attempt
+                                            from now on (see Delivery.drain)
 
 Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -229,7 +231,7 @@ class _Group(_Node):
 
 
 class _Channel(_Node):
-    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected")
+    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected", "holding")
 
     def __init__(self, step: ChannelStep, parent: int, pre: int) -> None:
         self.parent = parent
@@ -245,6 +247,7 @@ class _Channel(_Node):
         self.launching = False
         self.deadline = 0.0
         self.rejected = False
+        self.holding = False                        # a provider of it is held (Delivery.drain)
 
 
 class _Run(_Node):
@@ -261,7 +264,7 @@ class _Run(_Node):
         self.step = step
         self.tries = 0
         self.attempt: AttemptRecord | None = None
-        self.state: Literal["idle", "attempting", "awaiting", "backoff", "done"] = "idle"
+        self.state: Literal["idle", "attempting", "awaiting", "backoff", "held", "done"] = "idle"
         self.wake_at: float | None = None
         self.slow_at: float | None = None       # the current attempt's slow-call mark, while pending
         self.slow_counted = False               # the current attempt already counted as a breaker failure
@@ -300,7 +303,8 @@ class Delivery:
     # the simulator makes one per simulated message) and the fastest attribute access
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
-                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried")
+                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
+                 "draining", "held")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
@@ -333,6 +337,8 @@ class Delivery:
         self._groups: list[_Group] = []
         self._chans: list[_Channel] = []
         self._tried: list[_Run] = []
+        self.draining = False                       # drain() was called: no attempt starts any more
+        self.held = 0                               # provider runs waiting for the next run (drain)
 
     # ------------------------------------------------------------------ public inputs
 
@@ -426,6 +432,34 @@ class Delivery:
                     continue
                 self._cut_run(run, now)
         return self._settle(now)
+
+    def drain(self) -> None:
+        """The driver is stopping (the daemon's SIGTERM grace period): start no attempt from now on.
+
+        Optional input, for a driver that lets the attempts in flight answer before it stops and
+        resumes its pending messages with a new Delivery (run + 1) on its next start. Where this
+        delivery would start an attempt -- a first try, a retry after its back-off, a failover --
+        the provider is held instead: an `attempt_held` event (channel, provider), no
+        StartAttempt, no attempt record, no try used and no breaker consulted or counted (a held
+        provider did nothing). A held provider never ends, so it keeps its channel, and the scopes
+        above it, from completing, and the deadline of a channel holding one does not fire: the
+        next run tries that channel afresh. So a draining delivery is never finished for lack of
+        an attempt; it still finishes on what really happens -- an answer or receipt of an
+        attempt in flight (delivered, or every option really tried and failed), or the message
+        deadline. `held` counts the held providers: a delivery with held > 0 waits for its next
+        run. Commands are not changed by the call itself; it is a no-op on a finished delivery."""
+        self.draining = True
+
+    def _hold(self, run: _Run, now: float) -> None:
+        if run.tries == 0:
+            self._tried.append(run)         # so that cutting its channel ends it like any started run
+        run.state = "held"
+        run.wake_at = None
+        run.slow_at = None
+        self.held += 1
+        ch = self._channel_of(run)
+        ch.holding = True
+        self._emit("attempt_held", now, channel=ch.step.channel, provider=run.step.provider)
 
     def _cut_run(self, run: _Run, now: float) -> None:
         """Its provider's breaker is open: stop the run's attempt (or back-off) and fail over."""
@@ -536,7 +570,7 @@ class Delivery:
         bnode: _Node | None = None
         bt, brank, bpre = self.message_deadline, 0, -1
         for ch in self._chans:
-            if ch.result is None:
+            if ch.result is None and not ch.holding:
                 t = ch.deadline
                 if t < bt or (t == bt and (brank > 1 or (brank == 1 and ch.pre < bpre))):
                     bt, brank, bpre, bnode = t, 1, ch.pre, ch
@@ -614,6 +648,9 @@ class Delivery:
             self._check_all_done(node, now)
 
     def _try(self, run: _Run, now: float) -> None:
+        if self.draining:
+            self._hold(run, now)            # see drain(): before the breaker, which a probe would consume
+            return
         step = run.step
         ch = self._nodes[run.parent]
         if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
