@@ -108,6 +108,7 @@ __all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
 _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wakeups)
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
+_CLOCK_EVERY_S = 1.0           # how often the wall clock is checked for a step (also at each submit)
 _TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 _new = object.__new__
@@ -269,6 +270,11 @@ class Router:
         self._own_store = False
         self._own_session = False
         self._purge_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
+        # The sum of the wall-clock steps followed (see _follow_clock), and the time from which the
+        # idempotency keys of the current time axis were written.
+        self._shifted = 0.0
+        self._axis_since = 0.0
         self._closing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Wake-ups (SetTimer) of every message: a heap of (at, seq, message_id) served by ONE
@@ -313,7 +319,8 @@ class Router:
         if self._ctx.http_session is None:
             self._ctx.http_session = make_http_session()
             self._own_session = True
-        now = self.clock.now()
+        self._follow_clock()
+        now = self._axis_since = self.clock.now()
         stored = self._policy
         try:
             self.store.put_policy(stored.version, stored.source, stored.path, now)
@@ -340,6 +347,7 @@ class Router:
             if live is not None:
                 self._begin(live)
         self._purge_task = asyncio.create_task(self._purge_loop(), name="routingd purge")
+        self._clock_task = asyncio.create_task(self._clock_loop(), name="routingd clock")
 
     async def stop(self, grace_s: float) -> None:
         if not self._started or self._halted:
@@ -367,9 +375,10 @@ class Router:
                 leftover.append(t)
             live.tasks.clear()
             self.store.end_open_attempts(live.row.id, now, "cancelled: routingd stopped; retried on the next start")
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-            leftover.append(self._purge_task)
+        for task in (self._purge_task, self._clock_task):
+            if task is not None:
+                task.cancel()
+                leftover.append(task)
         if leftover:
             await asyncio.wait(leftover, timeout=5.0)
         for snap in self._snapshots.values():
@@ -469,6 +478,8 @@ class Router:
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
+        self._follow_clock()
+        shifted = self._shifted
         now = self.clock.now()
         row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
@@ -510,6 +521,15 @@ class Router:
         snap = self._snapshots.get(policy.version)
         if snap is None:
             snap = self._snapshots[policy.version] = _Snapshot(policy)
+        if self._shifted != shifted:
+            # the clock was re-anchored while the insert committed (its row moved with the
+            # pending ones in the store): move this message too, and its first commands' wake-up
+            step = self._shifted - shifted
+            delivery.rebase(step)
+            row.accepted_at += step
+            row.message_deadline += step
+            now += step
+            first = [c for c in first if not isinstance(c, SetTimer)] + [SetTimer(delivery.next_wakeup)]
         live = _Live(row, msg, delivery, snap)
         if ahead is not None:
             for v in ahead:
@@ -709,7 +729,8 @@ class Router:
         if msg is None:             # finished: the engine starts nothing after Finish
             return
         fields: dict[str, Any] = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
-                      provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
+                      provider=cmd.provider, try_no=cmd.try_no,
+                      deadline_s=max(0.0, live.delivery.attempts[cmd.attempt_id].deadline - now),
                       idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata)
         if _ATTEMPT_REQUEST_PLAIN:
             # = AttemptRequest(**fields) without the frozen dataclass __init__ (an object.__setattr__
@@ -925,6 +946,45 @@ class Router:
         return _message_json(sm.message, [_attempt_json(a) for a in sm.attempts], sm.events)
 
     # ------------------------------------------------------------------ housekeeping
+
+    def _follow_clock(self) -> None:
+        """If the wall clock stepped (Clock.step), move every time this process holds by the
+        step: the in-flight messages (engine Delivery.rebase), their rows and attempt rows in the
+        store, the idempotency keys written on the old time axis, the breakers' cooldowns and the
+        wake-ups. Times stored from now on follow the wall clock; no deadline moves relative to
+        the monotonic clock, so none fires earlier or later (docs/reliability.md "Clean restarts")."""
+        step_of = getattr(self.clock, "step", None)
+        delta = step_of() if step_of is not None else 0.0
+        if not delta:
+            return
+        log.warning("the wall clock stepped by %+.3fs; %d in-flight message(s) follow it", delta, len(self._live))
+        self._shifted += delta
+        for live in self._live.values():
+            live.delivery.rebase(delta)
+            row = live.row
+            row.accepted_at += delta
+            row.message_deadline += delta
+            for a in live.prior.values():
+                a.started_at += delta
+                a.deadline += delta
+                if a.ended_at is not None:
+                    a.ended_at += delta
+        self.health.rebase(delta)
+        if self._wakeups:
+            self._wakeups = [(at + delta, seq, mid) for at, seq, mid in self._wakeups]   # still a heap
+            if self._wake_handle is not None:
+                self._arm(self._wakeups[0][0])
+        if self.store.is_open:
+            self.store.shift_times(delta, self._axis_since)
+        self._axis_since = self.clock.now()
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_CLOCK_EVERY_S)
+            try:
+                self._follow_clock()
+            except Exception:  # noqa: BLE001 - the next check tries again
+                log.exception("following a step of the wall clock failed")
 
     async def _purge_loop(self) -> None:
         while True:

@@ -1,10 +1,15 @@
-"""Delivery.drain(): the driver is stopping, so no attempt starts and no message is finished for
-lack of one (docs/reliability.md "Clean restarts"). The daemon drains every delivery when its
-SIGTERM grace period begins; the simulator never does."""
+"""The two engine inputs only the daemon gives (docs/reliability.md "Clean restarts"):
+Delivery.drain() -- the driver is stopping, so no attempt starts and no message is finished for
+lack of one (the daemon drains every delivery when its SIGTERM grace period begins) -- and
+Delivery.rebase() -- the driver's clock followed a step of the wall clock."""
 
 from __future__ import annotations
 
-from daemon.core.engine import Finish, StartAttempt
+import time
+
+import pytest
+
+from daemon.core.engine import Finish
 from daemon.core.health import HealthTracker
 
 from test_engine import E500, OK, events, finish, make, only_start, policy_text, starts
@@ -67,3 +72,41 @@ def test_a_late_receipt_ends_a_held_provider_and_delivers() -> None:
     cmds = h.receipt(a, "delivered", 2.0)
     f = finish(cmds)
     assert f is not None and f.status == "delivered" and starts(cmds) == []
+
+
+def test_rebase_moves_every_time_and_nothing_fires_earlier_or_later() -> None:
+    health = HealthTracker()
+    h = make(policy_text(a='retries = 1\nbreaker = { failures = 1, cooldown = "30s" }'), health=health)
+    a = only_start(h.start(0.0))
+    h.outcome(a, E500, 0.1)                        # opens a's breaker (until 30.1); a retry backs off
+    wake = h.d.next_wakeup
+    assert wake is not None and 0.1 < wake < 10.0
+    h.d.rebase(3600.0)
+    health.rebase(3600.0)
+    assert h.d.next_wakeup == wake + 3600.0
+    assert (h.d.accepted_at, h.d.message_deadline) == (3600.0, 3660.0)
+    rec = h.d.attempts[a.attempt_id]
+    assert (rec.started_at, rec.ended_at, rec.deadline) == (3600.0, 3600.1, 3602.0)
+    assert health.blocks("a", 3630.0) and not health.blocks("a", 3630.2)
+    cmds = h.timer()                               # the back-off ends at its moved time
+    assert events(cmds, "provider_skipped") or starts(cmds)   # a is still open: skipped to b
+    b = only_start(cmds)
+    assert (b.provider, b.started_at, b.deadline) == ("b", wake + 3600.0, wake + 3602.0)
+
+
+def test_clock_step_reanchors_only_past_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.clock import STEP_S, Clock
+
+    real = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+    c = Clock()
+    assert c.step() == 0.0
+    offset[0] = STEP_S / 4
+    assert c.step() == 0.0
+    before = c.now()
+    offset[0] = 3600.0
+    step = c.step()
+    assert abs(step - 3600.0) < 0.05
+    assert abs(c.now() - (before + step)) < 0.05 and abs(c.now() - time.time()) < 0.05
+    assert c.step() == 0.0

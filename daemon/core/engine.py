@@ -13,6 +13,8 @@ time, the simulator SimPy's `env.now`):
                                             fail over at once from the attempts in flight on it
     drain()                                 optional: the driver is stopping; start no attempt
                                             from now on (see Delivery.drain)
+    rebase(delta)                           optional: the driver's clock was re-anchored by
+                                            `delta` seconds; every time held moves with it
 
 Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -449,6 +451,38 @@ class Delivery:
         deadline. `held` counts the held providers: a delivery with held > 0 waits for its next
         run. Commands are not changed by the call itself; it is a no-op on a finished delivery."""
         self.draining = True
+
+    def rebase(self, delta: float) -> None:
+        """The driver moved its time axis by `delta` seconds (the daemon follows a step of the wall
+        clock, docs/reliability.md "Clean restarts"): the instant that was `t` is now `t + delta`.
+        Every time this delivery holds -- acceptance, deadlines, back-off wake-ups, slow-call
+        marks, its attempts' times and the wake-up it asked for -- moves by `delta`, so nothing
+        fires earlier or later than it would have. No commands: the driver moves the wake-up it
+        holds itself (next_wakeup is already moved)."""
+        self.accepted_at += delta
+        self.message_deadline += delta
+        if self.finished_at is not None:
+            self.finished_at += delta
+        if self.delivered_at is not None:
+            self.delivered_at += delta
+        for rec in self.attempts.values():
+            rec.started_at += delta
+            rec.deadline += delta
+            if rec.ended_at is not None:
+                rec.ended_at += delta
+            if rec.receipt_deadline is not None:
+                rec.receipt_deadline += delta
+        for ch in self._chans:
+            ch.deadline += delta
+        for run in self._tried:
+            if run.wake_at is not None:
+                run.wake_at += delta
+            if run.slow_at is not None:
+                run.slow_at += delta
+        if self._want is not None:
+            self._want += delta
+        if self._timer is not None:
+            self._timer += delta
 
     def _hold(self, run: _Run, now: float) -> None:
         if run.tries == 0:
