@@ -354,10 +354,13 @@ def run_restart_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[
     assert "Traceback" not in log
     outcome = Counter(st["status"] for st in final.values())
     # ---- 0 messages finished without all their options tried: the backup always delivers, so
-    # every message must end delivered; none may carry an attempt that was never started.
+    # every message must end delivered; no attempt that never started may have an outcome other
+    # than `cancelled` (a message accepted while the daemon began to stop has its first attempts'
+    # rows committed with it, then cancelled "not started"; before, a never-started attempt of the
+    # grace period timed out and failed over).
     short = {mid: st["status"] for mid, st in final.items() if st["status"] != "delivered"}
-    never_started = [(mid, a["attempt_id"]) for mid, st in final.items() for a in st["attempts"]
-                     if "not started" in (a.get("detail") or "")]
+    never_started = [(mid, a["attempt_id"], a["outcome"]) for mid, st in final.items() for a in st["attempts"]
+                     if "not started" in (a.get("detail") or "") and a["outcome"] != "cancelled"]
     # ---- states the restarts caught messages in
     caught: Counter[str] = Counter()
     for st in final.values():
@@ -368,22 +371,37 @@ def run_restart_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[
     # ---- receipts: every delivered receipt the daemon acknowledged (200) counts for its attempt
     outcome_of = {a["attempt_id"]: a["outcome"] for st in final.values() for a in st["attempts"]}
     acked = [r for r in receipts if r.get("http_status") == 200 or r.get("resent") == 200]
-    lost = [r["attempt_id"] for r in acked if r["status"] == "delivered" and outcome_of.get(r["attempt_id"]) != "delivered"]
+    # A receipt that reaches a message finished in an earlier process is recorded as `late_receipt`
+    # and changes nothing (docs/configuration.md receipt_timeout): counted, not lost.
+    after_finish = {e["attempt_id"] for st in final.values() if st["finished_at"] for e in st["events"]
+                    if e["type"] == "late_receipt" and ts(e["at"]) >= ts(st["finished_at"])}
+    lost = [r["attempt_id"] for r in acked if r["status"] == "delivered"
+            and outcome_of.get(r["attempt_id"]) != "delivered" and r["attempt_id"] not in after_finish]
+    last_run = {mid: max([e.get("run", 0) for e in st["events"] if e["type"] == "started"], default=0)
+                for mid, st in final.items()}
+    lost_earlier_run = [a for a in lost if int(a.rsplit(".", 2)[1]) < last_run.get(a.rsplit(".", 2)[0], 0)]
+    lost_same_run = [a for a in lost if a not in set(lost_earlier_run)]
     # ---- duplicates: a message delivered by more than one provider call (counted, not an error)
     duplicates = sum(max(0, sum(a["outcome"] == "delivered" for a in st["attempts"]) - 1) for st in final.values())
     figures = {"seed": seed, "restarts": rounds, "accepted": len(load.accepted), "outcome": dict(outcome),
                "resumed_messages": resumed, "caught_in": dict(caught), "receipts_sent": len(receipts),
                "receipts_acknowledged": len(acked), "receipts_lost": len(lost),
+               "receipts_lost_for_an_earlier_run": len(lost_earlier_run),
+               "receipts_after_finish": len(after_finish),
                "duplicate_deliveries": duplicates, "provider_calls": calls,
                "finished_short": len(short), "never_started_rows": len(never_started)}
     print("clean-restarts soak:", json.dumps(figures, sort_keys=True))
     assert not short, f"{len(short)} message(s) finished without all their options tried: {list(short.items())[:5]}"
     assert not never_started, never_started[:5]
     assert caught["awaiting_receipt"] and caught["backoff"] and caught["held"], caught
-    # Receipts across a restart: integrity-a's branch (issue 23 items 1-2) makes attempts awaiting
-    # a receipt survive a restart. Until it is merged a receipt for an attempt of an earlier run is
-    # acknowledged but only recorded as `late_receipt`, and this assertion fails on those.
-    assert not lost, f"{len(lost)} acknowledged delivered receipt(s) did not count: {lost[:5]}"
+    assert not lost_same_run, f"{len(lost_same_run)} acknowledged delivered receipt(s) did not count: " \
+        f"{lost_same_run[:5]}"
+    # PENDING integrity-a (issue 23 items 1-2: attempts awaiting a receipt survive a restart, and a
+    # receipt for any attempt of a pending message counts). Until that is merged, a restart marks
+    # an awaiting attempt `cancelled` and its receipt, though acknowledged (200), is only recorded
+    # as `late_receipt`: this assertion fails on exactly those receipts.
+    assert not lost_earlier_run, f"{len(lost_earlier_run)} acknowledged delivered receipt(s) for an attempt " \
+        f"of an earlier run did not count: {lost_earlier_run[:5]}"
     return figures
 
 
