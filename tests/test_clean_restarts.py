@@ -204,9 +204,9 @@ def test_a_wall_clock_step_while_running_moves_stored_times_not_deadlines(
 SOAK_CONFIG = """
 version = 1
 [daemon]
-grace = "2s"
+grace = "3s"
 [timeouts]
-provider = "5s"
+provider = "1s"
 channel = "2m"
 message = "10m"
 [providers.rcpt]
@@ -219,6 +219,7 @@ breaker = false
 [providers.flaky]
 type = "http"
 url = "{flaky}"
+timeout = "4s"
 retries = 2
 backoff = {{ base = "500ms", max = "3s" }}
 breaker = false
@@ -251,9 +252,12 @@ def rcpt_script(seed: int) -> Any:
 
 
 def flaky_script(seed: int) -> Any:
-    """Mostly 503 (a retry after a back-off of up to 0.5-2 s), else 200."""
+    """Mostly 503 (a retry after a back-off of up to 0.5-2 s), else 200; one answer in ten takes
+    2.5 s, which keeps a grace period going long enough for a 1 s backup attempt due in it to
+    time out if it were started on paper only."""
     rng = random.Random(seed + 1)
-    return lambda n, body: {"status": 503 if rng.random() < 0.7 else 200, "delay": 0.05}
+    return lambda n, body: {"status": 503 if rng.random() < 0.7 else 200,
+                            "delay": 2.5 if rng.random() < 0.1 else 0.05}
 
 
 def backup_script(seed: int) -> Any:
@@ -318,7 +322,7 @@ def run_restart_rounds(tmp_path: Path, *, seed: int, rounds: int, window: tuple[
             load.start()
             for _ in range(rounds):
                 time.sleep(rng.uniform(*window))
-                exits.append(d.stop(timeout=30))            # SIGTERM: the 2 s grace, then exit
+                exits.append(d.stop(timeout=30))            # SIGTERM: the 3 s grace, then exit
                 d.start()
             time.sleep(rng.uniform(*window))
             load.stop()
