@@ -1,16 +1,25 @@
-"""The daemon's clock: wall-anchored monotonic seconds.
+"""The daemon's clock: wall-anchored monotonic seconds that follow a step of the wall clock.
 
-`now()` = the wall time when the clock was made + the monotonic time elapsed since. While the
-process runs, deadlines therefore follow the monotonic clock (an NTP step or a manual date change
-neither fires nor postpones a timeout), and the values still read as Unix seconds, so the
+`now()` = the wall time at the anchor + the monotonic time elapsed since. Between two anchors,
+deadlines therefore follow the monotonic clock, and the values read as Unix seconds, so the
 absolute deadlines stored in SQLite keep their meaning across a restart (the next process
 anchors its own clock to the wall time again).
+
+A step of the wall clock while the process runs (NTP correcting it, `date -s`, a resume from
+suspend) is seen by `step()`, which re-anchors to the wall clock and returns the step; the
+Router then moves every time it holds by that much (engine Delivery.rebase), so the times it
+stores go on following the wall clock while no deadline fires earlier or later than it would
+have (docs/reliability.md "Clean restarts").
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+
+# A wall clock that moved this far from the anchored one has been stepped (ntpd steps past 128 ms;
+# slewing moves the monotonic clock along with it). Smaller differences are left alone.
+STEP_S = 0.5
 
 
 class Clock:
@@ -26,6 +35,23 @@ class Clock:
     def monotonic(self, at: float) -> float:
         """The `time.monotonic()` value (asyncio's loop clock) at which `now()` reaches `at`."""
         return self._mono0 + (at - self._wall0)
+
+    def step(self) -> float:
+        """How far the wall clock stepped from `now()` since the anchor; past STEP_S, the clock is
+        re-anchored to it (now() jumps by the step) and the step returned, else 0.0."""
+        for _ in range(3):          # a read pair split by a preemption would look like a step
+            m1 = time.monotonic()
+            wall = time.time()
+            m2 = time.monotonic()
+            if m2 - m1 < 0.01:
+                break
+        else:
+            return 0.0
+        delta = wall - (self._wall0 + ((m1 + m2) / 2 - self._mono0))
+        if abs(delta) < STEP_S:
+            return 0.0
+        self._wall0 += delta
+        return delta
 
 
 LATEST = "9999-12-31T23:59:59.999Z"

@@ -63,8 +63,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
                                   the epoch on Clock.now(); daemon.clock.rfc3339() formats them.
     await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
                                   to answer (answers are still processed, deadlines still fire);
-                                  then the rest are cancelled. Non-terminal messages stay in the
-                                  store for the next start.
+                                  then the rest are cancelled. A retry or failover due meanwhile
+                                  is held, not started (engine Delivery.drain): its message is
+                                  never finished for lack of it and nothing held counts against a
+                                  breaker. Non-terminal messages stay in the store for the next
+                                  start.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ __all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
 _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wakeups)
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
+_CLOCK_EVERY_S = 1.0           # how often the wall clock is checked for a step (also at each submit)
 _TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 _new = object.__new__
@@ -269,6 +273,11 @@ class Router:
         self._own_store = False
         self._own_session = False
         self._purge_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
+        # The sum of the wall-clock steps followed (see _follow_clock), and the time from which the
+        # idempotency keys of the current time axis were written.
+        self._shifted = 0.0
+        self._axis_since = 0.0
         self._closing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Wake-ups (SetTimer) of every message: a heap of (at, seq, message_id) served by ONE
@@ -313,7 +322,8 @@ class Router:
         if self._ctx.http_session is None:
             self._ctx.http_session = make_http_session()
             self._own_session = True
-        now = self.clock.now()
+        self._follow_clock()
+        now = self._axis_since = self.clock.now()
         stored = self._policy
         try:
             self.store.put_policy(stored.version, stored.source, stored.path, now)
@@ -340,11 +350,17 @@ class Router:
             if live is not None:
                 self._begin(live)
         self._purge_task = asyncio.create_task(self._purge_loop(), name="routingd purge")
+        self._clock_task = asyncio.create_task(self._clock_loop(), name="routingd clock")
 
     async def stop(self, grace_s: float) -> None:
         if not self._started or self._halted:
             return
         self._stopping = True
+        # From here no attempt starts: where a delivery would start one (a retry, a failover) it
+        # holds that provider instead, and a message is never finished for lack of an attempt
+        # (engine Delivery.drain). Held messages stay pending and resume on the next start.
+        for live in self._live.values():
+            live.delivery.drain()
         running = [t for live in self._live.values() for t in live.tasks.values()]
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
@@ -362,9 +378,10 @@ class Router:
                 leftover.append(t)
             live.tasks.clear()
             self.store.end_open_attempts(live.row.id, now, "cancelled: routingd stopped; retried on the next start")
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-            leftover.append(self._purge_task)
+        for task in (self._purge_task, self._clock_task):
+            if task is not None:
+                task.cancel()
+                leftover.append(task)
         if leftover:
             await asyncio.wait(leftover, timeout=5.0)
         for snap in self._snapshots.values():
@@ -467,6 +484,8 @@ class Router:
         if self.store.backlog_full:     # accepting would add writes the disk cannot take (docs/reliability.md)
             raise Overloaded(5.0, f"routingd cannot write its state store ({self.store.backlog} writes wait "
                              "for the disk; the daemon log says why)")
+        self._follow_clock()
+        shifted = self._shifted
         now = self.clock.now()
         row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
@@ -508,6 +527,15 @@ class Router:
         snap = self._snapshots.get(policy.version)
         if snap is None:
             snap = self._snapshots[policy.version] = _Snapshot(policy)
+        if self._shifted != shifted:
+            # the clock was re-anchored while the insert committed (its row moved with the
+            # pending ones in the store): move this message too, and its first commands' wake-up
+            step = self._shifted - shifted
+            delivery.rebase(step)
+            row.accepted_at += step
+            row.message_deadline += step
+            now += step
+            first = [c for c in first if not isinstance(c, SetTimer)] + [SetTimer(delivery.next_wakeup)]
         live = _Live(row, msg, delivery, snap)
         if ahead is not None:
             for v in ahead:
@@ -722,18 +750,14 @@ class Router:
                     log.exception("event listener failed on %s %s", message_id, event.type)
 
     def _start_attempt(self, live: _Live, cmd: StartAttempt, committed: bool = False) -> None:
+        # (Never called once stop() began: it drains every delivery, which then starts nothing.)
         now = self.clock.now()
-        if self._stopping:
-            live.details[cmd.attempt_id] = "not started: routingd is stopping"
-            self.store.put_attempt(AttemptRow(cmd.attempt_id, live.row.id, cmd.channel, cmd.provider, cmd.try_no,
-                                              cmd.started_at, cmd.deadline, now, "cancelled", None,
-                                              "not started: routingd is stopping"))
-            return
         msg = live.request
         if msg is None:             # finished: the engine starts nothing after Finish
             return
         fields: dict[str, Any] = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
-                      provider=cmd.provider, try_no=cmd.try_no, deadline_s=max(0.0, cmd.deadline - now),
+                      provider=cmd.provider, try_no=cmd.try_no,
+                      deadline_s=max(0.0, live.delivery.attempts[cmd.attempt_id].deadline - now),
                       idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata)
         if _ATTEMPT_REQUEST_PLAIN:
             # = AttemptRequest(**fields) without the frozen dataclass __init__ (an object.__setattr__
@@ -952,6 +976,45 @@ class Router:
         return _message_json(sm.message, [_attempt_json(a) for a in sm.attempts], sm.events)
 
     # ------------------------------------------------------------------ housekeeping
+
+    def _follow_clock(self) -> None:
+        """If the wall clock stepped (Clock.step), move every time this process holds by the
+        step: the in-flight messages (engine Delivery.rebase), their rows and attempt rows in the
+        store, the idempotency keys written on the old time axis, the breakers' cooldowns and the
+        wake-ups. Times stored from now on follow the wall clock; no deadline moves relative to
+        the monotonic clock, so none fires earlier or later (docs/reliability.md "Clean restarts")."""
+        step_of = getattr(self.clock, "step", None)
+        delta = step_of() if step_of is not None else 0.0
+        if not delta:
+            return
+        log.warning("the wall clock stepped by %+.3fs; %d in-flight message(s) follow it", delta, len(self._live))
+        self._shifted += delta
+        for live in self._live.values():
+            live.delivery.rebase(delta)
+            row = live.row
+            row.accepted_at += delta
+            row.message_deadline += delta
+            for a in live.prior.values():
+                a.started_at += delta
+                a.deadline += delta
+                if a.ended_at is not None:
+                    a.ended_at += delta
+        self.health.rebase(delta)
+        if self._wakeups:
+            self._wakeups = [(at + delta, seq, mid) for at, seq, mid in self._wakeups]   # still a heap
+            if self._wake_handle is not None:
+                self._arm(self._wakeups[0][0])
+        if self.store.is_open:
+            self.store.shift_times(delta, self._axis_since)
+        self._axis_since = self.clock.now()
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_CLOCK_EVERY_S)
+            try:
+                self._follow_clock()
+            except Exception:  # noqa: BLE001 - the next check tries again
+                log.exception("following a step of the wall clock failed")
 
     async def _purge_loop(self) -> None:
         while True:

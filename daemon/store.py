@@ -888,6 +888,22 @@ class Store:
             "UPDATE attempts SET ended_at = ?, outcome = 'cancelled', detail = ? "
             "WHERE message_id = ? AND ended_at IS NULL", (at, detail, message_id)))
 
+    def shift_times(self, delta: float, keys_since: float) -> None:
+        """The wall clock stepped by `delta` seconds while the process ran (daemon/clock.py): move
+        the times of the pending messages and of their attempts, and the idempotency keys created
+        at or after `keys_since` (on the old time axis), so they read on the new one."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE messages SET accepted_at = accepted_at + ?, message_deadline = message_deadline + ? "
+                         "WHERE status = 'pending'", (delta, delta))
+            conn.execute("UPDATE attempts SET started_at = started_at + ?, deadline = deadline + ?, "
+                         "ended_at = ended_at + ? WHERE message_id IN "
+                         "(SELECT id FROM messages WHERE status = 'pending')", (delta, delta, delta))
+            conn.execute("UPDATE idempotency SET created_at = created_at + ? WHERE created_at >= ?",
+                         (delta, keys_since))
+
+        self.write(op)
+
     async def purge(self, now: float, retention_s: float, idempotency_ttl_s: float, keep_policy: str,
                     limit: int = 5000) -> int:
         """Delete up to `limit` terminal messages finished before now - retention (with their

@@ -11,6 +11,10 @@ time, the simulator SimPy's `env.now`):
                                             timer that fired early re-arms instead of stalling)
     on_provider_unhealthy(provider, now)    optional: that provider's breaker has just opened;
                                             fail over at once from the attempts in flight on it
+    drain()                                 optional: the driver is stopping; start no attempt
+                                            from now on (see Delivery.drain)
+    rebase(delta)                           optional: the driver's clock was re-anchored by
+                                            `delta` seconds; every time held moves with it
 
 Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -230,7 +234,7 @@ class _Group(_Node):
 
 
 class _Channel(_Node):
-    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected")
+    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected", "holding")
 
     def __init__(self, step: ChannelStep, parent: int, pre: int) -> None:
         self.parent = parent
@@ -246,6 +250,7 @@ class _Channel(_Node):
         self.launching = False
         self.deadline = 0.0
         self.rejected = False
+        self.holding = False                        # a provider of it is held (Delivery.drain)
 
 
 class _Run(_Node):
@@ -262,7 +267,7 @@ class _Run(_Node):
         self.step = step
         self.tries = 0
         self.attempt: AttemptRecord | None = None
-        self.state: Literal["idle", "attempting", "awaiting", "backoff", "done"] = "idle"
+        self.state: Literal["idle", "attempting", "awaiting", "backoff", "held", "done"] = "idle"
         self.wake_at: float | None = None
         self.slow_at: float | None = None       # the current attempt's slow-call mark, while pending
         self.slow_counted = False               # the current attempt already counted as a breaker failure
@@ -302,7 +307,7 @@ class Delivery:
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
                  "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
-                 "_due", "_dueseq")
+                 "_due", "_dueseq", "draining", "held")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
@@ -341,6 +346,8 @@ class Delivery:
         # so a step never grows with the square of a message's attempts (docs/security.md).
         self._due: list[tuple[float, int, int, int, _Node]] = []
         self._dueseq = 0
+        self.draining = False                       # drain() was called: no attempt starts any more
+        self.held = 0                               # provider runs waiting for the next run (drain)
 
     # ------------------------------------------------------------------ public inputs
 
@@ -434,6 +441,69 @@ class Delivery:
                     continue
                 self._cut_run(run, now)
         return self._settle(now)
+
+    def drain(self) -> None:
+        """The driver is stopping (the daemon's SIGTERM grace period): start no attempt from now on.
+
+        Optional input, for a driver that lets the attempts in flight answer before it stops and
+        resumes its pending messages with a new Delivery (run + 1) on its next start. Where this
+        delivery would start an attempt -- a first try, a retry after its back-off, a failover --
+        the provider is held instead: an `attempt_held` event (channel, provider), no
+        StartAttempt, no attempt record, no try used and no breaker consulted or counted (a held
+        provider did nothing). A held provider never ends, so it keeps its channel, and the scopes
+        above it, from completing, and the deadline of a channel holding one does not fire: the
+        next run tries that channel afresh. So a draining delivery is never finished for lack of
+        an attempt; it still finishes on what really happens -- an answer or receipt of an
+        attempt in flight (delivered, or every option really tried and failed), or the message
+        deadline. `held` counts the held providers: a delivery with held > 0 waits for its next
+        run. Commands are not changed by the call itself; it is a no-op on a finished delivery."""
+        self.draining = True
+
+    def rebase(self, delta: float) -> None:
+        """The driver moved its time axis by `delta` seconds (the daemon follows a step of the wall
+        clock, docs/reliability.md "Clean restarts"): the instant that was `t` is now `t + delta`.
+        Every time this delivery holds -- acceptance, deadlines, back-off wake-ups, slow-call
+        marks, its attempts' times and the wake-up it asked for -- moves by `delta`, so nothing
+        fires earlier or later than it would have. No commands: the driver moves the wake-up it
+        holds itself (next_wakeup is already moved)."""
+        self.accepted_at += delta
+        self.message_deadline += delta
+        if self.finished_at is not None:
+            self.finished_at += delta
+        if self.delivered_at is not None:
+            self.delivered_at += delta
+        for rec in self.attempts.values():
+            rec.started_at += delta
+            rec.deadline += delta
+            if rec.ended_at is not None:
+                rec.ended_at += delta
+            if rec.receipt_deadline is not None:
+                rec.receipt_deadline += delta
+        for ch in self._chans:
+            ch.deadline += delta
+        for run in self._tried:
+            if run.wake_at is not None:
+                run.wake_at += delta
+            if run.slow_at is not None:
+                run.slow_at += delta
+        # The deadline heap moves as a whole: an entry is live only while it equals its node's
+        # time, and a uniform shift keeps the heap ordered.
+        self._due = [(t + delta, rank, pre, seq, node) for t, rank, pre, seq, node in self._due]
+        if self._want is not None:
+            self._want += delta
+        if self._timer is not None:
+            self._timer += delta
+
+    def _hold(self, run: _Run, now: float) -> None:
+        if run.tries == 0:
+            self._tried.append(run)         # so that cutting its channel ends it like any started run
+        run.state = "held"
+        run.wake_at = None
+        run.slow_at = None
+        self.held += 1
+        ch = self._channel_of(run)
+        ch.holding = True
+        self._emit("attempt_held", now, channel=ch.step.channel, provider=run.step.provider)
 
     def _cut_run(self, run: _Run, now: float) -> None:
         """Its provider's breaker is open: stop the run's attempt (or back-off) and fail over."""
@@ -561,7 +631,7 @@ class Delivery:
         if rank == 1:
             if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                 assert isinstance(node, _Channel)
-            return node.result is None and node.deadline == t
+            return node.result is None and node.deadline == t and not node.holding
         if TYPE_CHECKING:           # narrowing for the type checker only: no isinstance per call
             assert isinstance(node, _Run)
         st = node.state
@@ -630,6 +700,9 @@ class Delivery:
             self._check_all_done(node, now)
 
     def _try(self, run: _Run, now: float) -> None:
+        if self.draining:
+            self._hold(run, now)            # see drain(): before the breaker, which a probe would consume
+            return
         step = run.step
         ch = self._nodes[run.parent]
         if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call

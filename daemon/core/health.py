@@ -64,6 +64,12 @@ class HealthTracker:
         b = self._b.get(provider)
         return b is not None and b.open_until is not None and now < b.open_until
 
+    def rebase(self, delta: float) -> None:
+        """The driver's time axis moved by `delta` seconds (see Delivery.rebase): so do the cooldowns."""
+        for b in self._b.values():
+            if b.open_until is not None:
+                b.open_until += delta
+
     def is_open(self, provider: str) -> bool:
         b = self._b.get(provider)
         return b is not None and b.open_until is not None
