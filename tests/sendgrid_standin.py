@@ -154,3 +154,22 @@ class SendgridStandin:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _serve(api_key: str) -> None:
+    import signal
+
+    sg = await SendgridStandin(api_key=api_key).start()
+    print(sg.url, flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sg.close()
+
+
+if __name__ == "__main__":
+    # as a process (benchmarks/bench_providers_email.py): prints its URL, serves until SIGTERM
+    import sys
+
+    asyncio.run(_serve(sys.argv[1] if len(sys.argv) > 1 else "SG.test"))

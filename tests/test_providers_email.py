@@ -499,3 +499,24 @@ def test_daemon_fails_over_across_email_types(tmp_path: Path, moto_ses: str) -> 
     assert [m["subject"] for m in sg.mails] == ["T2"]
     assert sg.mails[0]["custom_args"]["routingd_message_id"] == second
     assert "ses-secret" not in log and "SG.daemon" not in log
+
+
+def test_smtp_non_ascii_subject_sender_and_body_arrive_intact() -> None:
+    rec = Recorder()
+    srv = smtp_server(rec)
+    try:
+        cfg = provider_config(f'type = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}\ntls = "none"\n'
+                              'from = "Équipe Alertes <alerts@example.com>"')
+        a = build_adapter("p", cfg, AdapterContext())
+        [out] = run_bounded(send_all(a, req(1, title="Disque plein sur db1 – 91 %\r\nBcc: x@evil.example",
+                                            text="Überlauf ✓", html="<p>Überlauf ✓</p>")))
+    finally:
+        srv.stop()
+    assert out.status == 200
+    _, rcpts, msg = rec.messages[0]
+    assert rcpts == ["bob@example.org"] and msg["Bcc"] is None           # no header injection
+    assert msg["Subject"] == "Disque plein sur db1 – 91 % Bcc: x@evil.example"
+    assert msg["From"].addresses[0].display_name == "Équipe Alertes"
+    assert msg["From"].addresses[0].addr_spec == "alerts@example.com"
+    assert msg.get_body(("plain",)).get_content().strip() == "Überlauf ✓"
+    assert msg.get_body(("html",)).get_content().strip() == "<p>Überlauf ✓</p>"
