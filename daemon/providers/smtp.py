@@ -90,15 +90,15 @@ class SmtpAdapter(ProviderAdapter):
         header can carry a line break: the subject's whitespace is collapsed, `from` and
         `to.email` are checked to be one address."""
         content = req.body()
-        part: Message = MIMEText(content.text, "plain", _UTF8)
+        part: Message = MIMEText(content.text, "plain", _UTF8)  # type: ignore[arg-type]  # a Charset works (typeshed: str)
         if content.html is not None:
             msg: Message = MIMEMultipart("alternative")
             msg.attach(part)
-            msg.attach(MIMEText(content.html, "html", _UTF8))
+            msg.attach(MIMEText(content.html, "html", _UTF8))  # type: ignore[arg-type]
         else:
             msg = part
         subject = " ".join(content.title.split())
-        msg["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
+        msg["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")  # type: ignore[assignment]
         msg["From"] = self.from_header
         msg["To"] = to
         msg["Date"] = email.utils.formatdate(usegmt=True)
