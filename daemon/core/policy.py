@@ -12,8 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
-                      ValidationError, field_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from .behaviour import BehaviourSpec, Duration, FailMode
 
@@ -193,8 +193,82 @@ class SandboxProvider(ProviderBase, BehaviourSpec):
     fail: FailMode = "none"
 
 
-Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider], Field(discriminator="type")]
-PROVIDER_TYPES: tuple[str, ...] = ("http", "mqtt", "sandbox")
+# ---- email provider types (docs/providers.md "smtp", "ses", "sendgrid")
+
+
+def _address(v: str) -> str:
+    """`from`: "addr@host" or "Name <addr@host>", one address, no line breaks."""
+    import email.utils
+
+    _, addr = email.utils.parseaddr(v)
+    if "\r" in v or "\n" in v or "@" not in addr or addr.startswith("@") or addr.endswith("@"):
+        raise ValueError(f"expected an email address like \"alerts@example.com\" or "
+                         f"\"Alerts <alerts@example.com>\", got {v!r}")
+    return v
+
+
+def _base_url(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^https?://[^/\s]+/?$", v):
+        raise ValueError(f"expected scheme and host only, like https://host[:port], got {v!r}")
+    return None if v is None else v.rstrip("/")
+
+
+Address = Annotated[str, AfterValidator(_address)]
+BaseUrl = Annotated[Union[str, None], AfterValidator(_base_url)]
+
+
+class SmtpProvider(ProviderBase):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: Literal["smtp"]
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)   # None: 587 starttls, 465 implicit, 25 none
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    ca_file: str | None = None                               # trust this CA bundle instead of the system's
+    username: str | None = None
+    password: SecretStr | None = None
+    from_: Address = Field(alias="from")
+    pool_size: int = Field(default=4, ge=1, le=100)          # connections kept open to the relay at most
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> "SmtpProvider":
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password (AUTH), or neither")
+        return self
+
+
+class SesProvider(ProviderBase):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: Literal["ses"]
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    from_: Address = Field(alias="from")
+    configuration_set: str | None = None
+    endpoint_url: BaseUrl = None                             # None: https://email.<region>.amazonaws.com
+    access_key_id: str | None = None                         # both or neither; neither: the AWS credential chain
+    secret_access_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> "SesProvider":
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither (the AWS credential chain)")
+        return self
+
+
+class SendgridProvider(ProviderBase):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: Literal["sendgrid"]
+    api_key: SecretStr
+    from_: Address = Field(alias="from")
+    base_url: BaseUrl = "https://api.sendgrid.com"
+
+
+EMAIL_PROVIDERS = (SmtpProvider, SesProvider, SendgridProvider)
+EMAIL_PROVIDER_TYPES: tuple[str, ...] = ("smtp", "ses", "sendgrid")
+
+# ---- end of the email provider types
+
+Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider, SmtpProvider, SesProvider, SendgridProvider],
+                     Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("http", "mqtt", "sandbox", *EMAIL_PROVIDER_TYPES)
 
 
 # --------------------------------------------------------------------------- channels, routes

@@ -1,0 +1,43 @@
+"""What the email provider types (smtp, ses, sendgrid) share: the recipient from `to.email`,
+the sender split into name and address, and vendor text made safe for an attempt's detail."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+from ..adapters import AttemptRequest
+from ..core.engine import Outcome
+
+_URL = re.compile(r"\b(https?://[^/\s?#]+)[^\s]*", re.IGNORECASE)
+_MAX_DETAIL = 300
+
+
+def recipient(req: AttemptRequest) -> str | Outcome:
+    """`to.email` of the attempt, or the 400 Outcome saying why there is none to send to (a
+    message without it can never be delivered by an email provider: the channel fails)."""
+    value = req.to.get("email")
+    if not isinstance(value, str) or not value.strip():
+        return Outcome(status=400, detail="no to.email in the message: an email provider has nobody to send to")
+    value = value.strip()
+    _, addr = email.utils.parseaddr(value)
+    if "\r" in value or "\n" in value or addr != value or "@" not in addr.strip("@"):
+        return Outcome(status=400, detail=f"to.email is not one email address: {clip(value, 80)!r}")
+    return value
+
+
+def sender(configured: str) -> tuple[str, str]:
+    """`from` as (display name or "", address); policy.py has checked it holds one address."""
+    name, addr = email.utils.parseaddr(configured)
+    return name, addr
+
+
+def clip(text: str, limit: int = _MAX_DETAIL) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def vendor_text(text: str, limit: int = _MAX_DETAIL) -> str:
+    """A vendor's error text for an attempt's detail: one line, bounded, and any URL cut to its
+    scheme and host (a path or query may carry a token or an account id)."""
+    return clip(_URL.sub(r"\1/…", text), limit)
