@@ -3,7 +3,7 @@ with daemon.adapters (see docs/providers.md)."""
 
 from __future__ import annotations
 
-from . import http, sandbox  # noqa: F401 - each module registers its adapter on import
+from . import apprise, fcm, http, sandbox, slack, twilio  # noqa: F401 - each module registers its adapter on import
 from .http import HttpAdapter, make_http_session, parse_retry_after
 from .sandbox import SandboxAdapter
 from .unavailable import UnavailableAdapter
