@@ -13,9 +13,8 @@ unreachable number -> 4xx (the channel fails), bad credentials -> 401, Twilio's 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
-
-import aiohttp
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
@@ -45,7 +44,8 @@ class TwilioAdapter(ProviderAdapter):
         sid = config.account_sid
         self.url = f"{config.base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
         self._token = config.auth_token.get_secret_value()
-        self.auth = aiohttp.BasicAuth(sid, self._token)
+        basic = base64.b64encode(f"{sid}:{self._token}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
         self.sender = ({"From": config.from_} if config.from_ is not None
                        else {"MessagingServiceSid": config.messaging_service_sid})
         self.status_callback: str | None = config.status_callback
@@ -69,8 +69,7 @@ class TwilioAdapter(ProviderAdapter):
         if isinstance(form, Outcome):
             return form
         answer = await vendor_request(self.ctx.http_session, "POST", self.url, deadline_s=req.deadline_s,
-                                      secrets=(self._token,), data=form, auth=self.auth,
-                                      headers={"Accept": "application/json"})
+                                      secrets=(self._token,), data=form, headers=self.headers)
         if isinstance(answer, Outcome):
             return answer
         return outcome(answer)
