@@ -416,3 +416,22 @@ def test_apprise_a_url_apprise_cannot_use_fails_every_attempt_as_network() -> No
         assert o.network and "urls[0] (nosuchscheme://...)" in o.detail and "token" not in o.detail
         await ctx.http_session.close()
     run(main)
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_providers_doc_names_every_key_of_each_type_in_its_section() -> None:
+    import re
+
+    from daemon.core import policy as pol
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    for name, model in [("twilio", pol.TwilioProvider), ("fcm", pol.FcmProvider), ("slack", pol.SlackProvider),
+                        ("apprise", pol.AppriseProvider)]:
+        section = re.search(rf"^## {name}\n(.*?)(?=^## |\Z)", doc, re.M | re.S)
+        assert section is not None, f"docs/providers.md has no '## {name}'"
+        own = set(model.model_fields) - set(pol.ProviderBase.model_fields) - {"type"}
+        keys = {model.model_fields[k].alias or k for k in own}
+        missing = [k for k in sorted(keys) if f"| `{k}` |" not in section.group(1)]
+        assert missing == [], f"## {name}: undocumented keys {missing}"
