@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.core.plan import resolve_plan
-from daemon.core.policy import Policy, PolicyError, load_policy, parse_policy
+from daemon.core.policy import PROVIDER_TYPES, Policy, PolicyError, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -232,13 +232,13 @@ def test_unknown_top_level_key() -> None:
 def test_unknown_provider_type_names_the_choices() -> None:
     line = one_error(BASE + '[providers.x]\ntype = "smtpx"\n')
     assert line == ("conf/routing.toml: providers.x.type: unknown provider type 'smtpx'; "
-                    "expected one of: http, mqtt, sandbox")
+                    f"expected one of: {', '.join(PROVIDER_TYPES)}")
 
 
 def test_missing_provider_type() -> None:
     line = one_error(BASE + '[providers.x]\nretries = 1\n')
     assert line.startswith("conf/routing.toml: providers.x.type: required key is missing")
-    assert "http, mqtt, sandbox" in line
+    assert ", ".join(PROVIDER_TYPES) in line
 
 
 def test_missing_required_keys() -> None:
@@ -338,7 +338,7 @@ providers = ["twilio", "sendgrid"]
 channels = ["sms", { channels = ["fax"] }]
 """)
     assert lines[0] == ("conf/routing.toml: providers.sendgrid.type: unknown provider type 'smtpx'; "
-                        "expected one of: http, mqtt, sandbox")
+                        f"expected one of: {', '.join(PROVIDER_TYPES)}")
     # sendgrid is defined (only badly), so it is not "unknown"; twilio and fax are
     assert any(line.startswith("conf/routing.toml: channels.sms.providers.0: unknown provider 'twilio'")
                for line in lines)

@@ -79,7 +79,6 @@ class FcmAdapter(ProviderAdapter):
         self.broken: str | None = None
         self.credentials: Any = None
         self._refreshing: asyncio.Future[None] | None = None
-        self.token_refreshes = 0
         try:
             info = load_service_account(config.service_account.get_secret_value())
             from google.oauth2 import service_account
@@ -108,7 +107,6 @@ class FcmAdapter(ProviderAdapter):
 
     def _refreshed(self, fut: asyncio.Future[None]) -> None:
         self._refreshing = None
-        self.token_refreshes += 1
         if not fut.cancelled():
             fut.exception()         # retrieved here: an attempt reports it (no "never retrieved")
 
