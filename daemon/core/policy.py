@@ -266,9 +266,102 @@ EMAIL_PROVIDER_TYPES: tuple[str, ...] = ("smtp", "ses", "sendgrid")
 
 # ---- end of the email provider types
 
-Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider, SmtpProvider, SesProvider, SendgridProvider],
-                     Field(discriminator="type")]
-PROVIDER_TYPES: tuple[str, ...] = ("http", "mqtt", "sandbox", *EMAIL_PROVIDER_TYPES)
+# --- sms / push / chat vendors (docs/providers.md "twilio", "fcm", "slack", "apprise") ---
+
+
+def _http_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError("must start with http:// or https:// and name a host")   # not echoed: it may hold a secret
+    return v
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class TwilioProvider(ProviderBase):
+    type: Literal["twilio"]
+    account_sid: str = Field(min_length=1)
+    auth_token: SecretStr
+    from_: str | None = Field(default=None, alias="from", min_length=1)
+    messaging_service_sid: str | None = Field(default=None, min_length=1)
+    status_callback: HttpUrl | None = None
+    base_url: HttpUrl = "https://api.twilio.com"
+
+    @model_validator(mode="after")
+    def _sender(self) -> TwilioProvider:
+        if (self.from_ is None) == (self.messaging_service_sid is None):
+            raise ValueError("set exactly one of `from` (a Twilio number) and `messaging_service_sid`")
+        return self
+
+
+class FcmProvider(ProviderBase):
+    type: Literal["fcm"]
+    project_id: str = Field(min_length=1)
+    service_account: SecretStr          # a path to the service-account JSON, or the JSON itself
+    base_url: HttpUrl = "https://fcm.googleapis.com"
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, v: SecretStr) -> SecretStr:
+        # JSON text is checked here; a path is read (and checked) when the adapter is built
+        text = v.get_secret_value().strip()
+        if not text:
+            raise ValueError("must be a path to a service-account JSON file, or that JSON")
+        if text.startswith("{"):
+            import json
+
+            try:
+                info = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"is not valid JSON ({type(e).__name__} at char {getattr(e, 'pos', '?')})") from None
+            missing = [k for k in ("client_email", "private_key", "token_uri") if not isinstance(info, dict) or not info.get(k)]
+            if missing:
+                raise ValueError(f"is not a service-account key: missing {', '.join(missing)}")
+        return v
+
+
+class SlackProvider(ProviderBase):
+    type: Literal["slack"]
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = Field(default=None, min_length=1)
+    base_url: HttpUrl | None = None     # webhook: replaces the webhook URL's origin; token: the Web API root
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _http_url(v.get_secret_value())
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> SlackProvider:
+        if (self.webhook_url is None) == (self.token is None):
+            raise ValueError("set either `webhook_url` (an incoming webhook) or `token` + `channel` (chat.postMessage)")
+        if self.webhook_url is not None:
+            if self.channel is not None:
+                raise ValueError("`channel` goes with `token`: an incoming webhook posts to the channel it was made for")
+        elif self.channel is None:
+            raise ValueError("`token` needs `channel` (the default; a message's to.slack.channel overrides it)")
+        return self
+
+
+class AppriseProvider(ProviderBase):
+    type: Literal["apprise"]
+    urls: list[SecretStr] = Field(min_length=1)
+
+    @field_validator("urls")
+    @classmethod
+    def _apprise_urls(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for i, u in enumerate(v):
+            if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\S", u.get_secret_value()):
+                raise ValueError(f"urls[{i}] is not an Apprise URL (scheme://...)")
+        return v
+
+
+Provider = Annotated[Union[HttpProvider, MqttProvider, SandboxProvider, SmtpProvider, SesProvider, SendgridProvider,
+                           TwilioProvider, FcmProvider, SlackProvider, AppriseProvider], Field(discriminator="type")]
+PROVIDER_TYPES: tuple[str, ...] = ("http", "mqtt", "sandbox", *EMAIL_PROVIDER_TYPES, "twilio", "fcm", "slack", "apprise")
 
 
 # --------------------------------------------------------------------------- channels, routes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from . import http, sandbox  # noqa: F401 - each module registers its adapter on import
 from . import sendgrid, ses, smtp  # noqa: F401 - the email types (docs/providers.md)
+from . import apprise, fcm, slack, twilio  # noqa: F401 - the sms, push and chat types (docs/providers.md)
 from .http import HttpAdapter, make_http_session, parse_retry_after
 from .sandbox import SandboxAdapter
 from .unavailable import UnavailableAdapter

@@ -1,0 +1,105 @@
+"""What the vendor adapters (twilio, fcm, slack, ...) share: one bounded request on the process's
+aiohttp session, answered as a `VendorAnswer` or as an `Outcome(network=True)`, and details that
+never carry a secret.
+
+A vendor's answer is mapped onto an Outcome by its own module (docs/providers.md has the tables);
+what every module does the same way lives here:
+
+- no answer: the runtime cancels the attempt at its deadline; a generous safety timeout on the
+  request backs that up (as for `http`), and then it is a network failure;
+- a refused or reset connection, a malformed answer or a truncated body: Outcome(network=True);
+- details are bounded and scrubbed of the adapter's secrets (tokens, webhook URLs and their paths),
+  and name a URL by its origin only (scheme://host[:port]): a webhook URL's path is a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..core.engine import Outcome
+from .http import _read_body, parse_retry_after
+
+_SAFETY_S = 5.0
+_DETAIL_MAX = 300
+
+
+@dataclass(frozen=True)
+class VendorAnswer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def text(self, limit: int = 200) -> str:
+        return " ".join(self.body[:limit].decode("utf-8", "replace").split())
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what a detail or a log line may say about where it went."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparseable URL)"
+    return f"{parts.scheme}://{host}{port}"
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by "***", cut to a bounded length."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX - 3] + "..."
+
+
+def secret_parts(url: str) -> list[str]:
+    """The parts of a URL that may hold a credential (the whole URL, its path and query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    out = [url, parts.path, parts.query]
+    if parts.password:
+        out.append(parts.password)
+    return [p for p in out if p and p != "/"]
+
+
+async def vendor_request(session: Any, method: str, url: str, *, deadline_s: float, secrets: Iterable[str] = (),
+                         **kwargs: Any) -> VendorAnswer | Outcome:
+    """One request with no redirects, its body read up to a bound; a failure to get an answer is
+    Outcome(network=True) with a scrubbed description (never the URL's path)."""
+    if session is None:
+        return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
+    timeout = aiohttp.ClientTimeout(total=max(0.001, deadline_s) + _SAFETY_S)
+    try:
+        async with session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs) as resp:
+            body = await _read_body(resp)
+            return VendorAnswer(resp.status, resp.headers, body)
+    except asyncio.CancelledError:
+        raise
+    except asyncio.TimeoutError:
+        return Outcome(network=True, detail=f"no answer from {origin(url)} within the safety timeout")
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        text = " ".join(str(e).split())
+        # aiohttp names the whole URL in some errors (InvalidURL): never let a path through
+        return Outcome(network=True, detail=scrub(f"{origin(url)}: {type(e).__name__}: {text}" if text
+                                                  else f"{origin(url)}: {type(e).__name__}",
+                                                  [*secret_parts(url), *secrets]))
