@@ -104,11 +104,12 @@ def read_text(path: str) -> str:
 def load(path: str) -> Any:
     """Load and validate a routing.toml; InputError with one line per problem."""
     from .core.policy import PolicyError, parse_policy
+    from .secrets import read_secret
 
     label = "<stdin>" if path == "-" else path
     text = read_text(path)
     try:
-        return parse_policy(text, label)
+        return parse_policy(text, label, secrets=read_secret)
     except PolicyError as e:
         raise InputError(e.lines()) from None
 
