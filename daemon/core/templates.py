@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 # A part's keys and the Content field each fills (daemon/adapters.py Content: title, text, html).
@@ -22,8 +22,23 @@ PART_FIELDS: dict[str, str] = {"subject": "title", "title": "title", "text": "te
 Loc = tuple[str | int, ...]
 Issue = tuple[Loc, str]
 
-_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+
+
+def _json_default(o: Any) -> Any:
+    # `{{ x | tojson }}` hands an undefined x to json.dumps: make it the usual "'x' is undefined"
+    if isinstance(o, Undefined):
+        o._fail_with_undefined_error()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def _environment(autoescape: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": _json_default}
+    return env
+
+
+_TEXT_ENV = _environment(False)
+_HTML_ENV = _environment(True)
 _ORIGIN = "<template>"      # the file name Jinja gives a template from a string; marks its frames
 
 
