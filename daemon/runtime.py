@@ -869,6 +869,7 @@ class Router:
             t.cancel()
         live.tasks.clear()
         live.request = None         # freed now, while it is fresh in the cache, not at eviction
+        live.rendered = None
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
