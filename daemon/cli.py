@@ -3,6 +3,8 @@
     routingd check [PATH...]                      validate routing.toml (exit 0 ok, 1 invalid)
     routingd explain ROUTE [--config PATH] [--message FILE.json] [--json]
     routingd init [PATH] [--force]                write a commented starter routing.toml
+    routingd try PROVIDER --to FIELD=VALUE [--template NAME --data K=V] [--title T --body B]
+                                                  send one real message through one provider
     routingd serve ...                            daemon.service
     routingd simulate ...                         simulator.cli
 
@@ -104,11 +106,12 @@ def read_text(path: str) -> str:
 def load(path: str) -> Any:
     """Load and validate a routing.toml; InputError with one line per problem."""
     from .core.policy import PolicyError, parse_policy
+    from .secrets import read_secret
 
     label = "<stdin>" if path == "-" else path
     text = read_text(path)
     try:
-        return parse_policy(text, label)
+        return parse_policy(text, label, secrets=read_secret)
     except PolicyError as e:
         raise InputError(e.lines()) from None
 
@@ -129,8 +132,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = EXIT_INVALID
             continue
         m = policy.model
+        templates = f", {_plural(len(m.templates), 'template')}" if m.templates else ""
         print(f"{label}: ok (version {policy.version}; {_plural(len(m.providers), 'provider')}, "
-              f"{_plural(len(m.channels), 'channel')}, {_plural(len(m.routes), 'route')})")
+              f"{_plural(len(m.channels), 'channel')}, {_plural(len(m.routes), 'route')}{templates})")
         warnings = list(policy.warnings)
         if not m.routes:
             warnings.append("no [routes] defined: the daemon cannot route any message")
@@ -189,12 +193,43 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 where = args.message if p.loc[:1] == ("message",) and args.message else policy.path
                 _err(f"{where}: {p.key_path}: {p.msg}")
         return EXIT_INVALID
+    content = None
+    if request is not None:
+        from .explain import channel_contents
+        try:
+            content = channel_contents(policy, plan, request)
+        except PlanError as e:
+            for p in e.problems:
+                _err(f"{args.message}: {p.key_path}: {p.msg}")
+            return EXIT_INVALID
     if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
+        doc = plan.to_json()
+        if content is not None:
+            doc["content"] = {ch: {"title": c.title, "text": c.text, "html": c.html, "source": source}
+                              for ch, (c, source) in content.items()}
+        print(json.dumps(doc, indent=2))
     else:
         recipient = dict(request.to) if request is not None else None
         sys.stdout.write(render_tree(plan, recipient, list(policy.model.failover.on)))
+        if content is not None:
+            from .explain import render_contents
+            sys.stdout.write(render_contents(content))
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- try
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from .try_provider import try_command
+
+    try:
+        policy = load(args.config or default_config())
+    except InputError as e:
+        for line in e.lines:
+            _err(line)
+        return EXIT_INVALID
+    return try_command(args, policy)
 
 
 # --------------------------------------------------------------------------- init
@@ -507,8 +542,9 @@ def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
                    help="routing.toml (default: $ROUTINGD_CONFIG or ./routing.toml)")
     p.add_argument("--message", "-m", metavar="FILE.json",
                    help="a send request body {\"message\": {...}} as POSTed to /v1/send; its "
-                        "timeout overrides apply and its inline \"routing\" replaces the route's "
-                        "channels (- reads stdin)")
+                        "timeout overrides apply, its inline \"routing\" replaces the route's "
+                        "channels, and what each channel would receive is shown (its template "
+                        "rendered, else content.title / content.body) (- reads stdin)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_explain)
 
@@ -519,6 +555,15 @@ def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
                    help="where to write it (default: ./routing.toml; - prints it)")
     p.add_argument("--force", "-f", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("try", help="send one real message through one provider and show its answer",
+                       description="Send one real message through one provider of the config (no "
+                                   "store, no routing, no retries) and print what the vendor answered "
+                                   "and the outcome routingd derives from it per failover.on. Exit 0 "
+                                   "when it was delivered (2xx), 1 otherwise.")
+    from .try_provider import add_try_arguments
+    add_try_arguments(p)
+    p.set_defaults(func=cmd_try)
 
     d_sim = DELEGATES[1]
     _add_delegate(sub, d_sim, load_delegate == d_sim.name)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adapters import Content
+from .content import fallback, plan_channels, render_message
 from .core.durations import format_duration_ms
 from .core.plan import ChannelStep, GroupStep, Plan, ProviderStep, Step
+from .core.policy import Policy
+from .core.request import MessageRequest
 
 def _label(source: str) -> str:
     return source or "source unknown"
@@ -85,3 +89,33 @@ def _provider_details(p: ProviderStep) -> str:
         slow = "" if p.breaker_slow_ms is None else f", slow after {_dur(p.breaker_slow_ms)}"
         parts.append(f"breaker {p.breaker_failures} failures / {_dur(p.breaker_cooldown_ms)} cooldown{slow}")
     return ", ".join(parts)
+
+
+def channel_contents(policy: Policy, plan: Plan, msg: MessageRequest) -> dict[str, tuple[Content, str]]:
+    """What each channel the recipient can reach would receive, and where it came from
+    ("templates.NAME.CHANNEL" or "content"); PlanError as POST /v1/send would answer 422."""
+    rendered = render_message(policy, plan, msg) or {}
+    out: dict[str, tuple[Content, str]] = {}
+    for step in plan_channels(plan.items, msg.to):
+        c = rendered.get(step.channel)
+        if c is not None:
+            out[step.channel] = (c, f"templates.{msg.template}.{step.channel}")
+        else:
+            out[step.channel] = (fallback(msg.content), "content.title / content.body")
+    return out
+
+
+def render_contents(contents: dict[str, tuple[Content, str]]) -> str:
+    """The content block of `explain --message`: each channel's title, text and html."""
+    lines = ["content each channel would receive:"]
+    if not contents:
+        lines.append("  (no channel: the recipient can reach none)")
+    for channel, (c, source) in contents.items():
+        lines.append(f"  {channel}  ({source})")
+        for key, value in (("title", c.title), ("text", c.text), ("html", c.html)):
+            if value is None:
+                continue
+            first, *rest = value.split("\n") or [""]
+            lines.append(f"    {key + ':':<6} {first}")
+            lines += [f"    {'':<6} {line}" for line in rest]
+    return "\n".join(lines) + "\n"

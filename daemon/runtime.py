@@ -88,7 +88,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
-from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, build_adapter
+from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter
+from .content import render_message
+from .secrets import read_secret
 from .clock import Clock
 from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
 from .core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
@@ -119,7 +121,7 @@ _new = object.__new__
 _ATTEMPT_REQUEST_PLAIN = (
     tuple(f.name for f in dataclasses.fields(AttemptRequest)) ==
     ("message_id", "attempt_id", "channel", "provider", "try_no", "deadline_s", "idempotency_key", "to",
-     "content", "metadata")
+     "content", "metadata", "rendered")
     and not hasattr(AttemptRequest, "__post_init__") and not hasattr(AttemptRequest, "__slots__"))
 
 
@@ -155,12 +157,14 @@ class _Live:
     unless the message was resumed."""
 
     __slots__ = ("row", "request", "delivery", "snapshot", "prior", "events", "details", "tasks", "wake_seq",
-                 "finished", "written")
+                 "finished", "written", "rendered")
 
     def __init__(self, row: MessageRow, request: MessageRequest | None, delivery: Delivery, snapshot: _Snapshot,
-                 prior: Mapping[str, AttemptRow] = _NO_PRIOR, events: list[EventRow | Event] | None = None) -> None:
+                 prior: Mapping[str, AttemptRow] = _NO_PRIOR, events: list[EventRow | Event] | None = None,
+                 rendered: dict[str, Content] | None = None) -> None:
         self.row = row
         self.request = request              # None once finished (only new attempts need it)
+        self.rendered = rendered            # channel -> its template's content (None: no template)
         self.delivery = delivery
         self.snapshot = snapshot
         self.prior = prior                  # attempts of earlier runs (read only)
@@ -437,7 +441,7 @@ class Router:
             problem = f"policy version {version} is not in the store"
         else:
             try:
-                policy = parse_policy(src[0], src[1])
+                policy = parse_policy(src[0], src[1], secrets=read_secret)
             except PolicyError as e:
                 problem = f"policy version {version} no longer loads: {'; '.join(e.lines())}"
             else:
@@ -478,6 +482,9 @@ class Router:
         if too_long:
             raise PlanError(too_long)
         plan = self._plan(policy, msg)
+        # A template is rendered for every channel now: a missing variable is the client's 422,
+        # never a failure at send time (docs/providers.md "Content").
+        rendered = render_message(policy, plan, msg)
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
@@ -536,7 +543,7 @@ class Router:
             row.message_deadline += step
             now += step
             first = [c for c in first if not isinstance(c, SetTimer)] + [SetTimer(delivery.next_wakeup)]
-        live = _Live(row, msg, delivery, snap)
+        live = _Live(row, msg, delivery, snap, rendered=rendered)
         if ahead is not None:
             for v in ahead:
                 live.written[v[0]] = v[7:]      # (ended_at, outcome, status_code, detail): stored
@@ -577,13 +584,14 @@ class Router:
             return None
         try:
             plan = resolve_plan(snap.policy, request=req)
+            rendered = render_message(snap.policy, plan, req)    # deterministic: as at accept
         except PlanError as e:        # cannot happen with the stored snapshot; possible on a fallback policy
             self._finish_offline(row, "undeliverable", now, [
                 Event("resume_failed", now, {"reason": str(e)}), Event("finished", now, {"status": "undeliverable"})])
             return None
         delivery = Delivery(row.id, plan, req.to, row.accepted_at, self._rng, self.health, run=row.run)
         delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
-        live = _Live(row, req, delivery, snap, live_prior, list(sm.events))
+        live = _Live(row, req, delivery, snap, live_prior, list(sm.events), rendered)
         if problem:
             self._record(live, Event("policy_unavailable", now,
                                      {"reason": problem, "using_version": snap.policy.version}))
@@ -758,7 +766,8 @@ class Router:
         fields: dict[str, Any] = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
                       provider=cmd.provider, try_no=cmd.try_no,
                       deadline_s=max(0.0, live.delivery.attempts[cmd.attempt_id].deadline - now),
-                      idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata)
+                      idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata,
+                      rendered=None if live.rendered is None else live.rendered.get(cmd.channel))
         if _ATTEMPT_REQUEST_PLAIN:
             # = AttemptRequest(**fields) without the frozen dataclass __init__ (an object.__setattr__
             # per field), as the engine builds its commands
@@ -914,6 +923,7 @@ class Router:
             t.cancel()
         live.tasks.clear()
         live.request = None         # freed now, while it is fresh in the cache, not at eviction
+        live.rendered = None
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:

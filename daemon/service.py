@@ -33,6 +33,7 @@ from aiohttp import web
 from .api import ApiState, ReloadResult, create_app
 from .core import core_build
 from .core.policy import Policy, PolicyError, load_policy, read_config_text
+from .secrets import read_secret
 from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
 
 log = logging.getLogger("routingd")
@@ -138,7 +139,7 @@ class ConfigReloader:
 
     def _reload(self, current: Policy, trigger: str) -> ReloadResult:
         try:
-            policy = load_policy(self.path)
+            policy = load_policy(self.path, secrets=read_secret)
         except PolicyError as e:
             for line in e.lines():
                 log.error("reload (%s) rejected: %s", trigger, line)
@@ -204,7 +205,7 @@ def serve_command(args: argparse.Namespace) -> int:
     path = config_path(getattr(args, "config", None))
     try:
         try:
-            policy = load_policy(path)
+            policy = load_policy(path, secrets=read_secret)
         except PolicyError as e:
             raise StartupError(e.lines()) from None
         settings = startup_settings(policy, path, args.listen, args.state)

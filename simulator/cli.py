@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, Sequence, TextIO
 
 from daemon.core.policy import Policy, PolicyError, load_policy
+from daemon.secrets import read_secret
 
 from .report import build_report, format_table
 from .runner import RunResult, run
@@ -91,7 +92,7 @@ def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
     def policy(path: str) -> Policy | None:
         if path not in policies:
             try:
-                policies[path] = load_policy(path)
+                policies[path] = load_policy(path, secrets=read_secret)
             except PolicyError as e:
                 errors.extend(e.lines())
                 policies[path] = None

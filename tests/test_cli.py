@@ -43,10 +43,10 @@ def write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- general
 
 
-def test_help_lists_all_five_commands() -> None:
+def test_help_lists_all_six_commands() -> None:
     p = run("--help")
     assert p.returncode == 0
-    for cmd in ("serve", "check", "explain", "init", "simulate"):
+    for cmd in ("serve", "check", "explain", "init", "try", "simulate"):
         assert re.search(rf"^\s+{cmd}\s", p.stdout, re.M), p.stdout
 
 
@@ -505,7 +505,7 @@ def test_configuration_reference_names_every_key() -> None:
     models: list[type[BaseModel]] = [
         pol.PolicyModel, pol.DaemonSection, pol.MqttSection, pol.TimeoutsSection, pol.FailoverSection,
         pol.ProviderBase, pol.BreakerSection, pol.BackoffSection, pol.HttpProvider, pol.MqttProvider,
-        pol.SandboxProvider, pol.ChannelSection, pol.RouteSection, pol.RouteGroup]
+        pol.SandboxProvider, pol.ChannelSection, pol.RouteSection, pol.RouteGroup, pol.TemplatePart]
     missing = [f"{m.__name__}.{name}" for m in models for name in m.model_fields
                if not re.search(rf"`\[?(?:[\w.]+\.)?{re.escape(name)}(?:`|\]|\.NAME\])", doc)]
     assert missing == [], f"undocumented keys: {missing}"

@@ -1,4 +1,6 @@
-"""The routing.toml model: pydantic models, ${VAR} interpolation, validation with key paths.
+"""The routing.toml model: pydantic models, ${VAR} / ${credential:NAME} / ${file:PATH}
+interpolation (secrets are read by a resolver the caller passes in: core does no I/O), validation
+with key paths.
 
 `load_policy(path)` gives an immutable `Policy` whose `version` is the content hash of the
 file, or raises `PolicyError` listing every problem as "PATH: key.path: reason".
@@ -10,12 +12,14 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
                       ValidationError, field_validator, model_validator)
 
 from .behaviour import BehaviourSpec, Duration, FailMode
+from .templates import EMPTY as NO_TEMPLATES
+from .templates import TemplateSet, compile_templates
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -165,6 +169,18 @@ class HttpProvider(ProviderBase):
     type: Literal["http"]
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    # A Jinja2 template that renders the JSON body (docs/providers.md "Content"); none: routingd's own.
+    body: str | None = None
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .templates import compile_source
+            error = compile_source(v)[1]
+            if error is not None:
+                raise ValueError(error)
+        return v
 
     @field_validator("url")
     @classmethod
@@ -403,6 +419,33 @@ class RouteSection(Strict):
     timeouts: TimeoutsSection = TimeoutsSection()
 
 
+# --------------------------------------------------------------------------- templates
+
+
+class TemplatePart(Strict):
+    """One channel's part of a [templates.NAME] table (docs/configuration.md "[templates]"):
+    subject/title fill the title, text/body the text, html the HTML part."""
+
+    subject: str | None = None
+    title: str | None = None
+    text: str | None = None
+    body: str | None = None
+    html: str | None = None
+
+    @model_validator(mode="after")
+    def _one_each(self) -> "TemplatePart":
+        if self.subject is not None and self.title is not None:
+            raise ValueError("give subject or title, not both (both fill the title)")
+        if self.text is not None and self.body is not None:
+            raise ValueError("give text or body, not both (both fill the text)")
+        if all(getattr(self, k) is None for k in ("subject", "title", "text", "body", "html")):
+            raise ValueError("a template part needs at least one of subject, title, text, body, html")
+        return self
+
+
+TemplatesSection = dict[str, dict[str, TemplatePart]]     # NAME -> channel name -> part
+
+
 class PolicyModel(Strict):
     version: Literal[1] = 1
     daemon: DaemonSection = DaemonSection()
@@ -411,6 +454,7 @@ class PolicyModel(Strict):
     providers: dict[str, Provider] = Field(default_factory=dict)
     channels: dict[str, ChannelSection] = Field(default_factory=dict)
     routes: dict[str, RouteSection] = Field(default_factory=dict)
+    templates: TemplatesSection = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- errors
@@ -461,7 +505,7 @@ def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
 
 def _is_mapping_key(raw_loc: tuple, i: int) -> bool:
     # providers.NAME / channels.NAME / routes.NAME / headers.NAME: user-chosen keys
-    return raw_loc[i - 1] in ("providers", "channels", "routes", "headers")
+    return raw_loc[i - 1] in ("providers", "channels", "routes", "headers", "templates")
 
 
 def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
@@ -504,24 +548,35 @@ def _expected_tags(ctx: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- interpolation
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR = re.compile(r"\$\{(?:(credential|file):([^}]*)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
+
+# Reads a secret for ${credential:NAME} (kind "credential") or ${file:PATH} (kind "file"); raises
+# ValueError with a reason that never holds the value. The daemon's is daemon/secrets.py.
+SecretResolver = Callable[[str, str], str]
 
 
 def interpolate(raw: Any, env: Mapping[str, str], loc: tuple = (), problems: list[Problem] | None = None,
-                used: dict[str, str] | None = None) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string of a parsed TOML tree.
+                used: dict[str, str] | None = None, secrets: SecretResolver | None = None) -> Any:
+    """Replace ${VAR}, ${VAR:-default}, ${credential:NAME} and ${file:PATH} in every string of a
+    parsed TOML tree, except under [templates] (message text, where "${" is the author's).
 
-    `used`, when given, collects {value: VAR} of every substituted variable, so that error
-    messages can name the variable instead of echoing its (possibly secret) value."""
+    `used`, when given, collects {value: reference} of every substituted value, so that error
+    messages can name the reference instead of echoing its (possibly secret) value."""
     if problems is None:
         problems = []
     if isinstance(raw, dict):
-        return {k: interpolate(v, env, loc + (k,), problems, used) for k, v in raw.items()}
+        if loc == () and "templates" in raw:
+            return {k: v if k == "templates" else interpolate(v, env, (k,), problems, used, secrets)
+                    for k, v in raw.items()}
+        return {k: interpolate(v, env, loc + (k,), problems, used, secrets) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [interpolate(v, env, loc + (i,), problems, used) for i, v in enumerate(raw)]
+        return [interpolate(v, env, loc + (i,), problems, used, secrets) for i, v in enumerate(raw)]
     if isinstance(raw, str) and "${" in raw:
         def sub(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
+            kind, ref = m.group(1), m.group(2)
+            if kind is not None:
+                return _secret(kind, ref, loc, problems, used, secrets)
+            name, default = m.group(3), m.group(4)
             if name in env:
                 if used is not None and env[name]:
                     used[env[name]] = name
@@ -538,6 +593,22 @@ def interpolate(raw: Any, env: Mapping[str, str], loc: tuple = (), problems: lis
     return raw
 
 
+def _secret(kind: str, ref: str, loc: tuple, problems: list[Problem], used: dict[str, str] | None,
+            secrets: SecretResolver | None) -> str:
+    if secrets is None:
+        problems.append(Problem(loc, f"${{{kind}:{ref}}} cannot be read here (only routingd's daemon and "
+                                     "command line read secrets)"))
+        return ""
+    try:
+        value = secrets(kind, ref)
+    except ValueError as e:
+        problems.append(Problem(loc, f"${{{kind}:{ref}}}: {e}"))
+        return ""
+    if used is not None and value:
+        used[value] = f"{kind}:{ref}"
+    return value
+
+
 # --------------------------------------------------------------------------- the snapshot
 
 
@@ -550,6 +621,7 @@ class Policy:
     source: str
     path: str
     warnings: tuple[str, ...] = field(default=())
+    templates: TemplateSet = field(default=NO_TEMPLATES, compare=False)   # [templates], compiled
 
     @property
     def providers(self) -> dict[str, Any]:
@@ -743,8 +815,10 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
     return problems
 
 
-def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None) -> Policy:
-    """Parse and validate routing.toml text; raise PolicyError with every problem found."""
+def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None,
+                 secrets: SecretResolver | None = None) -> Policy:
+    """Parse and validate routing.toml text; raise PolicyError with every problem found.
+    `secrets` reads ${credential:NAME} and ${file:PATH} (none given: they are errors)."""
     import os  # environment only, read once here: no I/O beyond it
 
     env = dict(os.environ) if env is None else env
@@ -757,7 +831,7 @@ def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] |
     problems: list[Problem] = []
     used: dict[str, str] = {}
     try:
-        raw = interpolate(raw, env, (), problems, used)
+        raw = interpolate(raw, env, (), problems, used, secrets)
         try:
             model = PolicyModel.model_validate(raw)
         except ValidationError as e:
@@ -769,10 +843,14 @@ def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] |
     except RecursionError:
         raise PolicyError(path, [Problem((), "the file is nested too deeply to check")]) from None
     problems += ref_problems
+    _check_names("templates", model.templates, problems)
+    templates, issues = compile_templates(model.templates, model.channels)
+    problems += [Problem(loc, msg) for loc, msg in issues]
     if problems:
         raise PolicyError(path, _masked(problems, used))
     version = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Policy(model=model, version=version, source=text, path=path, warnings=tuple(warnings))
+    return Policy(model=model, version=version, source=text, path=path, warnings=tuple(warnings),
+                  templates=templates)
 
 
 def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
@@ -807,6 +885,6 @@ def read_config_text(path: str) -> str:
         raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
 
 
-def load_policy(path: str, env: Mapping[str, str] | None = None) -> Policy:
+def load_policy(path: str, env: Mapping[str, str] | None = None, secrets: SecretResolver | None = None) -> Policy:
     """Read and validate a routing.toml file (the one file read this package does)."""
-    return parse_policy(read_config_text(path), path, env)
+    return parse_policy(read_config_text(path), path, env, secrets)

@@ -1,7 +1,8 @@
 """Provider adapter of type `http` (registered with daemon.adapters on import), and the HTTP
 helpers the vendor adapters share (the client session, Retry-After, bounded body reads).
 
-http     POSTs AttemptRequest.payload() as JSON to the provider's `url` with its configured
+http     POSTs AttemptRequest.payload() as JSON (plus `rendered`: title, text, html when the
+         message names a template) to the provider's `url` with its configured
          `headers` plus `Idempotency-Key: <message_id>:<channel>:<provider>`, on the one shared
          aiohttp.ClientSession of the process (AdapterContext.http_session). Any HTTP answer is
          an Outcome(status=...) (the engine classifies it per `failover.on`), with
@@ -9,12 +10,16 @@ http     POSTs AttemptRequest.payload() as JSON to the provider's `url` with its
          reset connection, a malformed answer or a truncated body is Outcome(network=True).
          The adapter keeps no timeout of its own: the runtime cancels the task at the attempt
          deadline, which closes the connection (a generous safety timeout backs that up).
+         With `body` (a Jinja2 template), the JSON body is that template rendered instead, so
+         the provider can speak any JSON API (variables: body_variables()); a body that does not
+         render, or is not JSON, fails the attempt as a 400 naming why, without a call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from typing import Any
 
@@ -23,6 +28,7 @@ import aiohttp
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .redact import config_secrets, describe_error, redact
+from ..core.templates import compile_source, template_line
 
 _MAX_BODY = 64 * 1024
 _SAFETY_S = 5.0
@@ -69,16 +75,32 @@ class HttpAdapter(ProviderAdapter):
         self.ctx = ctx
         # what an error or an echoing provider could show: masked in every detail (redact.py)
         self.secrets = config_secrets(self.url, self.headers)
+        source = getattr(config, "body", None)
+        self.body = None if source is None else compile_source(source)[0]   # validated by the policy
 
     async def send(self, req: AttemptRequest) -> Outcome:
         session = self.ctx.http_session
         if session is None:
             return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
         headers = {**self.headers, "Idempotency-Key": req.idempotency_key}
+        send_kw: dict[str, Any]
+        if self.body is None:
+            payload = req.payload()
+            if req.rendered is not None:    # the message's template, rendered for this channel
+                c = req.rendered
+                payload["rendered"] = {"title": c.title, "text": c.text, "html": c.html}
+            send_kw = {"json": payload}
+        else:
+            rendered = self._render_body(req)
+            if isinstance(rendered, Outcome):
+                return rendered
+            send_kw = {"data": rendered}
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=max(0.001, req.deadline_s) + _SAFETY_S)
         try:
-            async with session.post(self.url, json=req.payload(), headers=headers, timeout=timeout,
-                                    allow_redirects=False) as resp:
+            async with session.post(self.url, headers=headers, timeout=timeout, allow_redirects=False,
+                                    **send_kw) as resp:
                 body = await _read_body(resp)
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -95,6 +117,33 @@ class HttpAdapter(ProviderAdapter):
             if text:
                 detail = redact(f"{detail}: {text}", self.secrets)
         return Outcome(status=status, retry_after_s=retry_after, detail=detail)
+
+
+    def _render_body(self, req: AttemptRequest) -> bytes | Outcome:
+        """The body template rendered for `req`, checked to be JSON; a 400 Outcome if it is not
+        (a fault of this provider's config or the message: failing over would not fix it)."""
+        assert self.body is not None
+        try:
+            text = self.body.render(body_variables(req))
+        except Exception as e:  # noqa: BLE001 - any template error fails this attempt, not the daemon
+            line = template_line(e)
+            where = f"body template (line {line})" if line is not None else "body template"
+            return Outcome(status=400, detail=f"{where}: {getattr(e, 'message', None) or e}")
+        try:
+            json.loads(text)
+        except ValueError as e:
+            return Outcome(status=400, detail=f"body template: the rendered body is not JSON: {e}")
+        return text.encode()
+
+
+def body_variables(req: AttemptRequest) -> dict[str, Any]:
+    """What an http provider's body template sees: the attempt's identity, the recipient, the
+    channel's content (title, text, html: rendered from the message's template, else
+    content.title / content.body), the request's own content and metadata."""
+    c = req.body()
+    return {"message_id": req.message_id, "attempt_id": req.attempt_id, "channel": req.channel,
+            "provider": req.provider, "idempotency_key": req.idempotency_key, "to": req.to,
+            "title": c.title, "text": c.text, "html": c.html, "content": req.content, "metadata": req.metadata}
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
