@@ -24,7 +24,8 @@ import aiohttp
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
-from .http import _SAFETY_S, _describe, _read_body, parse_retry_after
+from .http import _SAFETY_S, _read_body, parse_retry_after
+from .redact import describe_error
 
 
 class SendgridAdapter(ProviderAdapter):
@@ -66,7 +67,7 @@ class SendgridAdapter(ProviderAdapter):
         except asyncio.TimeoutError:
             return Outcome(network=True, detail="no answer within the safety timeout")
         except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=_describe(e))
+            return Outcome(network=True, detail=describe_error(e))
         if 200 <= status < 300:
             return Outcome(status=status, provider_message_id=headers.get("X-Message-Id") or None)
         retry_after = None

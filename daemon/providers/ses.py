@@ -32,7 +32,8 @@ from botocore.credentials import Credentials
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
-from .http import _SAFETY_S, _describe, _read_body, parse_retry_after
+from .http import _SAFETY_S, _read_body, parse_retry_after
+from .redact import describe_error
 
 log = logging.getLogger("routingd.providers.ses")
 
@@ -98,7 +99,7 @@ class SesAdapter(ProviderAdapter):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a credential provider's failure is this attempt's answer
-            return Outcome(status=401, detail=f"AWS credentials could not be loaded: {vendor_text(_describe(e))}")
+            return Outcome(status=401, detail=f"AWS credentials could not be loaded: {vendor_text(describe_error(e))}")
         if creds is None:
             return Outcome(status=401, detail="no AWS credentials: set access_key_id and secret_access_key, "
                                               "or provide them through the AWS credential chain")
@@ -118,7 +119,7 @@ class SesAdapter(ProviderAdapter):
         except asyncio.TimeoutError:
             return Outcome(network=True, detail="no answer within the safety timeout")
         except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=_describe(e))
+            return Outcome(network=True, detail=describe_error(e))
         doc = _json(raw)
         if 200 <= status < 300:
             message_id = doc.get("MessageId") if isinstance(doc, dict) else None

@@ -36,7 +36,7 @@ import aiosmtplib
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .email_common import recipient, sender, vendor_text
-from .http import _describe
+from .redact import describe_error
 
 _SAFETY_S = 5.0
 _THROTTLED = re.compile(r"throttl|rate|too many|exceeded", re.IGNORECASE)
@@ -154,7 +154,7 @@ class SmtpAdapter(ProviderAdapter):
             except aiosmtplib.SMTPResponseException as e:
                 return reply_outcome(e.code, e.message)
             except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, ssl.SSLError, OSError) as e:
-                return Outcome(network=True, detail=vendor_text(_describe(e)))
+                return Outcome(network=True, detail=vendor_text(describe_error(e)))
             except aiosmtplib.SMTPException as e:
                 # no reply code: the relay lacks what the config requires (STARTTLS, AUTH)
                 return Outcome(status=400, detail=vendor_text(f"SMTP: {e}"))
