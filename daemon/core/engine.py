@@ -12,6 +12,11 @@ time, the simulator SimPy's `env.now`):
     on_provider_unhealthy(provider, now)    optional: that provider's breaker has just opened;
                                             fail over at once from the attempts in flight on it
 
+Before start(), a delivery resumed after a restart may be told the attempts of its earlier runs
+with adopt(records) (docs/reliability.md "Restarts"): a channel one of them delivered is not run
+again, and an attempt still awaiting its receipt is waited for (under its receipt deadline)
+instead of being sent again.
+
 Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
 the back-off jitter, drawn from the `rng` passed in. Same inputs, same commands.
@@ -290,6 +295,17 @@ def _by_pre(node: _Node) -> int:
     return node.pre
 
 
+class _Resume:
+    """What adopt() learned from the attempts of earlier runs, consulted as nodes start."""
+
+    __slots__ = ("delivered", "first", "awaiting")
+
+    def __init__(self) -> None:
+        self.delivered: set[int] = set()                # channel pres delivered in an earlier run
+        self.first: dict[int, int] = {}                 # `single` node pre -> child index to start at
+        self.awaiting: dict[int, AttemptRecord] = {}    # run pre -> its attempt awaiting a receipt
+
+
 # --------------------------------------------------------------------------- the machine
 
 
@@ -300,7 +316,8 @@ class Delivery:
     # the simulator makes one per simulated message) and the fastest attribute access
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
-                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried")
+                 "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
+                 "_resume")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
@@ -333,6 +350,7 @@ class Delivery:
         self._groups: list[_Group] = []
         self._chans: list[_Channel] = []
         self._tried: list[_Run] = []
+        self._resume: _Resume | None = None         # set by adopt() (a resumed delivery)
 
     # ------------------------------------------------------------------ public inputs
 
@@ -343,6 +361,75 @@ class Delivery:
     @property
     def next_wakeup(self) -> float | None:
         return self._timer
+
+    def adopt(self, records: "list[AttemptRecord]") -> None:
+        """Call before start() on a delivery resumed after a restart: `records` are attempts of
+        its earlier runs (other attempt ids than this run's). Two kinds count, the others are
+        history only (their channel runs again: at-least-once):
+
+          * outcome "delivered": the channel it ran in (the first channel of that name in plan
+            order that has its provider) counts as delivered and is not run again, and the
+            message's delivered_at is the earliest such attempt's ended_at;
+          * not ended, with a 2xx status_code (answered, awaiting its receipt): when its channel
+            starts, that provider's run waits for the receipt of this very attempt, until
+            min(receipt_deadline, channel deadline) (receipt_deadline None: the channel
+            deadline), instead of calling the provider again; on_receipt() takes its receipt.
+
+        `single` scopes on the way to such a channel (and a `single` channel to such a provider)
+        start at it: what came before it in plan order was tried in an earlier run."""
+        res = _Resume()
+        for rec in records:
+            found = self._locate(rec.channel, rec.provider)
+            if found is None:
+                continue                    # the plan no longer has it: history only
+            ch, i = found
+            if rec.outcome == "delivered":
+                res.delivered.add(ch.pre)
+                at = rec.ended_at if rec.ended_at is not None else rec.started_at
+                if self.delivered_at is None or at < self.delivered_at:
+                    self.delivered_at = at
+            elif rec.outcome is None and rec.ended_at is None and rec.status_code is not None \
+                    and 200 <= rec.status_code < 300:
+                if ch.pre + i in res.awaiting:
+                    continue                # one awaited attempt per run (the first found)
+                res.awaiting[ch.pre + i] = rec
+                if ch.method == "single":
+                    res.first[ch.pre] = min(res.first.get(ch.pre, i - 1), i - 1)
+            else:
+                continue
+            node: _Node = ch
+            while node.parent >= 0:
+                parent = self._nodes[node.parent]
+                if parent.method == "single":
+                    k = parent.children.index(node)
+                    res.first[parent.pre] = min(res.first.get(parent.pre, k), k)
+                node = parent
+        self._resume = res
+
+    def _locate(self, channel: str, provider: str) -> "tuple[_Channel, int] | None":
+        """The first channel named `channel` in plan order with `provider`, and the provider's
+        1-based position in it (its run's pre is the channel's pre + that)."""
+        for n in self._nodes.values():
+            if isinstance(n, _Channel) and n.step.channel == channel:
+                for i, p in enumerate(n.step.providers, 1):
+                    if p.provider == provider:
+                        return n, i
+        return None
+
+    def _adopt(self, run: _Run, rec: AttemptRecord, now: float) -> None:
+        """Start `run` on an earlier run's attempt that awaits its receipt (see adopt())."""
+        ch = self._channel_of(run)
+        run.tries = rec.try_no
+        self._tried.append(run)
+        rt = rec.receipt_deadline
+        rec.receipt_deadline = ch.deadline if rt is None else min(rt, ch.deadline)
+        self.attempts[rec.attempt_id] = rec
+        self._runs[rec.attempt_id] = run
+        run.attempt = rec
+        run.state = "awaiting"
+        run.slow_counted = False
+        self._emit("attempt_resumed", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                   receipt_deadline=rec.receipt_deadline)
 
     def start(self, now: float) -> list[Command]:
         if self._wants("started"):
@@ -574,7 +661,11 @@ class Delivery:
     def _start_node(self, node: _Node, now: float) -> None:
         node.started = True
         kind = type(node)
+        res = self._resume
         if kind is _Run:
+            if res is not None and node.pre in res.awaiting:
+                self._adopt(node, res.awaiting.pop(node.pre), now)      # type: ignore[arg-type]
+                return
             self._try(node, now)            # type: ignore[arg-type]
             return
         if kind is _Channel:
@@ -591,6 +682,10 @@ class Delivery:
             node.children = [_Run(p, pre, pre + i) for i, p in enumerate(step.providers, 1)]
             node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
             self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
+            if res is not None and pre in res.delivered:
+                res.delivered.discard(pre)
+                self._complete(node, "delivered", now, reason="delivered before a restart")
+                return
             if node.deadline <= now:
                 self._complete(node, "failed", now, reason="timeout")
                 return
@@ -602,8 +697,8 @@ class Delivery:
             self._complete(node, "failed", now)
             return
         if node.method == "single":
-            node.idx = 0
-            self._start_node(node.children[0], now)
+            node.idx = 0 if res is None else res.first.pop(node.pre, 0)
+            self._start_node(node.children[node.idx], now)
         else:
             node.launching = True
             for child in node.children:
