@@ -33,7 +33,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         deadline under the policy snapshot it was accepted under (looked up by version in the
         store's policies table; if that text no longer parses, the current policy is used and a
         `policy_unavailable` event says so). Attempts that were running when the previous process
-        died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once.
+        died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once --
+        except that attempts answered 2xx and awaiting their receipt are awaited again (their
+        receipt deadline kept) and channels that delivered are not run again (Delivery.adopt).
+        A stored request that no longer validates finishes that message `undeliverable`
+        (`resume_failed` event, routingd_resume_failed_total); the others resume.
     await router.submit(send_request, idempotency_key=None, request_json=None) -> SubmitResult(message_id, created)
         request_json: the JSON text send_request was validated from as it is, if the caller has
         it; stored as the request (else send_request.model_dump_json() is).
@@ -49,7 +53,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         events[{type, at, ...data}]; times RFC 3339 UTC with milliseconds.
     await router.receipt(provider, attempt_id, status) -> bool
         status "delivered" | "failed" (else ValueError). False: no such attempt for this provider.
-        Raises Overloaded once stop() has halted the router.
+        Returns once what it changed is committed; raises Overloaded once stop() has halted the
+        router or when it cannot be stored. A repeat of a receipt already recorded changes
+        nothing (routingd_receipts_repeated_total); one for a message the retention purge
+        deleted returns True and stores nothing (routingd_receipts_unmatched_total).
+    await router.purge_once(retention_s, idempotency_ttl_s) -> int   one round of the retention purge
     router.receipt_secret(provider) -> str | None
     router.swap_policy(policy)    new messages use it; in-flight ones keep theirs. Also records
                                   the reload as successful in the metrics (routingd_config_hash,
