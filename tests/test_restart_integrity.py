@@ -76,7 +76,18 @@ def events(st: dict[str, Any], type_: str) -> list[dict[str, Any]]:
 
 
 def awaiting_receipt(d: DaemonProcess, mid: str) -> dict[str, Any]:
-    wait_until(lambda: events(d.status(mid), "attempt_accepted"), timeout=15, what="the 202 of the attempt")
+    """The message's status once its attempt's 202 is committed: the status endpoint shows it a
+    moment earlier (from memory), and a SIGKILL in between rightly leaves an attempt that never
+    answered, which the next start ends `cancelled` and sends again."""
+    def committed() -> bool:
+        conn = sqlite3.connect(f"file:{d.state_path}?mode=ro", uri=True)
+        try:
+            return bool(conn.execute("SELECT 1 FROM attempts WHERE message_id = ? AND status_code = 202 "
+                                     "AND ended_at IS NULL", (mid,)).fetchone())
+        finally:
+            conn.close()
+
+    wait_until(committed, timeout=15, what="the 202 of the attempt committed")
     return d.status(mid)
 
 
