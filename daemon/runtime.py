@@ -939,11 +939,14 @@ class Router:
                 self._apply(live, live.delivery.on_receipt(attempt_id, status, now), now)
             else:
                 assert prior is not None
-                # An attempt of an earlier run that this run did not adopt (it was cut by the
-                # restart, or failed before it): recorded, the message goes on.
-                self._record(live, Event("late_receipt", now, {"attempt_id": attempt_id, "status": status,
-                                                               "channel": prior.channel, "provider": provider,
-                                                               "previous_run": True}))
+                # An attempt of an earlier run that this run did not adopt (the restart cut it
+                # mid-call, or it had ended): the engine records it, and a `delivered` one counts.
+                earlier = AttemptRecord(prior.attempt_id, prior.channel, prior.provider, prior.try_no,
+                                        prior.started_at, prior.deadline, prior.ended_at, prior.outcome,
+                                        prior.status_code)
+                if prior.detail:
+                    live.details.setdefault(attempt_id, prior.detail)
+                self._apply(live, live.delivery.on_earlier_receipt(earlier, status, now), now)
         else:
             row = self.store.get_attempt(attempt_id)
             if row is None:
@@ -995,6 +998,8 @@ class Router:
                 attempts.append(_attempt_json(AttemptRow(
                     rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
                     rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id))))
+            if adopted and live.prior:  # attempts of earlier runs the engine took over: in time order again
+                attempts.sort(key=lambda a: (a["started_at"] or "", a["attempt_id"]))
             return _message_json(live.row, attempts, live.events)
         sm = self.store.get_message(message_id)
         if sm is None:

@@ -1316,3 +1316,31 @@ def test_adopt_ignores_attempts_the_plan_no_longer_has_and_ended_ones() -> None:
                           AttemptRecord("m1.0.2", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)])
     a = only_start(h.start(3.0))
     assert who(a) == ("email", "a", 1) and a.attempt_id == "m1.1.1"
+
+
+def test_a_receipt_for_an_attempt_cut_by_the_restart_counts() -> None:
+    cut = AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)
+    h = resumed(RECEIPT, [cut])
+    again = only_start(h.start(3.0))                        # the cut attempt's provider, called again
+    assert again.attempt_id == "m1.1.1"
+    cmds = h.feed(h.d.on_earlier_receipt(cut, "delivered", 3.5))     # `cut` becomes its record
+    assert cut.outcome == "delivered"
+    assert [c.attempt_id for c in cancels(cmds)] == ["m1.1.1"]
+    assert finish(cmds) == Finish("delivered", 3.5, 3.5)
+    # a `failed` one, or one for a finished message, is only recorded
+    h2 = resumed(RECEIPT, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)])
+    only_start(h2.start(3.0))
+    cmds = h2.feed(h2.d.on_earlier_receipt(AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None),
+                                           "failed", 3.5))
+    assert [e.type for e in events(cmds)] == ["late_receipt"] and finish(cmds) is None
+
+
+def test_an_earlier_receipt_for_a_channel_not_started_yet_completes_it_when_it_starts() -> None:
+    h = resumed(policy_text(), [])                           # email (a, b), then sms (c)
+    a = only_start(h.start(3.0))
+    cmds = h.feed(h.d.on_earlier_receipt(AttemptRecord("m1.0.5", "sms", "c", 1, 0.0, 2.0, 1.0, "cancelled", None),
+                                         "delivered", 3.2))
+    assert finish(cmds) is None and events(cmds, "delivered")
+    cmds = h.outcome(a, E400, 3.4)                           # email fails for good: sms is next
+    assert starts(cmds) == []                                # ... and counts as delivered
+    assert finish(cmds) == Finish("delivered", 3.4, 3.2)

@@ -122,6 +122,25 @@ def test_an_attempt_awaiting_its_receipt_survives_a_restart(tmp_path: Path, stan
     assert "Traceback" not in d.log_text(), d.log_tail()
 
 
+def test_a_receipt_for_an_attempt_cut_by_a_restart_counts(tmp_path: Path, standins: StandinLoop) -> None:
+    # the first call hangs and is cut by the stop; the vendor delivered it all the same
+    rc = standins.standin([{"hang": True}])
+    with DaemonProcess(tmp_path, RECEIPT_CONFIG.format(rc=rc.url)) as d:
+        mid = d.send({"to": TO})
+        (first,) = standins.call(rc.wait_for(1))
+        assert d.stop() == 0, d.log_tail()
+        d.start()
+        standins.call(rc.wait_for(2))                    # sent again (at-least-once), hanging again
+        old = d.status(mid)["attempts"][0]
+        assert old["outcome"] == "cancelled"
+        r = d.post("/v1/receipts/rc", {"attempt_id": old["attempt_id"], "status": "delivered"})
+        assert r.status == 200, r.body
+        st = d.wait_status(mid, "delivered")
+        outcomes = [(a["attempt_id"], a["outcome"]) for a in st["attempts"]]
+        assert outcomes[0] == (old["attempt_id"], "delivered") and len(outcomes) == 2, outcomes   # in time order
+        assert d.stop() == 0, d.log_tail()
+
+
 def test_a_receipt_answered_before_a_sigkill_is_kept(tmp_path: Path, standins: StandinLoop) -> None:
     rc = standins.standin([{"status": 202}])
     with DaemonProcess(tmp_path, RECEIPT_CONFIG.format(rc=rc.url)) as d:

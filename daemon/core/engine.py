@@ -6,6 +6,7 @@ time, the simulator SimPy's `env.now`):
     start(now)                              begin routing
     on_outcome(attempt_id, Outcome, now)    a provider answered (or the connection failed)
     on_receipt(attempt_id, status, now)     a delivery receipt arrived
+    on_earlier_receipt(record, status, now) one for an attempt of an earlier run (before a restart)
     on_timer(now)                           the wake-up asked for by the last SetTimer came due
                                             (answered with a SetTimer even when unchanged, so a
                                             timer that fired early re-arms instead of stalling)
@@ -477,6 +478,38 @@ class Delivery:
             self._end_attempt(rec, "failed", rec.status_code, now)
             self._record_health(run, False, now)
             self._retry_or_fail(run, now, None, "failed receipt")
+        return self._settle(now)
+
+    def on_earlier_receipt(self, rec: AttemptRecord, status: str, now: float) -> list[Command]:
+        """A receipt for an attempt of an earlier run that adopt() did not take over (the restart
+        cut it mid-call, or it had ended): recorded as `late_receipt`. A `delivered` one counts
+        while the message is pending, as a late receipt of this run's attempts does: its channel
+        is delivered (what runs under a `single` scope it satisfies is cut); a channel not
+        started yet completes delivered when it starts. `rec` becomes this delivery's record."""
+        self._catch_up(now)
+        found = self._locate(rec.channel, rec.provider) if rec.attempt_id not in self.attempts else None
+        if status != "delivered" or self.status != "pending" or found is None:
+            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+                       provider=rec.provider, previous_run=True)
+            return self._settle(now)
+        ch, i = found
+        if ch.started and ch.children:
+            run = ch.children[i - 1]
+            if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
+                assert isinstance(run, _Run)
+            self.attempts[rec.attempt_id] = rec
+            self._runs[rec.attempt_id] = run
+            self._late_receipt(run, rec, status, now)
+        else:
+            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+                       provider=rec.provider, previous_run=True)
+            if self._resume is None:
+                self._resume = _Resume()
+            self._resume.delivered.add(ch.pre)
+            if self.delivered_at is None:
+                self.delivered_at = now
+            self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                       late=True)
         return self._settle(now)
 
     def on_timer(self, now: float) -> list[Command]:
