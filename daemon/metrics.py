@@ -8,6 +8,9 @@ Names (DESIGN.md "Runtime behaviour"):
   routingd_failovers_total{kind}                        counter (provider | channel)
   routingd_breaker_open{provider}                       gauge 1/0
   routingd_time_to_deliver_seconds                      histogram (accept -> first delivery)
+  routingd_receipts_unmatched_total                     counter (receipts matching no stored attempt)
+  routingd_receipts_repeated_total                      counter (receipts already recorded)
+  routingd_resume_failed_total                          counter (stored messages that could not resume)
   routingd_config_last_reload_successful                gauge 1/0
   routingd_config_last_reload_success_timestamp_seconds gauge
   routingd_config_hash                                  gauge: the policy version (a hex content
@@ -74,6 +77,15 @@ class Metrics:
                                     "MQTT publications dropped because the buffer was full.", registry=r)
         self.store_backlog = Gauge("routingd_store_backlog", "Writes kept in memory because the state store "
                                    "refused them; written when it takes writes again.", registry=r)
+        self.receipts_unmatched = Counter(
+            "routingd_receipts_unmatched", "Receipts that matched no stored attempt (unknown, or for a "
+            "message the retention purge deleted: those are answered 200 and change nothing).", registry=r)
+        self.receipts_repeated = Counter(
+            "routingd_receipts_repeated", "Receipts repeating one already recorded for the same attempt and "
+            "status (answered 200, recorded once).", registry=r)
+        self.resume_failed = Counter(
+            "routingd_resume_failed", "Stored messages that could not be resumed at start (finished "
+            "undeliverable with a resume_failed event).", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
                                     registry=r)
 

@@ -33,7 +33,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         deadline under the policy snapshot it was accepted under (looked up by version in the
         store's policies table; if that text no longer parses, the current policy is used and a
         `policy_unavailable` event says so). Attempts that were running when the previous process
-        died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once.
+        died are marked `cancelled`; the resumed delivery starts over (run + 1) -- at-least-once --
+        except that attempts answered 2xx and awaiting their receipt are awaited again (their
+        receipt deadline kept) and channels that delivered are not run again (Delivery.adopt).
+        A stored request that no longer validates finishes that message `undeliverable`
+        (`resume_failed` event, routingd_resume_failed_total); the others resume.
     await router.submit(send_request, idempotency_key=None, request_json=None) -> SubmitResult(message_id, created)
         request_json: the JSON text send_request was validated from as it is, if the caller has
         it; stored as the request (else send_request.model_dump_json() is).
@@ -49,7 +53,11 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         events[{type, at, ...data}]; times RFC 3339 UTC with milliseconds.
     await router.receipt(provider, attempt_id, status) -> bool
         status "delivered" | "failed" (else ValueError). False: no such attempt for this provider.
-        Raises Overloaded once stop() has halted the router.
+        Returns once what it changed is committed; raises Overloaded once stop() has halted the
+        router or when it cannot be stored. A repeat of a receipt already recorded changes
+        nothing (routingd_receipts_repeated_total); one for a message the retention purge
+        deleted returns True and stores nothing (routingd_receipts_unmatched_total).
+    await router.purge_once(retention_s, idempotency_ttl_s) -> int   one round of the retention purge
     router.receipt_secret(provider) -> str | None
     router.swap_policy(policy)    new messages use it; in-flight ones keep theirs. Also records
                                   the reload as successful in the metrics (routingd_config_hash,
@@ -563,45 +571,81 @@ class Router:
         return plan
 
     async def _resume(self, sm: StoredMessage) -> _Live | None:
-        """Prepare a stored message for its next run (None: it finished offline); _begin() runs it."""
+        """Prepare a stored message for its next run (None: it finished offline); _begin() runs it.
+
+        Attempts of earlier runs that were running are ended `cancelled`; those answered 2xx and
+        awaiting their receipt stay open and are handed to the engine (Delivery.adopt) with
+        their receipt deadline, as are delivered ones: a channel already delivered is not run
+        again, and a receipt for an awaited attempt counts (docs/reliability.md "Restarts")."""
         row = sm.message
         now = self.clock.now()
         snap, problem = await self._snapshot_for(row.policy_version)
-        req = SendRequest.model_validate_json(row.request).message
         live_prior = {a.attempt_id: a for a in sm.attempts}
         self.store.end_open_attempts(row.id, now, "interrupted: routingd stopped during the attempt")
         for a in live_prior.values():
-            if a.ended_at is None:
+            if a.ended_at is None and not _awaiting(a):
                 a.ended_at, a.outcome, a.detail = now, "cancelled", "interrupted: routingd stopped during the attempt"
         row.run += 1
         self.store.set_run(row.id, row.run)
+        delivered = [a.ended_at if a.ended_at is not None else a.started_at
+                     for a in live_prior.values() if a.outcome == "delivered"]
         if now >= row.message_deadline:
             # The engine's start() past the deadline would say "undeliverable" (engine.py
-            # Delivery.start); a message whose deadline passed while routingd was down expired.
-            self._finish_offline(row, "expired", now, [
+            # Delivery.start); a message whose deadline passed while routingd was down expired --
+            # unless a channel of it delivered before (a fan-out route): then it was delivered.
+            self.store.end_open_attempts(row.id, now, "message deadline passed while routingd was not running",
+                                         keep_awaiting=False)
+            status = "delivered" if delivered else "expired"
+            self._finish_offline(row, status, now, [
                 Event("message_deadline", row.message_deadline, {"while": "routingd was not running"}),
-                Event("finished", now, {"status": "expired"})])
+                Event("finished", now, {"status": status})], min(delivered) if delivered else None)
             return None
         try:
+            req = SendRequest.model_validate_json(row.request).message
             plan = resolve_plan(snap.policy, request=req)
             rendered = render_message(snap.policy, plan, req)    # deterministic: as at accept
-        except PlanError as e:        # cannot happen with the stored snapshot; possible on a fallback policy
+        except (ValueError, PlanError) as e:
+            # A stored request this version no longer accepts (validation tightened by an
+            # upgrade), or a plan the fallback policy cannot build: that message ends here,
+            # the others resume (pydantic's ValidationError is a ValueError).
+            reason = f"the stored request no longer validates: {_one_line(e)}" if isinstance(e, ValueError) \
+                and not isinstance(e, PlanError) else f"no plan for the stored request: {_one_line(e)}"
+            log.error("message %s cannot be resumed, finished undeliverable: %s", row.id, reason)
+            self.metrics.resume_failed.inc()
+            self.store.end_open_attempts(row.id, now, "cannot be resumed", keep_awaiting=False)
             self._finish_offline(row, "undeliverable", now, [
-                Event("resume_failed", now, {"reason": str(e)}), Event("finished", now, {"status": "undeliverable"})])
+                Event("resume_failed", now, {"reason": reason}), Event("finished", now, {"status": "undeliverable"})])
             return None
         delivery = Delivery(row.id, plan, req.to, row.accepted_at, self._rng, self.health, run=row.run)
         delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
+        accepted_until = {e.data.get("attempt_id"): e.data.get("receipt_deadline")
+                          for e in sm.events if e.type in ("attempt_accepted", "attempt_resumed")}
+        known = []
+        for a in live_prior.values():
+            if a.outcome == "delivered" or _awaiting(a):
+                rd = accepted_until.get(a.attempt_id)
+                known.append(AttemptRecord(a.attempt_id, a.channel, a.provider, a.try_no, a.started_at, a.deadline,
+                                           a.ended_at, a.outcome, a.status_code,
+                                           float(rd) if isinstance(rd, (int, float)) else None))
+        if known:
+            delivery.adopt(known)
         live = _Live(row, req, delivery, snap, live_prior, list(sm.events), rendered)
+        for a in live_prior.values():
+            if _awaiting(a):
+                live.written[a.attempt_id] = (a.ended_at, a.outcome, a.status_code, a.detail)
+                if a.detail:
+                    live.details[a.attempt_id] = a.detail
         if problem:
             self._record(live, Event("policy_unavailable", now,
                                      {"reason": problem, "using_version": snap.policy.version}))
         return live
 
-    def _finish_offline(self, row: MessageRow, status: str, now: float, events: list[Event]) -> None:
+    def _finish_offline(self, row: MessageRow, status: str, now: float, events: list[Event],
+                        delivered_at: float | None = None) -> None:
         """Finish a stored message without routing it (resume found it past its end)."""
         for ev in events:
             self._record_offline(row.id, ev)
-        self.store.finish(row.id, status, now, None)
+        self.store.finish(row.id, status, now, delivered_at)
         self.metrics.message_finished(status)
 
     def _begin(self, live: _Live, first: list[Command] | None = None, at: float = 0.0) -> None:
@@ -938,6 +982,7 @@ class Router:
     # ------------------------------------------------------------------ receipts
 
     async def receipt(self, provider: str, attempt_id: str, status: str) -> bool:
+        """Apply a delivery receipt; True once what it changed is committed (docs/api.md)."""
         if status not in ("delivered", "failed"):
             raise ValueError(f"receipt status must be 'delivered' or 'failed', got {status!r}")
         if self._halted:
@@ -947,38 +992,78 @@ class Router:
         now = self.clock.now()
         if live is not None:
             rec = live.delivery.attempts.get(attempt_id)
-            if rec is not None:
-                if rec.provider != provider:
-                    return False
-                self._apply(live, live.delivery.on_receipt(attempt_id, status, now), now)
-                return True
-            prior = live.prior.get(attempt_id)
-            if prior is None or prior.provider != provider:
+            prior = live.prior.get(attempt_id) if rec is None else None
+            known = rec if rec is not None else prior
+            if known is None or known.provider != provider:
+                self.metrics.receipts_unmatched.inc()
                 return False
-            # An attempt of an earlier run (before a restart): the engine of this run cannot
-            # take it; it is recorded, and the message goes on under its resumed delivery.
-            self._record(live, Event("late_receipt", now, {"attempt_id": attempt_id, "status": status,
-                                                           "channel": prior.channel, "provider": provider,
-                                                           "previous_run": True}))
-            return True
-        row = self.store.get_attempt(attempt_id)
-        if row is None or row.provider != provider:
-            return False
-        event = Event("late_receipt", now, {"attempt_id": attempt_id, "status": status, "channel": row.channel,
-                                            "provider": provider})
-        self._record_offline(row.message_id, event)
+            if _repeated(known.outcome, status, attempt_id, live.events):
+                self.metrics.receipts_repeated.inc()
+            elif rec is not None:
+                self._apply(live, live.delivery.on_receipt(attempt_id, status, now), now)
+            else:
+                assert prior is not None
+                # An attempt of an earlier run that this run did not adopt (the restart cut it
+                # mid-call, or it had ended): the engine records it, and a `delivered` one counts.
+                earlier = AttemptRecord(prior.attempt_id, prior.channel, prior.provider, prior.try_no,
+                                        prior.started_at, prior.deadline, prior.ended_at, prior.outcome,
+                                        prior.status_code)
+                if prior.detail:
+                    live.details.setdefault(attempt_id, prior.detail)
+                self._apply(live, live.delivery.on_earlier_receipt(earlier, status, now), now)
+        else:
+            row = self.store.get_attempt(attempt_id)
+            if row is None:
+                self.metrics.receipts_unmatched.inc()
+                # a message the retention purge deleted (its id says when it was accepted): the
+                # vendor is told it arrived, so that it stops resending; nothing is stored
+                return self._purged(mid, now)
+            if row.provider != provider:
+                self.metrics.receipts_unmatched.inc()
+                return False
+            sm = self.store.get_message(row.message_id)
+            if sm is None:
+                self.metrics.receipts_unmatched.inc()
+                return True
+            if _repeated(row.outcome, status, attempt_id, sm.events):
+                self.metrics.receipts_repeated.inc()
+            else:
+                event = Event("late_receipt", now, {"attempt_id": attempt_id, "status": status,
+                                                    "channel": row.channel, "provider": provider})
+                self.store.add_event_if_message(EventRow(row.message_id, event.type, event.at, dict(event.data)))
+                self._notify(row.message_id, event)
+        # Like a send's 202: the answer waits for the commit of what the receipt changed (and of
+        # everything queued before it), so a vendor told "received" never has to resend it.
+        try:
+            await self.store.committed()
+        except Exception as e:  # noqa: BLE001 - the store logged and counted it; the vendor retries
+            log.error("a receipt for %s could not be stored: %s", attempt_id, e)
+            raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
         return True
+
+    def _purged(self, message_id: str, now: float) -> bool:
+        """Whether a message with this id, if it existed, would have been purged by now: accepted
+        (the time in its id) longer ago than the retention."""
+        try:
+            accepted_s = int(message_id[:11], 16) / 1000.0
+        except ValueError:
+            return False
+        d = self.limits if self.limits is not None else self._policy.model.daemon
+        return len(message_id) == 27 and accepted_s < now - d.retention / 1000.0
 
     # ------------------------------------------------------------------ status
 
     def status(self, message_id: str) -> dict[str, Any] | None:
         live = self._live.get(message_id) or self._recent.get(message_id)
         if live is not None:
-            attempts = [_attempt_json(a) for a in live.prior.values()]
+            adopted = live.delivery.attempts     # earlier runs' attempts the engine took over
+            attempts = [_attempt_json(a) for a in live.prior.values() if a.attempt_id not in adopted]
             for rec in live.delivery.attempts.values():
                 attempts.append(_attempt_json(AttemptRow(
                     rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
                     rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id))))
+            if adopted and live.prior:  # attempts of earlier runs the engine took over: in time order again
+                attempts.sort(key=lambda a: (a["started_at"] or "", a["attempt_id"]))
             return _message_json(live.row, attempts, live.events)
         sm = self.store.get_message(message_id)
         if sm is None:
@@ -1025,14 +1110,24 @@ class Router:
                 self._follow_clock()
             except Exception:  # noqa: BLE001 - the next check tries again
                 log.exception("following a step of the wall clock failed")
+    async def purge_once(self, retention_s: float, idempotency_ttl_s: float) -> int:
+        """One round of the retention purge (Store.purge); the purged messages are also dropped
+        from memory before their rows are deleted, so a late receipt for one finds nothing to
+        re-insert rows for (it is counted as unmatched: receipt())."""
+        return await self.store.purge(self.clock.now(), retention_s, idempotency_ttl_s, self._policy.version,
+                                      forget=self._forget)
+
+    def _forget(self, message_ids: list[str]) -> None:
+        recent = self._recent
+        for mid in message_ids:
+            recent.pop(mid, None)
 
     async def _purge_loop(self) -> None:
         while True:
             try:
                 d = self.limits if self.limits is not None else self._policy.model.daemon
                 while True:
-                    n = await self.store.purge(self.clock.now(), d.retention / 1000.0, d.idempotency_ttl / 1000.0,
-                                               self._policy.version)
+                    n = await self.purge_once(d.retention / 1000.0, d.idempotency_ttl / 1000.0)
                     if n:
                         log.info("purged %d finished message(s) older than the retention", n)
                     if n < 5000:
@@ -1042,6 +1137,28 @@ class Router:
             except Exception as e:  # noqa: BLE001
                 log.error("purging old messages failed: %s", e)
             await asyncio.sleep(_PURGE_EVERY_S)
+
+
+def _awaiting(a: AttemptRow) -> bool:
+    """An attempt answered 2xx that awaits its receipt: not ended, with a 2xx status code."""
+    return a.ended_at is None and a.status_code is not None and 200 <= a.status_code < 300
+
+
+def _repeated(outcome: str | None, status: str, attempt_id: str, events: Sequence[EventRow | Event]) -> bool:
+    """Whether a receipt repeats one already recorded: a `delivered` one for an attempt that is
+    delivered, or one whose late_receipt event (same attempt, same status) is already stored.
+    Such a replay changes nothing and is not recorded again (a vendor's retries, or a replay,
+    must not grow a message's events without bound; docs/security.md)."""
+    if outcome == "delivered" and status == "delivered":
+        return True
+    for e in events:
+        if e.type == "late_receipt" and e.data.get("attempt_id") == attempt_id and e.data.get("status") == status:
+            return True
+    return False
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:500]
 
 
 def _attempt_json(a: AttemptRow) -> dict[str, Any]:

@@ -882,11 +882,22 @@ class Store:
     def set_run(self, message_id: str, run: int) -> None:
         self._row(_RUN, (run, message_id))
 
-    def end_open_attempts(self, message_id: str, at: float, detail: str) -> None:
-        """Mark attempts that never ended (the process stopped under them) as cancelled."""
+    def end_open_attempts(self, message_id: str, at: float, detail: str, keep_awaiting: bool = True) -> None:
+        """Mark attempts that never ended (the process stopped under them) as cancelled. An attempt
+        answered 2xx and awaiting its receipt (not ended, a 2xx status_code) is kept open unless
+        keep_awaiting is False: the next start waits for its receipt (docs/reliability.md)."""
+        awaiting = " AND (status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)" if keep_awaiting else ""
         self.write(lambda c: c.execute(
             "UPDATE attempts SET ended_at = ?, outcome = 'cancelled', detail = ? "
-            "WHERE message_id = ? AND ended_at IS NULL", (at, detail, message_id)))
+            "WHERE message_id = ? AND ended_at IS NULL" + awaiting, (at, detail, message_id)))
+
+    def add_event_if_message(self, e: EventRow) -> None:
+        """Store an event only if its message is still stored: an event for a message the
+        retention purge deleted meanwhile would be an orphan row that no purge finds."""
+        text = _encode([[e.type, e.at, e.data]])
+        self.write(lambda c: c.execute(
+            "INSERT INTO event_log (message_id, events) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?)",
+            (e.message_id, text, e.message_id)))
 
     def shift_times(self, delta: float, keys_since: float) -> None:
         """The wall clock stepped by `delta` seconds while the process ran (daemon/clock.py): move
@@ -905,14 +916,27 @@ class Store:
         self.write(op)
 
     async def purge(self, now: float, retention_s: float, idempotency_ttl_s: float, keep_policy: str,
-                    limit: int = 5000) -> int:
+                    limit: int = 5000, forget: Callable[[list[str]], None] | None = None) -> int:
         """Delete up to `limit` terminal messages finished before now - retention (with their
-        attempts and events), expired idempotency keys and unused policies; return messages deleted."""
+        attempts and events), expired idempotency keys and unused policies; return messages deleted.
 
-        def op(conn: sqlite3.Connection) -> int:
-            ids = [r[0] for r in conn.execute(
+        forget(ids), if given, is called on the loop with the ids chosen, before they are deleted:
+        the caller drops them from memory there, so that nothing it queues for them afterwards
+        (a late receipt's rows) can be written after the delete, as orphan rows."""
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(
                 "SELECT id FROM messages WHERE status != 'pending' AND finished_at < ? LIMIT ?",
                 (now - retention_s, limit))]
+
+        chosen: list[str] = list(await self.call(select))
+        if forget is not None and chosen:
+            forget(chosen)
+
+        def op(conn: sqlite3.Connection) -> int:
+            ids = chosen
+            # rows of the chosen messages queued before forget() are written before this runs
+            # (one writer, queue order), and are deleted with them
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 marks = ",".join("?" * len(chunk))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
+from daemon.core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
                                 StartAttempt)
 from daemon.core.health import HealthTracker
 from daemon.core.plan import resolve_plan
@@ -1253,3 +1253,94 @@ def test_commands_are_equal_only_to_commands_of_their_own_type() -> None:
     assert CancelAttempt("a", "r") != ("a", "r")
     assert Finish("delivered", 1.0, None) != ("delivered", 1.0, None)
     assert hash(SetTimer(1.0)) == hash(SetTimer(1.0))
+
+
+# --------------------------------------------------------------------------- resuming with known attempts
+
+
+def resumed(text: str, known: list[AttemptRecord], route: str = "default") -> Harness:
+    """A delivery of message m1 resumed (run 1) after a restart, told its earlier attempts."""
+    policy = parse_policy(text, "t.toml", env={})
+    h = Harness(Delivery("m1", resolve_plan(policy, route), EVERYONE, 0.0, random.Random(1), HealthTracker(), run=1))
+    h.d.adopt(known)
+    return h
+
+
+def awaiting(aid: str, channel: str, provider: str, receipt_deadline: float | None) -> AttemptRecord:
+    return AttemptRecord(aid, channel, provider, 1, 0.0, 2.0, None, None, 202, receipt_deadline)
+
+
+def test_a_resumed_delivery_awaits_the_receipt_of_an_earlier_run_instead_of_resending() -> None:
+    # email: a then b; the earlier run failed over to b, which answered 202
+    h = resumed(RECEIPT, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "failed", 500),
+                          awaiting("m1.0.2", "email", "b", 6.0)])
+    cmds = h.start(3.0)
+    assert starts(cmds) == []                               # nothing is sent again
+    (ev,) = events(cmds, "attempt_resumed")
+    assert ev.data["attempt_id"] == "m1.0.2" and ev.data["receipt_deadline"] == 6.0
+    assert h.wakeup == 6.0                                   # its own receipt deadline, not a new one
+    cmds = h.receipt("m1.0.2", "delivered", 4.0)
+    assert finish(cmds) == Finish("delivered", 4.0, 4.0)
+    assert h.d.attempts["m1.0.2"].outcome == "delivered"
+
+
+def test_a_resumed_receipt_deadline_that_passed_fails_over_as_a_receipt_timeout() -> None:
+    h = resumed(RECEIPT, [awaiting("m1.0.1", "email", "a", 2.5)])
+    cmds = h.start(3.0)
+    assert events(cmds, "receipt_timeout")
+    # a retry of a (after its back-off) or b: a new attempt of this run, never the old id again
+    if not starts(cmds):
+        h.timer()
+    new = starts(h.log)
+    assert new and all(s.attempt_id.startswith("m1.1.") for s in new)
+
+
+def test_a_fanout_resumed_does_not_rerun_a_channel_that_delivered() -> None:
+    text = policy_text(route='method = "all"')
+    h = resumed(text, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 0.5, "delivered", 200)])
+    sms = only_start(h.start(3.0))
+    assert who(sms) == ("sms", "c", 1)
+    cmds = h.outcome(sms, E400, 3.5)                         # sms fails for good now
+    assert finish(cmds) == Finish("delivered", 3.5, 0.5)    # delivered, when email delivered
+
+
+def test_a_resumed_single_route_that_delivered_finishes_at_once() -> None:
+    h = resumed(policy_text(), [AttemptRecord("m1.0.3", "sms", "c", 1, 0.0, 2.0, 1.5, "delivered", 200)])
+    cmds = h.start(3.0)
+    assert starts(cmds) == []
+    assert finish(cmds) == Finish("delivered", 3.0, 1.5)
+
+
+def test_adopt_ignores_attempts_the_plan_no_longer_has_and_ended_ones() -> None:
+    h = resumed(RECEIPT, [awaiting("m1.0.1", "push", "z", 9.0),
+                          AttemptRecord("m1.0.2", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)])
+    a = only_start(h.start(3.0))
+    assert who(a) == ("email", "a", 1) and a.attempt_id == "m1.1.1"
+
+
+def test_a_receipt_for_an_attempt_cut_by_the_restart_counts() -> None:
+    cut = AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)
+    h = resumed(RECEIPT, [cut])
+    again = only_start(h.start(3.0))                        # the cut attempt's provider, called again
+    assert again.attempt_id == "m1.1.1"
+    cmds = h.feed(h.d.on_earlier_receipt(cut, "delivered", 3.5))     # `cut` becomes its record
+    assert cut.outcome == "delivered"
+    assert [c.attempt_id for c in cancels(cmds)] == ["m1.1.1"]
+    assert finish(cmds) == Finish("delivered", 3.5, 3.5)
+    # a `failed` one, or one for a finished message, is only recorded
+    h2 = resumed(RECEIPT, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None)])
+    only_start(h2.start(3.0))
+    cmds = h2.feed(h2.d.on_earlier_receipt(AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 1.0, "cancelled", None),
+                                           "failed", 3.5))
+    assert [e.type for e in events(cmds)] == ["late_receipt"] and finish(cmds) is None
+
+
+def test_an_earlier_receipt_for_a_channel_not_started_yet_completes_it_when_it_starts() -> None:
+    h = resumed(policy_text(), [])                           # email (a, b), then sms (c)
+    a = only_start(h.start(3.0))
+    cmds = h.feed(h.d.on_earlier_receipt(AttemptRecord("m1.0.5", "sms", "c", 1, 0.0, 2.0, 1.0, "cancelled", None),
+                                         "delivered", 3.2))
+    assert finish(cmds) is None and events(cmds, "delivered")
+    cmds = h.outcome(a, E400, 3.4)                           # email fails for good: sms is next
+    assert starts(cmds) == []                                # ... and counts as delivered
+    assert finish(cmds) == Finish("delivered", 3.4, 3.2)

@@ -6,6 +6,7 @@ time, the simulator SimPy's `env.now`):
     start(now)                              begin routing
     on_outcome(attempt_id, Outcome, now)    a provider answered (or the connection failed)
     on_receipt(attempt_id, status, now)     a delivery receipt arrived
+    on_earlier_receipt(record, status, now) one for an attempt of an earlier run (before a restart)
     on_timer(now)                           the wake-up asked for by the last SetTimer came due
                                             (answered with a SetTimer even when unchanged, so a
                                             timer that fired early re-arms instead of stalling)
@@ -15,6 +16,11 @@ time, the simulator SimPy's `env.now`):
                                             from now on (see Delivery.drain)
     rebase(delta)                           optional: the driver's clock was re-anchored by
                                             `delta` seconds; every time held moves with it
+
+Before start(), a delivery resumed after a restart may be told the attempts of its earlier runs
+with adopt(records) (docs/reliability.md "Restarts"): a channel one of them delivered is not run
+again, and an attempt still awaiting its receipt is waited for (under its receipt deadline)
+instead of being sent again.
 
 Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
@@ -296,6 +302,17 @@ def _by_pre(node: _Node) -> int:
     return node.pre
 
 
+class _Resume:
+    """What adopt() learned from the attempts of earlier runs, consulted as nodes start."""
+
+    __slots__ = ("delivered", "first", "awaiting")
+
+    def __init__(self) -> None:
+        self.delivered: set[int] = set()                # channel pres delivered in an earlier run
+        self.first: dict[int, int] = {}                 # `single` node pre -> child index to start at
+        self.awaiting: dict[int, AttemptRecord] = {}    # run pre -> its attempt awaiting a receipt
+
+
 # --------------------------------------------------------------------------- the machine
 
 
@@ -307,7 +324,7 @@ class Delivery:
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
                  "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
-                 "_due", "_dueseq", "draining", "held")
+                 "_due", "_dueseq", "draining", "held", "_resume")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
@@ -348,6 +365,7 @@ class Delivery:
         self._dueseq = 0
         self.draining = False                       # drain() was called: no attempt starts any more
         self.held = 0                               # provider runs waiting for the next run (drain)
+        self._resume: _Resume | None = None         # set by adopt() (a resumed delivery)
 
     # ------------------------------------------------------------------ public inputs
 
@@ -358,6 +376,76 @@ class Delivery:
     @property
     def next_wakeup(self) -> float | None:
         return self._timer
+
+    def adopt(self, records: "list[AttemptRecord]") -> None:
+        """Call before start() on a delivery resumed after a restart: `records` are attempts of
+        its earlier runs (other attempt ids than this run's). Two kinds count, the others are
+        history only (their channel runs again: at-least-once):
+
+          * outcome "delivered": the channel it ran in (the first channel of that name in plan
+            order that has its provider) counts as delivered and is not run again, and the
+            message's delivered_at is the earliest such attempt's ended_at;
+          * not ended, with a 2xx status_code (answered, awaiting its receipt): when its channel
+            starts, that provider's run waits for the receipt of this very attempt, until
+            min(receipt_deadline, channel deadline) (receipt_deadline None: the channel
+            deadline), instead of calling the provider again; on_receipt() takes its receipt.
+
+        `single` scopes on the way to such a channel (and a `single` channel to such a provider)
+        start at it: what came before it in plan order was tried in an earlier run."""
+        res = _Resume()
+        for rec in records:
+            found = self._locate(rec.channel, rec.provider)
+            if found is None:
+                continue                    # the plan no longer has it: history only
+            ch, i = found
+            if rec.outcome == "delivered":
+                res.delivered.add(ch.pre)
+                at = rec.ended_at if rec.ended_at is not None else rec.started_at
+                if self.delivered_at is None or at < self.delivered_at:
+                    self.delivered_at = at
+            elif rec.outcome is None and rec.ended_at is None and rec.status_code is not None \
+                    and 200 <= rec.status_code < 300:
+                if ch.pre + i in res.awaiting:
+                    continue                # one awaited attempt per run (the first found)
+                res.awaiting[ch.pre + i] = rec
+                if ch.method == "single":
+                    res.first[ch.pre] = min(res.first.get(ch.pre, i - 1), i - 1)
+            else:
+                continue
+            node: _Node = ch
+            while node.parent >= 0:
+                parent = self._nodes[node.parent]
+                if parent.method == "single":
+                    k = parent.children.index(node)
+                    res.first[parent.pre] = min(res.first.get(parent.pre, k), k)
+                node = parent
+        self._resume = res
+
+    def _locate(self, channel: str, provider: str) -> "tuple[_Channel, int] | None":
+        """The first channel named `channel` in plan order with `provider`, and the provider's
+        1-based position in it (its run's pre is the channel's pre + that)."""
+        for n in self._nodes.values():
+            if isinstance(n, _Channel) and n.step.channel == channel:
+                for i, p in enumerate(n.step.providers, 1):
+                    if p.provider == provider:
+                        return n, i
+        return None
+
+    def _adopt(self, run: _Run, rec: AttemptRecord, now: float) -> None:
+        """Start `run` on an earlier run's attempt that awaits its receipt (see adopt())."""
+        ch = self._channel_of(run)
+        run.tries = rec.try_no
+        self._tried.append(run)
+        rt = rec.receipt_deadline
+        rec.receipt_deadline = ch.deadline if rt is None else min(rt, ch.deadline)
+        self.attempts[rec.attempt_id] = rec
+        self._runs[rec.attempt_id] = run
+        run.attempt = rec
+        run.state = "awaiting"
+        run.slow_counted = False
+        self._push(rec.receipt_deadline, 2, run)
+        self._emit("attempt_resumed", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                   receipt_deadline=rec.receipt_deadline)
 
     def start(self, now: float) -> list[Command]:
         if self._wants("started"):
@@ -405,6 +493,38 @@ class Delivery:
             self._end_attempt(rec, "failed", rec.status_code, now)
             self._record_health(run, False, now)
             self._retry_or_fail(run, now, None, "failed receipt")
+        return self._settle(now)
+
+    def on_earlier_receipt(self, rec: AttemptRecord, status: str, now: float) -> list[Command]:
+        """A receipt for an attempt of an earlier run that adopt() did not take over (the restart
+        cut it mid-call, or it had ended): recorded as `late_receipt`. A `delivered` one counts
+        while the message is pending, as a late receipt of this run's attempts does: its channel
+        is delivered (what runs under a `single` scope it satisfies is cut); a channel not
+        started yet completes delivered when it starts. `rec` becomes this delivery's record."""
+        self._catch_up(now)
+        found = self._locate(rec.channel, rec.provider) if rec.attempt_id not in self.attempts else None
+        if status != "delivered" or self.status != "pending" or found is None:
+            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+                       provider=rec.provider, previous_run=True)
+            return self._settle(now)
+        ch, i = found
+        if ch.started and ch.children:
+            run = ch.children[i - 1]
+            if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
+                assert isinstance(run, _Run)
+            self.attempts[rec.attempt_id] = rec
+            self._runs[rec.attempt_id] = run
+            self._late_receipt(run, rec, status, now)
+        else:
+            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+                       provider=rec.provider, previous_run=True)
+            if self._resume is None:
+                self._resume = _Resume()
+            self._resume.delivered.add(ch.pre)
+            if self.delivered_at is None:
+                self.delivered_at = now
+            self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+                       late=True)
         return self._settle(now)
 
     def on_timer(self, now: float) -> list[Command]:
@@ -659,7 +779,11 @@ class Delivery:
     def _start_node(self, node: _Node, now: float) -> None:
         node.started = True
         kind = type(node)
+        res = self._resume
         if kind is _Run:
+            if res is not None and node.pre in res.awaiting:
+                self._adopt(node, res.awaiting.pop(node.pre), now)      # type: ignore[arg-type]
+                return
             self._try(node, now)            # type: ignore[arg-type]
             return
         if kind is _Channel:
@@ -677,6 +801,10 @@ class Delivery:
             node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
             self._push(node.deadline, 1, node)
             self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
+            if res is not None and pre in res.delivered:
+                res.delivered.discard(pre)
+                self._complete(node, "delivered", now, reason="delivered before a restart")
+                return
             if node.deadline <= now:
                 self._complete(node, "failed", now, reason="timeout")
                 return
@@ -688,8 +816,8 @@ class Delivery:
             self._complete(node, "failed", now)
             return
         if node.method == "single":
-            node.idx = 0
-            self._start_node(node.children[0], now)
+            node.idx = 0 if res is None else res.first.pop(node.pre, 0)
+            self._start_node(node.children[node.idx], now)
         else:
             node.launching = True
             for child in node.children:
