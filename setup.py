@@ -44,12 +44,12 @@ class BuildCore(build_ext):
             print(f"routingd: compiling the core failed ({e}); installing the pure-Python core",
                   file=sys.stderr)
             return
-        built = [m for m in COMPILED if Path(self.get_ext_fullpath(f"daemon.core.{m}")).exists()]
+        built = [m for m in COMPILED if Path(self.get_ext_fullpath(f"routingd.daemon.core.{m}")).exists()]
         if len(built) != len(COMPILED):
             print("routingd: not every core module compiled; installing the pure-Python core",
                   file=sys.stderr)
             return
-        out = Path(self.get_ext_fullpath("daemon.core.engine")).parent / RECORD
+        out = Path(self.get_ext_fullpath("routingd.daemon.core.engine")).parent / RECORD
         lines = ['"""Written by setup.py at build time: the sources the compiled core was built from."""',
                  "", "SOURCES = {"]
         lines += [f'    "{m}": "{_sha256(HERE / CORE / (m + ".py"))}",' for m in COMPILED]

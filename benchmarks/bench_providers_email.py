@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import aiosmtplib  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 
-from daemon.adapters import AdapterContext, AttemptRequest, build_adapter  # noqa: E402
-from daemon.core.policy import parse_policy  # noqa: E402
-from daemon.providers import make_http_session  # noqa: E402
+from routingd.daemon.adapters import AdapterContext, AttemptRequest, build_adapter  # noqa: E402
+from routingd.daemon.core.policy import parse_policy  # noqa: E402
+from routingd.daemon.providers import make_http_session  # noqa: E402
 
 TARGET = 0.5
 KEY = "SG.bench"

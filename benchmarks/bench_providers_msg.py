@@ -76,9 +76,9 @@ async def _rate(send_one: Callable[[int], Awaitable[bool]], count: int, concurre
 
 
 async def _pair(kind: str, url: str, count: int, concurrency: int, rounds: int) -> tuple[list[float], list[float]]:
-    from daemon.adapters import AdapterContext, AttemptRequest, build_adapter
-    from daemon.core.policy import parse_policy
-    from daemon.providers import make_http_session
+    from routingd.daemon.adapters import AdapterContext, AttemptRequest, build_adapter
+    from routingd.daemon.core.policy import parse_policy
+    from routingd.daemon.providers import make_http_session
 
     if kind == "twilio":
         block = f'type = "twilio"\naccount_sid = "{SID}"\nauth_token = "{TOKEN}"\nfrom = "+15017122661"\nbase_url = "{url}"'

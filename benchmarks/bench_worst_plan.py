@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchResult, header, ratio  # noqa: E402
 
-from daemon.core import core_build  # noqa: E402
-from daemon.core.engine import Delivery, Outcome, StartAttempt  # noqa: E402
-from daemon.core.plan import resolve_plan  # noqa: E402
-from daemon.core.policy import DaemonSection, parse_policy  # noqa: E402
+from routingd.daemon.core import core_build  # noqa: E402
+from routingd.daemon.core.engine import Delivery, Outcome, StartAttempt  # noqa: E402
+from routingd.daemon.core.plan import resolve_plan  # noqa: E402
+from routingd.daemon.core.policy import DaemonSection, parse_policy  # noqa: E402
 
 TARGET = 100.0          # worst step <= 100 simple messages routed whole
 

@@ -5,8 +5,8 @@
     routingd init [PATH] [--force]                write a commented starter routing.toml
     routingd try PROVIDER --to FIELD=VALUE [--template NAME --data K=V] [--title T --body B]
                                                   send one real message through one provider
-    routingd serve ...                            daemon.service
-    routingd simulate ...                         simulator.cli
+    routingd serve ...                            routingd.daemon.service
+    routingd simulate ...                         routingd.simulator.cli
 
 Every error is one line on stderr and a non-zero exit (1: the input is invalid, 2: usage or an
 unavailable subcommand, 130: interrupted); never a traceback (ROUTINGD_DEBUG=1 shows one for an
@@ -468,9 +468,9 @@ class Delegate:
 
 DELEGATES = (
     Delegate("serve", "run the daemon: HTTP API, deliveries, hot reload",
-             "daemon.service", "add_serve_arguments", "serve_command"),
+             "routingd.daemon.service", "add_serve_arguments", "serve_command"),
     Delegate("simulate", "replay provider outages against a routing.toml (SimPy)",
-             "simulator.cli", "add_simulate_arguments", "simulate_command"),
+             "routingd.simulator.cli", "add_simulate_arguments", "simulate_command"),
 )
 
 

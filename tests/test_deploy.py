@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.durations import parse_duration_ms
-from daemon.core.plan import resolve_plan
-from daemon.core.policy import HttpProvider, PolicyError, parse_policy
+from routingd.daemon.core.durations import parse_duration_ms
+from routingd.daemon.core.plan import resolve_plan
+from routingd.daemon.core.policy import HttpProvider, PolicyError, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "routingd.service"

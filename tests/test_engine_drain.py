@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from daemon.core.engine import Finish
-from daemon.core.health import HealthTracker
+from routingd.daemon.core.engine import Finish
+from routingd.daemon.core.health import HealthTracker
 
 from test_engine import E500, OK, events, finish, make, only_start, policy_text, starts
 
@@ -95,7 +95,7 @@ def test_rebase_moves_every_time_and_nothing_fires_earlier_or_later() -> None:
 
 
 def test_clock_step_reanchors_only_past_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.clock import STEP_S, Clock
+    from routingd.daemon.clock import STEP_S, Clock
 
     real = time.time
     offset = [0.0]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from daemon.core.plan import PlanError, resolve_plan
-from daemon.core.policy import PolicyError, parse_policy
-from daemon.core.request import SendRequest
+from routingd.daemon.core.plan import PlanError, resolve_plan
+from routingd.daemon.core.policy import PolicyError, parse_policy
+from routingd.daemon.core.request import SendRequest
 
 from daemon_process import DaemonProcess, serving
 
@@ -116,9 +116,9 @@ def test_a_daemon_answers_422_naming_the_limit(daemon: DaemonProcess) -> None:
 # tracer: deterministic, no clock) for an `all` plan of n channels whose providers never answer.
 COUNT_LINES = r"""
 import json, random, sys
-from daemon.core.engine import Delivery
-from daemon.core.plan import resolve_plan
-from daemon.core.policy import parse_policy
+from routingd.daemon.core.engine import Delivery
+from routingd.daemon.core.plan import resolve_plan
+from routingd.daemon.core.policy import parse_policy
 n = int(sys.argv[1])
 src = ["version = 1", "[daemon]", "max_plan_channels = 1000",
        "[providers.a]", "type = 'sandbox'", "retries = 2", "timeout = '1s'",
@@ -128,7 +128,7 @@ for j in range(n):
     src += [f"[channels.c{j}]", "providers = ['a', 'b']", "timeout = '30s'"]
 src += ["[routes.default]", "method = 'all'", "channels = [" + ", ".join(f"'c{j}'" for j in range(n)) + "]"]
 plan = resolve_plan(parse_policy("\n".join(src) + "\n", env={}))
-import daemon.core.engine as eng
+import routingd.daemon.core.engine as eng
 assert eng.__file__.endswith(".py"), eng.__file__
 lines = 0
 def tracer(frame, event, arg):

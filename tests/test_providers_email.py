@@ -26,10 +26,10 @@ from daemon_process import DaemonProcess, StandinLoop, free_port, run_bounded, s
 from provider_standin import ProviderStandin  # noqa: E402
 from sendgrid_standin import UNVERIFIED, SendgridStandin  # noqa: E402
 
-from daemon.adapters import AdapterContext, AttemptRequest, Content, build_adapter  # noqa: E402
-from daemon.core.policy import PolicyError, parse_policy  # noqa: E402
-from daemon.providers import make_http_session  # noqa: E402
-from daemon.providers.smtp import SmtpAdapter, reply_outcome  # noqa: E402
+from routingd.daemon.adapters import AdapterContext, AttemptRequest, Content, build_adapter  # noqa: E402
+from routingd.daemon.core.policy import PolicyError, parse_policy  # noqa: E402
+from routingd.daemon.providers import make_http_session  # noqa: E402
+from routingd.daemon.providers.smtp import SmtpAdapter, reply_outcome  # noqa: E402
 
 
 def provider_config(body: str) -> Any:

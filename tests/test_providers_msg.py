@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_process import free_port  # noqa: E402
 from vendor_standins import FcmStandin, Receiver, SlackStandin, TwilioStandin  # noqa: E402
 
-from daemon.adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter  # noqa: E402
-from daemon.core.policy import PolicyError, parse_policy  # noqa: E402
-from daemon.providers import make_http_session  # noqa: E402
+from routingd.daemon.adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter  # noqa: E402
+from routingd.daemon.core.policy import PolicyError, parse_policy  # noqa: E402
+from routingd.daemon.providers import make_http_session  # noqa: E402
 
 SID, TOKEN = "AC" + "a" * 32, "twilio-auth-token-0123456789"
 SLACK_TOKEN = "xoxb-slack-bot-token-0123456789"
@@ -424,7 +424,7 @@ def test_apprise_a_url_apprise_cannot_use_fails_every_attempt_as_network() -> No
 def test_providers_doc_names_every_key_of_each_type_in_its_section() -> None:
     import re
 
-    from daemon.core import policy as pol
+    from routingd.daemon.core import policy as pol
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
     for name, model in [("twilio", pol.TwilioProvider), ("fcm", pol.FcmProvider), ("slack", pol.SlackProvider),

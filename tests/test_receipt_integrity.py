@@ -18,10 +18,10 @@ from daemon_process import until  # noqa: E402
 from provider_standin import ProviderStandin  # noqa: E402
 from test_runtime import http, policy_text, router_for, run, send  # noqa: E402
 
-from daemon.metrics import Metrics  # noqa: E402
-from daemon.core.policy import parse_policy  # noqa: E402
-from daemon.runtime import Router, new_message_id  # noqa: E402
-from daemon.store import Store  # noqa: E402
+from routingd.daemon.metrics import Metrics  # noqa: E402
+from routingd.daemon.core.policy import parse_policy  # noqa: E402
+from routingd.daemon.runtime import Router, new_message_id  # noqa: E402
+from routingd.daemon.store import Store  # noqa: E402
 
 RECEIPT = dict(confirm='"receipt"', receipt_timeout='"1m"', breaker="false")
 ONE_CHANNEL = ('[channels.email]\nproviders = ["a"]\n', 'channels = ["email"]')
@@ -64,7 +64,7 @@ def test_a_receipt_is_answered_only_once_its_rows_are_committed(tmp_path: Path) 
 
 
 def test_a_receipt_that_cannot_be_stored_is_refused_with_a_retry(tmp_path: Path) -> None:
-    from daemon.runtime import Overloaded
+    from routingd.daemon.runtime import Overloaded
 
     async def main() -> None:
         async with ProviderStandin([{"status": 202}]) as a:

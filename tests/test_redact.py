@@ -9,11 +9,11 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from daemon.adapters import AdapterContext, AttemptRequest
-from daemon.core.policy import HttpProvider, MqttProvider, MqttSection
-from daemon.mqtt import MqttLink, MqttProviderAdapter
-from daemon.providers.http import HttpAdapter, make_http_session
-from daemon.providers.redact import config_secrets, redact
+from routingd.daemon.adapters import AdapterContext, AttemptRequest
+from routingd.daemon.core.policy import HttpProvider, MqttProvider, MqttSection
+from routingd.daemon.mqtt import MqttLink, MqttProviderAdapter
+from routingd.daemon.providers.http import HttpAdapter, make_http_session
+from routingd.daemon.providers.redact import config_secrets, redact
 
 PATH_KEY = "bot123456:AAH-path_key~x"
 QUERY_KEY = "qk-Live-0a9b8c7d"

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_process import DaemonProcess, routingd_command  # noqa: E402
 
-from daemon.core.policy import PolicyError, parse_policy  # noqa: E402
-from daemon.secrets import read_secret, resolver  # noqa: E402
+from routingd.daemon.core.policy import PolicyError, parse_policy  # noqa: E402
+from routingd.daemon.secrets import read_secret, resolver  # noqa: E402
 
 SECRET = "s3cr3t-VALUE-never-printed"
 

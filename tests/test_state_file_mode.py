@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from daemon.store import Store
+from routingd.daemon.store import Store
 
 
 def test_state_file_wal_and_shm_are_private_under_umask_022(tmp_path: Path) -> None:

@@ -18,12 +18,12 @@ from daemon_process import DaemonProcess  # noqa: E402
 from provider_standin import ProviderStandin  # noqa: E402
 from test_runtime import finished, http, policy_text, router_for, run, send  # noqa: E402
 
-from daemon.adapters import Content  # noqa: E402
-from daemon.core.plan import PlanError  # noqa: E402
-from daemon.core.policy import PolicyError, parse_policy  # noqa: E402
-from daemon.metrics import Metrics  # noqa: E402
-from daemon.runtime import Router  # noqa: E402
-from daemon.store import Store  # noqa: E402
+from routingd.daemon.adapters import Content  # noqa: E402
+from routingd.daemon.core.plan import PlanError  # noqa: E402
+from routingd.daemon.core.policy import PolicyError, parse_policy  # noqa: E402
+from routingd.daemon.metrics import Metrics  # noqa: E402
+from routingd.daemon.runtime import Router  # noqa: E402
+from routingd.daemon.store import Store  # noqa: E402
 
 CHANNELS = """
 [channels.email]
@@ -250,8 +250,8 @@ def test_http_body_template_errors() -> None:
     assert any(ln.startswith("routing.toml: providers.mail.body: template syntax error at line 1")
                for ln in e.value.lines()), e.value.lines()
 
-    from daemon.adapters import AdapterContext, AttemptRequest
-    from daemon.providers.http import HttpAdapter
+    from routingd.daemon.adapters import AdapterContext, AttemptRequest
+    from routingd.daemon.providers.http import HttpAdapter
 
     class Cfg:
         url = "http://127.0.0.1:9/"
@@ -273,9 +273,9 @@ def test_http_body_template_errors() -> None:
 
 def test_explain_shows_each_channels_content_via_json() -> None:
     """The content block of `explain --message --json` (the text form is tested in test_cli)."""
-    from daemon.core.plan import resolve_plan
-    from daemon.core.request import SendRequest
-    from daemon.explain import channel_contents
+    from routingd.daemon.core.plan import resolve_plan
+    from routingd.daemon.core.request import SendRequest
+    from routingd.daemon.explain import channel_contents
 
     p = parse_policy(sandbox_policy(), env={})
     msg = SendRequest.model_validate({"message": {"to": {"email": "a@x"}, "template": "disk-full",

@@ -44,7 +44,7 @@ _ORIGIN = "<template>"      # the file name Jinja gives a template from a string
 
 @dataclass(frozen=True)
 class Rendered:
-    """One channel's content, rendered: what daemon.adapters.Content holds."""
+    """One channel's content, rendered: what routingd.daemon.adapters.Content holds."""
 
     title: str = ""
     text: str = ""
