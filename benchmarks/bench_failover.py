@@ -28,9 +28,9 @@ from typing import Any
 
 from common import BENCH, BenchResult, header, ms, percentile
 
-from simulator.cli import prepare
-from simulator.metrics import CANCELLED, TIMEOUT
-from simulator.runner import RunResult, run as sim_run
+from routingd.simulator.cli import prepare
+from routingd.simulator.metrics import CANCELLED, TIMEOUT
+from routingd.simulator.runner import RunResult, run as sim_run
 
 TARGET = 1.5
 SCENARIOS = BENCH / "scenarios"

@@ -1,6 +1,6 @@
 """Simulator: simulated messages per wall-second vs a bare SimPy loop, and every drill's wall time.
 
-Subject: simulator.runner.run() on benchmarks/scenarios/throughput.toml (one healthy provider,
+Subject: routingd.simulator.runner.run() on benchmarks/scenarios/throughput.toml (one healthy provider,
 log-normal latency, Poisson arrivals at --rate for --sim-seconds), the full driver: engine,
 health tracker, metrics, the deadline-hierarchy checker.
 Baseline: a bare SimPy loop with the same seeded Poisson arrival process and one timed attempt
@@ -25,12 +25,12 @@ import simpy
 
 from common import BENCH, BenchResult, header
 
-from daemon.core import core_build
-from daemon.core.behaviour import LatencyDist, sample_latency_s
-from daemon.core.policy import load_policy
-from simulator.runner import run as sim_run
-from simulator.scenario import load_scenario
-from simulator.setup import RunSetup, bind_scenario
+from routingd.daemon.core import core_build
+from routingd.daemon.core.behaviour import LatencyDist, sample_latency_s
+from routingd.daemon.core.policy import load_policy
+from routingd.simulator.runner import run as sim_run
+from routingd.simulator.scenario import load_scenario
+from routingd.simulator.setup import RunSetup, bind_scenario
 
 TARGET = 0.33
 DEFAULT_RATE = 200.0
@@ -131,8 +131,8 @@ def run(rate: float = DEFAULT_RATE, sim_s: float = DEFAULT_SIM_S, repeat: int = 
 
 
 def run_drills(res: BenchResult) -> list[dict[str, Any]]:
-    from simulator.cli import prepare, shipped_drills
-    from simulator.report import build_report
+    from routingd.simulator.cli import prepare, shipped_drills
+    from routingd.simulator.report import build_report
 
     out = []
     res.say("shipped drills (routingd simulate NAME):")

@@ -5,7 +5,7 @@ does not move (wall-clock ratios on this shared machine move by +-0.01-0.03 from
     .venv/bin/python benchmarks/count_instructions.py engine      # one of them
 
 Subjects, each on benchmarks/scenarios/throughput.toml (one healthy provider, 200 msg/s):
-    simulator        simulator.runner.run(), the whole simulator (engine, checker, metrics, SimPy)
+    simulator        routingd.simulator.runner.run(), the whole simulator (engine, checker, metrics, SimPy)
     baseline         bench_simulator.bare_simpy(), the bare SimPy loop the simulator is judged by
     engine           the engine alone: Delivery(...).start() + one 200 outcome per message
     engine-noevents  the same, with Delivery(events=frozenset()): the engine builds no events
@@ -37,13 +37,13 @@ def _one(subject: str, size: float) -> int:
 
     setup = make_setup(None, 200.0, size)
     if subject == "simulator":
-        from simulator.runner import run
+        from routingd.simulator.runner import run
         return run(setup).metrics.messages
     if subject == "baseline":
         n, _ = bare_simpy(200.0, size, setup.seed, setup.specs["ses"].latency, "process")
         return n
-    from daemon.core.engine import Delivery, Outcome, StartAttempt
-    from daemon.core.health import HealthTracker
+    from routingd.daemon.core.engine import Delivery, Outcome, StartAttempt
+    from routingd.daemon.core.health import HealthTracker
     plan = setup.plans["default"]
     health, rng, ok, to = HealthTracker(), random.Random(1), Outcome(status=200), {"email": "sim-email"}
     events = frozenset() if subject == "engine-noevents" else None

@@ -80,7 +80,7 @@ def profile_daemon(tool: str, duration: int, out_dir: Path, top: int) -> None:
 
 def profile_simulator(tool: str, out_dir: Path, top: int) -> None:
     from bench_simulator import make_setup, DEFAULT_RATE, DEFAULT_SIM_S
-    from simulator.runner import run
+    from routingd.simulator.runner import run
 
     setup = make_setup(out_dir, DEFAULT_RATE, DEFAULT_SIM_S)
     if tool == "cprofile":
@@ -113,11 +113,11 @@ def profile_memory(messages: int, out_dir: Path, top: int) -> None:
     import tracemalloc
 
     from bench_memory import CONFIG
-    from daemon.core.policy import parse_policy
-    from daemon.core.request import SendRequest
-    from daemon.metrics import Metrics
-    from daemon.runtime import Router
-    from daemon.store import Store
+    from routingd.daemon.core.policy import parse_policy
+    from routingd.daemon.core.request import SendRequest
+    from routingd.daemon.metrics import Metrics
+    from routingd.daemon.runtime import Router
+    from routingd.daemon.store import Store
 
     async def go() -> tuple[tracemalloc.Snapshot, tracemalloc.Snapshot, int]:
         policy = parse_policy(CONFIG.format(limit=messages * 2), "routing.toml", env={})

@@ -63,8 +63,8 @@ class Reloader(Protocol):
 class ApiState:
     """What the handlers share; `phase` and `tokens` change while the process runs."""
 
-    router: Any                       # daemon.runtime.Router
-    metrics: Any                      # daemon.metrics.Metrics
+    router: Any                       # routingd.daemon.runtime.Router
+    metrics: Any                      # routingd.daemon.metrics.Metrics
     reloader: Reloader
     tokens: Sequence[bytes] = ()
     max_body: int = 256 * 1024

@@ -3,8 +3,8 @@
     routingd check [PATH...]                      validate routing.toml (exit 0 ok, 1 invalid)
     routingd explain ROUTE [--config PATH] [--message FILE.json] [--json]
     routingd init [PATH] [--force]                write a commented starter routing.toml
-    routingd serve ...                            daemon.service
-    routingd simulate ...                         simulator.cli
+    routingd serve ...                            routingd.daemon.service
+    routingd simulate ...                         routingd.simulator.cli
 
 Every error is one line on stderr and a non-zero exit (1: the input is invalid, 2: usage or an
 unavailable subcommand, 130: interrupted); never a traceback (ROUTINGD_DEBUG=1 shows one for an
@@ -433,9 +433,9 @@ class Delegate:
 
 DELEGATES = (
     Delegate("serve", "run the daemon: HTTP API, deliveries, hot reload",
-             "daemon.service", "add_serve_arguments", "serve_command"),
+             "routingd.daemon.service", "add_serve_arguments", "serve_command"),
     Delegate("simulate", "replay provider outages against a routing.toml (SimPy)",
-             "simulator.cli", "add_simulate_arguments", "simulate_command"),
+             "routingd.simulator.cli", "add_simulate_arguments", "simulate_command"),
 )
 
 

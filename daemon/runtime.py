@@ -1,7 +1,7 @@
 """The asyncio driver of the sans-IO engine: one `Router` per daemon process.
 
 The Router turns engine commands into real effects and feeds real events back; it makes no
-routing decision of its own (those live in daemon.core.engine):
+routing decision of its own (those live in routingd.daemon.core.engine):
 
     StartAttempt   -> once the attempt's row is committed (write-ahead, so a crash never hides a
                       call: a message's first attempts commit with its insert, later ones wait
@@ -37,7 +37,7 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
     await router.submit(send_request, idempotency_key=None, request_json=None) -> SubmitResult(message_id, created)
         request_json: the JSON text send_request was validated from as it is, if the caller has
         it; stored as the request (else send_request.model_dump_json() is).
-        Raises daemon.core.plan.PlanError for an unknown route/channel/provider or a timeout
+        Raises routingd.daemon.core.plan.PlanError for an unknown route/channel/provider or a timeout
         override past a year (-> 422),
         Overloaded(retry_after_s) at [daemon] max_inflight or while stopping (-> 503).
         Returns once the message is COMMITTED to SQLite (group commit). A known Idempotency-Key
@@ -56,10 +56,10 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
                                   ..._last_reload_successful = 1, timestamp); a failed reload
                                   is the reloader's to record: metrics.config_reload_failed().
     router.policy, router.inflight (non-terminal messages in memory + submits being committed)
-    router.add_event_listener(cb)  cb(message_id, daemon.core.engine.Event), called on the loop
+    router.add_event_listener(cb)  cb(message_id, routingd.daemon.core.engine.Event), called on the loop
                                   thread for every event; exceptions are logged and ignored.
                                   Event.at (and the deadlines in Event.data) are seconds since
-                                  the epoch on Clock.now(); daemon.clock.rfc3339() formats them.
+                                  the epoch on Clock.now(); routingd.daemon.clock.rfc3339() formats them.
     await router.stop(grace_s)     no new attempts start; in-flight attempts get up to grace_s
                                   to answer (answers are still processed, deadlines still fire);
                                   then the rest are cancelled. Non-terminal messages stay in the

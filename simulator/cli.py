@@ -1,6 +1,6 @@
 """`routingd simulate SCENARIO.toml... [--routing PATH]... [--json PATH] [--plot PATH] [--seed N] [--check]`
 
-Also runnable as `python -m simulator.cli ...`. A SCENARIO that is not a file but names a shipped
+Also runnable as `python -m routingd.simulator.cli ...`. A SCENARIO that is not a file but names a shipped
 drill (`email-primary-hang`) runs that drill. Exit status: 0 done (and every expectation met
 with --check), 1 an expectation missed (--check), 2 invalid input (one line per problem).
 """
@@ -15,7 +15,7 @@ import time
 from importlib import resources
 from typing import Any, Sequence, TextIO
 
-from daemon.core.policy import Policy, PolicyError, load_policy
+from ..daemon.core.policy import Policy, PolicyError, load_policy
 
 from .report import build_report, format_table
 from .runner import RunResult, run
@@ -28,7 +28,7 @@ PROGRESS_AFTER_S = 2.0
 
 def shipped_drills() -> dict[str, str]:
     """Name -> path of the drills shipped in simulator/scenarios (routing*.toml are not drills)."""
-    base = resources.files("simulator.scenarios")
+    base = resources.files("routingd.simulator.scenarios")
     out: dict[str, str] = {}
     for entry in sorted(base.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml") and not entry.name.startswith("routing"):

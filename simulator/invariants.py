@@ -24,8 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from daemon.core.engine import Event, Finish, StartAttempt
-from daemon.core.plan import ChannelStep, GroupStep, Plan, Step
+from ..daemon.core.engine import Event, Finish, StartAttempt
+from ..daemon.core.plan import ChannelStep, GroupStep, Plan, Step
 
 EPS = 1e-6     # seconds; float noise, far below any configurable timeout (1 ms)
 

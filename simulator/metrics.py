@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from daemon.core.engine import Event, Finish, StartAttempt
+from ..daemon.core.engine import Event, Finish, StartAttempt
 
 # attempt outcome codes in the compact rows
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)

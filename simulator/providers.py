@@ -1,6 +1,6 @@
-"""Simulated providers: the shared behaviour model (daemon.core.behaviour) plus an outage timeline.
+"""Simulated providers: the shared behaviour model (routingd.daemon.core.behaviour) plus an outage timeline.
 
-The answer to each request is `daemon.core.behaviour.draw`'s -- the model the daemon's `sandbox`
+The answer to each request is `routingd.daemon.core.behaviour.draw`'s -- the model the daemon's `sandbox`
 provider uses (through draw_answer, the same function wrapped in an Answer). The only
 simulator-specific part is *which* fail mode and behaviour apply at a given simulated time (the
 outage windows of the scenario).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from daemon.core.behaviour import Answer, BehaviourSpec, Draw, RateWindow, draw
+from ..daemon.core.behaviour import Answer, BehaviourSpec, Draw, RateWindow, draw
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from daemon.core.durations import format_duration_ms
+from ..daemon.core.durations import format_duration_ms
 
 from .metrics import WAITED, Metrics, percentile
 from .runner import RunResult

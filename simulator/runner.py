@@ -1,11 +1,11 @@
 """The SimPy driver of the routing engine.
 
-Exactly what the daemon's runtime does, on a simulated clock: one `daemon.core.engine.Delivery`
+Exactly what the daemon's runtime does, on a simulated clock: one `routingd.daemon.core.engine.Delivery`
 per message and one `HealthTracker` shared by the whole run; the driver only executes the
 engine's commands. It also tells the run's two readers, the metrics and the independent
 hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
 
-    StartAttempt   draw the provider's answer (daemon.core.behaviour.draw_answer, with the outage
+    StartAttempt   draw the provider's answer (routingd.daemon.core.behaviour.draw_answer, with the outage
                    in force at that moment) and schedule it on the SimPy clock; a "hang" never
                    answers. A 2xx from a confirm = "receipt" provider schedules its receipt.
                    (The metrics open the attempt's row, the checker checks its deadline.)
@@ -45,9 +45,9 @@ from typing import Any, Callable
 
 import simpy
 
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
+from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
-from daemon.core.health import HealthTracker
+from ..daemon.core.health import HealthTracker
 
 from .invariants import HierarchyChecker
 from .metrics import Metrics

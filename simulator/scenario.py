@@ -11,7 +11,7 @@
     [traffic.recipients]            # share of recipients holding each contact field (default 1)
     phone_number = 0.8
 
-    [providers.ses]                 # healthy behaviour (daemon.core.behaviour.BehaviourSpec)
+    [providers.ses]                 # healthy behaviour (routingd.daemon.core.behaviour.BehaviourSpec)
     latency = { median = "80ms", p99 = "400ms" }
 
     [[outages]]
@@ -41,8 +41,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
-from daemon.core.policy import read_config_text, PolicyError, Problem, problems_from_validation
+from ..daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
+from ..daemon.core.policy import read_config_text, PolicyError, Problem, problems_from_validation
 
 
 class _Strict(BaseModel):

@@ -12,9 +12,9 @@ from typing import Any, Collection
 
 from pydantic import ValidationError
 
-from daemon.core.behaviour import BehaviourSpec, behaviour_of
-from daemon.core.plan import Plan, PlanError, resolve_plan
-from daemon.core.policy import Policy, PolicyError, Problem, problems_from_validation
+from ..daemon.core.behaviour import BehaviourSpec, behaviour_of
+from ..daemon.core.plan import Plan, PlanError, resolve_plan
+from ..daemon.core.policy import Policy, PolicyError, Problem, problems_from_validation
 
 from .providers import OutageWindow, SimProvider
 from .scenario import Scenario

@@ -98,12 +98,12 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "con
 
 
 def routingd_command() -> list[str]:
-    """The installed console script next to this interpreter, else `python -m daemon.cli`."""
+    """The installed console script next to this interpreter, else `python -m routingd.daemon.cli`."""
     script = Path(sys.executable).with_name("routingd")
     if script.exists():
         return [str(script)]
     found = shutil.which("routingd")
-    return [found] if found else [sys.executable, "-m", "daemon.cli"]
+    return [found] if found else [sys.executable, "-m", "routingd.daemon.cli"]
 
 
 @dataclass

@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.api import ApiState, create_app, sign, token_ok
-from daemon.core.policy import load_policy
-from daemon.metrics import Metrics
-from daemon.openapi import openapi_document
-from daemon.runtime import Router
-from daemon.service import ConfigReloader, StartupError, check_auth
-from daemon.settings import SettingsError, config_path, load_settings, parse_listen
-from daemon.store import Store
+from routingd.daemon.api import ApiState, create_app, sign, token_ok
+from routingd.daemon.core.policy import load_policy
+from routingd.daemon.metrics import Metrics
+from routingd.daemon.openapi import openapi_document
+from routingd.daemon.runtime import Router
+from routingd.daemon.service import ConfigReloader, StartupError, check_auth
+from routingd.daemon.settings import SettingsError, config_path, load_settings, parse_listen
+from routingd.daemon.store import Store
 from daemon_process import run_bounded as run
 from provider_standin import ProviderStandin
 

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "routing.toml"
 _SCRIPT = Path(sys.executable).parent / "routingd"
-ROUTINGD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "daemon.cli"]
+ROUTINGD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "routingd.daemon.cli"]
 TIMEOUT = 60
 
 
@@ -473,8 +473,8 @@ def test_init_errors_and_stdout(tmp_path: Path) -> None:
 
 def test_unavailable_delegate_fails_alone() -> None:
     """A missing or broken serve/simulate module gives one line and exit 2; the rest still work."""
-    prog = ("import sys; sys.modules['simulator.cli'] = None; "
-            "from daemon.cli import main; sys.exit(main(sys.argv[1:]))")
+    prog = ("import sys; sys.modules['routingd.simulator.cli'] = None; "
+            "from routingd.daemon.cli import main; sys.exit(main(sys.argv[1:]))")
 
     def py(*args: str) -> subprocess.CompletedProcess[str]:
         p = subprocess.run([sys.executable, "-c", prog, *args], cwd=ROOT, capture_output=True,
@@ -499,7 +499,7 @@ def test_configuration_reference_names_every_key() -> None:
     """docs/configuration.md documents every key the routing.toml models accept."""
     from pydantic import BaseModel
 
-    from daemon.core import policy as pol
+    from routingd.daemon.core import policy as pol
 
     doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     models: list[type[BaseModel]] = [

@@ -24,15 +24,15 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import cli
-from daemon.api import ApiState
-from daemon.core.plan import PlanError, resolve_plan
-from daemon.core.policy import Policy, PolicyError, parse_policy
-from daemon.metrics import Metrics
-from daemon.runtime import Router
-from daemon.service import ConfigReloader
-from daemon.settings import load_settings
-from daemon.store import Store
+from routingd.daemon import cli
+from routingd.daemon.api import ApiState
+from routingd.daemon.core.plan import PlanError, resolve_plan
+from routingd.daemon.core.policy import Policy, PolicyError, parse_policy
+from routingd.daemon.metrics import Metrics
+from routingd.daemon.runtime import Router
+from routingd.daemon.service import ConfigReloader
+from routingd.daemon.settings import load_settings
+from routingd.daemon.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "routing.toml", ROOT / "deploy" / "routing.example.toml"]

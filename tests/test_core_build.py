@@ -18,25 +18,25 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core import NATIVE_MODULES, core_build
+from routingd.daemon.core import NATIVE_MODULES, core_build
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_COMPILED_ON_PURPOSE = os.environ.get("ROUTINGD_COMPILE", "1").strip().lower() in ("0", "no", "false", "off")
 
 PROBE = """
 import json, sys
-from daemon.core import core_build
-import daemon.core.engine as engine, daemon.core.health as health, daemon.core.plan as plan
+from routingd.daemon.core import core_build
+import routingd.daemon.core.engine as engine, routingd.daemon.core.health as health, routingd.daemon.core.plan as plan
 print(json.dumps({"build": core_build(), "files": [m.__file__ for m in (engine, health, plan)],
                   "edited": getattr(engine, "EDITED_IN_TEST", False)}))
 """
 
 DRILLS = """
 import json
-from simulator.cli import prepare, shipped_drills
-from simulator.report import build_report
-from simulator.runner import run
-from daemon.core import core_build
+from routingd.simulator.cli import prepare, shipped_drills
+from routingd.simulator.report import build_report
+from routingd.simulator.runner import run
+from routingd.daemon.core import core_build
 out = {"build": core_build(), "reports": {}}
 for name, path in sorted(shipped_drills().items()):
     setups, errors = prepare([path], [], None)
@@ -130,7 +130,7 @@ def test_the_core_unit_and_property_tests_pass_on_the_pure_python_core_too(compi
     Both must pass the engine's own tests (the drills above compare whole reports)."""
     tests = [str(ROOT / "tests" / f) for f in ("test_engine.py", "test_engine_properties.py", "test_health.py",
                                                "test_plan.py")]
-    probe = "from daemon.core import core_build; print(core_build())"
+    probe = "from routingd.daemon.core import core_build; print(core_build())"
     env = {**os.environ, "ROUTINGD_PURE_PYTHON": "1"}
     assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                           timeout=60).stdout.startswith("pure Python")

@@ -92,7 +92,7 @@ def test_core_module_is_sans_io(path: Path) -> None:
 
 def test_importing_core_loads_no_event_loop_or_io_library() -> None:
     """Also at run time: importing every core module pulls none of them in (even indirectly)."""
-    mods = sorted(f"daemon.core.{p.stem}" for p in core_files() if p.stem != "__init__")
+    mods = sorted(f"routingd.daemon.core.{p.stem}" for p in core_files() if p.stem != "__init__")
     code = textwrap.dedent(f"""
         import importlib, sys
         for m in {mods!r}:

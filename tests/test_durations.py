@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.core.durations import DurationError, format_duration_ms, parse_duration_ms
+from routingd.daemon.core.durations import DurationError, format_duration_ms, parse_duration_ms
 
 
 @pytest.mark.parametrize("text, ms", [

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
+from routingd.daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
                                 StartAttempt)
-from daemon.core.health import HealthTracker
-from daemon.core.plan import resolve_plan
-from daemon.core.policy import parse_policy
+from routingd.daemon.core.health import HealthTracker
+from routingd.daemon.core.plan import resolve_plan
+from routingd.daemon.core.policy import parse_policy
 
 OK = Outcome(200)
 E500 = Outcome(500)
@@ -1231,7 +1231,7 @@ def test_late_receipt_during_backoff_stops_the_retry() -> None:
 def test_the_engines_fast_command_construction_equals_the_constructors() -> None:
     """The engine builds its commands with tuple.__new__ and positional fields (speed): if a
     field is ever added or moved, this fails and the engine's construction must follow."""
-    from daemon.core.engine import Event, _record
+    from routingd.daemon.core.engine import Event, _record
     assert Event._fields == ("type", "at", "data")
     assert RecordEvent is Event
     assert StartAttempt._fields == ("attempt_id", "message_id", "channel", "provider", "try_no",

@@ -38,11 +38,11 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
+from routingd.daemon.core.engine import (CancelAttempt, Command, Delivery, Finish, Outcome, RecordEvent, SetTimer,
                                 StartAttempt)
-from daemon.core.health import HealthTracker
-from daemon.core.plan import ChannelStep, GroupStep, Plan, resolve_plan
-from daemon.core.policy import parse_policy
+from routingd.daemon.core.health import HealthTracker
+from routingd.daemon.core.plan import ChannelStep, GroupStep, Plan, resolve_plan
+from routingd.daemon.core.policy import parse_policy
 
 FIELDS = ("email", "phone_number", "user_id")
 EPS = 1e-9

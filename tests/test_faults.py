@@ -31,11 +31,11 @@ import pytest
 from daemon_process import DaemonProcess, StandinLoop, free_port, routingd_command, serving, ts
 from provider_standin import ProviderStandin
 
-from daemon.core.policy import parse_policy
-from daemon.core.request import SendRequest
-from daemon.metrics import Metrics
-from daemon.runtime import Router
-from daemon.store import Store
+from routingd.daemon.core.policy import parse_policy
+from routingd.daemon.core.request import SendRequest
+from routingd.daemon.metrics import Metrics
+from routingd.daemon.runtime import Router
+from routingd.daemon.store import Store
 
 
 # --------------------------------------------------------------------------- misbehaving providers
@@ -236,7 +236,7 @@ def _store_with_messages(path: Path, n: int = 300) -> None:
         await router.stop(0)
         store = Store(str(path))
         await store.open()
-        from daemon.store import MessageRow
+        from routingd.daemon.store import MessageRow
         req = SendRequest.model_validate({"message": {"to": {"email": "a@example.com"}}}).model_dump_json()
         now = time.time()
         for i in range(n):
@@ -482,7 +482,7 @@ def test_the_longest_policy_timeout_renders_and_dates_past_9999_saturate(tmp_pat
     """A message timeout just under 1000 years (the longest a duration may be) gives a deadline in the
     31st century, shown as such. A date past year 9999 (a datetime cannot hold it) would read as
     the last representable one instead of failing the status."""
-    from daemon.runtime import rfc3339
+    from routingd.daemon.runtime import rfc3339
 
     text = SANDBOX.replace("[providers.fast]", '[timeouts]\nmessage = "364999d"\n[providers.fast]')
 

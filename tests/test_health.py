@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.core.health import HealthTracker
+from routingd.daemon.core.health import HealthTracker
 
 N, COOL = 3, 10.0
 

@@ -301,12 +301,12 @@ def test_the_router_itself_refuses_absurd_timeouts(tmp_path: Path) -> None:
     """The bound holds for every way in (MQTT sends go to Router.submit without the HTTP layer)."""
     import asyncio
 
-    from daemon.core.plan import PlanError
-    from daemon.core.policy import parse_policy
-    from daemon.core.request import SendRequest
-    from daemon.metrics import Metrics
-    from daemon.runtime import Router
-    from daemon.store import Store
+    from routingd.daemon.core.plan import PlanError
+    from routingd.daemon.core.policy import parse_policy
+    from routingd.daemon.core.request import SendRequest
+    from routingd.daemon.metrics import Metrics
+    from routingd.daemon.runtime import Router
+    from routingd.daemon.store import Store
 
     async def main() -> None:
         router = Router(parse_policy(CONFIG, "routing.toml", env={}), Store(str(tmp_path / "s.db")), Metrics())

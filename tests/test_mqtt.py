@@ -12,10 +12,10 @@ from typing import Any, Awaitable, Callable, Iterator
 import aiomqtt
 import pytest
 
-from daemon.adapters import AdapterContext, AttemptRequest, build_adapter
-from daemon.core.engine import Event
-from daemon.core.policy import MqttProvider, MqttSection
-from daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_payload, event_publisher,
+from routingd.daemon.adapters import AdapterContext, AttemptRequest, build_adapter
+from routingd.daemon.core.engine import Event
+from routingd.daemon.core.policy import MqttProvider, MqttSection
+from routingd.daemon.mqtt import (MqttConfigError, MqttLink, TopicTemplateError, event_payload, event_publisher,
                          parse_broker_url, render_topic)
 
 from daemon_process import free_port

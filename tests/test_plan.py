@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.core.plan import ChannelStep, GroupStep, Plan, PlanError, ProviderStep, resolve_plan
-from daemon.core.policy import Policy, parse_policy
-from daemon.core.request import MessageRequest, SendRequest
+from routingd.daemon.core.plan import ChannelStep, GroupStep, Plan, PlanError, ProviderStep, resolve_plan
+from routingd.daemon.core.policy import Policy, parse_policy
+from routingd.daemon.core.request import MessageRequest, SendRequest
 
 BUILTIN = {"provider": 5 * 60_000, "channel": 30 * 60_000, "message": 72 * 3_600_000}
 

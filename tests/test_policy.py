@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.plan import resolve_plan
-from daemon.core.policy import Policy, PolicyError, load_policy, parse_policy
+from routingd.daemon.core.plan import resolve_plan
+from routingd.daemon.core.policy import Policy, PolicyError, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -438,8 +438,8 @@ channels = ["group", { method = "x", channels = ["group"] }]
 def test_user_loc_drops_union_branch_names_from_request_errors() -> None:
     from pydantic import ValidationError
 
-    from daemon.core.policy import user_loc
-    from daemon.core.request import SendRequest
+    from routingd.daemon.core.policy import user_loc
+    from routingd.daemon.core.request import SendRequest
     with pytest.raises(ValidationError) as e:
         SendRequest.model_validate({"message": {"to": {"email": "a@x"}, "routing": {
             "channels": ["email", {"method": "x", "channels": ["sms"]}, 3]}}})
@@ -461,7 +461,7 @@ channels = ["push"]
 
 
 def test_mqtt_provider_without_broker_is_a_warning_not_an_error():
-    from daemon.core.policy import parse_policy
+    from routingd.daemon.core.policy import parse_policy
 
     p = parse_policy(_MQTT_BASE, "r.toml", env={})
     assert any("providers.dev" in w and "[daemon.mqtt]" in w for w in p.warnings)
@@ -471,7 +471,7 @@ def test_mqtt_provider_without_broker_is_a_warning_not_an_error():
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://", "mqtt://host:99999", "mqtt://host/prefix"])
 def test_bad_broker_url_is_rejected_by_check(url):
-    from daemon.core.policy import PolicyError, parse_policy
+    from routingd.daemon.core.policy import PolicyError, parse_policy
 
     with pytest.raises(PolicyError) as ei:
         parse_policy(f'[daemon.mqtt]\nurl = "{url}"\n' + _MQTT_BASE, "r.toml", env={})

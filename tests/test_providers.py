@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provider_standin import ProviderStandin  # noqa: E402
 
-from daemon.adapters import AdapterContext, AttemptRequest, build_adapter  # noqa: E402
-from daemon.core.engine import Outcome  # noqa: E402
-from daemon.core.policy import parse_policy  # noqa: E402
-from daemon.providers import HttpAdapter, SandboxAdapter, make_http_session, parse_retry_after  # noqa: E402
+from routingd.daemon.adapters import AdapterContext, AttemptRequest, build_adapter  # noqa: E402
+from routingd.daemon.core.engine import Outcome  # noqa: E402
+from routingd.daemon.core.policy import parse_policy  # noqa: E402
+from routingd.daemon.providers import HttpAdapter, SandboxAdapter, make_http_session, parse_retry_after  # noqa: E402
 
 STANDIN = Path(__file__).resolve().parent / "provider_standin.py"
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.core.policy import parse_policy
+from routingd.daemon.core.policy import parse_policy
 from daemon_process import DaemonError, DaemonProcess, wait_until
 
 # One route, one channel, two sandbox providers: the first hangs until its timeout, so every

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_process import until  # noqa: E402
 from provider_standin import ProviderStandin  # noqa: E402
 
-from daemon import adapters  # noqa: E402
-from daemon.core.plan import PlanError  # noqa: E402
-from daemon.core.policy import parse_policy  # noqa: E402
-from daemon.core.request import SendRequest  # noqa: E402
-from daemon.metrics import Metrics  # noqa: E402
-from daemon.runtime import Overloaded, Router  # noqa: E402
-from daemon.store import Store  # noqa: E402
+from routingd.daemon import adapters  # noqa: E402
+from routingd.daemon.core.plan import PlanError  # noqa: E402
+from routingd.daemon.core.policy import parse_policy  # noqa: E402
+from routingd.daemon.core.request import SendRequest  # noqa: E402
+from routingd.daemon.metrics import Metrics  # noqa: E402
+from routingd.daemon.runtime import Overloaded, Router  # noqa: E402
+from routingd.daemon.store import Store  # noqa: E402
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -622,9 +622,9 @@ def test_stop_starts_no_new_attempt_and_the_next_start_finishes_the_message(tmp_
 
 
 def test_rfc3339_saturates_instead_of_raising() -> None:
-    """daemon.clock.rfc3339 (status endpoint, MQTT event formatter): a time past year 9999 is the
+    """routingd.daemon.clock.rfc3339 (status endpoint, MQTT event formatter): a time past year 9999 is the
     last representable date, one before year 1 (or NaN) the first; ordinary times are exact."""
-    from daemon.clock import EARLIEST, LATEST, rfc3339
+    from routingd.daemon.clock import EARLIEST, LATEST, rfc3339
 
     assert rfc3339(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
     assert rfc3339(253402300799.998) == "9999-12-31T23:59:59.997Z"       # the last ms that fits
@@ -690,8 +690,8 @@ def test_attempt_requests_are_built_field_by_field_only_while_the_fields_are_kno
     test_provider_failover_on_503_with_idempotency_key_and_payload)."""
     import dataclasses
 
-    from daemon import runtime
-    from daemon.adapters import AttemptRequest
+    from routingd.daemon import runtime
+    from routingd.daemon.adapters import AttemptRequest
 
     assert runtime._ATTEMPT_REQUEST_PLAIN, "AttemptRequest changed: update Router._start_attempt's field list"
     assert {f.name for f in dataclasses.fields(AttemptRequest)} >= {"to", "content", "metadata", "deadline_s"}

@@ -1,4 +1,4 @@
-"""daemon.sdnotify against a real AF_UNIX datagram socket (a path and an abstract name)."""
+"""routingd.daemon.sdnotify against a real AF_UNIX datagram socket (a path and an abstract name)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from daemon.sdnotify import (Notifier, monotonic_usec, one_line, run_watchdog, socket_address,
+from routingd.daemon.sdnotify import (Notifier, monotonic_usec, one_line, run_watchdog, socket_address,
                              watchdog_interval)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_messages_arrive_in_order(receiver: Receiver) -> None:
 
 
 def test_a_real_process_notifies_from_its_environment(abstract_receiver: Receiver) -> None:
-    code = ("from daemon.sdnotify import Notifier\n"
+    code = ("from routingd.daemon.sdnotify import Notifier\n"
             "n = Notifier.from_env()\n"
             "assert n.ready('up') and n.stopping()\n")
     env = {**os.environ, "NOTIFY_SOCKET": abstract_receiver.env_value}

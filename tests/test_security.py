@@ -31,12 +31,12 @@ import pytest
 from daemon_process import DaemonProcess, Response, StandinLoop, free_port, routingd_command
 from provider_standin import sign
 
-from daemon import api as api_module
-from daemon.api import ApiState, signature_ok, token_ok
-from daemon.core.policy import parse_policy
-from daemon.metrics import Metrics
-from daemon.service import ConfigReloader, StartupError, check_auth
-from daemon.settings import load_settings
+from routingd.daemon import api as api_module
+from routingd.daemon.api import ApiState, signature_ok, token_ok
+from routingd.daemon.core.policy import parse_policy
+from routingd.daemon.metrics import Metrics
+from routingd.daemon.service import ConfigReloader, StartupError, check_auth
+from routingd.daemon.settings import load_settings
 
 API_TOKEN = "tok-Zq81vX0pLw3mN7"
 SECOND_TOKEN = "tok-second-Hh42kR"

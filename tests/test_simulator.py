@@ -12,14 +12,14 @@ from typing import Any, Callable
 
 import pytest
 
-from daemon.core.engine import Command, Delivery, Event, Finish, StartAttempt
-from daemon.core.policy import PolicyError, load_policy
-from simulator import runner
-from simulator.invariants import HierarchyChecker
-from simulator.report import build_report
-from simulator.runner import RunResult, run
-from simulator.scenario import load_scenario
-from simulator.setup import bind_scenario
+from routingd.daemon.core.engine import Command, Delivery, Event, Finish, StartAttempt
+from routingd.daemon.core.policy import PolicyError, load_policy
+from routingd.simulator import runner
+from routingd.simulator.invariants import HierarchyChecker
+from routingd.simulator.report import build_report
+from routingd.simulator.runner import RunResult, run
+from routingd.simulator.scenario import load_scenario
+from routingd.simulator.setup import bind_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 DRILLS = REPO / "simulator" / "scenarios"

@@ -1,4 +1,4 @@
-"""`routingd simulate` / `python -m simulator.cli`: the shipped drills, --check, --json, --plot,
+"""`routingd simulate` / `python -m routingd.simulator.cli`: the shipped drills, --check, --json, --plot,
 side-by-side routing files, and one-line errors for bad scenario files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cli import _ProgressBar, main, shipped_drills
+from routingd.simulator.cli import _ProgressBar, main, shipped_drills
 
 REPO = Path(__file__).resolve().parent.parent
 DRILLS = REPO / "simulator" / "scenarios"
@@ -20,7 +20,7 @@ KINDS = {"down", "hang", "error", "throttle", "slow", "flaky", "no-receipts"}
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "routingd.simulator.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 

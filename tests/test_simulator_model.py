@@ -1,6 +1,6 @@
 """The daemon's sandbox provider and the simulator draw from one provider model.
 
-Both call daemon.core.behaviour.draw_answer with the sandbox provider's own config and a random
+Both call routingd.daemon.core.behaviour.draw_answer with the sandbox provider's own config and a random
 stream seeded "<seed>:<provider>"; the same seed therefore gives the same answers in both.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.adapters import AdapterContext, AttemptRequest
-from daemon.core.behaviour import OUTAGE_KINDS, BehaviourSpec, RateWindow, behaviour_of, draw_answer
-from daemon.core.policy import load_policy, parse_policy
-from daemon.providers import SandboxAdapter
-from simulator.providers import SimProvider
-from simulator.scenario import parse_scenario
-from simulator.setup import bind_scenario
+from routingd.daemon.adapters import AdapterContext, AttemptRequest
+from routingd.daemon.core.behaviour import OUTAGE_KINDS, BehaviourSpec, RateWindow, behaviour_of, draw_answer
+from routingd.daemon.core.policy import load_policy, parse_policy
+from routingd.daemon.providers import SandboxAdapter
+from routingd.simulator.providers import SimProvider
+from routingd.simulator.scenario import parse_scenario
+from routingd.simulator.setup import bind_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 42

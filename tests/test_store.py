@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from daemon.store import AttemptRow, EventRow, MessageRow, Store, StoreError
+from routingd.daemon.store import AttemptRow, EventRow, MessageRow, Store, StoreError
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:

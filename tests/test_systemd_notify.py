@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from daemon.sdnotify import monotonic_usec
+from routingd.daemon.sdnotify import monotonic_usec
 from daemon_process import DaemonProcess
 
 CONFIG = """version = 1

@@ -1,4 +1,4 @@
-"""daemon.watch.watch_file against real file edits on a real filesystem (inotify)."""
+"""routingd.daemon.watch.watch_file against real file edits on a real filesystem (inotify)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from daemon.watch import watch_file, watch_targets
+from routingd.daemon.watch import watch_file, watch_targets
 
 DEBOUNCE = 0.25
 WAIT = 10.0          # upper bound for anything we wait for
@@ -247,7 +247,7 @@ def test_writes_to_other_open_files_raise_no_event(cfg: Path) -> None:
     """The state database usually sits beside routing.toml: SQLite writes it (and its -wal) through
     open descriptors, many times a second. Those writes must not even wake the watcher; the next
     edit of the config is still seen."""
-    from daemon.watch import _Inotify
+    from routingd.daemon.watch import _Inotify
 
     ino = _Inotify((str(cfg.parent),))
     try:

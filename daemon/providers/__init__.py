@@ -1,5 +1,5 @@
 """Provider adapters, one module per provider `type`; importing this package registers them all
-with daemon.adapters (see docs/providers.md)."""
+with routingd.daemon.adapters (see docs/providers.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Provider adapter of type `http` (registered with daemon.adapters on import), and the HTTP
+"""Provider adapter of type `http` (registered with routingd.daemon.adapters on import), and the HTTP
 helpers the vendor adapters share (the client session, Retry-After, bounded body reads).
 
 http     POSTs AttemptRequest.payload() as JSON to the provider's `url` with its configured

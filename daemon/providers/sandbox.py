@@ -1,7 +1,7 @@
-"""Provider adapter of type `sandbox` (registered with daemon.adapters on import).
+"""Provider adapter of type `sandbox` (registered with routingd.daemon.adapters on import).
 
 An in-process stand-in drawing latency, errors, rate limits and outages from
-daemon.core.behaviour.draw_answer -- the same model the simulator uses. "hang" never answers (the
+routingd.daemon.core.behaviour.draw_answer -- the same model the simulator uses. "hang" never answers (the
 runtime cancels it at the deadline), "refused" is a network failure, and with confirm = "receipt"
 a `delivered` receipt is fed back into the runtime through AdapterContext.receipts after the
 drawn receipt delay.
