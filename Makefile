@@ -7,13 +7,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: run test test-busy venv bench soak clean check
 
 # the compiled core (setup.py: mypyc) is rebuilt whenever one of its sources changes; until then
-# daemon/core/__init__.py runs the edited sources, never a stale extension
+# importing it fails with a clear error (daemon/core/__init__.py), never runs a stale extension
 CORE_SOURCES := setup.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,plot]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -29,7 +29,7 @@ test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
 	@sh tools/ensure-systemd-analyze.sh
 	$(BIN)/ruff check --select F --no-cache --quiet .
-	$(BIN)/mypy daemon simulator
+	$(BIN)/python tools/typecheck.py      # mypy, with the import names (routingd.*)
 	$(BIN)/python -m pytest -q
 
 # the suite once with every core kept busy by a bounded busy loop per core (tools/busy.py):
@@ -48,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis *.so daemon/core/*.so daemon/core/_native_build.py
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis daemon/core/*.so

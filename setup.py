@@ -1,41 +1,47 @@
-"""Build step: compile the sans-IO routing core with mypyc (all other metadata is in pyproject.toml).
+"""Build step: the import names and the compiled core (all other metadata is in pyproject.toml).
 
-daemon/core/engine.py, health.py and plan.py are ordinary typed Python. When routingd is
-installed they are also compiled to C extensions with mypyc (https://mypyc.readthedocs.io), which
-runs the same code about twice as fast; the daemon and the simulator both use the compiled
-modules, so they still drive one and the same engine. Nothing else changes: the sources stay the
-truth, and daemon/core/__init__.py falls back to them when a compiled module does not match its
-source (see there).
+Import names. The folders daemon/ and simulator/ install as `routingd.daemon` and
+`routingd.simulator` (`routingd` is a namespace package): nothing is installed as a top-level
+`daemon` or `simulator`, so routingd installs beside python-daemon (tests/test_packaging.py).
 
-    ROUTINGD_COMPILE=0 pip install .     skip the compilation (pure Python, ~2x slower core)
+Compiled core (docs/architecture.md, "The compiled core"). daemon/core/engine.py, health.py and
+plan.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
+twice as fast. mypyc names a module after its path, so it compiles copies staged under
+build/mypyc/routingd/daemon/core/, each with the SHA-256 of its source appended as
+`__source_sha256__`: routingd.daemon.core refuses to import a compiled module whose source has
+changed since. The extensions (and their shared library, routingd.daemon.core.native__mypyc) land
+in the wheel, or beside the sources in an editable install (`make venv` rebuilds them whenever a
+compiled source changes).
 
-Without a C compiler the build warns and installs the pure-Python core. The build records a
-SHA-256 of each compiled source in daemon/core/_native_build.py so that an edited source is
-never shadowed by a stale extension.
+    ROUTINGD_COMPILE=0 pip install .     skip the compilation (the pure-Python core, ~2x slower)
+
+Without a C compiler the build warns and installs the pure-Python core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-CORE = "daemon/core"
-COMPILED = ("engine", "health", "plan")      # keep in step with daemon/core/__init__.py NATIVE_MODULES
-RECORD = "_native_build.py"
+FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
+COMPILED = ("engine", "health", "plan")      # keep in step with daemon/core/__init__.py COMPILED
+STAGE = Path("build") / "mypyc"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _packages() -> list[str]:
+    return [f"{name}.{sub}" if sub else name
+            for name, folder in FOLDERS.items() for sub in ("", *find_packages(folder))]
 
 
 class BuildCore(build_ext):
-    """build_ext that writes, next to the extensions it built, the hashes of their sources."""
+    """build_ext that installs the pure-Python core when the C compiler fails."""
 
     def run(self) -> None:
         try:
@@ -43,18 +49,24 @@ class BuildCore(build_ext):
         except Exception as e:      # no compiler, no headers: the pure-Python core still works
             print(f"routingd: compiling the core failed ({e}); installing the pure-Python core",
                   file=sys.stderr)
-            return
-        built = [m for m in COMPILED if Path(self.get_ext_fullpath(f"routingd.daemon.core.{m}")).exists()]
-        if len(built) != len(COMPILED):
-            print("routingd: not every core module compiled; installing the pure-Python core",
-                  file=sys.stderr)
-            return
-        out = Path(self.get_ext_fullpath("routingd.daemon.core.engine")).parent / RECORD
-        lines = ['"""Written by setup.py at build time: the sources the compiled core was built from."""',
-                 "", "SOURCES = {"]
-        lines += [f'    "{m}": "{_sha256(HERE / CORE / (m + ".py"))}",' for m in COMPILED]
-        lines += ["}", ""]
-        out.write_text("\n".join(lines))
+            for ext in self.extensions:     # never leave some modules compiled and others not
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+
+
+def _stage() -> list[str]:
+    """Copies of daemon/core/*.py under build/mypyc/routingd/daemon/core/, so that mypyc names
+    them routingd.daemon.core.*; the compiled ones carry the hash of their source."""
+    core = STAGE / "routingd" / "daemon" / "core"
+    shutil.rmtree(STAGE, ignore_errors=True)
+    core.mkdir(parents=True)
+    for pkg in (STAGE / "routingd", STAGE / "routingd" / "daemon"):
+        (pkg / "__init__.py").write_text("")
+    for src in (HERE / "daemon" / "core").glob("*.py"):
+        text = src.read_bytes()
+        if src.stem in COMPILED:
+            text += f'\n__source_sha256__ = "{hashlib.sha256(text).hexdigest()}"\n'.encode()
+        (core / src.name).write_bytes(text)
+    return [str(core / f"{m}.py") for m in COMPILED]
 
 
 def _extensions() -> list:
@@ -66,11 +78,11 @@ def _extensions() -> list:
         print("routingd: mypyc is not available; installing the pure-Python core", file=sys.stderr)
         return []
     try:
-        return mypycify([f"{CORE}/{m}.py" for m in COMPILED], opt_level="3", group_name="routingd_core")
+        return mypycify(_stage(), opt_level="3", group_name="routingd.daemon.core.native")
     except (Exception, SystemExit) as e:    # mypyc exits on a type error: say so, install pure Python
         print(f"routingd: mypyc could not compile the core ({e!r}); installing the pure-Python core",
               file=sys.stderr)
         return []
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCore})
+setup(package_dir=FOLDERS, packages=_packages(), ext_modules=_extensions(), cmdclass={"build_ext": BuildCore})

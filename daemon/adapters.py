@@ -47,7 +47,7 @@ class AttemptRequest:
         return Content(title="" if title is None else str(title), text="" if body is None else str(body))
 
     def payload(self) -> dict[str, Any]:
-        """The JSON body providers receive (DESIGN.md "Send API")."""
+        """The JSON body providers receive (docs/architecture.md "One message, end to end")."""
         return {"message_id": self.message_id, "attempt_id": self.attempt_id, "channel": self.channel,
                 "to": self.to, "content": self.content, "metadata": self.metadata}
 

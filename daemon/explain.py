@@ -1,8 +1,8 @@
 """`routingd explain`: where each effective timeout of a plan comes from, and a readable tree.
 
 The plan (`routingd.daemon.core.plan.resolve_plan`) is the authority on the values and on where each came
-from: it records the precedence level that supplied every timeout (DESIGN.md "Timeout
-hierarchy"), so that `explain` can print e.g. "timeout 20s  (providers.ses.timeout)".
+from: it records the precedence level that supplied every timeout (docs/configuration.md "Timeout
+precedence"), so that `explain` can print e.g. "timeout 20s  (providers.ses.timeout)".
 """
 
 from __future__ import annotations

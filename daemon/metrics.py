@@ -1,6 +1,6 @@
 """Prometheus metrics of one routingd process, on a private registry (tests can make many).
 
-Names (DESIGN.md "Runtime behaviour"):
+Names (docs/operations.md "Metrics"):
   routingd_messages_accepted_total                      counter
   routingd_messages_finished_total{status}              counter
   routingd_messages_inflight                            gauge (non-terminal messages in memory)

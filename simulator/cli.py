@@ -8,6 +8,7 @@ with --check), 1 an expectation missed (--check), 2 invalid input (one line per 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -152,6 +153,10 @@ def simulate_command(args: argparse.Namespace) -> int:
             return EXIT_OK
         if not args.scenarios:
             stderr.write("routingd simulate: give at least one SCENARIO.toml (or --list the shipped drills)\n")
+            return EXIT_INVALID
+        if args.plot and importlib.util.find_spec("matplotlib") is None:   # before a run it would waste
+            stderr.write("routingd simulate: --plot needs matplotlib, which is not installed: "
+                         "pip install 'routingd[plot]'\n")
             return EXIT_INVALID
         setups, errors = prepare(args.scenarios, args.routing, args.seed)
         if errors:

@@ -1,4 +1,4 @@
-"""An independent check of the timeout hierarchy (DESIGN.md "Timeout hierarchy").
+"""An independent check of the timeout hierarchy (docs/configuration.md "Timeout precedence").
 
 It does not ask the engine what its deadlines are. From the resolved plan (the configured
 timeouts), what the driver knows itself (when it accepted each message) and what the engine

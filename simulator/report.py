@@ -1,4 +1,4 @@
-"""The report of a run (DESIGN.md "Simulator"), its [expect] verdicts and the text table.
+"""The report of a run (docs/simulator.md "The report"), its [expect] verdicts and the text table.
 
 Units: times in seconds (floats, rounded to the microsecond), counts as integers.
 """

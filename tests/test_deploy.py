@@ -156,8 +156,8 @@ def test_python_and_the_daemon_run_under_memory_deny_write_execute(tmp_path: Pat
             raise SystemExit("W+X mapping was allowed: MDWE is not in force")
         except PermissionError:
             pass
-        import daemon
-        for m in pkgutil.walk_packages(daemon.__path__, "daemon."):
+        import routingd.daemon
+        for m in pkgutil.walk_packages(routingd.daemon.__path__, "routingd.daemon."):
             importlib.import_module(m.name)
         ssl.create_default_context()
         sqlite3.connect(":memory:").execute("select 1")

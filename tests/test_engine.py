@@ -1,4 +1,4 @@
-"""The sans-IO engine, rule by rule (DESIGN.md "Timeout hierarchy", "Outcomes and failover")."""
+"""The sans-IO engine, rule by rule (docs/configuration.md "Timeout precedence", "[failover]")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timeout resolution (DESIGN.md "Timeout hierarchy") and the resolved plan (`explain --json`)."""
+"""Timeout resolution (docs/configuration.md "Timeout precedence") and the resolved plan (`explain --json`)."""
 
 from __future__ import annotations
 

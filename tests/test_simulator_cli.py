@@ -169,3 +169,17 @@ def test_progress_bar_only_on_a_terminal_after_two_seconds(tmp_path: Path) -> No
         bar.t0 -= 3.0
         bar(0.5)
     assert (tmp_path / "log").read_text() == ""
+
+
+def test_plot_without_matplotlib_is_one_clear_line_and_a_failure(tmp_path: Path) -> None:
+    """matplotlib is the `plot` extra: a server installs routingd without it (the module is marked
+    unimportable here, as Python does for a module that is not installed)."""
+    png = tmp_path / "t.png"
+    prog = ("import sys; sys.modules['matplotlib'] = None; "
+            "from routingd.simulator.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", prog, str(DRILLS / "email-brownout.toml"), "--plot", str(png)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == ("routingd simulate: --plot needs matplotlib, which is not installed: "
+                        "pip install 'routingd[plot]'\n")
+    assert p.stdout == "" and not png.exists()

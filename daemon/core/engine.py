@@ -26,7 +26,7 @@ Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt
 Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
 the back-off jitter, drawn from the `rng` passed in. Same inputs, same commands.
 
-Semantics (DESIGN.md "Timeout hierarchy", "Outcomes and failover"):
+Semantics (docs/configuration.md "Timeout precedence", "[failover]"; docs/architecture.md):
   * channel deadline = min(channel start + channel timeout, message deadline);
     attempt deadline = min(attempt start + provider timeout, channel deadline);
     receipt deadline = min(2xx + receipt_timeout, channel deadline). At a deadline the running
