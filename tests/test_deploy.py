@@ -14,7 +14,7 @@ import pytest
 
 from routingd.daemon.core.durations import parse_duration_ms
 from routingd.daemon.core.plan import resolve_plan
-from routingd.daemon.core.policy import HttpProvider, PolicyError, parse_policy
+from routingd.daemon.core.policy import PolicyError, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "routingd.service"
@@ -192,8 +192,9 @@ def example_env() -> dict[str, str]:
     text = EXAMPLE.read_text()
     live = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     names = {m.group(1) for m in VAR.finditer(live)}
-    assert {"SES_TOKEN", "SENDGRID_API_KEY", "FCM_TOKEN", "ROUTINGD_TOKEN"} <= names, names
-    return {n: f"secret-{n.lower()}" for n in names}
+    assert {"SMTP_PASSWORD", "SENDGRID_API_KEY", "TWILIO_AUTH_TOKEN", "SLACK_WEBHOOK_URL", "ROUTINGD_TOKEN"} <= names, names
+    return {n: (f"https://hooks.example.com/services/secret-{n.lower()}" if n.endswith("_URL") else f"secret-{n.lower()}")
+            for n in names}
 
 
 def test_example_is_valid_when_its_variables_are_set() -> None:
@@ -201,12 +202,12 @@ def test_example_is_valid_when_its_variables_are_set() -> None:
     policy = parse_policy(EXAMPLE.read_text(), str(EXAMPLE), env=env)
     assert policy.warnings == ()
     m = policy.model
-    assert all(isinstance(p, HttpProvider) for p in m.providers.values())
-    assert {"ses", "sendgrid", "twilio", "fcm"} <= set(m.providers)
-    assert {"email", "sms", "push"} <= set(m.channels)
-    assert m.providers["ses"].headers["Authorization"] == "Bearer secret-ses_token"
-    receipts = [n for n, p in m.providers.items() if p.confirm == "receipt"]
-    assert receipts and all(m.providers[n].receipt_secret is not None for n in receipts)
+    # the vendors' own types, not http relays (docs/providers.md)
+    assert {n: p.type for n, p in m.providers.items()} == {
+        "ses": "ses", "relay": "smtp", "sendgrid": "sendgrid", "twilio": "twilio", "fcm": "fcm", "slack": "slack"}
+    assert {"email", "sms", "push", "chat"} <= set(m.channels)
+    assert m.providers["relay"].password.get_secret_value() == "secret-smtp_password"
+    assert m.providers["twilio"].auth_token.get_secret_value() == "secret-twilio_auth_token"
     tokens = [t.get_secret_value() for t in m.daemon.api_tokens]
     assert tokens == [env["ROUTINGD_TOKEN"], env["ROUTINGD_TOKEN_2"]]
     assert m.daemon.mqtt is None                  # commented out
@@ -224,13 +225,13 @@ def test_example_drops_unset_token_variables() -> None:
 
 def test_example_names_each_missing_secret() -> None:
     env = example_env()
-    del env["SES_TOKEN"], env["TWILIO_RECEIPT_SECRET"]
+    del env["SMTP_PASSWORD"], env["TWILIO_AUTH_TOKEN"]
     with pytest.raises(PolicyError) as err:
         parse_policy(EXAMPLE.read_text(), "routing.toml", env=env)
     lines = err.value.lines()
-    assert any(line.startswith("routing.toml: providers.ses.headers.Authorization: environment variable "
-                               "SES_TOKEN is not set") for line in lines), lines
-    assert any("providers.twilio.receipt_secret" in line and "TWILIO_RECEIPT_SECRET" in line
+    assert any(line.startswith("routing.toml: providers.relay.password: environment variable "
+                               "SMTP_PASSWORD is not set") for line in lines), lines
+    assert any("providers.twilio.auth_token" in line and "TWILIO_AUTH_TOKEN" in line
                for line in lines), lines
 
 
@@ -250,9 +251,9 @@ def test_routingd_check_accepts_the_example_with_its_environment() -> None:
     ok = subprocess.run([str(ROUTINGD), "check", str(EXAMPLE)], env=env, capture_output=True,
                         text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    env.pop("FCM_TOKEN")
+    env.pop("SENDGRID_API_KEY")
     bad = subprocess.run([str(ROUTINGD), "check", str(EXAMPLE)], env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 1
-    assert "providers.fcm.headers.Authorization: environment variable FCM_TOKEN is not set" in bad.stderr
+    assert "providers.sendgrid.api_key: environment variable SENDGRID_API_KEY is not set" in bad.stderr
     assert "Traceback" not in bad.stderr
