@@ -335,6 +335,13 @@ async def send(request: web.Request) -> web.Response:
         # Back-pressure before reading the body: a flood past the bound costs no parsing and
         # holds no memory (the router checks again, atomically, before it stores anything).
         raise _unavailable(Overloaded(1.0))
+    held_limit = _limit(state, "max_inflight_bytes")
+    if held_limit is not None and request.content_length is not None and \
+            state.router.inflight_bytes + request.content_length > held_limit:
+        # the same, in bytes, by the body's announced length (the router counts exactly)
+        raise _unavailable(Overloaded(1.0, f"routingd holds {state.router.inflight_bytes} bytes of pending "
+                                      f"requests; this one ({request.content_length} bytes) would pass "
+                                      f"[daemon] max_inflight_bytes ({held_limit})"))
     raw = await read_body(request, state.max_body)
     req = _send_request_fast(raw)
     text: str | None = None
@@ -381,11 +388,15 @@ def _send_request_fast(raw: bytes) -> SendRequest | None:
 
 
 def _inflight_limit(state: ApiState) -> int | None:
+    return _limit(state, "max_inflight")
+
+
+def _limit(state: ApiState, name: str) -> int | None:
     router = state.router
     limits = getattr(router, "limits", None)
     if limits is None:
         limits = router.policy.model.daemon
-    value = getattr(limits, "max_inflight", None)
+    value = getattr(limits, name, None)
     return value if isinstance(value, int) else None
 
 

@@ -71,6 +71,10 @@ class DaemonSection(Strict):
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)
     max_inflight: int = Field(default=100_000, ge=1)
+    # Memory in bytes (docs/security.md): the request text pending messages hold, UTF-8 bytes;
+    # past it a send is 503. At least max_body (checked by the daemon's settings), else the
+    # largest allowed request could never be accepted.
+    max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     # What one plan may hold (docs/security.md "Limits"): a request builds its plan from
     # inline routing and overrides, so these bound the work and memory one send can cause.
     max_plan_channels: int = Field(default=16, ge=1, le=1_000)
