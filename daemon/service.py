@@ -54,10 +54,12 @@ class StartupError(Exception):
 
 
 class OneLineFormatter(logging.Formatter):
-    """Every record on one line, a traceback included (newlines become " | ")."""
+    """Every record on one line, a traceback included: every line break (\\n, but also \\r,
+    \\r\\n, \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028, \\u2029, what str.splitlines() breaks at)
+    becomes " | ", so a value from a request cannot start a forged log line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
+        return " | ".join(super().format(record).splitlines())
 
 
 def configure_logging(level: str) -> None:
