@@ -8,6 +8,7 @@ by its HMAC signature instead. See docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -22,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .connections import connection_of
 from .core.plan import PlanError
 from .core.policy import user_loc
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
@@ -69,6 +71,7 @@ class ApiState:
     reloader: Reloader
     tokens: Sequence[bytes] = ()
     max_body: int = 256 * 1024
+    body_timeout_s: float = 30.0      # [daemon] body_timeout: a request's body within this of its headers
     phase: Phase = "starting"
     extra_ready_checks: list[Callable[[], str | None]] = field(default_factory=list)
 
@@ -80,7 +83,11 @@ STATE_KEY: web.AppKey[ApiState] = web.AppKey("routingd_state", ApiState)
 
 
 class ApiError(Exception):
-    """An error answer: status, one-line message, optional field details and headers."""
+    """An error answer: status, one-line message, optional field details and headers.
+    close: the connection is closed once the answer is written (its client is not trusted to
+    send anything more, e.g. a body that did not arrive in time)."""
+
+    close = False
 
     def __init__(self, status: int, error: str, details: list[dict[str, Any]] | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -124,7 +131,12 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
                          ) -> web.StreamResponse:
     """Bearer-token check (auth_check), then the handler; every error as a JSON body, an
     unexpected exception logged and answered 500, no trace. One middleware, not two: each one
-    is a coroutine frame and a partial call per request (aiohttp adds a third of its own)."""
+    is a coroutine frame and a partial call per request (aiohttp adds a third of its own).
+    The connection's guard (daemon/connections.py) hears when the request starts and ends: no
+    header or idle timeout cuts a request whose handler runs."""
+    conn = connection_of(request.transport)
+    if conn is not None:
+        conn.request_started()
     try:
         state = request.app[STATE_KEY]
         if state.tokens:
@@ -135,11 +147,21 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
             json_content_type_check(request)
         return await handler(request)
     except ApiError as e:
-        return e.response()
+        if not e.close:
+            return e.response()
+        resp = e.response()
+        await resp.prepare(request)
+        await resp.write_eof()
+        request.protocol.force_close()      # no lingering read of the rest of the body
+        return resp
     except StoreError as e:
         log.error("%s %s: state store error: %s", request.method, request.path, e)
         return ApiError(503, "routingd cannot use its state store right now (the daemon log says why)",
                         headers={"Retry-After": "5"}).response()
+    except ConnectionResetError:
+        # the client left mid-request (in its body): an answer nobody reads, which aiohttp drops
+        # quietly when it cannot write it (an exception here would be logged as a server error)
+        return ApiError(400, "the client closed the connection").response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -150,6 +172,9 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
     except Exception:  # noqa: BLE001 - the catch-all that keeps tracebacks off the wire
         log.exception("internal error on %s %s", request.method, request.path)
         return ApiError(500, "internal error; the daemon log has the details").response()
+    finally:
+        if conn is not None:
+            conn.request_done()
 
 
 JSON_BODY_PATHS = frozenset({"/v1/send"})
@@ -234,7 +259,9 @@ def _receipt_secret(state: ApiState, request: web.Request) -> str | None:
 # --------------------------------------------------------------------------- body helpers
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, at most `limit` bytes (413), all of it within `timeout_s` (408, and the
+    connection is closed: a client trickling its body must not hold it open)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body too large (limit {limit} bytes)")
     content = request.content
@@ -245,14 +272,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return raw
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body too large (limit {limit} bytes)")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk = await content.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body too large (limit {limit} bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        e = ApiError(408, f"request body not received within [daemon] body_timeout ({timeout_s:g}s)",
+                     headers={"Connection": "close"})
+        e.close = True
+        raise e from None
     return b"".join(chunks)
 
 
@@ -335,7 +369,15 @@ async def send(request: web.Request) -> web.Response:
         # Back-pressure before reading the body: a flood past the bound costs no parsing and
         # holds no memory (the router checks again, atomically, before it stores anything).
         raise _unavailable(Overloaded(1.0))
-    raw = await read_body(request, state.max_body)
+    held_limit = _limit(state, "max_inflight_bytes")
+    if held_limit is not None and request.content_length is not None and \
+            request.content_length <= state.max_body and \
+            state.router.inflight_bytes + request.content_length > held_limit:    # (too large: 413 first)
+        # the same, in bytes, by the body's announced length (the router counts exactly)
+        raise _unavailable(Overloaded(1.0, f"routingd holds {state.router.inflight_bytes} bytes of pending "
+                                      f"requests; this one ({request.content_length} bytes) would pass "
+                                      f"[daemon] max_inflight_bytes ({held_limit})"))
+    raw = await read_body(request, state.max_body, state.body_timeout_s)
     req = _send_request_fast(raw)
     text: str | None = None
     if req is not None:
@@ -381,11 +423,15 @@ def _send_request_fast(raw: bytes) -> SendRequest | None:
 
 
 def _inflight_limit(state: ApiState) -> int | None:
+    return _limit(state, "max_inflight")
+
+
+def _limit(state: ApiState, name: str) -> int | None:
     router = state.router
     limits = getattr(router, "limits", None)
     if limits is None:
         limits = router.policy.model.daemon
-    value = getattr(limits, "max_inflight", None)
+    value = getattr(limits, name, None)
     return value if isinstance(value, int) else None
 
 
@@ -409,7 +455,7 @@ async def receipt(request: web.Request) -> web.Response:
     secret = state.router.receipt_secret(provider)
     if secret is None and provider not in state.router.policy.providers:
         raise ApiError(404, f"no provider {provider!r}", [{"loc": ["path", "provider"], "msg": "unknown provider"}])
-    raw = await read_body(request, state.max_body)
+    raw = await read_body(request, state.max_body, state.body_timeout_s)
     if secret is not None and not signature_ok(secret, raw, request.headers.get(SIGNATURE_HEADER)):
         raise ApiError(401, "bad or missing receipt signature",
                        [{"loc": ["header", SIGNATURE_HEADER],

@@ -140,7 +140,38 @@ def cmd_check(args: argparse.Namespace) -> int:
             warnings.append("no [routes] defined: the daemon cannot route any message")
         for w in warnings:
             _err(f"{label}: warning: {w}")
+    old = old_systemd()
+    if old:
+        _err(f"warning: {old}")
     return status
+
+
+NOTIFY_RELOAD_SYSTEMD = 253
+
+
+def old_systemd(env: Any = None) -> str | None:
+    """Under systemd (INVOCATION_ID is set for a unit's processes: the unit's ExecStartPre runs
+    `routingd check`), a systemd older than 253 does not know the unit's Type=notify-reload and
+    runs it as Type=simple; say so, with the fix. Elsewhere nothing is claimed: which systemd
+    will run the daemon is not known there (docs/operations.md "Older systemd")."""
+    import re
+    import shutil
+    import subprocess
+
+    env = os.environ if env is None else env
+    tool = shutil.which("systemctl", path=env.get("PATH"))
+    if not env.get("INVOCATION_ID") or tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.match(r"systemd (\d+)", out)
+    if m is None or int(m.group(1)) >= NOTIFY_RELOAD_SYSTEMD:
+        return None
+    return (f"systemd {m.group(1)} does not know Type=notify-reload (systemd 253+) and runs the unit as "
+            "Type=simple: no readiness wait, and `systemctl reload` fails. Add the drop-in Type=notify + "
+            "ExecReload=/bin/kill -HUP $MAINPID (docs/operations.md, \"Older systemd\")")
 
 
 # --------------------------------------------------------------------------- explain

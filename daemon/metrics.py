@@ -17,6 +17,10 @@ Names (docs/operations.md "Metrics"):
         hash) read as an integer from its first 13 hex digits (52 bits, exact in a float64), as
         Prometheus' and Alertmanager's own config_hash gauges do; routingd_config_info{version}
         carries the full version string.
+  routingd_http_connections_open                        gauge (connections of the listener)
+  routingd_http_connections_closed_total{reason}        counter: idle | header (timeouts),
+        evicted (the longest waiting one, at max_connections), refused (503 at max_connections)
+  routingd_inflight_bytes                               gauge (request text held by pending messages)
 
 The per-message series (accepted, finished, attempts, failovers, time to deliver) are plain
 integers and floats updated on the event loop thread -- a prometheus_client child costs a label
@@ -88,6 +92,13 @@ class Metrics:
             "undeliverable with a resume_failed event).", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
                                     registry=r)
+        self.connections_open = Gauge("routingd_http_connections_open", "Open connections of the HTTP listener.",
+                                      registry=r)
+        self.connections_closed = Counter("routingd_http_connections_closed",
+                                          "Connections the daemon closed: idle, header (timeouts), evicted "
+                                          "or refused (at max_connections).", ["reason"], registry=r)
+        self.inflight_bytes = Gauge("routingd_inflight_bytes", "Request text (UTF-8 bytes) held by pending "
+                                    "messages; [daemon] max_inflight_bytes bounds it.", registry=r)
 
     # ------------------------------------------------------------------ per message (hot path)
 

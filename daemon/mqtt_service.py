@@ -46,6 +46,12 @@ def attach(link: mqtt_mod.MqttLink, router: Any) -> None:
     async def submit(raw: bytes) -> tuple[bool, dict[str, Any]]:
         from .runtime import Overloaded
 
+        limits = router.limits if router.limits is not None else router.policy.model.daemon
+        if len(raw) > limits.max_body:
+            # the same limit as POST /v1/send's 413: no way in takes a bigger request
+            return False, {"error": f"request body too large (limit {limits.max_body} bytes)",
+                           "details": [{"loc": ["body"], "msg": f"{len(raw)} bytes; [daemon] max_body is "
+                                        f"{limits.max_body}"}]}
         try:
             body = parse_json_object(raw)
             key = idempotency_key(body)

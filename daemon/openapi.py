@@ -151,10 +151,12 @@ def _document() -> dict[str, Any]:
                     "400": _error_response("body is not a JSON object, nests deeper than "
                                            f"{MAX_JSON_DEPTH} levels, or a bad Idempotency-Key"),
                     "401": _error_response("missing or wrong bearer token"),
+                    "408": _error_response("body not received within [daemon] body_timeout (connection closed)"),
                     "413": _error_response("body larger than [daemon] max_body"),
                     "415": _error_response("Content-Type is not application/json"),
                     "422": _error_response("validation failed, or unknown route/channel/provider"),
-                    "503": _error_response("draining (shutting down) or at the in-flight limit", _RETRY_AFTER),
+                    "503": _error_response("draining (shutting down), at the in-flight limit "
+                                           "(max_inflight, max_inflight_bytes) or the connection limit", _RETRY_AFTER),
                 }}},
             "/v1/messages/{message_id}": {"get": {
                 "operationId": "messageStatus",

@@ -43,7 +43,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
         it; stored as the request (else send_request.model_dump_json() is).
         Raises routingd.daemon.core.plan.PlanError for an unknown route/channel/provider or a timeout
         override past a year (-> 422),
-        Overloaded(retry_after_s) at [daemon] max_inflight or while stopping (-> 503).
+        Overloaded(retry_after_s) at [daemon] max_inflight, past [daemon] max_inflight_bytes
+        (the request text held by pending messages: request_bytes()), or while stopping (-> 503).
         Returns once the message is COMMITTED to SQLite (group commit). A known Idempotency-Key
         (younger than [daemon] idempotency_ttl) returns the first message's id, created=False.
     router.status(message_id) -> dict | None
@@ -63,7 +64,8 @@ API (what daemon/api.py, the MQTT bridge and the CLI use):
                                   the reload as successful in the metrics (routingd_config_hash,
                                   ..._last_reload_successful = 1, timestamp); a failed reload
                                   is the reloader's to record: metrics.config_reload_failed().
-    router.policy, router.inflight (non-terminal messages in memory + submits being committed)
+    router.policy, router.inflight (non-terminal messages in memory + submits being committed),
+    router.inflight_bytes (their request text, UTF-8 bytes; a finished message keeps no request)
     router.add_event_listener(cb)  cb(message_id, routingd.daemon.core.engine.Event), called on the loop
                                   thread for every event once its row is committed (in order);
                                   exceptions are logged and ignored.
@@ -279,6 +281,7 @@ class Router:
         self._listeners: list[Callable[[str, Event], None]] = []
         self._unheard: list[tuple[str, Event]] = []      # events whose rows are not committed yet
         self._reserved = 0
+        self._held_bytes = 0        # request_bytes() of the messages in _live and of submits in progress
         self._started = False
         self._stopping = False
         self._halted = False
@@ -314,6 +317,10 @@ class Router:
     @property
     def inflight(self) -> int:
         return len(self._live) + self._reserved
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self._held_bytes
 
     def _inflight_now(self) -> int:
         return len(self._live)
@@ -496,13 +503,19 @@ class Router:
         daemon = self.limits if self.limits is not None else policy.model.daemon
         if self.inflight >= daemon.max_inflight:
             raise Overloaded(1.0)
+        text = request_json or request.model_dump_json()
+        size = request_bytes(text)
+        if self._held_bytes + size > daemon.max_inflight_bytes:
+            # memory is bounded in bytes, not only in messages (docs/security.md)
+            raise Overloaded(1.0, f"routingd holds {self._held_bytes} bytes of pending requests; this one "
+                             f"({size} bytes) would pass [daemon] max_inflight_bytes ({daemon.max_inflight_bytes})")
         if self.store.backlog_full:     # accepting would add writes the disk cannot take (docs/reliability.md)
             raise Overloaded(5.0, f"routingd cannot write its state store ({self.store.backlog} writes wait "
                              "for the disk; the daemon log says why)")
         self._follow_clock()
         shifted = self._shifted
         now = self.clock.now()
-        row = MessageRow(id=new_message_id(), request=request_json or request.model_dump_json(), route=plan.route,
+        row = MessageRow(id=new_message_id(), request=text, route=plan.route,
                          policy_version=policy.version, status="pending", accepted_at=now,
                          message_deadline=now + plan.message_timeout_ms / 1000.0,
                          idempotency_key=idempotency_key)
@@ -522,6 +535,7 @@ class Router:
                 else:
                     ahead.append(values)
         self._reserved += 1
+        self._held_bytes += size        # taken back by _begin (then _finish) or below
         try:
             existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now, ahead)
         except StoreError as e:
@@ -530,6 +544,7 @@ class Router:
             raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
         finally:
             self._reserved -= 1
+            self._held_bytes -= size
         if existing is not None:
             return SubmitResult(existing, False)
         self.metrics.message_accepted()
@@ -652,6 +667,7 @@ class Router:
         """Route `live`: its start() commands now, or `first`, the commands start(at) gave
         before the insert, whose attempt rows that insert committed."""
         self._live[live.row.id] = live
+        self._held_bytes += request_bytes(live.row.request)
         live.snapshot.refs += 1
         if first is None:
             now = self.clock.now()
@@ -968,6 +984,10 @@ class Router:
         live.tasks.clear()
         live.request = None         # freed now, while it is fresh in the cache, not at eviction
         live.rendered = None
+        # ... and its text: the finished messages kept in _recent hold no request body (the
+        # store has it; status() never shows it)
+        self._held_bytes -= request_bytes(row.request)
+        row.request = ""
         self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
@@ -1159,6 +1179,10 @@ def _repeated(outcome: str | None, status: str, attempt_id: str, events: Sequenc
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:500]
+def request_bytes(text: str) -> int:
+    """A request text's size in UTF-8 bytes, what [daemon] max_inflight_bytes counts (an ASCII
+    text -- nearly all -- without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _attempt_json(a: AttemptRow) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from .api import ApiState, ReloadResult, create_app
+from .connections import ConnectionGuard
 from .core import core_build
 from .core.policy import Policy, PolicyError, load_policy, read_config_text
 from .secrets import read_secret
@@ -54,10 +55,12 @@ class StartupError(Exception):
 
 
 class OneLineFormatter(logging.Formatter):
-    """Every record on one line, a traceback included (newlines become " | ")."""
+    """Every record on one line, a traceback included: every line break (\\n, but also \\r,
+    \\r\\n, \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028, \\u2029, what str.splitlines() breaks at)
+    becomes " | ", so a value from a request cannot start a forged log line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
+        return " | ".join(super().format(record).splitlines())
 
 
 def configure_logging(level: str) -> None:
@@ -98,9 +101,10 @@ class ConfigReloader:
 
     def __init__(self, path: str, router: Any, metrics: Any, state: ApiState,
                  cli_listen: str | None, cli_state: str | None, settings: Settings,
-                 notifier: Any = None) -> None:
+                 notifier: Any = None, guard: Any = None) -> None:
         self.path = path
         self.notifier = notifier
+        self.guard = guard                  # routingd.daemon.connections.ConnectionGuard of the listener
         self.router = router
         self.metrics = metrics
         self.state = state
@@ -160,7 +164,10 @@ class ConfigReloader:
                 log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
         self.state.tokens = settings.token_values()
         self.state.max_body = settings.max_body
-        self.router.limits = settings           # max_inflight, idempotency_ttl, retention
+        self.state.body_timeout_s = settings.body_timeout / 1000.0
+        if self.guard is not None:
+            self.guard.configure(settings)      # header/idle timeouts, max_connections
+        self.router.limits = settings           # max_inflight(_bytes), idempotency_ttl, retention
         if policy.version == current.version:
             log.info("reload (%s): %s unchanged (version %s)", trigger, self.path, policy.version)
             return ReloadResult(True, policy.version, changed=False, warnings=policy.warnings)
@@ -259,24 +266,32 @@ class Service:
         if link is not None:
             mqtt_service.attach(link, router)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
-                         tokens=s.token_values(), max_body=s.max_body, phase="starting")
-        reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier)
-        state.reloader = reloader
-        metrics.store_backlog.set_function(lambda: store.backlog)
-        state.extra_ready_checks.append(lambda: _backlog_problem(store))
+                         tokens=s.token_values(), max_body=s.max_body, body_timeout_s=s.body_timeout / 1000.0,
+                         phase="starting")
         runner = web.AppRunner(create_app(state), access_log=logging.getLogger("aiohttp.access"),
                                handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
+        assert runner.server is not None
+        # the listener is ours, not a TCPSite: its connections pass the guard's timeouts and cap
+        guard = ConnectionGuard(runner.server, header_timeout_s=s.header_timeout / 1000.0,
+                                idle_timeout_s=s.idle_timeout / 1000.0, max_connections=s.max_connections,
+                                on_close=lambda reason: metrics.connections_closed.labels(reason=reason).inc())
+        metrics.connections_open.set_function(lambda: len(guard.open))
+        metrics.inflight_bytes.set_function(lambda: router.inflight_bytes)
+        reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier,
+                                  guard=guard)
+        state.reloader = reloader
+        metrics.store_backlog.set_function(lambda: store.backlog)
+        state.extra_ready_checks.append(lambda: _backlog_problem(store))
         addr = parse_listen(s.listen)
+        loop = asyncio.get_running_loop()
         try:
-            site = web.TCPSite(runner, addr.host, addr.port, backlog=1024)
-            await site.start()
+            listener = await loop.create_server(guard, addr.host, addr.port, backlog=1024)
         except OSError as e:
             await runner.cleanup()
             await _close(store)
             raise StartupError([f"cannot listen on {s.listen}: {e.strerror or e}"]) from None
-        url = _bound_url(runner, addr)
-        loop = asyncio.get_running_loop()
+        url = _bound_url(listener, addr)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(reloader.reload("SIGHUP")))
@@ -318,7 +333,9 @@ class Service:
                 t.cancel()
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            listener.close()            # no new connections; cleanup closes the open ones
             await runner.cleanup()
+            await listener.wait_closed()
             await _close(store)
             notifier.close()
         if store.backlog:
@@ -344,10 +361,11 @@ class Service:
         task.add_done_callback(self._tasks.discard)
 
 
-def _bound_url(runner: web.AppRunner, addr: Any) -> str:
+def _bound_url(listener: asyncio.Server, addr: Any) -> str:
     from .settings import ListenAddress
 
-    for a in runner.addresses:
+    for sock in listener.sockets:
+        a = sock.getsockname()
         if isinstance(a, tuple) and len(a) >= 2:
             return ListenAddress(addr.host, int(a[1])).url
     return addr.url

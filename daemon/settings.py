@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Mapping
 
-from pydantic import SecretStr, ValidationError, create_model, field_validator
+from pydantic import SecretStr, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .core.policy import DaemonSection, Policy
@@ -140,6 +140,15 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
+        return v
+
+    @field_validator("max_inflight_bytes")
+    @classmethod
+    def _bytes_hold_a_body(cls, v: int, info: ValidationInfo) -> int:
+        body = info.data.get("max_body")        # declared before it (DaemonSection's order)
+        if isinstance(body, int) and v < body:
+            raise ValueError(f"{v} is less than max_body ({body}): a request of max_body bytes "
+                             "could never be accepted")
         return v
 
     # The [daemon] table, bound per load by a throwaway subclass (see load_settings()).

@@ -23,7 +23,7 @@ TIMEOUT = 60
 
 def run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("ROUTINGD_")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith("ROUTINGD_") and k != "INVOCATION_ID"}
     e.update(env or {})
     p = subprocess.run([*ROUTINGD, *map(str, args)], cwd=cwd or ROOT, env=e, input=stdin,
                        capture_output=True, text=True, timeout=TIMEOUT)
@@ -169,6 +169,34 @@ channels = ["c"]
     lines = err_lines(p)
     assert any(line.startswith(f"{path}: warning: channels.c.timeout") for line in lines), lines
     assert any(line.startswith(f"{path}: warning: no [routes.default]") for line in lines), lines
+
+
+@pytest.mark.parametrize("version, under_systemd, warned", [
+    ("systemd 252 (252.38-1~deb12u1)", True, True),
+    ("systemd 253 (253.5)", True, False),
+    ("systemd 256 (256.7-1)", True, False),
+    ("systemd 252 (252.38-1~deb12u1)", False, False),     # not run by systemd: nothing to tell
+])
+def test_check_warns_under_a_systemd_older_than_253(tmp_path: Path, version: str, under_systemd: bool,
+                                                     warned: bool) -> None:
+    """The unit's ExecStartPre runs `routingd check`: under systemd 252 it says that
+    Type=notify-reload is unknown there and names the drop-in (a stand-in systemctl on PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = write(bin_dir / "systemctl", f"#!/bin/sh\necho '{version}'\necho '+PAM +AUDIT'\n")
+    tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    if under_systemd:
+        env["INVOCATION_ID"] = "0123456789abcdef0123456789abcdef"
+    p = run("check", BUNDLED, env=env)
+    assert p.returncode == 0
+    lines = [line for line in err_lines(p) if "notify-reload" in line]
+    if warned:
+        assert len(lines) == 1, err_lines(p)
+        assert lines[0].startswith("warning: systemd 252 does not know Type=notify-reload")
+        assert "Type=notify" in lines[0] and "docs/operations.md" in lines[0]
+    else:
+        assert lines == [], err_lines(p)
 
 
 def test_check_several_files_and_stdin(tmp_path: Path) -> None:

@@ -237,6 +237,32 @@ def test_send_over_mqtt_is_accepted_delivered_and_an_invalid_one_rejected(
     run(main())
 
 
+def test_an_mqtt_send_larger_than_max_body_is_refused_like_an_http_one(broker: Broker, daemon: DaemonProcess) -> None:
+    """The same [daemon] max_body on every way in (issue 24.4): a 3 MB send over MQTT (no token
+    needed there) was accepted and stored while HTTP refuses anything over 256 KiB."""
+    accepted_before = daemon.metric("routingd_messages_accepted_total")
+
+    async def main() -> list[dict[str, Any]]:
+        async with subscriber(broker, f"{PREFIX}/accepted", f"{PREFIX}/rejected") as sub:
+            for size in (3 * 1024 * 1024, 256 * 1024 + 1):
+                body = {"message": {**mail("big"), "content": {"body": ""}}}
+                pad = size - len(json.dumps(body))
+                body["message"]["content"]["body"] = "x" * pad
+                raw = json.dumps(body).encode()
+                assert len(raw) == size
+                await sub.publish(f"{PREFIX}/send", raw, qos=1)
+            got = await receive_until(
+                sub, lambda g: sum(str(m.topic) == f"{PREFIX}/rejected" for m in g) >= 2, what="two rejections")
+            assert not [m for m in got if str(m.topic) == f"{PREFIX}/accepted"]
+            return [payload_json(m) for m in got if str(m.topic) == f"{PREFIX}/rejected"]
+
+    rejected = run(main())
+    for r in rejected:
+        assert r["error"] == "request body too large (limit 262144 bytes)", r["error"]
+        assert r["request_truncated"] in (3 * 1024 * 1024, 256 * 1024 + 1)
+    assert daemon.metric("routingd_messages_accepted_total") == accepted_before
+
+
 # --------------------------------------------------------------------------- provider type mqtt
 
 

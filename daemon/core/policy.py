@@ -75,6 +75,18 @@ class DaemonSection(Strict):
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)
     max_inflight: int = Field(default=100_000, ge=1)
+    # Memory in bytes (docs/security.md): the request text pending messages hold, UTF-8 bytes;
+    # past it a send is 503. At least max_body (checked by the daemon's settings), else the
+    # largest allowed request could never be accepted.
+    max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    # Connections (docs/security.md): a request's line and headers must arrive within
+    # header_timeout of its first byte, its body within body_timeout of its headers; a
+    # connection without a request is closed after idle_timeout; at most max_connections are
+    # open (beyond it the longest-idle one is closed, or the new one refused if none is idle).
+    header_timeout: Duration = Field(default=10_000, ge=1)
+    body_timeout: Duration = Field(default=30_000, ge=1)
+    idle_timeout: Duration = Field(default=60_000, ge=1, le=3_600_000)   # aiohttp's own keep-alive: 3630s
+    max_connections: int = Field(default=512, ge=2, le=1_000_000)
     # What one plan may hold (docs/security.md "Limits"): a request builds its plan from
     # inline routing and overrides, so these bound the work and memory one send can cause.
     max_plan_channels: int = Field(default=16, ge=1, le=1_000)
