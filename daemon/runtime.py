@@ -1102,7 +1102,8 @@ class Router:
         if self._halted:
             raise Overloaded(1.0, "routingd is shutting down")
         mid = attempt_id.rsplit(".", 2)[0] if attempt_id.count(".") >= 2 else ""
-        data = {"attempt_id": attempt_id, "provider": provider, "vendor_status": state, **detail}
+        data = {**{k: v for k, v in detail.items() if k not in ("type", "at")},
+                "attempt_id": attempt_id, "provider": provider, "vendor_status": state}
         live = self._live.get(mid) or self._recent.get(mid)
         if live is not None:
             known = live.delivery.attempts.get(attempt_id) or live.prior.get(attempt_id)

@@ -34,7 +34,9 @@ STATES: dict[str, Literal["delivered", "failed"] | None] = {
     "processed": None, "deferred": None, "open": None, "click": None, "spamreport": None,
     "unsubscribe": None, "group_unsubscribe": None, "group_resubscribe": None,
 }
-_DETAIL_KEYS = ("reason", "status", "type", "response", "attempt", "bounce_classification")
+# SendGrid's field -> its key in the event (never `type` or `at`: the event's own keys)
+_DETAIL_KEYS = {"reason": "reason", "status": "smtp_status", "type": "bounce_type", "response": "response",
+                "attempt": "attempt", "bounce_classification": "bounce_classification"}
 
 
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
@@ -80,7 +82,7 @@ def parse(raw: bytes) -> list[VendorState]:
             aid = None
         if aid is None and vendor_id is None:
             raise BadReceipt("a SendGrid event names its message (sg_message_id or routingd_attempt_id)")
-        detail: dict[str, Any] = {k: clip(e[k]) for k in _DETAIL_KEYS if e.get(k) not in (None, "")}
+        detail: dict[str, Any] = {name: clip(e[k]) for k, name in _DETAIL_KEYS.items() if e.get(k) not in (None, "")}
         if isinstance(e.get("sg_event_id"), str):
             detail["sg_event_id"] = clip(e["sg_event_id"], 100)
         out.append(VendorState(vendor_id, aid, state, STATES.get(state), detail))
