@@ -153,6 +153,11 @@ STATES: dict[str, Literal["delivered", "failed"] | None] = {
 }
 
 
+def _obj(ev: dict[str, Any], key: str) -> dict[str, Any]:
+    v = ev.get(key)
+    return v if isinstance(v, dict) else {}
+
+
 def events(doc: dict[str, Any]) -> list[VendorState]:
     """The SES event a verified Notification carries."""
     try:
@@ -170,7 +175,7 @@ def events(doc: dict[str, Any]) -> list[VendorState]:
     final = STATES.get(state)
     detail: dict[str, Any] = {}
     if state == "bounce":
-        b = ev.get("bounce") if isinstance(ev.get("bounce"), dict) else {}
+        b = _obj(ev, "bounce")
         btype = str(b.get("bounceType", ""))
         final = "failed" if btype == "Permanent" else None      # Transient, Undetermined: SES retries
         detail = {"bounce_type": clip(btype, 40), "bounce_subtype": clip(b.get("bounceSubType", ""), 40)}
@@ -178,16 +183,16 @@ def events(doc: dict[str, Any]) -> list[VendorState]:
         if isinstance(recips, list) and recips and isinstance(recips[0], dict):
             detail["diagnostic"] = clip(recips[0].get("diagnosticCode") or recips[0].get("status") or "")
     elif state == "complaint":
-        c = ev.get("complaint") if isinstance(ev.get("complaint"), dict) else {}
+        c = _obj(ev, "complaint")
         detail = {"complaint_type": clip(c.get("complaintFeedbackType", ""), 60)}
     elif state == "reject":
-        r = ev.get("reject") if isinstance(ev.get("reject"), dict) else {}
+        r = _obj(ev, "reject")
         detail = {"reason": clip(r.get("reason", ""))}
     elif state == "deliverydelay":
-        d = ev.get("deliveryDelay") if isinstance(ev.get("deliveryDelay"), dict) else {}
+        d = _obj(ev, "deliveryDelay")
         detail = {"delay_type": clip(d.get("delayType", ""), 60)}
     elif state == "delivery":
-        d = ev.get("delivery") if isinstance(ev.get("delivery"), dict) else {}
+        d = _obj(ev, "delivery")
         if d.get("smtpResponse"):
             detail = {"smtp_response": clip(d["smtpResponse"])}
     return [VendorState(mid, None, state, final, {k: v for k, v in detail.items() if v})]
