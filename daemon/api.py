@@ -27,6 +27,8 @@ from .connections import connection_of
 from .core.plan import PlanError
 from .core.policy import user_loc
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
+from .receipts import VENDOR_TYPES, BadReceipt, BadSignature
+from .receipts.handler import handle as handle_vendor_receipt
 from .openapi import MAX_JSON_DEPTH, openapi_document
 from .runtime import Overloaded, timeout_problems
 from .store import StoreError
@@ -143,7 +145,9 @@ async def api_middleware(request: web.Request, handler: Callable[[web.Request], 
             auth_check(state, request)
         else:
             browser_check(request)
-        if request.method == "POST" and (request.path in JSON_BODY_PATHS or request.path.startswith("/v1/receipts/")):
+        if request.method == "POST" and (request.path in JSON_BODY_PATHS or (
+                request.path.startswith("/v1/receipts/") and _vendor_config(state, request) is None)):
+            # (a vendor's webhook comes in its own content type; its signature authenticates it)
             json_content_type_check(request)
         return await handler(request)
     except ApiError as e:
@@ -229,7 +233,8 @@ def auth_check(state: ApiState, request: web.Request) -> None:
     receipt_secret (its HMAC signature authenticates it), or a configured bearer token."""
     if request.path in PUBLIC_PATHS:
         return
-    if request.path.startswith("/v1/receipts/") and _receipt_secret(state, request) is not None:
+    if request.path.startswith("/v1/receipts/") and (_receipt_secret(state, request) is not None
+                                                     or _vendor_config(state, request) is not None):
         return
     if not token_ok(request.headers.get("Authorization", ""), state.tokens):
         raise ApiError(401, "missing or invalid bearer token",
@@ -249,6 +254,14 @@ def token_ok(header: str, tokens: Sequence[bytes]) -> bool:
     for t in tokens:
         ok |= hmac.compare_digest(candidate, t)
     return ok
+
+
+def _vendor_config(state: ApiState, request: web.Request) -> Any:
+    """The config of the receipt's provider if it is of a vendor type (its webhook is verified
+    the vendor's way: daemon/receipts/), else None."""
+    provider = request.match_info.get("provider") or request.path.rsplit("/", 1)[-1]
+    cfg = state.router.provider_config(provider)
+    return cfg if getattr(cfg, "type", None) in VENDOR_TYPES else None
 
 
 def _receipt_secret(state: ApiState, request: web.Request) -> str | None:
@@ -452,6 +465,9 @@ async def message_status(request: web.Request) -> web.Response:
 async def receipt(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     provider = request.match_info["provider"]
+    vendor = _vendor_config(state, request)
+    if vendor is not None:
+        return await vendor_receipt(request, state, provider, vendor)
     secret = state.router.receipt_secret(provider)
     if secret is None and provider not in state.router.policy.providers:
         raise ApiError(404, f"no provider {provider!r}", [{"loc": ["path", "provider"], "msg": "unknown provider"}])
@@ -473,6 +489,23 @@ async def receipt(request: web.Request) -> web.Response:
         raise ApiError(404, f"no attempt {rb.attempt_id!r} of provider {provider!r} awaits a receipt",
                        [{"loc": ["body", "attempt_id"], "msg": "unknown attempt"}])
     return json_response({"attempt_id": rb.attempt_id, "status": rb.status, "accepted": True})
+
+
+async def vendor_receipt(request: web.Request, state: ApiState, provider: str, cfg: Any) -> web.Response:
+    """A vendor's own webhook (ses, sendgrid, twilio): daemon/receipts/handler.py."""
+    raw = await read_body(request, state.max_body)
+    try:
+        answer = await handle_vendor_receipt(state.router, provider, cfg, raw, request.headers, request.content_type)
+    except BadSignature as e:
+        raise ApiError(401, "bad or missing receipt signature",
+                       [{"loc": [e.where], "msg": e.reason}]) from None
+    except BadReceipt as e:
+        if e.status == 503:
+            raise ApiError(503, e.reason, headers={"Retry-After": "5"}) from None
+        raise ApiError(400, "invalid receipt", [{"loc": ["body"], "msg": e.reason}]) from None
+    except Overloaded as e:
+        raise _unavailable(e) from None
+    return json_response(answer)
 
 
 async def healthz(request: web.Request) -> web.Response:

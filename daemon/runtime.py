@@ -123,6 +123,7 @@ _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wake
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
 _CLOCK_EVERY_S = 1.0           # how often the wall clock is checked for a step (also at each submit)
+_VENDOR_IDS = 100_000         # vendor ids of recent attempts kept in memory (find_attempt)
 _TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 _new = object.__new__
@@ -266,6 +267,9 @@ class Router:
         if self._ctx.rng_seed is None:
             self._ctx.rng_seed = rng_seed
         self._ctx.receipts = self.receipt
+        # (provider, vendor id) <-> attempt id of recent attempts (_vendor_id, find_attempt)
+        self._by_vendor: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._vendor_of: dict[str, tuple[str, str]] = {}
         # One jitter stream for every message of the process (the engine draws only back-off
         # jitter from it); a Random per message cost 2.8 KB and a seeding each.
         self._rng = random.Random(rng_seed)
@@ -474,6 +478,21 @@ class Router:
                 a = UnavailableAdapter(provider, f"no adapter for type {cfg.type!r}")
             snap.adapters[provider] = a
         return a
+
+    @property
+    def http_session(self) -> Any:
+        """The process's aiohttp session (vendor receipts fetch SNS certificates with it)."""
+        return self._ctx.http_session
+
+    def provider_config(self, provider: str) -> Any:
+        """The provider's config in the current policy, else in a policy messages still use."""
+        cfg = self._policy.providers.get(provider)
+        if cfg is None:
+            for snap in self._snapshots.values():
+                cfg = snap.policy.providers.get(provider)
+                if cfg is not None:
+                    break
+        return cfg
 
     def receipt_secret(self, provider: str) -> str | None:
         cfg = self._policy.providers.get(provider)
@@ -880,6 +899,9 @@ class Router:
         fut.set_result(None)
         if after is not None:
             after()
+        rec = live.delivery.attempts.get(attempt_id) if outcome.provider_message_id else None
+        if rec is not None and outcome.provider_message_id:
+            self._vendor_id(rec.provider, attempt_id, outcome.provider_message_id)
         if live.tasks.pop(attempt_id, None) is None or self._halted:
             return
         now = self.clock.now()
@@ -904,6 +926,8 @@ class Router:
         if outcome.detail:
             # the backstop under every adapter's own redaction: no URL path or query in a detail
             outcome = dataclasses.replace(outcome, detail=redact(outcome.detail))
+        if outcome.provider_message_id:
+            self._vendor_id(req.provider, req.attempt_id, outcome.provider_message_id)
         if live.tasks.pop(req.attempt_id, None) is None or self._halted:
             return                  # cancelled meanwhile: the engine no longer waits for it
         now = self.clock.now()
@@ -1061,6 +1085,74 @@ class Router:
             raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
         return True
 
+    def _vendor_id(self, provider: str, attempt_id: str, vendor_id: str) -> None:
+        """Remember the vendor's id for an attempt's message: stored on the attempt's row (its
+        receipts find it there: find_attempt) and kept in memory for the recent ones, since a
+        vendor may call back before that row update is committed."""
+        if not self.store.is_open:
+            return
+        self.store.set_provider_message_id(attempt_id, vendor_id)
+        key = (provider, vendor_id)
+        self._by_vendor[key] = attempt_id
+        self._vendor_of[attempt_id] = key
+        while len(self._by_vendor) > _VENDOR_IDS:
+            _, old = self._by_vendor.popitem(last=False)
+            self._vendor_of.pop(old, None)
+
+    @staticmethod
+    def _prior_vendor_id(live: _Live, attempt_id: str) -> str | None:
+        prior = live.prior.get(attempt_id)
+        return None if prior is None else prior.provider_message_id
+
+    def find_attempt(self, provider: str, vendor_id: str) -> str | None:
+        """The attempt of `provider` whose message the vendor calls `vendor_id` (docs/api.md
+        "Receipts"), or None."""
+        aid = self._by_vendor.get((provider, vendor_id))
+        if aid is not None:
+            return aid
+        row = self.store.attempt_by_vendor_id(provider, vendor_id)
+        return None if row is None else row.attempt_id
+
+    def vendor_event(self, provider: str, attempt_id: str, state: str, detail: dict[str, Any]) -> bool:
+        """Record a vendor's state for an attempt as a `vendor_status` event on its message
+        (every state a vendor reports, final or not: only final ones go on to receipt()). The
+        same state with the same detail again (a vendor's retry) is not recorded twice. False
+        when no such attempt of `provider` is known. The caller awaits settle() before it
+        answers the vendor."""
+        if self._halted:
+            raise Overloaded(1.0, "routingd is shutting down")
+        mid = attempt_id.rsplit(".", 2)[0] if attempt_id.count(".") >= 2 else ""
+        data = {**{k: v for k, v in detail.items() if k not in ("type", "at")},
+                "attempt_id": attempt_id, "provider": provider, "vendor_status": state}
+        live = self._live.get(mid) or self._recent.get(mid)
+        if live is not None:
+            known = live.delivery.attempts.get(attempt_id) or live.prior.get(attempt_id)
+            if known is None or known.provider != provider:
+                return False
+            if not any(e.type == "vendor_status" and e.data == data for e in live.events):
+                self._record(live, Event("vendor_status", self.clock.now(), data))
+            return True
+        row = self.store.get_attempt(attempt_id)
+        if row is None or row.provider != provider:
+            return False
+        sm = self.store.get_message(row.message_id)
+        if sm is None:
+            return False
+        if not any(e.type == "vendor_status" and e.data == data for e in sm.events):
+            event = Event("vendor_status", self.clock.now(), data)
+            self.store.add_event_if_message(EventRow(row.message_id, event.type, event.at, dict(event.data)))
+            self._notify(row.message_id, event)
+        return True
+
+    async def settle(self) -> None:
+        """Wait for the commit of everything queued so far (vendor_event's rows), as receipt()
+        does: a vendor is told "received" only once what it sent is stored."""
+        try:
+            await self.store.committed()
+        except Exception as e:  # noqa: BLE001 - the store logged and counted it; the vendor retries
+            log.error("a vendor receipt could not be stored: %s", e)
+            raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
+
     def _purged(self, message_id: str, now: float) -> bool:
         """Whether a message with this id, if it existed, would have been purged by now: accepted
         (the time in its id) longer ago than the retention."""
@@ -1081,7 +1173,8 @@ class Router:
             for rec in live.delivery.attempts.values():
                 attempts.append(_attempt_json(AttemptRow(
                     rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
-                    rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id))))
+                    rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id),
+                    self._vendor_of.get(rec.attempt_id, (None, None))[1] or self._prior_vendor_id(live, rec.attempt_id))))
             if adopted and live.prior:  # attempts of earlier runs the engine took over: in time order again
                 attempts.sort(key=lambda a: (a["started_at"] or "", a["attempt_id"]))
             return _message_json(live.row, attempts, live.events)
@@ -1191,6 +1284,8 @@ def _attempt_json(a: AttemptRow) -> dict[str, Any]:
                            "deadline": rfc3339(a.deadline), "outcome": a.outcome, "status_code": a.status_code}
     if a.detail:
         out["detail"] = a.detail
+    if a.provider_message_id:
+        out["provider_message_id"] = a.provider_message_id
     return out
 
 

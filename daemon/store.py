@@ -4,7 +4,9 @@ Tables
     messages     id, request (the SendRequest JSON), route, policy_version, status (pending |
                  delivered | undeliverable | expired), accepted_at, message_deadline, finished_at,
                  delivered_at (seconds since the epoch), idempotency_key, run (resume count)
-    attempts     one row per provider attempt (upserted as it starts, is accepted, ends)
+    attempts     one row per provider attempt (upserted as it starts, is accepted, ends), with
+                 the vendor's id for the message (provider_message_id, set once the vendor
+                 answered; receipts find their attempt by it; schema 3)
     event_log    the engine's event log per message: each row a JSON array of [type, at, data]
                  events, one row per message per writer batch (a message's ~7 events usually take
                  one or two rows; schema 2)
@@ -76,7 +78,8 @@ from pydantic_core import to_json as _to_json
 
 log = logging.getLogger("routingd.store")
 
-SCHEMA_VERSION = 2         # 2: event_log (1 -> 2 needs only the new table; see _SCHEMA)
+SCHEMA_VERSION = 3         # 2: event_log (1 -> 2 needs only the new table; see _SCHEMA)
+                           # 3: attempts.provider_message_id (added in place: _migrate)
 _MAX_BATCH = 5000
 
 _SCHEMA = """
@@ -106,7 +109,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     deadline     REAL NOT NULL,
     outcome      TEXT,
     status_code  INTEGER,
-    detail       TEXT
+    detail       TEXT,
+    provider_message_id TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
 CREATE TABLE IF NOT EXISTS events (
@@ -135,6 +139,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at);
+"""
+# After _migrate: the column exists in every state file by then.
+_SCHEMA_AFTER = """
+CREATE INDEX IF NOT EXISTS attempts_vendor ON attempts(provider, provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
 """
 
 
@@ -206,6 +215,7 @@ class AttemptRow:
     outcome: str | None = None
     status_code: int | None = None
     detail: str | None = None
+    provider_message_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -227,6 +237,7 @@ _MSG_COLS = ("id, request, route, policy_version, status, accepted_at, message_d
              "delivered_at, idempotency_key, run")
 _ATT_COLS = ("attempt_id, message_id, channel, provider, try_no, started_at, deadline, ended_at, outcome, "
              "status_code, detail")
+_ATT_READ = _ATT_COLS + ", provider_message_id"    # written apart from the upserts (set_provider_message_id)
 
 
 def _message(r: tuple) -> MessageRow:
@@ -256,7 +267,7 @@ _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK, _FLUSH = range(10)
+_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK, _FLUSH, _VENDOR_ID = range(11)
 _RETRY_S = 0.5             # how often the writer tries its backlog again while the disk refuses
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
@@ -266,6 +277,7 @@ _SQL_ATTEMPT = (f"INSERT INTO attempts ({_ATT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?
                 "status_code=excluded.status_code, detail=COALESCE(excluded.detail, attempts.detail)")
 _SQL_FINISH = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ?"
 _SQL_RUN = "UPDATE messages SET run = ? WHERE id = ?"
+_SQL_VENDOR_ID = "UPDATE attempts SET provider_message_id = ? WHERE attempt_id = ?"
 
 
 def _encode(obj: Any) -> str:
@@ -429,7 +441,8 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                 if kind == _FINISH and len({r[3] for r in rows}) == len(rows):
                     _multi(conn, _FINISH, rows)
                 else:
-                    conn.executemany(_SQL_FINISH if kind == _FINISH else _SQL_RUN, rows)
+                    sql = _SQL_FINISH if kind == _FINISH else _SQL_VENDOR_ID if kind == _VENDOR_ID else _SQL_RUN
+                    conn.executemany(sql, rows)
                 i = j
             updates.clear()
 
@@ -468,7 +481,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             attempts.append(payload)
         elif kind == _INSERT:
             value = insert(payload)
-        elif kind == _FINISH or kind == _RUN:
+        elif kind == _FINISH or kind == _RUN or kind == _VENDOR_ID:
             updates.append((kind, payload))
         elif kind == _MARK or kind == _FLUSH:
             pass                             # nothing to write: its future resolves with the commit
@@ -621,6 +634,10 @@ class Store:
                              f"{SCHEMA_VERSION})", "upgrade routingd or use another --state file")
         conn.execute("BEGIN IMMEDIATE")
         for statement in _SCHEMA.split(";"):      # not executescript(): it would COMMIT first
+            if statement.strip():
+                conn.execute(statement)
+        _migrate(conn)
+        for statement in _SCHEMA_AFTER.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -879,6 +896,11 @@ class Store:
     def finish(self, message_id: str, status: str, finished_at: float, delivered_at: float | None) -> None:
         self._row(_FINISH, (status, finished_at, delivered_at, message_id))
 
+    def set_provider_message_id(self, attempt_id: str, provider_message_id: str) -> None:
+        """Record the vendor's id for an attempt's message (queued after the attempt's row, which
+        the write-ahead commits before the call goes out; the upserts never touch this column)."""
+        self._row(_VENDOR_ID, (provider_message_id, attempt_id))
+
     def set_run(self, message_id: str, run: int) -> None:
         self._row(_RUN, (run, message_id))
 
@@ -962,7 +984,7 @@ class Store:
             out = []
             for m in msgs:
                 atts = [_attempt(r) for r in conn.execute(
-                    f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
+                    f"SELECT {_ATT_READ} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
                     (m.id,))]
                 evs = _read_events(conn, m.id)
                 out.append(StoredMessage(m, atts, evs))
@@ -990,7 +1012,7 @@ class Store:
             if r is None:
                 return None
             atts = [_attempt(a) for a in conn.execute(
-                f"SELECT {_ATT_COLS} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
+                f"SELECT {_ATT_READ} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
                 (message_id,))]
             evs = _read_events(conn, message_id)
         except sqlite3.Error as e:
@@ -1000,7 +1022,18 @@ class Store:
     def get_attempt(self, attempt_id: str) -> AttemptRow | None:
         conn = self._read()
         try:
-            r = conn.execute(f"SELECT {_ATT_COLS} FROM attempts WHERE attempt_id = ?", (attempt_id,)).fetchone()
+            r = conn.execute(f"SELECT {_ATT_READ} FROM attempts WHERE attempt_id = ?", (attempt_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "read an attempt") from None
+        return None if r is None else _attempt(r)
+
+    def attempt_by_vendor_id(self, provider: str, provider_message_id: str) -> AttemptRow | None:
+        """The committed attempt of `provider` whose vendor id is `provider_message_id` (index
+        attempts_vendor), the latest if a vendor ever reused one."""
+        conn = self._read()
+        try:
+            r = conn.execute(f"SELECT {_ATT_READ} FROM attempts WHERE provider = ? AND provider_message_id = ? "
+                             "ORDER BY started_at DESC LIMIT 1", (provider, provider_message_id)).fetchone()
         except sqlite3.Error as e:
             raise _explain(self.path, e, "read an attempt") from None
         return None if r is None else _attempt(r)
@@ -1009,6 +1042,14 @@ class Store:
         """Messages per status (for tests and diagnostics)."""
         conn = self._read()
         return {str(s): int(n) for s, n in conn.execute("SELECT status, count(*) FROM messages GROUP BY status")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state file of an older schema up to this one, in place, inside _init_schema's
+    transaction: schema 3 adds attempts.provider_message_id (NULL for the attempts before it)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
+    if "provider_message_id" not in cols:
+        conn.execute("ALTER TABLE attempts ADD COLUMN provider_message_id TEXT")
 
 
 def _resolve_all(results: list[tuple[asyncio.Future | None, Any, BaseException | None]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from routingd.daemon.store import AttemptRow, EventRow, MessageRow, Store, StoreError
+from routingd.daemon.store import SCHEMA_VERSION, AttemptRow, EventRow, MessageRow, Store, StoreError
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -417,9 +417,45 @@ def test_a_schema_1_file_is_upgraded_and_its_events_still_read(tmp_path: Path) -
 
     run(reopen)
     c = sqlite3.connect(path)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert c.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert c.execute("SELECT count(*) FROM event_log").fetchone()[0] == 0
+    c.close()
+
+
+def test_a_schema_2_file_gains_provider_message_id_in_place(tmp_path: Path) -> None:
+    """Schema 3 adds attempts.provider_message_id: a schema-2 file (attempts without the column)
+    opens, keeps its attempts (vendor id NULL), and then records and finds vendor ids."""
+    path = str(tmp_path / "state.db")
+    c = sqlite3.connect(path)           # a schema-2 file: the attempts table as schema 2 made it
+    c.execute("CREATE TABLE attempts (attempt_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, channel TEXT NOT NULL, "
+              "provider TEXT NOT NULL, try_no INTEGER NOT NULL, started_at REAL NOT NULL, ended_at REAL, "
+              "deadline REAL NOT NULL, outcome TEXT, status_code INTEGER, detail TEXT)")
+    c.execute("INSERT INTO attempts VALUES ('m1.0.1','m1','sms','tw',1,1000.0,NULL,1010.0,NULL,202,NULL)")
+    c.execute("PRAGMA user_version = 2")
+    c.commit()
+    c.close()
+
+    async def main() -> None:
+        s = Store(path)
+        await s.open()
+        old = s.get_attempt("m1.0.1")
+        assert old is not None and old.status_code == 202 and old.provider_message_id is None
+        s.put_attempt(AttemptRow("m1.0.2", "m1", "sms", "tw", 1, 1001.0, 1011.0))
+        s.set_provider_message_id("m1.0.2", "SM123")
+        # a later upsert of the row (the attempt ends) keeps the vendor id
+        s.put_attempt(AttemptRow("m1.0.2", "m1", "sms", "tw", 1, 1001.0, 1011.0, 1002.0, "delivered", 201))
+        await s.flush()
+        got = s.attempt_by_vendor_id("tw", "SM123")
+        assert got is not None and got.attempt_id == "m1.0.2" and got.outcome == "delivered"
+        assert got.provider_message_id == "SM123"
+        assert s.attempt_by_vendor_id("other", "SM123") is None
+        await s.close()
+
+    run(main)
+    c = sqlite3.connect(path)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert "attempts_vendor" in {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     c.close()
 
 

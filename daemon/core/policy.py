@@ -273,6 +273,10 @@ class SesProvider(ProviderBase):
     endpoint_url: BaseUrl = None                             # None: https://email.<region>.amazonaws.com
     access_key_id: str | None = None                         # both or neither; neither: the AWS credential chain
     secret_access_key: SecretStr | None = None
+    # Receipts (SNS, docs/providers.md "ses"): the hosts SigningCertURL and SubscribeURL may name
+    # (None: sns.<region>.amazonaws.com), and how old a signed notification may be.
+    sns_hosts: list[Annotated[str, Field(min_length=1)]] | None = None
+    receipt_max_age: Duration = 3_600_000
 
     @model_validator(mode="after")
     def _key_pair(self) -> "SesProvider":
@@ -281,12 +285,45 @@ class SesProvider(ProviderBase):
         return self
 
 
+def load_ec_public_key(text: str) -> Any:
+    """An ECDSA public key from PEM or from the base64 DER SendGrid's settings show; ValueError
+    (without the key in it) otherwise. Parsing only: no I/O."""
+    import base64
+    import binascii
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+    try:
+        if "-----BEGIN" in text:
+            key = load_pem_public_key(text.encode())
+        else:
+            key = load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        raise ValueError("expected the Event Webhook's verification key: base64 DER "
+                         "(as SendGrid shows it) or PEM") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("expected an ECDSA public key (SendGrid signs its Event Webhook with ECDSA)")
+    return key
+
+
 class SendgridProvider(ProviderBase):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     type: Literal["sendgrid"]
     api_key: SecretStr
     from_: Address = Field(alias="from")
     base_url: BaseUrl = "https://api.sendgrid.com"
+    # Receipts (Event Webhook, docs/providers.md "sendgrid"): the verification key SendGrid shows
+    # for the signed webhook (base64 DER or PEM), and how old a signed batch may be.
+    webhook_public_key: str | None = None
+    receipt_max_age: Duration = 600_000
+
+    @field_validator("webhook_public_key")
+    @classmethod
+    def _public_key(cls, v: str | None) -> str | None:
+        if v is not None:
+            load_ec_public_key(v)
+        return v
 
 
 EMAIL_PROVIDERS = (SmtpProvider, SesProvider, SendgridProvider)
