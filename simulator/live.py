@@ -409,7 +409,6 @@ def _result(prep: Prepared, arrivals: list[tuple[float, str, dict[str, str]]], i
             pending += 1
             continue
         for a in doc["attempts"]:
-            row = len(metrics.a_msg)
             started = _ts(a["started_at"])
             ended = _ts(a["ended_at"])
             deadline = _ts(a["deadline"])
@@ -433,7 +432,6 @@ def _result(prep: Prepared, arrivals: list[tuple[float, str, dict[str, str]]], i
                 st.failed += 1
             if ended is not None and deadline is not None and ended > deadline + LATE_SLACK_S + 0.002:
                 checker.counts["attempt_ended_late"] += 1
-            del row
         for e in doc["events"]:
             if e["type"] in ("attempt_ended",):
                 continue        # read off the attempts above
