@@ -50,6 +50,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when an [expect] of a scenario is missed")
     parser.add_argument("--list", action="store_true", help="list the shipped drills and exit")
+    parser.add_argument("--live", action="store_true",
+                        help="also run the scenario against a real daemon and compare (docs/simulator.md)")
+    parser.add_argument("--speed", type=float, default=1.0, metavar="N",
+                        help="with --live: divide every duration of the scenario and its routing by N")
 
 
 class _ProgressBar:
@@ -158,6 +162,9 @@ def simulate_command(args: argparse.Namespace) -> int:
             stderr.write("routingd simulate: --plot needs matplotlib, which is not installed: "
                          "pip install 'routingd[plot]'\n")
             return EXIT_INVALID
+        if args.live:
+            from .live import cli_live
+            return cli_live(args, prepare, stdout, stderr)
         setups, errors = prepare(args.scenarios, args.routing, args.seed)
         if errors:
             for line in errors:

@@ -1,0 +1,108 @@
+"""`routingd simulate --live`: a shipped drill simulated and against a real daemon process, the
+two reports compared (docs/simulator.md "Simulated vs live")."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routingd.daemon.core.policy import load_policy, parse_policy
+from routingd.simulator.cli import shipped_drills
+from routingd.simulator.live import compare, live_command, live_routing, prepare_live, to_toml
+from routingd.simulator.scenario import load_scenario
+from routingd.simulator.setup import bind_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+SPEED = "10"          # the 5-minute primary-hang drill in 30 s
+
+
+def _drill(name: str) -> Any:
+    sc = load_scenario(shipped_drills()[name])
+    return sc, load_policy(sc.routing_path)
+
+
+def test_the_generated_routing_file_is_the_scaled_policy_with_sandbox_providers(tmp_path: Path) -> None:
+    sc, policy = _drill("email-throttle")
+    prep = prepare_live(sc, policy, str(tmp_path), 10.0, None)
+    doc = tomllib.loads(Path(prep.routing_path).read_text())
+    assert doc == tomllib.loads(to_toml(prep.routing))
+    parse_policy(Path(prep.routing_path).read_text(), prep.routing_path)      # a valid routing file
+    ses = doc["providers"]["ses"]
+    assert ses["type"] == "sandbox" and ses["fail"] == "none"
+    assert ses["latency"] == {"median": 8, "p99": 40}                    # 80ms / 400ms at speed 10
+    assert ses["rate_limit"] == pytest.approx(10 * bind_scenario(sc, policy).specs["ses"].rate_limit)
+    assert doc["timeouts"] == {"provider": 200, "channel": 1000, "message": 6000}
+    assert doc["routes"]["urgent"]["timeouts"] == {"provider": 100, "channel": 500, "message": 3000}
+    s = prep.setup
+    assert s.scenario.model.duration == sc.model.duration // 10
+    assert float(s.scenario.model.traffic.rate) == pytest.approx(10 * float(sc.model.traffic.rate))
+    assert [(o.start_s, o.end_s) for o in s.outages] == \
+        [(o.start_s / 10, o.end_s / 10) for o in bind_scenario(sc, policy).outages]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="docs/simulator.md 'Where they differ': the daemon's fsync before each "
+                   "call and loop lag under load put the live p95/p99 above the simulated ones at speed 10")
+def test_a_shipped_drill_live_agrees_with_its_simulation(tmp_path: Path) -> None:
+    out = tmp_path / "live.json"
+    p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", "email-primary-hang", "--live",
+                        "--speed", SPEED, "--check", "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert "Traceback" not in p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    sim, live = doc["runs"]
+    assert sim["messages"] == live["messages"] > 5000       # the same seeded arrivals, every one sent
+    assert live["pending"] == 0 and live["violations"] == 0
+    assert live["failovers"]["provider"] > 0 and live["providers"]["ses"]["breaker_opened"] >= 1
+    assert all(r["ok"] for r in doc["comparison"])
+
+
+def test_check_fails_when_the_live_daemon_really_differs(tmp_path: Path) -> None:
+    """The live side runs without ses's breaker: every message during the hang waits out ses's
+    attempt timeout, so route-around never happens and the latency tail grows - the comparison
+    must say so (exit 1), naming the figures."""
+    sc, policy = _drill("email-primary-hang")
+
+    def no_breaker(doc: dict[str, Any]) -> dict[str, Any]:
+        doc["providers"]["ses"]["breaker"] = False
+        return doc
+
+    out, err = io.StringIO(), io.StringIO()
+    code = live_command(sc, policy, 20.0, None, True, out, err, live_hook=no_breaker)
+    assert code == 1, out.getvalue() + err.getvalue()
+    assert "DIFFERS" in out.getvalue()
+    assert "live.route-around ses hang" in err.getvalue()
+
+
+def test_compare_tolerances() -> None:
+    def rep(delivered: float, p99: float, around: float | None) -> dict[str, Any]:
+        return {"messages": 100, "delivered_ratio": delivered, "expired": 0, "failovers": {"provider": 10, "channel": 0},
+                "time_to_deliver_s": {"p50": 0.1, "p95": 0.2, "p99": p99},
+                "outages": [{"provider": "ses", "kind": "hang", "start_s": 6.0, "time_to_route_around_s": around}]}
+    ok = compare(rep(0.99, 1.0, 0.3), rep(0.95, 1.049, 0.349))
+    assert all(r["ok"] for r in ok)
+    bad = {r["name"]: r["ok"] for r in compare(rep(0.99, 1.0, 0.3), rep(0.93, 1.06, None))}
+    assert not bad["delivered ratio"] and not bad["time to deliver p99"] and not bad["route-around ses hang @6s"]
+    assert bad["time to deliver p50"]
+
+
+def test_live_rejects_bad_speed_without_a_traceback() -> None:
+    p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", "email-primary-hang", "--live",
+                        "--speed", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--speed must be greater than 0" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_live_routing_keeps_breaker_and_backoff_scaled() -> None:
+    sc, policy = _drill("email-primary-hang")
+    doc = live_routing(policy, bind_scenario(sc, policy), 4.0)
+    assert doc["providers"]["ses"]["breaker"] == {"failures": 5, "cooldown": 7500}
+    assert doc["providers"]["ses"]["backoff"] == {"base": 125, "max": 7500}
+    assert doc["daemon"] == {"watch": False}
