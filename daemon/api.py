@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import ops_api
 from .core.plan import PlanError
 from .core.policy import user_loc
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
@@ -510,4 +511,5 @@ def create_app(state: ApiState) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/v1/config", config)
+    ops_api.setup(app, state)       # /v1/providers, drain/resume, the /ui status page (daemon/ops_api.py)
     return app
