@@ -170,3 +170,46 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         assert r.status == 200 and r.json()["drained"] is False
         mid = d.send({"to": {"email": "a@example.com"}})
         assert [a["provider"] for a in d.wait_status(mid, "delivered")["attempts"]] == ["primary"]
+
+
+# --------------------------------------------------------------------------- explain / 422
+
+TWO_CHANNELS = """
+version = 1
+[providers.mail]
+type = "sandbox"
+[providers.text]
+type = "sandbox"
+[channels.email]
+providers = ["mail"]
+requires = "email"
+[channels.sms]
+providers = ["text"]
+requires = "phone_number"
+[routes.default]
+channels = ["email", "sms"]
+"""
+
+
+def test_explain_json_lists_the_skipped_channels(tmp_path: Path) -> None:
+    (tmp_path / "routing.toml").write_text(TWO_CHANNELS)
+    (tmp_path / "m.json").write_text(json.dumps({"message": {"to": {"email": "a@example.com"}}}))
+    p = run("explain", "default", "--config", str(tmp_path / "routing.toml"), "--message", str(tmp_path / "m.json"),
+            "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["skipped"] == [
+        {"channel": "sms", "requires": "phone_number", "reason": "the recipient has no phone_number"}]
+    text = run("explain", "default", "--config", str(tmp_path / "routing.toml"), "--message", str(tmp_path / "m.json"))
+    assert "SKIPPED: the recipient has no phone_number" in text.stdout
+
+
+@pytest.mark.parametrize("to", [{"slack": "x"}, {"email": None}, {"email": ""}])
+def test_a_send_no_channel_can_reach_is_refused_422(tmp_path: Path, to: dict[str, Any]) -> None:
+    with serving(DaemonProcess(tmp_path, TWO_CHANNELS)) as d:
+        r = d.post("/v1/send", {"message": {"to": to}})
+        assert r.status == 422, r.body
+        detail = r.json()["details"][0]
+        assert detail["loc"] == ["message", "to"]
+        assert detail["msg"].startswith("no channel of route 'default' can reach this recipient: "
+                                        "email needs to.email, sms needs to.phone_number; the recipient has ")
+        d.wait_status(d.send({"to": {"phone_number": "+15550100"}}), "delivered")
