@@ -173,3 +173,41 @@ def setup(app: web.Application, state: Any) -> None:
     from . import ui
     ui.setup(app)
 
+
+
+def openapi_paths(json_ok: Any, error: Any) -> dict[str, Any]:
+    """These routes in /openapi.json (daemon/openapi.py merges them in)."""
+    html = {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
+            "401": error("missing or wrong bearer token")}
+    provider = {"type": "object", "properties": {
+        "name": {"type": "string"}, "type": {"type": ["string", "null"]}, "in_policy": {"type": "boolean"},
+        "breaker": {"type": "object", "properties": {
+            "state": {"type": "string", "enum": ["closed", "open", "half-open"]},
+            "failures": {"type": "integer"}, "open_until": {"type": ["string", "null"]}}},
+        "drained": {"type": "boolean"}, "recent": {"type": "object"}}}
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+    def control(op: str, summary: str) -> dict[str, Any]:
+        return {"post": {"operationId": op, "summary": summary, "parameters": name, "responses": {
+            "200": json_ok("the provider after the change", provider),
+            "401": error("missing or wrong bearer token"),
+            "404": error("no such provider in the active policy")}}}
+    return {
+        "/v1/providers": {"get": {"operationId": "providers", "summary": "Breaker state, drained, recent "
+                                  "outcomes and latency of every provider", "responses": {
+                                      "200": json_ok("providers", {"type": "object", "properties": {
+                                          "at": {"type": "string"},
+                                          "providers": {"type": "array", "items": provider}}}),
+                                      "401": error("missing or wrong bearer token")}}},
+        "/v1/providers/{name}/drain": control("drainProvider", "Take a provider out of rotation by hand"),
+        "/v1/providers/{name}/resume": control("resumeProvider", "Put a drained provider back into rotation"),
+        "/ui": {"get": {"operationId": "statusPage", "summary": "The status page", "responses": html}},
+        "/ui/messages": {"get": {"operationId": "statusLookup", "summary": "Redirects ?id=ID to /ui/messages/ID",
+                                 "parameters": [{"name": "id", "in": "query", "schema": {"type": "string"}}],
+                                 "responses": {"302": {"description": "to the message page"},
+                                               "401": error("missing or wrong bearer token")}}},
+        "/ui/messages/{message_id}": {"get": {
+            "operationId": "statusMessage", "summary": "One message's attempt timeline",
+            "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": dict(html, **{"404": {"description": "unknown message (HTML)"}})}},
+    }
