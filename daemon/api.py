@@ -207,9 +207,12 @@ def auth_check(state: ApiState, request: web.Request) -> None:
         return
     if request.path.startswith("/v1/receipts/") and _receipt_secret(state, request) is not None:
         return
-    if not token_ok(request.headers.get("Authorization", ""), state.tokens):
+    header = request.headers.get("Authorization", "")
+    if not token_ok(header, state.tokens):
+        well_formed = header.partition(" ")[0].lower() == "bearer" and header.partition(" ")[2].strip()
         raise ApiError(401, "missing or invalid bearer token",
-                       [{"loc": ["header", "Authorization"], "msg": "expected 'Bearer <token>'"}],
+                       [{"loc": ["header", "Authorization"],
+                         "msg": "token not accepted" if well_formed else "expected 'Bearer <token>'"}],
                        headers={"WWW-Authenticate": 'Bearer realm="routingd"'})
 
 

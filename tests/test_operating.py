@@ -152,6 +152,9 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         # auth like /-/reload
         assert d.request("POST", "/v1/providers/primary/drain", token=None).status == 401
         assert d.get("/v1/providers", token=None).status == 401
+        wrong = d.get("/v1/providers", token="not-the-token")       # well formed, wrong: say so
+        assert wrong.status == 401 and wrong.json()["details"][0]["msg"] == "token not accepted"
+        assert d.get("/v1/providers", token=None).json()["details"][0]["msg"] == "expected 'Bearer <token>'"
         assert d.post("/v1/providers/nope/drain").status == 404
         r = d.post("/v1/providers/primary/drain")
         assert r.status == 200 and r.json()["drained"] is True and r.json()["changed"] is True
