@@ -143,8 +143,11 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
     with serving(d):
         mid = d.send({"to": {"email": "a@example.com"}})
         d.wait_status(mid, "delivered")
-        body = d.get("/v1/providers").json()
-        by_name: dict[str, Any] = {p["name"]: p for p in body["providers"]}
+        def view() -> dict[str, Any]:
+            return {p["name"]: p for p in d.get("/v1/providers").json()["providers"]}
+        # listeners hear an event once its row is committed, a moment after the status shows it
+        wait_until(lambda: view()["primary"]["recent"]["attempts"] == 1, what="the attempt in /v1/providers")
+        by_name = view()
         assert set(by_name) == {"primary", "backup"}
         p = by_name["primary"]
         assert p["breaker"]["state"] == "closed" and p["drained"] is False
@@ -167,8 +170,8 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         assert [a["provider"] for a in st["attempts"]] == ["backup"]
         skipped = [e for e in st["events"] if e["type"] == "provider_skipped"]
         assert skipped and skipped[0]["provider"] == "primary" and skipped[0]["reason"] == "drained"
-        p = {x["name"]: x for x in d.get("/v1/providers").json()["providers"]}["primary"]
-        assert p["drained"] is True and p["recent"]["skipped"] == 1
+        wait_until(lambda: view()["primary"]["recent"]["skipped"] == 1, what="the skip in /v1/providers")
+        assert view()["primary"]["drained"] is True
         r = d.post("/v1/providers/primary/resume")
         assert r.status == 200 and r.json()["drained"] is False
         mid = d.send({"to": {"email": "a@example.com"}})
