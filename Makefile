@@ -28,6 +28,7 @@ check: $(STAMP)
 test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
 	@sh tools/ensure-systemd-analyze.sh
+	@sh tools/ensure-chromium.sh
 	$(BIN)/ruff check --select F --no-cache --quiet .
 	$(BIN)/python tools/typecheck.py      # mypy, with the import names (routingd.*)
 	$(BIN)/python -m pytest -q

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import ops_api
 from .connections import connection_of
 from .core.plan import PlanError
 from .core.policy import user_loc
@@ -236,9 +237,12 @@ def auth_check(state: ApiState, request: web.Request) -> None:
     if request.path.startswith("/v1/receipts/") and (_receipt_secret(state, request) is not None
                                                      or _vendor_config(state, request) is not None):
         return
-    if not token_ok(request.headers.get("Authorization", ""), state.tokens):
+    header = request.headers.get("Authorization", "")
+    if not token_ok(header, state.tokens):
+        well_formed = header.partition(" ")[0].lower() == "bearer" and header.partition(" ")[2].strip()
         raise ApiError(401, "missing or invalid bearer token",
-                       [{"loc": ["header", "Authorization"], "msg": "expected 'Bearer <token>'"}],
+                       [{"loc": ["header", "Authorization"],
+                         "msg": "token not accepted" if well_formed else "expected 'Bearer <token>'"}],
                        headers={"WWW-Authenticate": 'Bearer realm="routingd"'})
 
 
@@ -589,4 +593,5 @@ def create_app(state: ApiState) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/v1/config", config)
+    ops_api.setup(app, state)       # /v1/providers, drain/resume, the /ui status page (daemon/ops_api.py)
     return app

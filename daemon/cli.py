@@ -131,6 +131,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 _err(line)
             status = EXIT_INVALID
             continue
+        try:        # what serve checks at start too: listen, tokens, MQTT (daemon/service.py)
+            from .service import StartupError, startup_settings
+            startup_settings(policy, path, None, None)
+        except StartupError as e:
+            for line in e.lines:
+                _err(line if line.startswith(f"{label}:") else f"{label}: {line}")
+            status = EXIT_INVALID
+            continue
         m = policy.model
         templates = f", {_plural(len(m.templates), 'template')}" if m.templates else ""
         print(f"{label}: ok (version {policy.version}; {_plural(len(m.providers), 'provider')}, "
@@ -235,6 +243,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     if args.json:
         doc = plan.to_json()
+        if request is not None:     # what the text marks SKIPPED
+            from .explain import skipped_channels
+            doc["skipped"] = skipped_channels(plan.items, dict(request.to))
         if content is not None:
             doc["content"] = {ch: {"title": c.title, "text": c.text, "html": c.html, "source": source}
                               for ch, (c, source) in content.items()}

@@ -119,3 +119,16 @@ def render_contents(contents: dict[str, tuple[Content, str]]) -> str:
             lines.append(f"    {key + ':':<6} {first}")
             lines += [f"    {'':<6} {line}" for line in rest]
     return "\n".join(lines) + "\n"
+
+
+def skipped_channels(items: tuple[Step, ...], recipient: dict[str, Any]) -> list[dict[str, str]]:
+    """The channels the recipient cannot reach, as `explain --json` lists them (the text's
+    "SKIPPED: the recipient has no FIELD"): [{"channel", "requires", "reason"}], in plan order."""
+    out: list[dict[str, str]] = []
+    for step in items:
+        if isinstance(step, GroupStep):
+            out += skipped_channels(step.items, recipient)
+        elif step.requires and not recipient.get(step.requires):
+            out.append({"channel": step.channel, "requires": step.requires,
+                        "reason": f"the recipient has no {step.requires}"})
+    return out

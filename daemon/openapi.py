@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from . import ops_api
 from .core.request import SendRequest
 
 REF = "#/components/schemas/{model}"
@@ -220,6 +221,7 @@ def _document() -> dict[str, Any]:
                         "version": {"type": "string"}, "loaded_at": _TIMESTAMP, "path": {"type": "string"},
                         "last_reload": {"type": "object"}}}),
                     "401": _error_response("missing or wrong bearer token")}}},
+            **ops_api.openapi_paths(json_ok, _error_response),     # daemon/ops_api.py, daemon/ui.py
         },
     }
 

@@ -99,7 +99,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter
-from .content import render_message
+from .content import render_message, unreachable
 from .secrets import read_secret
 from .clock import Clock
 from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
@@ -516,6 +516,9 @@ class Router:
         if too_long:
             raise PlanError(too_long)
         plan = self._plan(policy, msg)
+        why = unreachable(plan, msg.to)
+        if why is not None:
+            raise PlanError([Problem(("message", "to"), why)])
         # A template is rendered for every channel now: a missing variable is the client's 422,
         # never a failure at send time (docs/providers.md "Content").
         rendered = render_message(policy, plan, msg)

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import oplog
+from .oplog import configure_logging
 from .api import ApiState, ReloadResult, create_app
 from .connections import ConnectionGuard
 from .core import core_build
@@ -54,33 +56,27 @@ class StartupError(Exception):
 # --------------------------------------------------------------------------- logging
 
 
-class OneLineFormatter(logging.Formatter):
-    """Every record on one line, a traceback included: every line break (\\n, but also \\r,
-    \\r\\n, \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028, \\u2029, what str.splitlines() breaks at)
-    becomes " | ", so a value from a request cannot start a forged log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return " | ".join(super().format(record).splitlines())
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+# configure_logging (text or json lines, journald) lives in daemon/oplog.py
 
 
 # --------------------------------------------------------------------------- settings checks
 
 
 def startup_settings(policy: Policy, config: str, listen: str | None, state: str | None) -> Settings:
+    """Every check `serve` applies to a valid policy before it opens anything -- the merged
+    settings (listen address), API tokens on a non-loopback address, the MQTT broker settings --
+    shared with `routingd check`, so a file check passes is one serve starts with."""
     try:
         settings = load_settings(policy, config=config, listen=listen, state=state)
     except SettingsError as e:
         raise StartupError(e.lines()) from None
     check_auth(settings)
+    if settings.mqtt is not None:
+        from .mqtt import MqttConfigError, MqttLink
+        try:
+            MqttLink(settings.mqtt)
+        except MqttConfigError as e:
+            raise StartupError([f"{config}: {e.line()}"]) from None
     return settings
 
 
@@ -162,6 +158,7 @@ class ConfigReloader:
         for key in ("listen", "state", "mqtt"):
             if getattr(settings, key) != getattr(self.settings, key):
                 log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
+        oplog.set_format(settings.log_format)
         self.state.tokens = settings.token_values()
         self.state.max_body = settings.max_body
         self.state.body_timeout_s = settings.body_timeout / 1000.0
@@ -173,7 +170,8 @@ class ConfigReloader:
             return ReloadResult(True, policy.version, changed=False, warnings=policy.warnings)
         self.router.swap_policy(policy)
         self.loaded_at = time.time()
-        log.info("reload (%s): now serving policy %s (was %s)", trigger, policy.version, current.version)
+        log.info("reload (%s): now serving policy %s (was %s): %s", trigger, policy.version, current.version,
+                 oplog.policy_changes(current, policy))
         return ReloadResult(True, policy.version, changed=True, warnings=policy.warnings)
 
     def file_differs(self) -> bool:
@@ -216,6 +214,7 @@ def serve_command(args: argparse.Namespace) -> int:
         except PolicyError as e:
             raise StartupError(e.lines()) from None
         settings = startup_settings(policy, path, args.listen, args.state)
+        configure_logging(getattr(args, "log_level", "INFO") or "INFO", settings.log_format)
         for w in policy.warnings:
             log.warning("%s: warning: %s", path, w)
         return asyncio.run(Service(policy, settings, args.listen, args.state).run())
@@ -263,6 +262,7 @@ class Service:
         except StoreError as e:
             raise StartupError([str(e)]) from None
         router = Router(self.policy, store, metrics, adapter_ctx=AdapterContext(mqtt=link), limits=s)
+        router.add_event_listener(oplog.OutageLog(router))      # breaker lines (daemon/oplog.py)
         if link is not None:
             mqtt_service.attach(link, router)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
@@ -310,7 +310,9 @@ class Service:
                 # follows is announced as RELOADING=1 + READY=1 after it, never before.
                 self._spawn(watch_file(s.config, lambda: reloader.reload("file"), stale=reloader.file_differs))
             startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
-                       f"state {os.path.abspath(s.state)}, core {core_build()})")
+                       f"state {os.path.abspath(s.state)}, core {core_build()}, "
+                       f"auth {'on' if s.api_tokens else 'off (loopback only)'}, "
+                       f"file watch {'on' if s.watch else 'off'})")
             if log.isEnabledFor(logging.INFO):
                 log.info("%s", startup)
             else:  # the startup line is printed whatever the log level

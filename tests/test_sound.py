@@ -23,7 +23,7 @@ from routingd.daemon.adapters import AttemptRequest  # noqa: E402
 from routingd.daemon.core.policy import parse_policy  # noqa: E402
 from routingd.daemon.mqtt import TopicTemplateError, render_topic  # noqa: E402
 from routingd.daemon.runtime import new_message_id  # noqa: E402
-from routingd.daemon.service import configure_logging  # noqa: E402
+from routingd.daemon.oplog import configure_logging  # noqa: E402
 
 
 def test_message_ids_are_not_guessable() -> None:

@@ -835,10 +835,10 @@ class Delivery:
         ch = self._nodes[run.parent]
         if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
             assert isinstance(ch, _Channel)
-        if step.breaker_failures is not None and \
+        if (step.breaker_failures is not None or self.health.drained) and \
                 not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
             self._emit("provider_skipped", now, channel=ch.step.channel, provider=step.provider,
-                       reason="breaker open")
+                       reason="drained" if step.provider in self.health.drained else "breaker open")
             self._complete(run, "failed", now, reason="skipped")
             return
         run.tries += 1

@@ -3,6 +3,9 @@
 closed --(N consecutive retryable failures)--> open --(cooldown)--> half-open: one probe is let
 through (and the breaker re-arms for another cooldown in case the probe vanishes); a success
 closes it, a failure opens it again. Time is passed in.
+
+`drained`: providers taken out of rotation by hand (POST /v1/providers/NAME/drain): allow()
+refuses them like an open breaker, whatever their breaker (even one turned off), until resumed.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ class _Breaker:
 class HealthTracker:
     def __init__(self) -> None:
         self._b: dict[str, _Breaker] = {}
+        self.drained: set[str] = set()
 
     def allow(self, provider: str, threshold: int | None, cooldown_s: float, now: float) -> bool:
         """May an attempt on `provider` start now? Consumes the half-open probe if it is one."""
+        if self.drained and provider in self.drained:
+            return False
         if threshold is None:
             return True
         b = self._b.get(provider)
@@ -75,5 +81,6 @@ class HealthTracker:
         return b is not None and b.open_until is not None
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        return {p: {"failures": b.failures, "open": b.open_until is not None, "open_until": b.open_until}
+        return {p: {"failures": b.failures, "open": b.open_until is not None, "open_until": b.open_until,
+                    "half_open": b.half_open}
                 for p, b in self._b.items()}

@@ -97,6 +97,7 @@ class DaemonSection(Strict):
     retention: Duration = 7 * 24 * 3_600_000
     idempotency_ttl: Duration = 24 * 3_600_000
     watch: bool = True
+    log_format: Literal["text", "json"] = "text"     # docs/operations.md "Logs"
 
     @field_validator("api_tokens", mode="before")
     @classmethod
