@@ -510,4 +510,5 @@ def create_app(state: ApiState) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/v1/config", config)
+    from .courier_api import add_courier_routes; add_courier_routes(app)   # noqa: E702 - Courier's paths (docs/api.md)
     return app
