@@ -246,7 +246,7 @@ def _courier_paths() -> dict[str, Any]:
         "type": "object", "required": ["profile"], "additionalProperties": False,
         "properties": {"profile": {"type": "object"}}}}}}
     success = ok("stored", {"type": "object", "properties": {"status": {"const": "SUCCESS"}}})
-    return {
+    paths = {
         "/send": {"post": {
             "operationId": "courierSend", "summary": "Courier's Send API: the /v1/send body, answered {requestId}",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}},
@@ -300,6 +300,15 @@ def _courier_paths() -> dict[str, Any]:
             "delete": {"operationId": "deleteProfile", "parameters": uid, "summary": "Delete a profile",
                        "responses": {"204": {"description": "deleted"}, **errors}}},
     }
+    # every answer the shared middleware and checks can give, on every Courier operation
+    common = {"400": "bad JSON, header or path", "401": "missing or wrong bearer token", "404": "unknown id",
+              "413": "body too large", "415": "Content-Type is not application/json",
+              "422": "invalid or refused field", "503": "cannot answer now (draining, state store)"}
+    for ops in paths.values():
+        for op in ops.values():
+            for code, desc in common.items():
+                op["responses"].setdefault(code, _error_response(desc))
+    return paths
 
 
 def openapi_document() -> dict[str, Any]:
