@@ -246,7 +246,7 @@ def _courier_paths() -> dict[str, Any]:
         "type": "object", "required": ["profile"], "additionalProperties": False,
         "properties": {"profile": {"type": "object"}}}}}}
     success = ok("stored", {"type": "object", "properties": {"status": {"const": "SUCCESS"}}})
-    paths = {
+    paths: dict[str, dict[str, dict[str, Any]]] = {
         "/send": {"post": {
             "operationId": "courierSend", "summary": "Courier's Send API: the /v1/send body, answered {requestId}",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}},
