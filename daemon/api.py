@@ -594,4 +594,5 @@ def create_app(state: ApiState) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/v1/config", config)
     ops_api.setup(app, state)       # /v1/providers, drain/resume, the /ui status page (daemon/ops_api.py)
+    from .courier_api import add_courier_routes; add_courier_routes(app)   # noqa: E702 - Courier's paths (docs/api.md)
     return app

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 _DELIVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, float("inf"))
-_STATUSES = ("delivered", "undeliverable", "expired")
+_STATUSES = ("delivered", "undeliverable", "expired", "cancelled")
 _FAILOVER_KINDS = ("provider", "channel")
 
 

@@ -60,7 +60,7 @@ _STATUS = {
     "required": ["message_id", "status", "accepted_at", "attempts", "events"],
     "properties": {
         "message_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["pending", "delivered", "undeliverable", "expired"]},
+        "status": {"type": "string", "enum": ["pending", "delivered", "undeliverable", "expired", "cancelled"]},
         "accepted_at": _TIMESTAMP,
         "finished_at": _TIMESTAMP,
         "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}},
@@ -101,7 +101,8 @@ def _tighten(schemas: dict[str, Any]) -> None:
     provider names are free strings here: the policy in force decides (unknown -> 422)."""
     schemas["MessageRequest"]["properties"]["to"]["minProperties"] = 1
     for model, keys in (("TimeoutOverride", ("provider", "channel", "message")),
-                        ("TargetOverride", ("timeout", "timeouts"))):
+                        ("ChannelOverride", ("timeout", "timeouts")), ("ProviderOverride", ("timeout", "timeouts")),
+                        ("ChannelTimeouts", ("channel", "provider"))):
         for key in keys:
             for alt in schemas[model]["properties"][key].get("anyOf", []):
                 if alt.get("type") == "integer":      # milliseconds; a fraction is rounded
@@ -222,8 +223,96 @@ def _document() -> dict[str, Any]:
                         "last_reload": {"type": "object"}}}),
                     "401": _error_response("missing or wrong bearer token")}}},
             **ops_api.openapi_paths(json_ok, _error_response),     # daemon/ops_api.py, daemon/ui.py
+            **_courier_paths(),
         },
     }
+
+
+def _courier_paths() -> dict[str, Any]:
+    """Courier's paths beside /v1 (daemon/courier_api.py; docs/api.md "Courier-compatible API")."""
+    def ok(desc: str, schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
+        return {status: {"description": desc, "content": {"application/json": {"schema": schema}}}}
+
+    mid = [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    uid = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    details = {"type": "object", "required": ["id", "status", "enqueued", "recipient", "event", "notification"],
+               "properties": {"id": {"type": "string"},
+                              "status": {"type": "string", "enum": ["ENQUEUED", "SENT", "DELIVERED",
+                                                                    "UNDELIVERABLE", "CANCELED"]},
+                              "enqueued": {"type": "integer", "description": "epoch milliseconds"},
+                              "sent": {"type": "integer"}, "delivered": {"type": "integer"},
+                              "recipient": {"type": "string"}, "event": {"type": "string"},
+                              "notification": {"type": "string"}, "error": {"type": "string"},
+                              "reason": {"type": "string", "enum": ["PROVIDER_ERROR", "NO_CHANNELS"]},
+                              "providers": {"type": "array", "items": {"type": "object"}}}}
+    errors = {"401": _error_response("missing or wrong bearer token"), "404": _error_response("unknown id")}
+    profile_body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["profile"], "additionalProperties": False,
+        "properties": {"profile": {"type": "object"}}}}}}
+    success = ok("stored", {"type": "object", "properties": {"status": {"const": "SUCCESS"}}})
+    paths: dict[str, dict[str, dict[str, Any]]] = {
+        "/send": {"post": {
+            "operationId": "courierSend", "summary": "Courier's Send API: the /v1/send body, answered {requestId}",
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}},
+                           {"name": "x-idempotency-expiration", "in": "header", "required": False,
+                            "schema": {"type": "string"}, "description": "epoch time or ISO 8601, within "
+                                                                         "[daemon] idempotency_ttl"}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/SendRequest"}}}},
+            "responses": {**ok("accepted", {"type": "object", "required": ["requestId"],
+                                            "properties": {"requestId": {"type": "string"}}}, "202"),
+                          "400": _error_response("bad JSON or header"), "401": errors["401"],
+                          "413": _error_response("body too large"), "415": _error_response("not JSON"),
+                          "422": _error_response("a field refused or invalid (named in details)"),
+                          "503": _error_response("draining or at the in-flight limit", _RETRY_AFTER)}}},
+        "/messages": {"get": {
+            "operationId": "courierListMessages", "summary": "Messages, newest first (100 a page)",
+            "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                           for n in ("cursor", "status", "recipient")],
+            "responses": {**ok("a page", {"type": "object", "properties": {
+                "paging": {"type": "object", "properties": {"cursor": {"type": ["string", "null"]},
+                                                            "more": {"type": "boolean"}}},
+                "results": {"type": "array", "items": details}}}),
+                "401": errors["401"], "422": _error_response("an unsupported filter or a bad status")}}},
+        "/messages/{message_id}": {"get": {
+            "operationId": "courierGetMessage", "summary": "Courier's message details", "parameters": mid,
+            "responses": {**ok("the message", details), **errors}}},
+        "/messages/{message_id}/history": {"get": {
+            "operationId": "courierMessageHistory", "summary": "The message's events (ts in epoch ms)",
+            "parameters": mid,
+            "responses": {**ok("events", {"type": "object", "properties": {
+                "results": {"type": "array", "items": {"type": "object"}}}}), **errors}}},
+        "/messages/{message_id}/cancel": {"post": {
+            "operationId": "courierCancel", "summary": "Cancel: 200 cancelled, 409 already finished (both the record)",
+            "parameters": mid, "responses": {**ok("cancelled", details), **ok("already finished", details, "409"),
+                                             **errors}}},
+        "/v1/messages/{message_id}/cancel": {"post": {
+            "operationId": "cancel", "summary": "Cancel a pending message: its attempts are cancelled",
+            "parameters": mid,
+            "responses": {**ok("cancelled", {"$ref": "#/components/schemas/MessageStatus"}),
+                          "409": _error_response("the message had already finished"), **errors}}},
+        "/profiles/{user_id}": {
+            "get": {"operationId": "getProfile", "parameters": uid, "summary": "A stored profile",
+                    "responses": {**ok("the profile", {"type": "object", "properties": {
+                        "profile": {"type": "object"}}}), **errors}},
+            "put": {"operationId": "replaceProfile", "parameters": uid, "summary": "Replace a profile",
+                    "requestBody": profile_body, "responses": {**success, "401": errors["401"],
+                                                               "422": _error_response("no profile object")}},
+            "post": {"operationId": "mergeProfile", "parameters": uid, "summary": "Merge into a profile",
+                     "requestBody": profile_body, "responses": {**success, "401": errors["401"],
+                                                                "422": _error_response("no profile object")}},
+            "delete": {"operationId": "deleteProfile", "parameters": uid, "summary": "Delete a profile",
+                       "responses": {"204": {"description": "deleted"}, **errors}}},
+    }
+    # every answer the shared middleware and checks can give, on every Courier operation
+    common = {"400": "bad JSON, header or path", "401": "missing or wrong bearer token", "404": "unknown id",
+              "413": "body too large", "415": "Content-Type is not application/json",
+              "422": "invalid or refused field", "503": "cannot answer now (draining, state store)"}
+    for ops in paths.values():
+        for op in ops.values():
+            for code, desc in common.items():
+                op["responses"].setdefault(code, _error_response(desc))
+    return paths
 
 
 def openapi_document() -> dict[str, Any]:

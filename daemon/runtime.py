@@ -113,6 +113,7 @@ from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
 from .providers.redact import describe_error, redact
 from .providers import UnavailableAdapter, make_http_session
+from .profiles import with_profile
 from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
 log = logging.getLogger("routingd.runtime")
@@ -197,7 +198,7 @@ def timeout_problems(msg: MessageRequest) -> list[Problem]:
         found += [(("message", "timeout", k), getattr(msg.timeout, k)) for k in ("provider", "channel", "message")]
     for kind, targets in (("channels", msg.channels), ("providers", msg.providers)):
         for name, t in targets.items():
-            found += [(("message", kind, name, k), getattr(t, k)) for k in ("timeout", "timeouts")]
+            found += [(("message", kind, name) + k, v) for k, v in t.timeout_values()]
     return [Problem(loc, f"at most {MAX_TIMEOUT_MS} ms (366 days)")
             for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
 
@@ -507,10 +508,16 @@ class Router:
     # ------------------------------------------------------------------ accepting
 
     async def submit(self, request: SendRequest, idempotency_key: str | None = None,
-                     request_json: str | None = None) -> SubmitResult:
+                     request_json: str | None = None, idempotency_ttl_s: float | None = None) -> SubmitResult:
+        """Accept a message. idempotency_ttl_s: how long its key is remembered (Courier's
+        x-idempotency-expiration; None: [daemon] idempotency_ttl)."""
         if not self._started or self._stopping:
             raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
         policy = self._policy
+        # a to.user_id gets its stored profile's fields, and is stored with them (docs/api.md "Profiles")
+        request, profiled = with_profile(self.store, request)
+        if profiled:
+            request_json = None
         msg = request.message
         too_long = timeout_problems(msg)
         if too_long:
@@ -518,6 +525,8 @@ class Router:
         plan = self._plan(policy, msg)
         why = unreachable(plan, msg.to)
         if why is not None:
+            if not profiled and "user_id" in msg.to:
+                why += " (no profile is stored for this user_id: PUT /profiles/{user_id})"
             raise PlanError([Problem(("message", "to"), why)])
         # A template is rendered for every channel now: a missing variable is the client's 422,
         # never a failure at send time (docs/providers.md "Content").
@@ -559,7 +568,8 @@ class Router:
         self._reserved += 1
         self._held_bytes += size        # taken back by _begin (then _finish) or below
         try:
-            existing = await self.store.insert_message(row, daemon.idempotency_ttl / 1000.0, now, ahead)
+            existing = await self.store.insert_message(
+                row, daemon.idempotency_ttl / 1000.0 if idempotency_ttl_s is None else idempotency_ttl_s, now, ahead)
         except StoreError as e:
             # Not stored, so not accepted: the client is told to retry (503), never a 202.
             log.error("cannot accept a message: %s", e)
@@ -848,7 +858,7 @@ class Router:
         fields: dict[str, Any] = dict(message_id=cmd.message_id, attempt_id=cmd.attempt_id, channel=cmd.channel,
                       provider=cmd.provider, try_no=cmd.try_no,
                       deadline_s=max(0.0, live.delivery.attempts[cmd.attempt_id].deadline - now),
-                      idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.metadata,
+                      idempotency_key=cmd.idempotency_key, to=msg.to, content=msg.content, metadata=msg.provider_metadata,
                       rendered=None if live.rendered is None else live.rendered.get(cmd.channel))
         if _ATTEMPT_REQUEST_PLAIN:
             # = AttemptRequest(**fields) without the frozen dataclass __init__ (an object.__setattr__
@@ -1155,6 +1165,28 @@ class Router:
         except Exception as e:  # noqa: BLE001 - the store logged and counted it; the vendor retries
             log.error("a vendor receipt could not be stored: %s", e)
             raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
+
+    async def cancel(self, message_id: str) -> tuple[bool, str] | None:
+        """Cancel a pending message (docs/api.md "POST /v1/messages/{id}/cancel"): its attempts in
+        flight are cancelled and it ends `cancelled` (Delivery.cancel). Returns (cancelled now, its
+        status) once that is committed; (False, status) for a message that had already finished;
+        None for an unknown id."""
+        if self._halted:
+            raise Overloaded(1.0, "routingd is shutting down")
+        live = self._live.get(message_id)
+        if live is None:
+            st = self.status(message_id)
+            if st is not None and st["status"] == "pending":    # stored, routed at the next start
+                raise Overloaded(1.0, "routingd is stopping; cancel it after the next start")
+            return None if st is None else (False, str(st["status"]))
+        now = self.clock.now()
+        self._apply(live, live.delivery.cancel(now), now)
+        try:
+            await self.store.committed()
+        except Exception as e:  # noqa: BLE001 - the store logged it; the client retries
+            log.error("the cancel of %s could not be stored: %s", message_id, e)
+            raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
+        return live.row.status == "cancelled", live.row.status
 
     def _purged(self, message_id: str, now: float) -> bool:
         """Whether a message with this id, if it existed, would have been purged by now: accepted

@@ -1038,6 +1038,38 @@ class Store:
             raise _explain(self.path, e, "read an attempt") from None
         return None if r is None else _attempt(r)
 
+    def get_request(self, message_id: str) -> str | None:
+        """The stored request (JSON text) of a committed message; reads on the calling thread."""
+        try:
+            r = self._read().execute("SELECT request FROM messages WHERE id = ?", (message_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "read a message") from None
+        return None if r is None else str(r[0])
+
+    def list_message_ids(self, before: str | None, limit: int, status: str | None = None,
+                         recipient: str | None = None) -> list[str]:
+        """Ids of committed messages, newest first (ids begin with their acceptance time), those
+        older than the id `before` (a page's cursor); `status` and `recipient` (the request's
+        to.user_id, to.email or to.phone_number) filter them. Reads on the calling thread."""
+        sql = "SELECT id FROM messages WHERE 1 = 1"
+        args: list[Any] = []
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if recipient is not None:
+            sql += (" AND ? IN (json_extract(request, '$.message.to.user_id'),"
+                    " json_extract(request, '$.message.to.email'), json_extract(request, '$.message.to.phone_number'))")
+            args.append(recipient)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        try:
+            return [str(r[0]) for r in self._read().execute(sql, args)]
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, "list messages") from None
+
     def counts(self) -> dict[str, int]:
         """Messages per status (for tests and diagnostics)."""
         conn = self._read()

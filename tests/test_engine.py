@@ -1344,3 +1344,27 @@ def test_an_earlier_receipt_for_a_channel_not_started_yet_completes_it_when_it_s
     cmds = h.outcome(a, E400, 3.4)                           # email fails for good: sms is next
     assert starts(cmds) == []                                # ... and counts as delivered
     assert finish(cmds) == Finish("delivered", 3.4, 3.2)
+
+
+# --------------------------------------------------------------------------- cancel (issue 16)
+
+
+def test_cancel_cuts_the_running_attempt_and_finishes_cancelled() -> None:
+    h = make()
+    first = only_start(h.start(0.0))
+    cmds = h.feed(h.d.cancel(0.5))
+    assert [c.attempt_id for c in cancels(cmds)] == [first.attempt_id]
+    f = finish(cmds)
+    assert f is not None and f.status == "cancelled" and f.at == 0.5
+    assert h.d.status == "cancelled" and h.d.attempts[first.attempt_id].outcome == "cancelled"
+    # the attempt's late answer changes nothing, and a second cancel is a no-op
+    assert finish(h.outcome(first, OK, 0.6)) is None and h.d.status == "cancelled"
+    assert h.d.cancel(0.7) == []
+
+
+def test_cancel_after_delivery_changes_nothing() -> None:
+    h = make(policy_text(route='method = "single"'))
+    first = only_start(h.start(0.0))
+    h.outcome(first, OK, 0.1)
+    assert h.d.status == "delivered"
+    assert h.d.cancel(0.2) == [] and h.d.status == "delivered"

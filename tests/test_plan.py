@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from routingd.daemon.core.plan import ChannelStep, GroupStep, Plan, PlanError, ProviderStep, resolve_plan
 from routingd.daemon.core.policy import Policy, parse_policy
 from routingd.daemon.core.request import MessageRequest, SendRequest
+from pydantic import ValidationError
 
 BUILTIN = {"provider": 5 * 60_000, "channel": 30 * 60_000, "message": 72 * 3_600_000}
 
@@ -154,10 +155,13 @@ def test_target_timeout_beats_its_courier_twin() -> None:
     assert req.providers["ses"].effective_timeout == 1000
 
 
-def test_courier_target_keys_other_than_timeout_are_accepted() -> None:
-    req = MessageRequest.model_validate({"to": {"email": "a@x"},
-                                         "channels": {"email": {"timeouts": 3000, "override": {}, "if": "x"}}})
-    assert req.channels["email"].effective_timeout == 3000
+def test_courier_target_keys_routingd_does_not_do_are_refused_by_name() -> None:
+    # they were accepted and ignored before (issue 16): now each is a 422 naming it
+    with pytest.raises(ValidationError) as e:
+        MessageRequest.model_validate({"to": {"email": "a@x"},
+                                       "channels": {"email": {"timeouts": 3000, "override": {}, "if": "x"}}})
+    assert {tuple(err["loc"]) for err in e.value.errors()} == {("channels", "email", "override"),
+                                                               ("channels", "email", "if")}
 
 
 # --------------------------------------------------------------------------- the plan

@@ -160,7 +160,7 @@ RecordEvent = Event
 
 
 class _Finish(NamedTuple):
-    status: Literal["delivered", "undeliverable", "expired"]
+    status: Literal["delivered", "undeliverable", "expired", "cancelled"]
     at: float
     delivered_at: float | None
 
@@ -343,7 +343,7 @@ class Delivery:
         self.message_deadline = accepted_at + plan.message_timeout_ms / 1000.0
         self._nodes: dict[int, _Group | _Channel] = {}     # groups and channels (the parents) by `pre`
         self.root = _build(plan.root, -1, 0, self._nodes)
-        self.status: Literal["pending", "delivered", "undeliverable", "expired"] = "pending"
+        self.status: Literal["pending", "delivered", "undeliverable", "expired", "cancelled"] = "pending"
         self.finished_at: float | None = None
         self.delivered_at: float | None = None
         self.attempts: dict[str, AttemptRecord] = {}
@@ -531,6 +531,25 @@ class Delivery:
         # Always answer with the wake-up still wanted, even if unchanged: a driver whose timer
         # fired a hair early (float rounding) has consumed it, and would otherwise never wake again.
         return self._settle(now, rearm=True)
+
+    def cancel(self, now: float) -> list[Command]:
+        """The message is cancelled (a client's cancel request): stop routing it. Every attempt in
+        flight is cancelled (CancelAttempt, outcome "cancelled", reason "message cancelled"),
+        back-offs are dropped, each running channel reports `channel_finished` (result
+        "cancelled"), and the message finishes `cancelled` (a `finished` event, Finish). Deadlines
+        that passed before `now` fire first, so a message that expired or was delivered by then
+        keeps that status. On a finished delivery it is a no-op (no commands)."""
+        if self.terminal:
+            return []
+        self._catch_up(now)
+        if not self.terminal:
+            self._cancel_under(self.root, now, "cancelled", "message cancelled")
+            self.status = "cancelled"
+            self.finished_at = now
+            if self._wants("finished"):
+                self._emit("finished", now, status=self.status)
+            self._out.append(_tnew(Finish, (self.status, now, self.delivered_at)))
+        return self._flush()
 
     def on_provider_unhealthy(self, provider: str, now: float) -> list[Command]:
         """`provider`'s breaker has just opened: stop waiting on it.

@@ -2,7 +2,8 @@
 
 Precedence (most specific wins; at equal specificity request > route > file):
 
-  provider P: request providers.P.timeout > [providers.P] timeout > request timeout.provider
+  provider P: request providers.P.timeout > [providers.P] timeout
+              > request channels.C.timeouts.provider (P in channel C) > request timeout.provider
               > route timeouts.provider > [timeouts] provider > 5 min
   channel C:  request channels.C.timeout > [channels.C] timeout > request timeout.channel
               > route timeouts.channel > [timeouts] channel > 30 min
@@ -176,11 +177,12 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
                                      (m.timeouts.message, "timeouts.message"),
                                      (BUILTIN_MESSAGE_TIMEOUT_MS, BUILTIN))
 
-    def provider_step(pname: str) -> ProviderStep:
+    def provider_step(pname: str, cname: str, via: int | None) -> ProviderStep:
         p = m.providers[pname]
         ov = req_providers.get(pname)
         t, src = _first((ov.effective_timeout if ov else None, f"request message.providers.{pname}.timeout"),
                         (p.timeout, f"providers.{pname}.timeout"),
+                        (via, f"request message.channels.{cname}.timeouts.provider"),
                         (req_t.provider if req_t else None, "request message.timeout.provider"),
                         (rt.provider, f"routes.{route_name}.timeouts.provider"),
                         (m.timeouts.provider, "timeouts.provider"),
@@ -202,7 +204,22 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
                         (rt.channel, f"routes.{route_name}.timeouts.channel"),
                         (m.timeouts.channel, "timeouts.channel"),
                         (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN))
-        return ChannelStep(cname, t, tuple(provider_step(p) for p in c.providers), c.method, c.requires, src)
+        # Courier's per-request provider failover: channels.C.providers (the order, each one of
+        # the channel's own providers) and channels.C.routing_method (docs/api.md)
+        names = list(c.providers)
+        if ov is not None and ov.providers is not None:
+            for i, pname in enumerate(ov.providers):
+                if pname not in c.providers:
+                    problems.append(Problem(("message", "channels", cname, "providers", i),
+                                            f"{pname!r} is not a provider of channel {cname!r}; "
+                                            f"its providers: {', '.join(c.providers)}"))
+            if len(set(ov.providers)) != len(ov.providers):
+                problems.append(Problem(("message", "channels", cname, "providers"), "a provider is named twice"))
+            names = list(ov.providers)
+        method = ov.routing_method if ov is not None and ov.routing_method is not None else c.method
+        via = ov.provider_timeout if ov is not None else None
+        return ChannelStep(cname, t, tuple(provider_step(p, cname, via) for p in names if p in c.providers),
+                           method, c.requires, src)
 
     def build(seq: list, loc: tuple, depth: int = 0) -> tuple[Step, ...]:
         out: list[Step] = []
