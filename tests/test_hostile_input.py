@@ -133,7 +133,13 @@ def test_schemathesis_every_endpoint_no_5xx_and_responses_match_the_schema(daemo
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    assert "18 selected / 18 total" in out, out[-3000:]
+    # every operation the document lists was exercised (the count comes from the document, so a
+    # new endpoint is covered the day it is documented); schemathesis leaves out an operation
+    # with no 2xx answer (the /ui/messages?id= redirect)
+    doc = json.loads(daemon.get("/openapi.json").body)
+    ops = sum(1 for item in doc["paths"].values() for m, op in item.items()
+              if m in ("get", "post", "put", "delete", "patch") and any(c.startswith("2") for c in op["responses"]))
+    assert f"{ops} selected / {ops} total" in out, (ops, [l for l in out.splitlines() if "selected" in l])
     assert " passed" in out and "failed" not in out.split("SUMMARY")[-1], out[-3000:]
     cases = [line.strip() for line in out.splitlines() if " generated" in line]
     print(f"\nschemathesis: {cases[-1] if cases else '?'}")
