@@ -105,13 +105,14 @@ def read_text(path: str) -> str:
 
 def load(path: str) -> Any:
     """Load and validate a routing.toml; InputError with one line per problem."""
-    from .core.policy import PolicyError, parse_policy
+    from .config_files import parse_policy_text
+    from .core.policy import PolicyError
     from .secrets import read_secret
 
     label = "<stdin>" if path == "-" else path
     text = read_text(path)
     try:
-        return parse_policy(text, label, secrets=read_secret)
+        return parse_policy_text(text, label, secrets=read_secret)
     except PolicyError as e:
         raise InputError(e.lines()) from None
 

@@ -32,7 +32,8 @@ from aiohttp import web
 
 from .api import ApiState, ReloadResult, create_app
 from .core import core_build
-from .core.policy import Policy, PolicyError, load_policy, read_config_text
+from .config_files import load_policy, read_config_text
+from .core.policy import Policy, PolicyError
 from .secrets import read_secret
 from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
 

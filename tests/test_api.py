@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from routingd.daemon.api import ApiState, create_app, sign, token_ok
-from routingd.daemon.core.policy import load_policy
+from routingd.daemon.config_files import load_policy
 from routingd.daemon.metrics import Metrics
 from routingd.daemon.openapi import openapi_document
 from routingd.daemon.runtime import Router
