@@ -105,12 +105,14 @@ from .core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Event
                           StartAttempt)
 from .core.health import HealthTracker
 from .core.plan import Plan, PlanError, resolve_plan
-from .core.policy import Policy, PolicyError, Problem, parse_policy
+from .config_files import parse_policy_text
+from .core.policy import Policy, PolicyError, Problem
 from .core.request import MessageRequest, SendRequest
 from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
 from .providers.redact import describe_error, redact
 from .providers import UnavailableAdapter, make_http_session
+from .status import attempt_json, message_json
 from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
 log = logging.getLogger("routingd.runtime")
@@ -121,7 +123,6 @@ _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wake
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
 _CLOCK_EVERY_S = 1.0           # how often the wall clock is checked for a step (also at each submit)
-_TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 _new = object.__new__
 # AttemptRequest may be built field by field only while it has exactly these fields and no
@@ -230,12 +231,11 @@ _GC_GEN0 = 10_000
 def tune_gc() -> None:
     """Raise the cyclic collector's young-generation threshold to _GC_GEN0 (CPython: 700).
 
-    Every message allocates a few hundred container objects (request model, engine nodes,
-    events, asyncio tasks and futures) that reference counting frees again; with the default
-    threshold the collector still ran every ~3 messages and, with its older generations, took
-    about 50 us of CPU per message (~17% of the ingress path, measured in-process). Counted net
-    of frees, 10,000 young objects are reached rarely, and cycles are still collected. Only ever
-    raised, never lowered (an embedding application may have chosen more)."""
+    Every message allocates a few hundred container objects that reference counting frees
+    again; with the default threshold the collector runs every few messages, a large share of
+    the ingress path (docs/performance.md "Figures behind code choices"). Counted net of frees,
+    10,000 young objects are reached rarely, and cycles are still collected. Only ever raised,
+    never lowered (an embedding application may have chosen more)."""
     g0, g1, g2 = gc.get_threshold()
     if 0 < g0 < _GC_GEN0:
         gc.set_threshold(_GC_GEN0, g1, g2)
@@ -265,7 +265,7 @@ class Router:
             self._ctx.rng_seed = rng_seed
         self._ctx.receipts = self.receipt
         # One jitter stream for every message of the process (the engine draws only back-off
-        # jitter from it); a Random per message cost 2.8 KB and a seeding each.
+        # jitter from it); a Random per message costs memory and a seeding each.
         self._rng = random.Random(rng_seed)
         self._put_events = store.put_events
         # Plans of requests without overrides, per route, for the current policy (swap_policy
@@ -449,7 +449,7 @@ class Router:
             problem = f"policy version {version} is not in the store"
         else:
             try:
-                policy = parse_policy(src[0], src[1], secrets=read_secret)
+                policy = parse_policy_text(src[0], src[1], secrets=read_secret)
             except PolicyError as e:
                 problem = f"policy version {version} no longer loads: {'; '.join(e.lines())}"
             else:
@@ -1057,18 +1057,18 @@ class Router:
         live = self._live.get(message_id) or self._recent.get(message_id)
         if live is not None:
             adopted = live.delivery.attempts     # earlier runs' attempts the engine took over
-            attempts = [_attempt_json(a) for a in live.prior.values() if a.attempt_id not in adopted]
+            attempts = [attempt_json(a) for a in live.prior.values() if a.attempt_id not in adopted]
             for rec in live.delivery.attempts.values():
-                attempts.append(_attempt_json(AttemptRow(
+                attempts.append(attempt_json(AttemptRow(
                     rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
                     rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id))))
             if adopted and live.prior:  # attempts of earlier runs the engine took over: in time order again
                 attempts.sort(key=lambda a: (a["started_at"] or "", a["attempt_id"]))
-            return _message_json(live.row, attempts, live.events)
+            return message_json(live.row, attempts, live.events)
         sm = self.store.get_message(message_id)
         if sm is None:
             return None
-        return _message_json(sm.message, [_attempt_json(a) for a in sm.attempts], sm.events)
+        return message_json(sm.message, [attempt_json(a) for a in sm.attempts], sm.events)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -1161,38 +1161,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:500]
 
 
-def _attempt_json(a: AttemptRow) -> dict[str, Any]:
-    out: dict[str, Any] = {"attempt_id": a.attempt_id, "channel": a.channel, "provider": a.provider,
-                           "try": a.try_no, "started_at": rfc3339(a.started_at), "ended_at": rfc3339(a.ended_at),
-                           "deadline": rfc3339(a.deadline), "outcome": a.outcome, "status_code": a.status_code}
-    if a.detail:
-        out["detail"] = a.detail
-    return out
-
-
-def _event_json(e: EventRow | Event) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": e.type, "at": rfc3339(e.at)}
-    for k, v in e.data.items():
-        if k == "at":
-            k = "retry_at" if e.type == "retry_scheduled" else "data_at"
-            v = rfc3339(v) if isinstance(v, (int, float)) else v
-        elif k in _TIME_KEYS and isinstance(v, (int, float)):
-            v = rfc3339(v)
-        out[k] = v
-    return out
-
-
 def _attempt_values(attempt_id: str, message_id: str, rec: AttemptRecord, detail: str | None) -> tuple[Any, ...]:
     """An attempt's row as Store.put_attempt_values() takes it (AttemptRow's field order) from
     the engine's record of it: the last four fields are (ended_at, outcome, status_code, detail),
     the state Router._note compares with `_Live.written`."""
     return (attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
             rec.deadline, rec.ended_at, rec.outcome, rec.status_code, detail)
-
-
-def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: Sequence[EventRow | Event]) -> dict[str, Any]:
-    return {"message_id": row.id, "status": row.status, "accepted_at": rfc3339(row.accepted_at),
-            "finished_at": rfc3339(row.finished_at), "delivered_at": rfc3339(row.delivered_at),
-            "message_deadline": rfc3339(row.message_deadline), "route": row.route,
-            "policy_version": row.policy_version, "attempts": attempts,
-            "events": [_event_json(e) for e in events]}
