@@ -23,7 +23,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .core.plan import PlanError
-from .core.policy import user_loc
+from .errors import RoutingdError
+from .core.policy import problems_from_validation
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
 from .openapi import MAX_JSON_DEPTH, openapi_document
 from .runtime import Overloaded, timeout_problems
@@ -79,7 +80,7 @@ STATE_KEY: web.AppKey[ApiState] = web.AppKey("routingd_state", ApiState)
 # --------------------------------------------------------------------------- errors
 
 
-class ApiError(Exception):
+class ApiError(RoutingdError):
     """An error answer: status, one-line message, optional field details and headers."""
 
     def __init__(self, status: int, error: str, details: list[dict[str, Any]] | None = None,
@@ -103,20 +104,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def validation_details(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    out = []
-    for e in err.errors(include_url=False):
-        msg = str(e["msg"])
-        for pre in ("Value error, ", "Assertion failed, "):
-            if msg.startswith(pre):
-                msg = msg[len(pre):]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "missing":
-            msg = "field required"
-        # user_loc drops pydantic's union-branch tags (":group", "str", ...) from the path, so an
-        # inline routing error points at message.routing.channels.1.channels.0, as a user writes it
-        out.append({"loc": list(prefix) + list(user_loc(tuple(e["loc"]))), "msg": msg})
-    return out
+    """A request's validation errors as the body's `details`, worded as routing.toml's are (one
+    formatter: daemon/core/policy.py problems_from_validation; an inline routing error points at
+    message.routing.channels.1.channels.0, as a user writes it)."""
+    return [{"loc": list(p.loc), "msg": p.msg} for p in problems_from_validation(err, prefix)]
 
 
 @web.middleware

@@ -25,6 +25,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Sequence
 
+from .errors import RoutingdError
+
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -68,12 +70,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-class InputError(Exception):
-    """An input file cannot be used; `lines` are ready to print, one problem each."""
+class InputError(RoutingdError):
+    """An input file cannot be used; `lines()` are ready to print, one problem each."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+        self._lines = list(lines)
         super().__init__("\n".join(lines))
+
+    def lines(self) -> list[str]:
+        return list(self._lines)
 
 
 def read_text(path: str) -> str:
@@ -128,7 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             policy = load(path)
         except InputError as e:
-            for line in e.lines:
+            for line in e.lines():
                 _err(line)
             status = EXIT_INVALID
             continue
@@ -175,7 +180,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         policy = load(config)
         request = load_request(args.message) if args.message else None
     except InputError as e:
-        for line in e.lines:
+        for line in e.lines():
             _err(line)
         return EXIT_INVALID
     route = args.route
@@ -227,7 +232,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     try:
         policy = load(args.config or default_config())
     except InputError as e:
-        for line in e.lines:
+        for line in e.lines():
             _err(line)
         return EXIT_INVALID
     return try_command(args, policy)
@@ -609,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return EXIT_INVALID
     except InputError as e:
-        for line in e.lines:
+        for line in e.lines():
             _err(line)
         return EXIT_INVALID
     except Exception as e:  # never a traceback for a user; ROUTINGD_DEBUG=1 shows it

@@ -49,6 +49,7 @@ import aiomqtt
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from .core.engine import Event, Outcome
 from .core.policy import MqttProvider, MqttSection
+from .errors import RoutingdError
 from .providers.redact import config_secrets, redact
 from .status import event_json
 
@@ -68,25 +69,25 @@ SubmitFn = Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]
 EventCallback = Callable[[str, Event], None]
 
 
-class MqttConfigError(ValueError):
+class MqttConfigError(RoutingdError, ValueError):
     """[daemon.mqtt] cannot be used as given (bad url). `key` is the setting's path
     ("daemon.mqtt.url"), the message the reason and the fix: the daemon prints
-    "PATH: KEY: MESSAGE", the shape of every other configuration error (`line()` = "KEY: MESSAGE")."""
+    "PATH: KEY: MESSAGE", the shape of every other configuration error (`lines()` = ["KEY: MESSAGE"])."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
         self.key = key
         self.reason = reason
 
-    def line(self) -> str:
-        return f"{self.key}: {self.reason}"
+    def lines(self) -> list[str]:
+        return [f"{self.key}: {self.reason}"]
 
 
-class MqttUnavailable(ConnectionError):
+class MqttUnavailable(RoutingdError, ConnectionError):
     """Not connected to the broker, or the connection was lost before the broker acknowledged."""
 
 
-class TopicTemplateError(ValueError):
+class TopicTemplateError(RoutingdError, ValueError):
     """A provider topic template could not be filled for this message."""
 
 

@@ -108,6 +108,7 @@ from .core.plan import Plan, PlanError, resolve_plan
 from .config_files import parse_policy_text
 from .core.policy import Policy, PolicyError, Problem
 from .core.request import MessageRequest, SendRequest
+from .errors import RoutingdError
 from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
 from .providers.redact import describe_error, redact
@@ -134,7 +135,7 @@ _ATTEMPT_REQUEST_PLAIN = (
     and not hasattr(AttemptRequest, "__post_init__") and not hasattr(AttemptRequest, "__slots__"))
 
 
-class Overloaded(Exception):
+class Overloaded(RoutingdError):
     """The router cannot take the message now (in-flight limit, or shutting down)."""
 
     def __init__(self, retry_after_s: float, reason: str = "routingd is at its in-flight limit") -> None:

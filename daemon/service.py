@@ -34,6 +34,7 @@ from .api import ApiState, ReloadResult, create_app
 from .core import core_build
 from .config_files import load_policy, read_config_text
 from .core.policy import Policy, PolicyError
+from .errors import RoutingdError
 from .secrets import read_secret
 from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
 
@@ -43,12 +44,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-class StartupError(Exception):
-    """The daemon cannot start; `lines` are ready to print, one problem each."""
+class StartupError(RoutingdError):
+    """The daemon cannot start; `lines()` are ready to print, one problem each."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+        self._lines = list(lines)
         super().__init__("; ".join(lines))
+
+    def lines(self) -> list[str]:
+        return list(self._lines)
 
 
 # --------------------------------------------------------------------------- logging
@@ -150,7 +154,7 @@ class ConfigReloader:
             settings = load_settings(policy, config=self.path, listen=self._cli[0], state=self._cli[1])
             check_auth(settings)
         except (SettingsError, StartupError) as e:
-            lines = tuple(f"{self.path}: {line}" for line in (e.lines() if isinstance(e, SettingsError) else e.lines))
+            lines = tuple(f"{self.path}: {line}" for line in e.lines())
             for line in lines:
                 log.error("reload (%s) rejected: %s", trigger, line)
             return ReloadResult(False, current.version, errors=lines)
@@ -214,7 +218,7 @@ def serve_command(args: argparse.Namespace) -> int:
             log.warning("%s: warning: %s", path, w)
         return asyncio.run(Service(policy, settings, args.listen, args.state).run())
     except StartupError as e:
-        for line in e.lines:
+        for line in e.lines():
             print(" ".join(line.split("\n")), file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug: one log line (with its traceback folded), exit 1
@@ -250,7 +254,7 @@ class Service:
         try:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
-            raise StartupError([f"{s.config}: {e.line()}"]) from None
+            raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
         store = Store(s.state)
         try:
             await store.open()

@@ -74,6 +74,8 @@ from typing import Any, Callable
 
 from pydantic_core import to_json as _to_json
 
+from .errors import RoutingdError
+
 log = logging.getLogger("routingd.store")
 
 SCHEMA_VERSION = 2         # 2: event_log (1 -> 2 needs only the new table; see _SCHEMA)
@@ -138,7 +140,7 @@ CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created_at);
 """
 
 
-class StoreError(Exception):
+class StoreError(RoutingdError):
     """The state file cannot be used; `str()` names the path, the problem and what to do."""
 
     def __init__(self, path: str, problem: str, hint: str = "") -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
                       ValidationError, field_validator, model_validator)
 
+from .errors import ConfigError, Problem
 from .behaviour import BehaviourSpec, Duration, FailMode
 from .templates import EMPTY as NO_TEMPLATES
 from .templates import TemplateSet, compile_templates
@@ -461,26 +462,9 @@ class PolicyModel(Strict):
 # --------------------------------------------------------------------------- errors
 
 
-@dataclass(frozen=True)
-class Problem:
-    loc: tuple[str | int, ...]
-    msg: str
-
-    @property
-    def key_path(self) -> str:
-        return ".".join(str(p) for p in self.loc) or "(file)"
-
-
-class PolicyError(Exception):
-    """routing.toml (or a scenario file) is invalid; `problems` lists every reason."""
-
-    def __init__(self, path: str, problems: list[Problem]) -> None:
-        self.path = path
-        self.problems = problems
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
+class PolicyError(ConfigError):
+    """routing.toml (or a scenario file) is invalid; `problems` lists every reason (the one
+    configuration-error shape: daemon/core/errors.py ConfigError)."""
 
 
 def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
@@ -510,6 +494,9 @@ def _is_mapping_key(raw_loc: tuple, i: int) -> bool:
 
 
 def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """The one formatter of pydantic's errors, for files (routing.toml, scenarios) and requests
+    (HTTP and MQTT `details`) alike: user-written key paths, one wording ("unknown key",
+    "required key is missing"), the first message per location."""
     out: list[Problem] = []
     for e in err.errors():
         loc = user_loc(e["loc"])
