@@ -27,7 +27,8 @@ from .errors import RoutingdError
 from .core.policy import problems_from_validation
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
 from .openapi import MAX_JSON_DEPTH, openapi_document
-from .runtime import Overloaded, timeout_problems
+from .metrics import Metrics
+from .runtime import Overloaded, Router, timeout_problems
 from .store import StoreError
 
 log = logging.getLogger("routingd.api")
@@ -65,8 +66,8 @@ class Reloader(Protocol):
 class ApiState:
     """What the handlers share; `phase` and `tokens` change while the process runs."""
 
-    router: Any                       # routingd.daemon.runtime.Router
-    metrics: Any                      # routingd.daemon.metrics.Metrics
+    router: Router
+    metrics: Metrics
     reloader: Reloader
     tokens: Sequence[bytes] = ()
     max_body: int = 256 * 1024

@@ -93,10 +93,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
-from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter
+from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, TimedAnswer, build_adapter
 from .content import render_message
 from .secrets import read_secret
 from .clock import Clock
@@ -142,6 +142,20 @@ class Overloaded(RoutingdError):
         self.retry_after_s = retry_after_s
         self.reason = reason
         super().__init__(f"{reason}; retry in {retry_after_s:g}s")
+
+
+class Limits(Protocol):
+    """The process limits the Router reads: daemon/settings.py Settings (CLI > ROUTINGD_* env >
+    [daemon]) or, without it, the policy's DaemonSection; durations in ms."""
+
+    @property
+    def max_inflight(self) -> int: ...
+
+    @property
+    def idempotency_ttl(self) -> int: ...
+
+    @property
+    def retention(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -251,7 +265,7 @@ def new_message_id() -> str:
 class Router:
     def __init__(self, policy: Policy, store: Store, metrics: Metrics, clock: Clock | None = None,
                  adapter_ctx: AdapterContext | None = None, rng_seed: int | None = None,
-                 limits: Any = None) -> None:
+                 limits: Limits | None = None) -> None:
         # `limits`: the merged process settings (daemon/settings.py Settings: CLI > ROUTINGD_* env >
         # [daemon]); it supplies max_inflight, idempotency_ttl and retention. Without it the
         # [daemon] table of the current policy does.
@@ -827,8 +841,8 @@ class Router:
         # insert: `committed`) is committed, so a crash can never leave a call the provider
         # may have received without a record of it.
         durable = None if committed else self.store.committed()
-        timed = getattr(adapter, "timed_answer", None)
-        if timed is not None:
+        if adapter.answers_at_once:
+            timed = adapter.timed_answer
             fut: asyncio.Future[None] = self._loop.create_future()
             live.tasks[cmd.attempt_id] = fut
             if durable is None:
@@ -839,7 +853,7 @@ class Router:
         live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req, durable),
                                                             name=f"attempt {cmd.attempt_id}")
 
-    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any],
+    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], TimedAnswer],
                      fut: asyncio.Future[None], _durable: asyncio.Future[None] | None) -> None:
         """An adapter that can draw its whole answer at once (the sandbox: `timed_answer`) is
         answered by one loop timer, set once the attempt's row is committed; the plain future

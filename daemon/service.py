@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from aiohttp import web
 
@@ -36,7 +36,13 @@ from .config_files import load_policy, read_config_text
 from .core.policy import Policy, PolicyError
 from .errors import RoutingdError
 from .secrets import read_secret
-from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
+from .settings import ListenAddress, Settings, SettingsError, config_path, load_settings, parse_listen
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .runtime import Router
+    from .sdnotify import Notifier
+    from .store import Store
 
 log = logging.getLogger("routingd")
 
@@ -101,9 +107,9 @@ def check_auth(settings: Settings) -> None:
 class ConfigReloader:
     """Re-read routing.toml, validate, then swap it into the Router (one reload at a time)."""
 
-    def __init__(self, path: str, router: Any, metrics: Any, state: ApiState,
+    def __init__(self, path: str, router: Router, metrics: Metrics, state: ApiState,
                  cli_listen: str | None, cli_state: str | None, settings: Settings,
-                 notifier: Any = None) -> None:
+                 notifier: Notifier | None = None) -> None:
         self.path = path
         self.notifier = notifier
         self.router = router
@@ -343,22 +349,20 @@ class Service:
         log.info("%s received", sig.name)
         self._stop.set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-def _bound_url(runner: web.AppRunner, addr: Any) -> str:
-    from .settings import ListenAddress
-
+def _bound_url(runner: web.AppRunner, addr: ListenAddress) -> str:
     for a in runner.addresses:
         if isinstance(a, tuple) and len(a) >= 2:
             return ListenAddress(addr.host, int(a[1])).url
     return addr.url
 
 
-def _backlog_problem(store: Any) -> str | None:
+def _backlog_problem(store: Store) -> str | None:
     """readyz: writes waiting for a disk that refuses them make the daemon not ready."""
     n = store.backlog
     if not n:
@@ -367,7 +371,7 @@ def _backlog_problem(store: Any) -> str | None:
             f"({store.last_error}); sends answer 503 while it does{' (the backlog is full)' if store.backlog_full else ''}")
 
 
-async def _close(store: Any) -> None:
+async def _close(store: Store) -> None:
     try:
         await store.close()
     except Exception:  # noqa: BLE001 - the store logs its own write errors; do not mask the exit
