@@ -83,13 +83,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import gc
 import heapq
 import itertools
 import logging
-import os
 import random
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -109,6 +106,7 @@ from .config_files import parse_policy_text
 from .core.policy import Policy, PolicyError, Problem
 from .core.request import MessageRequest, SendRequest
 from .errors import RoutingdError
+from .ids import new_message_id, tune_gc
 from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
 from .providers.redact import describe_error, redact
@@ -118,7 +116,7 @@ from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, Store
 
 log = logging.getLogger("routingd.runtime")
 
-__all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
+__all__ = ["Limits", "Overloaded", "Router", "SubmitResult", "PlanError", "new_message_id", "tune_gc"]
 
 _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wakeups)
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
@@ -213,53 +211,6 @@ def timeout_problems(msg: MessageRequest) -> list[Problem]:
             found += [(("message", kind, name, k), getattr(t, k)) for k in ("timeout", "timeouts")]
     return [Problem(loc, f"at most {MAX_TIMEOUT_MS} ms (366 days)")
             for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
-
-
-class _RandomHex:
-    """Unguessable hex strings from os.urandom, drawn 4 KiB at a time (one syscall per 512 ids
-    instead of one per id); a forked child starts with a fresh buffer."""
-
-    _CHUNK = 4096
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._buf, self._pos = b"", 0
-
-    def take(self, nbytes: int) -> str:
-        pos = self._pos
-        if pos + nbytes > len(self._buf):
-            self._buf, pos = os.urandom(self._CHUNK), 0
-        self._pos = pos + nbytes
-        return self._buf[pos:pos + nbytes].hex()
-
-
-_random_hex = _RandomHex()
-
-
-_GC_GEN0 = 10_000
-
-
-def tune_gc() -> None:
-    """Raise the cyclic collector's young-generation threshold to _GC_GEN0 (CPython: 700).
-
-    Every message allocates a few hundred container objects that reference counting frees
-    again; with the default threshold the collector runs every few messages, a large share of
-    the ingress path (docs/performance.md "Figures behind code choices"). Counted net of frees,
-    10,000 young objects are reached rarely, and cycles are still collected. Only ever raised,
-    never lowered (an embedding application may have chosen more)."""
-    g0, g1, g2 = gc.get_threshold()
-    if 0 < g0 < _GC_GEN0:
-        gc.set_threshold(_GC_GEN0, g1, g2)
-
-
-def new_message_id() -> str:
-    """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>"): 11 hex
-    digits of milliseconds since the epoch, then 64 random bits."""
-    return f"{int(time.time() * 1000):011x}{_random_hex.take(8)}"
 
 
 class Router:
