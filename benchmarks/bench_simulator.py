@@ -27,7 +27,7 @@ from common import BENCH, BenchResult, header
 
 from routingd.daemon.core import core_build
 from routingd.daemon.core.behaviour import LatencyDist, sample_latency_s
-from routingd.daemon.core.policy import load_policy
+from routingd.daemon.config_files import load_policy
 from routingd.simulator.runner import run as sim_run
 from routingd.simulator.scenario import load_scenario
 from routingd.simulator.setup import RunSetup, bind_scenario

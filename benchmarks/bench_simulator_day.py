@@ -22,7 +22,7 @@ from common import header
 
 CHILD = r"""
 import json, resource, sys, time
-from routingd.daemon.core.policy import load_policy
+from routingd.daemon.config_files import load_policy
 from routingd.simulator.cli import shipped_drills
 from routingd.simulator.report import build_report
 from routingd.simulator.runner import run

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
 
 from .core.engine import Outcome
+
+if TYPE_CHECKING:           # the adapters' collaborators, named for the type checker only
+    import aiohttp
+
+    from .mqtt import MqttLink
+
+# An adapter that draws its whole answer at once: (delay_s until it answers, or None: it never
+# does; the Outcome; a callback to run when it answers, or None)
+TimedAnswer = tuple["float | None", Outcome, "Callable[[], None] | None"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +65,18 @@ class ProviderAdapter(ABC):
     """Sends one attempt to one provider. Instances are built per provider per policy snapshot."""
 
     name: str
+    # Optional capability: an adapter that sets this answers through timed_answer() instead of
+    # send(): the runtime arms one loop timer for the answer instead of running a task (the
+    # sandbox adapter, which draws latency and outcome at once).
+    answers_at_once: ClassVar[bool] = False
 
     @abstractmethod
     async def send(self, req: AttemptRequest) -> Outcome:
         """Deliver (or hand over) one attempt; may be cancelled at any await."""
+
+    def timed_answer(self, req: AttemptRequest) -> TimedAnswer:
+        """The whole answer at once (only where `answers_at_once` is set)."""
+        raise NotImplementedError(f"{type(self).__name__} answers through send()")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources when the policy snapshot that built it is retired."""
@@ -69,8 +86,8 @@ class ProviderAdapter(ABC):
 class AdapterContext:
     """Shared, process-wide resources adapters may use."""
 
-    http_session: Any = None          # one aiohttp.ClientSession per process
-    mqtt: Any = None                  # the daemon's MQTT connection (daemon/mqtt.py), if configured
+    http_session: aiohttp.ClientSession | None = None   # one per process (the Router makes it)
+    mqtt: MqttLink | None = None      # the daemon's MQTT connection (daemon/mqtt.py), if configured
     rng_seed: int | None = None
     # Feeds a delivery receipt back into the runtime: receipts(provider, attempt_id, status) -> known?
     # Set by the Router (it is Router.receipt); the sandbox adapter uses it for confirm = "receipt".

@@ -26,12 +26,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from . import ops_api
 from .connections import connection_of
 from .core.plan import PlanError
-from .core.policy import user_loc
+from .errors import RoutingdError
+from .core.policy import problems_from_validation
 from .core.request import IDEMPOTENCY_KEY_RE, ReceiptStatus, SendRequest
 from .receipts import VENDOR_TYPES, BadReceipt, BadSignature
 from .receipts.handler import handle as handle_vendor_receipt
 from .openapi import MAX_JSON_DEPTH, openapi_document
-from .runtime import Overloaded, timeout_problems
+from .metrics import Metrics
+from .runtime import Overloaded, Router, timeout_problems
 from .store import StoreError
 
 log = logging.getLogger("routingd.api")
@@ -69,8 +71,8 @@ class Reloader(Protocol):
 class ApiState:
     """What the handlers share; `phase` and `tokens` change while the process runs."""
 
-    router: Any                       # routingd.daemon.runtime.Router
-    metrics: Any                      # routingd.daemon.metrics.Metrics
+    router: Router
+    metrics: Metrics
     reloader: Reloader
     tokens: Sequence[bytes] = ()
     max_body: int = 256 * 1024
@@ -85,7 +87,7 @@ STATE_KEY: web.AppKey[ApiState] = web.AppKey("routingd_state", ApiState)
 # --------------------------------------------------------------------------- errors
 
 
-class ApiError(Exception):
+class ApiError(RoutingdError):
     """An error answer: status, one-line message, optional field details and headers.
     close: the connection is closed once the answer is written (its client is not trusted to
     send anything more, e.g. a body that did not arrive in time)."""
@@ -113,20 +115,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def validation_details(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    out = []
-    for e in err.errors(include_url=False):
-        msg = str(e["msg"])
-        for pre in ("Value error, ", "Assertion failed, "):
-            if msg.startswith(pre):
-                msg = msg[len(pre):]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "missing":
-            msg = "field required"
-        # user_loc drops pydantic's union-branch tags (":group", "str", ...) from the path, so an
-        # inline routing error points at message.routing.channels.1.channels.0, as a user writes it
-        out.append({"loc": list(prefix) + list(user_loc(tuple(e["loc"]))), "msg": msg})
-    return out
+    """A request's validation errors as the body's `details`, worded as routing.toml's are (one
+    formatter: daemon/core/policy.py problems_from_validation; an inline routing error points at
+    message.routing.channels.1.channels.0, as a user writes it)."""
+    return [{"loc": list(p.loc), "msg": p.msg} for p in problems_from_validation(err, prefix)]
 
 
 @web.middleware

@@ -47,10 +47,11 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from .adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
-from .clock import rfc3339
 from .core.engine import Event, Outcome
 from .core.policy import MqttProvider, MqttSection
+from .errors import RoutingdError
 from .providers.redact import config_secrets, redact
+from .status import event_json
 
 log = logging.getLogger("routingd.mqtt")
 
@@ -60,33 +61,33 @@ MAX_ECHO_BYTES = 64 * 1024           # a rejected request is echoed in full up t
 INGRESS_CONCURRENCY = 64             # sends handled at once; the reader waits beyond that
 # aiomqtt logs a warning for every publish while more than `pending_calls_threshold` (10) await
 # their PUBACK. The link alone has 16 publish workers, up to 64 rejections and the provider
-# attempts in flight, so more than 10 is normal under load (1,000 sends gave 5,256 such lines);
-# warn only when the broker is far behind.
+# attempts in flight, so more than 10 is normal under load (a
+# flood of warnings); warn only when the broker is far behind.
 PENDING_PUBLISH_WARNING = 1000
 
 SubmitFn = Callable[[bytes], Awaitable[tuple[bool, dict[str, Any]]]]
 EventCallback = Callable[[str, Event], None]
 
 
-class MqttConfigError(ValueError):
+class MqttConfigError(RoutingdError, ValueError):
     """[daemon.mqtt] cannot be used as given (bad url). `key` is the setting's path
     ("daemon.mqtt.url"), the message the reason and the fix: the daemon prints
-    "PATH: KEY: MESSAGE", the shape of every other configuration error (`line()` = "KEY: MESSAGE")."""
+    "PATH: KEY: MESSAGE", the shape of every other configuration error (`lines()` = ["KEY: MESSAGE"])."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(reason)
         self.key = key
         self.reason = reason
 
-    def line(self) -> str:
-        return f"{self.key}: {self.reason}"
+    def lines(self) -> list[str]:
+        return [f"{self.key}: {self.reason}"]
 
 
-class MqttUnavailable(ConnectionError):
+class MqttUnavailable(RoutingdError, ConnectionError):
     """Not connected to the broker, or the connection was lost before the broker acknowledged."""
 
 
-class TopicTemplateError(ValueError):
+class TopicTemplateError(RoutingdError, ValueError):
     """A provider topic template could not be filled for this message."""
 
 
@@ -644,38 +645,9 @@ def rejection_payload(body: Mapping[str, Any], raw: bytes) -> dict[str, Any]:
 # --------------------------------------------------------------------------- events
 
 
-_RENAMED = {"at": "retry_at", "type": "event_type", "message_id": "event_message_id"}
-
-
-def _timestamp(t: float) -> str | None:
-    try:
-        return rfc3339(t) if math.isfinite(t) else None
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 def event_payload(message_id: str, event: Event) -> dict[str, Any]:
-    """{"type", "message_id", "at", **data}: times (`at`, `*_at`, `deadline`, `*_deadline`) in
-    RFC 3339 with ms; a data key that would shadow type/message_id/at is renamed (`at` of a
-    retry_scheduled event becomes `retry_at`)."""
-    out: dict[str, Any] = {"type": event.type, "message_id": message_id, "at": _timestamp(event.at)}
-    for key, value in event.data.items():
-        key = _RENAMED.get(key, key) if key in out else key
-        if (key == "deadline" or key.endswith(("_at", "_deadline"))) and isinstance(value, (int, float)) \
-                and not isinstance(value, bool):
-            value = _timestamp(float(value))
-        out[key] = _jsonable(value)
-    return out
+    """{"type", "message_id", "at", **data}: the one event serialiser (daemon/status.py event_json)."""
+    return event_json(event, message_id)
 
 
 def event_publisher(link: MqttLink, prefix: str | None = None) -> EventCallback:

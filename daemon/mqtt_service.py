@@ -15,11 +15,13 @@ from .api import ApiError, parse_json_object, validation_details
 from .core.plan import PlanError
 from .core.policy import MqttSection
 from .core.request import IDEMPOTENCY_KEY_RE, SendRequest
+from .metrics import Metrics
+from .runtime import Router
 
 
-def make_link(settings: MqttSection | None, metrics: Any) -> mqtt_mod.MqttLink | None:
+def make_link(settings: MqttSection | None, metrics: Metrics) -> mqtt_mod.MqttLink | None:
     """Build the link (not yet started); raises mqtt.MqttConfigError for a bad url or an
-    unreadable ca_file (its `line()` is "daemon.mqtt.KEY: reason")."""
+    unreadable ca_file (its `lines()` are ["daemon.mqtt.KEY: reason"])."""
     if settings is None:
         return None
     return mqtt_mod.MqttLink(settings, on_drop=metrics.mqtt_dropped.inc, on_state=metrics.mqtt_connected.set)
@@ -39,7 +41,7 @@ def idempotency_key(body: dict[str, Any]) -> str | None:
     return key
 
 
-def attach(link: mqtt_mod.MqttLink, router: Any) -> None:
+def attach(link: mqtt_mod.MqttLink, router: Router) -> None:
     """Publish the Router's events and accept sends from `{prefix}/send`."""
     router.add_event_listener(mqtt_mod.event_publisher(link))
 

@@ -85,20 +85,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import gc
 import heapq
 import itertools
 import logging
-import os
 import random
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
-from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, build_adapter
+from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, TimedAnswer, build_adapter
 from .content import render_message, unreachable
 from .secrets import read_secret
 from .clock import Clock
@@ -107,25 +104,28 @@ from .core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Event
                           StartAttempt)
 from .core.health import HealthTracker
 from .core.plan import Plan, PlanError, resolve_plan
-from .core.policy import Policy, PolicyError, Problem, parse_policy
+from .config_files import parse_policy_text
+from .core.policy import Policy, PolicyError, Problem
 from .core.request import MessageRequest, SendRequest
+from .errors import RoutingdError
+from .ids import new_message_id, tune_gc
 from .metrics import Metrics
 from .openapi import MAX_TIMEOUT_MS
 from .providers.redact import describe_error, redact
 from .providers import UnavailableAdapter, make_http_session
 from .profiles import with_profile
+from .status import attempt_json, message_json
 from .store import AttemptRow, EventRow, MessageRow, Store, StoredMessage, StoreError
 
 log = logging.getLogger("routingd.runtime")
 
-__all__ = ["Overloaded", "Router", "SubmitResult", "PlanError"]
+__all__ = ["Limits", "Overloaded", "Router", "SubmitResult", "PlanError", "new_message_id", "tune_gc"]
 
 _EARLY_S = 0.0001             # a wake-up this close to due is run (see _on_wakeups)
 _RECENT = 2048                 # finished messages kept in memory (status, late receipts)
 _PURGE_EVERY_S = 600.0
 _CLOCK_EVERY_S = 1.0           # how often the wall clock is checked for a step (also at each submit)
 _VENDOR_IDS = 100_000         # vendor ids of recent attempts kept in memory (find_attempt)
-_TIME_KEYS = frozenset({"deadline", "message_deadline", "receipt_deadline"})
 _METRIC_EVENTS = frozenset({"attempt_ended", "failover", "breaker_opened", "breaker_closed"})
 _new = object.__new__
 # AttemptRequest may be built field by field only while it has exactly these fields and no
@@ -137,13 +137,33 @@ _ATTEMPT_REQUEST_PLAIN = (
     and not hasattr(AttemptRequest, "__post_init__") and not hasattr(AttemptRequest, "__slots__"))
 
 
-class Overloaded(Exception):
+class Overloaded(RoutingdError):
     """The router cannot take the message now (in-flight limit, or shutting down)."""
 
     def __init__(self, retry_after_s: float, reason: str = "routingd is at its in-flight limit") -> None:
         self.retry_after_s = retry_after_s
         self.reason = reason
         super().__init__(f"{reason}; retry in {retry_after_s:g}s")
+
+
+class Limits(Protocol):
+    """The process limits the Router reads: daemon/settings.py Settings (CLI > ROUTINGD_* env >
+    [daemon]) or, without it, the policy's DaemonSection; durations in ms."""
+
+    @property
+    def max_inflight(self) -> int: ...
+
+    @property
+    def max_inflight_bytes(self) -> int: ...
+
+    @property
+    def max_body(self) -> int: ...
+
+    @property
+    def idempotency_ttl(self) -> int: ...
+
+    @property
+    def retention(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -203,58 +223,10 @@ def timeout_problems(msg: MessageRequest) -> list[Problem]:
             for loc, v in found if v is not None and v > MAX_TIMEOUT_MS]
 
 
-class _RandomHex:
-    """Unguessable hex strings from os.urandom, drawn 4 KiB at a time (one syscall per 512 ids
-    instead of one per id); a forked child starts with a fresh buffer."""
-
-    _CHUNK = 4096
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._buf, self._pos = b"", 0
-
-    def take(self, nbytes: int) -> str:
-        pos = self._pos
-        if pos + nbytes > len(self._buf):
-            self._buf, pos = os.urandom(self._CHUNK), 0
-        self._pos = pos + nbytes
-        return self._buf[pos:pos + nbytes].hex()
-
-
-_random_hex = _RandomHex()
-
-
-_GC_GEN0 = 10_000
-
-
-def tune_gc() -> None:
-    """Raise the cyclic collector's young-generation threshold to _GC_GEN0 (CPython: 700).
-
-    Every message allocates a few hundred container objects (request model, engine nodes,
-    events, asyncio tasks and futures) that reference counting frees again; with the default
-    threshold the collector still ran every ~3 messages and, with its older generations, took
-    about 50 us of CPU per message (~17% of the ingress path, measured in-process). Counted net
-    of frees, 10,000 young objects are reached rarely, and cycles are still collected. Only ever
-    raised, never lowered (an embedding application may have chosen more)."""
-    g0, g1, g2 = gc.get_threshold()
-    if 0 < g0 < _GC_GEN0:
-        gc.set_threshold(_GC_GEN0, g1, g2)
-
-
-def new_message_id() -> str:
-    """Time-ordered, unguessable, dot-free (attempt ids are "<message_id>.<run>.<n>"): 11 hex
-    digits of milliseconds since the epoch, then 64 random bits."""
-    return f"{int(time.time() * 1000):011x}{_random_hex.take(8)}"
-
-
 class Router:
     def __init__(self, policy: Policy, store: Store, metrics: Metrics, clock: Clock | None = None,
                  adapter_ctx: AdapterContext | None = None, rng_seed: int | None = None,
-                 limits: Any = None) -> None:
+                 limits: Limits | None = None) -> None:
         # `limits`: the merged process settings (daemon/settings.py Settings: CLI > ROUTINGD_* env >
         # [daemon]); it supplies max_inflight, idempotency_ttl and retention. Without it the
         # [daemon] table of the current policy does.
@@ -272,7 +244,7 @@ class Router:
         self._by_vendor: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._vendor_of: dict[str, tuple[str, str]] = {}
         # One jitter stream for every message of the process (the engine draws only back-off
-        # jitter from it); a Random per message cost 2.8 KB and a seeding each.
+        # jitter from it); a Random per message costs memory and a seeding each.
         self._rng = random.Random(rng_seed)
         self._put_events = store.put_events
         # Plans of requests without overrides, per route, for the current policy (swap_policy
@@ -461,7 +433,7 @@ class Router:
             problem = f"policy version {version} is not in the store"
         else:
             try:
-                policy = parse_policy(src[0], src[1], secrets=read_secret)
+                policy = parse_policy_text(src[0], src[1], secrets=read_secret)
             except PolicyError as e:
                 problem = f"policy version {version} no longer loads: {'; '.join(e.lines())}"
             else:
@@ -874,8 +846,8 @@ class Router:
         # insert: `committed`) is committed, so a crash can never leave a call the provider
         # may have received without a record of it.
         durable = None if committed else self.store.committed()
-        timed = getattr(adapter, "timed_answer", None)
-        if timed is not None:
+        if adapter.answers_at_once:
+            timed = adapter.timed_answer
             fut: asyncio.Future[None] = self._loop.create_future()
             live.tasks[cmd.attempt_id] = fut
             if durable is None:
@@ -886,7 +858,7 @@ class Router:
         live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req, durable),
                                                             name=f"attempt {cmd.attempt_id}")
 
-    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], Any],
+    def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], TimedAnswer],
                      fut: asyncio.Future[None], _durable: asyncio.Future[None] | None) -> None:
         """An adapter that can draw its whole answer at once (the sandbox: `timed_answer`) is
         answered by one loop timer, set once the attempt's row is committed; the plain future
@@ -1204,19 +1176,19 @@ class Router:
         live = self._live.get(message_id) or self._recent.get(message_id)
         if live is not None:
             adopted = live.delivery.attempts     # earlier runs' attempts the engine took over
-            attempts = [_attempt_json(a) for a in live.prior.values() if a.attempt_id not in adopted]
+            attempts = [attempt_json(a) for a in live.prior.values() if a.attempt_id not in adopted]
             for rec in live.delivery.attempts.values():
-                attempts.append(_attempt_json(AttemptRow(
+                attempts.append(attempt_json(AttemptRow(
                     rec.attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
                     rec.deadline, rec.ended_at, rec.outcome, rec.status_code, live.details.get(rec.attempt_id),
                     self._vendor_of.get(rec.attempt_id, (None, None))[1] or self._prior_vendor_id(live, rec.attempt_id))))
             if adopted and live.prior:  # attempts of earlier runs the engine took over: in time order again
                 attempts.sort(key=lambda a: (a["started_at"] or "", a["attempt_id"]))
-            return _message_json(live.row, attempts, live.events)
+            return message_json(live.row, attempts, live.events)
         sm = self.store.get_message(message_id)
         if sm is None:
             return None
-        return _message_json(sm.message, [_attempt_json(a) for a in sm.attempts], sm.events)
+        return message_json(sm.message, [attempt_json(a) for a in sm.attempts], sm.events)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -1307,33 +1279,12 @@ def _repeated(outcome: str | None, status: str, attempt_id: str, events: Sequenc
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:500]
+
+
 def request_bytes(text: str) -> int:
     """A request text's size in UTF-8 bytes, what [daemon] max_inflight_bytes counts (an ASCII
     text -- nearly all -- without encoding it)."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _attempt_json(a: AttemptRow) -> dict[str, Any]:
-    out: dict[str, Any] = {"attempt_id": a.attempt_id, "channel": a.channel, "provider": a.provider,
-                           "try": a.try_no, "started_at": rfc3339(a.started_at), "ended_at": rfc3339(a.ended_at),
-                           "deadline": rfc3339(a.deadline), "outcome": a.outcome, "status_code": a.status_code}
-    if a.detail:
-        out["detail"] = a.detail
-    if a.provider_message_id:
-        out["provider_message_id"] = a.provider_message_id
-    return out
-
-
-def _event_json(e: EventRow | Event) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": e.type, "at": rfc3339(e.at)}
-    for k, v in e.data.items():
-        if k == "at":
-            k = "retry_at" if e.type == "retry_scheduled" else "data_at"
-            v = rfc3339(v) if isinstance(v, (int, float)) else v
-        elif k in _TIME_KEYS and isinstance(v, (int, float)):
-            v = rfc3339(v)
-        out[k] = v
-    return out
 
 
 def _attempt_values(attempt_id: str, message_id: str, rec: AttemptRecord, detail: str | None) -> tuple[Any, ...]:
@@ -1342,11 +1293,3 @@ def _attempt_values(attempt_id: str, message_id: str, rec: AttemptRecord, detail
     the state Router._note compares with `_Live.written`."""
     return (attempt_id, message_id, rec.channel, rec.provider, rec.try_no, rec.started_at,
             rec.deadline, rec.ended_at, rec.outcome, rec.status_code, detail)
-
-
-def _message_json(row: MessageRow, attempts: list[dict[str, Any]], events: Sequence[EventRow | Event]) -> dict[str, Any]:
-    return {"message_id": row.id, "status": row.status, "accepted_at": rfc3339(row.accepted_at),
-            "finished_at": rfc3339(row.finished_at), "delivered_at": rfc3339(row.delivered_at),
-            "message_deadline": rfc3339(row.message_deadline), "route": row.route,
-            "policy_version": row.policy_version, "attempts": attempts,
-            "events": [_event_json(e) for e in events]}

@@ -24,6 +24,8 @@ import socket
 import time
 from typing import Mapping
 
+from .errors import RoutingdError
+
 log = logging.getLogger("routingd.sdnotify")
 
 # A datagram to PID 1 is local and tiny; bound the rare case of a full receive queue so the
@@ -31,7 +33,7 @@ log = logging.getLogger("routingd.sdnotify")
 SEND_TIMEOUT_S = 1.0
 
 
-class NotifyAddressError(ValueError):
+class NotifyAddressError(RoutingdError, ValueError):
     """$NOTIFY_SOCKET holds something that is neither an absolute path nor an @abstract name."""
 
 

@@ -16,7 +16,7 @@ import re
 import stat
 from typing import Callable, Mapping
 
-MAX_SECRET_BYTES = 1024 * 1024      # an FCM service account is ~2 KB; this is only a guard
+MAX_SECRET_BYTES = 1024 * 1024      # far above any real secret (an FCM service account file); only a guard
 # systemd's credential names: no slash, not "." or ".."
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
 

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from aiohttp import web
 
@@ -35,9 +35,17 @@ from .oplog import configure_logging
 from .api import ApiState, ReloadResult, create_app
 from .connections import ConnectionGuard
 from .core import core_build
-from .core.policy import Policy, PolicyError, load_policy, read_config_text
+from .config_files import load_policy, read_config_text
+from .core.policy import Policy, PolicyError
+from .errors import RoutingdError
 from .secrets import read_secret
-from .settings import Settings, SettingsError, config_path, load_settings, parse_listen
+from .settings import ListenAddress, Settings, SettingsError, config_path, load_settings, parse_listen
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .runtime import Router
+    from .sdnotify import Notifier
+    from .store import Store
 
 log = logging.getLogger("routingd")
 
@@ -45,12 +53,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-class StartupError(Exception):
-    """The daemon cannot start; `lines` are ready to print, one problem each."""
+class StartupError(RoutingdError):
+    """The daemon cannot start; `lines()` are ready to print, one problem each."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+        self._lines = list(lines)
         super().__init__("; ".join(lines))
+
+    def lines(self) -> list[str]:
+        return list(self._lines)
 
 
 # --------------------------------------------------------------------------- logging
@@ -76,7 +87,7 @@ def startup_settings(policy: Policy, config: str, listen: str | None, state: str
         try:
             MqttLink(settings.mqtt)
         except MqttConfigError as e:
-            raise StartupError([f"{config}: {e.line()}"]) from None
+            raise StartupError([f"{config}: {line}" for line in e.lines()]) from None
     return settings
 
 
@@ -95,9 +106,9 @@ def check_auth(settings: Settings) -> None:
 class ConfigReloader:
     """Re-read routing.toml, validate, then swap it into the Router (one reload at a time)."""
 
-    def __init__(self, path: str, router: Any, metrics: Any, state: ApiState,
+    def __init__(self, path: str, router: Router, metrics: Metrics, state: ApiState,
                  cli_listen: str | None, cli_state: str | None, settings: Settings,
-                 notifier: Any = None, guard: Any = None) -> None:
+                 notifier: Notifier | None = None, guard: ConnectionGuard | None = None) -> None:
         self.path = path
         self.notifier = notifier
         self.guard = guard                  # routingd.daemon.connections.ConnectionGuard of the listener
@@ -149,7 +160,7 @@ class ConfigReloader:
             settings = load_settings(policy, config=self.path, listen=self._cli[0], state=self._cli[1])
             check_auth(settings)
         except (SettingsError, StartupError) as e:
-            lines = tuple(f"{self.path}: {line}" for line in (e.lines() if isinstance(e, SettingsError) else e.lines))
+            lines = tuple(f"{self.path}: {line}" for line in e.lines())
             for line in lines:
                 log.error("reload (%s) rejected: %s", trigger, line)
             return ReloadResult(False, current.version, errors=lines)
@@ -219,7 +230,7 @@ def serve_command(args: argparse.Namespace) -> int:
             log.warning("%s: warning: %s", path, w)
         return asyncio.run(Service(policy, settings, args.listen, args.state).run())
     except StartupError as e:
-        for line in e.lines:
+        for line in e.lines():
             print(" ".join(line.split("\n")), file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug: one log line (with its traceback folded), exit 1
@@ -255,7 +266,7 @@ class Service:
         try:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
-            raise StartupError([f"{s.config}: {e.line()}"]) from None
+            raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
         store = Store(s.state)
         try:
             await store.open()
@@ -357,15 +368,13 @@ class Service:
         log.info("%s received", sig.name)
         self._stop.set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-def _bound_url(listener: asyncio.Server, addr: Any) -> str:
-    from .settings import ListenAddress
-
+def _bound_url(listener: asyncio.Server, addr: ListenAddress) -> str:
     for sock in listener.sockets:
         a = sock.getsockname()
         if isinstance(a, tuple) and len(a) >= 2:
@@ -373,7 +382,7 @@ def _bound_url(listener: asyncio.Server, addr: Any) -> str:
     return addr.url
 
 
-def _backlog_problem(store: Any) -> str | None:
+def _backlog_problem(store: Store) -> str | None:
     """readyz: writes waiting for a disk that refuses them make the daemon not ready."""
     n = store.backlog
     if not n:
@@ -382,7 +391,7 @@ def _backlog_problem(store: Any) -> str | None:
             f"({store.last_error}); sends answer 503 while it does{' (the backlog is full)' if store.backlog_full else ''}")
 
 
-async def _close(store: Any) -> None:
+async def _close(store: Store) -> None:
     try:
         await store.close()
     except Exception:  # noqa: BLE001 - the store logs its own write errors; do not mask the exit

@@ -22,12 +22,13 @@ from pydantic import SecretStr, ValidationError, ValidationInfo, create_model, f
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .core.policy import DaemonSection, Policy
+from .errors import RoutingdError
 
 ENV_PREFIX = "ROUTINGD_"
 DEFAULT_CONFIG = "routing.toml"
 
 
-class SettingsError(Exception):
+class SettingsError(RoutingdError):
     """Settings are unusable; `lines()` gives one actionable line per problem."""
 
     def __init__(self, problems: list[str]) -> None:

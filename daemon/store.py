@@ -76,6 +76,8 @@ from typing import Any, Callable
 
 from pydantic_core import to_json as _to_json
 
+from .errors import RoutingdError
+
 log = logging.getLogger("routingd.store")
 
 SCHEMA_VERSION = 3         # 2: event_log (1 -> 2 needs only the new table; see _SCHEMA)
@@ -147,7 +149,7 @@ CREATE INDEX IF NOT EXISTS attempts_vendor ON attempts(provider, provider_messag
 """
 
 
-class StoreError(Exception):
+class StoreError(RoutingdError):
     """The state file cannot be used; `str()` names the path, the problem and what to do."""
 
     def __init__(self, path: str, problem: str, hint: str = "") -> None:
@@ -282,9 +284,8 @@ _SQL_VENDOR_ID = "UPDATE attempts SET provider_message_id = ? WHERE attempt_id =
 
 def _encode(obj: Any) -> str:
     """Compact JSON of event data, anything else as str() (json.dumps(default=str) would give the
-    same values back through json.loads). pydantic_core's Rust serializer: ~5x faster than the
-    json module's C encoder on a message's events, most of it in float formatting (shortest
-    round-trip digits either way); non-ASCII is written as UTF-8, not \\u escapes, and
+    same values back through json.loads). pydantic_core's Rust serializer, faster than the json
+    module's C encoder at float formatting (docs/performance.md); non-ASCII is written as UTF-8, not \\u escapes, and
     Infinity/NaN as json.dumps writes them."""
     return _to_json(obj, fallback=str).decode()
 
@@ -296,7 +297,7 @@ def _encode(obj: Any) -> str:
 # in the connection's statement cache.
 #
 # A None parameter costs the sqlite3 module a failed adapter lookup that formats and clears an
-# AttributeError (~3,000 CPU instructions, callgrind), so the rows that are mostly NULL by
+# AttributeError (docs/performance.md "Figures behind code choices"), so the rows that are mostly NULL by
 # construction -- a new message (finished_at, delivered_at, idempotency_key) and an attempt that
 # has just started (ended_at, outcome, status_code, detail) -- have shapes with those NULLs written
 # into the statement, and so has an ended attempt without detail: _NEW_MESSAGE, _ATTEMPT_START

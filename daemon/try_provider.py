@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .errors import RoutingdError
+
 if TYPE_CHECKING:       # imported when run: `routingd --help` builds this parser without them
     from .adapters import AttemptRequest
     from .core.engine import Outcome
@@ -28,7 +30,7 @@ EXIT_DELIVERED = 0
 EXIT_NOT_DELIVERED = 1
 
 
-class TryError(Exception):
+class TryError(RoutingdError):
     """The command cannot run as asked; the message is one line for stderr."""
 
 

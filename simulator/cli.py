@@ -16,7 +16,8 @@ import time
 from importlib import resources
 from typing import Any, Sequence, TextIO
 
-from ..daemon.core.policy import Policy, PolicyError, load_policy
+from ..daemon.config_files import load_policy
+from ..daemon.core.policy import Policy, PolicyError
 from ..daemon.secrets import read_secret
 
 from .report import build_report, format_table

@@ -41,7 +41,8 @@ from typing import Any, Callable, Sequence, TextIO
 
 from ..daemon.core.behaviour import BehaviourSpec
 from ..daemon.core.engine import Event
-from ..daemon.core.policy import Policy, PolicyError, Problem, load_policy
+from ..daemon.config_files import load_policy
+from ..daemon.core.policy import Policy, PolicyError, Problem
 from ..daemon.secrets import read_secret
 
 from .metrics import OUTCOME_CODE, Metrics

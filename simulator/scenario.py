@@ -42,7 +42,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
-from ..daemon.core.policy import read_config_text, PolicyError, Problem, problems_from_validation
+from ..daemon.config_files import read_config_text
+from ..daemon.core.policy import PolicyError, Problem, problems_from_validation
 
 
 class _Strict(BaseModel):

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from routingd.daemon.api import ApiState, create_app, sign, token_ok
-from routingd.daemon.core.policy import load_policy
+from routingd.daemon.config_files import load_policy
 from routingd.daemon.metrics import Metrics
 from routingd.daemon.openapi import openapi_document
 from routingd.daemon.runtime import Router
@@ -204,6 +204,24 @@ def test_validation_422_names_the_fields(tmp_path: Path) -> None:
                 == [["message", "routing", "channels", 1, "channels", 0]]
             assert await locs({"to": {"email": "a"}, "routing": {"channels": [{"channels": ["email"], "x": 1}]}}) \
                 == [["message", "routing", "channels", 0, "x"]]
+    run(main())
+
+
+def test_a_request_and_routing_toml_word_the_same_mistake_alike(tmp_path: Path) -> None:
+    """One formatter of validation errors: an unknown or missing key reads the same in a 422's
+    details as in routing.toml's errors (daemon/core/policy.py problems_from_validation)."""
+    from routingd.daemon.core.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError) as e:
+        parse_policy(SANDBOX.replace("[timeouts]", "[timeouts]\ncolour = 1"), "r.toml", env={})
+    assert e.value.lines() == ["r.toml: timeouts.colour: unknown key"]
+
+    async def main() -> None:
+        async with api(tmp_path) as (c, _, _):
+            r = await c.post("/v1/send", json={"message": {"to": {"email": "a"}, "colour": "red"}}, headers=AUTH)
+            assert (await error_of(r, 422))["details"] == [{"loc": ["message", "colour"], "msg": "unknown key"}]
+            r = await c.post("/v1/send", json={"message": {"content": {}}}, headers=AUTH)
+            assert (await error_of(r, 422))["details"] == [{"loc": ["message", "to"], "msg": "required key is missing"}]
     run(main())
 
 
@@ -477,7 +495,7 @@ def test_listen_addresses_and_the_no_token_rule(tmp_path: Path, monkeypatch: pyt
     check_auth(load_settings(open_policy, config="c", listen="127.0.0.1:8080"))
     with pytest.raises(StartupError) as e:
         check_auth(load_settings(open_policy, config="c", listen="0.0.0.0:8080"))
-    assert "refusing to listen on 0.0.0.0:8080 without API tokens" in e.value.lines[0]
+    assert "refusing to listen on 0.0.0.0:8080 without API tokens" in e.value.lines()[0]
     check_auth(load_settings(_policy(tmp_path, 'api_tokens = ["t"]'), config="c", listen="0.0.0.0:8080"))
     # "${ROUTINGD_TOKEN}" with the variable unset means no token at all
     monkeypatch.delenv("ROUTINGD_TOKEN", raising=False)

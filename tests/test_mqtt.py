@@ -62,7 +62,7 @@ def test_broker_url_credentials_port_and_errors() -> None:
         with pytest.raises(MqttConfigError, match=why) as err:
             parse_broker_url(MqttSection.model_construct(url=bad))
         assert err.value.key == "daemon.mqtt.url" and repr(bad) in str(err.value)
-        assert err.value.line() == f"daemon.mqtt.url: {err.value}"
+        assert err.value.lines() == [f"daemon.mqtt.url: {err.value}"]
 
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from routingd.daemon.core.plan import resolve_plan
-from routingd.daemon.core.policy import PROVIDER_TYPES, Policy, PolicyError, load_policy, parse_policy
+from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.policy import PROVIDER_TYPES, Policy, PolicyError, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 

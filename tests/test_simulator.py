@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 
 from routingd.daemon.core.engine import Command, Delivery, Event, Finish, StartAttempt
-from routingd.daemon.core.policy import PolicyError, load_policy
+from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.policy import PolicyError
 from routingd.simulator import runner
 from routingd.simulator.invariants import HierarchyChecker
 from routingd.simulator.report import build_report

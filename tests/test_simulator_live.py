@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from routingd.daemon.core.policy import load_policy, parse_policy
+from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.policy import parse_policy
 from routingd.simulator.cli import shipped_drills
 from routingd.simulator.live import compare, live_command, live_routing, prepare_live, to_toml
 from routingd.simulator.scenario import load_scenario

@@ -15,7 +15,8 @@ import pytest
 
 from routingd.daemon.adapters import AdapterContext, AttemptRequest
 from routingd.daemon.core.behaviour import OUTAGE_KINDS, BehaviourSpec, RateWindow, behaviour_of, draw_answer
-from routingd.daemon.core.policy import load_policy, parse_policy
+from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.policy import parse_policy
 from routingd.daemon.providers import SandboxAdapter
 from routingd.simulator.providers import SimProvider
 from routingd.simulator.scenario import parse_scenario

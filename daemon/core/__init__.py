@@ -16,10 +16,12 @@ import hashlib
 import importlib
 from pathlib import Path
 
+from .errors import RoutingdError
+
 COMPILED = ("engine", "health", "plan")     # keep in step with setup.py COMPILED
 
 
-class StaleCompiledCore(ImportError):
+class StaleCompiledCore(RoutingdError, ImportError):
     """A compiled core module was built from another version of its source."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import RoutingdError
+
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -11,7 +13,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 MAX_DURATION_MS = 1000 * 365 * 86_400_000     # 1000 years: beyond it a float loses whole ms
 
 
-class DurationError(ValueError):
+class DurationError(RoutingdError, ValueError):
     """A duration that cannot be read."""
 
 

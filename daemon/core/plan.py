@@ -18,18 +18,11 @@ from typing import Any, Union
 from .policy import (BUILTIN_CHANNEL_TIMEOUT_MS, BUILTIN_MESSAGE_TIMEOUT_MS,
                      BUILTIN_PROVIDER_TIMEOUT_MS, Policy, Problem, RouteGroup, TimeoutsSection,
                      plan_limit_msg, plan_shape_problems)
+from .errors import PlanError
 from .request import MessageRequest
 
 
 INLINE_ROUTE = "(inline)"   # Plan.route of inline routing sent without a route and no [routes.default]
-
-
-class PlanError(Exception):
-    """A request names something the policy lacks (unknown route/channel/provider)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{p.key_path}: {p.msg}" for p in problems))
 
 
 @dataclass(frozen=True)

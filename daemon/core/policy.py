@@ -2,8 +2,9 @@
 interpolation (secrets are read by a resolver the caller passes in: core does no I/O), validation
 with key paths.
 
-`load_policy(path)` gives an immutable `Policy` whose `version` is the content hash of the
-file, or raises `PolicyError` listing every problem as "PATH: key.path: reason".
+`parse_policy(text, path, env)` gives an immutable `Policy` whose `version` is the content hash of
+the text, or raises `PolicyError` listing every problem as "PATH: key.path: reason". Reading the
+file and the environment is the caller's (daemon/config_files.py `load_policy`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
                       ValidationError, field_validator, model_validator)
 
+from .errors import ConfigError, Problem
 from .behaviour import BehaviourSpec, Duration, FailMode
 from .templates import EMPTY as NO_TEMPLATES
 from .templates import TemplateSet, compile_templates
@@ -510,26 +512,9 @@ class PolicyModel(Strict):
 # --------------------------------------------------------------------------- errors
 
 
-@dataclass(frozen=True)
-class Problem:
-    loc: tuple[str | int, ...]
-    msg: str
-
-    @property
-    def key_path(self) -> str:
-        return ".".join(str(p) for p in self.loc) or "(file)"
-
-
-class PolicyError(Exception):
-    """routing.toml (or a scenario file) is invalid; `problems` lists every reason."""
-
-    def __init__(self, path: str, problems: list[Problem]) -> None:
-        self.path = path
-        self.problems = problems
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
+class PolicyError(ConfigError):
+    """routing.toml (or a scenario file) is invalid; `problems` lists every reason (the one
+    configuration-error shape: daemon/core/errors.py ConfigError)."""
 
 
 def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
@@ -559,6 +544,9 @@ def _is_mapping_key(raw_loc: tuple, i: int) -> bool:
 
 
 def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """The one formatter of pydantic's errors, for files (routing.toml, scenarios) and requests
+    (HTTP and MQTT `details`) alike: user-written key paths, one wording ("unknown key",
+    "required key is missing"), the first message per location."""
     out: list[Problem] = []
     for e in err.errors():
         loc = user_loc(e["loc"])
@@ -868,10 +856,10 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
 def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None,
                  secrets: SecretResolver | None = None) -> Policy:
     """Parse and validate routing.toml text; raise PolicyError with every problem found.
-    `secrets` reads ${credential:NAME} and ${file:PATH} (none given: they are errors)."""
-    import os  # environment only, read once here: no I/O beyond it
-
-    env = dict(os.environ) if env is None else env
+    `env` holds the ${VAR} values (none given: no variable is set; daemon/config_files.py passes
+    the process environment); `secrets` reads ${credential:NAME} and ${file:PATH} (none given:
+    they are errors)."""
+    env = {} if env is None else env
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -920,21 +908,3 @@ def _masked(problems: list[Problem], used: Mapping[str, str]) -> list[Problem]:
                     msg = msg.replace(form, f"${{{used[value]}}}")
         out.append(Problem(p.loc, msg))
     return out
-
-
-def read_config_text(path: str) -> str:
-    """Read a TOML config file (routing.toml, a scenario) as text; PolicyError when it cannot be."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PolicyError(path, [Problem((), f"cannot read file: {e.strerror or e}")]) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PolicyError(path, [Problem((), f"not UTF-8 text (byte {e.start})")]) from None
-
-
-def load_policy(path: str, env: Mapping[str, str] | None = None, secrets: SecretResolver | None = None) -> Policy:
-    """Read and validate a routing.toml file (the one file read this package does)."""
-    return parse_policy(read_config_text(path), path, env, secrets)

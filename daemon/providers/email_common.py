@@ -4,12 +4,11 @@ the sender split into name and address, and vendor text made safe for an attempt
 from __future__ import annotations
 
 import email.utils
-import re
 
 from ..adapters import AttemptRequest
 from ..core.engine import Outcome
+from .redact import redact
 
-_URL = re.compile(r"\b(https?://[^/\s?#]+)[^\s]*", re.IGNORECASE)
 _MAX_DETAIL = 300
 
 
@@ -38,6 +37,6 @@ def clip(text: str, limit: int = _MAX_DETAIL) -> str:
 
 
 def vendor_text(text: str, limit: int = _MAX_DETAIL) -> str:
-    """A vendor's error text for an attempt's detail: one line, bounded, and any URL cut to its
-    scheme and host (a path or query may carry a token or an account id)."""
-    return clip(_URL.sub(r"\1/…", text), limit)
+    """A vendor's error text for an attempt's detail: redact.py's one sanitiser (one line,
+    bounded, any URL cut to its scheme and host: a path or query may carry a token)."""
+    return redact(text, (), limit)

@@ -28,7 +28,8 @@ from typing import Any
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
-from .vendor import VendorAnswer, scrub, vendor_request
+from .redact import redact
+from .vendor import VendorAnswer, vendor_request
 
 log = logging.getLogger("routingd.providers.fcm")
 
@@ -85,7 +86,7 @@ class FcmAdapter(ProviderAdapter):
 
             self.credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         except ValueError as e:          # google-auth raises ValueError for a key it cannot load too
-            self.broken = scrub(str(e), ())
+            self.broken = redact(str(e))
             log.warning("provider %s: %s; every attempt fails until the configuration is fixed", name, self.broken)
 
     async def _access_token(self) -> str | Outcome:
@@ -151,7 +152,7 @@ def _refresh(creds: Any) -> None:
 def _refresh_outcome(e: BaseException) -> Outcome:
     from google.auth import exceptions as gexc
 
-    text = scrub(str(e), ())
+    text = redact(str(e))
     if isinstance(e, gexc.RefreshError):
         # the token endpoint refused: retryable (its 5xx, after google-auth's own retries) or not
         # (invalid_grant, a deleted or wrong key: bad credentials)

@@ -6,13 +6,15 @@ events topic and logged, so it must never carry a credential. Chat APIs put the 
 (aiohttp's `ClientResponseError ... url='...'`) or a provider's error body can echo any of them.
 
 `redact(text, secrets)`:
-  * every URL is cut to `scheme://host[:port]` (user info, path, query and fragment dropped);
+  * every URL is cut to `scheme://host[:port]` (user info, path, query and fragment dropped; a
+    dropped path, query or fragment shows as `/…`);
   * every given secret (see `config_secrets`) is replaced by `***`, in any of the renderings
     an error may use (as is, `repr()`-escaped, percent-encoded);
   * whitespace (newlines included) is folded to single spaces and the text bounded.
 
-Every adapter's error path calls it with `config_secrets(...)` of its configuration; the
-runtime applies it once more to every detail as a backstop (docs/security.md).
+Every adapter's error path calls it with `config_secrets(...)` of its configuration (the http,
+mqtt, vendor and email adapters alike: this is the only sanitiser); the runtime applies it once
+more to every detail as a backstop (docs/security.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{1,15})://([^\s/?#'\"<>()\[\]]*)[^\s
 
 def _host_only(m: re.Match[str]) -> str:
     netloc = m.group(2).rpartition("@")[2]          # user:password@ never shown
-    return f"{m.group(1)}://{netloc}"
+    cut = len(m.group(0)) > len(m.group(1)) + 3 + len(m.group(2))
+    return f"{m.group(1)}://{netloc}" + ("/…" if cut else "")
 
 
 def config_secrets(url: str | None = None, headers: Mapping[str, str] | None = None,

@@ -19,9 +19,9 @@ import asyncio
 import functools
 import random
 import time
-from typing import Any, Callable
+from typing import Any
 
-from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
+from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, TimedAnswer, register_adapter
 from ..core.behaviour import RateWindow, draw_answer
 from ..core.engine import Outcome
 
@@ -29,6 +29,8 @@ _NO_ANSWER = Outcome(network=True, detail="no answer (sandbox fail = 'hang')")  
 
 
 class SandboxAdapter(ProviderAdapter):
+    answers_at_once = True
+
     def __init__(self, name: str, config: Any, ctx: AdapterContext) -> None:
         self.name = name
         self.config = config
@@ -48,7 +50,7 @@ class SandboxAdapter(ProviderAdapter):
             after()
         return outcome
 
-    def timed_answer(self, req: AttemptRequest) -> tuple[float | None, Outcome, Callable[[], None] | None]:
+    def timed_answer(self, req: AttemptRequest) -> TimedAnswer:
         """The answer to `req` drawn now: after delay_s seconds (None: never), this Outcome; run
         `after()` when it is taken (not if the attempt was cancelled first)."""
         cfg = self.config

@@ -42,7 +42,7 @@ class SlackAdapter(ProviderAdapter):
     def __init__(self, name: str, config: Any, ctx: AdapterContext) -> None:
         self.name = name
         self.ctx = ctx
-        self.secrets: list[str] = []
+        self.secrets: list[str] = []   # masked in every detail (redact.py)
         self.webhook_url: str | None = None
         self.token: str | None = None
         self.channel: str | None = config.channel

@@ -8,8 +8,9 @@ what every module does the same way lives here:
 - no answer: the runtime cancels the attempt at its deadline; a generous safety timeout on the
   request backs that up (as for `http`), and then it is a network failure;
 - a refused or reset connection, a malformed answer or a truncated body: Outcome(network=True);
-- details are bounded and scrubbed of the adapter's secrets (tokens, webhook URLs and their paths),
-  and name a URL by its origin only (scheme://host[:port]): a webhook URL's path is a credential.
+- details go through redact.py (the one sanitiser): bounded, masked of the adapter's secrets
+  (tokens, webhook URLs and their paths), a URL named by its origin only (scheme://host[:port]):
+  a webhook URL's path is a credential.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import aiohttp
 
 from ..core.engine import Outcome
 from .http import _read_body, parse_retry_after
+from .redact import config_secrets, redact
 
 _SAFETY_S = 5.0
-_DETAIL_MAX = 300
 
 
 @dataclass(frozen=True)
@@ -61,25 +62,15 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}{port}"
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by "***", cut to a bounded length."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_MAX else text[:_DETAIL_MAX - 3] + "..."
-
-
 def secret_parts(url: str) -> list[str]:
-    """The parts of a URL that may hold a credential (the whole URL, its path and query)."""
+    """The parts of a URL that may hold a credential: the whole URL, its path and query, and
+    the pieces redact.config_secrets() finds in it (user info, path segments, query values)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return [url]
-    out = [url, parts.path, parts.query]
-    if parts.password:
-        out.append(parts.password)
-    return [p for p in out if p and p != "/"]
+    out = [url, parts.path, parts.query, *config_secrets(url)]
+    return [p for p in dict.fromkeys(out) if p and p != "/"]
 
 
 async def vendor_request(session: Any, method: str, url: str, *, deadline_s: float, secrets: Iterable[str] = (),
@@ -100,6 +91,6 @@ async def vendor_request(session: Any, method: str, url: str, *, deadline_s: flo
     except (aiohttp.ClientError, OSError, ValueError) as e:
         text = " ".join(str(e).split())
         # aiohttp names the whole URL in some errors (InvalidURL): never let a path through
-        return Outcome(network=True, detail=scrub(f"{origin(url)}: {type(e).__name__}: {text}" if text
-                                                  else f"{origin(url)}: {type(e).__name__}",
-                                                  [*secret_parts(url), *secrets]))
+        return Outcome(network=True, detail=redact(f"{origin(url)}: {type(e).__name__}: {text}" if text
+                                                   else f"{origin(url)}: {type(e).__name__}",
+                                                   [*secret_parts(url), *secrets]))
