@@ -37,7 +37,8 @@ from routingd.daemon.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "routing.toml", ROOT / "deploy" / "routing.example.toml"]
 # every ${VAR} the shipped files and the generators use, set (so that those files are valid)
-ENV = {v: "t" for v in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", "".join(f.read_text() for f in SHIPPED))}
+ENV = {v: "https://hooks.example.com/t" if v.endswith("_URL") else "t"      # a webhook URL must be one
+       for v in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", "".join(f.read_text() for f in SHIPPED))}
 ENV.update({"SES_TOKEN": "t", "ROUTINGD_TOKEN": "t", "TOKEN": "t"})
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.filter_too_much])
