@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -237,6 +237,7 @@ def test_vendor_states_through_the_router_never_move_a_finished_message_back(
     import asyncio
     import tempfile
 
+    from daemon_process import until
     from provider_standin import ProviderStandin
     from test_runtime import router_for
 
@@ -293,11 +294,29 @@ def test_vendor_states_through_the_router_never_move_a_finished_message_back(
                         prov = next(x["provider"] for x in s["attempts"] if x["attempt_id"] == aid)
                         await _apply(r, prov, VendorState(None, aid, state, VENDOR_STATES[state]))  # type: ignore[arg-type]
                         s = check()
+                # then the vendor fails whatever still awaits its receipt, until the message ends
+                # (delivered, or undeliverable once c answers 500), and then delivers every attempt late
+                for _ in range(4):
+                    open_ = [x for x in s["attempts"] if x["outcome"] is None and x["provider"] != "c"]
+                    if s["status"] != "pending" or not open_:
+                        break
+                    for x in open_:
+                        applied.append((x["attempt_id"], "undelivered"))
+                        await _apply(r, x["provider"], VendorState(None, x["attempt_id"], "undelivered", "failed"))
+                        s = check()
+                await until(lambda: r.status(mid)["status"] != "pending", timeout=20, what="the message's end")
+                s = check()
+                for x in s["attempts"]:
+                    if x["provider"] != "c":
+                        applied.append((x["attempt_id"], "delivered"))
+                        await _apply(r, x["provider"], VendorState(None, x["attempt_id"], "delivered", "delivered"))
+                        s = check()
                 # a vendor state is recorded once however often it is repeated
                 vs = [(e["attempt_id"], e["vendor_status"]) for e in s["events"] if e["type"] == "vendor_status"]
                 assert len(vs) == len(set(vs)) and set(vs) == set(applied)
                 # a `delivered` receipt while the message was pending delivered it, whatever came after
                 assert (s["status"] == "delivered") == must_deliver, s
+                event(f"ended {s['status']}, {len(s['attempts'])} attempts")
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(asyncio.wait_for(main(Path(tmp)), 60))

@@ -9,7 +9,8 @@ type to an aiosmtpd relay.
   c. a `delivered` callback after failover moved on -> a late receipt: the email attempt still
      running is cancelled and the message delivered; the same callback again changes nothing
      (routingd_receipts_repeated_total); and one for a message email already delivered is
-     recorded as a `duplicate`, its status staying delivered (docs/api.md "Receipts").
+     recorded as a `duplicate`, its status staying delivered (docs/api.md "Receipts");
+  and all of it reads the same from the state store after a restart.
 
 Every wait is on state, bounded; nothing asserts on how long anything took.
 """
@@ -263,6 +264,17 @@ def test_sms_receipts_decide_the_failover_to_email_in_a_real_daemon(tmp_path: Pa
             assert r.status == 401
             assert d.status(c)["events"] == st_c["events"]
             relay.release.set()
+
+            # what the receipts changed is stored: after a restart the store answers the same
+            def summary(mid: str) -> Any:
+                st = d.status(mid)
+                return (st["status"], st["finished_at"], st["delivered_at"],
+                        [(x["attempt_id"], x["outcome"], x["ended_at"], x.get("provider_message_id")) for x in st["attempts"]],
+                        [(e["type"], e.get("attempt_id")) for e in st["events"]])
+            before_restart = [summary(m) for m in (a, b, c)]
+            assert d.stop() == 0, d.log_tail()
+            d.start()
+            assert [summary(m) for m in (a, b, c)] == before_restart
     finally:
         relay.release.set()
         smtp.stop()
