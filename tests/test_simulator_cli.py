@@ -60,7 +60,7 @@ def test_every_shipped_drill_meets_its_expectations_with_the_bundled_policy(tmp_
 
 def test_check_exits_1_when_an_expectation_is_missed(tmp_path: Path) -> None:
     text = (DRILLS / "email-primary-hang.toml").read_text()
-    text = text.replace('routing = "../../routing.toml"', f'routing = "{REPO / "routing.toml"}"')
+    text = text.replace('routing = "routing.toml"', f'routing = "{REPO / "routing.toml"}"')
     text = text.replace('p99_time_to_deliver = "6s"', 'p99_time_to_deliver = "50ms"')
     path = tmp_path / "strict.toml"
     path.write_text(text.replace('duration = "5m"', 'duration = "90s"'))

@@ -20,6 +20,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from .behaviour import BehaviourSpec, Duration, FailMode
 from .templates import EMPTY as NO_TEMPLATES
 from .templates import TemplateSet, compile_templates
+from .toml_lines import key_positions, where
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -473,13 +474,20 @@ class Problem:
 class PolicyError(Exception):
     """routing.toml (or a scenario file) is invalid; `problems` lists every reason."""
 
-    def __init__(self, path: str, problems: list[Problem]) -> None:
+    def __init__(self, path: str, problems: list[Problem], text: str | None = None) -> None:
         self.path = path
         self.problems = problems
-        super().__init__("\n".join(self.lines()))
+        self.text = text            # the file's text: the lines then name the line of each key
+        super().__init__(path)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
     def lines(self) -> list[str]:
-        return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
+        """`PATH[:LINE[:COL]]: key.path: reason` per problem (docs/configuration.md)."""
+        positions = key_positions(self.text) if self.text is not None else None
+        return [f"{where(self.path, self.text, p.loc, p.msg, positions)}: {p.key_path}: {p.msg}"
+                for p in self.problems]
 
 
 def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
@@ -817,8 +825,18 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
 
 def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None,
                  secrets: SecretResolver | None = None) -> Policy:
-    """Parse and validate routing.toml text; raise PolicyError with every problem found.
-    `secrets` reads ${credential:NAME} and ${file:PATH} (none given: they are errors)."""
+    """Parse and validate routing.toml text; raise PolicyError with every problem found, each
+    naming the line of its key. `secrets` reads ${credential:NAME} and ${file:PATH} (none given:
+    they are errors)."""
+    try:
+        return _parse_policy(text, path, env, secrets)
+    except PolicyError as e:
+        e.text = text
+        raise
+
+
+def _parse_policy(text: str, path: str, env: Mapping[str, str] | None,
+                  secrets: SecretResolver | None) -> Policy:
     import os  # environment only, read once here: no I/O beyond it
 
     env = dict(os.environ) if env is None else env
