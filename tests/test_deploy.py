@@ -228,7 +228,7 @@ def test_example_names_each_missing_secret() -> None:
     with pytest.raises(PolicyError) as err:
         parse_policy(EXAMPLE.read_text(), "routing.toml", env=env)
     lines = err.value.lines()
-    assert any(line.startswith("routing.toml: providers.ses.headers.Authorization: environment variable "
+    assert any(line.startswith("routing.toml:62:13: providers.ses.headers.Authorization: environment variable "
                                "SES_TOKEN is not set") for line in lines), lines
     assert any("providers.twilio.receipt_secret" in line and "TWILIO_RECEIPT_SECRET" in line
                for line in lines), lines
