@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Sequence
 
+from .annotations import FORMATS, render
 from .errors import RoutingdError
 
 EXIT_OK = 0
@@ -133,7 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             policy = load(path)
         except InputError as e:
             for line in e.lines():
-                _err(line)
+                _err(render(line, args.format, title="routingd check"))
             status = EXIT_INVALID
             continue
         try:        # what serve checks at start too: listen, tokens, MQTT (daemon/service.py)
@@ -152,10 +153,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not m.routes:
             warnings.append("no [routes] defined: the daemon cannot route any message")
         for w in warnings:
-            _err(f"{label}: warning: {w}")
+            _err(render(f"{label}: warning: {w}", args.format, "warning", "routingd check"))
     old = old_systemd()
     if old:
-        _err(f"warning: {old}")
+        _err(render(f"warning: {old}", args.format, "warning", "routingd check"))
     return status
 
 
@@ -402,10 +403,12 @@ def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate routing.toml files (like nginx -t)",
                        description="Validate routing.toml files. Exit 0 when every file is valid, "
-                                   "1 otherwise, with one 'PATH: key.path: reason' line per error "
+                                   "1 otherwise, with one 'PATH:LINE: key.path: reason' line per error "
                                    "on stderr. Warnings go to stderr as 'PATH: warning: ...'.")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="file to check (default: $ROUTINGD_CONFIG or ./routing.toml; - reads stdin)")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="github: errors and warnings as GitHub Actions annotations (::error file=...,line=...::)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("explain", help="show a route's failover plan with every effective timeout",

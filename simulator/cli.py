@@ -1,4 +1,5 @@
-"""`routingd simulate SCENARIO.toml... [--routing PATH]... [--json PATH] [--plot PATH] [--seed N] [--check]`
+"""`routingd simulate SCENARIO.toml... [--routing PATH]... [--json PATH] [--junit PATH] [--plot PATH] [--seed N]
+[--check] [--format text|github]`
 
 Also runnable as `python -m routingd.simulator.cli ...`. A SCENARIO that is not a file but names a shipped
 drill (`email-primary-hang`) runs that drill. Exit status: 0 done (and every expectation met
@@ -16,8 +17,10 @@ import time
 from importlib import resources
 from typing import Any, Sequence, TextIO
 
+from ..daemon.annotations import FORMATS, render
 from ..daemon.config_files import load_policy
 from ..daemon.core.policy import Policy, PolicyError
+from ..daemon.core.toml_lines import where
 from ..daemon.secrets import read_secret
 
 from .report import build_report, format_table
@@ -46,6 +49,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="routing file to run instead of the scenario's own; repeat to compare "
                              "several side by side on the same seeded traffic")
     parser.add_argument("--json", metavar="PATH", help='write {"runs": [report, ...]} to PATH ("-": stdout)')
+    parser.add_argument("--junit", metavar="PATH",
+                        help="write a JUnit XML report to PATH (a testsuite per run, a testcase per [expect])")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG timeline to PATH")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--check", action="store_true",
@@ -55,6 +60,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the scenario against a real daemon and compare (docs/simulator.md)")
     parser.add_argument("--speed", type=float, default=1.0, metavar="N",
                         help="with --live: divide every duration of the scenario and its routing by N")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="github: errors and missed expectations as GitHub Actions annotations")
 
 
 class _ProgressBar:
@@ -112,7 +119,7 @@ def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
             errors.extend(e.lines())
             continue
         if not routing_args and not os.path.exists(sc.routing_path):
-            errors.append(f"{sc.path}: routing: routing file {sc.routing_path} not found "
+            errors.append(f"{where(sc.path, sc.text, ('routing',))}: routing: routing file {sc.routing_path} not found "
                           f"(the path is relative to the scenario; give --routing PATH)")
             continue
         routing = list(routing_args) or [sc.routing_path]
@@ -169,7 +176,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         setups, errors = prepare(args.scenarios, args.routing, args.seed)
         if errors:
             for line in errors:
-                stderr.write(line + "\n")
+                stderr.write(render(line, args.format, title="routingd simulate") + "\n")
             return EXIT_INVALID
         results = run_all(setups, stderr)
         reports = [build_report(r) for r in results]
@@ -189,6 +196,14 @@ def simulate_command(args: argparse.Namespace) -> int:
                 except OSError as e:
                     stderr.write(f"{args.json}: cannot write the JSON report: {e.strerror or e}\n")
                     return EXIT_INVALID
+        if args.junit:
+            from .junit import junit_xml
+            try:
+                with open(args.junit, "wb") as fb:
+                    fb.write(junit_xml(reports, {s.scenario.path: s.scenario.text for s in setups}, args.plot))
+            except OSError as e:
+                stderr.write(f"{args.junit}: cannot write the JUnit report: {e.strerror or e}\n")
+                return EXIT_INVALID
         if args.plot:
             from .plot import write_plot
             try:
@@ -197,9 +212,9 @@ def simulate_command(args: argparse.Namespace) -> int:
                 stderr.write(f"{args.plot}: cannot write the plot: {e.strerror or e}\n")
                 return EXIT_INVALID
         if args.check:
-            missed = _missed(reports)
+            missed = _missed(reports, {s.scenario.path: s.scenario.text for s in setups})
             for line in missed:
-                stderr.write(line + "\n")
+                stderr.write(render(line, args.format, title="routingd simulate --check") + "\n")
             if missed:
                 return EXIT_MISSED
         return EXIT_OK
@@ -211,12 +226,13 @@ def simulate_command(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL
 
 
-def _missed(reports: Sequence[dict[str, Any]]) -> list[str]:
+def _missed(reports: Sequence[dict[str, Any]], texts: dict[str, str | None]) -> list[str]:
     out = []
     for rep in reports:
         for e in rep["expect"]:
             if not e["ok"]:
-                out.append(f"{rep['scenario_file']}: expect.{e['name']}: missed with {rep['routing']}: "
+                file = where(rep["scenario_file"], texts.get(rep["scenario_file"]), ("expect", e["name"]))
+                out.append(f"{file}: expect.{e['name']}: missed with {rep['routing']}: "
                            f"actual {e['actual']}, target {e['target']}")
     return out
 

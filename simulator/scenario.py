@@ -172,6 +172,7 @@ class Scenario:
     name: str
     routing_path: str                   # the scenario's own routing file, resolved against `path`
     provider_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    text: str | None = None             # the file's text: errors name the line of their key
 
     @property
     def duration_s(self) -> float:
@@ -183,11 +184,11 @@ def parse_scenario(text: str, path: str) -> Scenario:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PolicyError(path, [Problem((), f"not valid TOML: {e}")]) from None
+        raise PolicyError(path, [Problem((), f"not valid TOML: {e}")], text) from None
     try:
         model = ScenarioModel.model_validate(raw)
     except ValidationError as e:
-        raise PolicyError(path, problems_from_validation(e)) from None
+        raise PolicyError(path, problems_from_validation(e), text) from None
     # Keep only the keys the scenario sets, so that unset ones default to the routing file's
     # sandbox provider (see bind_scenario).
     overrides = {name: spec.model_dump(include=spec.model_fields_set)
@@ -195,7 +196,7 @@ def parse_scenario(text: str, path: str) -> Scenario:
     base = os.path.dirname(os.path.abspath(path))
     routing = os.path.normpath(os.path.join(base, model.routing))
     name = model.name or os.path.splitext(os.path.basename(path))[0]
-    return Scenario(model, path, name, routing, overrides)
+    return Scenario(model, path, name, routing, overrides, text)
 
 
 def load_scenario(path: str) -> Scenario:

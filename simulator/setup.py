@@ -105,7 +105,7 @@ def bind_scenario(scenario: Scenario, policy: Policy, routing_path: str | None =
             continue
         base_fail[name] = fail
     if problems:
-        raise PolicyError(scenario.path, problems)
+        raise PolicyError(scenario.path, problems, scenario.text)
     outages = [OutageInfo(o.provider, o.kind, o.start / 1000.0, (o.start + o.duration) / 1000.0,
                           o.behaviour_update())
                for o in m.outages if o.provider in policy.providers]

@@ -392,7 +392,7 @@ def test_reload_endpoint_validates_then_swaps(tmp_path: Path) -> None:
             cfg.write_text(SANDBOX.replace('channels = ["email"]', 'channels = ["email", "sms"]'))
             body = await error_of(await c.post("/-/reload", headers=AUTH), 422)
             assert body["details"] == [{"loc": ["config"],
-                                        "msg": f"{cfg}: routes.default.channels.1: unknown channel 'sms'; defined channels: email"}]
+                                        "msg": f"{cfg}:16:22: routes.default.channels.1: unknown channel 'sms'; defined channels: email"}]
             assert state.router.policy.version == v1
             metrics = await (await c.get("/metrics")).text()
             assert "routingd_config_last_reload_successful 0.0" in metrics

@@ -83,7 +83,7 @@ def test_check_default_path_is_cwd_then_env(tmp_path: Path) -> None:
     other = write(tmp_path / "other.toml", "version = 2\n")
     p = run("check", cwd=tmp_path, env={"ROUTINGD_CONFIG": str(other)})
     assert p.returncode == 1
-    assert err_lines(p) == [f"{other}: version: Input should be 1"]
+    assert err_lines(p) == [f"{other}:1: version: Input should be 1"]
 
 
 BAD = """\
@@ -113,7 +113,8 @@ def test_check_reports_every_error_one_line_each(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert p.stdout == ""
     lines = err_lines(p)
-    assert all(line.startswith(f"{path}: ") for line in lines), lines
+    located = re.compile(re.escape(str(path)) + r":\d+(:\d+)?: ")     # PATH:LINE[:COL]: like nginx -t
+    assert all(located.match(line) for line in lines), lines
     keys = {line.split(": ")[1] for line in lines}
     assert {"timeouts.provider", "providers.ses.colour", "providers.hook.url"} <= keys, lines
     assert any("bad duration" in line for line in lines)
@@ -127,8 +128,8 @@ def test_check_reports_every_reference_error(tmp_path: Path) -> None:
     p = run("check", path)
     assert p.returncode == 1
     assert sorted(err_lines(p)) == sorted([
-        f"{path}: channels.email.providers.1: unknown provider 'mailgun'; defined providers: hook, ses",
-        f"{path}: routes.default.channels.1: unknown channel 'fax'; defined channels: email",
+        f"{path}:14:21: channels.email.providers.1: unknown provider 'mailgun'; defined providers: hook, ses",
+        f"{path}:17:22: routes.default.channels.1: unknown channel 'fax'; defined channels: email",
     ])
 
 
@@ -148,7 +149,10 @@ def test_check_unusable_files_one_line_exit_1(tmp_path: Path, name: str, content
     p = run("check", path)
     assert p.returncode == 1
     lines = err_lines(p)
-    assert len(lines) == 1 and lines[0].startswith(f"{path}: (file): ") and reason in lines[0], lines
+    assert len(lines) == 1 and re.match(re.escape(str(path)) + r"(:\d+:\d+)?: \(file\): ", lines[0]) \
+        and reason in lines[0], lines
+    if reason == "not valid TOML":      # tomllib's position, as PATH:LINE:COL
+        assert re.match(re.escape(str(path)) + r":\d+:\d+: ", lines[0]), lines
 
 
 def test_check_warnings_go_to_stderr_and_exit_0(tmp_path: Path) -> None:
@@ -204,7 +208,7 @@ def test_check_several_files_and_stdin(tmp_path: Path) -> None:
     p = run("check", BUNDLED, bad)
     assert p.returncode == 1
     assert p.stdout.startswith(f"{BUNDLED}: ok ")
-    assert err_lines(p) == [f"{bad}: routes.default.channels.0: unknown channel 'x'"]
+    assert err_lines(p) == [f"{bad}:3:13: routes.default.channels.0: unknown channel 'x'"]
     p = run("check", "-", stdin=BUNDLED.read_text())
     assert p.returncode == 0 and p.stdout.startswith("<stdin>: ok ")
 
@@ -221,7 +225,7 @@ channels = ["c"]
 """)
     p = run("check", path)
     assert p.returncode == 1
-    assert any(line.startswith(f"{path}: providers.hook.url: environment variable HOOK_URL is not set")
+    assert any(line.startswith(f"{path}:3: providers.hook.url: environment variable HOOK_URL is not set")
                for line in err_lines(p)), p.stderr
     p = run("check", path, env={"HOOK_URL": "http://127.0.0.1:9/hook"})
     assert p.returncode == 0, p.stderr

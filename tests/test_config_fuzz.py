@@ -196,7 +196,8 @@ def check_cli(path: Path) -> tuple[int, str]:
     # one line per problem (or warning), each naming the file. (A key holding a control character
     # such as \r or \x0b is printed raw inside its line; see the report: core's key_path could
     # quote such keys the TOML way.)
-    assert all(line.startswith(f"{path}: ") for line in err.getvalue().split("\n") if line), err.getvalue()
+    located = re.compile(re.escape(str(path)) + r"(:\d+(:\d+)?)?: ")   # PATH[:LINE[:COL]]: ...
+    assert all(located.match(line) for line in err.getvalue().split("\n") if line), err.getvalue()
     return code, err.getvalue()
 
 

@@ -396,8 +396,8 @@ def test_invalid_config_exits_1_with_one_line_per_error(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path, 'version = 1\n[channels.email]\nproviders = ["ses"]\n'
                                 '[routes.default]\nchannels = ["sms"]\n')
     out = _start_fails(d)
-    assert f"{d.config_path}: channels.email.providers.0: unknown provider 'ses'" in out
-    assert f"{d.config_path}: routes.default.channels.0: unknown channel 'sms'" in out
+    assert f"{d.config_path}:3:14: channels.email.providers.0: unknown provider 'ses'" in out
+    assert f"{d.config_path}:5:13: routes.default.channels.0: unknown channel 'sms'" in out
 
 
 def test_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:

@@ -463,5 +463,5 @@ def test_bad_broker_url_is_a_startup_error(tmp_path: Path) -> None:
     assert d.wait() == 1
     out = d.log_text().strip()
     assert len(out.splitlines()) == 1 and "Traceback" not in out, out
-    assert out == (f"{d.config_path}: daemon.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], "
+    assert out == (f"{d.config_path}:10: daemon.mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], "
                    "got 'http://127.0.0.1:1883'")

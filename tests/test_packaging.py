@@ -54,7 +54,8 @@ def check_layout(wheel: Path) -> list[str]:
         entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert top_level_names(wheel) == {"routingd"}, sorted(names)
     for expected in ("routingd/daemon/__init__.py", "routingd/daemon/core/engine.py", "routingd/daemon/cli.py",
-                     "routingd/simulator/runner.py", "routingd/simulator/scenarios/email-brownout.toml"):
+                     "routingd/simulator/runner.py", "routingd/simulator/scenarios/email-brownout.toml",
+                     "routingd/simulator/scenarios/routing.toml"):     # the drills' routing file, no link
         assert expected in names
     assert "routingd = routingd.daemon.cli:main" in entry_points
     return names
@@ -138,3 +139,24 @@ def test_the_compiled_wheel_holds_only_routingd_names_and_runs_compiled(tmp_path
     assert p.returncode == 0 and p.stdout == "routingd 0.1.0, core compiled (mypyc)\n", p.stdout + p.stderr
     p = run(str(py), "-c", USE_BOTH)
     assert p.returncode == 0 and p.stdout.strip().endswith(" compiled (mypyc)"), p.stdout + p.stderr[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_the_shipped_drills_run_from_an_installed_wheel(pure_wheel: Path, tmp_path: Path) -> None:
+    """CI jobs install the package, not the source tree (docs/ci.md): the drills and the routing
+    files they name are package data, and run from anywhere (here: cwd /, no checkout)."""
+    with zipfile.ZipFile(pure_wheel) as z:
+        bundled = z.read("routingd/simulator/scenarios/routing.toml")
+    assert bundled == (ROOT / "routing.toml").read_bytes()     # a copy of the link's target
+    py = throwaway_venv(tmp_path / "venv")
+    p = run(str(py), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(pure_wheel))
+    assert p.returncode == 0, p.stderr[-3000:]
+    routingd = str(tmp_path / "venv" / "bin" / "routingd")
+    p = run(routingd, "simulate", "--list")
+    assert p.returncode == 0 and "email-primary-hang" in p.stdout and "email-receipts-never-come" in p.stdout, \
+        p.stdout + p.stderr
+    junit = tmp_path / "junit.xml"
+    p = run(routingd, "simulate", "email-primary-hang", "email-receipts-never-come", "--check",
+            "--junit", str(junit))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert junit.read_text().count("<testsuite ") == 2

@@ -140,10 +140,11 @@ def test_an_invalid_file_keeps_the_old_policy_serving(tmp_path: Path) -> None:
         assert d.metric("routingd_config_last_reload_successful") == 1.0
         ts_a = d.metric("routingd_config_last_reload_success_timestamp_seconds")
 
+        bad_route = policy("a", '[routes.broken]\nchannels = ["nosuch"]\n')
+        line = bad_route.splitlines().index('channels = ["nosuch"]') + 1      # PATH:LINE:COL of the element
         for broken, error in [
-            (policy("a", '[routes.broken]\nchannels = ["nosuch"]\n'),
-             f"{d.config_path}: routes.broken.channels.0: unknown channel 'nosuch'"),
-            ("version = 1\n[providers.a1\n", f"{d.config_path}: "),          # not even TOML
+            (bad_route, f"{d.config_path}:{line}:13: routes.broken.channels.0: unknown channel 'nosuch'"),
+            ("version = 1\n[providers.a1\n", f"{d.config_path}:2:14: (file): not valid TOML"),   # not even TOML
         ]:
             d.write_config(broken)                          # no signal: the watch sees it
             wait_until(lambda: config(d)["last_reload"]["errors"] != [] and

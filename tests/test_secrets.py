@@ -51,16 +51,16 @@ def test_missing_credentials_name_the_key_path_never_a_value(tmp_path: Path) -> 
     with pytest.raises(PolicyError) as e:
         parse_policy(policy('A = "${credential:hook-token}"'), env=env, secrets=resolver(env))
     assert e.value.lines() == [
-        "routing.toml: providers.hook.headers.A: ${credential:hook-token}: $CREDENTIALS_DIRECTORY is not set "
+        "routing.toml:5:13: providers.hook.headers.A: ${credential:hook-token}: $CREDENTIALS_DIRECTORY is not set "
         "(systemd sets it for a unit with LoadCredential=hook-token:/path/to/file)"]
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     with pytest.raises(PolicyError) as e:
         parse_policy(policy('A = "${credential:absent}"', 'receipt_secret = "${file:relative/path}"'),
                      env=env, secrets=resolver(env))
     assert e.value.lines() == [
-        "routing.toml: providers.hook.headers.A: ${credential:absent}: cannot read credential 'absent': "
+        "routing.toml:5:13: providers.hook.headers.A: ${credential:absent}: cannot read credential 'absent': "
         "No such file or directory",
-        "routing.toml: providers.hook.receipt_secret: ${file:relative/path}: the path must be absolute"]
+        "routing.toml:6: providers.hook.receipt_secret: ${file:relative/path}: the path must be absolute"]
     with pytest.raises(PolicyError) as e:
         parse_policy(policy('A = "${credential:../etc/passwd}"'), env=env, secrets=resolver(env))
     assert "bad credential name" in e.value.lines()[0]

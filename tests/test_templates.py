@@ -81,17 +81,17 @@ email = { subject = "a", title = "b" }
     with pytest.raises(PolicyError) as e:
         parse_policy(bad.replace("[templates.both]\nemail = { subject = \"a\", title = \"b\" }\n", ""), env={})
     lines = e.value.lines()
-    assert any(ln.startswith("routing.toml: templates.broken.email.text: template syntax error at line 2:")
+    assert any(ln.startswith("routing.toml:22:27: templates.broken.email.text: template syntax error at line 2:")
                for ln in lines), lines
-    assert any(ln.startswith("routing.toml: templates.broken.sms.text: template syntax error at line 1:")
+    assert any(ln.startswith("routing.toml:23:9: templates.broken.sms.text: template syntax error at line 1:")
                for ln in lines), lines
-    assert "routing.toml: templates.broken.push: unknown channel 'push'; defined channels: email, sms" in lines
+    assert "routing.toml:24: templates.broken.push: unknown channel 'push'; defined channels: email, sms" in lines
     with pytest.raises(PolicyError) as e:
         parse_policy(bad, env={})
-    assert "routing.toml: templates.both.email: give subject or title, not both (both fill the title)" in e.value.lines()
+    assert "routing.toml:26: templates.both.email: give subject or title, not both (both fill the title)" in e.value.lines()
     with pytest.raises(PolicyError) as e:
         parse_policy(sandbox_policy('[templates.x]\nemail = { subjekt = "a" }\n'), env={})
-    assert "routing.toml: templates.x.email.subjekt: unknown key" in e.value.lines()
+    assert "routing.toml:21:11: templates.x.email.subjekt: unknown key" in e.value.lines()
 
 
 def test_templates_are_not_interpolated_from_the_environment() -> None:
@@ -247,7 +247,7 @@ def test_http_body_template_errors() -> None:
                       '[providers.text]\ntype = "sandbox"\n', CHANNELS, 'channels = ["email"]')
     with pytest.raises(PolicyError) as e:
         parse_policy(bad, env={})
-    assert any(ln.startswith("routing.toml: providers.mail.body: template syntax error at line 1")
+    assert any(ln.startswith("routing.toml:9: providers.mail.body: template syntax error at line 1")
                for ln in e.value.lines()), e.value.lines()
 
     from routingd.daemon.adapters import AdapterContext, AttemptRequest

@@ -141,7 +141,7 @@ def test_check_compiles_every_template(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.toml", config(SANDBOX, '[templates.broken]\nsms = { text = "a\\n{{ x " }\n'))
     p = run("check", bad)
     assert p.returncode == 1
-    assert err_lines(p)[0].startswith(f"{bad}: templates.broken.sms.text: template syntax error at line 2: ")
+    assert err_lines(p)[0].startswith(f"{bad}:21:9: templates.broken.sms.text: template syntax error at line 2: ")
 
 
 def test_explain_message_shows_what_each_channel_receives(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .toml_lines import key_positions, where
+
 __all__ = ["ConfigError", "PlanError", "Problem", "RoutingdError"]
 
 
@@ -36,15 +38,22 @@ class Problem:
 
 class ConfigError(RoutingdError):
     """A configuration file is invalid; `problems` lists every reason, `lines()` one
-    "PATH: key.path: reason" each."""
+    "PATH[:LINE[:COL]]: key.path: reason" each. `text`, the file's text when known, gives each
+    key's line (core/toml_lines.py), the way `nginx -t` names them."""
 
-    def __init__(self, path: str, problems: Sequence[Problem]) -> None:
+    def __init__(self, path: str, problems: Sequence[Problem], text: str | None = None) -> None:
         self.path = path
         self.problems = list(problems)
-        super().__init__("\n".join(self.lines()))
+        self.text = text
+        super().__init__(path)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
     def lines(self) -> list[str]:
-        return [f"{self.path}: {p.key_path}: {p.msg}" for p in self.problems]
+        positions = key_positions(self.text) if self.text is not None else None
+        return [f"{where(self.path, self.text, p.loc, p.msg, positions)}: {p.key_path}: {p.msg}"
+                for p in self.problems]
 
 
 class PlanError(RoutingdError):

@@ -855,11 +855,18 @@ def raw_reference_problems(raw: Any) -> list[Problem]:
 
 def parse_policy(text: str, path: str = "routing.toml", env: Mapping[str, str] | None = None,
                  secrets: SecretResolver | None = None) -> Policy:
-    """Parse and validate routing.toml text; raise PolicyError with every problem found.
-    `env` holds the ${VAR} values (none given: no variable is set; daemon/config_files.py passes
-    the process environment); `secrets` reads ${credential:NAME} and ${file:PATH} (none given:
-    they are errors)."""
-    env = {} if env is None else env
+    """Parse and validate routing.toml text; raise PolicyError with every problem found, each
+    naming the line of its key. `env` holds the ${VAR} values (none given: no variable is set;
+    daemon/config_files.py passes the process environment); `secrets` reads ${credential:NAME}
+    and ${file:PATH} (none given: they are errors)."""
+    try:
+        return _parse_policy(text, path, {} if env is None else env, secrets)
+    except PolicyError as e:
+        e.text = text
+        raise
+
+
+def _parse_policy(text: str, path: str, env: Mapping[str, str], secrets: SecretResolver | None) -> Policy:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
