@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 # the compiled core (setup.py: mypyc) is rebuilt whenever one of its sources changes; until then
 # importing it fails with a clear error (daemon/core/__init__.py), never runs a stale extension
-CORE_SOURCES := setup.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py
+CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py \
+                daemon/core/tree.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

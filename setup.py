@@ -4,8 +4,8 @@ Import names. The folders daemon/ and simulator/ install as `routingd.daemon` an
 `routingd.simulator` (`routingd` is a namespace package): nothing is installed as a top-level
 `daemon` or `simulator`, so routingd installs beside python-daemon (tests/test_packaging.py).
 
-Compiled core (docs/architecture.md, "The compiled core"). daemon/core/engine.py, health.py and
-plan.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
+Compiled core (docs/architecture.md, "The compiled core"). daemon/core/commands.py, engine.py,
+health.py, plan.py and tree.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
 twice as fast. mypyc names a module after its path, so it compiles copies staged under
 build/mypyc/routingd/daemon/core/, each with the SHA-256 of its source appended as
 `__source_sha256__`: routingd.daemon.core refuses to import a compiled module whose source has
@@ -31,7 +31,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
-COMPILED = ("engine", "health", "plan")      # keep in step with daemon/core/__init__.py COMPILED
+COMPILED = ("commands", "engine", "health", "plan", "tree")      # keep in step with daemon/core/__init__.py COMPILED
 STAGE = Path("build") / "mypyc"
 
 

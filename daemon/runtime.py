@@ -12,15 +12,14 @@ routing decision of its own (those live in routingd.daemon.core.engine):
     SetTimer(at)   -> one entry per message in the Router's wake-up heap (one loop timer for the
                       earliest entry; an entry a later SetTimer replaced is skipped when due)
     RecordEvent    -> SQLite (attempts + events), event listeners (MQTT), Prometheus metrics.
-                      A `breaker_opened` one also queues its provider: once the batch is applied,
-                      every pending message that has tried that provider gets the engine's
-                      on_provider_unhealthy(provider, now) at the batch's own `now` (a worklist:
-                      those batches can open further breakers), so attempts hanging on it fail
-                      over at once ("cancelled", "breaker opened") -- as simulator/runner.py does
+                      When a breaker opened in the batch, the Fleet's cut-over runs once it is
+                      applied (routingd.daemon.core.fleet: the attempts hanging on that provider
+                      fail over at once, "cancelled", "breaker opened")
     Finish         -> SQLite status; the message leaves the in-flight set
 
-Time is `Clock.now()`: wall-anchored monotonic seconds (daemon/clock.py). One HealthTracker
-(circuit breakers) is shared by every message of the process.
+Time is `Clock.now()`: wall-anchored monotonic seconds (daemon/clock.py). The rules that span
+messages -- the breakers (one HealthTracker), the pending set, the breaker cut-over, the
+early-timer clamp -- are the core's `Fleet` (daemon/core/fleet.py), shared with the simulator.
 
 API (what daemon/api.py, the MQTT bridge and the CLI use):
 
@@ -102,7 +101,7 @@ from .clock import Clock
 from .clock import rfc3339  # noqa: F401 - re-exported: saturates past year 9999
 from .core.engine import (AttemptRecord, CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                           StartAttempt)
-from .core.health import HealthTracker
+from .core.fleet import Fleet
 from .core.plan import Plan, PlanError, resolve_plan
 from .config_files import parse_policy_text
 from .core.policy import Policy, PolicyError, Problem
@@ -235,7 +234,9 @@ class Router:
         self.store = store
         self.metrics = metrics
         self.clock = clock or Clock()
-        self.health = HealthTracker()
+        # the breakers, the pending set and the cut-over worklist (daemon/core/fleet.py)
+        self.fleet: Fleet[_Live] = Fleet()
+        self.health = self.fleet.health
         self._ctx = adapter_ctx if adapter_ctx is not None else AdapterContext(rng_seed=rng_seed)
         if self._ctx.rng_seed is None:
             self._ctx.rng_seed = rng_seed
@@ -253,7 +254,7 @@ class Router:
         # routingd_messages_inflight is read at scrape time instead of set twice per message
         metrics.inflight.set_function(self._inflight_now)
         self._snapshots: dict[str, _Snapshot] = {policy.version: _Snapshot(policy)}
-        self._live: dict[str, _Live] = {}
+        self._live = self.fleet.pending        # the pending messages (the Fleet's set itself)
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         self._listeners: list[Callable[[str, Event], None]] = []
         self._unheard: list[tuple[str, Event]] = []      # events whose rows are not committed yet
@@ -281,9 +282,6 @@ class Router:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
         self._stale = 0
-        # Providers whose breaker opened in the command batch being applied, for _cut_over.
-        self._opened: list[str] = []
-        self._cutting = False
 
     # ------------------------------------------------------------------ properties
 
@@ -670,7 +668,7 @@ class Router:
     def _begin(self, live: _Live, first: list[Command] | None = None, at: float = 0.0) -> None:
         """Route `live`: its start() commands now, or `first`, the commands start(at) gave
         before the insert, whose attempt rows that insert committed."""
-        self._live[live.row.id] = live
+        self.fleet.admit(live.row.id, live)
         self._held_bytes += request_bytes(live.row.request)
         live.snapshot.refs += 1
         if first is None:
@@ -711,42 +709,23 @@ class Router:
             wake = live.delivery.next_wakeup      # defensive: never leave a live message without a wake-up
             if wake is not None:
                 self._set_timer(live, wake)
-        if self._opened and not self._cutting:
+        if self.fleet.opened:
             self._cut_over(now)
 
     def _cut_over(self, now: float) -> None:
-        """Breakers opened in the batch just applied: hand each such provider to every pending
-        message that has tried it, as Delivery.on_provider_unhealthy(provider, now) at the batch's
-        own `now`, so attempts hanging on it (and back-offs waiting for it) fail over at once
-        instead of each waiting out its own timeout. Those batches may open further breakers: a
-        worklist, drained here, not recursion. Runs only when a breaker opens (rare); the scan
-        of the in-flight set is one pass over each message's attempts, and the engine decides
-        what, if anything, to cut (simulator/runner.py cut_over does the same)."""
-        self._cutting = True
-        opened = self._opened
-        try:
-            while opened:
-                provider = opened.pop(0)
-                if self._halted:
-                    continue
-                for live in list(self._live.values()):
-                    if live.finished or self._halted:
-                        continue
-                    d = live.delivery
-                    # a run attempting, or backing off, on `provider` has an attempt on it in
-                    # this run's records: the others have nothing to cut (the engine would answer [])
-                    for rec in d.attempts.values():
-                        if rec.provider == provider:
-                            break
-                    else:
-                        continue
-                    try:
-                        self._apply(live, d.on_provider_unhealthy(provider, now), now)
-                    except Exception:  # noqa: BLE001 - one message's failure must not stall the others
-                        log.exception("failing %s over from %s (breaker opened) failed", live.row.id, provider)
-        finally:
-            opened.clear()
-            self._cutting = False
+        """A breaker opened in the batch just applied: the Fleet's cut-over (daemon/core/fleet.py)
+        decides which messages fail over at `now`; this carries out their commands."""
+        def execute(live: _Live, commands: list[Command]) -> None:
+            if not self._halted:
+                self._apply(live, commands, now)
+
+        def failed(live: _Live, provider: str, _e: BaseException) -> None:
+            log.exception("failing %s over from %s (breaker opened) failed", live.row.id, provider)
+
+        if self._halted:
+            self.fleet.opened.clear()
+            return
+        self.fleet.cut_over(now, execute, failed)
 
     def _record(self, live: _Live, event: Event) -> None:
         """One event outside a command list (resume, late receipts): kept, stored, noted."""
@@ -783,7 +762,6 @@ class Router:
                 m.failover(data.get("kind", ""))
             elif type_ == "breaker_opened":
                 m.breaker_open.labels(provider=data.get("provider", "")).set(1)
-                self._opened.append(data.get("provider", ""))       # see _cut_over
             elif type_ == "breaker_closed":
                 m.breaker_open.labels(provider=data.get("provider", "")).set(0)
         self._notify(mid, event)
@@ -970,7 +948,7 @@ class Router:
             for at, live in due:
                 if not live.finished and not self._halted and live.wake_seq < 0:
                     try:
-                        t = max(self.clock.now(), at)
+                        t = Fleet.wake_time(self.clock.now(), at)
                         self._apply(live, live.delivery.on_timer(t), t)
                     except Exception:  # noqa: BLE001 - one message's failure must not stall the others
                         log.exception("handling the wake-up of %s failed", live.row.id)
@@ -1001,7 +979,7 @@ class Router:
         self.metrics.message_finished(cmd.status)
         if cmd.delivered_at is not None:
             self.metrics.delivered_after(max(0.0, cmd.delivered_at - row.accepted_at))
-        self._live.pop(row.id, None)
+        self.fleet.finished(row.id)
         self._recent[row.id] = live
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)

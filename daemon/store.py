@@ -72,7 +72,7 @@ import sqlite3
 import threading
 from itertools import chain
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from pydantic_core import to_json as _to_json
 
@@ -240,6 +240,15 @@ _MSG_COLS = ("id, request, route, policy_version, status, accepted_at, message_d
 _ATT_COLS = ("attempt_id, message_id, channel, provider, try_no, started_at, deadline, ended_at, outcome, "
              "status_code, detail")
 _ATT_READ = _ATT_COLS + ", provider_message_id"    # written apart from the upserts (set_provider_message_id)
+# positions in a message row (_MSG_COLS order) and in an attempt row (_ATT_COLS order)
+_M_ID: Final = 0
+_M_FINISHED_AT: Final = 7       # then delivered_at, idempotency_key: the three NULLs of a new message
+_M_IDEMPOTENCY_KEY: Final = 9
+_M_RUN: Final = 10
+_A_ID: Final = 0
+_A_ENDED_AT: Final = 7          # then outcome, status_code: the three NULLs of a started attempt
+_A_STATUS_CODE: Final = 9
+_A_DETAIL: Final = 10
 
 
 def _message(r: tuple) -> MessageRow:
@@ -269,7 +278,17 @@ _Op = Callable[[sqlite3.Connection], Any]
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
-_CALL, _INSERT, _ATTEMPT, _EVENT, _FINISH, _RUN, _ROWS, _EVENTS, _MARK, _FLUSH, _VENDOR_ID = range(11)
+_CALL: Final = 0           # run a closure on the connection
+_INSERT: Final = 1         # a message row (with its first attempts' rows)
+_ATTEMPT: Final = 2        # an attempt row (upsert)
+_EVENT: Final = 3          # one event
+_FINISH: Final = 4         # a message's final status
+_RUN: Final = 5            # a message's run number
+_ROWS: Final = 6           # a list of (kind, row)
+_EVENTS: Final = 7         # one command list's events
+_MARK: Final = 8           # committed(): resolved once what is queued before it is committed
+_FLUSH: Final = 9          # flush(): the same, waited for
+_VENDOR_ID: Final = 10     # a vendor's message id for an attempt (set_provider_message_id)
 _RETRY_S = 0.5             # how often the writer tries its backlog again while the disk refuses
 _Item = tuple[int, Any, "asyncio.Future[Any] | None"]
 
@@ -334,8 +353,8 @@ def _write_messages(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     short: list[tuple] = []
     full: list[tuple] = []
     for r in rows:
-        if r[7] is None and r[8] is None and r[9] is None:
-            short.append(r[:7] + r[10:])
+        if r[_M_FINISHED_AT] is None and r[_M_FINISHED_AT + 1] is None and r[_M_IDEMPOTENCY_KEY] is None:
+            short.append(r[:_M_FINISHED_AT] + r[_M_RUN:])
         else:
             full.append(r)
     _multi(conn, _NEW_MESSAGE, short)
@@ -350,12 +369,12 @@ def _write_attempts(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     no_detail: list[tuple] = []
     full: list[tuple] = []
     for r in rows:
-        if r[10] is not None:
+        if r[_A_DETAIL] is not None:
             full.append(r)
-        elif r[7] is None and r[8] is None and r[9] is None:
-            started.append(r[:7])
-        elif r[9] is not None:
-            no_detail.append(r[:10])
+        elif r[_A_ENDED_AT] is None and r[_A_ENDED_AT + 1] is None and r[_A_STATUS_CODE] is None:
+            started.append(r[:_A_ENDED_AT])
+        elif r[_A_STATUS_CODE] is not None:
+            no_detail.append(r[:_A_DETAIL])
         else:
             full.append(r)
     _multi(conn, _ATTEMPT_START, started)
@@ -374,13 +393,13 @@ def _multi(conn: sqlite3.Connection, kind: int, rows: list[tuple]) -> None:
 
 def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: float) -> str | None:
     """A message insert with an Idempotency-Key: the earlier message's id if the key is known."""
-    key = row[9]
+    key = row[_M_IDEMPOTENCY_KEY]
     hit = conn.execute("SELECT message_id, created_at FROM idempotency WHERE key = ?", (key,)).fetchone()
     if hit is not None and hit[1] >= not_before:
         return str(hit[0])
     conn.execute(_SQL_INSERT, row)
     conn.execute("INSERT OR REPLACE INTO idempotency (key, message_id, created_at) VALUES (?,?,?)",
-                 (key, row[0], now))
+                 (key, row[_M_ID], now))
     return None
 
 
@@ -408,10 +427,10 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
             # the last non-empty detail (what the upserts in a row would leave).
             merged: dict[str, tuple] = {}
             for a in attempts:
-                prev = merged.get(a[0])
-                if prev is not None and a[10] is None and prev[10] is not None:
-                    a = a[:10] + (prev[10],)
-                merged[a[0]] = a
+                prev = merged.get(a[_A_ID])
+                if prev is not None and a[_A_DETAIL] is None and prev[_A_DETAIL] is not None:
+                    a = a[:_A_DETAIL] + (prev[_A_DETAIL],)
+                merged[a[_A_ID]] = a
             _write_attempts(conn, list(merged.values()))
             attempts.clear()
         if events:
@@ -449,7 +468,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
 
     def insert(payload: tuple) -> str | None:
         row, not_before, now, ahead = payload
-        if row[9] is None:
+        if row[_M_IDEMPOTENCY_KEY] is None:
             inserts.append(row)
             if ahead:
                 attempts.extend(ahead)

@@ -24,7 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..daemon.core.engine import Event, Finish, StartAttempt
+from ..daemon.core.engine import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, CHANNEL_FINISHED, CHANNEL_STARTED, Event, Finish,
+                                  StartAttempt)
 from ..daemon.core.plan import ChannelStep, GroupStep, Plan, Step
 
 EPS = 1e-6     # seconds; float noise, far below any configurable timeout (1 ms)
@@ -100,10 +101,10 @@ class HierarchyChecker:
         # the event types the check reads, and what reads each; every other type is ignored (the
         # engine's started/attempt_started/finished events tell nothing the driver's inputs do not)
         self.handlers: dict[str, Callable[[int, Event], None]] = {
-            "channel_started": self._channel_started,
-            "channel_finished": self._channel_finished,
-            "attempt_accepted": self._attempt_accepted,
-            "attempt_ended": self._attempt_ended,
+            CHANNEL_STARTED: self._channel_started,
+            CHANNEL_FINISHED: self._channel_finished,
+            ATTEMPT_ACCEPTED: self._attempt_accepted,
+            ATTEMPT_ENDED: self._attempt_ended,
         }
 
     @property

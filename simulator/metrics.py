@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..daemon.core.engine import Event, Finish, StartAttempt
+from ..daemon.core.engine import (ATTEMPT_ENDED, ATTEMPT_SLOW, BREAKER_CLOSED, BREAKER_OPENED, DUPLICATE, FAILOVER,
+                                  LATE_RECEIPT, PROVIDER_SKIPPED, Event, Finish, StartAttempt)
 
 # attempt outcome codes in the compact rows
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
@@ -67,14 +68,14 @@ class Metrics:
         # the event types the metrics read, and what reads each; every other type is ignored (an
         # attempt's row opens from its StartAttempt command, see start_attempt)
         self.handlers: dict[str, Callable[[int, Event], None]] = {
-            "attempt_ended": self._attempt_ended,
-            "provider_skipped": self._skipped,
-            "attempt_slow": self._slow,
-            "failover": self._failover,
-            "duplicate": self._duplicate,
-            "late_receipt": self._late_receipt,
-            "breaker_opened": self._breaker,
-            "breaker_closed": self._breaker,
+            ATTEMPT_ENDED: self._attempt_ended,
+            PROVIDER_SKIPPED: self._skipped,
+            ATTEMPT_SLOW: self._slow,
+            FAILOVER: self._failover,
+            DUPLICATE: self._duplicate,
+            LATE_RECEIPT: self._late_receipt,
+            BREAKER_OPENED: self._breaker,
+            BREAKER_CLOSED: self._breaker,
         }
 
     # ---------------------------------------------------------------- inputs

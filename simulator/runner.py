@@ -1,8 +1,9 @@
 """The SimPy driver of the routing engine.
 
 Exactly what the daemon's runtime does, on a simulated clock: one `routingd.daemon.core.engine.Delivery`
-per message and one `HealthTracker` shared by the whole run; the driver only executes the
-engine's commands. It also tells the run's two readers, the metrics and the independent
+per message, and the core's `Fleet` (daemon/core/fleet.py) for the rules that span messages --
+the breakers shared by the whole run, the pending set, the breaker cut-over and the early-timer
+clamp -- the very object the daemon uses; the driver only executes the engine's commands. It also tells the run's two readers, the metrics and the independent
 hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
 
     StartAttempt   draw the provider's answer (routingd.daemon.core.behaviour.draw_answer, with the outage
@@ -17,11 +18,9 @@ hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
     RecordEvent    fed to the readers. The engine builds only the event types they read (its
                    `events` filter), not the ones that say what the driver already knows:
                    `started` (the accept), `attempt_started` (StartAttempt), `finished` (Finish).
-                   A `breaker_opened` one also queues its provider: once the batch is applied,
-                   every pending message gets the engine's on_provider_unhealthy(provider, now)
-                   at that same time (a worklist: those batches can open further breakers), so
-                   attempts in flight on it fail over at once - unless the scenario sets
-                   [simulation] cut_inflight_on_breaker_open = false.
+                   When a breaker opened in the batch, the Fleet's cut-over runs once it is
+                   applied (attempts in flight on that provider fail over at once) - unless the
+                   scenario sets [simulation] cut_inflight_on_breaker_open = false.
     Finish         the message is terminal.
 
 Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
@@ -47,7 +46,7 @@ import simpy
 
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
-from ..daemon.core.health import HealthTracker
+from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
 from .metrics import Metrics
@@ -83,7 +82,7 @@ class Recipient(Mapping[str, str]):
 
 
 class _Msg:
-    """The driver's side of one message: its engine and its one wake-up.
+    """The driver's side of one message: its engine (`delivery`) and its one wake-up.
 
     gen     generation of the wanted wake-up: a scheduled one of an older generation is stale
     due     the SimPy time of a wanted wake-up held back, not scheduled yet (None: none held)
@@ -92,11 +91,11 @@ class _Msg:
             than `due`, whose handling schedules `due` (None: none known)
     """
 
-    __slots__ = ("i", "d", "gen", "due", "at", "anchor")
+    __slots__ = ("i", "delivery", "gen", "due", "at", "anchor")
 
     def __init__(self, i: int, d: Delivery) -> None:
         self.i = i
-        self.d = d
+        self.delivery = d
         self.gen = 0
         self.due: float | None = None
         self.at = 0.0
@@ -171,7 +170,6 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     draw_of = {name: p.draw for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
     jitter = random.Random(f"{seed}:engine")
-    health = HealthTracker()
     metrics = Metrics(list(providers))
     checker = HierarchyChecker(setup.plans)
     duration = sc.duration / 1000.0
@@ -190,15 +188,15 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     live_pop = live.pop
     pending = 0
     cut = sc.simulation.cut_inflight_on_breaker_open if cut_inflight is None else cut_inflight
-    waiting: dict[int, _Msg] = {}   # pending messages, by arrival (kept only when cutting)
-    opened: list[str] = []          # providers whose breaker opened, not yet handed to `waiting`
-    draining = False
+    # the breakers, the pending set and the cut-over (daemon/core/fleet.py); the pending set is
+    # kept only when cutting (nothing else here reads it)
+    fleet: Fleet[_Msg] = Fleet(cut_inflight=cut)
+    health = fleet.health
+    opened = fleet.opened
+    cut_over = fleet.cut_over
+    wake_time = fleet.wake_time
 
-    def breaker_opened(_i: int, ev: Event) -> None:
-        opened.append(ev.data["provider"])
-
-    sinks = event_sinks(metrics.handlers, checker.handlers,
-                        {"breaker_opened": breaker_opened} if cut else {})
+    sinks = event_sinks(metrics.handlers, checker.handlers)
     sink_of = sinks.get
     wanted = frozenset(sinks)       # the engine builds only the events something here reads
     # what the driver knows from its own commands it hands the readers itself
@@ -219,24 +217,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                     sink(i, c)  # type: ignore[arg-type]
             else:
                 handler_of[t](msg, c)
-        if opened and not draining:
-            cut_over()
-
-    def cut_over() -> None:
-        """Hand each newly opened breaker's provider to every pending message, at this same time,
-        until no batch opens another one (a worklist, not recursion)."""
-        nonlocal draining
-        draining = True
-        now = env.now
-        try:
-            while opened:
-                provider = opened.pop(0)
-                for msg in list(waiting.values()):
-                    d = msg.d
-                    if d.status == "pending":
-                        execute(msg, d.on_provider_unhealthy(provider, now))
-        finally:
-            draining = False
+        if opened:
+            cut_over(env.now, execute)
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
         aid = c.attempt_id
@@ -274,7 +256,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                     outcome = outcome_of[status] = Outcome(status=status)
             else:
                 outcome = Outcome(status=status, retry_after_s=retry_after)
-            execute(msg, msg.d.on_outcome(aid, outcome, now))
+            execute(msg, msg.delivery.on_outcome(aid, outcome, now))
             if receipt is not None:
                 timeout(receipt, (msg, aid)).callbacks.append(receipted)  # type: ignore[union-attr]
                 hold(msg, now + receipt)
@@ -288,7 +270,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         anchor = msg.anchor
         if anchor is not None and anchor <= now:
             msg.anchor = None
-        execute(msg, msg.d.on_receipt(aid, "delivered", now))
+        execute(msg, msg.delivery.on_receipt(aid, "delivered", now))
         if msg.due is not None:
             release(msg)
 
@@ -343,9 +325,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         wakeup: tuple[_Msg, int, float] = e.value   # (message, generation, the time asked for)
         msg, gen, at = wakeup
         if msg.gen == gen:
-            # never hand the engine a time before the one it asked for (float rounding)
-            now = env.now
-            execute(msg, msg.d.on_timer(now if now > at else at))
+            execute(msg, msg.delivery.on_timer(wake_time(env.now, at)))
 
     def finish(msg: _Msg, c: Finish) -> None:
         nonlocal pending
@@ -354,7 +334,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         checker_finish(i, c)
         pending -= 1
         if cut:
-            waiting.pop(i, None)
+            fleet.finished(i)
 
     handler_of: dict[type, Callable[[_Msg, Any], None]] = {
         StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
@@ -389,8 +369,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         checker_accept(i, route, now)
         pending += 1
         if cut:
-            waiting[i] = msg
-        execute(msg, msg.d.start(now))
+            fleet.admit(i, msg)
+        execute(msg, msg.delivery.start(now))
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))

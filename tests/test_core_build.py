@@ -1,6 +1,6 @@
 """The compiled routing core (setup.py, mypyc) and its guard (daemon/core/__init__.py).
 
-The install compiles engine, health and plan. These tests hold that (1) the installed core is
+The install compiles the modules of COMPILED (commands, engine, health, plan, tree). These tests hold that (1) the installed core is
 the compiled one, unless the install was told not to compile; (2) a compiled module never runs in
 place of an edited source: importing a copy of the package with one edited source fails, naming
 the file and the fix; (3) the compiled and the pure-Python core (a copy of the sources without
@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_COMPILED_ON_PURPOSE = os.environ.get("ROUTINGD_COMPILE", "1").strip().lower() in ("0", "no", "false", "off")
 
 PROBE = """
-import json
-from routingd.daemon.core import core_build
-import routingd.daemon.core.engine as engine, routingd.daemon.core.health as health, routingd.daemon.core.plan as plan
-print(json.dumps({"build": core_build(), "files": [m.__file__ for m in (engine, health, plan)]}))
+import importlib, json
+from routingd.daemon.core import COMPILED, core_build
+mods = [importlib.import_module(f"routingd.daemon.core.{m}") for m in COMPILED]
+print(json.dumps({"build": core_build(), "files": [m.__file__ for m in mods]}))
 """
 
 DRILLS = """

@@ -3,8 +3,8 @@
 Nothing in this package may do I/O, import an event loop or read a clock: time and outcomes
 are passed in, commands come out. tests/test_core_purity.py enforces it.
 
-Compiled or not (docs/architecture.md, "The compiled core"). An install compiles `engine`,
-`health` and `plan` with mypyc (setup.py); each compiled module carries the SHA-256 of the
+Compiled or not (docs/architecture.md, "The compiled core"). An install compiles `commands`,
+`engine`, `health`, `plan` and `tree` with mypyc (setup.py); each compiled module carries the SHA-256 of the
 source it was built from. Python prefers an extension module to the .py file beside it, so
 importing this package checks that each compiled module was built from the source beside it and
 otherwise raises ImportError: an edited source never runs as its stale compiled version.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import RoutingdError
 
-COMPILED = ("engine", "health", "plan")     # keep in step with setup.py COMPILED
+COMPILED = ("commands", "engine", "health", "plan", "tree")     # keep in step with setup.py COMPILED
 
 
 class StaleCompiledCore(RoutingdError, ImportError):

@@ -22,9 +22,16 @@ with adopt(records) (docs/reliability.md "Restarts"): a channel one of them deli
 again, and an attempt still awaiting its receipt is waited for (under its receipt deadline)
 instead of being sent again.
 
-Outputs are commands (immutable named tuples below): StartAttempt, CancelAttempt, SetTimer, RecordEvent,
-Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
+Outputs are commands (immutable named tuples, daemon/core/commands.py): StartAttempt, CancelAttempt,
+SetTimer, RecordEvent, Finish. The engine never sleeps, never reads a clock and never does I/O; its only randomness is
 the back-off jitter, drawn from the `rng` passed in. Same inputs, same commands.
+
+Where things are: commands.py holds the records in and out (re-exported here: drivers import them
+from this module) and the event type names; tree.py the plan tree this machine walks, the
+provider-run states with their transition table and the deadline ranks; health.py the breakers;
+fleet.py the rules that span messages (the breakers shared, the pending set, the breaker
+cut-over, the early-timer clamp), which both drivers use. This module is the machine itself: one
+class whose transitions share their state, which is why it stays over ~400 lines.
 
 Semantics (docs/configuration.md "Timeout precedence", "[failover]"; docs/architecture.md):
   * channel deadline = min(channel start + channel timeout, message deadline);
@@ -46,272 +53,20 @@ Semantics (docs/configuration.md "Timeout precedence", "[failover]"; docs/archit
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from mypy_extensions import mypyc_attr
-
+from .commands import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, ATTEMPT_HELD, ATTEMPT_RESUMED,  # noqa: F401 - re-exported
+                       ATTEMPT_SLOW, ATTEMPT_STARTED, BREAKER_CLOSED, BREAKER_OPENED, CHANNEL_DEADLINE,
+                       CHANNEL_FINISHED, CHANNEL_SKIPPED, CHANNEL_STARTED, DELIVERED, DUPLICATE, EVENT_TYPES,
+                       FAILOVER, FINISHED, LATE_RECEIPT, MESSAGE_DEADLINE, PROVIDER_SKIPPED, RECEIPT_TIMEOUT,
+                       RECEIPT_UNKNOWN, RETRY_ABANDONED, RETRY_SCHEDULED, STARTED, AttemptOutcomeName,
+                       AttemptRecord, CancelAttempt, Command, Event, Finish, Outcome, RecordEvent, SetTimer,
+                       StartAttempt, _record, _tnew)
 from .health import HealthTracker
-from .plan import ChannelStep, GroupStep, Plan, ProviderStep
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt's provider call gave: an HTTP-like status, or a network failure."""
-
-    status: int | None = None
-    network: bool = False
-    retry_after_s: float | None = None
-    detail: str = ""
-    provider_message_id: str | None = None   # the vendor's id for the message, for its receipts
-
-
-# --------------------------------------------------------------------------- commands
-#
-# Commands are immutable named tuples: the engine makes ~10 of them per message, and a tuple is
-# the cheapest immutable record CPython builds (a frozen dataclass's __init__ costs about four
-# times as much; the simulator's throughput depends on it). Two commands are equal only if they
-# are of the same type and hold the same fields (plain tuples would compare equal across types).
-# mypyc (setup.py compiles this module) cannot make a tuple subclass a native class, so these stay
-# ordinary Python classes there (native_class=False); everything else here compiles natively.
-
-
-@mypyc_attr(native_class=False)
-class _Typed:
-    """Mixed into each command: equal only to a command of the same type with the same fields."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type,operator]
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = tuple.__hash__
-
-
-class _StartAttempt(NamedTuple):
-    attempt_id: str
-    message_id: str
-    channel: str
-    provider: str
-    try_no: int
-    started_at: float
-    deadline: float
-    idempotency_key: str
-    confirm: str = "response"
-
-
-@mypyc_attr(native_class=False)
-class StartAttempt(_Typed, _StartAttempt):
-    """Call the provider (the attempt may run until `deadline`, seconds on the driver's clock)."""
-
-    __slots__ = ()
-
-
-class _CancelAttempt(NamedTuple):
-    attempt_id: str
-    reason: str
-
-
-@mypyc_attr(native_class=False)
-class CancelAttempt(_Typed, _CancelAttempt):
-    """Stop the attempt; its answer, if one still comes, must not be fed back."""
-
-    __slots__ = ()
-
-
-class _SetTimer(NamedTuple):
-    at: float | None
-
-
-@mypyc_attr(native_class=False)
-class SetTimer(_Typed, _SetTimer):
-    """The one wake-up this delivery wants (replaces any earlier one); None: no timer."""
-
-    __slots__ = ()
-
-
-class _Event(NamedTuple):
-    type: str
-    at: float
-    data: dict[str, Any]
-
-
-@mypyc_attr(native_class=False)
-class Event(_Typed, _Event):
-    """One entry of a message's history (`data` holds the event's own fields).
-
-    An Event is also the command to record it: `RecordEvent` is this very class, and `.event`
-    returns the event itself, so a driver reads `cmd.event.type` whichever name it matched."""
-
-    __slots__ = ()
-
-    @property
-    def event(self) -> "Event":
-        return self
-
-
-RecordEvent = Event
-
-
-class _Finish(NamedTuple):
-    status: Literal["delivered", "undeliverable", "expired", "cancelled"]
-    at: float
-    delivered_at: float | None
-
-
-@mypyc_attr(native_class=False)
-class Finish(_Typed, _Finish):
-    """The message reached its terminal status."""
-
-    __slots__ = ()
-
-
-Command = Union[StartAttempt, CancelAttempt, SetTimer, Event, Finish]
-
-AttemptOutcomeName = Literal["delivered", "failed", "timeout", "network", "rejected", "cancelled"]
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    attempt_id: str
-    channel: str
-    provider: str
-    try_no: int
-    started_at: float
-    deadline: float
-    ended_at: float | None = None
-    outcome: str | None = None
-    status_code: int | None = None
-    receipt_deadline: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"attempt_id": self.attempt_id, "channel": self.channel, "provider": self.provider,
-                "try": self.try_no, "started_at": self.started_at, "ended_at": self.ended_at,
-                "deadline": self.deadline, "outcome": self.outcome, "status_code": self.status_code}
-
-
-_tnew = tuple.__new__       # _tnew(SetTimer, (at,)) = SetTimer(at), less a Python-level __new__ call
-
-
-def _record(type_: str, at: float, data: dict[str, Any]) -> Event:
-    """The command recording Event(type_, at, data), built without NamedTuple's __new__."""
-    return _tnew(Event, (type_, at, data))
-
-
-# --------------------------------------------------------------------------- the tree
-#
-# Every node carries its position in the plan's pre-order (`pre`) and that of its last descendant
-# (`end`): n lies under node iff node.pre < n.pre <= node.end. Deadline ties are broken by `pre`
-# (plan order), and cuts walk only the nodes that ever started instead of the whole tree. A node
-# names its parent by its `pre` (a key of Delivery._nodes), not by reference: the tree holds no reference
-# cycle, so a finished Delivery is freed as soon as its driver drops it, without the cyclic GC.
-
-
-class _Node:
-    __slots__ = ("parent", "result", "delivered", "started", "pre", "end")
-
-    parent: int                      # the parent's `pre` (its key in Delivery._nodes); -1: the root
-    result: str | None               # None while running; "delivered" | "failed" | "skipped"
-    delivered: bool                  # something under it delivered (set by late receipts too)
-    started: bool
-    pre: int                         # position in the plan's pre-order
-    end: int                         # position of its last descendant
-
-
-class _Group(_Node):
-    __slots__ = ("method", "children", "idx", "launching")
-
-    def __init__(self, step: GroupStep, parent: int, pre: int) -> None:
-        self.parent = parent
-        self.result = None
-        self.delivered = False
-        self.started = False
-        self.pre = self.end = pre
-        self.method = step.method
-        self.children: list[_Node] = []
-        self.idx = 0
-        self.launching = False
-
-
-class _Channel(_Node):
-    __slots__ = ("step", "method", "children", "idx", "launching", "deadline", "rejected", "holding")
-
-    def __init__(self, step: ChannelStep, parent: int, pre: int) -> None:
-        self.parent = parent
-        self.result = None
-        self.delivered = False
-        self.started = False
-        self.pre = pre
-        self.step = step
-        self.method = step.method
-        self.children: list[_Node] = []             # its runs, made when it starts (most never do)
-        self.end = pre + len(step.providers)
-        self.idx = 0
-        self.launching = False
-        self.deadline = 0.0
-        self.rejected = False
-        self.holding = False                        # a provider of it is held (Delivery.drain)
-
-
-class _Run(_Node):
-    """One provider inside one channel: its tries, back-off and current attempt."""
-
-    __slots__ = ("step", "tries", "attempt", "state", "wake_at", "slow_at", "slow_counted")
-
-    def __init__(self, step: ProviderStep, parent: int, pre: int) -> None:
-        self.parent = parent
-        self.result = None
-        self.delivered = False
-        self.started = False
-        self.pre = self.end = pre
-        self.step = step
-        self.tries = 0
-        self.attempt: AttemptRecord | None = None
-        self.state: Literal["idle", "attempting", "awaiting", "backoff", "held", "done"] = "idle"
-        self.wake_at: float | None = None
-        self.slow_at: float | None = None       # the current attempt's slow-call mark, while pending
-        self.slow_counted = False               # the current attempt already counted as a breaker failure
-
-
-def _build(step: GroupStep, parent: int, pre: int, nodes: "dict[int, _Group | _Channel]") -> _Group:
-    """The group and the channels under it, registered in `nodes` by `pre` (runs come later)."""
-    group = _Group(step, parent, pre)
-    nodes[pre] = group
-    children = group.children
-    me = pre
-    for s in step.items:
-        if isinstance(s, ChannelStep):
-            chan = _Channel(s, me, pre + 1)
-            nodes[pre + 1] = chan
-            child: _Node = chan
-        else:
-            child = _build(s, me, pre + 1, nodes)
-        children.append(child)
-        pre = child.end
-    group.end = pre
-    return group
-
-
-def _by_pre(node: _Node) -> int:
-    return node.pre
-
-
-class _Resume:
-    """What adopt() learned from the attempts of earlier runs, consulted as nodes start."""
-
-    __slots__ = ("delivered", "first", "awaiting")
-
-    def __init__(self) -> None:
-        self.delivered: set[int] = set()                # channel pres delivered in an earlier run
-        self.first: dict[int, int] = {}                 # `single` node pre -> child index to start at
-        self.awaiting: dict[int, AttemptRecord] = {}    # run pre -> its attempt awaiting a receipt
-
+from .plan import Plan
+from .tree import (ATTEMPTING, AWAITING, BACKOFF, DONE, HELD, RANK_ATTEMPT, RANK_BACKOFF, RANK_CHANNEL,
+                   RANK_MESSAGE, RANK_SLOW, _build, _by_pre, _Channel, _Group, _name, _Node, _Resume, _Run)
 
 # --------------------------------------------------------------------------- the machine
 
@@ -441,19 +196,19 @@ class Delivery:
         self.attempts[rec.attempt_id] = rec
         self._runs[rec.attempt_id] = run
         run.attempt = rec
-        run.state = "awaiting"
+        run.state = AWAITING
         run.slow_counted = False
-        self._push(rec.receipt_deadline, 2, run)
-        self._emit("attempt_resumed", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+        self._push(rec.receipt_deadline, RANK_ATTEMPT, run)
+        self._emit(ATTEMPT_RESUMED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
                    receipt_deadline=rec.receipt_deadline)
 
     def start(self, now: float) -> list[Command]:
-        if self._wants("started"):
-            self._emit("started", now, route=self.plan.route, policy_version=self.plan.policy_version,
+        if self._wants(STARTED):
+            self._emit(STARTED, now, route=self.plan.route, policy_version=self.plan.policy_version,
                        message_deadline=self.message_deadline, run=self.run)
         if now >= self.message_deadline:
             # resumed (e.g. after a restart) past its absolute deadline: it expired, nothing ran
-            self._emit("message_deadline", self.message_deadline)
+            self._emit(MESSAGE_DEADLINE, self.message_deadline)
             self._finish(now, deadline_hit=True)
         else:
             self._start_node(self.root, now)
@@ -463,7 +218,7 @@ class Delivery:
     def on_outcome(self, attempt_id: str, outcome: Outcome, now: float) -> list[Command]:
         self._catch_up(now)
         run = self._runs.get(attempt_id)
-        if not (self.status != "pending" or run is None or run.state != "attempting" or run.attempt is None
+        if not (self.status != "pending" or run is None or run.state != ATTEMPTING or run.attempt is None
                 or run.attempt.attempt_id != attempt_id):
             self._handle_outcome(run, outcome, now)
         # (else a cancelled/finished attempt: its answer no longer counts.) Either way, whatever
@@ -475,20 +230,20 @@ class Delivery:
         run = self._runs.get(attempt_id)
         rec = self.attempts.get(attempt_id)
         if run is None or rec is None:
-            self._emit("receipt_unknown", now, attempt_id=attempt_id, status=status)
+            self._emit(RECEIPT_UNKNOWN, now, attempt_id=attempt_id, status=status)
             return self._settle(now)
         current = run.attempt is not None and run.attempt.attempt_id == attempt_id \
-            and run.state in ("attempting", "awaiting")
+            and run.state in (ATTEMPTING, AWAITING)
         if self.status != "pending" or not current:
             self._late_receipt(run, rec, status, now)
         elif status == "delivered":
-            if run.state == "attempting":
+            if run.state == ATTEMPTING:
                 self._out.append(CancelAttempt(attempt_id, "receipt arrived before the response"))
             self._end_attempt(rec, "delivered", rec.status_code, now)
             self._record_health(run, True, now)
             self._run_delivered(run, rec, now)
         else:
-            if run.state == "attempting":
+            if run.state == ATTEMPTING:
                 self._out.append(CancelAttempt(attempt_id, "failed receipt"))
             self._end_attempt(rec, "failed", rec.status_code, now)
             self._record_health(run, False, now)
@@ -504,7 +259,7 @@ class Delivery:
         self._catch_up(now)
         found = self._locate(rec.channel, rec.provider) if rec.attempt_id not in self.attempts else None
         if status != "delivered" or self.status != "pending" or found is None:
-            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+            self._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
                        provider=rec.provider, previous_run=True)
             return self._settle(now)
         ch, i = found
@@ -516,14 +271,14 @@ class Delivery:
             self._runs[rec.attempt_id] = run
             self._late_receipt(run, rec, status, now)
         else:
-            self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+            self._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
                        provider=rec.provider, previous_run=True)
             if self._resume is None:
                 self._resume = _Resume()
             self._resume.delivered.add(ch.pre)
             if self.delivered_at is None:
                 self.delivered_at = now
-            self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+            self._emit(DELIVERED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
                        late=True)
         return self._settle(now)
 
@@ -546,8 +301,8 @@ class Delivery:
             self._cancel_under(self.root, now, "cancelled", "message cancelled")
             self.status = "cancelled"
             self.finished_at = now
-            if self._wants("finished"):
-                self._emit("finished", now, status=self.status)
+            if self._wants(FINISHED):
+                self._emit(FINISHED, now, status=self.status)
             self._out.append(_tnew(Finish, (self.status, now, self.delivered_at)))
         return self._flush()
 
@@ -570,13 +325,13 @@ class Delivery:
         self._catch_up(now)
         if self.status == "pending" and self.health.blocks(provider, now):
             hit = [r for r in self._tried if r.step.provider == provider and r.step.breaker_failures is not None
-                   and (r.state == "attempting" or r.state == "backoff")]
+                   and (r.state == ATTEMPTING or r.state == BACKOFF)]
             if len(hit) > 1:
                 hit.sort(key=_by_pre)
             for run in hit:
                 # what an earlier one set off (a channel ending, a failover) may have ended it already
                 if self.status != "pending" or run.result is not None or \
-                        not (run.state == "attempting" or run.state == "backoff"):
+                        not (run.state == ATTEMPTING or run.state == BACKOFF):
                     continue
                 self._cut_run(run, now)
         return self._settle(now)
@@ -636,24 +391,24 @@ class Delivery:
     def _hold(self, run: _Run, now: float) -> None:
         if run.tries == 0:
             self._tried.append(run)         # so that cutting its channel ends it like any started run
-        run.state = "held"
+        run.state = HELD
         run.wake_at = None
         run.slow_at = None
         self.held += 1
         ch = self._channel_of(run)
         ch.holding = True
-        self._emit("attempt_held", now, channel=ch.step.channel, provider=run.step.provider)
+        self._emit(ATTEMPT_HELD, now, channel=ch.step.channel, provider=run.step.provider)
 
     def _cut_run(self, run: _Run, now: float) -> None:
         """Its provider's breaker is open: stop the run's attempt (or back-off) and fail over."""
         rec = run.attempt
-        if run.state == "attempting" and rec is not None:
+        if run.state == ATTEMPTING and rec is not None:
             self._out.append(CancelAttempt(rec.attempt_id, "breaker opened"))
             self._end_attempt(rec, "cancelled", None, now, "breaker opened")
         else:
-            self._emit("retry_abandoned", now, channel=self._channel_of(run).step.channel,
+            self._emit(RETRY_ABANDONED, now, channel=self._channel_of(run).step.channel,
                        provider=run.step.provider, reason="breaker opened")
-        run.state = "done"
+        run.state = DONE
         run.wake_at = None
         run.slow_at = None
         self._complete(run, "failed", now, reason="breaker opened")
@@ -706,27 +461,27 @@ class Delivery:
             if t > now or (t == now and not inclusive):
                 self._want = t
                 return
-            if rank == 0:
-                self._emit("message_deadline", t)
+            if rank == RANK_MESSAGE:
+                self._emit(MESSAGE_DEADLINE, t)
                 self._finish(t, deadline_hit=True)
-            elif rank == 1:
+            elif rank == RANK_CHANNEL:
                 if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                     assert isinstance(node, _Channel)
-                self._emit("channel_deadline", t, channel=node.step.channel)
+                self._emit(CHANNEL_DEADLINE, t, channel=node.step.channel)
                 self._cancel_under(node, t, "timeout", "channel deadline")
                 self._complete(node, "failed", t, reason="timeout")
-            elif rank == 3:
+            elif rank == RANK_BACKOFF:
                 if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                     assert isinstance(node, _Run)
                 node.wake_at = None
                 self._try(node, t)
-            elif rank == 4:
+            elif rank == RANK_SLOW:
                 if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                     assert isinstance(node, _Run) and node.attempt
                 # slow-call mark: the attempt runs on, but counts as a breaker failure now
                 node.slow_at = None
                 rec = node.attempt
-                self._emit("attempt_slow", t, attempt_id=rec.attempt_id, channel=rec.channel,
+                self._emit(ATTEMPT_SLOW, t, attempt_id=rec.attempt_id, channel=rec.channel,
                            provider=rec.provider, after_s=t - rec.started_at)
                 self._record_health(node, False, t)
                 node.slow_counted = True
@@ -735,25 +490,25 @@ class Delivery:
                     # half-open probe that is this very attempt): fail over at once, as
                     # on_provider_unhealthy does for every other message's attempts on it
                     self._cut_run(node, t)
-            else:
+            else:                                           # RANK_ATTEMPT
                 if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                     assert isinstance(node, _Run) and node.attempt
                 rec = node.attempt
-                if node.state == "attempting":
+                if node.state == ATTEMPTING:
                     self._out.append(CancelAttempt(rec.attempt_id, "attempt deadline"))
                     self._end_attempt(rec, "timeout", None, t)
                     self._record_health(node, False, t)
                     self._retry_or_fail(node, t, None, "timeout", retryable=self.plan.failover.timeout)
                 else:                                       # awaiting its receipt
                     self._end_attempt(rec, "timeout", rec.status_code, t)
-                    self._emit("receipt_timeout", t, attempt_id=rec.attempt_id)
+                    self._emit(RECEIPT_TIMEOUT, t, attempt_id=rec.attempt_id)
                     self._record_health(node, False, t)
                     self._retry_or_fail(node, t, None, "receipt timeout")
         raise RuntimeError("engine: deadline processing did not settle")  # pragma: no cover
 
     def _earliest(self) -> tuple[float, int, _Node | None]:
-        """The first deadline by (time, rank, plan order): rank 0 message, 1 channel, 2 attempt or
-        receipt, 3 back-off wake-up, 4 an attempt's slow-call mark (breaker `slow`)."""
+        """The first deadline by (time, rank, plan order): RANK_MESSAGE, RANK_CHANNEL, RANK_ATTEMPT
+        (its receipt too), RANK_BACKOFF, RANK_SLOW (daemon/core/tree.py)."""
         due = self._due
         md = self.message_deadline
         while due:
@@ -763,11 +518,11 @@ class Delivery:
                     break
                 return t, rank, node
             heappop(due)
-        return md, 0, None
+        return md, RANK_MESSAGE, None
 
     def _live(self, t: float, rank: int, node: _Node) -> bool:
         """Whether the heap entry (t, rank, node) is still a deadline of `node`."""
-        if rank == 1:
+        if rank == RANK_CHANNEL:
             if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                 assert isinstance(node, _Channel)
             return node.result is None and node.deadline == t and not node.holding
@@ -775,13 +530,13 @@ class Delivery:
             assert isinstance(node, _Run)
         st = node.state
         rec = node.attempt
-        if rank == 2:
-            if st == "attempting":
+        if rank == RANK_ATTEMPT:
+            if st == ATTEMPTING:
                 return rec is not None and rec.deadline == t
-            return st == "awaiting" and rec is not None and rec.receipt_deadline == t
-        if rank == 3:
-            return st == "backoff" and node.wake_at == t
-        return st == "attempting" and node.slow_at == t
+            return st == AWAITING and rec is not None and rec.receipt_deadline == t
+        if rank == RANK_BACKOFF:
+            return st == BACKOFF and node.wake_at == t
+        return st == ATTEMPTING and node.slow_at == t
 
     def _push(self, t: float, rank: int, node: _Node) -> None:
         self._dueseq += 1
@@ -811,15 +566,15 @@ class Delivery:
             self._chans.append(node)
             step = node.step
             if step.requires and not self.recipient.get(step.requires):
-                self._emit("channel_skipped", now, channel=step.channel,
+                self._emit(CHANNEL_SKIPPED, now, channel=step.channel,
                            reason=f"recipient has no {step.requires!r}")
                 self._complete(node, "skipped", now)
                 return
             pre = node.pre
             node.children = [_Run(p, pre, pre + i) for i, p in enumerate(step.providers, 1)]
             node.deadline = min(now + step.timeout_ms / 1000.0, self.message_deadline)
-            self._push(node.deadline, 1, node)
-            self._emit("channel_started", now, channel=step.channel, deadline=node.deadline)
+            self._push(node.deadline, RANK_CHANNEL, node)
+            self._emit(CHANNEL_STARTED, now, channel=step.channel, deadline=node.deadline)
             if res is not None and pre in res.delivered:
                 res.delivered.discard(pre)
                 self._complete(node, "delivered", now, reason="delivered before a restart")
@@ -856,7 +611,7 @@ class Delivery:
             assert isinstance(ch, _Channel)
         if (step.breaker_failures is not None or self.health.drained) and \
                 not self.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
-            self._emit("provider_skipped", now, channel=ch.step.channel, provider=step.provider,
+            self._emit(PROVIDER_SKIPPED, now, channel=ch.step.channel, provider=step.provider,
                        reason="drained" if step.provider in self.health.drained else "breaker open")
             self._complete(run, "failed", now, reason="skipped")
             return
@@ -871,17 +626,17 @@ class Delivery:
         self.attempts[attempt_id] = rec
         self._runs[attempt_id] = run
         run.attempt = rec
-        run.state = "attempting"
+        run.state = ATTEMPTING
         run.slow_counted = False
         slow = step.breaker_slow_ms
         if slow is not None and step.breaker_failures is not None:
             mark = now + slow / 1000.0
             run.slow_at = mark if mark < deadline else None
             if run.slow_at is not None:
-                self._push(mark, 4, run)
-        self._push(deadline, 2, run)
-        if self._wants("attempt_started"):
-            self._emit("attempt_started", now, attempt_id=attempt_id, channel=channel, provider=step.provider,
+                self._push(mark, RANK_SLOW, run)
+        self._push(deadline, RANK_ATTEMPT, run)
+        if self._wants(ATTEMPT_STARTED):
+            self._emit(ATTEMPT_STARTED, now, attempt_id=attempt_id, channel=channel, provider=step.provider,
                        attempt=run.tries, deadline=deadline)
         self._out.append(_tnew(StartAttempt, (                    # = StartAttempt(...), field order
             attempt_id, self.message_id, channel, step.provider, run.tries, now, deadline,
@@ -895,12 +650,12 @@ class Delivery:
         rec.outcome = outcome
         rec.status_code = status
         ev = self._events
-        if ev is None or "attempt_ended" in ev:
+        if ev is None or ATTEMPT_ENDED in ev:
             data: dict[str, Any] = {"attempt_id": rec.attempt_id, "channel": rec.channel,
                                     "provider": rec.provider, "outcome": outcome, "status_code": status}
             if detail:
                 data["detail"] = detail
-            self._out.append(_record("attempt_ended", now, data))
+            self._out.append(_record(ATTEMPT_ENDED, now, data))
 
     def _record_health(self, run: _Run, ok: bool, now: float) -> None:
         s = run.step
@@ -909,8 +664,8 @@ class Delivery:
         if not ok and run.slow_counted:     # its slow-call mark already counted this attempt's failure
             return
         change = self.health.record(s.provider, ok, s.breaker_failures, s.breaker_cooldown_ms / 1000.0, now)
-        if change:
-            self._emit(f"breaker_{change}", now, provider=s.provider)
+        if change is not None:
+            self._emit(BREAKER_OPENED if change == "opened" else BREAKER_CLOSED, now, provider=s.provider)
 
     def _handle_outcome(self, run: _Run, o: Outcome, now: float) -> None:
         rec = run.attempt
@@ -927,9 +682,9 @@ class Delivery:
                 rec.status_code = o.status
                 rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0,
                                          self._channel_of(run).deadline)
-                run.state = "awaiting"
-                self._push(rec.receipt_deadline, 2, run)
-                self._emit("attempt_accepted", now, attempt_id=rec.attempt_id, status_code=o.status,
+                run.state = AWAITING
+                self._push(rec.receipt_deadline, RANK_ATTEMPT, run)
+                self._emit(ATTEMPT_ACCEPTED, now, attempt_id=rec.attempt_id, status_code=o.status,
                            receipt_deadline=rec.receipt_deadline)
                 return
             self._end_attempt(rec, "delivered", o.status, now)
@@ -942,7 +697,7 @@ class Delivery:
             self._retry_or_fail(run, now, o.retry_after_s, f"status {o.status}")
         else:
             self._end_attempt(rec, "rejected", o.status, now, o.detail)
-            run.state = "done"
+            run.state = DONE
             self._channel_of(run).rejected = True
             self._complete(run, "failed", now, reason=f"rejected with status {o.status}")
 
@@ -950,7 +705,7 @@ class Delivery:
                        retryable: bool = True) -> None:
         step = run.step
         ch = self._channel_of(run)
-        run.state = "done"
+        # the run goes to BACKOFF or, through _complete, to DONE (never DONE and back: RUN_TRANSITIONS)
         if not retryable:
             ch.rejected = True
             self._complete(run, "failed", now, reason=f"{reason} (not in failover.on)")
@@ -962,22 +717,22 @@ class Delivery:
                 cap = min(step.backoff_max_ms, step.backoff_base_ms * (2 ** (run.tries - 1)))
                 delay = self.rng.uniform(0.0, cap / 1000.0)
             if now + delay < ch.deadline:
-                run.state = "backoff"
+                run.state = BACKOFF
                 run.wake_at = now + delay
-                self._push(run.wake_at, 3, run)
-                self._emit("retry_scheduled", now, channel=ch.step.channel, provider=step.provider,
+                self._push(run.wake_at, RANK_BACKOFF, run)
+                self._emit(RETRY_SCHEDULED, now, channel=ch.step.channel, provider=step.provider,
                            at=run.wake_at, delay_s=delay, reason=reason)
                 return
-            self._emit("retry_abandoned", now, channel=ch.step.channel, provider=step.provider,
+            self._emit(RETRY_ABANDONED, now, channel=ch.step.channel, provider=step.provider,
                        reason=f"back-off of {delay:.3f}s does not fit before the channel deadline")
         self._complete(run, "failed", now, reason=reason)
 
     def _run_delivered(self, run: _Run, rec: AttemptRecord, now: float) -> None:
-        run.state = "done"
+        run.state = DONE
         if self.delivered_at is None:
             self.delivered_at = now
-        if self._wants("delivered"):
-            self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider)
+        if self._wants(DELIVERED):
+            self._emit(DELIVERED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider)
         root = self.root
         tried = self._tried
         if len(tried) == 1 and len(self._chans) == 1 and len(self._groups) == 1 and root.method == "single" \
@@ -992,19 +747,19 @@ class Delivery:
                 run.delivered = True
                 ch.result = "delivered"
                 ch.delivered = True
-                self._emit("channel_finished", now, channel=ch.step.channel, result="delivered")  # type: ignore[union-attr]
+                self._emit(CHANNEL_FINISHED, now, channel=ch.step.channel, result="delivered")  # type: ignore[union-attr]
                 root.result = "delivered"
                 root.delivered = True
                 self.status = "delivered"
                 self.finished_at = now
-                if self._wants("finished"):
-                    self._emit("finished", now, status="delivered")
+                if self._wants(FINISHED):
+                    self._emit(FINISHED, now, status="delivered")
                 self._out.append(_tnew(Finish, ("delivered", now, self.delivered_at)))
                 return
         self._complete(run, "delivered", now)
 
     def _late_receipt(self, run: _Run, rec: AttemptRecord, status: str, now: float) -> None:
-        self._emit("late_receipt", now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
+        self._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
                    provider=rec.provider)
         if status != "delivered" or rec.outcome == "delivered":
             return
@@ -1013,12 +768,12 @@ class Delivery:
         if self.terminal:
             if self.status == "delivered":
                 self.duplicates += 1
-                self._emit("duplicate", now, attempt_id=rec.attempt_id, channel=rec.channel,
+                self._emit(DUPLICATE, now, attempt_id=rec.attempt_id, channel=rec.channel,
                            provider=rec.provider)
             return
         if self.delivered_at is None:
             self.delivered_at = now
-        self._emit("delivered", now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
+        self._emit(DELIVERED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
                    late=True)
         if run.result is None:
             # The provider is still being tried (a retry in flight or backing off) but an earlier
@@ -1036,7 +791,7 @@ class Delivery:
                 assert isinstance(parent, (_Group, _Channel))
             if parent.method == "single" and parent.delivered:
                 self.duplicates += 1
-                self._emit("duplicate", now, attempt_id=rec.attempt_id, channel=rec.channel,
+                self._emit(DUPLICATE, now, attempt_id=rec.attempt_id, channel=rec.channel,
                            provider=rec.provider)
                 return
             parent.delivered = True
@@ -1058,14 +813,14 @@ class Delivery:
             node.delivered = True
         kind = type(node)
         if kind is _Run:
-            node.state = "done"         # type: ignore[attr-defined]
+            node.state = DONE         # type: ignore[attr-defined]
         elif kind is _Channel:
             if TYPE_CHECKING:       # narrowing for the type checker only: no isinstance per call
                 assert isinstance(node, _Channel)
             self._cancel_under(node, now, "cancelled", "channel finished")
             res = "delivered" if node.delivered else result
             if result != "skipped":
-                self._emit("channel_finished", now, channel=node.step.channel, result=res,
+                self._emit(CHANNEL_FINISHED, now, channel=node.step.channel, result=res,
                            **({"reason": reason} if reason else {}))
         if node.parent < 0:
             self._finish(now)
@@ -1093,7 +848,7 @@ class Delivery:
                 return
             nxt = parent.children[parent.idx]
             kind = "provider" if type(parent) is _Channel else "channel"
-            self._emit("failover", now, kind=kind, **{"from": _name(child), "to": _name(nxt)})
+            self._emit(FAILOVER, now, kind=kind, **{"from": _name(child), "to": _name(nxt)})
             self._start_node(nxt, now)
         else:
             self._check_all_done(parent, now)
@@ -1123,19 +878,19 @@ class Delivery:
         if type(node) is _Channel:
             # its runs are its children: no walk over every run of the message per channel end
             runs: list[_Run] = node.children      # type: ignore[assignment, attr-defined]
-            cut = [r for r in runs if r.tries > 0 and r.state != "done"]
+            cut = [r for r in runs if r.tries > 0 and r.state != DONE]
         else:
-            cut = [r for r in self._tried if lo < r.pre <= hi and r.state != "done"]
+            cut = [r for r in self._tried if lo < r.pre <= hi and r.state != DONE]
         if cut:
             if len(cut) > 1:
                 cut.sort(key=_by_pre, reverse=True)
             for r in cut:
                 rec = r.attempt
-                if rec is not None and (r.state == "attempting" or r.state == "awaiting"):
-                    if r.state == "attempting":
+                if rec is not None and (r.state == ATTEMPTING or r.state == AWAITING):
+                    if r.state == ATTEMPTING:
                         self._out.append(CancelAttempt(rec.attempt_id, reason))
                     self._end_attempt(rec, outcome, rec.status_code, now, reason)
-                r.state = "done"
+                r.state = DONE
                 r.wake_at = None
                 if r.result is None:
                     r.result = "failed"
@@ -1149,15 +904,15 @@ class Delivery:
                 n.result = "delivered" if n.delivered else "failed"
                 if isinstance(n, _Channel):
                     res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
-                    self._emit("channel_finished", now, channel=n.step.channel, result=res, reason=reason)
+                    self._emit(CHANNEL_FINISHED, now, channel=n.step.channel, result=res, reason=reason)
 
     def _stop_run(self, run: _Run, now: float, reason: str) -> None:
         """End a provider run early: cancel its live attempt and any pending back-off."""
-        if run.state in ("attempting", "awaiting") and run.attempt is not None:
-            if run.state == "attempting":
+        if run.state in (ATTEMPTING, AWAITING) and run.attempt is not None:
+            if run.state == ATTEMPTING:
                 self._out.append(CancelAttempt(run.attempt.attempt_id, reason))
             self._end_attempt(run.attempt, "cancelled", run.attempt.status_code, now, reason)
-        run.state = "done"
+        run.state = DONE
         run.wake_at = None
 
     def _finish(self, now: float, deadline_hit: bool = False) -> None:
@@ -1172,14 +927,7 @@ class Delivery:
         else:
             self.status = "undeliverable"
         self.finished_at = now
-        if self._wants("finished"):
-            self._emit("finished", now, status=self.status)
+        if self._wants(FINISHED):
+            self._emit(FINISHED, now, status=self.status)
         self._out.append(_tnew(Finish, (self.status, now, self.delivered_at)))
 
-
-def _name(node: _Node) -> str:
-    if isinstance(node, _Run):
-        return node.step.provider
-    if isinstance(node, _Channel):
-        return node.step.channel
-    return "group"

@@ -24,6 +24,9 @@ class HealthTracker:
     def __init__(self) -> None:
         self._b: dict[str, _Breaker] = {}
         self.drained: set[str] = set()
+        # When a list (the Fleet sets it, daemon/core/fleet.py): each provider whose breaker
+        # opens is appended, for the Fleet's cut-over worklist. None: nobody cuts, keep nothing.
+        self.opened: list[str] | None = None
 
     def allow(self, provider: str, threshold: int | None, cooldown_s: float, now: float) -> bool:
         """May an attempt on `provider` start now? Consumes the half-open probe if it is one."""
@@ -62,6 +65,8 @@ class HealthTracker:
             return None
         if b.failures >= threshold:
             b.open_until = now + cooldown_s
+            if self.opened is not None:
+                self.opened.append(provider)
             return "opened"
         return None
 

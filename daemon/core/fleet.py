@@ -1,0 +1,116 @@
+"""The rules that span messages, once, for both drivers: one `Fleet` per daemon process / simulated run.
+
+A `Delivery` (engine.py) routes one message; what ties the messages of a process together lives
+here, so that the asyncio daemon (daemon/runtime.py) and the SimPy simulator (simulator/runner.py)
+obey the very same rules instead of each re-implementing them (docs/architecture.md, "The fleet"):
+
+  * the breakers: one `HealthTracker` (health.py), shared by every Delivery of the fleet;
+  * the pending set: every message not finished yet, by key, with the driver's handle for it
+    (`admit` when the driver begins routing it, `finished` once it has carried out its Finish);
+  * the breaker cut-over: when a breaker opens (in any message's input), every other pending
+    message that has tried that provider gets Delivery.on_provider_unhealthy(provider, now) at
+    the same `now`, so its attempts in flight there (and its back-offs waiting for it) fail over
+    at once instead of each waiting out its own timeout. Those batches may open further breakers:
+    a worklist, drained in order, never recursion;
+  * the early-timer clamp: a wake-up that fires a hair before the time it was asked for (float
+    rounding, an event loop running a handle early) is handed to the engine at the time asked for.
+
+The drivers only carry out commands. The contract, for a driver:
+
+    fleet = Fleet(cut_inflight=True)          # fleet.health goes into every Delivery it makes
+    fleet.admit(key, handle)                  # handle.delivery is the message's Delivery
+    execute(handle, delivery.start(now))      # ... and any other input
+        after carrying out each batch:  if fleet.opened: fleet.cut_over(now, execute)
+    execute(handle, delivery.on_timer(fleet.wake_time(now, at)))    # a SetTimer(at) came due
+    fleet.finished(key)                       # when carrying out its Finish
+
+`cut_over` calls `execute(handle, commands)` for each message it cuts; a call made while a
+cut-over is already running (from inside `execute`) returns at once: the running one takes the
+newly opened providers from the same worklist. Sans-IO like the rest of the core.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Hashable, Protocol, TypeVar
+
+from .engine import Command, Delivery
+from .health import HealthTracker
+
+
+class Handle(Protocol):
+    """A driver's object for one message: the daemon's _Live, the simulator's _Msg."""
+
+    @property
+    def delivery(self) -> Delivery: ...
+
+
+H = TypeVar("H", bound=Handle)
+Execute = Callable[[H, "list[Command]"], None]
+
+
+class Fleet(Generic[H]):
+    """The breakers, the pending messages and the cut-over worklist of one driver."""
+
+    __slots__ = ("health", "pending", "opened", "cut_inflight", "_cutting")
+
+    def __init__(self, health: HealthTracker | None = None, cut_inflight: bool = True) -> None:
+        """cut_inflight=False: a breaker opening cuts nothing in flight (the simulator's
+        [simulation] cut_inflight_on_breaker_open = false, to measure what the cut is worth)."""
+        self.health = health if health is not None else HealthTracker()
+        self.pending: dict[Hashable, H] = {}
+        self.cut_inflight = cut_inflight
+        # providers whose breaker opened, not yet handed to the pending messages (the worklist);
+        # the HealthTracker appends to it as a breaker opens. Stays empty without the cut.
+        self.opened: list[str] = []
+        self.health.opened = self.opened if cut_inflight else None
+        self._cutting = False
+
+    def admit(self, key: Hashable, handle: H) -> None:
+        """`handle`'s message is pending from now on (before its first commands are carried out)."""
+        self.pending[key] = handle
+
+    def finished(self, key: Hashable) -> None:
+        """The message reached its Finish: it leaves the pending set."""
+        self.pending.pop(key, None)
+
+    @staticmethod
+    def wake_time(now: float, at: float) -> float:
+        """The time to hand Delivery.on_timer for a wake-up asked `at` and firing at `now`: never
+        before the time asked for (the engine would see its own deadline not reached yet)."""
+        return now if now > at else at
+
+    def cut_over(self, now: float, execute: Execute[H],
+                 failed: Callable[[H, str, BaseException], None] | None = None) -> None:
+        """Hand each newly opened breaker's provider to every pending message that has tried it,
+        at `now`, and have `execute` carry out each answer, until no batch opens another breaker.
+
+        Only a message with an attempt on the provider in its records can have something to cut
+        (a run attempting or backing off there made one); the engine decides what, if anything.
+        failed(handle, provider, error): one message's failure (its engine call or `execute`)
+        is handed to it and the others go on; without it the error propagates."""
+        opened = self.opened
+        if self._cutting or not opened:
+            return
+        self._cutting = True
+        try:
+            while opened:
+                provider = opened.pop(0)
+                for handle in list(self.pending.values()):
+                    d = handle.delivery
+                    if d.status != "pending":
+                        continue        # finished by an earlier cut of this pass
+                    for rec in d.attempts.values():
+                        if rec.provider == provider:
+                            break
+                    else:
+                        continue
+                    if failed is None:
+                        execute(handle, d.on_provider_unhealthy(provider, now))
+                        continue
+                    try:
+                        execute(handle, d.on_provider_unhealthy(provider, now))
+                    except Exception as e:  # noqa: BLE001 - one message must not stall the others
+                        failed(handle, provider, e)
+        finally:
+            opened.clear()
+            self._cutting = False
