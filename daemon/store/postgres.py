@@ -447,10 +447,19 @@ class PgStore(Store):
         if reader is None or self._thread is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
         with self._read_lock:
-            try:
-                return list(reader.execute(sql, args).fetchall())
-            except psycopg.Error as e:
-                raise _explain(self.path, e, doing) from None
+            for again in (True, False):
+                try:
+                    return list(reader.execute(sql, args).fetchall())
+                except psycopg.OperationalError as e:
+                    # A connection the server closed (a restart, a failover) is only known to be
+                    # broken once used: one more try on a new connection (ensure() makes it).
+                    raw = reader.raw
+                    if again and raw is not None and (raw.closed or raw.broken):
+                        continue
+                    raise _explain(self.path, e, doing) from None
+                except psycopg.Error as e:
+                    raise _explain(self.path, e, doing) from None
+            raise AssertionError("unreachable")
 
     def read_one(self, sql: str, args: tuple[Any, ...], doing: str) -> tuple[Any, ...] | None:
         rows = self._select(sql, args, doing)
