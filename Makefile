@@ -28,6 +28,7 @@ check: $(STAMP)
 
 test: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
+	@sh tools/ensure-postgresql.sh
 	@sh tools/ensure-systemd-analyze.sh
 	@sh tools/ensure-chromium.sh
 	$(BIN)/ruff check --select F --no-cache --quiet .
@@ -38,11 +39,13 @@ test: $(STAMP)
 # a test that passes only on an idle machine fails here (docs/reliability.md)
 test-busy: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
+	@sh tools/ensure-postgresql.sh
 	@sh tools/ensure-systemd-analyze.sh
 	$(BIN)/python tools/busy.py --max-seconds 3600 -- $(BIN)/python -m pytest -q
 
 soak: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
+	@sh tools/ensure-postgresql.sh
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)

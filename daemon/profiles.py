@@ -9,12 +9,11 @@ profile changed later does not change a message already accepted (docs/api.md "P
 from __future__ import annotations
 
 import json
-import sqlite3
 import weakref
 from typing import Any
 
 from .core.request import SendRequest
-from .store import Store, _explain
+from .store import Store, StoreError
 
 _TABLE = ("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, profile TEXT NOT NULL, "
           "updated_at REAL NOT NULL)")
@@ -36,22 +35,15 @@ class Profiles:
 
     def get(self, user_id: str) -> dict[str, Any] | None:
         if self._exists is None:
-            try:
-                self._exists = self.store._read().execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'profiles'").fetchone() is not None
-            except sqlite3.Error as e:
-                raise _explain(self.store.path, e, "read a profile") from None
+            self._exists = self.store.has_table("profiles")
         if not self._exists:        # no profile was ever stored: no query per message
             return None
         try:
-            row = self.store._read().execute("SELECT profile FROM profiles WHERE user_id = ?",
-                                             (user_id,)).fetchone()
-        except sqlite3.OperationalError as e:
+            row = self.store.read_one("SELECT profile FROM profiles WHERE user_id = ?", (user_id,), "read a profile")
+        except StoreError as e:
             if "no such table" in str(e):       # no profile was ever stored
                 return None
-            raise _explain(self.store.path, e, "read a profile") from None
-        except sqlite3.Error as e:
-            raise _explain(self.store.path, e, "read a profile") from None
+            raise
         if row is None:
             return None
         value = json.loads(row[0])
@@ -62,7 +54,7 @@ class Profiles:
         Courier's PUT); returns what is stored once it is committed."""
         await self._table()
 
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+        def op(conn: Any) -> dict[str, Any]:
             stored = profile
             if merge:
                 r = conn.execute("SELECT profile FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
@@ -79,7 +71,7 @@ class Profiles:
     async def delete(self, user_id: str) -> bool:
         await self._table()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: Any) -> bool:
             return conn.execute("DELETE FROM profiles WHERE user_id = ?", (user_id,)).rowcount > 0
 
         deleted: bool = await self.store.call(op)

@@ -252,7 +252,7 @@ class Service:
     async def run(self) -> int:
         from .metrics import Metrics
         from .runtime import Router
-        from .store import Store, StoreError
+        from .store import StoreError, make_store
 
         from . import mqtt_service
         from .adapters import AdapterContext
@@ -267,7 +267,7 @@ class Service:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
             raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
-        store = Store(s.state)
+        store = make_store(s.state, s.store)
         try:
             await store.open()
         except StoreError as e:

@@ -19,3 +19,7 @@ def standins() -> Iterator[StandinLoop]:
 
 # A fresh mosquitto per test (persistent: sessions survive stop()/start()); see mqtt_broker.py.
 from mqtt_broker import mqtt_broker, mqtt_broker_persistent  # noqa: E402,F401
+
+# A throwaway PostgreSQL cluster for the session (initdb + pg_ctl on a free loopback port) and a
+# fresh database per test; see pg_cluster.py.
+from pg_cluster import pg_cluster, pg_url  # noqa: E402,F401

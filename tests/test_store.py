@@ -1,4 +1,7 @@
-"""The SQLite store: durability, group commit, idempotency keys, purge, and clear errors."""
+"""The stores: durability, group commit, idempotency keys, purge, and clear errors. The tests of
+the contract (daemon/store/interface.py) run against both implementations (the `b` fixture:
+SQLite in a temporary file, PostgreSQL in a fresh database of the session's throwaway cluster,
+tests/pg_cluster.py); the file-level ones (locks, schema upgrades, a refusing disk) are SQLite's."""
 
 from __future__ import annotations
 
@@ -12,6 +15,41 @@ import pytest
 from routingd.daemon.store import SCHEMA_VERSION, AttemptRow, EventRow, MessageRow, Store, StoreError
 
 
+class Backend:
+    """One store implementation: new stores on one location, and counts read by an independent
+    connection (which sees committed rows only)."""
+
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind = kind
+        self.where = where
+
+    def store(self) -> Store:
+        if self.kind == "sqlite":
+            return Store(self.where)
+        from routingd.daemon.store.postgres import PgStore
+        return PgStore(self.where)
+
+    def count(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        if self.kind == "sqlite":
+            other = sqlite3.connect(self.where)
+            try:
+                return int(other.execute(sql, args).fetchone()[0])
+            finally:
+                other.close()
+        import psycopg
+        with psycopg.connect(self.where, autocommit=True) as c:
+            row = c.execute(sql.replace("?", "%s"), args).fetchone()
+            assert row is not None
+            return int(row[0])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def b(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", str(tmp_path / "state.db"))
+    return Backend("postgresql", request.getfixturevalue("pg_url"))
+
+
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(coro_fn(), 60))
 
@@ -22,11 +60,9 @@ def msg(mid: str, at: float = 1000.0, key: str | None = None) -> MessageRow:
                       idempotency_key=key)
 
 
-def test_message_attempts_events_round_trip_and_survive_reopen(tmp_path: Path) -> None:
-    path = str(tmp_path / "state.db")
-
+def test_message_attempts_events_round_trip_and_survive_reopen(b: Backend) -> None:
     async def first() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         assert await s.insert_message(msg("m1"), 86400, 1000.0) is None
         assert await s.insert_message(msg("m2"), 86400, 1000.0) is None
@@ -46,7 +82,7 @@ def test_message_attempts_events_round_trip_and_survive_reopen(tmp_path: Path) -
         await s.close()
 
     async def second() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         pending = await s.load_pending()
         assert [p.message.id for p in pending] == ["m1"]           # m2 finished
@@ -63,23 +99,17 @@ def test_message_attempts_events_round_trip_and_survive_reopen(tmp_path: Path) -
     run(second)
 
 
-def test_group_commit_shares_commits_and_each_insert_is_committed_when_it_returns(tmp_path: Path) -> None:
-    path = str(tmp_path / "state.db")
-
+def test_group_commit_shares_commits_and_each_insert_is_committed_when_it_returns(b: Backend) -> None:
     async def main() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         before = s.commits
         seen_by_other_connection: list[bool] = []
 
         async def one(i: int) -> None:
             await s.insert_message(msg(f"g{i}"), 86400, 1000.0)
-            other = sqlite3.connect(path)       # an independent reader sees only committed rows
-            try:
-                seen_by_other_connection.append(
-                    other.execute("SELECT count(*) FROM messages WHERE id = ?", (f"g{i}",)).fetchone()[0] == 1)
-            finally:
-                other.close()
+            # an independent reader sees only committed rows
+            seen_by_other_connection.append(b.count("SELECT count(*) FROM messages WHERE id = ?", (f"g{i}",)) == 1)
 
         await asyncio.gather(*(one(i) for i in range(300)))
         assert all(seen_by_other_connection) and len(seen_by_other_connection) == 300
@@ -90,18 +120,12 @@ def test_group_commit_shares_commits_and_each_insert_is_committed_when_it_return
     run(main)
 
 
-def test_committed_resolves_with_the_commit_of_the_rows_before_it_and_adds_no_commit(tmp_path: Path) -> None:
-    path = str(tmp_path / "state.db")
-
+def test_committed_resolves_with_the_commit_of_the_rows_before_it_and_adds_no_commit(b: Backend) -> None:
     def attempts_seen() -> int:
-        other = sqlite3.connect(path)
-        try:
-            return int(other.execute("SELECT count(*) FROM attempts").fetchone()[0])
-        finally:
-            other.close()
+        return b.count("SELECT count(*) FROM attempts")
 
     async def main() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         await s.insert_message(msg("m"), 86400, 1000.0)
         before = s.commits
@@ -123,13 +147,11 @@ def test_committed_resolves_with_the_commit_of_the_rows_before_it_and_adds_no_co
     run(main)
 
 
-def test_a_failing_row_fails_alone_and_the_marks_around_it_still_resolve(tmp_path: Path) -> None:
+def test_a_failing_row_fails_alone_and_the_marks_around_it_still_resolve(b: Backend) -> None:
     """A batch that fails is retried item by item: the culprit's caller gets the StoreError, the
     rows and committed() marks before and after it are committed and resolve as usual."""
-    path = str(tmp_path / "state.db")
-
     async def main() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         await s.insert_message(msg("m"), 86400, 1000.0)
         s.put_attempt(AttemptRow("m-1", "m", "email", "a", 1, 1000.0, 1010.0))
@@ -148,7 +170,7 @@ def test_a_failing_row_fails_alone_and_the_marks_around_it_still_resolve(tmp_pat
     run(main)
 
 
-def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(tmp_path: Path) -> None:
+def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(b: Backend) -> None:
     """insert_message(..., attempts=): the rows share the insert's transaction; an idempotent
     replay stores none of them; an insert that fails takes its rows down with it; and the
     callers of a batch resume in queue order (a flush queued after an insert resumes after it)."""
@@ -156,7 +178,7 @@ def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(tmp_path: P
         return (aid, mid, "email", "ses", 1, 1000.0, 1010.0, None, None, None, None)
 
     async def main() -> None:
-        s = Store(str(tmp_path / "state.db"))
+        s = b.store()
         await s.open()
         assert await s.insert_message(msg("a", key="k"), 100.0, 1000.0, [first("a.0.1", "a")]) is None
         got = s.get_message("a")
@@ -187,13 +209,13 @@ def test_an_inserts_attempt_rows_are_committed_with_it_or_not_at_all(tmp_path: P
     run(main)
 
 
-def test_every_row_shape_round_trips_whatever_is_null(tmp_path: Path) -> None:
+def test_every_row_shape_round_trips_whatever_is_null(b: Backend) -> None:
     """The writer has several statement shapes per table (a new message and a just-started
     attempt with their NULL columns in the statement, an ended attempt without detail, the full
     row): every combination of NULL and non-NULL columns reads back exactly as it was written,
     in one batch and with a row started and ended within it."""
     async def main() -> None:
-        s = Store(str(tmp_path / "state.db"))
+        s = b.store()
         await s.open()
         rows = [AttemptRow("m.0.1", "m", "email", "a", 1, 1000.0, 1010.0),                          # started
                 AttemptRow("m.0.2", "m", "email", "b", 1, 1000.0, 1010.0, 1000.2, "delivered", 200),  # no detail
@@ -222,9 +244,9 @@ def test_every_row_shape_round_trips_whatever_is_null(tmp_path: Path) -> None:
     run(main)
 
 
-def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
+def test_idempotency_key_returns_first_id_until_the_ttl(b: Backend) -> None:
     async def main() -> None:
-        s = Store(str(tmp_path / "state.db"))
+        s = b.store()
         await s.open()
         assert await s.insert_message(msg("a", key="k1"), 100.0, 1000.0) is None
         # concurrent submits with one key: the writer serialises them, one row wins
@@ -238,9 +260,9 @@ def test_idempotency_key_returns_first_id_until_the_ttl(tmp_path: Path) -> None:
     run(main)
 
 
-def test_purge_drops_old_terminal_messages_and_expired_keys_only(tmp_path: Path) -> None:
+def test_purge_drops_old_terminal_messages_and_expired_keys_only(b: Backend) -> None:
     async def main() -> None:
-        s = Store(str(tmp_path / "state.db"))
+        s = b.store()
         await s.open()
         for mid in ("old", "new", "pend"):
             await s.insert_message(msg(mid, key=f"key-{mid}"), 86400, 1000.0 if mid != "new" else 5000.0)
@@ -336,14 +358,12 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert "newer routingd" in str(err)
 
 
-def test_one_batch_keeps_queue_order_per_row_and_barriers(tmp_path: Path) -> None:
+def test_one_batch_keeps_queue_order_per_row_and_barriers(b: Backend) -> None:
     """Rows are written per statement in multi-row chunks: an attempt started and ended in the
     same batch ends up ended (an earlier detail kept), events keep their order, finishes apply,
     and a closure (end_open_attempts) sees every row queued before it."""
-    path = str(tmp_path / "state.db")
-
     async def main() -> None:
-        s = Store(path)
+        s = b.store()
         await s.open()
         n = 150                                  # more than one chunk of every size
         await asyncio.gather(*(s.insert_message(msg(f"m{i}"), 86400, 1000.0) for i in range(n)))

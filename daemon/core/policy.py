@@ -73,6 +73,9 @@ class MqttSection(Strict):
 class DaemonSection(Strict):
     listen: str = "127.0.0.1:8080"
     state: str = "routingd.db"
+    # The state store (docs/scaling.md): absent, the SQLite file `state`; a postgresql:// URL,
+    # the PostgreSQL store (then `state` is not used).
+    store: str | None = None
     api_tokens: list[SecretStr] = Field(default_factory=list)
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)
@@ -100,6 +103,16 @@ class DaemonSection(Strict):
     idempotency_ttl: Duration = 24 * 3_600_000
     watch: bool = True
     log_format: Literal["text", "json"] = "text"     # docs/operations.md "Logs"
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a PostgreSQL URL, postgresql://USER@HOST[:PORT]/DATABASE "
+                             "(leave store out for the SQLite file named by `state`)")
+        return v
 
     @field_validator("api_tokens", mode="before")
     @classmethod

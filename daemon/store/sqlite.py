@@ -71,12 +71,12 @@ import queue
 import sqlite3
 import threading
 from itertools import chain
-from dataclasses import dataclass, field
 from typing import Any, Callable, Final
 
 from pydantic_core import to_json as _to_json
 
-from .errors import RoutingdError
+from .interface import StoreError
+from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
 
 log = logging.getLogger("routingd.store")
 
@@ -149,16 +149,6 @@ CREATE INDEX IF NOT EXISTS attempts_vendor ON attempts(provider, provider_messag
 """
 
 
-class StoreError(RoutingdError):
-    """The state file cannot be used; `str()` names the path, the problem and what to do."""
-
-    def __init__(self, path: str, problem: str, hint: str = "") -> None:
-        self.path = path
-        self.problem = problem
-        self.hint = hint
-        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
-
-
 def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
     text = str(exc)
     low = text.lower()
@@ -184,55 +174,6 @@ def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
                           "check free space (df), file size limits (ulimit -f / LimitFSIZE=) and the "
                           "kernel log for a failing disk")
     return StoreError(path, f"cannot {doing}: {text}")
-
-
-# --------------------------------------------------------------------------- rows
-
-
-@dataclass(slots=True)
-class MessageRow:
-    id: str
-    request: str
-    route: str
-    policy_version: str
-    status: str
-    accepted_at: float
-    message_deadline: float
-    finished_at: float | None = None
-    delivered_at: float | None = None
-    idempotency_key: str | None = None
-    run: int = 0
-
-
-@dataclass(slots=True)
-class AttemptRow:
-    attempt_id: str
-    message_id: str
-    channel: str
-    provider: str
-    try_no: int
-    started_at: float
-    deadline: float
-    ended_at: float | None = None
-    outcome: str | None = None
-    status_code: int | None = None
-    detail: str | None = None
-    provider_message_id: str | None = None
-
-
-@dataclass(slots=True)
-class EventRow:
-    message_id: str
-    type: str
-    at: float
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class StoredMessage:
-    message: MessageRow
-    attempts: list[AttemptRow]
-    events: list[EventRow]
 
 
 _MSG_COLS = ("id, request, route, policy_version, status, accepted_at, message_deadline, finished_at, "
@@ -274,7 +215,7 @@ def _read_events(conn: sqlite3.Connection, message_id: str) -> list[EventRow]:
 
 # --------------------------------------------------------------------------- the store
 
-_Op = Callable[[sqlite3.Connection], Any]
+_Op = Callable[[Any], Any]   # fn(conn): a sqlite3.Connection here, the PostgreSQL store's _Conn there
 _CLOSE = object()
 
 # Queue items: (kind, payload, future or None); a _ROWS payload is a list of (kind, row).
@@ -704,20 +645,50 @@ class Store:
         if self._backlog:
             log.error("state store: %d write(s) could not be stored before closing (%s)",
                       len(self._backlog), self.last_error)
+        self._close_writer(conn)
+
+    def _close_writer(self, conn: Any) -> None:
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+    # The transaction and error hooks of the writer loop (_writer, _run_batch): the PostgreSQL
+    # store (daemon/store/postgres.py) shares the loop and the queue and overrides these.
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future, Any]],
+                     ends: list[int] | None) -> list[Any]:
+        return _apply(conn, items, extra, ends)
+
+    def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
+        return _explain(self.path, exc, doing)
+
+    def _transient(self, exc: BaseException) -> bool:
+        """A write error that may pass (the disk full, an I/O error, read-only, locked): the
+        writes nobody waits for are kept and retried; any other is a row never taken."""
+        return isinstance(exc, sqlite3.OperationalError)
+
+    def _run_batch(self, conn: Any, batch: list[_Item]) -> None:
         results: list[tuple[asyncio.Future | None, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             extra: list[tuple[asyncio.Future, Any]] = []
             ends: list[int] = []
-            values = _apply(conn, batch, extra, ends)
-            conn.execute("COMMIT")
+            values = self._apply_items(conn, batch, extra, ends)
+            self._commit(conn)
             self.commits += 1
             if self._backlog_logged:
                 log.info("state store: writing again; the kept writes are stored")
@@ -730,10 +701,7 @@ class Store:
                 if item[2] is not None:
                     results.append((item[2], value, None))
         except Exception:  # noqa: BLE001 - retried one by one below to isolate the culprit
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self._rollback(conn)
             results = []
             # in queue order, each row of a _ROWS item on its own
             singles = [one for item in batch
@@ -755,22 +723,19 @@ class Store:
                         keep.append(item)
                     continue
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    value = _apply(conn, [item], [])[0]
-                    conn.execute("COMMIT")
+                    self._begin(conn)
+                    value = self._apply_items(conn, [item], [], None)[0]
+                    self._commit(conn)
                     self.commits += 1
                     results.append((fut, value, None))
                 except Exception as e:  # noqa: BLE001
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    err = e if isinstance(e, StoreError) else _explain(self.path, e, "read or write the database")
+                    self._rollback(conn)
+                    err = e if isinstance(e, StoreError) else self._explain_error(e, "read or write the database")
                     self.write_errors += 1
                     self.last_error = err
                     if waited:
                         results.append((fut, None, err))         # the caller is told (a send: 503)
-                    elif isinstance(e, sqlite3.OperationalError) or kind == _MARK or kind == _FLUSH:
+                    elif self._transient(e) or kind == _MARK or kind == _FLUSH:
                         # The disk (full, I/O error, read-only, locked): nobody waits for this
                         # write, so it is kept, in order, and written when the store can write again.
                         if not keep and not self._backlog_logged:
@@ -781,7 +746,7 @@ class Store:
                         else:
                             keep.append(item)
                     else:
-                        # A row SQLite will never take (a constraint): retrying cannot help.
+                        # A row the database will never take (a constraint): retrying cannot help.
                         log.error("state store write failed, the row is dropped: %s", err)
             if not keep and self._backlog_logged:
                 log.info("state store: writing again; the kept writes are stored")
@@ -1089,6 +1054,18 @@ class Store:
             return [str(r[0]) for r in self._read().execute(sql, args)]
         except sqlite3.Error as e:
             raise _explain(self.path, e, "list messages") from None
+
+    def read_one(self, sql: str, args: tuple[Any, ...], doing: str) -> tuple[Any, ...] | None:
+        """One row of a read (`?` placeholders) on the calling thread, or None; StoreError on failure."""
+        try:
+            r = self._read().execute(sql, args).fetchone()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e, doing) from None
+        return None if r is None else tuple(r)
+
+    def has_table(self, name: str) -> bool:
+        r = self.read_one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,), "read the schema")
+        return r is not None
 
     def counts(self) -> dict[str, int]:
         """Messages per status (for tests and diagnostics)."""

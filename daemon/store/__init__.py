@@ -1,0 +1,25 @@
+"""The durable state store: the interface (interface.py), its rows (rows.py) and two
+implementations, SQLite (sqlite.py, the default) and PostgreSQL (postgres.py); `open_store()`
+picks one from the settings. docs/architecture.md, docs/scaling.md."""
+
+from __future__ import annotations
+
+from .interface import StateStore, StoreError
+from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
+from .sqlite import SCHEMA_VERSION, Store, _encode, _explain
+
+__all__ = ["SCHEMA_VERSION", "AttemptRow", "EventRow", "MessageRow", "StateStore", "Store", "StoreError",
+           "StoredMessage", "_encode", "_explain", "is_postgres_url", "make_store"]
+
+
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def make_store(state: str, store: str | None) -> Store:
+    """The store the settings name: PostgreSQL when `store` is a postgresql:// URL, else the
+    SQLite file `state`. PgStore is imported only then (psycopg is not loaded for SQLite)."""
+    if store and is_postgres_url(store):
+        from .postgres import PgStore
+        return PgStore(store)
+    return Store(state)

@@ -1,0 +1,552 @@
+"""The PostgreSQL store: `[daemon] store = "postgresql://..."` (docs/scaling.md).
+
+The same contract as the SQLite store (daemon/store/interface.py), and the same machinery: it
+subclasses `sqlite.Store` and keeps its queue, its one writer thread and its group commit
+(every operation waiting is written in ONE transaction, one commit, then every caller's future
+resolves), its backlog of unwaited writes while the database refuses them, and its
+`committed()` marks. What changes is below the writer loop's hooks: the connection, the SQL
+(one `executemany` per statement kind and batch: psycopg sends them in pipeline mode, one round
+trip), the schema and its migration, the errors.
+
+Driver: psycopg 3 (synchronous). The store's design is one writer thread doing blocking
+transactions and reads on the caller's thread (the Router's status reads are synchronous); a
+synchronous driver fits that design as it is, where asyncpg (asyncio-only) would need the
+writer and every read rewritten as coroutines on the loop (docs/scaling.md "Why psycopg").
+
+Durability: a transaction is committed with synchronous_commit as the server sets it (on, by
+default: the commit is flushed to the WAL before COMMIT returns), so a 202 survives a crash of
+the database server.
+
+Idempotency: the key is claimed by `INSERT ... ON CONFLICT` on the idempotency table's primary
+key in the message's own transaction, so two processes sending the same key at once get one
+message (the second waits on the first's row lock, then reads its id).
+
+Schema: versioned in `routingd_schema` and migrated in place at open inside one transaction
+that holds a transaction-scoped advisory lock, so processes starting together migrate once.
+
+One process per database for now: a session advisory lock (held on a connection of its own for
+the store's life) refuses a second routingd on the same database, as the SQLite lock file does;
+leases that let N processes share the pending messages are the next step (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import urllib.parse
+from typing import Any, Callable
+
+import psycopg
+
+from .interface import StoreError
+from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
+from .sqlite import (_ATT_READ, _ATTEMPT as _ATTEMPT_KIND, _EVENT, _EVENTS, _FINISH, _FLUSH, _INSERT, _MARK, _MSG_COLS,
+                     _ROWS, _RUN, _SQL_ATTEMPT, _SQL_FINISH, _SQL_INSERT, _SQL_RUN, _SQL_VENDOR_ID, _VENDOR_ID,
+                     _Item, _encode, Store)
+
+log = logging.getLogger("routingd.store")
+
+# Advisory lock keys (64-bit; arbitrary, fixed): the migration's, and one routingd per database.
+_MIGRATE_LOCK = 0x726F7574696E6701
+_INSTANCE_LOCK = 0x726F7574696E6702
+
+# Migrations, in order: version -> statements. A database at version N runs those above N.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE messages (
+            id               text PRIMARY KEY,
+            request          text NOT NULL,
+            route            text NOT NULL,
+            policy_version   text NOT NULL,
+            status           text NOT NULL DEFAULT 'pending',
+            accepted_at      double precision NOT NULL,
+            message_deadline double precision NOT NULL,
+            finished_at      double precision,
+            delivered_at     double precision,
+            idempotency_key  text,
+            run              integer NOT NULL DEFAULT 0)""",
+        "CREATE INDEX messages_pending ON messages(accepted_at) WHERE status = 'pending'",
+        "CREATE INDEX messages_finished ON messages(finished_at) WHERE status != 'pending'",
+        """CREATE TABLE attempts (
+            attempt_id   text PRIMARY KEY,
+            message_id   text NOT NULL,
+            channel      text NOT NULL,
+            provider     text NOT NULL,
+            try_no       integer NOT NULL,
+            started_at   double precision NOT NULL,
+            ended_at     double precision,
+            deadline     double precision NOT NULL,
+            outcome      text,
+            status_code  integer,
+            detail       text,
+            provider_message_id text)""",
+        "CREATE INDEX attempts_message ON attempts(message_id)",
+        "CREATE INDEX attempts_vendor ON attempts(provider, provider_message_id) "
+        "WHERE provider_message_id IS NOT NULL",
+        """CREATE TABLE event_log (
+            seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            message_id text NOT NULL,
+            events     text NOT NULL)""",
+        "CREATE INDEX event_log_message ON event_log(message_id, seq)",
+        """CREATE TABLE policies (
+            version    text PRIMARY KEY,
+            source     text NOT NULL,
+            path       text NOT NULL,
+            stored_at  double precision NOT NULL)""",
+        """CREATE TABLE idempotency (
+            key        text PRIMARY KEY,
+            message_id text NOT NULL,
+            created_at double precision NOT NULL)""",
+        "CREATE INDEX idempotency_created ON idempotency(created_at)",
+        """CREATE TABLE profiles (
+            user_id    text PRIMARY KEY,
+            profile    text NOT NULL,
+            updated_at double precision NOT NULL)""",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
+_SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
+            "SET message_id = excluded.message_id, created_at = excluded.created_at "
+            "WHERE idempotency.created_at < ? RETURNING message_id")
+
+
+def _q(sql: str) -> str:
+    """`?` placeholders (the SQLite store's, and profiles.py's) as psycopg's `%s`."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        u = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "postgresql://…"
+    if u.password is None:
+        return url
+    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
+    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+
+
+class _Conn:
+    """A psycopg connection in autocommit mode (transactions are the writer's explicit BEGIN and
+    COMMIT, as with SQLite), taking `?` placeholders; connected again when it was lost."""
+
+    def __init__(self, url: str, connect_timeout_s: int) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.raw: psycopg.Connection[Any] | None = None
+
+    def ensure(self) -> psycopg.Connection[Any]:
+        raw = self.raw
+        if raw is None or raw.closed or raw.broken:
+            if raw is not None:
+                raw.close()
+                self.raw = None
+            self.raw = raw = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
+                                             application_name="routingd")
+        return raw
+
+    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
+        raw = self.ensure()
+        return raw.execute(_q(sql) if args is not None else sql, args)
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self.ensure().cursor() as cur:
+            cur.executemany(_q(sql), rows)
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
+
+
+def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = text.lower()
+    if isinstance(exc, psycopg.OperationalError):
+        if "password" in low or "authentication" in low or "role" in low:
+            return StoreError(path, f"cannot {doing}: the database refused the login ({text})",
+                              "check the user and password in [daemon] store and the server's pg_hba.conf")
+        if "does not exist" in low:
+            return StoreError(path, f"cannot {doing}: {text}", "create the database (createdb) or fix its name "
+                              "in [daemon] store")
+        return StoreError(path, f"cannot {doing}: the database is unreachable ({text})",
+                          "check that PostgreSQL runs and that [daemon] store names its host and port")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return StoreError(path, f"cannot {doing}: {text}", "grant the routingd user the right to create tables "
+                          "in its schema (the store migrates its tables at start)")
+    return StoreError(path, f"cannot {doing}: {text}")
+
+
+def _apply(conn: _Conn, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
+           ends: list[int] | None) -> list[Any]:
+    """sqlite._apply for PostgreSQL: the queued items inside the caller's transaction, rows
+    gathered per statement (message inserts, attempt upserts, events, message updates, each in
+    queue order) and written with one executemany each; a closure or a keyed insert first
+    writes what was gathered."""
+    values: list[Any] = []
+    inserts: list[tuple[Any, ...]] = []
+    attempts: list[tuple[Any, ...]] = []
+    events: list[tuple[int, Any]] = []
+    updates: list[tuple[int, tuple[Any, ...]]] = []
+
+    def write_gathered() -> None:
+        if inserts:
+            conn.executemany(_SQL_INSERT, inserts)
+            inserts.clear()
+        if attempts:
+            merged: dict[str, tuple[Any, ...]] = {}     # one row per attempt (see sqlite._apply)
+            for a in attempts:
+                prev = merged.get(a[0])
+                if prev is not None and a[10] is None and prev[10] is not None:
+                    a = a[:10] + (prev[10],)
+                merged[a[0]] = a
+            conn.executemany(_SQL_ATTEMPT, list(merged.values()))
+            attempts.clear()
+        if events:
+            groups: dict[str, list[list[Any]]] = {}
+            for k, e in events:
+                if k == _EVENT:
+                    m, t, at, d = e
+                    groups.setdefault(m, []).append([t, at, d])
+                else:
+                    m, evs = e
+                    groups.setdefault(m, []).extend([ev.type, ev.at, ev.data] for ev in evs)
+            conn.executemany(_SQL_EVENT_LOG, [(m, _encode(g)) for m, g in groups.items()])
+            events.clear()
+        if updates:
+            i = 0
+            while i < len(updates):
+                kind = updates[i][0]
+                j = i
+                while j < len(updates) and updates[j][0] == kind:
+                    j += 1
+                sql = _SQL_FINISH if kind == _FINISH else _SQL_VENDOR_ID if kind == _VENDOR_ID else _SQL_RUN
+                conn.executemany(sql, [u[1] for u in updates[i:j]])
+                i = j
+            updates.clear()
+
+    def insert(payload: tuple[Any, ...]) -> str | None:
+        row, not_before, now, ahead = payload
+        if row[9] is None:
+            inserts.append(row)
+            if ahead:
+                attempts.extend(ahead)
+            return None
+        write_gathered()
+        # The key is claimed by the constraint (a live key elsewhere makes the upsert do nothing;
+        # an expired one is taken over), never by a check and then an insert.
+        got = conn.execute(_SQL_KEY, (row[9], row[0], now, not_before)).fetchone()
+        if got is None:
+            hit = conn.execute("SELECT message_id FROM idempotency WHERE key = ?", (row[9],)).fetchone()
+            if hit is None:         # the key's row was purged between the two statements
+                raise psycopg.errors.SerializationFailure("idempotency key changed under the insert; retried")
+            return str(hit[0])
+        conn.execute(_SQL_INSERT, row)
+        if ahead:
+            attempts.extend(ahead)
+        return None
+
+    for kind, payload, _fut in items:
+        value = None
+        if kind == _ROWS:
+            for k, row in payload:
+                if k == _EVENT or k == _EVENTS:
+                    events.append((k, row))
+                elif k == _ATTEMPT_KIND:
+                    attempts.append(row)
+                elif k == _INSERT:
+                    v = insert(row[0])
+                    if row[1] is not None:
+                        extra.append((row[1], v))
+                elif k == _MARK:
+                    extra.append((row, None))
+                else:
+                    updates.append((k, row))
+        elif kind == _EVENT or kind == _EVENTS:
+            events.append((kind, payload))
+        elif kind == _ATTEMPT_KIND:
+            attempts.append(payload)
+        elif kind == _INSERT:
+            value = insert(payload)
+        elif kind == _FINISH or kind == _RUN or kind == _VENDOR_ID:
+            updates.append((kind, payload))
+        elif kind == _MARK or kind == _FLUSH:
+            pass
+        else:
+            write_gathered()
+            value = payload(conn)
+        values.append(value)
+        if ends is not None:
+            ends.append(len(extra))
+    write_gathered()
+    return values
+
+
+class PgStore(Store):
+    """The PostgreSQL store. `await open()` first; `await close()` last."""
+
+    def __init__(self, url: str, max_backlog: int = 50_000, connect_timeout_s: int = 5) -> None:
+        super().__init__(":memory:", max_backlog=max_backlog)
+        self.url = url
+        self.path = redact(url)
+        self.connect_timeout_s = connect_timeout_s
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._read_lock = threading.Lock()
+        self._reader: _Conn | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._lock)
+        try:
+            await super().open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _check_dir(self) -> None:
+        pass                      # no file: the lock is taken by open() before the writer starts
+
+    def _lock(self) -> None:
+        if self._lock_conn is not None:
+            return
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
+                                   application_name="routingd-lock")
+        except psycopg.Error as e:
+            raise _explain(self.path, e, "connect to the database") from None
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_INSTANCE_LOCK,)).fetchone()
+        if not got or not got[0]:
+            conn.close()
+            raise StoreError(self.path, "is in use by another routingd process (it holds the database's "
+                             "routingd advisory lock)", "stop the other daemon or give this one its own "
+                             "database (several processes sharing one are not supported yet: docs/scaling.md)")
+        self._lock_conn = conn
+
+    def _unlock(self) -> None:
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+            self._lock_conn = None
+
+    def _connect(self, query_only: bool = False) -> Any:
+        c = _Conn(self.url, self.connect_timeout_s)
+        try:
+            c.ensure()
+        except psycopg.Error as e:
+            raise _explain(self.path, e, "connect to the database") from None
+        if query_only:
+            self._reader = c
+        return c
+
+    def _init_schema(self, conn: Any) -> None:
+        try:
+            migrate(conn, self.path)
+        except psycopg.Error as e:
+            self._rollback(conn)
+            raise _explain(self.path, e, "set up the database") from None
+
+    def _close_writer(self, conn: Any) -> None:
+        conn.close()
+
+    # ------------------------------------------------------------------ writer hooks
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            raw = conn.raw
+            if raw is not None and not raw.closed and not raw.broken:
+                raw.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+
+    def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
+                     ends: list[int] | None) -> list[Any]:
+        return _apply(conn, items, extra, ends)
+
+    def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
+        return _explain(self.path, exc, doing)
+
+    def _transient(self, exc: BaseException) -> bool:
+        # connection lost, server shutting down, serialization or deadlock: may pass
+        return isinstance(exc, psycopg.OperationalError)
+
+    # ------------------------------------------------------------------ writes with SQL of their own
+
+    def put_policy(self, version: str, source: str, path: str, now: float) -> None:
+        self.write(lambda c: c.execute(
+            "INSERT INTO policies (version, source, path, stored_at) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+            (version, source, path, now)))
+
+    async def purge(self, now: float, retention_s: float, idempotency_ttl_s: float, keep_policy: str,
+                    limit: int = 5000, forget: Callable[[list[str]], None] | None = None) -> int:
+        """As the SQLite store's purge (see there); ids are deleted with `= ANY(array)`."""
+
+        def select(conn: _Conn) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT id FROM messages WHERE status != 'pending' AND finished_at < ? LIMIT ?",
+                (now - retention_s, limit)).fetchall()]
+
+        chosen: list[str] = list(await self.call(select))
+        if forget is not None and chosen:
+            forget(chosen)
+
+        def op(conn: _Conn) -> int:
+            if chosen:
+                conn.execute("DELETE FROM event_log WHERE message_id = ANY(?)", (chosen,))
+                conn.execute("DELETE FROM attempts WHERE message_id = ANY(?)", (chosen,))
+                conn.execute("DELETE FROM messages WHERE id = ANY(?)", (chosen,))
+            conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_s,))
+            conn.execute("DELETE FROM policies WHERE version != ? AND version NOT IN "
+                         "(SELECT DISTINCT policy_version FROM messages)", (keep_policy,))
+            return len(chosen)
+
+        return int(await self.call(op))
+
+    # ------------------------------------------------------------------ reads
+
+    async def load_pending(self) -> list[StoredMessage]:
+        """Every pending message with its attempts and events, oldest first (three queries)."""
+
+        def op(conn: _Conn) -> list[StoredMessage]:
+            msgs = [MessageRow(*r) for r in conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE status = 'pending' ORDER BY accepted_at").fetchall()]
+            by_id = {m.id: StoredMessage(m, [], []) for m in msgs}
+            if not by_id:
+                return []
+            ids = list(by_id)
+            for r in conn.execute(f"SELECT {_ATT_READ} FROM attempts WHERE message_id = ANY(?) "
+                                  "ORDER BY started_at, attempt_id", (ids,)).fetchall():
+                by_id[r[1]].attempts.append(AttemptRow(*r))
+            for m, text in conn.execute("SELECT message_id, events FROM event_log WHERE message_id = ANY(?) "
+                                        "ORDER BY seq", (ids,)).fetchall():
+                by_id[m].events.extend(_events(m, text))
+            return list(by_id.values())
+
+        return list(await self.call(op))
+
+    async def policy_source(self, version: str) -> tuple[str, str] | None:
+        def op(conn: _Conn) -> tuple[str, str] | None:
+            r = conn.execute("SELECT source, path FROM policies WHERE version = ?", (version,)).fetchone()
+            return None if r is None else (str(r[0]), str(r[1]))
+
+        return await self.call(op)
+
+    def _select(self, sql: str, args: tuple[Any, ...], doing: str) -> list[tuple[Any, ...]]:
+        """A read on the calling thread (its own connection, autocommit: committed data only)."""
+        reader = self._reader
+        if reader is None or self._thread is None:
+            raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
+        with self._read_lock:
+            for again in (True, False):
+                try:
+                    return list(reader.execute(sql, args).fetchall())
+                except psycopg.OperationalError as e:
+                    # A connection the server closed (a restart, a failover) is only known to be
+                    # broken once used: one more try on a new connection (ensure() makes it).
+                    raw = reader.raw
+                    if again and raw is not None and (raw.closed or raw.broken):
+                        continue
+                    raise _explain(self.path, e, doing) from None
+                except psycopg.Error as e:
+                    raise _explain(self.path, e, doing) from None
+            raise AssertionError("unreachable")
+
+    def read_one(self, sql: str, args: tuple[Any, ...], doing: str) -> tuple[Any, ...] | None:
+        rows = self._select(sql, args, doing)
+        return tuple(rows[0]) if rows else None
+
+    def has_table(self, name: str) -> bool:
+        return self.read_one("SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+                             "AND table_name = ?", (name,), "read the schema") is not None
+
+    def get_message(self, message_id: str) -> StoredMessage | None:
+        r = self._select(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,), "read a message")
+        if not r:
+            return None
+        atts = [AttemptRow(*a) for a in self._select(
+            f"SELECT {_ATT_READ} FROM attempts WHERE message_id = ? ORDER BY started_at, attempt_id",
+            (message_id,), "read a message")]
+        evs: list[EventRow] = []
+        for (text,) in self._select("SELECT events FROM event_log WHERE message_id = ? ORDER BY seq",
+                                  (message_id,), "read a message"):
+            evs.extend(_events(message_id, text))
+        return StoredMessage(MessageRow(*r[0]), atts, evs)
+
+    def get_attempt(self, attempt_id: str) -> AttemptRow | None:
+        r = self.read_one(f"SELECT {_ATT_READ} FROM attempts WHERE attempt_id = ?", (attempt_id,), "read an attempt")
+        return None if r is None else AttemptRow(*r)
+
+    def attempt_by_vendor_id(self, provider: str, provider_message_id: str) -> AttemptRow | None:
+        r = self.read_one(f"SELECT {_ATT_READ} FROM attempts WHERE provider = ? AND provider_message_id = ? "
+                          "ORDER BY started_at DESC LIMIT 1", (provider, provider_message_id), "read an attempt")
+        return None if r is None else AttemptRow(*r)
+
+    def get_request(self, message_id: str) -> str | None:
+        r = self.read_one("SELECT request FROM messages WHERE id = ?", (message_id,), "read a message")
+        return None if r is None else str(r[0])
+
+    def list_message_ids(self, before: str | None, limit: int, status: str | None = None,
+                         recipient: str | None = None) -> list[str]:
+        sql = "SELECT id FROM messages WHERE true"
+        args: list[Any] = []
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if recipient is not None:
+            sql += (" AND ? IN (request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}',"
+                    " request::jsonb #>> '{message,to,phone_number}')")
+            args.append(recipient)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [str(r[0]) for r in self._select(sql, tuple(args), "list messages")]
+
+    def counts(self) -> dict[str, int]:
+        return {str(s): int(n) for s, n in self._select("SELECT status, count(*) FROM messages GROUP BY status",
+                                                      (), "count messages")}
+
+    async def close(self) -> None:
+        await super().close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _events(message_id: str, text: str) -> list[EventRow]:
+    return [EventRow(message_id, t, at, data) for t, at, data in json.loads(text)]
+
+
+def migrate(conn: _Conn, where: str) -> int:
+    """Bring the database to SCHEMA_VERSION in one transaction under the migration advisory lock
+    (a second process starting at the same moment waits, then finds nothing to do); return the
+    version it found. A database of a newer schema is refused."""
+    conn.execute("BEGIN")
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+    conn.execute("CREATE TABLE IF NOT EXISTS routingd_schema (version integer PRIMARY KEY, "
+                 "applied_at timestamptz NOT NULL DEFAULT now())")
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM routingd_schema").fetchone()
+    have = int(row[0]) if row else 0
+    if have > SCHEMA_VERSION:
+        conn.execute("ROLLBACK")
+        raise StoreError(where, f"was written by a newer routingd (schema {have}, this one knows {SCHEMA_VERSION})",
+                         "upgrade routingd or point [daemon] store at another database")
+    for version, statements in MIGRATIONS:
+        if version > have:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO routingd_schema (version) VALUES (?)", (version,))
+            log.info("state store %s: schema migrated to version %d", where, version)
+    conn.execute("COMMIT")
+    return have

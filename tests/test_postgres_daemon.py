@@ -1,0 +1,75 @@
+"""A real `routingd serve` on the PostgreSQL store ([daemon] store, here ROUTINGD_STORE): a fresh
+database of the session's throwaway cluster (tests/pg_cluster.py), real HTTP stand-ins.
+
+Send and deliver, an Idempotency-Key replayed, SIGKILL with attempts in flight and a restart that
+resumes every accepted message with its original deadlines, nothing written to the SQLite state
+file; a second daemon on the same database refused with one line (one process per database
+until leases: docs/scaling.md)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psycopg
+
+from daemon_process import DaemonProcess, StandinLoop, ts
+
+CONFIG = """
+version = 1
+[daemon]
+grace = "{grace}"
+[timeouts]
+provider = "5s"
+channel = "20s"
+message = "60s"
+[providers.slow]
+type = "http"
+url = "{url}"
+[channels.email]
+providers = ["slow"]
+[routes.default]
+channels = ["email"]
+"""
+
+
+def test_send_deliver_idempotency_kill_and_resume_with_original_deadlines(
+        tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
+    s = standins.standin([{"status": 200}])
+    d = DaemonProcess(tmp_path, CONFIG.format(grace="1s", url=s.url), env={"ROUTINGD_STORE": pg_url})
+    with d:
+        first = d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1")
+        d.wait_status(first, "delivered")
+        assert d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1") == first
+        s.set_script([{"hang": True}])
+        ids = [d.send({"to": {"email": f"u{i}@example.com"}}) for i in range(5)]
+        standins.call(s.wait_for(6))                    # every message has an attempt in flight
+        before = {mid: d.status(mid) for mid in ids}
+        assert d.kill() == -signal.SIGKILL
+        s.set_script([{"status": 200}])
+        d.start()                                       # the same database
+        for mid in ids:
+            st = d.wait_status(mid, "delivered", timeout=20)
+            assert [a["outcome"] for a in st["attempts"]] == ["cancelled", "delivered"]
+            assert ts(st["message_deadline"]) == ts(before[mid]["message_deadline"])   # not restarted
+            assert st["accepted_at"] == before[mid]["accepted_at"]
+        assert d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1") == first
+        assert d.stop() == 0
+    assert not (tmp_path / "state.db").exists()         # the PostgreSQL store, not the SQLite file
+    with psycopg.connect(pg_url) as c:
+        row = c.execute("SELECT count(*), count(*) FILTER (WHERE status = 'delivered') FROM messages").fetchone()
+        assert row == (6, 6)
+        assert c.execute("SELECT max(version) FROM routingd_schema").fetchone() is not None
+
+
+def test_a_second_daemon_on_the_same_database_is_refused_with_one_line(
+        tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
+    s = standins.standin([{"status": 200}])
+    config = CONFIG.format(grace="1s", url=s.url)
+    with DaemonProcess(tmp_path / "a", config, env={"ROUTINGD_STORE": pg_url}):
+        second = DaemonProcess(tmp_path / "b", config, env={"ROUTINGD_STORE": pg_url})
+        second.spawn()
+        assert second.wait(30) == 1
+        lines = [line for line in second.log_text().splitlines() if "in use by another routingd" in line]
+        assert len(lines) == 1 and "Traceback" not in second.log_text()
+        assert pg_url.split("@")[1] in lines[0]

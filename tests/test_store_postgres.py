@@ -1,0 +1,107 @@
+"""The PostgreSQL store's own behaviour (the shared contract runs in tests/test_store.py):
+migration once under the advisory lock, a newer schema refused, and a database that goes away
+and comes back (a waited write fails with StoreError, unwaited writes wait in the backlog and
+are written when it returns, no restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from pg_cluster import PgCluster
+from routingd.daemon.store import AttemptRow, MessageRow, StoreError
+from routingd.daemon.store.postgres import SCHEMA_VERSION, PgStore, _Conn, migrate
+
+
+def msg(mid: str, key: str | None = None) -> MessageRow:
+    return MessageRow(mid, "{}", "default", "v1", "pending", 1000.0, 1060.0, idempotency_key=key)
+
+
+def test_processes_starting_together_migrate_once(pg_url: str) -> None:
+    found: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def one() -> None:
+        c = _Conn(pg_url, 5)
+        try:
+            start.wait(10)
+            found.append(migrate(c, "test"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(found) == [0, SCHEMA_VERSION, SCHEMA_VERSION, SCHEMA_VERSION]   # one migrated
+    with psycopg.connect(pg_url) as c:
+        assert c.execute("SELECT count(*) FROM routingd_schema").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    async def main() -> StoreError:
+        s = PgStore(pg_url)
+        await s.open()
+        await s.close()
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("INSERT INTO routingd_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+        with pytest.raises(StoreError) as e:
+            await PgStore(pg_url).open()
+        return e.value
+
+    err = asyncio.run(asyncio.wait_for(main(), 60))
+    assert "newer routingd" in str(err) and "upgrade routingd" in str(err)
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with PgCluster() as pg:
+        url = pg.url()
+    async def main() -> None:
+        await PgStore(url).open()
+    with pytest.raises(StoreError) as e:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    assert "unreachable" in str(e.value) and "[daemon] store" in str(e.value)
+
+
+def test_a_database_outage_fails_waited_writes_and_keeps_the_others_until_it_returns() -> None:
+    with PgCluster() as pg:
+        url = pg.new_database()
+
+        async def until(cond: Any, what: str) -> None:
+            for _ in range(600):                 # bounded: 60 s
+                if cond():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"not within 60s: {what}")
+
+        async def main() -> None:
+            s = PgStore(url, connect_timeout_s=2)
+            await s.open()
+            assert await s.insert_message(msg("m"), 100.0, 1000.0) is None
+            await asyncio.to_thread(pg.stop, "fast")
+            with pytest.raises(StoreError):
+                await s.insert_message(msg("n"), 100.0, 1000.0)     # a send would answer 503
+            s.put_attempt(AttemptRow("m.0.1", "m", "email", "p", 1, 1000.0, 1010.0))
+            s.finish("m", "delivered", 1001.0, 1001.0)
+            mark = s.committed()
+            await until(lambda: s.backlog > 0, "the unwaited writes are kept")
+            assert not mark.done()
+            await asyncio.to_thread(pg.start)
+            await asyncio.wait_for(mark, 60)
+            assert s.backlog == 0
+            got = s.get_message("m")
+            assert got is not None and got.message.status == "delivered"
+            assert [a.attempt_id for a in got.attempts] == ["m.0.1"]
+            assert s.get_message("n") is None
+            await s.close()
+
+        asyncio.run(asyncio.wait_for(main(), 120))
