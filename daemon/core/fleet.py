@@ -98,8 +98,11 @@ class Fleet(Generic[H]):
             return
         self._dispatching = True
         lim = self.limiter
+        # waiters of a message not admitted yet (the daemon starts a message before its insert
+        # commits, and admits it after): they go back in the queue, in their place, afterwards
+        later: list[tuple[str, Waiter]] = []
         try:
-            for _ in range(10_000):         # each pass grants or spills at least one waiter
+            for _ in range(10_000):         # each pass grants, spills or sets aside a waiter
                 due = lim.due(now)
                 if not due:
                     return
@@ -110,9 +113,13 @@ class Fleet(Generic[H]):
                     if handle is None or handle.delivery is not d:
                         if granted:
                             lim.refund(provider, now)
+                        if d.status == "pending":
+                            later.append((provider, w))
                         continue
                     execute(handle, d.on_slot(w.ref, granted, wait, now))
         finally:
+            for provider, w in later:
+                lim.requeue(provider, w)
             self._dispatching = False
 
     @staticmethod

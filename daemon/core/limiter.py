@@ -139,6 +139,7 @@ class Limiter:
     def __init__(self, limits: Mapping[str, Limit] | None = None, now: float = 0.0) -> None:
         self._p: dict[str, _Provider] = {}
         self._seq = 0
+        self._freed: list[Waiter] = []
         # a run's waiter is live while this says so (the engine: the run is still QUEUED);
         # a waiter that is not any more (its channel ended meanwhile) is dropped, costing nothing
         self.live: Callable[[Waiter], bool] = lambda w: True
@@ -162,6 +163,11 @@ class Limiter:
             self._p[name] = p
         # a provider no longer limited: its waiters go at once (due() hands them out)
         self._freed = [w for name, p in old.items() if name not in self._p for w in p.queue]
+
+    @property
+    def waiting(self) -> bool:
+        """Is any run queued (or freed by a reload, to be handed out)?"""
+        return bool(self._freed) or any(p.queue for p in self._p.values())
 
     def limited(self, provider: str) -> bool:
         return provider in self._p
@@ -289,6 +295,12 @@ class Limiter:
         if p.bucket is not None:
             p.bucket.refill(now)
             p.bucket.tokens = min(p.bucket.burst, p.bucket.tokens + 1.0)
+
+    def requeue(self, provider: str, w: Waiter) -> None:
+        """Put a waiter handed out by due() back in its place (its message was not ready for it)."""
+        p = self._p.get(provider)
+        if p is not None:
+            heappush(p.queue, w)
 
     def on_throttled(self, provider: str, now: float, retry_after_s: float | None) -> None:
         """The vendor answered 429: lower the rate for Retry-After (or THROTTLE_DEFAULT_S)."""
