@@ -238,6 +238,7 @@ class Router:
         self.fleet: Fleet[_Live] = Fleet()
         self.health = self.fleet.health
         self._configure_limits(policy)
+        self.metrics.limits = lambda: self.fleet.limiter.snapshot(self.clock.now())
         self._ctx = adapter_ctx if adapter_ctx is not None else AdapterContext(rng_seed=rng_seed)
         if self._ctx.rng_seed is None:
             self._ctx.rng_seed = rng_seed
