@@ -176,22 +176,22 @@ class _MessageSeries(Collector):
         h.add_metric([], buckets, m.deliver_sum, timestamp=None)
         yield h
         limits = m.limits()
-        for name, key, doc in (
+        for mname, mkey, mdoc in (
                 ("routingd_provider_queue_depth", "queue", "Messages waiting for their turn under the provider's rate limit."),
                 ("routingd_provider_calls_inflight", "inflight", "Calls in flight on a rate-limited provider."),
                 ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; lower after a 429).")):
-            g = GaugeMetricFamily(name, doc, labels=["provider"])
+            g = GaugeMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
-                if snap[key] is not None:
-                    g.add_metric([prov], float(snap[key]))
+                if snap[mkey] is not None:
+                    g.add_metric([prov], float(snap[mkey]))
             yield g
-        for name, key, doc in (
+        for mname, mkey, mdoc in (
                 ("routingd_provider_spilled", "spilled", "Messages spilled over to the next provider: their turn came too late."),
                 ("routingd_provider_throttled", "throttled", "429 answers seen from a rate-limited provider."),
                 ("routingd_provider_queue_wait_seconds", "waited_s", "Seconds messages waited for their turn, summed.")):
-            c = CounterMetricFamily(name, doc, labels=["provider"])
+            c = CounterMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
-                c.add_metric([prov], float(snap[key]), created=created)
+                c.add_metric([prov], float(snap[mkey]), created=created)
             yield c
 
     def describe(self) -> Iterator[Metric]:

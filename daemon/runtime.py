@@ -601,7 +601,7 @@ class Router:
         """The message's place in rate-limited providers' queues: its message.priority, at most
         [daemon] max_message_priority (a 422 above it), else its route's `priority`."""
         if msg.priority is not None:
-            bound = (self.limits if self.limits is not None else policy.model.daemon).max_message_priority
+            bound = policy.model.daemon.max_message_priority     # a file setting (no CLI/env one)
             if check and msg.priority > bound:
                 raise PlanError([Problem(("message", "priority"), f"{msg.priority} is above [daemon] "
                                          f"max_message_priority ({bound})")])
