@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -66,6 +66,9 @@ class Metrics:
         self.failovers: dict[str, int] = dict.fromkeys(_FAILOVER_KINDS, 0)
         self.deliver_buckets = [0] * len(_DELIVER_BUCKETS)     # not cumulative; see _MessageSeries
         self.deliver_sum = 0.0
+        # the rate limiter's per-provider state, read at scrape time (the Router sets it:
+        # Limiter.snapshot, daemon/core/limiter.py)
+        self.limits: Callable[[], dict[str, dict[str, Any]]] = dict
         r.register(_MessageSeries(self))
         self.inflight = Gauge("routingd_messages_inflight", "Messages not yet terminal.", registry=r)
         self.breaker_open = Gauge("routingd_breaker_open", "1 while the provider's circuit breaker is open.",
@@ -172,6 +175,24 @@ class _MessageSeries(Collector):
             buckets.append((floatToGoString(bound), cumulative))
         h.add_metric([], buckets, m.deliver_sum, timestamp=None)
         yield h
+        limits = m.limits()
+        for mname, mkey, mdoc in (
+                ("routingd_provider_queue_depth", "queue", "Messages waiting for their turn under the provider's rate limit."),
+                ("routingd_provider_calls_inflight", "inflight", "Calls in flight on a rate-limited provider."),
+                ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; lower after a 429).")):
+            g = GaugeMetricFamily(mname, mdoc, labels=["provider"])
+            for prov, snap in limits.items():
+                if snap[mkey] is not None:
+                    g.add_metric([prov], float(snap[mkey]))
+            yield g
+        for mname, mkey, mdoc in (
+                ("routingd_provider_spilled", "spilled", "Messages spilled over to the next provider: their turn came too late."),
+                ("routingd_provider_throttled", "throttled", "429 answers seen from a rate-limited provider."),
+                ("routingd_provider_queue_wait_seconds", "waited_s", "Seconds messages waited for their turn, summed.")):
+            c = CounterMetricFamily(mname, mdoc, labels=["provider"])
+            for prov, snap in limits.items():
+                c.add_metric([prov], float(snap[mkey]), created=created)
+            yield c
 
     def describe(self) -> Iterator[Metric]:
         return iter(())     # collected on every scrape; no name clash checks needed

@@ -237,6 +237,8 @@ class Router:
         # the breakers, the pending set and the cut-over worklist (daemon/core/fleet.py)
         self.fleet: Fleet[_Live] = Fleet()
         self.health = self.fleet.health
+        self._configure_limits(policy)
+        self.metrics.limits = lambda: self.fleet.limiter.snapshot(self.clock.now())
         self._ctx = adapter_ctx if adapter_ctx is not None else AdapterContext(rng_seed=rng_seed)
         if self._ctx.rng_seed is None:
             self._ctx.rng_seed = rng_seed
@@ -281,6 +283,9 @@ class Router:
         self._wake_seq = itertools.count()
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
+        # the one wake-up for the rate limiter's next turn (daemon/core/limiter.py)
+        self._limit_handle: asyncio.TimerHandle | None = None
+        self._limit_at: float | None = None
         self._stale = 0
 
     # ------------------------------------------------------------------ properties
@@ -364,6 +369,9 @@ class Router:
         if self._wake_handle is not None:
             self._wake_handle.cancel()
             self._wake_handle = self._wake_at = None
+        if self._limit_handle is not None:
+            self._limit_handle.cancel()
+            self._limit_handle = self._limit_at = None
         self._wakeups.clear()
         for live in self._live.values():
             live.wake_seq = -1
@@ -397,11 +405,22 @@ class Router:
         self._policy = policy
         self._plans = {}
         self._snapshots.setdefault(policy.version, _Snapshot(policy))
+        self._configure_limits(policy)
         if self._started and not self._halted:
             self.store.put_policy(policy.version, policy.source, policy.path, self.clock.now())
         self.metrics.config_loaded(policy.version)
         if old.version != policy.version:
             self._retire(old.version)
+
+    def _configure_limits(self, policy: Policy) -> None:
+        """The providers' outbound limits (rate_limit, burst, max_inflight) into the fleet's limiter;
+        on a reload an unchanged limit keeps its bucket and queue (daemon/core/limiter.py)."""
+        limits = {}
+        for name, p in policy.providers.items():
+            lim = p.outbound_limit()
+            if lim is not None:
+                limits[name] = lim
+        self.fleet.limiter.configure(limits, self.clock.now())
 
     def _retire(self, version: str) -> None:
         snap = self._snapshots.get(version)
@@ -525,7 +544,8 @@ class Router:
         # 202 waits for (write-ahead at no extra commit; see _start_attempt). Nothing of it takes
         # effect until then: an idempotent replay or a failed insert drops the commands (a
         # half-open breaker's probe it took is then re-armed like a probe that vanished).
-        delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health)
+        delivery = Delivery(row.id, plan, msg.to, now, self._rng, self.health, limiter=self.fleet.limiter,
+                            priority=self._priority(policy, plan, msg))
         first = delivery.start(now)
         ahead: list[tuple[Any, ...]] | None = None
         for cmd in first:
@@ -543,11 +563,13 @@ class Router:
         except StoreError as e:
             # Not stored, so not accepted: the client is told to retry (503), never a 202.
             log.error("cannot accept a message: %s", e)
+            self._unstart(first, now)
             raise Overloaded(5.0, "routingd cannot write its state store (the daemon log says why)") from None
         finally:
             self._reserved -= 1
             self._held_bytes -= size
         if existing is not None:
+            self._unstart(first, now)
             return SubmitResult(existing, False)
         self.metrics.message_accepted()
         if self._stopping:          # durable; the next start routes it
@@ -574,6 +596,55 @@ class Router:
                 live.written[v[0]] = v[7:]      # (ended_at, outcome, status_code, detail): stored
         self._begin(live, first, now)
         return SubmitResult(row.id, True)
+
+    def _priority(self, policy: Policy, plan: Plan, msg: MessageRequest, check: bool = True) -> int:
+        """The message's place in rate-limited providers' queues: its message.priority, at most
+        [daemon] max_message_priority (a 422 above it), else its route's `priority`."""
+        if msg.priority is not None:
+            bound = policy.model.daemon.max_message_priority     # a file setting (no CLI/env one)
+            if check and msg.priority > bound:
+                raise PlanError([Problem(("message", "priority"), f"{msg.priority} is above [daemon] "
+                                         f"max_message_priority ({bound})")])
+            return min(msg.priority, bound)
+        route = policy.routes.get(plan.route)
+        return 0 if route is None else route.priority
+
+    def _unstart(self, first: list[Command], now: float) -> None:
+        """start()'s commands were dropped (a replay, a failed insert): give back the rate-limit
+        slots its attempts took (its queued runs are dropped by the limiter itself)."""
+        lim = self.fleet.limiter
+        for cmd in first:
+            if isinstance(cmd, StartAttempt) and lim.limited(cmd.provider):
+                lim.refund(cmd.provider, now)
+
+    def _call_ended(self, provider: str, _done: object) -> None:
+        """A call on a rate-limited provider ended (answered, failed or cancelled): its place in
+        flight is free, and whoever queued for it may go (daemon/core/limiter.py)."""
+        self.fleet.limiter.release(provider)
+        if not self._halted:
+            self._dispatch(self.clock.now())
+
+    def _dispatch(self, now: float) -> None:
+        """Hand queued runs whose turn has come their slot (the Fleet's, daemon/core/fleet.py),
+        and arm the one limiter wake-up for the next turn."""
+        fleet = self.fleet
+
+        def execute(live: _Live, commands: list[Command]) -> None:
+            if not self._halted:
+                self._apply(live, commands, now)
+        fleet.dispatch(now, execute)
+        nxt = fleet.limiter.next_at(now)
+        if self._limit_handle is not None and (nxt is None or nxt != self._limit_at):
+            self._limit_handle.cancel()
+            self._limit_handle = self._limit_at = None
+        if nxt is not None and self._limit_handle is None and self._loop is not None and not self._halted:
+            self._limit_at = nxt
+            self._limit_handle = self._loop.call_later(max(0.0, nxt - now), self._on_limiter)
+
+    def _on_limiter(self) -> None:
+        self._limit_handle = self._limit_at = None
+        if not self._halted:
+            self._dispatch(self.clock.now())
 
     def _plan(self, policy: Policy, msg: MessageRequest) -> Plan:
         """resolve_plan(policy, request=msg), cached for requests that override nothing."""
@@ -633,7 +704,8 @@ class Router:
             self._finish_offline(row, "undeliverable", now, [
                 Event("resume_failed", now, {"reason": reason}), Event("finished", now, {"status": "undeliverable"})])
             return None
-        delivery = Delivery(row.id, plan, req.to, row.accepted_at, self._rng, self.health, run=row.run)
+        delivery = Delivery(row.id, plan, req.to, row.accepted_at, self._rng, self.health, run=row.run,
+                            limiter=self.fleet.limiter, priority=self._priority(snap.policy, plan, req, check=False))
         delivery.message_deadline = row.message_deadline      # the original absolute deadline, always
         accepted_until = {e.data.get("attempt_id"): e.data.get("receipt_deadline")
                           for e in sm.events if e.type in ("attempt_accepted", "attempt_resumed")}
@@ -711,6 +783,8 @@ class Router:
                 self._set_timer(live, wake)
         if self.fleet.opened:
             self._cut_over(now)
+        if self.fleet.limiter.waiting:
+            self._dispatch(now)
 
     def _cut_over(self, now: float) -> None:
         """A breaker opened in the batch just applied: the Fleet's cut-over (daemon/core/fleet.py)
@@ -828,13 +902,17 @@ class Router:
             timed = adapter.timed_answer
             fut: asyncio.Future[None] = self._loop.create_future()
             live.tasks[cmd.attempt_id] = fut
+            if self.fleet.limiter.limited(cmd.provider):
+                fut.add_done_callback(functools.partial(self._call_ended, cmd.provider))
             if durable is None:
                 self._start_timed(live, req, timed, fut, None)
             else:
                 durable.add_done_callback(functools.partial(self._start_timed, live, req, timed, fut))
             return
-        live.tasks[cmd.attempt_id] = self._loop.create_task(self._run_attempt(live, adapter, req, durable),
-                                                            name=f"attempt {cmd.attempt_id}")
+        task = self._loop.create_task(self._run_attempt(live, adapter, req, durable), name=f"attempt {cmd.attempt_id}")
+        live.tasks[cmd.attempt_id] = task
+        if self.fleet.limiter.limited(cmd.provider):
+            task.add_done_callback(functools.partial(self._call_ended, cmd.provider))
 
     def _start_timed(self, live: _Live, req: AttemptRequest, timed: Callable[[AttemptRequest], TimedAnswer],
                      fut: asyncio.Future[None], _durable: asyncio.Future[None] | None) -> None:
@@ -1193,6 +1271,7 @@ class Router:
                 if a.ended_at is not None:
                     a.ended_at += delta
         self.health.rebase(delta)
+        self.fleet.limiter.rebase(delta)
         if self._wakeups:
             self._wakeups = [(at + delta, seq, mid) for at, seq, mid in self._wakeups]   # still a heap
             if self._wake_handle is not None:

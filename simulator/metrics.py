@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..daemon.core.engine import (ATTEMPT_ENDED, ATTEMPT_SLOW, BREAKER_CLOSED, BREAKER_OPENED, DUPLICATE, FAILOVER,
+from ..daemon.core.engine import (ATTEMPT_QUEUED, PROVIDER_SPILLED, ATTEMPT_ENDED, ATTEMPT_SLOW, BREAKER_CLOSED, BREAKER_OPENED, DUPLICATE, FAILOVER,
                                   LATE_RECEIPT, PROVIDER_SKIPPED, Event, Finish, StartAttempt)
 
 # attempt outcome codes in the compact rows
@@ -32,6 +32,8 @@ class ProviderStats:
     late_receipts: int = 0      # delivered receipts that came after the attempt had ended
     breaker_opened: int = 0
     slow: int = 0               # attempts still running at their breaker's slow-call mark (breaker.slow)
+    queued: int = 0             # tries that waited their turn under routingd's rate limit on it
+    spilled: int = 0            # tries that spilled over to the next provider: their turn came too late
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -76,6 +78,8 @@ class Metrics:
             LATE_RECEIPT: self._late_receipt,
             BREAKER_OPENED: self._breaker,
             BREAKER_CLOSED: self._breaker,
+            PROVIDER_SPILLED: self._spilled,
+            ATTEMPT_QUEUED: self._queued,
         }
 
     # ---------------------------------------------------------------- inputs
@@ -144,6 +148,12 @@ class Metrics:
         self.s_msg.append(i)
         self.s_prov.append(self._pidx[p])
         self.s_at.append(ev.at)
+
+    def _spilled(self, i: int, ev: Event) -> None:
+        self.stats[ev.data["provider"]].spilled += 1
+
+    def _queued(self, i: int, ev: Event) -> None:
+        self.stats[ev.data["provider"]].queued += 1
 
     def _failover(self, i: int, ev: Event) -> None:
         kind = ev.data.get("kind", "provider")

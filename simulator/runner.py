@@ -192,6 +192,15 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     # kept only when cutting (nothing else here reads it)
     fleet: Fleet[_Msg] = Fleet(cut_inflight=cut)
     health = fleet.health
+    # routingd's own outbound limits from the routing file (daemon/core/limiter.py), the same
+    # decisions as the daemon's; the vendor's limit is the scenario's behaviour `rate_limit`
+    limiter = fleet.limiter
+    limiter.configure({n: lim for n, p in setup.policy.providers.items()
+                       if (lim := p.outbound_limit()) is not None}, 0.0)
+    limited = any(True for _ in limiter.providers())
+    keep_pending = cut or limited       # the fleet's dispatch finds messages in its pending set
+    priorities = [setup.policy.routes[r].priority if r in setup.policy.routes else 0 for r, _ in setup.route_mix]
+    limiter_at: list[float] = []        # the limiter wake-ups scheduled (at most a few at once)
     opened = fleet.opened
     cut_over = fleet.cut_over
     wake_time = fleet.wake_time
@@ -219,6 +228,27 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                 handler_of[t](msg, c)
         if opened:
             cut_over(env.now, execute)
+        if limited and limiter.waiting:
+            dispatch()
+
+    def dispatch() -> None:
+        """Hand queued runs their turn (Fleet.dispatch) and schedule the limiter's next one."""
+        now = env.now
+        fleet.dispatch(now, execute)
+        nxt = limiter.next_at(now)
+        if nxt is not None and (not limiter_at or nxt < min(limiter_at)):
+            limiter_at.append(nxt)
+            timeout(_delay_to(now, nxt), nxt).callbacks.append(limiter_due)  # type: ignore[union-attr]
+
+    def limiter_due(e: Any) -> None:
+        limiter_at.remove(e.value)
+        dispatch()
+
+    def call_ended(msg: _Msg, aid: str) -> None:
+        """A call on a rate-limited provider ended: its place in flight is free."""
+        rec = msg.delivery.attempts.get(aid)
+        if rec is not None and limiter.limited(rec.provider):
+            limiter.release(rec.provider)
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
         aid = c.attempt_id
@@ -248,6 +278,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
             msg.anchor = None
         if live_pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
             attempt_stopped(aid, now)
+            if limited:
+                call_ended(msg, aid)
             if kind == "refused":
                 outcome = refused
             elif retry_after is None:
@@ -291,6 +323,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     def cancel_attempt(msg: _Msg, c: CancelAttempt) -> None:
         if live_pop(c.attempt_id, None) is not None:
             attempt_stopped(c.attempt_id, env.now)
+            if limited:
+                call_ended(msg, c.attempt_id)
 
     def set_timer(msg: _Msg, c: SetTimer) -> None:
         """One wake-up per message. Most are replaced before they come due (an attempt's deadline,
@@ -333,7 +367,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         metrics_finish(i, c)
         checker_finish(i, c)
         pending -= 1
-        if cut:
+        if keep_pending:
             fleet.finished(i)
 
     handler_of: dict[type, Callable[[_Msg, Any], None]] = {
@@ -363,12 +397,13 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         k = 0 if one_route else min(bisect_right(cum, traffic.random()), last_route)
         rec = recipient() if shares else everyone
         now = env.now
-        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health, events=wanted))
+        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health, events=wanted,
+                               limiter=limiter if limited else None, priority=priorities[k]))
         route = routes[k]
         metrics_accept(i, now, route)
         checker_accept(i, route, now)
         pending += 1
-        if cut:
+        if keep_pending:
             fleet.admit(i, msg)
         execute(msg, msg.delivery.start(now))
         count = i + 1

@@ -98,6 +98,7 @@ def test_every_run_state_transition_is_in_the_table_and_every_listed_one_happens
 
     random_routing()
     drains_and_restarts(pure)
+    rate_limited(pure)
     names = tree.RUN_STATE_NAMES
     listed = {(a, b) for a, bs in tree.RUN_TRANSITIONS.items() for b in bs if a != tree.DONE}
     never = sorted(f"{names[a]} -> {names[b]}" for a, b in listed - seen)
@@ -142,3 +143,46 @@ channels = ["email"]
     d.adopt([engine.AttemptRecord("x.0.1", "email", "a", 1, 0.0, 2.0, None, None, 202, 5.0)])
     d.start(1.0)
     d.on_receipt("x.0.1", "failed", 1.5)
+
+
+def rate_limited(pure: dict[str, ModuleType]) -> None:
+    """The queued state (daemon/core/limiter.py): a run waiting for its turn on a limited provider."""
+    engine, policy, plan_mod = pure["engine"], pure["policy"], pure["plan"]
+    limiter = importlib.import_module("purecore.limiter")
+    fleet_mod = importlib.import_module("purecore.fleet")
+    text = """
+[timeouts]
+provider = "2s"
+channel = "30s"
+message = "1m"
+[providers.a]
+type = "sandbox"
+retries = 1
+backoff = { base = "1ms", max = "1ms" }
+[channels.email]
+providers = ["a"]
+[routes.default]
+channels = ["email"]
+"""
+    plan = plan_mod.resolve_plan(policy.parse_policy(text, "routing.toml", env={}), "default")
+    lim = limiter.Limiter({"a": limiter.Limit(rate=1.0, burst=1.0)})
+    lim.live = fleet_mod._waiting
+
+    def new(name: str, now: float) -> tuple[Any, list[Any]]:
+        d = engine.Delivery(name, plan, {}, now, random.Random(1), limiter=lim)
+        return d, d.start(now)
+
+    d1, cmds = new("q1", 0.0)                     # idle -> attempting (the one token)
+    d2, _ = new("q2", 0.0)                        # idle -> queued
+    aid = next(c.attempt_id for c in cmds if isinstance(c, engine.StartAttempt))
+    d1.on_outcome(aid, engine.Outcome(503), 0.0005)
+    d1.on_timer(0.0015)                           # backoff -> queued (its retry waits its turn)
+    (w, _p, granted, wait), = lim.due(1.0)        # q2's turn
+    d2.on_slot(w.ref, granted, wait, 1.0)         # queued -> attempting
+    d1.drain()
+    (w, _p, granted, wait), = lim.due(2.0)        # q1's turn, but it is draining
+    d1.on_slot(w.ref, granted, wait, 2.0)         # queued -> held
+    new("q3", 2.0)                                # (q1's refunded token)
+    d3, _ = new("q4", 2.0)
+    d3.on_timer(32.0)                             # queued -> done (its channel deadline)
+    assert d3.status == "undeliverable"

@@ -56,7 +56,8 @@ import random
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from .commands import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, ATTEMPT_HELD, ATTEMPT_RESUMED,  # noqa: F401 - re-exported
+from .commands import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, ATTEMPT_HELD, ATTEMPT_QUEUED,  # noqa: F401 - re-exported
+                       ATTEMPT_RESUMED, PROVIDER_SPILLED,
                        ATTEMPT_SLOW, ATTEMPT_STARTED, BREAKER_CLOSED, BREAKER_OPENED, CHANNEL_DEADLINE,
                        CHANNEL_FINISHED, CHANNEL_SKIPPED, CHANNEL_STARTED, DELIVERED, DUPLICATE, EVENT_TYPES,
                        FAILOVER, FINISHED, LATE_RECEIPT, MESSAGE_DEADLINE, PROVIDER_SKIPPED, RECEIPT_TIMEOUT,
@@ -64,8 +65,9 @@ from .commands import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, ATTEMPT_HELD, ATTEMPT_RE
                        AttemptRecord, CancelAttempt, Command, Event, Finish, Outcome, RecordEvent, SetTimer,
                        StartAttempt, _record, _tnew)
 from .health import HealthTracker
+from .limiter import GO, SPILL, Limiter
 from .plan import Plan
-from .tree import (ATTEMPTING, AWAITING, BACKOFF, DONE, HELD, RANK_ATTEMPT, RANK_BACKOFF, RANK_CHANNEL,
+from .tree import (ATTEMPTING, AWAITING, BACKOFF, DONE, HELD, QUEUED, RANK_ATTEMPT, RANK_BACKOFF, RANK_CHANNEL,
                    RANK_MESSAGE, RANK_SLOW, _build, _by_pre, _Channel, _Group, _name, _Node, _Resume, _Run)
 
 # --------------------------------------------------------------------------- the machine
@@ -79,14 +81,17 @@ class Delivery:
     __slots__ = ("message_id", "_events", "plan", "recipient", "accepted_at", "rng", "health", "run",
                  "message_deadline", "_nodes", "root", "status", "finished_at", "delivered_at", "attempts",
                  "duplicates", "_runs", "_seq", "_out", "_timer", "_want", "_groups", "_chans", "_tried",
-                 "_due", "_dueseq", "draining", "held", "_resume")
+                 "_due", "_dueseq", "draining", "held", "_resume", "limiter", "priority")
 
     def __init__(self, message_id: str, plan: Plan, recipient: Mapping[str, Any], accepted_at: float,
                  rng: random.Random, health: HealthTracker | None = None, run: int = 0,
-                 events: frozenset[str] | None = None) -> None:
+                 events: frozenset[str] | None = None, limiter: Limiter | None = None,
+                 priority: int = 0) -> None:
         """`events`: the event types to emit as RecordEvent commands (None: all of them). A driver
         that reads only some types (the simulator) passes those; every other command, `status`,
-        `attempts` and the like are the same either way."""
+        `attempts` and the like are the same either way. `limiter`: the fleet's rate limits
+        (daemon/core/limiter.py), asked for a slot before each attempt on a limited provider;
+        `priority`: this message's place in those providers' queues (higher goes first)."""
         self.message_id = message_id
         self._events = events
         self.plan = plan
@@ -121,6 +126,8 @@ class Delivery:
         self.draining = False                       # drain() was called: no attempt starts any more
         self.held = 0                               # provider runs waiting for the next run (drain)
         self._resume: _Resume | None = None         # set by adopt() (a resumed delivery)
+        self.limiter = limiter
+        self.priority = priority
 
     # ------------------------------------------------------------------ public inputs
 
@@ -335,6 +342,41 @@ class Delivery:
                     continue
                 self._cut_run(run, now)
         return self._settle(now)
+
+    def on_slot(self, run: _Run, granted: bool, wait_s: float, now: float) -> list[Command]:
+        """The fleet's limiter (daemon/core/limiter.py) answers a run that queued for its turn on a
+        rate-limited provider (Fleet.dispatch): granted, its attempt starts now (the slot is
+        taken: a token, a call in flight); not granted, its turn has slipped past what its
+        channel deadline allows (`wait_s` the expected wait) and it spills over at once to the
+        next provider. A run no longer queued (its channel ended meanwhile) gives a granted slot
+        back; the limiter drops such waiters itself, so that is a rare race, not the rule."""
+        self._catch_up(now)
+        lim = self.limiter
+        if self.status != "pending" or run.state != QUEUED:
+            if granted and lim is not None:
+                lim.refund(run.step.provider, now)
+        elif not granted:
+            self._spill(run, wait_s, now)
+        elif self.draining or self.health.blocks(run.step.provider, now):
+            if lim is not None:
+                lim.refund(run.step.provider, now)
+            if self.draining:
+                self._hold(run, now)
+            else:
+                ch = self._channel_of(run)
+                self._emit(PROVIDER_SKIPPED, now, channel=ch.step.channel, provider=run.step.provider,
+                           reason="breaker open")
+                self._complete(run, "failed", now, reason="skipped")
+        else:
+            self._begin(run, self._channel_of(run), now, queued=True)
+        return self._settle(now)
+
+    def _spill(self, run: _Run, wait_s: float, now: float) -> None:
+        ch = self._channel_of(run)
+        run.state = DONE
+        self._emit(PROVIDER_SPILLED, now, channel=ch.step.channel, provider=run.step.provider,
+                   expected_wait_s=wait_s)
+        self._complete(run, "failed", now, reason="rate limited")
 
     def drain(self) -> None:
         """The driver is stopping (the daemon's SIGTERM grace period): start no attempt from now on.
@@ -615,8 +657,34 @@ class Delivery:
                        reason="drained" if step.provider in self.health.drained else "breaker open")
             self._complete(run, "failed", now, reason="skipped")
             return
+        lim = self.limiter
+        if lim is not None and lim.limited(step.provider):
+            # Its turn on a rate-limited provider (docs/configuration.md "Rate limits and
+            # priorities"): wait for it only while an attempt could still follow it before the
+            # channel deadline -- with its full provider timeout when a next provider could take
+            # the message instead, else any time before the deadline -- else spill over now.
+            latest = ch.deadline
+            if ch.method == "single" and run.pre - ch.pre < len(ch.children):
+                latest -= step.timeout_ms / 1000.0
+            verdict, turn = lim.request(step.provider, self, run, self.priority, now, latest)
+            if verdict == SPILL:
+                self._spill(run, turn - now, now)
+                return
+            if verdict != GO:
+                if run.tries == 0:
+                    self._tried.append(run)     # so that cutting its channel ends it like any started run
+                run.state = QUEUED
+                run.wake_at = None
+                self._emit(ATTEMPT_QUEUED, now, channel=ch.step.channel, provider=step.provider,
+                           expected_wait_s=turn - now)
+                return
+        self._begin(run, ch, now)
+
+    def _begin(self, run: _Run, ch: _Channel, now: float, queued: bool = False) -> None:
+        """Start an attempt of `run` now (its breaker and its rate limit said yes)."""
+        step = run.step
         run.tries += 1
-        if run.tries == 1:
+        if run.tries == 1 and not queued:           # a run that queued first is listed already
             self._tried.append(run)
         self._seq += 1
         attempt_id = f"{self.message_id}.{self.run}.{self._seq}"
@@ -691,6 +759,9 @@ class Delivery:
             self._record_health(run, True, now)
             self._run_delivered(run, rec, now)
             return
+        if o.status == 429 and self.limiter is not None:
+            # the vendor's own limit: slow this provider's bucket down (adaptive, limiter.py)
+            self.limiter.on_throttled(run.step.provider, now, o.retry_after_s)
         if rule.status_retryable(o.status):
             self._end_attempt(rec, "failed", o.status, now, o.detail)
             self._record_health(run, False, now)
@@ -878,7 +949,7 @@ class Delivery:
         if type(node) is _Channel:
             # its runs are its children: no walk over every run of the message per channel end
             runs: list[_Run] = node.children      # type: ignore[assignment, attr-defined]
-            cut = [r for r in runs if r.tries > 0 and r.state != DONE]
+            cut = [r for r in runs if (r.tries > 0 or r.state == QUEUED) and r.state != DONE]
         else:
             cut = [r for r in self._tried if lo < r.pre <= hi and r.state != DONE]
         if cut:

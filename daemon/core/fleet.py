@@ -13,7 +13,11 @@ obey the very same rules instead of each re-implementing them (docs/architecture
     at once instead of each waiting out its own timeout. Those batches may open further breakers:
     a worklist, drained in order, never recursion;
   * the early-timer clamp: a wake-up that fires a hair before the time it was asked for (float
-    rounding, an event loop running a handle early) is handed to the engine at the time asked for.
+    rounding, an event loop running a handle early) is handed to the engine at the time asked for;
+  * the outbound rate limits (limiter.py): one `Limiter`, handed to every Delivery, which asks it
+    for a slot before an attempt on a limited provider; a run that has to wait its turn is
+    queued there, and `dispatch(now, execute)` hands the queued runs whose turn has come their
+    slot (Delivery.on_slot), or spills them over when their turn has slipped too late.
 
 The drivers only carry out commands. The contract, for a driver:
 
@@ -23,6 +27,9 @@ The drivers only carry out commands. The contract, for a driver:
         after carrying out each batch:  if fleet.opened: fleet.cut_over(now, execute)
     execute(handle, delivery.on_timer(fleet.wake_time(now, at)))    # a SetTimer(at) came due
     fleet.finished(key)                       # when carrying out its Finish
+    Delivery(..., limiter=fleet.limiter)      # with the limits: fleet.limiter.configure(limits, now)
+        after carrying out each batch, when a call ends (fleet.limiter.release(provider) first)
+        and at fleet.limiter.next_at(now):  fleet.dispatch(now, execute)
 
 `cut_over` calls `execute(handle, commands)` for each message it cuts; a call made while a
 cut-over is already running (from inside `execute`) returns at once: the running one takes the
@@ -35,6 +42,8 @@ from typing import Callable, Generic, Hashable, Protocol, TypeVar
 
 from .engine import Command, Delivery
 from .health import HealthTracker
+from .limiter import Limiter, Waiter
+from .tree import QUEUED
 
 
 class Handle(Protocol):
@@ -51,7 +60,7 @@ Execute = Callable[[H, "list[Command]"], None]
 class Fleet(Generic[H]):
     """The breakers, the pending messages and the cut-over worklist of one driver."""
 
-    __slots__ = ("health", "pending", "opened", "cut_inflight", "_cutting")
+    __slots__ = ("health", "pending", "opened", "cut_inflight", "_cutting", "limiter", "_keys", "_dispatching")
 
     def __init__(self, health: HealthTracker | None = None, cut_inflight: bool = True) -> None:
         """cut_inflight=False: a breaker opening cuts nothing in flight (the simulator's
@@ -64,14 +73,54 @@ class Fleet(Generic[H]):
         self.opened: list[str] = []
         self.health.opened = self.opened if cut_inflight else None
         self._cutting = False
+        self.limiter = Limiter()
+        # a queued run's waiter is live while the run still waits (its channel did not end meanwhile)
+        self.limiter.live = _waiting
+        self._keys: dict[int, Hashable] = {}     # id(a pending message's Delivery) -> its key
+        self._dispatching = False
 
     def admit(self, key: Hashable, handle: H) -> None:
         """`handle`'s message is pending from now on (before its first commands are carried out)."""
         self.pending[key] = handle
+        self._keys[id(handle.delivery)] = key
 
     def finished(self, key: Hashable) -> None:
         """The message reached its Finish: it leaves the pending set."""
-        self.pending.pop(key, None)
+        handle = self.pending.pop(key, None)
+        if handle is not None:
+            self._keys.pop(id(handle.delivery), None)
+
+    def dispatch(self, now: float, execute: Execute[H]) -> None:
+        """Hand every queued run whose turn has come its slot (or its spill), at `now`, and have
+        `execute` carry out each answer. A call made from inside `execute` returns at once: the
+        running one asks the limiter again until nothing more is due."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        lim = self.limiter
+        # waiters of a message not admitted yet (the daemon starts a message before its insert
+        # commits, and admits it after): they go back in the queue, in their place, afterwards
+        later: list[tuple[str, Waiter]] = []
+        try:
+            for _ in range(10_000):         # each pass grants, spills or sets aside a waiter
+                due = lim.due(now)
+                if not due:
+                    return
+                for w, provider, granted, wait in due:
+                    d = w.key
+                    key = self._keys.get(id(d))
+                    handle = self.pending.get(key) if key is not None else None
+                    if handle is None or handle.delivery is not d:
+                        if granted:
+                            lim.refund(provider, now)
+                        if d.status == "pending":
+                            later.append((provider, w))
+                        continue
+                    execute(handle, d.on_slot(w.ref, granted, wait, now))
+        finally:
+            for provider, w in later:
+                lim.requeue(provider, w)
+            self._dispatching = False
 
     @staticmethod
     def wake_time(now: float, at: float) -> float:
@@ -114,3 +163,8 @@ class Fleet(Generic[H]):
         finally:
             opened.clear()
             self._cutting = False
+
+
+def _waiting(w: Waiter) -> bool:
+    """Whether a limiter waiter's run still waits for its turn (Limiter.live)."""
+    return w.ref.state == QUEUED and w.key.status == "pending"

@@ -19,7 +19,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError, Problem
-from .behaviour import BehaviourSpec, Duration, FailMode
+from .behaviour import BehaviourSpec, Duration, FailMode, Rate
+from .limiter import Limit
 from .templates import EMPTY as NO_TEMPLATES
 from .templates import TemplateSet, compile_templates
 
@@ -98,6 +99,8 @@ class DaemonSection(Strict):
     max_plan_depth: int = Field(default=8, ge=0, le=16)
     max_channel_providers: int = Field(default=8, ge=1, le=100)
     max_overrides: int = Field(default=64, ge=0, le=10_000)
+    # the highest message.priority a request may ask for (docs/configuration.md "Rate limits and priorities")
+    max_message_priority: int = Field(default=0, ge=-1000, le=1000)
     grace: Duration = 10_000
     retention: Duration = 7 * 24 * 3_600_000
     idempotency_ttl: Duration = 24 * 3_600_000
@@ -191,6 +194,29 @@ class ProviderBase(Strict):
     receipt_secret: SecretStr | None = None
     breaker: Breaker = BreakerSection()
     backoff: BackoffSection = BackoffSection()
+    # routingd's own outbound limits on this provider (docs/configuration.md "Rate limits and
+    # priorities"; daemon/core/limiter.py): a token bucket, and calls in flight at once
+    rate_limit: Rate | None = None
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_inflight: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    def outbound_rate(self) -> float | None:
+        return self.rate_limit
+
+    def outbound_limit(self) -> Limit | None:
+        """The limit routingd keeps to on this provider, None: none."""
+        rate = self.outbound_rate()
+        if rate is None and self.max_inflight is None:
+            return None
+        return Limit(rate=rate, burst=None if self.burst is None else float(self.burst),
+                     max_inflight=self.max_inflight)
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> "ProviderBase":
+        if self.burst is not None and self.outbound_rate() is None:
+            raise ValueError("burst is the size of the rate limit's token bucket: set "
+                             f"{'outbound_rate_limit' if getattr(self, 'type', '') == 'sandbox' else 'rate_limit'} too")
+        return self
 
 
 class HttpProvider(ProviderBase):
@@ -232,9 +258,17 @@ class MqttProvider(ProviderBase):
 
 
 class SandboxProvider(ProviderBase, BehaviourSpec):
+    """A stand-in vendor: its `rate_limit` is the *vendor's* limit it models (it answers 429 above
+    it, as the simulator's scenario `rate_limit` does), so routingd's own limit on it is spelled
+    `outbound_rate_limit` (docs/configuration.md "Rate limits and priorities")."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["sandbox"]
     fail: FailMode = "none"
+    outbound_rate_limit: Rate | None = None
+
+    def outbound_rate(self) -> float | None:
+        return self.outbound_rate_limit
 
 
 # ---- email provider types (docs/providers.md "smtp", "ses", "sendgrid")
@@ -480,6 +514,8 @@ RouteGroup.model_rebuild()
 
 class RouteSection(Strict):
     method: Literal["single", "all"] = "single"
+    # under a provider's rate limit, higher goes first (docs/configuration.md "Rate limits and priorities")
+    priority: int = Field(default=0, ge=-1000, le=1000)
     channels: list[RouteItem] = Field(min_length=1)
     timeouts: TimeoutsSection = TimeoutsSection()
 

@@ -118,6 +118,9 @@ class MessageRequest(BaseModel):
     to: dict[str, Any]
     content: dict[str, Any] = Field(default_factory=dict)
     route: str | None = None
+    # its place in rate-limited providers' queues instead of its route's priority; at most
+    # [daemon] max_message_priority (docs/configuration.md "Rate limits and priorities")
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
     routing: InlineRouting | None = None
     timeout: TimeoutOverride | None = Field(default=None, validation_alias=AliasChoices("timeout", "timeouts"))
     channels: dict[str, ChannelOverride] = Field(default_factory=dict)

@@ -22,16 +22,18 @@ AWAITING: Final = 2         # answered 2xx, waiting for its delivery receipt
 BACKOFF: Final = 3          # waiting out the back-off before its next try
 HELD: Final = 4             # would start an attempt while draining: held for the next run
 DONE: Final = 5             # ended (delivered, failed, cut, skipped); never leaves it
+QUEUED: Final = 6           # waiting for its turn on a rate-limited provider (daemon/core/limiter.py)
 
-RUN_STATE_NAMES: Final = ("idle", "attempting", "awaiting", "backoff", "held", "done")
+RUN_STATE_NAMES: Final = ("idle", "attempting", "awaiting", "backoff", "held", "done", "queued")
 
 # state -> the states a run may move to from it (the engine asserts nothing at run time; the
 # test runs the engine with every assignment checked against this table)
 RUN_TRANSITIONS: Final[dict[int, frozenset[int]]] = {
-    IDLE: frozenset({ATTEMPTING, AWAITING, HELD, DONE}),   # first try / adopted awaiting / held / skipped or cut
+    IDLE: frozenset({ATTEMPTING, AWAITING, HELD, QUEUED, DONE}),   # first try / adopted / held / queued / skipped or cut
     ATTEMPTING: frozenset({AWAITING, BACKOFF, DONE}),       # 2xx, awaiting its receipt / retry / end
     AWAITING: frozenset({BACKOFF, DONE}),                    # failed receipt or receipt timeout / end
-    BACKOFF: frozenset({ATTEMPTING, HELD, DONE}),            # the retry / held while draining / end
+    BACKOFF: frozenset({ATTEMPTING, HELD, QUEUED, DONE}),    # the retry / held while draining / queued / end
+    QUEUED: frozenset({ATTEMPTING, HELD, DONE}),             # its slot / held while draining / spilled or cut
     HELD: frozenset({DONE}),                                 # cut with its channel
     DONE: frozenset({DONE}),
 }

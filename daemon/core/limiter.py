@@ -1,0 +1,341 @@
+"""Outbound rate limits and priorities: one `Limiter` per fleet, shared by every message (sans-IO).
+
+A provider with `rate_limit` (a token bucket: `rate` per second, up to `burst` tokens saved up)
+and/or `max_inflight` (calls in flight at once) in routing.toml is *limited*
+(docs/configuration.md "Rate limits and priorities"). The engine asks for a slot where it would
+start an attempt on one (Delivery._try, like it asks the breakers through HealthTracker.allow):
+
+  * `request(...)` answers GO when the slot is free (a token taken, a call counted in flight):
+    the attempt starts at once;
+  * QUEUED and a later time T, the *expected* turn, when the message has to queue: the run waits (state
+    QUEUED) until the fleet hands it its slot (Fleet.dispatch -> Delivery.on_slot). The wait is
+    engine time like any other, so its channel and message deadlines keep running;
+  * SPILL when that turn would come at or after `latest` (what the engine computed from the channel
+    deadline): the message spills over at once (event provider_spilled) instead of waiting into
+    a timeout.
+
+Waiters are served highest priority first, equal priority first come, first served. A waiter
+whose expected turn slips past its `latest` (more urgent messages arrived after it, or a 429
+lowered the rate) is handed back by `due()` as a spill, so no message waits past a deadline
+because of the limiter. The drivers call `release(provider)` when a call ends (its answer, a
+network error, a cancel), which frees a max_inflight place.
+
+Adaptive: a vendor's 429 (with Retry-After, else one second) lowers the bucket's rate to half
+for that long (`on_throttled`), so routingd converges on the vendor's real limit when the
+configured one is too high. Pure Python, not compiled (docs/architecture.md "The compiled core").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from typing import Any, Callable, Iterable, Mapping
+
+# how long a 429 without Retry-After lowers the rate, and by how much
+THROTTLE_DEFAULT_S = 1.0
+THROTTLE_FACTOR = 0.5
+
+# request()'s verdicts
+GO = 0
+QUEUED = 1
+SPILL = 2
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One provider's configured limit (from routing.toml; daemon/core/policy.py)."""
+
+    rate: float | None = None          # tokens per second; None: no rate limit
+    burst: float | None = None         # bucket size; None: max(1, rate) (one second's worth)
+    max_inflight: int | None = None    # calls in flight at once; None: unbounded
+
+
+class TokenBucket:
+    """A token bucket with time passed in. `rate` tokens a second, at most `burst` saved up."""
+
+    __slots__ = ("rate", "burst", "tokens", "at", "throttled_until", "base_rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.base_rate = rate
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+        self.throttled_until: float | None = None
+
+    def refill(self, now: float) -> None:
+        if self.throttled_until is not None and now >= self.throttled_until:
+            # the lowered rate applied until throttled_until: refill up to then at it, then normal
+            self._add(self.throttled_until)
+            self.rate = self.base_rate
+            self.throttled_until = None
+        self._add(now)
+
+    def _add(self, now: float) -> None:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+
+    def take(self, now: float) -> bool:
+        self.refill(now)
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def time_for(self, n: float, now: float) -> float:
+        """When `n` tokens will have been available (counting the ones there now), at the current rate."""
+        self.refill(now)
+        missing = n - self.tokens
+        if missing <= 1e-9:
+            return now
+        return now + missing / self.rate
+
+    def throttle(self, now: float, for_s: float) -> None:
+        self.refill(now)
+        until = now + for_s
+        self.rate = self.base_rate * THROTTLE_FACTOR
+        if self.throttled_until is None or until > self.throttled_until:
+            self.throttled_until = until
+
+
+@dataclass
+class Waiter:
+    """One queued run: the driver's key for the message, the engine's reference to the run."""
+
+    priority: int
+    seq: int
+    key: Any
+    ref: Any
+    arrived: float
+    latest: float
+
+    def __lt__(self, other: "Waiter") -> bool:
+        if self.priority != other.priority:
+            return self.priority > other.priority
+        return self.seq < other.seq
+
+
+class _Provider:
+    __slots__ = ("limit", "bucket", "inflight", "queue", "spilled", "throttled", "granted", "waited_s")
+
+    def __init__(self, limit: Limit, now: float) -> None:
+        self.limit = limit
+        self.bucket: TokenBucket | None = None
+        if limit.rate is not None:
+            burst = limit.burst if limit.burst is not None else max(1.0, limit.rate)
+            self.bucket = TokenBucket(limit.rate, burst, now)
+        self.inflight = 0
+        self.queue: list[Waiter] = []      # a heap (Waiter.__lt__: priority, then arrival)
+        self.spilled = 0
+        self.throttled = 0                 # 429s seen
+        self.granted = 0
+        self.waited_s = 0.0                # total time granted waiters waited
+
+
+class Limiter:
+    """Every limited provider's bucket, calls in flight and queue, for one fleet."""
+
+    def __init__(self, limits: Mapping[str, Limit] | None = None, now: float = 0.0) -> None:
+        self._p: dict[str, _Provider] = {}
+        self._seq = 0
+        self._freed: list[Waiter] = []
+        # a run's waiter is live while this says so (the engine: the run is still QUEUED);
+        # a waiter that is not any more (its channel ended meanwhile) is dropped, costing nothing
+        self.live: Callable[[Waiter], bool] = lambda w: True
+        self.configure(limits or {}, now)
+
+    def configure(self, limits: Mapping[str, Limit], now: float) -> None:
+        """Set the limits (a reload): a provider whose limit is unchanged keeps its state; one
+        whose limit changed gets a fresh bucket but keeps its queue and its calls in flight."""
+        old = self._p
+        self._p = {}
+        for name, lim in limits.items():
+            if lim.rate is None and lim.max_inflight is None:
+                continue
+            prev = old.get(name)
+            if prev is not None and prev.limit == lim:
+                self._p[name] = prev
+                continue
+            p = _Provider(lim, now)
+            if prev is not None:
+                p.inflight, p.queue, p.spilled, p.throttled = prev.inflight, prev.queue, prev.spilled, prev.throttled
+            self._p[name] = p
+        # a provider no longer limited: its waiters go at once (due() hands them out)
+        self._freed = [w for name, p in old.items() if name not in self._p for w in p.queue]
+
+    @property
+    def waiting(self) -> bool:
+        """Is any run queued (or freed by a reload, to be handed out)?"""
+        return bool(self._freed) or any(p.queue for p in self._p.values())
+
+    def limited(self, provider: str) -> bool:
+        return provider in self._p
+
+    def limit(self, provider: str) -> Limit | None:
+        p = self._p.get(provider)
+        return None if p is None else p.limit
+
+    def _free(self, p: _Provider, now: float) -> bool:
+        """May a call start now (a place in flight, a token)? Takes the token if so."""
+        mi = p.limit.max_inflight
+        if mi is not None and p.inflight >= mi:
+            return False
+        if p.bucket is not None and not p.bucket.take(now):
+            return False
+        p.inflight += 1
+        p.granted += 1
+        return True
+
+    def _turn(self, p: _Provider, ahead: int, now: float) -> float:
+        """The expected start of the waiter with `ahead` live waiters before it (tokens only:
+        when calls in flight will end is not known, so max_inflight counts as no wait)."""
+        if p.bucket is None:
+            return now
+        return p.bucket.time_for(ahead + 1, now)
+
+    def request(self, provider: str, key: Any, ref: Any, priority: int, now: float,
+                latest: float) -> tuple[int, float]:
+        """Ask for a slot on `provider` at `now` (see the module doc): (GO, now), (QUEUED, the
+        expected turn) or (SPILL, the expected turn, after `latest`)."""
+        p = self._p.get(provider)
+        if p is None:
+            return GO, now
+        self._prune(p)
+        ahead = sum(1 for w in p.queue if w.priority >= priority)
+        if ahead == 0 and self._free(p, now):
+            return GO, now
+        turn = self._turn(p, ahead, now)
+        if turn >= latest:
+            p.spilled += 1
+            return SPILL, turn
+        self._seq += 1
+        heappush(p.queue, Waiter(priority, self._seq, key, ref, now, latest))
+        return QUEUED, max(turn, now)
+
+    def expected_wait(self, provider: str, priority: int, now: float) -> float:
+        """How long a new request at `priority` would wait for its turn (0: it would go now)."""
+        p = self._p.get(provider)
+        if p is None:
+            return 0.0
+        ahead = sum(1 for w in p.queue if w.priority >= priority and self.live(w))
+        return self._turn(p, ahead, now) - now
+
+    def _prune(self, p: _Provider) -> None:
+        if p.queue and not all(self.live(w) for w in p.queue):
+            p.queue = [w for w in p.queue if self.live(w)]
+            heapify(p.queue)
+
+    def due(self, now: float) -> list[tuple[Waiter, str, bool, float]]:
+        """The waiters whose turn is now, in order: (waiter, provider, granted, expected wait).
+        granted: the slot is theirs (a token taken, a call counted in flight). Not granted: a
+        spill, their expected turn has slipped past their `latest`."""
+        out: list[tuple[Waiter, str, bool, float]] = []
+        freed, self._freed = self._freed, []
+        for w in freed:
+            if self.live(w):
+                out.append((w, "", True, 0.0))
+        for name, p in self._p.items():
+            self._prune(p)
+            q = p.queue
+            while q and q[0].latest < now:
+                w = heappop(q)          # (float rounding) its turn came after all it could wait
+                p.spilled += 1
+                out.append((w, name, False, now - w.arrived))
+            while q and self._free(p, now):
+                w = heappop(q)
+                p.waited_s += now - w.arrived
+                out.append((w, name, True, 0.0))
+            if not q or p.bucket is None:
+                continue
+            # what is left waits: does each one's turn still come before its latest?
+            order = sorted(q)
+            keep: list[Waiter] = []
+            for w in order:
+                turn = self._turn(p, len(keep), now)
+                if turn >= w.latest:
+                    p.spilled += 1
+                    out.append((w, name, False, turn - now))
+                else:
+                    keep.append(w)
+            if len(keep) != len(q):
+                heapify(keep)
+                p.queue = keep
+        return out
+
+    def next_at(self, now: float) -> float | None:
+        """When to call due() again at the latest (a token for a waiter), None: only on release."""
+        best: float | None = None
+        if self._freed:
+            return now
+        for p in self._p.values():
+            if not p.queue:
+                continue
+            mi = p.limit.max_inflight
+            if mi is not None and p.inflight >= mi:
+                continue            # a release will call due()
+            t = now if p.bucket is None else p.bucket.time_for(1.0, now)
+            if best is None or t < best:
+                best = t
+        return best
+
+    def release(self, provider: str) -> None:
+        """A call on `provider` has ended (answered, failed, cancelled): one fewer in flight."""
+        p = self._p.get(provider)
+        if p is not None and p.inflight > 0:
+            p.inflight -= 1
+
+    def refund(self, provider: str, now: float) -> None:
+        """A granted slot was not used (the message moved on before it started): give it back."""
+        p = self._p.get(provider)
+        if p is None:
+            return
+        if p.inflight > 0:
+            p.inflight -= 1
+        if p.bucket is not None:
+            p.bucket.refill(now)
+            p.bucket.tokens = min(p.bucket.burst, p.bucket.tokens + 1.0)
+
+    def requeue(self, provider: str, w: Waiter) -> None:
+        """Put a waiter handed out by due() back in its place (its message was not ready for it)."""
+        p = self._p.get(provider)
+        if p is not None:
+            heappush(p.queue, w)
+
+    def on_throttled(self, provider: str, now: float, retry_after_s: float | None) -> None:
+        """The vendor answered 429: lower the rate for Retry-After (or THROTTLE_DEFAULT_S)."""
+        p = self._p.get(provider)
+        if p is None:
+            return
+        p.throttled += 1
+        if p.bucket is not None:
+            p.bucket.throttle(now, retry_after_s if retry_after_s is not None and retry_after_s > 0
+                              else THROTTLE_DEFAULT_S)
+
+    def rebase(self, delta: float) -> None:
+        for p in self._p.values():
+            b = p.bucket
+            if b is not None:
+                b.at += delta
+                if b.throttled_until is not None:
+                    b.throttled_until += delta
+            for w in p.queue:
+                w.arrived += delta
+                w.latest += delta
+
+    def snapshot(self, now: float) -> dict[str, dict[str, Any]]:
+        """Per limited provider: the limit, the live queue, calls in flight, spills, 429s seen."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, p in self._p.items():
+            self._prune(p)
+            b = p.bucket
+            if b is not None:
+                b.refill(now)
+            out[name] = {"rate_limit": p.limit.rate, "burst": None if b is None else b.burst,
+                         "max_inflight": p.limit.max_inflight, "rate_now": None if b is None else b.rate,
+                         "queue": len(p.queue), "inflight": p.inflight, "spilled": p.spilled,
+                         "throttled": p.throttled, "granted": p.granted, "waited_s": p.waited_s}
+        return out
+
+    def providers(self) -> Iterable[str]:
+        return self._p.keys()
