@@ -26,7 +26,7 @@
     [simulation]                    # how the driver runs the engine
     cut_inflight_on_breaker_open = true   # fail over at once from attempts on a provider whose
                                           # breaker just opened (engine: on_provider_unhealthy)
-    commit_delay = { median = "3ms", p99 = "12ms" }   # the store's commit before each call
+    commit_delay = { median = "6ms", p99 = "20ms" }   # the store's commit before each call
 
 Shape errors are reported like routing.toml's: PolicyError lines "FILE: key.path: reason".
 References into the routing file (routes, providers) are checked by `bind_scenario`, once the
@@ -135,7 +135,7 @@ class ExpectSection(_Strict):
 
 # the daemon's write-ahead commit before each provider call, as measured by `simulate --live`'s
 # calibration (docs/simulator.md "Simulated vs live")
-DEFAULT_COMMIT_DELAY = LatencyDist(median=3, p99=12)
+DEFAULT_COMMIT_DELAY = LatencyDist(median=6, p99=20)
 
 
 class SimulationSection(_Strict):
