@@ -6,10 +6,13 @@ the breakers shared by the whole run, the pending set, the breaker cut-over and 
 clamp -- the very object the daemon uses; the driver only executes the engine's commands. It also tells the run's two readers, the metrics and the independent
 hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
 
-    StartAttempt   draw the provider's answer (routingd.daemon.core.behaviour.draw_answer, with the outage
-                   in force at that moment) and schedule it on the SimPy clock; a "hang" never
-                   answers. A 2xx from a confirm = "receipt" provider schedules its receipt.
-                   (The metrics open the attempt's row, the checker checks its deadline.)
+    StartAttempt   after the store's commit delay ([simulation] commit_delay: the daemon commits
+                   the attempt's row before the call goes out, docs/simulator.md "Simulated vs
+                   live"), draw the provider's answer (routingd.daemon.core.behaviour.draw, with
+                   the outage in force at that moment) and schedule it on the SimPy clock; a
+                   "hang" never answers; an attempt cancelled before its commit is never called.
+                   A 2xx from a confirm = "receipt" provider schedules its receipt. (The metrics
+                   open the attempt's row, the checker checks its deadline, both at StartAttempt.)
     CancelAttempt  forget the attempt: its answer (and receipt), if any comes, is dropped.
     SetTimer       one wake-up per delivery; a newer SetTimer makes older ones stale
                    (generation counter), and a stale one is ignored when it fires. One that an
@@ -27,8 +30,8 @@ Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a ca
 than generator processes (one callback per kind; what it needs rides on the timeout as its
 value): same semantics and event order, a fraction of the cost. Arrivals are Poisson until the
 scenario's duration, each arrival scheduling the next; the run then goes on until the event
-queue is empty, so every message reaches a terminal state. Three seeded random streams
-(traffic, each provider, the engine's back-off jitter) make the same seed give the same report.
+queue is empty, so every message reaches a terminal state. Seeded random streams (traffic, each
+provider, the engine's back-off jitter, the commit delays) make the same seed give the same report.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import simpy
 
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
+from ..daemon.core.behaviour import LatencyDist
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
@@ -156,11 +160,12 @@ class RunResult:
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
-        cut_inflight: bool | None = None) -> RunResult:
+        cut_inflight: bool | None = None, commit_delay: LatencyDist | None = None) -> RunResult:
     """Simulate one scenario against one routing file.
 
     hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower.
-    cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open."""
+    cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open, commit_delay
+    its commit_delay (`simulate --live` passes the one it measured)."""
     wall0 = time.perf_counter()
     sc = setup.scenario.model
     seed = setup.seed
@@ -214,6 +219,9 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     metrics_finish, checker_finish = metrics.finish, checker.on_finish
     attempt_stopped = checker.on_attempt_stopped
     refused = Outcome(network=True, detail="connection refused")
+    commit_median, commit_sigma = (sc.simulation.commit_delay if commit_delay is None else commit_delay).fit
+    store_rng = random.Random(f"{seed}:store")
+    gauss = store_rng.gauss
     outcome_of: dict[int | None, Outcome] = {}     # plain answers by status (Outcome is immutable)
 
     def execute(msg: _Msg, cmds: list[Command]) -> None:
@@ -252,12 +260,36 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
 
     def start_attempt(msg: _Msg, c: StartAttempt) -> None:
         aid = c.attempt_id
-        now = env.now
-        kind, delay, status, retry_after, receipt = draw_of[c.provider](now, c.confirm == "receipt")
         live[aid] = msg
         i = msg.i
         metrics_attempt(i, c)
         checker_attempt(i, c)
+        if commit_median > 0.0:
+            # the call goes out once the attempt's row is committed (see the module docstring)
+            wait = commit_median if commit_sigma is None else commit_median * math.exp(commit_sigma * gauss(0.0, 1.0))
+            timeout(wait, (msg, c)).callbacks.append(committed)  # type: ignore[union-attr]
+            hold(msg, env.now + wait)
+            return
+        call(msg, c, env.now)
+
+    def committed(e: Any) -> None:
+        """An attempt's row is committed: its call goes out, unless it was cancelled meanwhile."""
+        msg: _Msg
+        c: StartAttempt
+        msg, c = e.value
+        now = env.now
+        anchor = msg.anchor
+        if anchor is not None and anchor <= now:
+            msg.anchor = None
+        if c.attempt_id in live:
+            call(msg, c, now)
+        if msg.due is not None:
+            release(msg)
+
+    def call(msg: _Msg, c: StartAttempt, now: float) -> None:
+        """The provider sees attempt `c` at `now`: draw its answer and put it on the queue."""
+        aid = c.attempt_id
+        kind, delay, status, retry_after, receipt = draw_of[c.provider](now, c.confirm == "receipt")
         if kind == "hang":
             return
         # what answered needs rides on the timeout as its value: no closure per attempt

@@ -26,6 +26,7 @@
     [simulation]                    # how the driver runs the engine
     cut_inflight_on_breaker_open = true   # fail over at once from attempts on a provider whose
                                           # breaker just opened (engine: on_provider_unhealthy)
+    commit_delay = { median = "6ms", p99 = "20ms" }   # the store's commit before each call
 
 Shape errors are reported like routing.toml's: PolicyError lines "FILE: key.path: reason".
 References into the routing file (routes, providers) are checked by `bind_scenario`, once the
@@ -41,7 +42,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..daemon.core.behaviour import BehaviourSpec, Duration, OutageKind, Rate
+from ..daemon.core.behaviour import BehaviourSpec, Duration, Latency, LatencyDist, OutageKind, Rate
 from ..daemon.config_files import read_config_text
 from ..daemon.core.policy import PolicyError, Problem, problems_from_validation
 
@@ -132,15 +133,26 @@ class ExpectSection(_Strict):
     min_channel_failovers: Annotated[int, Field(ge=0)] | None = None
 
 
+# the daemon's write-ahead commit before each provider call, as measured by `simulate --live`'s
+# calibration (docs/simulator.md "Simulated vs live")
+DEFAULT_COMMIT_DELAY = LatencyDist(median=6, p99=20)
+
+
 class SimulationSection(_Strict):
     """How the driver runs the engine (not the world being simulated).
 
     cut_inflight_on_breaker_open  when a provider's breaker opens, hand every pending message
         the engine's `on_provider_unhealthy` input, so attempts in flight (and back-off retries)
         on that provider fail over at once instead of each waiting out its own timeout. On by
-        default (what a driver of the engine should do); false to measure what the cut is worth."""
+        default (what a driver of the engine should do); false to measure what the cut is worth.
+    commit_delay  the time from the engine's StartAttempt to the provider seeing the call: the
+        daemon commits each attempt's row before its call goes out (write-ahead), while the
+        attempt's deadline runs from the StartAttempt. A duration (constant) or { median, p99 }
+        (log-normal through both); "0ms" calls at once. The default is what the daemon measured
+        on SQLite with synchronous = FULL (docs/simulator.md "Simulated vs live")."""
 
     cut_inflight_on_breaker_open: bool = True
+    commit_delay: Latency = DEFAULT_COMMIT_DELAY
 
 
 class ScenarioModel(_Strict):
@@ -203,5 +215,5 @@ def load_scenario(path: str) -> Scenario:
     return parse_scenario(read_config_text(path), path)
 
 
-__all__ = ["ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel", "SimulationSection",
+__all__ = ["DEFAULT_COMMIT_DELAY", "ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel", "SimulationSection",
            "TrafficSection", "load_scenario", "parse_scenario"]

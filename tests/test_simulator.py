@@ -57,7 +57,16 @@ def write_routing(tmp: Path, breaker: str) -> Path:
     return path
 
 
-def write_scenario(tmp: Path, body: str = "", duration: str = "2m", rate: float = 5) -> Path:
+# The first-principles answers leave out the store's commit before each call ([simulation]
+# commit_delay, tested on its own below): with it every time would be that much longer.
+NO_COMMIT = 'commit_delay = "0ms"\n'
+
+
+def write_scenario(tmp: Path, body: str = "", duration: str = "2m", rate: float = 5, exact: bool = True) -> Path:
+    body = textwrap.dedent(body)
+    if exact:
+        body = (body.replace("[simulation]\n", "[simulation]\n" + NO_COMMIT, 1) if "[simulation]\n" in body
+                else body + "\n[simulation]\n" + NO_COMMIT)
     path = tmp / "hang.toml"
     path.write_text(textwrap.dedent(f"""
         duration = "{duration}"
@@ -72,7 +81,7 @@ def write_scenario(tmp: Path, body: str = "", duration: str = "2m", rate: float 
         start = "0s"
         duration = "1h"
         kind = "hang"
-    """) + textwrap.dedent(body))
+    """) + body)
     return path
 
 
@@ -244,7 +253,7 @@ def test_the_cut_is_a_scenario_option_and_a_run_override(tmp_path: Path) -> None
     assert off.metrics.stats["primary"].cancelled == 0
     assert on.metrics.stats["primary"].cancelled > 0
     bad = tmp_path / "bad.toml"
-    bad.write_text(write_scenario(tmp_path).read_text() + "\n[simulation]\ncut_inflight = true\n")
+    bad.write_text(write_scenario(tmp_path, exact=False).read_text() + "\n[simulation]\ncut_inflight = true\n")
     with pytest.raises(PolicyError) as e:
         load_scenario(str(bad))
     assert any("simulation.cut_inflight" in line for line in e.value.lines())
@@ -520,3 +529,33 @@ def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:
     assert rep["providers"]["backup"]["slow"] == 0
     write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
     assert build_report(simulate(write_scenario(tmp_path, duration="30s", rate=20)))["providers"]["primary"]["slow"] == 0
+
+
+def test_the_commit_delay_comes_before_every_call_and_the_deadline_does_not_wait_for_it(tmp_path: Path) -> None:
+    """[simulation] commit_delay: the daemon commits each attempt's row before its call goes out,
+    while the attempt's deadline runs from the engine's StartAttempt. So with the primary hung and
+    no breaker every message pays the primary's timeout T (not T + C), then C before the backup's
+    call, then its latency L."""
+    C = 0.04
+    write_routing(tmp_path, "false")
+    res = simulate(write_scenario(tmp_path, f'[simulation]\ncommit_delay = "{int(C * 1000)}ms"\n', exact=False))
+    m = res.metrics
+    assert m.messages > 400 and all(s == "delivered" for s in m.status)
+    for ttd in m.times_to_deliver():
+        assert ttd == pytest.approx(T + C + L, abs=1e-9)
+    assert build_report(res)["violations"] == 0
+
+
+def test_the_commit_delay_defaults_to_the_daemons_and_a_drawn_one_is_seeded(tmp_path: Path) -> None:
+    from routingd.simulator.scenario import DEFAULT_COMMIT_DELAY
+    write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
+    assert load_scenario(str(write_scenario(tmp_path, exact=False))).model.simulation.commit_delay \
+        == DEFAULT_COMMIT_DELAY
+    assert DEFAULT_COMMIT_DELAY.median > 0
+    path = write_scenario(tmp_path, '[simulation]\ncommit_delay = { median = "5ms", p99 = "30ms" }\n',
+                          duration="30s", rate=20, exact=False)
+    first, second = (build_report(simulate(path)) for _ in range(2))
+    first.pop("wall_s"), second.pop("wall_s")
+    assert first == second
+    # each call waits a drawn delay (the breaker routes most messages straight to the backup)
+    assert first["time_to_deliver_s"]["p95"] > first["time_to_deliver_s"]["p50"] > L
