@@ -24,6 +24,8 @@ import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from pydantic import SecretStr
+
 MASK = "***"
 MAX_DETAIL = 300
 _MIN_SECRET = 6                  # shorter pieces ("v1", "send") are words, not keys
@@ -75,8 +77,8 @@ def provider_secrets(config: Any) -> tuple[str, ...]:
     values: list[str] = []
     for name in type(config).model_fields if hasattr(type(config), "model_fields") else ():
         value = getattr(config, name, None)
-        for v in value if isinstance(value, list) else (value,):
-            if hasattr(v, "get_secret_value"):
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, SecretStr):
                 values.append(v.get_secret_value())
     out: list[str] = []
     for v in values:
