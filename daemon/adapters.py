@@ -69,6 +69,10 @@ class ProviderAdapter(ABC):
     # send(): the runtime arms one loop timer for the answer instead of running a task (the
     # sandbox adapter, which draws latency and outcome at once).
     answers_at_once: ClassVar[bool] = False
+    # The credentials the runtime masks in every detail of this adapter's attempts (redact.py):
+    # build_adapter() sets those of the configuration; an adapter adds what it derives from them
+    # (an HTTP Basic header, an access token).
+    masked: tuple[str, ...] = ()
 
     @abstractmethod
     async def send(self, req: AttemptRequest) -> Outcome:
@@ -108,4 +112,9 @@ def build_adapter(name: str, config: Any, ctx: AdapterContext) -> ProviderAdapte
         factory = _FACTORIES[config.type]
     except KeyError:
         raise LookupError(f"provider {name!r}: no adapter for type {config.type!r}") from None
-    return factory(name, config, ctx)
+    from .providers.redact import provider_secrets     # here: the providers package imports this module
+
+    adapter = factory(name, config, ctx)
+    found = (*provider_secrets(config), *adapter.masked)
+    adapter.masked = tuple(sorted(dict.fromkeys(found), key=len, reverse=True))
+    return adapter

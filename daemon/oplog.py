@@ -197,6 +197,9 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+    # urllib3 (under Apprise's and google-auth's requests) logs every request's path and query at
+    # DEBUG, and an Apprise URL keeps its token there: never below INFO (docs/security.md)
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
 
 
 def set_format(fmt: str) -> None:

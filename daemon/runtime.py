@@ -965,8 +965,9 @@ class Router:
             log.exception("provider adapter %s failed on %s", req.provider, req.attempt_id)
             outcome = Outcome(network=True, detail=f"adapter error: {describe_error(e)}")
         if outcome.detail:
-            # the backstop under every adapter's own redaction: no URL path or query in a detail
-            outcome = dataclasses.replace(outcome, detail=redact(outcome.detail))
+            # the backstop under every adapter's own redaction: no URL path or query and none of
+            # the provider's credentials in a detail, whatever the vendor quoted back (redact.py)
+            outcome = dataclasses.replace(outcome, detail=redact(outcome.detail, adapter.masked))
         if outcome.provider_message_id:
             self._vendor_id(req.provider, req.attempt_id, outcome.provider_message_id)
         if live.tasks.pop(req.attempt_id, None) is None or self._halted:

@@ -21,6 +21,7 @@ another provider can deliver) or 401 (rejected credentials).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -133,7 +134,9 @@ class FcmAdapter(ProviderAdapter):
             if isinstance(answer, Outcome):
                 return answer
             if answer.status != 401 or not first:
-                return outcome(answer)
+                # the access token is a credential too (an error may quote the request's header)
+                result = outcome(answer)
+                return dataclasses.replace(result, detail=redact(result.detail, (access,))) if result.detail else result
             self.credentials.token = None      # revoked or expired early: fetch a new one, once
             first = False
 

@@ -19,9 +19,12 @@ more to every detail as a backstop (docs/security.md).
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from pydantic import SecretStr
 
 MASK = "***"
 MAX_DETAIL = 300
@@ -61,6 +64,39 @@ def config_secrets(url: str | None = None, headers: Mapping[str, str] | None = N
         out.update(value.split())
     out.update(e for e in extra if e)
     return tuple(sorted((s for s in out if len(s) >= _MIN_SECRET), key=len, reverse=True))
+
+
+def provider_secrets(config: Any) -> tuple[str, ...]:
+    """Every credential in one provider's configuration, for `redact`: each secret value
+    (`api_key`, `auth_token`, `password`, `secret_access_key`, `token`, a webhook URL, Apprise
+    URLs, the service account, `receipt_secret`) with its pieces (`config_secrets`: a URL's user
+    info, path segments and query values; a multi-line value's lines, e.g. a PEM key's; a service
+    account's `private_key` and `private_key_id`), plus the fields that are credentials without
+    being secret values: the `http` type's URL and headers, ses's `access_key_id`. A vendor may
+    quote any of them back in an error body."""
+    values: list[str] = []
+    for name in type(config).model_fields if hasattr(type(config), "model_fields") else ():
+        value = getattr(config, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, SecretStr):
+                values.append(v.get_secret_value())
+    out: list[str] = []
+    for v in values:
+        out += [v, *config_secrets(url=v if "://" in v else None)]
+        out += [line.strip() for line in v.splitlines() if len(line.strip()) >= 16]
+        try:
+            doc = json.loads(v) if v.lstrip().startswith("{") else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            for key in ("private_key", "private_key_id"):
+                if isinstance(doc.get(key), str):
+                    out += [doc[key], *(ln for ln in doc[key].splitlines() if len(ln) >= 16)]
+    if getattr(config, "type", None) == "http":
+        out += config_secrets(config.url, config.headers)
+    if isinstance(getattr(config, "access_key_id", None), str):
+        out.append(config.access_key_id)
+    return tuple(sorted((s for s in dict.fromkeys(out) if len(s) >= _MIN_SECRET), key=len, reverse=True))
 
 
 def _renderings(secret: str) -> list[str]:

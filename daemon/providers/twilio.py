@@ -46,6 +46,7 @@ class TwilioAdapter(ProviderAdapter):
         self._token = config.auth_token.get_secret_value()
         basic = base64.b64encode(f"{sid}:{self._token}".encode()).decode()
         self.headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+        self.masked = (basic,)          # the header a vendor error may quote (masked by the runtime)
         self.sender = ({"From": config.from_} if config.from_ is not None
                        else {"MessagingServiceSid": config.messaging_service_sid})
         self.status_callback: str | None = config.status_callback
