@@ -162,6 +162,7 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         r = d.post("/v1/providers/primary/drain")
         assert r.status == 200 and r.json()["drained"] is True and r.json()["changed"] is True
         assert lines(d, r"WARNING .*provider primary: drained by hand")
+        assert b'routingd_provider_drained{provider="primary"} 1.0' in d.get("/metrics").body
         # kept across a reload
         d.write_config(config("none", f'api_tokens = ["{TOKEN}"]\nmax_body = 300000'))
         assert d.post("/-/reload").status == 200
@@ -174,6 +175,7 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         assert view()["primary"]["drained"] is True
         r = d.post("/v1/providers/primary/resume")
         assert r.status == 200 and r.json()["drained"] is False
+        assert b'routingd_provider_drained{provider="primary"} 0.0' in d.get("/metrics").body
         mid = d.send({"to": {"email": "a@example.com"}})
         assert [a["provider"] for a in d.wait_status(mid, "delivered")["attempts"]] == ["primary"]
 
