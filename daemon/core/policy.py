@@ -662,10 +662,11 @@ def _is_duration(model: Any, loc: tuple) -> bool:
 
 def _model_named(name: str) -> type[BaseModel] | None:
     found: list[type[BaseModel]] = []
-    todo: list[type] = [BaseModel]
-    seen: set[type] = set()
+    todo: list[Any] = [BaseModel]
+    seen: set[Any] = set()
     while todo:
         cls = todo.pop()
+        sub: Any
         for sub in cls.__subclasses__():
             if sub not in seen:
                 seen.add(sub)
