@@ -7,6 +7,7 @@ Names (docs/operations.md "Metrics"):
   routingd_attempts_total{channel,provider,outcome}     counter (ended attempts)
   routingd_failovers_total{kind}                        counter (provider | channel)
   routingd_breaker_open{provider}                       gauge 1/0
+  routingd_provider_drained{provider}                   gauge 1/0 (drained by hand)
   routingd_time_to_deliver_seconds                      histogram (accept -> first delivery)
   routingd_receipts_unmatched_total                     counter (receipts matching no stored attempt)
   routingd_receipts_repeated_total                      counter (receipts already recorded)
@@ -36,7 +37,7 @@ import bisect
 import time
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -58,6 +59,9 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No `*_created` series beside every counter (docs/operations.md "Metrics"): they double
+        # the series count for a start time nobody alerts on. Process-wide in prometheus_client.
+        disable_created_metrics()
         r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.created = time.time()
         self.accepted = 0
@@ -71,6 +75,8 @@ class Metrics:
         self.limits: Callable[[], dict[str, dict[str, Any]]] = dict
         r.register(_MessageSeries(self))
         self.inflight = Gauge("routingd_messages_inflight", "Messages not yet terminal.", registry=r)
+        self.provider_drained = Gauge("routingd_provider_drained", "1 while the provider is drained by hand "
+                                      "(POST /v1/providers/NAME/drain).", ["provider"], registry=r)
         self.breaker_open = Gauge("routingd_breaker_open", "1 while the provider's circuit breaker is open.",
                                   ["provider"], registry=r)
         self.reload_ok = Gauge("routingd_config_last_reload_successful",
@@ -149,23 +155,22 @@ class _MessageSeries(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        created = m.created
         c = CounterMetricFamily("routingd_messages_accepted", "Messages accepted (committed to the store).")
-        c.add_metric([], m.accepted, created=created)
+        c.add_metric([], m.accepted)
         yield c
         c = CounterMetricFamily("routingd_messages_finished", "Messages that reached a terminal status.",
                                 labels=["status"])
         for status, n in list(m.finished.items()):
-            c.add_metric([status], n, created=created)
+            c.add_metric([status], n)
         yield c
         c = CounterMetricFamily("routingd_attempts", "Provider attempts by how they ended.",
                                 labels=["channel", "provider", "outcome"])
         for key, n in list(m.attempts.items()):
-            c.add_metric(list(key), n, created=created)
+            c.add_metric(list(key), n)
         yield c
         c = CounterMetricFamily("routingd_failovers", "Failovers to the next provider or channel.", labels=["kind"])
         for kind, n in list(m.failovers.items()):
-            c.add_metric([kind], n, created=created)
+            c.add_metric([kind], n)
         yield c
         h = HistogramMetricFamily("routingd_time_to_deliver_seconds",
                                   "Seconds from accept to the first delivered outcome.")
@@ -191,7 +196,7 @@ class _MessageSeries(Collector):
                 ("routingd_provider_queue_wait_seconds", "waited_s", "Seconds messages waited for their turn, summed.")):
             c = CounterMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
-                c.add_metric([prov], float(snap[mkey]), created=created)
+                c.add_metric([prov], float(snap[mkey]))
             yield c
 
     def describe(self) -> Iterator[Metric]:

@@ -142,6 +142,7 @@ async def _drain_or_resume(request: web.Request, drain: bool) -> web.Response:
         drained.add(name)
     else:
         drained.discard(name)
+    router.metrics.provider_drained.labels(provider=name).set(1 if drain else 0)
     if changed:
         if drain:
             log.warning("provider %s: drained by hand (POST /v1/providers/%s/drain): new attempts skip it "

@@ -9,17 +9,19 @@ with --check), 1 an expectation missed (--check), 2 invalid input (one line per 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import json
 import os
 import sys
 import time
 from importlib import resources
-from typing import Any, Sequence, TextIO
+import tomllib
+from typing import Any, Callable, Collection, Sequence, TextIO
 
 from ..daemon.annotations import FORMATS, render
 from ..daemon.config_files import load_policy
-from ..daemon.core.policy import Policy, PolicyError
+from ..daemon.core.policy import Policy, PolicyError, Problem
 from ..daemon.core.toml_lines import where
 from ..daemon.secrets import read_secret
 
@@ -90,9 +92,32 @@ class _ProgressBar:
 
 
 def _resolve_scenario_path(arg: str) -> str:
+    """A file path as is; a bare name is a shipped drill's, else a ValueError saying so (a
+    mistyped drill name is not a missing file)."""
     if os.path.exists(arg) or os.sep in arg or arg.endswith(".toml"):
         return arg
-    return shipped_drills().get(arg, arg)
+    drills = shipped_drills()
+    if arg in drills:
+        return drills[arg]
+    close = difflib.get_close_matches(arg, drills, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"routingd simulate: unknown drill {arg!r}{hint} (see --list; a scenario file needs "
+                     "its .toml or a path)")
+
+
+def _unwritable(path: str) -> str | None:
+    """Why an output file cannot be written (its directory is missing or not writable), checked
+    before a run that may take minutes; None when it looks writable."""
+    if path == "-":
+        return None
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        return f"directory {d} does not exist"
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.access(d, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
 
 
 def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
@@ -112,11 +137,18 @@ def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
         return policies[path]
 
     for arg in scenario_args:
-        path = _resolve_scenario_path(arg)
+        try:
+            path = _resolve_scenario_path(arg)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
         try:
             sc: Scenario = load_scenario(path)
         except PolicyError as e:
-            errors.extend(e.lines())
+            # Its references to the routing file, checked on what parses, are reported with the
+            # parse errors: one round of fixes, not two.
+            refs = _raw_references(e, routing_args, policy)
+            errors.extend(PolicyError(e.path, e.problems + refs, e.text).lines() if refs else e.lines())
             continue
         if not routing_args and not os.path.exists(sc.routing_path):
             errors.append(f"{where(sc.path, sc.text, ('routing',))}: routing: routing file {sc.routing_path} not found "
@@ -137,6 +169,48 @@ def prepare(scenario_args: Sequence[str], routing_args: Sequence[str],
             except PolicyError as e:
                 errors.extend(f"{line} (with routing {r})" if len(loaded) > 1 else line for line in e.lines())
     return setups, list(dict.fromkeys(errors))
+
+
+def _raw_references(err: PolicyError, routing_args: Sequence[str],
+                    policy: Callable[[str], Policy | None]) -> list[Problem]:
+    """The routes and providers an invalid scenario names that its routing file lacks, read from
+    the raw TOML (the model did not validate); [] when the file is not TOML or its routing file
+    does not load (its errors are reported on their own)."""
+    if err.text is None:
+        return []
+    try:
+        raw = tomllib.loads(err.text)
+    except tomllib.TOMLDecodeError:
+        return []
+    rel = raw.get("routing", "routing.toml")
+    paths = list(routing_args) or ([os.path.join(os.path.dirname(os.path.abspath(err.path)), rel)]
+                                   if isinstance(rel, str) else [])
+    pols = [pol for pol in (policy(r) for r in paths if os.path.exists(r)) if pol is not None]
+    if len(pols) != 1:          # with several routing files a name may be another one's: bind_scenario says
+        return []
+    pol = pols[0]
+    seen = {p.loc for p in err.problems}
+    out: list[Problem] = []
+
+    def check(loc: tuple[str | int, ...], name: Any, known: Collection[str], kind: str) -> None:
+        if isinstance(name, str) and name not in known and not any(loc[:len(s)] == s for s in seen):
+            out.append(Problem(loc, f"unknown {kind} {name!r} in {pol.path}; {kind}s: "
+                                    f"{', '.join(sorted(known)) or 'none'}"))
+
+    traffic = raw.get("traffic")
+    if isinstance(traffic, dict):
+        check(("traffic", "route"), traffic.get("route"), pol.routes, "route")
+        if isinstance(traffic.get("routes"), dict):
+            for r in traffic["routes"]:
+                check(("traffic", "routes", r), r, pol.routes, "route")
+    if isinstance(raw.get("providers"), dict):
+        for name in raw["providers"]:
+            check(("providers", name), name, pol.providers, "provider")
+    if isinstance(raw.get("outages"), list):
+        for i, o in enumerate(raw["outages"]):
+            if isinstance(o, dict):
+                check(("outages", i, "provider"), o.get("provider"), pol.providers, "provider")
+    return out
 
 
 def run_all(setups: Sequence[RunSetup], stderr: TextIO | None = None) -> list[RunResult]:
@@ -170,6 +244,12 @@ def simulate_command(args: argparse.Namespace) -> int:
             stderr.write("routingd simulate: --plot needs matplotlib, which is not installed: "
                          "pip install 'routingd[plot]'\n")
             return EXIT_INVALID
+        for flag, out, what in (("--json", args.json, "JSON report"), ("--junit", args.junit, "JUnit report"),
+                                ("--plot", args.plot, "plot")):
+            why = _unwritable(out) if out else None
+            if why is not None:
+                stderr.write(f"{out}: cannot write the {what} ({flag}): {why}\n")
+                return EXIT_INVALID
         if args.live:
             from .live import cli_live
             return cli_live(args, prepare, stdout, stderr)

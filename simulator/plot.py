@@ -2,13 +2,15 @@
 
 Rows: attempts per second by provider; failed attempts (failures, timeouts, refusals) per
 second by provider; time-to-deliver p50/p95/p99 of the messages accepted in each time bin.
-Outage windows are shaded in every row. Several runs (routing files, scenarios) are columns.
+Outage windows are shaded in every row. Several runs (routing files, scenarios) are columns,
+and the columns of a row share one y-axis: with an axis of its own per column, the better policy's
+small spike would be drawn as tall as the worse one's large one (docs/simulator.md "Plot").
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 from .metrics import WAITED
 from .runner import RunResult
@@ -33,13 +35,24 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def write_plot(results: Sequence[RunResult], path: str, labels: Sequence[str] | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(results, labels)
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def build_figure(results: Sequence[RunResult], labels: Sequence[str] | None = None) -> Any:
+    """The figure of write_plot (the caller closes it): 3 rows, a column per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(3, n, figsize=(max(6.0, 5.2 * n), 7.2), sharex="col", squeeze=False,
-                             dpi=80)
+    fig, axes = plt.subplots(3, n, figsize=(max(6.0, 5.2 * n), 7.2), sharex="col", sharey="row",
+                             squeeze=False, dpi=80)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for col, res in enumerate(results):
         m = res.metrics
@@ -92,8 +105,7 @@ def write_plot(results: Sequence[RunResult], path: str, labels: Sequence[str] | 
         ax_t.legend(fontsize=7, loc="upper right")
         ax_t.set_xlim(0, end)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def _rel(path: str) -> str:

@@ -165,6 +165,14 @@ def _secs(v: float | None) -> str:
     return f"{v:.2f}s"
 
 
+def _pct(v: float | None) -> str:
+    """A ratio as a percent, as few decimals as it needs: 1.0 -> 100%, 0.9995 -> 99.95%."""
+    if v is None:
+        return "-"
+    return f"{v * 100:.4f}".rstrip("0").rstrip(".") + "%"
+
+
+_EXPECT_RATIOS = {"delivered_ratio"}
 _EXPECT_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">="}
 _EXPECT_SECS = {"p50_time_to_deliver", "p95_time_to_deliver", "p99_time_to_deliver", "max_time_to_deliver",
                 "time_to_route_around"}
@@ -176,7 +184,7 @@ def _rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
         ("delivered", _fmt(rep["delivered"])),
         ("undeliverable", _fmt(rep["undeliverable"])),
         ("expired", _fmt(rep["expired"])),
-        ("delivered ratio", f"{rep['delivered_ratio']:.4%}" if rep["delivered_ratio"] is not None else "-"),
+        ("delivered ratio", _pct(rep["delivered_ratio"])),
         ("duplicates", _fmt(rep["duplicates"])),
     ]
     for q in ("p50", "p95", "p99", "max"):
@@ -185,8 +193,11 @@ def _rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("attempts/message mean, max", f"{_fmt(apm['mean'])}, {apm['max']}"))
     rows.append(("failovers provider, channel", f"{rep['failovers']['provider']}, {rep['failovers']['channel']}"))
     for p, st in rep["providers"].items():
-        rows.append((f"{p}: attempts/ok/fail/timeout/skip",
-                     f"{st['attempts']}/{st['delivered']}/{st['failed']}/{st['timeouts']}/{st['skipped']}"))
+        # ok + fail + timeout + cancel add up to attempts (but for any still running at the end);
+        # skips are not attempts
+        rows.append((f"{p}: attempts/ok/fail/timeout/cancel/skip",
+                     f"{st['attempts']}/{st['delivered']}/{st['failed']}/{st['timeouts']}/{st['cancelled']}"
+                     f"/{st['skipped']}"))
     for o in rep["outages"]:
         label = f"outage {o['provider']} {o['kind']} {_secs(o['start_s'])}-{_secs(o['end_s'])}: route-around"
         t = o["time_to_route_around_s"]
@@ -194,7 +205,7 @@ def _rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("violations", _fmt(rep["violations"])))
     for e in rep["expect"]:
         sign = _EXPECT_SIGN.get(e["name"], "<=")
-        fmt = _secs if e["name"] in _EXPECT_SECS else _fmt
+        fmt = _secs if e["name"] in _EXPECT_SECS else _pct if e["name"] in _EXPECT_RATIOS else _fmt
         label = f"expect {e['name']} {sign} {fmt(e['target'])}"
         rows.append((label, f"{fmt(e['actual'])} {'ok' if e['ok'] else 'MISS'}"))
     rows.append(("wall time", f"{rep['wall_s']:.2f}s"))

@@ -83,7 +83,7 @@ def test_check_default_path_is_cwd_then_env(tmp_path: Path) -> None:
     other = write(tmp_path / "other.toml", "version = 2\n")
     p = run("check", cwd=tmp_path, env={"ROUTINGD_CONFIG": str(other)})
     assert p.returncode == 1
-    assert err_lines(p) == [f"{other}:1: version: Input should be 1"]
+    assert err_lines(p) == [f"{other}:1: version: Input should be 1, got 2"]
 
 
 BAD = """\

@@ -45,6 +45,7 @@ def test_configuration_errors_share_one_shape() -> None:
     with pytest.raises(PolicyError) as e:
         parse_policy("colour = 1\n", "r.toml", env={})
     assert isinstance(e.value, errors.ConfigError)
-    assert e.value.lines() == ["r.toml: colour: unknown key"]
+    assert e.value.lines() == ["r.toml:1: colour: unknown key; valid keys: version, daemon, timeouts, failover, "
+                              "providers, channels, routes, templates"]
     with pytest.raises(DurationError):
         parse_duration_ms("soon")

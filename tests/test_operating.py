@@ -123,7 +123,7 @@ def test_check_refuses_what_serve_refuses(tmp_path: Path, daemon_extra: str, exp
     path.write_text(config("none", daemon_extra))
     check = run("check", str(path))
     assert check.returncode == 1, check
-    assert expect in check.stderr and check.stderr.startswith(f"{path}: "), check.stderr
+    assert expect in check.stderr and re.match(re.escape(str(path)) + r"(:\d+(:\d+)?)?: ", check.stderr), check.stderr
     serve = run("serve", "--config", str(path), "--state", str(tmp_path / "s.db"))
     assert serve.returncode == 1 and expect in serve.stderr, serve.stderr
 
@@ -162,6 +162,7 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         r = d.post("/v1/providers/primary/drain")
         assert r.status == 200 and r.json()["drained"] is True and r.json()["changed"] is True
         assert lines(d, r"WARNING .*provider primary: drained by hand")
+        assert b'routingd_provider_drained{provider="primary"} 1.0' in d.get("/metrics").body
         # kept across a reload
         d.write_config(config("none", f'api_tokens = ["{TOKEN}"]\nmax_body = 300000'))
         assert d.post("/-/reload").status == 200
@@ -174,6 +175,7 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         assert view()["primary"]["drained"] is True
         r = d.post("/v1/providers/primary/resume")
         assert r.status == 200 and r.json()["drained"] is False
+        assert b'routingd_provider_drained{provider="primary"} 0.0' in d.get("/metrics").body
         mid = d.send({"to": {"email": "a@example.com"}})
         assert [a["provider"] for a in d.wait_status(mid, "delivered")["attempts"]] == ["primary"]
 

@@ -91,7 +91,8 @@ email = { subject = "a", title = "b" }
     assert "routing.toml:26: templates.both.email: give subject or title, not both (both fill the title)" in e.value.lines()
     with pytest.raises(PolicyError) as e:
         parse_policy(sandbox_policy('[templates.x]\nemail = { subjekt = "a" }\n'), env={})
-    assert "routing.toml:21:11: templates.x.email.subjekt: unknown key" in e.value.lines()
+    assert ("routing.toml:21:11: templates.x.email.subjekt: unknown key; did you mean 'subject'? "
+            "valid keys: subject, title, text, body, html") in e.value.lines()
 
 
 def test_templates_are_not_interpolated_from_the_environment() -> None:

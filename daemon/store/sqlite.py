@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import functools
 import json
@@ -544,6 +545,10 @@ class Store:
                              "give routingd write access to the state directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A clean stop removes the lock file (_unlock): if that happened between our open
+            # and our flock, we hold a lock on a removed file, which guards nothing.
+            if os.fstat(fd).st_ino != os.stat(lock_path).st_ino:
+                raise OSError("lock file replaced")
         except OSError:
             os.close(fd)
             raise StoreError(self.path, "is in use by another routingd process (its lock file "
@@ -554,6 +559,10 @@ class Store:
     def _unlock(self) -> None:
         if self._lock_fd is not None:
             try:
+                # Removed while still held, so a clean stop leaves no routingd.db.lock behind
+                # (docs/operations.md "Backup"); a crash leaves it, harmless: flock dies with us.
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + ".lock")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._lock_fd)
