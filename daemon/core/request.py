@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from .behaviour import Duration
 from .policy import RouteGroup
@@ -120,7 +120,7 @@ class MessageRequest(BaseModel):
     route: str | None = None
     # its place in rate-limited providers' queues instead of its route's priority; at most
     # [daemon] max_message_priority (docs/configuration.md "Rate limits and priorities")
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    priority: StrictInt | None = Field(default=None, ge=-1000, le=1000)   # 1.0 or true is no priority
     routing: InlineRouting | None = None
     timeout: TimeoutOverride | None = Field(default=None, validation_alias=AliasChoices("timeout", "timeouts"))
     channels: dict[str, ChannelOverride] = Field(default_factory=dict)
