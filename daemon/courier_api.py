@@ -4,7 +4,8 @@ POST /send, GET /messages, GET /messages/{id}, GET /messages/{id}/history,
 POST /messages/{id}/cancel (and POST /v1/messages/{id}/cancel), and the Profiles API
 (PUT/POST/GET/DELETE /profiles/{user_id}). The same middleware guards them as /v1 (tokens,
 browser checks, body limit, error bodies); a send is the /v1 send with Courier's answer
-{"requestId"}. docs/api.md "Courier-compatible API" has the mapping of statuses and fields.
+{"requestId"}. docs/api.md "Courier-compatible API" has the mapping of statuses;
+docs/courier.md the fields refused and what else differs from Courier.
 """
 
 from __future__ import annotations

@@ -203,6 +203,9 @@ def prepare_live(sc: Scenario, policy: Policy, workdir: str, speed: float, seed:
     `workdir`, and bind the scaled scenario to that (raises PolicyError naming the scenario)."""
     if not speed > 0:
         raise PolicyError(sc.path, [Problem(("--speed",), f"must be greater than 0, got {speed}")])
+    if sc.model.traffic.cancel:     # refused rather than run without the cancels the file asks for
+        raise PolicyError(sc.path, [Problem(("traffic", "cancel"), "--live does not send cancels yet; "
+                                            "simulate this scenario without --live, or set cancel = 0")])
     first = bind_scenario(sc, policy, policy.path, seed)
     doc = live_routing(policy, first, speed)
     path = os.path.join(workdir, "routing.toml")

@@ -18,6 +18,7 @@ from ..daemon.core.engine import (ATTEMPT_QUEUED, PROVIDER_SPILLED, ATTEMPT_ENDE
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
 OUTCOME_CODE = {"delivered": DELIVERED, "failed": FAILED, "timeout": TIMEOUT, "network": NETWORK,
                 "rejected": REJECTED, "cancelled": CANCELLED}
+MESSAGE_CANCELLED = "message cancelled"     # the engine's detail of an attempt its message's cancel stopped
 WAITED = frozenset({FAILED, TIMEOUT, NETWORK, REJECTED})   # the provider cost the message time
 
 
@@ -62,6 +63,8 @@ class Metrics:
     duplicates: int = 0
     stats: dict[str, ProviderStats] = field(default_factory=dict)
     breaker_events: list[tuple[float, str, str]] = field(default_factory=list)  # (at, provider, opened|closed)
+    cancel_at: dict[int, float] = field(default_factory=dict)   # message -> when the client cancelled it
+    cancelled_attempts: int = 0     # attempts stopped by their message's cancel
 
     def __post_init__(self) -> None:
         self._pidx = {p: i for i, p in enumerate(self.providers)}
@@ -109,6 +112,10 @@ class Metrics:
         self.attempts[i] += 1
         self.stats[provider].attempts += 1
 
+    def cancel_requested(self, i: int, at: float) -> None:
+        """The client cancels message `i` (it may have finished before: then nothing changes)."""
+        self.cancel_at[i] = at
+
     def finish(self, i: int, cmd: Finish) -> None:
         self.status[i] = cmd.status
         self.finished_at[i] = cmd.at
@@ -131,6 +138,8 @@ class Metrics:
             s.timeouts += 1
         elif code == CANCELLED:
             s.cancelled += 1
+            if d.get("detail") == MESSAGE_CANCELLED:
+                self.cancelled_attempts += 1
         else:
             s.failed += 1
 
@@ -184,7 +193,8 @@ class Metrics:
 
     def summary(self) -> dict[str, Any]:
         return {"messages": self.messages, "delivered": self.count("delivered"),
-                "undeliverable": self.count("undeliverable"), "expired": self.count("expired")}
+                "undeliverable": self.count("undeliverable"), "expired": self.count("expired"),
+                "cancelled": self.count("cancelled")}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

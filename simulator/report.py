@@ -124,8 +124,11 @@ def build_report(res: RunResult) -> dict[str, Any]:
         "delivered": s["delivered"],
         "undeliverable": s["undeliverable"],
         "expired": s["expired"],
+        "cancelled": s["cancelled"],                    # messages the client cancelled ([traffic] cancel)
+        "cancelled_attempts": m.cancelled_attempts,     # attempts those cancels stopped
         "pending": res.pending,
-        "delivered_ratio": _r(s["delivered"] / s["messages"] if s["messages"] else None),
+        # a message the client cancelled is no delivery the routing missed: not counted in the ratio
+        "delivered_ratio": _r(s["delivered"] / wanted if (wanted := s["messages"] - s["cancelled"]) else None),
         "duplicates": m.duplicates,
         "time_to_deliver_s": {q: _r(percentile(ttd, v)) for q, v in
                               (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},

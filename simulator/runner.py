@@ -26,6 +26,11 @@ hierarchy checker, what it knows itself: each accept, StartAttempt and Finish.
                    scenario sets [simulation] cut_inflight_on_breaker_open = false.
     Finish         the message is terminal.
 
+A scenario's `[traffic] cancel` share of messages is cancelled by the client `cancel_after` their
+accept: the driver calls Delivery.cancel(now) then, as the daemon's cancel endpoint does (a no-op
+on a message that finished before). Which ones, and when, comes from a fourth stream of its own,
+so the arrivals are the same with and without cancels.
+
 Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
 than generator processes (one callback per kind; what it needs rides on the timeout as its
 value): same semantics and event order, a fraction of the cost. Arrivals are Poisson until the
@@ -47,6 +52,7 @@ from typing import Any, Callable
 
 import simpy
 
+from ..daemon.core.behaviour import sample_latency_s
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
 from ..daemon.core.behaviour import LatencyDist
@@ -405,6 +411,15 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     handler_of: dict[type, Callable[[_Msg, Any], None]] = {
         StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
 
+    cancel_share = sc.traffic.cancel
+    cancel_after = sc.traffic.cancel_after
+    cancels = random.Random(f"{seed}:cancel")
+
+    def client_cancels(e: Any) -> None:
+        msg: _Msg = e.value
+        metrics.cancel_requested(msg.i, env.now)
+        execute(msg, msg.delivery.cancel(env.now))
+
     def recipient() -> Recipient:
         """A recipient missing each field of `shares` with its odds (only called when there are some)."""
         absent = frozenset(f for f, s in shares if traffic.random() >= s)
@@ -438,6 +453,9 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         if keep_pending:
             fleet.admit(i, msg)
         execute(msg, msg.delivery.start(now))
+        if cancel_share and cancels.random() < cancel_share:
+            timeout(sample_latency_s(cancel_after, cancels), msg).callbacks.append(  # type: ignore[arg-type,union-attr]
+                client_cancels)
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))

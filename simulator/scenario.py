@@ -8,6 +8,8 @@
     [traffic]
     rate = 20                       # Poisson arrivals per second (or "1200/m")
     route = "default"               # or a mix: routes = { default = 0.9, urgent = 0.1 }
+    cancel = 0.05                   # share of messages the client cancels (Delivery.cancel) ...
+    cancel_after = "2s"             # ... this long after accept (or { median = "1s", p99 = "5s" })
     [traffic.recipients]            # share of recipients holding each contact field (default 1)
     phone_number = 0.8
 
@@ -59,11 +61,19 @@ class TrafficSection(_Strict):
     route: str | None = None
     routes: dict[str, Annotated[float, Field(gt=0.0)]] | None = None
     recipients: dict[str, Share] = Field(default_factory=dict)
+    # the client cancels this share of messages, each `cancel_after` its accept (a duration or a
+    # log-normal { median, p99 } like a provider's latency); docs/simulator.md "Scenario files"
+    cancel: Share = 0.0
+    cancel_after: Latency | None = None
 
     @model_validator(mode="after")
     def _one_route_form(self) -> "TrafficSection":
         if self.route is not None and self.routes is not None:
             raise ValueError("give either route or routes (a mix), not both")
+        if self.cancel > 0.0 and self.cancel_after is None:
+            raise ValueError("cancel needs cancel_after (how long after accept the client cancels)")
+        if self.cancel == 0.0 and self.cancel_after is not None:
+            raise ValueError("cancel_after without cancel (the share of messages cancelled) cancels nothing")
         if self.routes is not None and not self.routes:
             raise ValueError("routes must name at least one route")
         return self

@@ -1,10 +1,14 @@
 """Courier's official Python SDK (trycourier, `import courier`) against a real routingd process
 on loopback: the SDK is pointed at it by base_url and used as it is (docs/api.md
-"Courier-compatible API"). Plus the table of Courier message fields: each honoured or refused
-with a 422 naming it."""
+"Courier-compatible API"). Plus the refused-field table of docs/courier.md, read from the doc:
+each row's example is refused with a 422 naming the field, and every field the request model
+refuses has a row."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -172,38 +176,65 @@ def test_per_request_provider_order_and_method_are_honoured(daemon: DaemonProces
 
 # --------------------------------------------------------------------------- the field table
 
-REFUSED: list[tuple[dict[str, Any], list[Any]]] = [
-    ({"channels": {"email": {"override": {}}}}, ["message", "channels", "email", "override"]),
-    ({"channels": {"email": {"if": "x"}}}, ["message", "channels", "email", "if"]),
-    ({"channels": {"email": {"metadata": {}}}}, ["message", "channels", "email", "metadata"]),
-    ({"channels": {"email": {"brand_id": "b"}}}, ["message", "channels", "email", "brand_id"]),
-    ({"providers": {"mail_a": {"override": {}}}}, ["message", "providers", "mail_a", "override"]),
-    ({"providers": {"mail_a": {"if": "x"}}}, ["message", "providers", "mail_a", "if"]),
-    ({"delay": {"duration": 1000}}, ["message", "delay"]),
-    ({"expiry": {"expires_in": "1h"}}, ["message", "expiry"]),
-    ({"preferences": {"subscription_topic_id": "t"}}, ["message", "preferences"]),
-    ({"timeout": {"escalation": 1000}}, ["message", "timeout", "escalation"]),
-    ({"timeout": {"criteria": "delivered"}}, ["message", "timeout", "criteria"]),
-    ({"to": [{"email": "a@example.com"}]}, ["message", "to"]),
-    ({"to": {"list_id": "l1"}}, ["message", "to"]),
-    ({"to": {"audience_id": "a1"}}, ["message", "to"]),
-    ({"no_such_field": 1}, ["message", "no_such_field"]),
-]
+COURIER_DOC = Path(__file__).resolve().parent.parent / "docs" / "courier.md"
+_NAME_OF = {"channels": "email", "providers": "mail_a"}     # what X stands for in a field's path
 
 
-@pytest.mark.parametrize("extra,loc", REFUSED, ids=[".".join(map(str, loc[1:])) for _, loc in REFUSED])
-def test_each_courier_field_routingd_does_not_do_is_refused_by_name(extra: dict[str, Any], loc: list[Any]) -> None:
+def refused_in_docs() -> list[tuple[str, dict[str, Any], list[Any]]]:
+    """(field, example, expected loc) of every row of docs/courier.md's refused-field table: the
+    one list of refused fields, read by the tests so that the docs cannot claim one the code
+    accepts. The loc is the field's path under `message`, X standing for a channel or provider."""
+    text = COURIER_DOC.read_text()
+    table = text[text.index("| Field | Example | Why refused |"):].split("\n\n")[0].splitlines()[2:]
+    rows = []
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        field = re.findall(r"`([^`]+)`", cells[0])[-1]
+        example = json.loads(re.fullmatch(r"`(.+)`", cells[1]).group(1))   # type: ignore[union-attr]
+        path = field.split(".")
+        loc = ["message"] + [_NAME_OF.get(path[k - 1], p) if p == "X" else p for k, p in enumerate(path)]
+        rows.append((field, example, loc))
+    return rows
+
+
+REFUSED = refused_in_docs()
+
+
+def _named(errors: list[dict[str, Any]], loc: list[Any]) -> bool:
+    """The first error names the field: its loc is the field's path, or the path's parent with the
+    field's name in the message (to.list_id is refused by the `to` check)."""
+    got, msg = list(errors[0]["loc"]), str(errors[0]["msg"])
+    return got == loc or (got == loc[:len(got)] and len(got) >= 2 and f"{loc[-2]}.{loc[-1]}" in msg)
+
+
+def test_the_docs_list_every_field_the_request_model_refuses() -> None:
+    """The other direction: each Unsupported field of the request model has its row."""
+    from routingd.daemon.core import request as rq
+    documented = {field for field, _, _ in REFUSED}
+    coded = {f"to.{k}" for k in rq.UNSUPPORTED_TO_KEYS}
+    for model, prefix in ((rq.MessageRequest, ""), (rq.TimeoutOverride, "timeout."),
+                          (rq.ChannelOverride, "channels.X."), (rq.ProviderOverride, "providers.X.")):
+        for name, f in model.model_fields.items():
+            if any(getattr(m, "func", None) is rq._refuse for m in f.metadata):
+                coded.add(prefix + (f.alias or name))
+    assert coded and coded <= documented, coded - documented
+    assert len(REFUSED) >= 15
+
+
+@pytest.mark.parametrize("field,extra,loc", REFUSED, ids=[field for field, _, _ in REFUSED])
+def test_each_courier_field_routingd_does_not_do_is_refused_by_name(field: str, extra: dict[str, Any],
+                                                                    loc: list[Any]) -> None:
     message = {"to": {"email": "a@example.com"}, **extra}
     with pytest.raises(ValidationError) as e:
         SendRequest.model_validate({"message": message})
-    assert [list(err["loc"]) for err in e.value.errors()][0][:len(loc)] == loc
+    assert _named(e.value.errors(), loc), (field, e.value.errors()[0])
 
 
 def test_refused_fields_are_422s_on_the_wire(daemon: DaemonProcess) -> None:
-    for extra, loc in REFUSED:
+    for field, extra, loc in REFUSED:
         r = daemon.post("/send", {"message": {"to": {"email": "a@example.com"}, **extra}})
-        assert r.status == 422, (extra, r.json())
-        assert r.json()["details"][0]["loc"][:len(loc)] == loc
+        assert r.status == 422, (field, r.json())
+        assert _named(r.json()["details"], loc), (field, r.json())
 
 
 def test_honoured_fields_take_effect() -> None:

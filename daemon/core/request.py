@@ -20,10 +20,10 @@ UNSUPPORTED_TO_KEYS = ("list_id", "list_pattern", "audience_id")
 
 def _refuse(value: Any) -> Any:
     """A Courier field routingd does not do (yet): refused, never accepted and ignored
-    (docs/api.md "Courier-compatible API" lists them). null counts as absent."""
+    (docs/courier.md "What is refused, and why" lists them, with why). null counts as absent."""
     if value is not None:
         raise ValueError("routingd does not support this Courier field; leave it out "
-                         "(docs/api.md \"Courier-compatible API\")")
+                         "(docs/courier.md \"What is refused, and why\")")
     return value
 
 
