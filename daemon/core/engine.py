@@ -192,7 +192,11 @@ class Delivery:
         run.tries = rec.try_no
         self._tried.append(run)
         rt = rec.receipt_deadline
-        rec.receipt_deadline = ch.deadline if rt is None else min(rt, ch.deadline)
+        # A receipt deadline that passed while routingd was down is due now, not back then: what
+        # follows it (a retry, a failover) starts at `now` with its whole timeout. Fired at the old
+        # deadline, the next attempts would start in the past with deadlines already gone, and
+        # time out before they were ever made (docs/reliability.md "Restarts").
+        rec.receipt_deadline = max(now, ch.deadline if rt is None else min(rt, ch.deadline))
         self.attempts[rec.attempt_id] = rec
         self._runs[rec.attempt_id] = run
         run.attempt = rec
