@@ -143,7 +143,8 @@ class Delivery:
           * not ended, with a 2xx status_code (answered, awaiting its receipt): when its channel
             starts, that provider's run waits for the receipt of this very attempt, until
             min(receipt_deadline, channel deadline) (receipt_deadline None: the channel
-            deadline), instead of calling the provider again; on_receipt() takes its receipt.
+            deadline; one that passed while routingd was down: the start's `now`), instead of
+            calling the provider again; on_receipt() takes its receipt.
 
         `single` scopes on the way to such a channel (and a `single` channel to such a provider)
         start at it: what came before it in plan order was tried in an earlier run."""
