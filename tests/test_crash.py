@@ -3,10 +3,18 @@ generator sends, and restarted on the same state file; nothing it answered 202 i
 
 Each round: start the daemon (sometimes it is killed again while it is still starting and
 resuming), let the load run for a random while, SIGKILL. Then a last start drains everything.
+The first provider of the channel confirms by receipt (`confirm = "receipt"`): a vendor-like
+sender posts its signed `delivered` / `failed` receipts throughout, before, during and right after
+the kills, sending each again after a connection error or a 503 until it is answered.
 
 Asserted:
   * every message that got a 202 is in the store and ends delivered (the backup provider always
-    answers, and the message timeout outlives the test): none lost, none left pending;
+    answers, and the message timeout outlives the test): none lost, none left pending, none
+    finished without all its options tried;
+  * every receipt the daemon acknowledged (200) counts: a `delivered` one made its attempt
+    delivered or is recorded as a delivery / duplicate of its message, or reached a message that
+    had finished (a `late_receipt`); a `failed` one ended its attempt or is a `late_receipt`;
+    none is unmatched (404);
   * a client that lost its connection in the crash and resent with the same Idempotency-Key got
     one message, never two;
   * every call a provider stand-in received has its attempt's row in the state file (the row is
@@ -23,6 +31,7 @@ The short variant runs in `make test`; the long one is marked `slow`: `make test
 
 from __future__ import annotations
 
+import heapq
 import http.client
 import json
 import os
@@ -39,6 +48,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from daemon_process import DaemonProcess, StandinLoop
+from provider_standin import sign
 
 CONFIG = """
 version = 1
@@ -48,14 +58,26 @@ grace = "200ms"
 provider = "500ms"
 channel = "2m"
 message = "5m"
+[providers.rcpt]
+type = "http"
+url = "{rcpt}"
+confirm = "receipt"
+receipt_timeout = "4s"
+receipt_secret = "{secret}"
+breaker = false
 [providers.primary]
 type = "http"
 url = "{primary}"
 [providers.backup]
 type = "http"
 url = "{backup}"
+# After a restart every attempt whose receipt deadline passed while the daemon was down fails
+# over at once, and the primary's breaker sends them on: a herd of calls on a busy 2-core machine.
+# The backup gets the time to answer them (it always does), so every message ends delivered.
+timeout = "20s"
+breaker = false
 [channels.email]
-providers = ["primary", "backup"]
+providers = ["rcpt", "primary", "backup"]
 [routes.default]
 channels = ["email"]
 """
@@ -82,6 +104,123 @@ def primary_script(seed: int) -> Any:
 def backup_script(seed: int) -> Any:
     rng = random.Random(seed + 1)
     return lambda n, body: {"delay": rng.uniform(0.0, 0.1)}
+
+
+SECRET = "crash-receipt-secret"
+
+
+@dataclass
+class ReceiptSender:
+    """The vendor side of `confirm = "receipt"`: receipts queued by the rcpt stand-in's script are
+    POSTed, signed, to the daemon's /v1/receipts/rcpt when due, by `threads` threads, at whatever
+    URL the daemon has now (a restart gets a new port). A receipt that meets a dead daemon (no URL,
+    a connection error) or a 503 is sent again 50 ms later, until it gets another answer, as a
+    vendor retries until it gets its 2xx; `stop()` waits (bounded) until every queued one has been
+    answered. Each receipt's final answer is kept in `answered`, with the process run it went to."""
+
+    daemon: DaemonProcess
+    threads: int = 2
+    answered: list[dict[str, Any]] = field(default_factory=list)
+    queued: int = 0
+    retried: set[int] = field(default_factory=set)    # receipts sent again (a connection error, a 503)
+    answered_503: int = 0
+    _heap: list[tuple[float, int, str, str]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _busy: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def queue(self, attempt_id: str, status: str, due: float) -> None:
+        with self._cond:
+            self.queued += 1
+            heapq.heappush(self._heap, (due, self.queued, attempt_id, status))
+            self._cond.notify()
+
+    def start(self) -> None:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, name=f"receipts-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def stop(self, timeout: float) -> None:
+        """Wait until every queued receipt was answered (bounded), then end the threads."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._heap or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+            left_over = len(self._heap) + self._busy
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._workers:
+            t.join(20)
+        assert not any(t.is_alive() for t in self._workers), "a receipt thread did not stop"
+        assert not left_over, f"{left_over} receipt(s) not answered within {timeout}s"
+
+    def _next(self) -> tuple[float, int, str, str] | None:
+        with self._cond:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    self._busy += 1
+                    return heapq.heappop(self._heap)
+                self._cond.wait(min(0.5, self._heap[0][0] - now) if self._heap else 0.5)
+            return None
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            due, n, attempt_id, status = item
+            url, run = self.daemon.url, self.daemon.starts
+            code = 0
+            if url:
+                raw = json.dumps({"attempt_id": attempt_id, "status": status}).encode()
+                u = urlsplit(url)
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+                try:
+                    conn.request("POST", "/v1/receipts/rcpt", body=raw,
+                                 headers={"Content-Type": "application/json", "X-Routingd-Signature": sign(SECRET, raw)})
+                    r = conn.getresponse()
+                    r.read()
+                    code = r.status
+                except (OSError, http.client.HTTPException):
+                    code = 0
+                finally:
+                    conn.close()
+            with self._cond:
+                self._busy -= 1
+                if code in (0, 503):
+                    self.retried.add(n)
+                    self.answered_503 += code == 503
+                    heapq.heappush(self._heap, (time.monotonic() + 0.05, n, attempt_id, status))
+                else:
+                    self.answered.append({"attempt_id": attempt_id, "status": status, "http_status": code,
+                                          "run": run})
+                self._cond.notify_all()
+
+
+def rcpt_script(seed: int, receipts: ReceiptSender) -> Any:
+    """A provider that confirms by receipt: 202 then a `delivered` receipt after 0.05-5 s (past
+    the 4 s receipt timeout: a late receipt), 202 and no receipt ever (receipt timeout, failover),
+    202 then a `failed` receipt, or 503 (failover). The receipts go to `receipts` to be sent."""
+    rng = random.Random(seed + 2)
+
+    def action(n: int, body: Any) -> dict[str, Any]:
+        x = rng.random()
+        attempt_id = body.get("attempt_id") if isinstance(body, dict) else None
+        if x < 0.55 and attempt_id:
+            receipts.queue(attempt_id, "delivered", time.monotonic() + rng.uniform(0.05, 5.0))
+        elif x < 0.65:
+            pass
+        elif x < 0.85 and attempt_id:
+            receipts.queue(attempt_id, "failed", time.monotonic() + rng.uniform(0.05, 1.5))
+        else:
+            return {"status": 503}
+        return {"status": 202, "delay": rng.uniform(0.0, 0.05)}
+
+    return action
 
 
 @dataclass
@@ -188,6 +327,32 @@ def store_rows(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return status, {k: v[0] for k, v in keys.items()}
 
 
+@dataclass
+class StoredReceipts:
+    """What the state file says about attempts and the receipt events of their messages."""
+
+    outcome: dict[str, str | None]                  # attempt id -> outcome
+    finished_at: dict[str, float | None]            # message id -> finished_at
+    events: dict[str, list[tuple[str, float, dict[str, Any]]]]   # attempt id -> (type, at, data)
+
+
+def stored_receipts(path: Path) -> StoredReceipts:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        outcome = dict(conn.execute("SELECT attempt_id, outcome FROM attempts"))
+        finished_at = dict(conn.execute("SELECT id, finished_at FROM messages"))
+        events: dict[str, list[tuple[str, float, dict[str, Any]]]] = defaultdict(list)
+        rows = [(t, at, json.loads(data)) for t, at, data in conn.execute("SELECT type, at, data FROM events")]
+        for (text,) in conn.execute("SELECT events FROM event_log ORDER BY seq"):
+            rows.extend((t, at, data or {}) for t, at, data in json.loads(text))
+        for t, at, data in rows:
+            if isinstance(data, dict) and data.get("attempt_id"):
+                events[data["attempt_id"]].append((t, at, data))
+    finally:
+        conn.close()
+    return StoredReceipts(outcome, finished_at, events)
+
+
 def attempt_ids(path: Path) -> set[str]:
     """Every attempt id with a row in the state file."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -201,9 +366,12 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
                      threads: int, rate_per_thread: float) -> dict[str, Any]:
     rng = random.Random(seed)
     with StandinLoop() as loop:
+        d = DaemonProcess(tmp_path, None, start_timeout=30)
+        receipts = ReceiptSender(d)
+        rcpt = loop.standin(rcpt_script(seed, receipts))
         primary = loop.standin(primary_script(seed))
         backup = loop.standin(backup_script(seed))
-        d = DaemonProcess(tmp_path, CONFIG.format(primary=primary.url, backup=backup.url), start_timeout=30)
+        d.write_config(CONFIG.format(rcpt=rcpt.url, primary=primary.url, backup=backup.url, secret=SECRET))
         load = LoadGenerator(d, threads, rate_per_thread)
         kills: list[float] = []            # time.monotonic() of each SIGKILL (the stand-ins' clock too)
         kills_while_starting = 0
@@ -212,6 +380,7 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
         try:
             d.start()
             runs += 1
+            receipts.start()
             load.start()
             for r in range(rounds):
                 time.sleep(rng.uniform(*window))
@@ -238,16 +407,21 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
                 if not pending or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
+            # every receipt the provider still owes is answered (a delivered one for a message
+            # that finished meanwhile is a late receipt or a duplicate, counted below)
+            receipts.stop(timeout=60)
             sample = rng.sample(sorted(load.accepted.values()), min(50, len(load.accepted)))
             api_status = {mid: d.status(mid)["status"] for mid in sample}
             assert d.stop() == 0
             recorded = attempt_ids(d.state_path)  # type: ignore[arg-type]
+            view = stored_receipts(d.state_path)  # type: ignore[arg-type]
             log = "\n".join((tmp_path / f"routingd-{i}.log").read_text(errors="replace")
                             for i in range(1, d.starts + 1))
         finally:
             d.close()
             load._stop.set()
-        requests = list(primary.requests) + list(backup.requests)
+            receipts._stop.set()
+        requests = list(rcpt.requests) + list(primary.requests) + list(backup.requests)
 
     # ---- nothing lost
     lost = [k for k, mid in load.accepted.items() if mid not in status]
@@ -264,6 +438,38 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
     # ---- write-ahead: a call a provider received always has its attempt row, whenever the kill came
     unrecorded = [q.json["attempt_id"] for q in requests if q.json["attempt_id"] not in recorded]
     assert not unrecorded, f"{len(unrecorded)} provider call(s) with no attempt row: {unrecorded[:5]}"
+
+    # ---- receipts: each one the daemon acknowledged (2xx) counts. A `delivered` one either made
+    # its attempt delivered, or was recorded as counting for its message (a `delivered` or
+    # `duplicate` event naming the attempt), or came after its message had finished (a
+    # `late_receipt` at or after finished_at, which changes nothing). A `failed` one ended its
+    # attempt `failed` or was recorded as a `late_receipt`. None may be unmatched (404): the
+    # attempt row is committed before the call the receipt answers.
+    codes = Counter(r["http_status"] for r in receipts.answered)
+    assert set(codes) <= {200}, f"receipts answered other than 200: {dict(codes)}"
+    acked = [r for r in receipts.answered if r["http_status"] == 200]
+    assert len(acked) == receipts.queued
+    lost_receipts: list[str] = []
+    late_after_finish = counted = 0
+    for r in acked:
+        aid, st = r["attempt_id"], r["status"]
+        evs = view.events.get(aid, [])
+        finished = view.finished_at.get(aid.rsplit(".", 2)[0])
+        if st == "delivered":
+            if view.outcome.get(aid) == "delivered" or any(t in ("delivered", "duplicate") for t, _, _ in evs):
+                counted += 1
+                continue
+            if finished is not None and any(t == "late_receipt" and data.get("status") == st and at >= finished - 1e-6
+                                            for t, at, data in evs):
+                late_after_finish += 1
+                continue
+        elif view.outcome.get(aid) == "failed" or any(t == "late_receipt" and data.get("status") == st
+                                                      for t, _, data in evs):
+            continue
+        lost_receipts.append(f"{aid} {st} (outcome {view.outcome.get(aid)}, run {r['run']}, events "
+                             f"{[(t, round(at, 3), data.get('status')) for t, at, data in evs]}, finished {finished})")
+    assert not lost_receipts, f"{len(lost_receipts)} acknowledged receipt(s) did not count: {lost_receipts[:5]}"
+    duplicate_deliveries = sum(1 for evs in view.events.values() for t, _, _ in evs if t == "duplicate")
 
     # ---- duplicates: count them, and show each one is a crash's doing
     calls: dict[str, list[Any]] = defaultdict(list)
@@ -292,6 +498,12 @@ def run_crash_rounds(tmp_path: Path, *, variant: str, seed: int, rounds: int, wi
         "provider_calls": len(requests), "duplicate_provider_calls": duplicates,
         "duplicates_per_sigkill": round(duplicates / max(1, len(kills)), 1),
         "max_calls_for_one_key": max_calls,
+        "receipts_sent": receipts.queued, "receipts_acknowledged": len(acked), "receipts_lost": len(lost_receipts),
+        "receipts_resent_after_a_connection_error_or_503": len(receipts.retried),
+        "receipts_answered_503": receipts.answered_503,
+        "delivered_receipts_counted": counted,
+        "delivered_receipts_after_finish": late_after_finish,
+        "duplicate_deliveries": duplicate_deliveries,
     }
     line = json.dumps(summary)
     print(f"\ncrash-test: {line}")

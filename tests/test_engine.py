@@ -1295,6 +1295,25 @@ def test_a_resumed_receipt_deadline_that_passed_fails_over_as_a_receipt_timeout(
     assert new and all(s.attempt_id.startswith("m1.1.") for s in new)
 
 
+def test_a_receipt_deadline_that_passed_while_down_fails_over_now_with_a_full_provider_timeout() -> None:
+    """Found by the kill -9 rounds with receipts (tests/test_crash.py): a restart 30 s after an
+    awaited attempt's receipt deadline. The receipt timeout fires at the start, and the next
+    providers get their whole timeout from then on. Before, the timeout fired at the old receipt
+    deadline, the failover started there too (in the past), its attempt deadline had passed
+    before the attempt was made, and the message went through b (and any other provider) on
+    paper only and ended undeliverable with no call made."""
+    h = resumed(RECEIPT, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, None, None, 202, 5.0)])
+    cmds = h.start(35.0)
+    (rt,) = events(cmds, "receipt_timeout")
+    assert rt.at == 35.0
+    if not starts(cmds):
+        h.timer()
+    new = starts(h.log)
+    assert new and all(s.started_at >= 35.0 and s.deadline > 35.0 for s in new), new
+    assert finish(h.log) is None                  # still pending: the new attempt runs
+    assert not [e for e in events(h.log, "attempt_ended") if e.data["attempt_id"].startswith("m1.1.")]
+
+
 def test_a_fanout_resumed_does_not_rerun_a_channel_that_delivered() -> None:
     text = policy_text(route='method = "all"')
     h = resumed(text, [AttemptRecord("m1.0.1", "email", "a", 1, 0.0, 2.0, 0.5, "delivered", 200)])

@@ -150,7 +150,8 @@ class Delivery:
           * not ended, with a 2xx status_code (answered, awaiting its receipt): when its channel
             starts, that provider's run waits for the receipt of this very attempt, until
             min(receipt_deadline, channel deadline) (receipt_deadline None: the channel
-            deadline), instead of calling the provider again; on_receipt() takes its receipt.
+            deadline; one that passed while routingd was down: the start's `now`), instead of
+            calling the provider again; on_receipt() takes its receipt.
 
         `single` scopes on the way to such a channel (and a `single` channel to such a provider)
         start at it: what came before it in plan order was tried in an earlier run."""
@@ -199,7 +200,11 @@ class Delivery:
         run.tries = rec.try_no
         self._tried.append(run)
         rt = rec.receipt_deadline
-        rec.receipt_deadline = ch.deadline if rt is None else min(rt, ch.deadline)
+        # A receipt deadline that passed while routingd was down is due now, not back then: what
+        # follows it (a retry, a failover) starts at `now` with its whole timeout. Fired at the old
+        # deadline, the next attempts would start in the past with deadlines already gone, and
+        # time out before they were ever made (docs/reliability.md "Restarts").
+        rec.receipt_deadline = max(now, ch.deadline if rt is None else min(rt, ch.deadline))
         self.attempts[rec.attempt_id] = rec
         self._runs[rec.attempt_id] = run
         run.attempt = rec
