@@ -1073,6 +1073,10 @@ class Router:
             raise ValueError(f"receipt status must be 'delivered' or 'failed', got {status!r}")
         if self._halted:
             raise Overloaded(1.0, "routingd is shutting down")
+        if not self._started:
+            # the pending messages are not resumed yet: a receipt now would find no attempt
+            # awaiting it and only be recorded as late, though answered 2xx (docs/reliability.md)
+            raise Overloaded(1.0, "routingd is starting (resuming its pending messages)")
         mid = attempt_id.rsplit(".", 2)[0] if attempt_id.count(".") >= 2 else ""
         live = self._live.get(mid) or self._recent.get(mid)
         now = self.clock.now()
@@ -1163,6 +1167,8 @@ class Router:
         answers the vendor."""
         if self._halted:
             raise Overloaded(1.0, "routingd is shutting down")
+        if not self._started:
+            raise Overloaded(1.0, "routingd is starting (resuming its pending messages)")
         mid = attempt_id.rsplit(".", 2)[0] if attempt_id.count(".") >= 2 else ""
         data = {**{k: v for k, v in detail.items() if k not in ("type", "at")},
                 "attempt_id": attempt_id, "provider": provider, "vendor_status": state}

@@ -6,6 +6,8 @@ The restart cases, which cross a process boundary, are in tests/test_restart_int
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 import json
 import sqlite3
 import sys
@@ -162,4 +164,20 @@ def test_a_receipt_for_a_purged_message_changes_nothing(tmp_path: Path) -> None:
                 # an attempt of a message id younger than the retention that never existed: still unknown
                 assert await r.receipt("a", f"{new_message_id()}.0.1", "delivered") is False
 
+    run(main)
+
+
+def test_a_receipt_before_the_resume_is_refused_503_not_acknowledged_and_lost(tmp_path: Path) -> None:
+    """The HTTP server may take a receipt before start() has resumed the pending messages; the
+    attempt it is for is not awaiting yet, so the receipt would only be recorded as late though
+    answered 2xx. It is refused (503: the vendor sends it again) until the resume is done."""
+    from routingd.daemon.runtime import Overloaded
+
+    async def main() -> None:
+        policy = parse_policy(receipt_policy("http://127.0.0.1:9"), "routing.toml", env={})
+        router = Router(policy, Store(str(tmp_path / "state.db")), Metrics(), rng_seed=7)
+        with pytest.raises(Overloaded, match="starting"):
+            await router.receipt("a", "m.0.1", "delivered")
+        with pytest.raises(Overloaded, match="starting"):
+            router.vendor_event("a", "m.0.1", "sent", {})
     run(main)
