@@ -42,7 +42,7 @@ import psycopg
 
 from .interface import StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sqlite import (_ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _Item, _Writes, _apply, _update_sql,
+from .sqlite import (_ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _Item, _Writes, _apply, _list_query, _update_sql,
                      Store)
 
 log = logging.getLogger("routingd.store")
@@ -107,6 +107,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+_RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
+                  "request::jsonb #>> '{message,to,phone_number}'")
 _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET message_id = excluded.message_id, created_at = excluded.created_at "
@@ -423,20 +425,7 @@ class PgStore(Store):
 
     def list_message_ids(self, before: str | None, limit: int, status: str | None = None,
                          recipient: str | None = None) -> list[str]:
-        sql = "SELECT id FROM messages WHERE true"
-        args: list[Any] = []
-        if before is not None:
-            sql += " AND id < ?"
-            args.append(before)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if recipient is not None:
-            sql += (" AND ? IN (request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}',"
-                    " request::jsonb #>> '{message,to,phone_number}')")
-            args.append(recipient)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = _list_query(before, limit, status, recipient, _RECIPIENT_SQL)
         return [str(r[0]) for r in self._select(sql, tuple(args), "list messages")]
 
     def counts(self) -> dict[str, int]:

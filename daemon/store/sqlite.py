@@ -345,6 +345,30 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
     return None
 
 
+# list_message_ids' recipient filter: the request's to.user_id, to.email or to.phone_number
+_RECIPIENT_SQL = ("json_extract(request, '$.message.to.user_id'), json_extract(request, '$.message.to.email'), "
+                  "json_extract(request, '$.message.to.phone_number')")
+
+
+def _list_query(before: str | None, limit: int, status: str | None, recipient: str | None,
+                recipient_sql: str) -> tuple[str, list[Any]]:
+    """list_message_ids' statement and arguments, for both stores (`recipient_sql`: the three
+    request fields a recipient is looked for in, in the store's SQL)."""
+    sql = "SELECT id FROM messages WHERE 1 = 1"
+    args: list[Any] = []
+    if before is not None:
+        sql += " AND id < ?"
+        args.append(before)
+    if status is not None:
+        sql += " AND status = ?"
+        args.append(status)
+    if recipient is not None:
+        sql += f" AND ? IN ({recipient_sql})"
+        args.append(recipient)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    return sql, args
+
 class _Writes:
     """How a store writes what _apply gathered: SQLite with multi-row statements (docs/performance.md);
     postgres._PgWrites overrides each method, so that both stores share one gathering loop."""
@@ -1071,20 +1095,7 @@ class Store:
         """Ids of committed messages, newest first (ids begin with their acceptance time), those
         older than the id `before` (a page's cursor); `status` and `recipient` (the request's
         to.user_id, to.email or to.phone_number) filter them. Reads on the calling thread."""
-        sql = "SELECT id FROM messages WHERE 1 = 1"
-        args: list[Any] = []
-        if before is not None:
-            sql += " AND id < ?"
-            args.append(before)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if recipient is not None:
-            sql += (" AND ? IN (json_extract(request, '$.message.to.user_id'),"
-                    " json_extract(request, '$.message.to.email'), json_extract(request, '$.message.to.phone_number'))")
-            args.append(recipient)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = _list_query(before, limit, status, recipient, _RECIPIENT_SQL)
         try:
             return [str(r[0]) for r in self._read().execute(sql, args)]
         except sqlite3.Error as e:
