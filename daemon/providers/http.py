@@ -80,8 +80,6 @@ class HttpAdapter(ProviderAdapter):
 
     async def send(self, req: AttemptRequest) -> Outcome:
         session = self.ctx.http_session
-        if session is None:
-            return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
         headers = {**self.headers, "Idempotency-Key": req.idempotency_key}
         send_kw: dict[str, Any]
         if self.body is None:
@@ -147,7 +145,10 @@ async def bounded_request(session: Any, method: str, url: str, *, deadline_s: fl
     Outcome(network=True) when no answer came -- by the attempt deadline plus a safety timeout
     (`no_answer`), or a refused or reset connection, a malformed answer or a truncated body
     (`describe(e)`, by default redact.describe_error masking `secrets`). The one request path of
-    http and of the vendor adapters (sendgrid, ses; the others through vendor.vendor_request)."""
+    http and of the vendor adapters (sendgrid, ses; the others through vendor.vendor_request).
+    No session (the runtime has not started) is a network failure too."""
+    if session is None:
+        return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
     timeout = aiohttp.ClientTimeout(total=max(0.001, deadline_s) + _SAFETY_S)
     try:
         async with session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs) as resp:

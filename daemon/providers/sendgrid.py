@@ -49,8 +49,6 @@ class SendgridAdapter(ProviderAdapter):
         if isinstance(to, Outcome):
             return to
         session = self.ctx.http_session
-        if session is None:
-            return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
         data = json.dumps(self.body(req, to), ensure_ascii=False).encode()
         answer = await bounded_request(session, "POST", self.url, deadline_s=req.deadline_s, data=data,
                                        headers=self.headers)

@@ -79,8 +79,7 @@ async def vendor_request(session: Any, method: str, url: str, *, deadline_s: flo
                          **kwargs: Any) -> VendorAnswer | Outcome:
     """One request with no redirects, its body read up to a bound; a failure to get an answer is
     Outcome(network=True) with a scrubbed description (never the URL's path)."""
-    if session is None:
-        return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
+
     def describe(e: BaseException) -> str:
         text = " ".join(str(e).split())
         # aiohttp names the whole URL in some errors (InvalidURL): never let a path through
