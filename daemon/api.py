@@ -364,8 +364,9 @@ def sign(secret: str, raw: bytes) -> str:
 # --------------------------------------------------------------------------- handlers
 
 
-async def send(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+def send_key(state: ApiState, request: web.Request) -> str | None:
+    """A send's first checks (/v1 and Courier's /send): routingd is ready, the Idempotency-Key
+    is well formed; the key (None without one)."""
     if state.phase != "ready":
         raise ApiError(503, f"routingd is {state.phase}; not accepting messages",
                        headers={"Retry-After": "5"})
@@ -373,10 +374,14 @@ async def send(request: web.Request) -> web.Response:
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise ApiError(400, "bad Idempotency-Key",
                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}])
+    return key
+
+
+def send_load_check(state: ApiState, request: web.Request) -> None:
+    """A send's back-pressure before its body is read: a flood past the bound costs no parsing and
+    holds no memory (the router checks again, atomically, before it stores anything)."""
     limit = _inflight_limit(state)
     if limit is not None and state.router.inflight >= limit:
-        # Back-pressure before reading the body: a flood past the bound costs no parsing and
-        # holds no memory (the router checks again, atomically, before it stores anything).
         raise _unavailable(Overloaded(1.0))
     held_limit = _limit(state, "max_inflight_bytes")
     if held_limit is not None and request.content_length is not None and \
@@ -386,6 +391,12 @@ async def send(request: web.Request) -> web.Response:
         raise _unavailable(Overloaded(1.0, f"routingd holds {state.router.inflight_bytes} bytes of pending "
                                       f"requests; this one ({request.content_length} bytes) would pass "
                                       f"[daemon] max_inflight_bytes ({held_limit})"))
+
+
+async def submit_send(state: ApiState, request: web.Request, key: str | None,
+                      idempotency_ttl_s: float | None = None) -> Any:
+    """A send's body read, validated and handed to the router: the router's SubmitResult, or the
+    400/413/422/503 answer (/v1 and Courier's /send alike)."""
     raw = await read_body(request, state.max_body, state.body_timeout_s)
     req = _send_request_fast(raw)
     text: str | None = None
@@ -404,12 +415,22 @@ async def send(request: web.Request) -> web.Response:
     if too_long:
         raise ApiError(422, "invalid send request", [{"loc": list(p.loc), "msg": p.msg} for p in too_long])
     try:
-        result = await state.router.submit(req, idempotency_key=key, request_json=text)
+        if idempotency_ttl_s is None:
+            return await state.router.submit(req, idempotency_key=key, request_json=text)
+        return await state.router.submit(req, idempotency_key=key, request_json=text,
+                                         idempotency_ttl_s=idempotency_ttl_s)
     except PlanError as e:
         raise ApiError(422, "the request does not fit the routing policy",
                        [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]) from None
     except Overloaded as e:
         raise _unavailable(e) from None
+
+
+async def send(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    key = send_key(state, request)
+    send_load_check(state, request)
+    result = await submit_send(state, request, key)
     mid = result.message_id
     headers = {"Content-Type": _JSON_CONTENT_TYPE, "Location": "/v1/messages/" + mid}
     if not result.created:

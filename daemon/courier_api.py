@@ -18,14 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from .api import (IDEMPOTENCY_HEADER, STATE_KEY, ApiError, ApiState, _inflight_limit, _unavailable,
-                  json_content_type_check, json_response, parse_json_object, read_body, validation_details)
-from .core.plan import PlanError
-from .core.request import IDEMPOTENCY_KEY_RE, SendRequest
+from .api import (STATE_KEY, ApiError, ApiState, _unavailable, json_content_type_check, json_response,
+                  parse_json_object, read_body, send_key, send_load_check, submit_send)
 from .profiles import profiles_of
-from .runtime import Overloaded, timeout_problems
+from .runtime import Overloaded
 
 EXPIRATION_HEADER = "x-idempotency-expiration"
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -166,36 +163,10 @@ async def send(request: web.Request) -> web.Response:
     """Courier's POST /send: the /v1 send (same checks, same 4xx/503), answered {"requestId"}."""
     state = request.app[STATE_KEY]
     json_content_type_check(request)
-    if state.phase != "ready":
-        raise ApiError(503, f"routingd is {state.phase}; not accepting messages", headers={"Retry-After": "5"})
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise ApiError(400, "bad Idempotency-Key",
-                       [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}])
+    key = send_key(state, request)
     ttl = _expiration_ttl(state, request)
-    limit = _inflight_limit(state)
-    if limit is not None and state.router.inflight >= limit:
-        raise _unavailable(Overloaded(1.0))
-    raw = await read_body(request, state.max_body)
-    body = parse_json_object(raw)
-    try:
-        req = SendRequest.model_validate(body)
-    except ValidationError as e:
-        raise ApiError(422, "invalid send request", validation_details(e)) from None
-    too_long = timeout_problems(req.message)
-    if too_long:
-        raise ApiError(422, "invalid send request", [{"loc": list(p.loc), "msg": p.msg} for p in too_long])
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        text = None
-    try:
-        result = await state.router.submit(req, idempotency_key=key, request_json=text, idempotency_ttl_s=ttl)
-    except PlanError as e:
-        raise ApiError(422, "the request does not fit the routing policy",
-                       [{"loc": list(p.loc), "msg": p.msg} for p in e.problems]) from None
-    except Overloaded as e:
-        raise _unavailable(e) from None
+    send_load_check(state, request)
+    result = await submit_send(state, request, key, ttl)
     headers = {"Location": "/messages/" + result.message_id}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"

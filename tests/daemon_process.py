@@ -39,6 +39,26 @@ from urllib.parse import urlsplit
 STARTUP_RE = re.compile(r"listening on (http://\S+)")
 TERMINAL = ("delivered", "undeliverable", "expired")
 
+# One http provider, `slow`, at a stand-in's {url}; {grace}: the daemon's drain grace. The daemon
+# lifecycle tests run it on the SQLite store (test_daemon_process.py) and on PostgreSQL
+# (test_postgres_daemon.py).
+SLOW_CONFIG = """
+version = 1
+[daemon]
+grace = "{grace}"
+[timeouts]
+provider = "5s"
+channel = "20s"
+message = "60s"
+[providers.slow]
+type = "http"
+url = "{url}"
+[channels.email]
+providers = ["slow"]
+[routes.default]
+channels = ["email"]
+"""
+
 
 class DaemonError(AssertionError):
     """The daemon did not start, answer or stop as expected; the message holds its log tail."""

@@ -33,6 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
+from vendor_standins import serve_loopback
+
 AUTH_ERROR = "The provided authorization grant is invalid, expired, or revoked"
 UNVERIFIED = ("The from address does not match a verified Sender Identity. Mail cannot be sent until this "
               "error is resolved. Visit https://sendgrid.com/docs/for-developers/sending-email/sender-identity/ "
@@ -128,12 +130,7 @@ class SendgridStandin:
     async def start(self) -> "SendgridStandin":
         app = web.Application()
         app.router.add_post("/v3/mail/send", self._send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_loopback(app)
         return self
 
     async def close(self) -> None:

@@ -122,10 +122,11 @@ def test_headers_trickling_in_are_cut_at_header_timeout(timeouts: DaemonProcess)
     assert send_ok(d) == 202
 
 
-def test_a_body_trickling_in_is_answered_408_at_body_timeout_and_closed(timeouts: DaemonProcess) -> None:
+@pytest.mark.parametrize("path", ["/v1/send", "/send"])     # Courier's /send reads its body the same way
+def test_a_body_trickling_in_is_answered_408_at_body_timeout_and_closed(timeouts: DaemonProcess, path: str) -> None:
     d = timeouts
     body = b'{"message": {"to": {"email": "a@example.com"}, "content": {"body": "' + b"x" * 4000 + b'"}}}'
-    head = (b"POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
     with connect(d) as s:
         s.sendall(head)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_process import DaemonProcess, StandinLoop, serving, ts, wait_until
+from daemon_process import SLOW_CONFIG, DaemonProcess, StandinLoop, serving, ts, wait_until
 from provider_standin import sign
 
 TOKEN = "t0ken-for-tests"
@@ -289,24 +289,6 @@ def test_http_error_answers(world: tuple[DaemonProcess, dict[str, Any]]) -> None
 
 
 # --------------------------------------------------------------------------- lifecycle
-
-
-SLOW_CONFIG = """
-version = 1
-[daemon]
-grace = "{grace}"
-[timeouts]
-provider = "5s"
-channel = "20s"
-message = "60s"
-[providers.slow]
-type = "http"
-url = "{url}"
-[channels.email]
-providers = ["slow"]
-[routes.default]
-channels = ["email"]
-"""
 
 
 def test_sigkill_with_attempts_in_flight_then_restart_delivers_every_accepted_message(

@@ -13,30 +13,12 @@ from pathlib import Path
 
 import psycopg
 
-from daemon_process import DaemonProcess, StandinLoop, ts
-
-CONFIG = """
-version = 1
-[daemon]
-grace = "{grace}"
-[timeouts]
-provider = "5s"
-channel = "20s"
-message = "60s"
-[providers.slow]
-type = "http"
-url = "{url}"
-[channels.email]
-providers = ["slow"]
-[routes.default]
-channels = ["email"]
-"""
-
+from daemon_process import SLOW_CONFIG, DaemonProcess, StandinLoop, ts
 
 def test_send_deliver_idempotency_kill_and_resume_with_original_deadlines(
         tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
     s = standins.standin([{"status": 200}])
-    d = DaemonProcess(tmp_path, CONFIG.format(grace="1s", url=s.url), env={"ROUTINGD_STORE": pg_url})
+    d = DaemonProcess(tmp_path, SLOW_CONFIG.format(grace="1s", url=s.url), env={"ROUTINGD_STORE": pg_url})
     with d:
         first = d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1")
         d.wait_status(first, "delivered")
@@ -65,7 +47,7 @@ def test_send_deliver_idempotency_kill_and_resume_with_original_deadlines(
 def test_a_second_daemon_on_the_same_database_is_refused_with_one_line(
         tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
     s = standins.standin([{"status": 200}])
-    config = CONFIG.format(grace="1s", url=s.url)
+    config = SLOW_CONFIG.format(grace="1s", url=s.url)
     with DaemonProcess(tmp_path / "a", config, env={"ROUTINGD_STORE": pg_url}):
         second = DaemonProcess(tmp_path / "b", config, env={"ROUTINGD_STORE": pg_url})
         second.spawn()

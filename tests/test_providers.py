@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provider_standin import ProviderStandin  # noqa: E402
+from vendor_standins import serve_loopback  # noqa: E402
 
 from routingd.daemon.adapters import AdapterContext, AttemptRequest, build_adapter  # noqa: E402
 from routingd.daemon.core.engine import Outcome  # noqa: E402
@@ -251,14 +252,10 @@ def test_standin_posts_signed_receipts() -> None:
 
         app = web.Application()
         app.router.add_post("/v1/receipts/p", receipts)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, receiver = await serve_loopback(app)
         try:
             async with ProviderStandin([{"status": 202, "receipt": "delivered", "receipt_delay": 0.01}],
-                                       receipt_url=f"http://127.0.0.1:{port}/v1/receipts/p",
+                                       receipt_url=f"{receiver}/v1/receipts/p",
                                        receipt_secret="s3cret") as s:
                 session = make_http_session()
                 try:

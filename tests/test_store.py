@@ -6,6 +6,7 @@ tests/pg_cluster.py); the file-level ones (locks, schema upgrades, a refusing di
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -259,6 +260,33 @@ def test_idempotency_key_returns_first_id_until_the_ttl(b: Backend) -> None:
 
     run(main)
 
+
+
+def test_list_message_ids_pages_newest_first_and_filters_by_status_and_recipient(b: Backend) -> None:
+    async def main() -> None:
+        s = b.store()
+        await s.open()
+        tos = {"m1": {"email": "a@example.com"}, "m2": {"phone_number": "+15550001"},
+               "m3": {"user_id": "u1", "email": "b@example.com"}, "m4": {"email": "a@example.com"}}
+        for mid, to in tos.items():
+            row = msg(mid)
+            row.request = json.dumps({"message": {"to": to}})
+            await s.insert_message(row, 100.0, 1000.0)
+        s.finish("m1", "delivered", 1001.0, 1001.0)
+        await s.flush()
+        assert s.list_message_ids(None, 10) == ["m4", "m3", "m2", "m1"]
+        assert s.list_message_ids(None, 2) == ["m4", "m3"]
+        assert s.list_message_ids("m3", 10) == ["m2", "m1"]
+        assert s.list_message_ids(None, 10, status="delivered") == ["m1"]
+        assert s.list_message_ids(None, 10, recipient="a@example.com") == ["m4", "m1"]
+        assert s.list_message_ids(None, 10, recipient="+15550001") == ["m2"]
+        assert s.list_message_ids(None, 10, recipient="u1") == ["m3"]
+        assert s.list_message_ids(None, 10, recipient="b@example.com") == ["m3"]
+        assert s.list_message_ids(None, 10, status="pending", recipient="a@example.com") == ["m4"]
+        assert s.list_message_ids(None, 10, recipient="nobody") == []
+        await s.close()
+
+    run(main)
 
 def test_purge_drops_old_terminal_messages_and_expired_keys_only(b: Backend) -> None:
     async def main() -> None:

@@ -38,6 +38,16 @@ GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 
+async def serve_loopback(app: web.Application, **runner_kw: Any) -> tuple[web.AppRunner, str]:
+    """`app` served on 127.0.0.1 at a free port: its runner (to clean up) and its base URL."""
+    runner = web.AppRunner(app, access_log=None, **runner_kw)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
 @dataclass
 class Rec:
     path: str
@@ -90,12 +100,7 @@ class Standin:
     async def start(self) -> Standin:
         app = web.Application()
         self.routes(app)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_loopback(app, shutdown_timeout=1.0)
         return self
 
     async def close(self) -> None:

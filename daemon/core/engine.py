@@ -73,6 +73,11 @@ from .tree import (ATTEMPTING, AWAITING, BACKOFF, DONE, HELD, QUEUED, RANK_ATTEM
 # --------------------------------------------------------------------------- the machine
 
 
+def _moved(t: float | None, delta: float) -> float | None:
+    """An optional time on a time axis moved by `delta` (Delivery.rebase); None stays None."""
+    return None if t is None else t + delta
+
+
 class Delivery:
     """Routes one message through its plan. Create one per message (and per resume)."""
 
@@ -409,31 +414,23 @@ class Delivery:
         holds itself (next_wakeup is already moved)."""
         self.accepted_at += delta
         self.message_deadline += delta
-        if self.finished_at is not None:
-            self.finished_at += delta
-        if self.delivered_at is not None:
-            self.delivered_at += delta
+        self.finished_at = _moved(self.finished_at, delta)
+        self.delivered_at = _moved(self.delivered_at, delta)
         for rec in self.attempts.values():
             rec.started_at += delta
             rec.deadline += delta
-            if rec.ended_at is not None:
-                rec.ended_at += delta
-            if rec.receipt_deadline is not None:
-                rec.receipt_deadline += delta
+            rec.ended_at = _moved(rec.ended_at, delta)
+            rec.receipt_deadline = _moved(rec.receipt_deadline, delta)
         for ch in self._chans:
             ch.deadline += delta
         for run in self._tried:
-            if run.wake_at is not None:
-                run.wake_at += delta
-            if run.slow_at is not None:
-                run.slow_at += delta
+            run.wake_at = _moved(run.wake_at, delta)
+            run.slow_at = _moved(run.slow_at, delta)
         # The deadline heap moves as a whole: an entry is live only while it equals its node's
         # time, and a uniform shift keeps the heap ordered.
         self._due = [(t + delta, rank, pre, seq, node) for t, rank, pre, seq, node in self._due]
-        if self._want is not None:
-            self._want += delta
-        if self._timer is not None:
-            self._timer += delta
+        self._want = _moved(self._want, delta)
+        self._timer = _moved(self._timer, delta)
 
     def _hold(self, run: _Run, now: float) -> None:
         if run.tries == 0:

@@ -30,7 +30,7 @@ from typing import Any
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .redact import redact
-from .vendor import VendorAnswer, vendor_request
+from .vendor import VendorAnswer, accepted, vendor_request
 
 log = logging.getLogger("routingd.providers.fcm")
 
@@ -170,10 +170,7 @@ def outcome(answer: VendorAnswer) -> Outcome:
     body = answer.json()
     body = body if isinstance(body, dict) else {}
     if 200 <= answer.status < 300:
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            return Outcome(status=502, detail=f"fcm HTTP {answer.status} without a message name: {answer.text()}")
-        return Outcome(status=answer.status, provider_message_id=name)
+        return accepted(answer, "fcm", body.get("name"), "a message name")
     error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
     code = None
     for d in error.get("details") or ():

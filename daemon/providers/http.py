@@ -21,7 +21,7 @@ import asyncio
 import email.utils
 import json
 import time
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 
@@ -80,8 +80,6 @@ class HttpAdapter(ProviderAdapter):
 
     async def send(self, req: AttemptRequest) -> Outcome:
         session = self.ctx.http_session
-        if session is None:
-            return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
         headers = {**self.headers, "Idempotency-Key": req.idempotency_key}
         send_kw: dict[str, Any]
         if self.body is None:
@@ -97,19 +95,12 @@ class HttpAdapter(ProviderAdapter):
             send_kw = {"data": rendered}
             if not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=max(0.001, req.deadline_s) + _SAFETY_S)
-        try:
-            async with session.post(self.url, headers=headers, timeout=timeout, allow_redirects=False,
-                                    **send_kw) as resp:
-                body = await _read_body(resp)
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except asyncio.CancelledError:
-            raise
-        except asyncio.TimeoutError:
-            return Outcome(network=True, detail="no answer within the safety timeout")
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=describe_error(e, self.secrets))
+        answer = await bounded_request(session, "POST", self.url, deadline_s=req.deadline_s, secrets=self.secrets,
+                                       headers=headers, **send_kw)
+        if isinstance(answer, Outcome):
+            return answer
+        status, resp_headers, body = answer
+        retry_after = parse_retry_after(resp_headers.get("Retry-After"))
         detail = ""
         if not 200 <= status < 300:
             detail = f"HTTP {status}"
@@ -144,6 +135,31 @@ def body_variables(req: AttemptRequest) -> dict[str, Any]:
     return {"message_id": req.message_id, "attempt_id": req.attempt_id, "channel": req.channel,
             "provider": req.provider, "idempotency_key": req.idempotency_key, "to": req.to,
             "title": c.title, "text": c.text, "html": c.html, "content": req.content, "metadata": req.metadata}
+
+
+async def bounded_request(session: Any, method: str, url: str, *, deadline_s: float, secrets: Iterable[str] = (),
+                          describe: Callable[[BaseException], str] | None = None,
+                          no_answer: str = "no answer within the safety timeout",
+                          **kwargs: Any) -> tuple[int, Mapping[str, str], bytes] | Outcome:
+    """One request with no redirects, its body read up to _MAX_BODY: (status, headers, body), or
+    Outcome(network=True) when no answer came -- by the attempt deadline plus a safety timeout
+    (`no_answer`), or a refused or reset connection, a malformed answer or a truncated body
+    (`describe(e)`, by default redact.describe_error masking `secrets`). The one request path of
+    http and of the vendor adapters (sendgrid, ses; the others through vendor.vendor_request).
+    No session (the runtime has not started) is a network failure too."""
+    if session is None:
+        return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
+    timeout = aiohttp.ClientTimeout(total=max(0.001, deadline_s) + _SAFETY_S)
+    try:
+        async with session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs) as resp:
+            body = await _read_body(resp)
+            return resp.status, resp.headers, body
+    except asyncio.CancelledError:
+        raise
+    except asyncio.TimeoutError:
+        return Outcome(network=True, detail=no_answer)
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        return Outcome(network=True, detail=describe(e) if describe is not None else describe_error(e, secrets))
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

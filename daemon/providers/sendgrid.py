@@ -14,18 +14,15 @@ errors[].message and field, with any URL cut to its host.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
-import aiohttp
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
-from .http import _SAFETY_S, _read_body, parse_retry_after
-from .redact import describe_error
+from .http import bounded_request, parse_retry_after
 
 
 class SendgridAdapter(ProviderAdapter):
@@ -52,22 +49,12 @@ class SendgridAdapter(ProviderAdapter):
         if isinstance(to, Outcome):
             return to
         session = self.ctx.http_session
-        if session is None:
-            return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
-        timeout = aiohttp.ClientTimeout(total=max(0.001, req.deadline_s) + _SAFETY_S)
         data = json.dumps(self.body(req, to), ensure_ascii=False).encode()
-        try:
-            async with session.post(self.url, data=data, headers=self.headers, timeout=timeout,
-                                    allow_redirects=False) as resp:
-                raw = await _read_body(resp)
-                status = resp.status
-                headers = resp.headers
-        except asyncio.CancelledError:
-            raise
-        except asyncio.TimeoutError:
-            return Outcome(network=True, detail="no answer within the safety timeout")
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=describe_error(e))
+        answer = await bounded_request(session, "POST", self.url, deadline_s=req.deadline_s, data=data,
+                                       headers=self.headers)
+        if isinstance(answer, Outcome):
+            return answer
+        status, headers, raw = answer
         if 200 <= status < 300:
             return Outcome(status=status, provider_message_id=headers.get("X-Message-Id") or None)
         retry_after = None

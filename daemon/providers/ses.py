@@ -24,7 +24,6 @@ import json
 import logging
 from typing import Any
 
-import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -32,7 +31,7 @@ from botocore.credentials import Credentials
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
-from .http import _SAFETY_S, _read_body, parse_retry_after
+from .http import bounded_request, parse_retry_after
 from .redact import describe_error
 
 log = logging.getLogger("routingd.providers.ses")
@@ -106,20 +105,13 @@ class SesAdapter(ProviderAdapter):
         data = json.dumps(self.body(req, to), ensure_ascii=False).encode()
         signed = AWSRequest(method="POST", url=self.url, data=data, headers={"Content-Type": "application/json"})
         SigV4Auth(creds, "ses", self.region).add_auth(signed)
-        timeout = aiohttp.ClientTimeout(total=max(0.001, req.deadline_s) + _SAFETY_S)
-        try:
-            async with session.post(self.url, data=data, headers=dict(signed.headers.items()), timeout=timeout,
-                                    allow_redirects=False) as resp:
-                raw = await _read_body(resp)
-                status = resp.status
-                error_type = resp.headers.get("x-amzn-ErrorType")
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except asyncio.CancelledError:
-            raise
-        except asyncio.TimeoutError:
-            return Outcome(network=True, detail="no answer within the safety timeout")
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            return Outcome(network=True, detail=describe_error(e))
+        answer = await bounded_request(session, "POST", self.url, deadline_s=req.deadline_s, data=data,
+                                       headers=dict(signed.headers.items()))
+        if isinstance(answer, Outcome):
+            return answer
+        status, headers, raw = answer
+        error_type = headers.get("x-amzn-ErrorType")
+        retry_after = parse_retry_after(headers.get("Retry-After"))
         doc = _json(raw)
         if 200 <= status < 300:
             message_id = doc.get("MessageId") if isinstance(doc, dict) else None

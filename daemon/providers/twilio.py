@@ -18,7 +18,7 @@ from typing import Any
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
-from .vendor import VendorAnswer, vendor_request
+from .vendor import VendorAnswer, accepted, vendor_request
 
 # Twilio error code -> the status routingd classifies (failover.on); codes not listed keep the
 # HTTP status Twilio answered with.
@@ -81,11 +81,7 @@ def outcome(answer: VendorAnswer) -> Outcome:
     body = answer.json()
     body = body if isinstance(body, dict) else {}
     if 200 <= answer.status < 300:
-        sid = body.get("sid")
-        if not isinstance(sid, str) or not sid:
-            # a 2xx without a Message resource is not Twilio's answer (a proxy's?): not sent
-            return Outcome(status=502, detail=f"twilio HTTP {answer.status} without a message sid: {answer.text()}")
-        return Outcome(status=answer.status, provider_message_id=sid)
+        return accepted(answer, "twilio", body.get("sid"), "a message sid")
     code = body.get("code")
     message = body.get("message") or answer.text()
     status = answer.status

@@ -15,19 +15,14 @@ what every module does the same way lives here:
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from ..core.engine import Outcome
-from .http import _read_body, parse_retry_after
+from .http import bounded_request, parse_retry_after
 from .redact import config_secrets, redact
-
-_SAFETY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +45,13 @@ class VendorAnswer:
     def text(self, limit: int = 200) -> str:
         return " ".join(self.body[:limit].decode("utf-8", "replace").split())
 
+
+def accepted(answer: VendorAnswer, vendor: str, message_id: Any, what: str) -> Outcome:
+    """A 2xx answer carrying the vendor's id for the message (`what` names it) as sent; a 2xx
+    without one is not the vendor's answer (a proxy's?): a 502, not sent."""
+    if not isinstance(message_id, str) or not message_id:
+        return Outcome(status=502, detail=f"{vendor} HTTP {answer.status} without {what}: {answer.text()}")
+    return Outcome(status=answer.status, provider_message_id=message_id)
 
 def origin(url: str) -> str:
     """scheme://host[:port] of a URL: what a detail or a log line may say about where it went."""
@@ -77,20 +79,15 @@ async def vendor_request(session: Any, method: str, url: str, *, deadline_s: flo
                          **kwargs: Any) -> VendorAnswer | Outcome:
     """One request with no redirects, its body read up to a bound; a failure to get an answer is
     Outcome(network=True) with a scrubbed description (never the URL's path)."""
-    if session is None:
-        return Outcome(network=True, detail="no HTTP client session (the runtime has not started)")
-    timeout = aiohttp.ClientTimeout(total=max(0.001, deadline_s) + _SAFETY_S)
-    try:
-        async with session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs) as resp:
-            body = await _read_body(resp)
-            return VendorAnswer(resp.status, resp.headers, body)
-    except asyncio.CancelledError:
-        raise
-    except asyncio.TimeoutError:
-        return Outcome(network=True, detail=f"no answer from {origin(url)} within the safety timeout")
-    except (aiohttp.ClientError, OSError, ValueError) as e:
+
+    def describe(e: BaseException) -> str:
         text = " ".join(str(e).split())
         # aiohttp names the whole URL in some errors (InvalidURL): never let a path through
-        return Outcome(network=True, detail=redact(f"{origin(url)}: {type(e).__name__}: {text}" if text
-                                                   else f"{origin(url)}: {type(e).__name__}",
-                                                   [*secret_parts(url), *secrets]))
+        return redact(f"{origin(url)}: {type(e).__name__}: {text}" if text else f"{origin(url)}: {type(e).__name__}",
+                      [*secret_parts(url), *secrets])
+
+    answer = await bounded_request(session, method, url, deadline_s=deadline_s, describe=describe,
+                                   no_answer=f"no answer from {origin(url)} within the safety timeout", **kwargs)
+    if isinstance(answer, Outcome):
+        return answer
+    return VendorAnswer(*answer)

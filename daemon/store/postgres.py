@@ -42,9 +42,8 @@ import psycopg
 
 from .interface import StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sqlite import (_ATT_READ, _ATTEMPT as _ATTEMPT_KIND, _EVENT, _EVENTS, _FINISH, _FLUSH, _INSERT, _MARK, _MSG_COLS,
-                     _ROWS, _RUN, _SQL_ATTEMPT, _SQL_FINISH, _SQL_INSERT, _SQL_RUN, _SQL_VENDOR_ID, _VENDOR_ID,
-                     _Item, _encode, Store)
+from .sqlite import (_ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _Item, _Writes, _apply, _list_query, _update_sql,
+                     Store)
 
 log = logging.getLogger("routingd.store")
 
@@ -108,6 +107,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+_RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
+                  "request::jsonb #>> '{message,to,phone_number}'")
 _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET message_id = excluded.message_id, created_at = excluded.created_at "
@@ -182,62 +183,23 @@ def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
     return StoreError(path, f"cannot {doing}: {text}")
 
 
-def _apply(conn: _Conn, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
-           ends: list[int] | None) -> list[Any]:
-    """sqlite._apply for PostgreSQL: the queued items inside the caller's transaction, rows
-    gathered per statement (message inserts, attempt upserts, events, message updates, each in
-    queue order) and written with one executemany each; a closure or a keyed insert first
-    writes what was gathered."""
-    values: list[Any] = []
-    inserts: list[tuple[Any, ...]] = []
-    attempts: list[tuple[Any, ...]] = []
-    events: list[tuple[int, Any]] = []
-    updates: list[tuple[int, tuple[Any, ...]]] = []
+class _PgWrites(_Writes):
+    """sqlite._apply's writes for PostgreSQL: one executemany per gathered statement, and a keyed
+    insert that claims its key by the constraint."""
 
-    def write_gathered() -> None:
-        if inserts:
-            conn.executemany(_SQL_INSERT, inserts)
-            inserts.clear()
-        if attempts:
-            merged: dict[str, tuple[Any, ...]] = {}     # one row per attempt (see sqlite._apply)
-            for a in attempts:
-                prev = merged.get(a[0])
-                if prev is not None and a[10] is None and prev[10] is not None:
-                    a = a[:10] + (prev[10],)
-                merged[a[0]] = a
-            conn.executemany(_SQL_ATTEMPT, list(merged.values()))
-            attempts.clear()
-        if events:
-            groups: dict[str, list[list[Any]]] = {}
-            for k, e in events:
-                if k == _EVENT:
-                    m, t, at, d = e
-                    groups.setdefault(m, []).append([t, at, d])
-                else:
-                    m, evs = e
-                    groups.setdefault(m, []).extend([ev.type, ev.at, ev.data] for ev in evs)
-            conn.executemany(_SQL_EVENT_LOG, [(m, _encode(g)) for m, g in groups.items()])
-            events.clear()
-        if updates:
-            i = 0
-            while i < len(updates):
-                kind = updates[i][0]
-                j = i
-                while j < len(updates) and updates[j][0] == kind:
-                    j += 1
-                sql = _SQL_FINISH if kind == _FINISH else _SQL_VENDOR_ID if kind == _VENDOR_ID else _SQL_RUN
-                conn.executemany(sql, [u[1] for u in updates[i:j]])
-                i = j
-            updates.clear()
+    def messages(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_SQL_INSERT, rows)
 
-    def insert(payload: tuple[Any, ...]) -> str | None:
-        row, not_before, now, ahead = payload
-        if row[9] is None:
-            inserts.append(row)
-            if ahead:
-                attempts.extend(ahead)
-            return None
-        write_gathered()
+    def attempts(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_SQL_ATTEMPT, rows)
+
+    def events(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_SQL_EVENT_LOG, rows)
+
+    def updates(self, conn: Any, kind: int, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_update_sql(kind), rows)
+
+    def insert_keyed(self, conn: Any, row: tuple[Any, ...], not_before: float, now: float) -> str | None:
         # The key is claimed by the constraint (a live key elsewhere makes the upsert do nothing;
         # an expired one is taken over), never by a check and then an insert.
         got = conn.execute(_SQL_KEY, (row[9], row[0], now, not_before)).fetchone()
@@ -247,44 +209,10 @@ def _apply(conn: _Conn, items: list[_Item], extra: list[tuple[asyncio.Future[Any
                 raise psycopg.errors.SerializationFailure("idempotency key changed under the insert; retried")
             return str(hit[0])
         conn.execute(_SQL_INSERT, row)
-        if ahead:
-            attempts.extend(ahead)
         return None
 
-    for kind, payload, _fut in items:
-        value = None
-        if kind == _ROWS:
-            for k, row in payload:
-                if k == _EVENT or k == _EVENTS:
-                    events.append((k, row))
-                elif k == _ATTEMPT_KIND:
-                    attempts.append(row)
-                elif k == _INSERT:
-                    v = insert(row[0])
-                    if row[1] is not None:
-                        extra.append((row[1], v))
-                elif k == _MARK:
-                    extra.append((row, None))
-                else:
-                    updates.append((k, row))
-        elif kind == _EVENT or kind == _EVENTS:
-            events.append((kind, payload))
-        elif kind == _ATTEMPT_KIND:
-            attempts.append(payload)
-        elif kind == _INSERT:
-            value = insert(payload)
-        elif kind == _FINISH or kind == _RUN or kind == _VENDOR_ID:
-            updates.append((kind, payload))
-        elif kind == _MARK or kind == _FLUSH:
-            pass
-        else:
-            write_gathered()
-            value = payload(conn)
-        values.append(value)
-        if ends is not None:
-            ends.append(len(extra))
-    write_gathered()
-    return values
+
+_PG_WRITES = _PgWrites()
 
 
 class PgStore(Store):
@@ -371,7 +299,7 @@ class PgStore(Store):
 
     def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
                      ends: list[int] | None) -> list[Any]:
-        return _apply(conn, items, extra, ends)
+        return _apply(conn, items, extra, ends, _PG_WRITES)
 
     def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
         return _explain(self.path, exc, doing)
@@ -497,20 +425,7 @@ class PgStore(Store):
 
     def list_message_ids(self, before: str | None, limit: int, status: str | None = None,
                          recipient: str | None = None) -> list[str]:
-        sql = "SELECT id FROM messages WHERE true"
-        args: list[Any] = []
-        if before is not None:
-            sql += " AND id < ?"
-            args.append(before)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if recipient is not None:
-            sql += (" AND ? IN (request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}',"
-                    " request::jsonb #>> '{message,to,phone_number}')")
-            args.append(recipient)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = _list_query(before, limit, status, recipient, _RECIPIENT_SQL)
         return [str(r[0]) for r in self._select(sql, tuple(args), "list messages")]
 
     def counts(self) -> dict[str, int]:

@@ -345,15 +345,70 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
     return None
 
 
-def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[asyncio.Future, Any]],
-           ends: list[int] | None = None) -> list[Any]:
+# list_message_ids' recipient filter: the request's to.user_id, to.email or to.phone_number
+_RECIPIENT_SQL = ("json_extract(request, '$.message.to.user_id'), json_extract(request, '$.message.to.email'), "
+                  "json_extract(request, '$.message.to.phone_number')")
+
+
+def _list_query(before: str | None, limit: int, status: str | None, recipient: str | None,
+                recipient_sql: str) -> tuple[str, list[Any]]:
+    """list_message_ids' statement and arguments, for both stores (`recipient_sql`: the three
+    request fields a recipient is looked for in, in the store's SQL)."""
+    sql = "SELECT id FROM messages WHERE 1 = 1"
+    args: list[Any] = []
+    if before is not None:
+        sql += " AND id < ?"
+        args.append(before)
+    if status is not None:
+        sql += " AND status = ?"
+        args.append(status)
+    if recipient is not None:
+        sql += f" AND ? IN ({recipient_sql})"
+        args.append(recipient)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    return sql, args
+
+class _Writes:
+    """How a store writes what _apply gathered: SQLite with multi-row statements (docs/performance.md);
+    postgres._PgWrites overrides each method, so that both stores share one gathering loop."""
+
+    def messages(self, conn: Any, rows: list[tuple]) -> None:
+        _write_messages(conn, rows)
+
+    def attempts(self, conn: Any, rows: list[tuple]) -> None:
+        _write_attempts(conn, rows)
+
+    def events(self, conn: Any, rows: list[tuple]) -> None:
+        _multi(conn, _EVENT, rows)
+
+    def updates(self, conn: Any, kind: int, rows: list[tuple]) -> None:
+        if kind == _FINISH and len({r[3] for r in rows}) == len(rows):
+            _multi(conn, _FINISH, rows)
+        else:
+            conn.executemany(_update_sql(kind), rows)
+
+    def insert_keyed(self, conn: Any, row: tuple, not_before: float, now: float) -> str | None:
+        return _insert_keyed(conn, row, not_before, now)
+
+
+def _update_sql(kind: int) -> str:
+    return _SQL_FINISH if kind == _FINISH else _SQL_VENDOR_ID if kind == _VENDOR_ID else _SQL_RUN
+
+
+_SQLITE_WRITES = _Writes()
+
+
+def _apply(conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future, Any]],
+           ends: list[int] | None = None, writes: _Writes = _SQLITE_WRITES) -> list[Any]:
     """Run queued items inside the caller's transaction; one result per item, and (future,
     result) in `extra` for the message inserts and marks that came inside a _ROWS item (`ends`:
     len(extra) after each item, so that the futures can be resolved in queue order).
 
-    Rows are gathered per statement and written with multi-row statements: message inserts first,
-    then attempt upserts, events, and message updates (each in queue order). A closure (or a keyed
-    insert, which must see every earlier key) first writes what was gathered, then runs."""
+    Rows are gathered per statement and written (`writes`: how this store writes them) in order:
+    message inserts first, then attempt upserts, events, and message updates (each in queue
+    order). A closure (or a keyed insert, which must see every earlier key) first writes what
+    was gathered, then runs."""
     values: list[Any] = []
     inserts: list[tuple] = []
     attempts: list[tuple] = []
@@ -362,7 +417,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
 
     def write_gathered() -> None:
         if inserts:
-            _write_messages(conn, inserts)
+            writes.messages(conn, inserts)
             inserts.clear()
         if attempts:
             # An attempt that started and ended within one batch is one row: the last state, with
@@ -373,7 +428,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                 if prev is not None and a[_A_DETAIL] is None and prev[_A_DETAIL] is not None:
                     a = a[:_A_DETAIL] + (prev[_A_DETAIL],)
                 merged[a[_A_ID]] = a
-            _write_attempts(conn, list(merged.values()))
+            writes.attempts(conn, list(merged.values()))
             attempts.clear()
         if events:
             groups: dict[str, list[list[Any]]] = {}     # per message, in queue order
@@ -390,7 +445,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                     if g is None:
                         g = groups[m] = []
                     g.extend([ev.type, ev.at, ev.data] for ev in evs)
-            _multi(conn, _EVENT, [(m, _encode(g)) for m, g in groups.items()])
+            writes.events(conn, [(m, _encode(g)) for m, g in groups.items()])
             events.clear()
         if updates:
             i = 0
@@ -399,12 +454,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                 j = i
                 while j < len(updates) and updates[j][0] == kind:
                     j += 1
-                rows = [u[1] for u in updates[i:j]]
-                if kind == _FINISH and len({r[3] for r in rows}) == len(rows):
-                    _multi(conn, _FINISH, rows)
-                else:
-                    sql = _SQL_FINISH if kind == _FINISH else _SQL_VENDOR_ID if kind == _VENDOR_ID else _SQL_RUN
-                    conn.executemany(sql, rows)
+                writes.updates(conn, kind, [u[1] for u in updates[i:j]])
                 i = j
             updates.clear()
 
@@ -416,7 +466,7 @@ def _apply(conn: sqlite3.Connection, items: list[_Item], extra: list[tuple[async
                 attempts.extend(ahead)
             return None
         write_gathered()             # a keyed insert must see every key written before it
-        earlier = _insert_keyed(conn, row, not_before, now)
+        earlier = writes.insert_keyed(conn, row, not_before, now)
         if earlier is None and ahead:   # an idempotent replay stores nothing, its attempts neither
             attempts.extend(ahead)
         return earlier
@@ -1045,20 +1095,7 @@ class Store:
         """Ids of committed messages, newest first (ids begin with their acceptance time), those
         older than the id `before` (a page's cursor); `status` and `recipient` (the request's
         to.user_id, to.email or to.phone_number) filter them. Reads on the calling thread."""
-        sql = "SELECT id FROM messages WHERE 1 = 1"
-        args: list[Any] = []
-        if before is not None:
-            sql += " AND id < ?"
-            args.append(before)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if recipient is not None:
-            sql += (" AND ? IN (json_extract(request, '$.message.to.user_id'),"
-                    " json_extract(request, '$.message.to.email'), json_extract(request, '$.message.to.phone_number'))")
-            args.append(recipient)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = _list_query(before, limit, status, recipient, _RECIPIENT_SQL)
         try:
             return [str(r[0]) for r in self._read().execute(sql, args)]
         except sqlite3.Error as e:
