@@ -91,6 +91,21 @@ def awaiting_receipt(d: DaemonProcess, mid: str) -> dict[str, Any]:
     return d.status(mid)
 
 
+def delivered_committed(d: DaemonProcess, mid: str) -> None:
+    """Wait until an attempt of the message is stored `delivered`: the status endpoint shows the
+    delivery from memory a moment before its row is committed, and a SIGKILL in between rightly
+    forgets it (the channel then runs again)."""
+    def committed() -> bool:
+        conn = sqlite3.connect(f"file:{d.state_path}?mode=ro", uri=True)
+        try:
+            return bool(conn.execute("SELECT 1 FROM attempts WHERE message_id = ? AND outcome = 'delivered'",
+                                     (mid,)).fetchone())
+        finally:
+            conn.close()
+
+    wait_until(committed, timeout=15, what="the delivered attempt committed")
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_an_attempt_awaiting_its_receipt_survives_a_restart(tmp_path: Path, standins: StandinLoop,
                                                            how: str) -> None:
@@ -184,6 +199,7 @@ def test_a_fanout_resumed_past_its_deadline_ends_delivered(tmp_path: Path, stand
     with DaemonProcess(tmp_path, FANOUT_CONFIG.format(mail=mail.url, sms=sms.url, message="3s")) as d:
         mid = d.send({"to": TO})
         wait_until(lambda: events(d.status(mid), "channel_finished"), timeout=15, what="email delivered")
+        delivered_committed(d, mid)
         deadline = ts(d.status(mid)["message_deadline"])
         d.kill()
         wait_until(lambda: time.time() > deadline + 0.1, timeout=15, what="the message deadline to pass")
