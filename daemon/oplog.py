@@ -2,7 +2,9 @@
 
     OutageLog(router)            an event listener (Router.add_event_listener): a breaker opening
                                  is one WARNING line (provider, why, for how long); its half-open
-                                 probe, a failed probe and its closing are INFO lines
+                                 probe, a failed probe and its closing are INFO lines; a message
+                                 that ends undeliverable or expired is one WARNING line (its
+                                 route and its last failure) on logger routingd.messages
     policy_changes(old, new)     what a reload changed: "providers changed: ses; routes added: x"
     configure_logging(level, fmt="text")   stderr handler: "text" (one line per record) or "json"
                                  (one JSON object per line); under journald (JOURNAL_STREAM names
@@ -22,9 +24,13 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 log = logging.getLogger("routingd.providers")
+msg_log = logging.getLogger("routingd.messages")
+_FAILED_ENDS = frozenset({"undeliverable", "expired"})
+_LAST_FAILURES = 100_000        # messages whose last failure is remembered for their end line, at most
 
 _OK = frozenset({"delivered", "accepted"})
 
@@ -45,6 +51,7 @@ class OutageLog:
         self._opened_at: dict[str, float] = {}      # provider -> when its breaker opened
         self._probe: dict[str, str] = {}            # provider -> attempt id of its probe
         self._last: dict[str, str] = {}             # provider -> its last failed outcome
+        self._msg_last: OrderedDict[str, str] = OrderedDict()   # message -> "provider: why" of its last failure
 
     def _breaker(self, provider: str) -> tuple[int | None, float | None]:
         """(failures, cooldown seconds) of the provider in the current policy, if known."""
@@ -58,6 +65,9 @@ class OutageLog:
 
     def __call__(self, message_id: str, event: Any) -> None:
         type_ = event.type
+        if type_ == "finished":
+            self._finished(message_id, event)
+            return
         if type_ not in ("attempt_ended", "attempt_started", "breaker_opened", "breaker_closed"):
             return
         data = event.data
@@ -66,6 +76,11 @@ class OutageLog:
             outcome = data.get("outcome")
             if outcome not in _OK:
                 self._last[provider] = _why(data)
+                if outcome != "cancelled":
+                    self._msg_last[message_id] = f"{provider}: {self._last[provider]}"
+                    self._msg_last.move_to_end(message_id)
+                    if len(self._msg_last) > _LAST_FAILURES:
+                        self._msg_last.popitem(last=False)
             if self._probe.get(provider) == data.get("attempt_id"):
                 del self._probe[provider]
                 if outcome not in _OK:
@@ -94,6 +109,18 @@ class OutageLog:
             self._last.pop(provider, None)
             log.info("provider %s: breaker closed%s; back in rotation", provider,
                      f" after {event.at - opened:.1f}s open" if opened is not None else "")
+
+
+    def _finished(self, message_id: str, event: Any) -> None:
+        """A message that ends without a delivery is one WARNING line: what an operator needs to
+        find it (its id, for GET /v1/messages/ID) and why, without reading its history."""
+        last = self._msg_last.pop(message_id, None)
+        status = event.data.get("status")
+        if status not in _FAILED_ENDS:
+            return
+        why = "its message deadline passed" if status == "expired" else "every option was tried"
+        msg_log.warning("message %s ended %s: %s%s", message_id, status, why,
+                        f"; last failure: {last}" if last else "; no attempt was made")
 
 
 # --------------------------------------------------------------------------- reloads

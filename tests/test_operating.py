@@ -77,6 +77,26 @@ def test_an_outage_is_visible_in_the_log_with_its_levels(tmp_path: Path) -> None
         assert not lines(d, r" (WARNING|ERROR) ") or all("breaker OPEN" in ln for ln in lines(d, r" (WARNING|ERROR) "))
 
 
+def test_a_message_that_ends_undeliverable_is_one_warning_line_with_its_last_failure(tmp_path: Path) -> None:
+    text = CONFIG.format(fail="error", daemon_extra="").replace(
+        '[providers.backup]\ntype = "sandbox"\nlatency = "1ms"\n',
+        '[providers.backup]\ntype = "sandbox"\nlatency = "1ms"\nfail = "error"\nbreaker = false\n')
+    assert 'fail = "error"\nbreaker = false' in text
+    with serving(DaemonProcess(tmp_path, text)) as d:
+        mid = d.send({"to": {"email": "a@example.com"}})
+        d.wait_status(mid, "undeliverable")
+        wait_until(lambda: lines(d, rf"message {mid} ended"), what="the message's end line")
+        (line,) = lines(d, rf"message {mid} ended")
+        assert " WARNING routingd.messages: " in line, line
+        assert f"message {mid} ended undeliverable: every option was tried; last failure: backup: failed 5" in line, line
+        ok = d.send({"to": {"email": "a@example.com"}})
+        d.write_config(config("none"))
+        wait_until(lambda: lines(d, r"now serving policy"), what="the reload line")
+        ok = d.send({"to": {"email": "a@example.com"}})
+        d.wait_status(ok, "delivered")
+        assert not lines(d, rf"message {ok} ended"), "a delivered message has no end line"
+
+
 def test_log_format_json_is_one_object_per_line(tmp_path: Path) -> None:
     with serving(DaemonProcess(tmp_path, config("error", 'log_format = "json"'))) as d:
         send_until(d, r"breaker OPEN", "the breaker-open line")
