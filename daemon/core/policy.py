@@ -689,13 +689,19 @@ def bare_millisecond_warnings(raw: Any, model: Any = None, loc: tuple = (), path
     return out
 
 
+def _model_fields(cls: Any) -> dict[str, Any]:
+    """A pydantic model class's fields (typed Any: in the compiled core's build, where pydantic is
+    not installed, mypy cannot see that the class is a BaseModel)."""
+    return dict(cls.model_fields)
+
+
 def _is_duration(model: Any, loc: tuple) -> bool:
     import typing
 
     parent = _keys_at(model, loc[:-1], want_model=True)
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
         return False
-    field = next((f for n, f in parent.model_fields.items() if loc[-1] in (n, f.alias)), None)
+    field = next((f for n, f in _model_fields(parent).items() if loc[-1] in (n, f.alias)), None)
     if field is None:
         return False
     todo: list[Any] = [*field.metadata, field.annotation]
@@ -766,9 +772,9 @@ def _keys_at(model: Any, loc: tuple, want_model: bool = False) -> Any:
             t, i = typing.get_args(t)[0], i + 1
         elif isinstance(t, type) and issubclass(t, BaseModel):
             if i >= len(loc):
-                return t if want_model else [f.alias or n for n, f in t.model_fields.items()]
+                return t if want_model else [f.alias or n for n, f in _model_fields(t).items()]
             name = loc[i]
-            field = next((f for n, f in t.model_fields.items() if name in (n, f.alias)), None)
+            field = next((f for n, f in _model_fields(t).items() if name in (n, f.alias)), None)
             if field is None:
                 return None
             t, i = field.annotation, i + 1
