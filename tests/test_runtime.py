@@ -334,7 +334,9 @@ def test_a_sandbox_attempt_is_answered_only_once_its_attempt_row_is_committed(tm
     call, but its call waits for its row, and the row for the write lock."""
     db = tmp_path / "state.db"
     text = policy_text('[providers.s1]\ntype = "sandbox"\nfail = "hang"\ntimeout = "1s"\n'
-                       '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
+                       # s2's timeout is long: however slow the machine, its call (held back by
+                       # the lock) is answered before its deadline
+                       '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\ntimeout = "60s"\n',
                        '[channels.email]\nproviders = ["s1", "s2"]\n', 'channels = ["email"]')
 
     async def main() -> None:
