@@ -19,6 +19,7 @@ started on it meanwhile is the half-open probe.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ log = logging.getLogger("routingd.providers")
 msg_log = logging.getLogger("routingd.messages")
 _FAILED_ENDS = frozenset({"undeliverable", "expired"})
 _LAST_FAILURES = 100_000        # messages whose last failure is remembered for their end line, at most
+_END_LINES = 10                 # end lines per window; past them the ends are counted, then summarised
+_END_WINDOW_S = 60.0
 
 _OK = frozenset({"delivered", "accepted"})
 
@@ -46,8 +49,14 @@ def _why(data: dict[str, Any]) -> str:
 class OutageLog:
     """Router event listener: breaker transitions as log lines (see the module docstring)."""
 
-    def __init__(self, router: Any) -> None:
+    def __init__(self, router: Any, end_lines: int = _END_LINES, end_window_s: float = _END_WINDOW_S) -> None:
         self.router = router
+        # Under load one line per failed message would drown the log: the first `end_lines` of a
+        # window get their own line, the rest are counted and summarised when the window closes.
+        self._end_lines, self._end_window_s = end_lines, end_window_s
+        self._window_lines = 0
+        self._window_open = False
+        self._suppressed: dict[str, int] = {}
         self._opened_at: dict[str, float] = {}      # provider -> when its breaker opened
         self._probe: dict[str, str] = {}            # provider -> attempt id of its probe
         self._last: dict[str, str] = {}             # provider -> its last failed outcome
@@ -113,14 +122,32 @@ class OutageLog:
 
     def _finished(self, message_id: str, event: Any) -> None:
         """A message that ends without a delivery is one WARNING line: what an operator needs to
-        find it (its id, for GET /v1/messages/ID) and why, without reading its history."""
+        find it (its id, for GET /v1/messages/ID) and why, without reading its history -- up to
+        `end_lines` a window; the others of the window are counted in one summary line."""
         last = self._msg_last.pop(message_id, None)
-        status = event.data.get("status")
+        status = str(event.data.get("status"))
         if status not in _FAILED_ENDS:
             return
+        if not self._window_open:
+            self._window_open = True
+            asyncio.get_running_loop().call_later(self._end_window_s, self._close_window)
+        if self._window_lines >= self._end_lines:
+            self._suppressed[status] = self._suppressed.get(status, 0) + 1
+            return
+        self._window_lines += 1
         why = "its message deadline passed" if status == "expired" else "every option was tried"
         msg_log.warning("message %s ended %s: %s%s", message_id, status, why,
                         f"; last failure: {last}" if last else "; no attempt was made")
+
+    def _close_window(self) -> None:
+        if self._suppressed:
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(self._suppressed.items()))
+            msg_log.warning("%s more message(s) ended without a delivery in the last %gs (%s), past the %d "
+                            "logged one by one; routingd_messages_finished_total counts them all",
+                            sum(self._suppressed.values()), self._end_window_s, counts, self._end_lines)
+        self._suppressed = {}
+        self._window_lines = 0
+        self._window_open = False
 
 
 # --------------------------------------------------------------------------- reloads

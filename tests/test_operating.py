@@ -97,6 +97,33 @@ def test_a_message_that_ends_undeliverable_is_one_warning_line_with_its_last_fai
         assert not lines(d, rf"message {ok} ended"), "a delivered message has no end line"
 
 
+def test_under_load_the_end_lines_are_summarised_not_one_each(caplog: pytest.LogCaptureFixture) -> None:
+    """Past `end_lines` failed ends in a window, the rest are counted and summed up in one line
+    when the window closes (a real OutageLog fed the engine's events on a real loop)."""
+    import asyncio
+    import logging
+
+    from routingd.daemon.core.engine import Event
+    from routingd.daemon.oplog import OutageLog
+
+    async def main() -> None:
+        ended = asyncio.Event()
+        listen = OutageLog(router=None, end_lines=3, end_window_s=0.2)
+        for i in range(8):
+            listen(f"m{i}", Event("finished", 1.0, {"status": "undeliverable" if i % 2 else "expired"}))
+        listen("ok", Event("finished", 1.0, {"status": "delivered"}))
+        asyncio.get_running_loop().call_later(0.3, ended.set)
+        await asyncio.wait_for(ended.wait(), 5)
+
+    with caplog.at_level(logging.WARNING, logger="routingd.messages"):
+        asyncio.run(main())
+    got = [r.getMessage() for r in caplog.records if r.name == "routingd.messages"]
+    assert [g.split(" ended ")[0] for g in got[:3]] == ["message m0", "message m1", "message m2"], got
+    assert len(got) == 4, got
+    assert got[3].startswith("5 more message(s) ended without a delivery in the last 0.2s (2 expired, "
+                             "3 undeliverable)"), got[3]
+
+
 def test_log_format_json_is_one_object_per_line(tmp_path: Path) -> None:
     with serving(DaemonProcess(tmp_path, config("error", 'log_format = "json"'))) as d:
         send_until(d, r"breaker OPEN", "the breaker-open line")
