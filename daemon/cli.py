@@ -444,6 +444,22 @@ def build_parser(load_delegate: str | None = None) -> argparse.ArgumentParser:
     add_try_arguments(p)
     p.set_defaults(func=cmd_try)
 
+    from .remote_cli import add_remote_arguments, providers_command, status_command
+    p = sub.add_parser("status", help="a running daemon's policy and readiness, or one message's attempts",
+                       description="Ask a running daemon (GET /v1/config and /readyz, or "
+                                   "/v1/messages/MESSAGE_ID) and print the answer. Exit 1 when it "
+                                   "cannot be reached, refuses the token or knows no such message.")
+    p.add_argument("message_id", nargs="?", metavar="MESSAGE_ID", help="a message id from a send's 202")
+    add_remote_arguments(p)
+    p.set_defaults(func=status_command)
+
+    p = sub.add_parser("providers", help="a running daemon's providers: breaker, drained, recent rates",
+                       description="Ask a running daemon (GET /v1/providers) and print each provider's "
+                                   "breaker state, whether it is drained, and its recent outcomes and "
+                                   "latency. Exit 1 when it cannot be reached or refuses the token.")
+    add_remote_arguments(p)
+    p.set_defaults(func=providers_command)
+
     d_sim = DELEGATES[1]
     _add_delegate(sub, d_sim, load_delegate == d_sim.name)
     return parser
