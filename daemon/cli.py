@@ -247,8 +247,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             for p in e.problems:
                 _err(f"{args.message}: {p.key_path}: {p.msg}")
             return EXIT_INVALID
+    from .explain import add_limits, outbound_limits
+    limits = outbound_limits(policy)
     if args.json:
         doc = plan.to_json()
+        add_limits(doc, limits)
         if request is not None:     # what the text marks SKIPPED
             from .explain import skipped_channels
             doc["skipped"] = skipped_channels(plan.items, dict(request.to))
@@ -258,7 +261,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         recipient = dict(request.to) if request is not None else None
-        sys.stdout.write(render_tree(plan, recipient, list(policy.model.failover.on)))
+        sys.stdout.write(render_tree(plan, recipient, list(policy.model.failover.on), limits))
         if content is not None:
             from .explain import render_contents
             sys.stdout.write(render_contents(content))

@@ -12,6 +12,7 @@ from typing import Any
 from .adapters import Content
 from .content import fallback, plan_channels, render_message
 from .core.durations import format_duration_ms
+from .core.limiter import Limit
 from .core.plan import ChannelStep, GroupStep, Plan, ProviderStep, Step
 from .core.policy import Policy
 from .core.request import MessageRequest
@@ -30,9 +31,63 @@ _METHOD_TEXT = {
 }
 
 
+def outbound_limits(policy: Policy) -> dict[str, Limit]:
+    """Each limited provider's outbound limit, as the daemon hands it to its limiter
+    (docs/configuration.md "Rate limits and priorities")."""
+    out: dict[str, Limit] = {}
+    for name, p in policy.providers.items():
+        lim = p.outbound_limit()
+        if lim is not None:
+            out[name] = lim
+    return out
+
+
+def _burst(lim: Limit) -> float | None:
+    """The bucket size in force: the configured burst, else one second's worth, at least 1
+    (as daemon/core/limiter.py sizes it)."""
+    if lim.rate is None:
+        return None
+    return lim.burst if lim.burst is not None else max(1.0, lim.rate)
+
+
+def limit_json(lim: Limit | None) -> dict[str, Any] | None:
+    """A provider's limit in `explain --json`: rate_limit in calls a second, burst, max_inflight."""
+    if lim is None:
+        return None
+    return {"rate_limit": lim.rate, "burst": _burst(lim), "max_inflight": lim.max_inflight}
+
+
+def add_limits(doc: dict[str, Any], limits: dict[str, Limit]) -> None:
+    """Put each provider's `limit` (or null) into a plan's JSON (Plan.to_json), in place."""
+    for item in doc.get("items", []):
+        if "items" in item:
+            add_limits(item, limits)
+        for p in item.get("providers", []):
+            p["limit"] = limit_json(limits.get(p["provider"]))
+
+
+def _rate_text(rate: float) -> str:
+    for per, unit in ((1.0, "s"), (60.0, "m"), (3600.0, "h")):
+        if rate * per >= 1 - 1e-9 or unit == "h":
+            return f"{rate * per:.6g}/{unit}"
+    raise AssertionError("unreachable")
+
+
+def _limit_text(lim: Limit | None) -> str:
+    if lim is None:
+        return "no outbound limit"
+    parts = []
+    if lim.rate is not None:
+        parts.append(f"rate_limit {_rate_text(lim.rate)}, burst {_burst(lim):.6g}")
+    parts.append("max_inflight " + ("unbounded" if lim.max_inflight is None else str(lim.max_inflight)))
+    return ", ".join(parts)
+
+
 def render_tree(plan: Plan, recipient: dict[str, Any] | None = None,
-                failover_on: list[int | str] | None = None) -> str:
-    """The plan as an indented, numbered tree with every timeout and its source."""
+                failover_on: list[int | str] | None = None,
+                limits: dict[str, Limit] | None = None) -> str:
+    """The plan as an indented, numbered tree with every timeout and its source (and, given
+    `limits`, each provider's outbound limit)."""
     lines: list[str] = []
     lines.append(f"route {plan.route}: {plan.method} ({_METHOD_TEXT.get(plan.method, plan.method)})")
     if plan.policy_version:
@@ -42,24 +97,25 @@ def render_tree(plan: Plan, recipient: dict[str, Any] | None = None,
     if failover_on is not None:
         lines.append("  fail over on " + ", ".join(str(e) for e in failover_on)
                      + "; any other outcome fails the channel")
-    _render_items(plan.items, recipient, lines, indent="  ")
+    _render_items(plan.items, recipient, lines, indent="  ", limits=limits)
     return "\n".join(lines) + "\n"
 
 
 def _render_items(items: tuple[Step, ...], recipient: dict[str, Any] | None,
-                  lines: list[str], indent: str) -> None:
+                  lines: list[str], indent: str, limits: dict[str, Limit] | None) -> None:
     for i, step in enumerate(items, 1):
         head = f"{indent}{i}. "
         sub = indent + " " * len(f"{i}. ")
         if isinstance(step, GroupStep):
             lines.append(f"{head}group: {step.method} ({_METHOD_TEXT.get(step.method, step.method)})")
-            _render_items(step.items, recipient, lines, sub)
+            _render_items(step.items, recipient, lines, sub, limits)
         else:
-            _render_channel(step, head, sub, recipient, lines)
+            _render_channel(step, head, sub, recipient, lines, limits)
 
 
 def _render_channel(step: ChannelStep, head: str, sub: str,
-                    recipient: dict[str, Any] | None, lines: list[str]) -> None:
+                    recipient: dict[str, Any] | None, lines: list[str],
+                    limits: dict[str, Limit] | None) -> None:
     text = f"{head}channel {step.channel}: {step.method}"
     if step.requires:
         text += f", requires to.{step.requires}"
@@ -73,6 +129,8 @@ def _render_channel(step: ChannelStep, head: str, sub: str,
         lines.append(f"{sub}{j}. {p.provider:<{width}}  timeout {_dur(p.timeout_ms)}  "
                      f"({_label(p.timeout_source)})")
         lines.append(f"{sub}   {' ' * width}  {_provider_details(p)}")
+        if limits is not None:
+            lines.append(f"{sub}   {' ' * width}  {_limit_text(limits.get(p.provider))}")
 
 
 def _provider_details(p: ProviderStep) -> str:

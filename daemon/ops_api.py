@@ -118,7 +118,22 @@ def provider_view(router: Any, stats: ProviderStats, name: str) -> dict[str, Any
             "breaker": {"state": state, "failures": b["failures"] if b else 0,
                         "open_until": rfc3339(until) if isinstance(until, float) else None},
             "drained": name in health.drained,
-            "recent": stats.recent(name, now)}
+            "recent": stats.recent(name, now),
+            "limit": limit_view(router, name, now)}
+
+
+def limit_view(router: Any, name: str, now: float) -> dict[str, Any] | None:
+    """The provider's live outbound limiter state (daemon/core/limiter.py Limiter.snapshot), or
+    None when routing.toml gives it no rate_limit / max_inflight (docs/api.md)."""
+    fleet = getattr(router, "fleet", None)
+    if fleet is None or not fleet.limiter.limited(name):
+        return None
+    s = fleet.limiter.snapshot(now).get(name)
+    if s is None:
+        return None
+    return {"rate_limit": s["rate_limit"], "burst": s["burst"], "max_inflight": s["max_inflight"],
+            "rate_in_force": s["rate_now"], "queue_depth": s["queue"], "in_flight": s["inflight"],
+            "spilled": s["spilled"], "throttled": s["throttled"], "granted": s["granted"]}
 
 
 async def list_providers(request: web.Request) -> web.Response:
@@ -185,7 +200,12 @@ def openapi_paths(json_ok: Any, error: Any) -> dict[str, Any]:
         "breaker": {"type": "object", "properties": {
             "state": {"type": "string", "enum": ["closed", "open", "half-open"]},
             "failures": {"type": "integer"}, "open_until": {"type": ["string", "null"]}}},
-        "drained": {"type": "boolean"}, "recent": {"type": "object"}}}
+        "drained": {"type": "boolean"}, "recent": {"type": "object"},
+        "limit": {"type": ["object", "null"], "properties": {
+            "rate_limit": {"type": ["number", "null"]}, "burst": {"type": ["number", "null"]},
+            "max_inflight": {"type": ["integer", "null"]}, "rate_in_force": {"type": ["number", "null"]},
+            "queue_depth": {"type": "integer"}, "in_flight": {"type": "integer"},
+            "spilled": {"type": "integer"}, "throttled": {"type": "integer"}, "granted": {"type": "integer"}}}}}
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 
     def control(op: str, summary: str) -> dict[str, Any]:

@@ -201,6 +201,8 @@ def _rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"{p}: attempts/ok/fail/timeout/cancel/skip",
                      f"{st['attempts']}/{st['delivered']}/{st['failed']}/{st['timeouts']}/{st['cancelled']}"
                      f"/{st['skipped']}"))
+        if st.get("queued") or st.get("spilled"):     # routingd's own outbound limit at work
+            rows.append((f"{p}: queued/spilled", f"{st['queued']}/{st['spilled']}"))
     for o in rep["outages"]:
         label = f"outage {o['provider']} {o['kind']} {_secs(o['start_s'])}-{_secs(o['end_s'])}: route-around"
         t = o["time_to_route_around_s"]

@@ -543,3 +543,43 @@ def test_configuration_reference_names_every_key() -> None:
     assert missing == [], f"undocumented keys: {missing}"
     for mode in ("none", "down", "hang", "error", "throttle", "slow", "flaky", "no-receipts"):
         assert f'`"{mode}"`' in doc
+
+
+LIMITED = """
+version = 1
+[providers.ses]
+type = "http"
+url = "http://127.0.0.1:9/ses"
+rate_limit = "14/s"
+burst = 28
+max_inflight = 50
+[providers.slow]
+type = "http"
+url = "http://127.0.0.1:9/slow"
+rate_limit = "30/m"
+[providers.free]
+type = "http"
+url = "http://127.0.0.1:9/free"
+[channels.email]
+providers = ["ses", "slow", "free"]
+requires = "email"
+[routes.default]
+channels = [{ method = "all", channels = ["email"] }]
+"""
+
+
+def test_explain_shows_each_providers_outbound_limit(tmp_path: Path) -> None:
+    """rate_limit / burst / max_inflight in the text and in --json (docs/configuration.md "Rate
+    limits and priorities"); burst defaults to one second's worth, at least 1."""
+    config = write(tmp_path / "routing.toml", LIMITED)
+    p = run("explain", "default", "--config", config)
+    assert p.returncode == 0, p.stderr
+    assert "rate_limit 14/s, burst 28, max_inflight 50" in p.stdout
+    assert "rate_limit 30/m, burst 1, max_inflight unbounded" in p.stdout
+    assert "no outbound limit" in p.stdout
+    plan = explain_json(config, "default")
+    (group,) = plan["items"]
+    ses, slow, free = group["items"][0]["providers"]
+    assert ses["limit"] == {"rate_limit": 14.0, "burst": 28.0, "max_inflight": 50}
+    assert slow["limit"] == {"rate_limit": 0.5, "burst": 1.0, "max_inflight": None}
+    assert free["limit"] is None

@@ -227,6 +227,49 @@ def test_providers_drain_and_resume(tmp_path: Path) -> None:
         assert [a["provider"] for a in d.wait_status(mid, "delivered")["attempts"]] == ["primary"]
 
 
+LIMITED = """
+version = 1
+[daemon]
+api_tokens = ["{token}"]
+[providers.primary]
+type = "sandbox"
+latency = "1ms"
+outbound_rate_limit = "1/m"
+[providers.backup]
+type = "sandbox"
+latency = "1ms"
+[channels.email]
+providers = ["primary", "backup"]
+requires = "email"
+timeout = "1h"
+[routes.default]
+channels = ["email"]
+"""
+
+
+def test_providers_show_the_live_limiter_state(tmp_path: Path) -> None:
+    """GET /v1/providers carries each limited provider's Limiter.snapshot (docs/api.md "Providers"):
+    at one call a minute, one message goes and the next two wait their turn in its queue."""
+    d = DaemonProcess(tmp_path, LIMITED.format(token=TOKEN), token=TOKEN)
+    with serving(d):
+        first = d.send({"to": {"email": "a@example.com"}})
+        d.wait_status(first, "delivered")
+        queued = [d.send({"to": {"email": "a@example.com"}}) for _ in range(2)]
+
+        def view() -> dict[str, Any]:
+            return {p["name"]: p for p in d.get("/v1/providers").json()["providers"]}
+        wait_until(lambda: view()["primary"]["limit"]["queue_depth"] == 2, what="two messages in the queue")
+        by_name = view()
+        assert by_name["backup"]["limit"] is None               # no limit configured: none shown
+        lim = by_name["primary"]["limit"]
+        assert lim["rate_limit"] == pytest.approx(1 / 60) and lim["rate_in_force"] == pytest.approx(1 / 60)
+        assert lim["burst"] == 1 and lim["max_inflight"] is None
+        assert lim["in_flight"] == 0 and lim["granted"] == 1
+        assert lim["spilled"] == 0 and lim["throttled"] == 0
+        for mid in queued:                                      # they wait; not failed over to backup
+            assert d.status(mid)["attempts"] == []
+
+
 # --------------------------------------------------------------------------- explain / 422
 
 TWO_CHANNELS = """

@@ -94,3 +94,46 @@ def test_comparison_plots_share_one_y_axis_per_row(tmp_path: Path) -> None:
             assert row[0].get_ylim() == row[1].get_ylim()
     finally:
         plt.close(fig)
+
+
+LIMITED_ROUTING = """
+version = 1
+[providers.ses]
+type = "sandbox"
+latency = "20ms"
+timeout = "2s"
+outbound_rate_limit = "14/s"
+burst = 14
+[providers.backup]
+type = "sandbox"
+latency = "20ms"
+[channels.email]
+providers = ["ses", "backup"]
+requires = "email"
+timeout = "{channel_timeout}"
+[routes.default]
+channels = ["email"]
+"""
+
+
+@pytest.mark.parametrize("channel_timeout, queues", [("30s", True), ("2s", False)])
+def test_the_report_counts_queued_and_spilled_under_the_outbound_limit(
+        tmp_path: Path, channel_timeout: str, queues: bool) -> None:
+    """docs/simulator.md "Outbound rate limits": twice ses's limit queues on it while a whole
+    provider timeout still fits before the channel deadline, else spills over to backup; the table
+    shows PROVIDER: queued/spilled."""
+    (tmp_path / "routing.toml").write_text(LIMITED_ROUTING.format(channel_timeout=channel_timeout))
+    (tmp_path / "s.toml").write_text('duration = "10s"\nseed = 1\nrouting = "routing.toml"\n'
+                                     '[traffic]\nrate = 30\n[providers.ses]\nrate_limit = "14/s"\n')
+    setups, errors = prepare([str(tmp_path / "s.toml")], [], None)
+    assert errors == []
+    (report,) = [build_report(r) for r in run_all(setups)]
+    ses = report["providers"]["ses"]
+    assert report["delivered"] == report["messages"]
+    if queues:
+        assert ses["queued"] > 0 and ses["spilled"] == 0, ses
+    else:
+        assert ses["spilled"] > 0 and ses["queued"] == 0, ses
+        assert report["providers"]["backup"]["attempts"] >= ses["spilled"]
+    row = [ln for ln in format_table([report]).splitlines() if ln.startswith("ses: queued/spilled")]
+    assert row and row[0].split()[-1] == f"{ses['queued']}/{ses['spilled']}", row
