@@ -91,7 +91,7 @@ class AdapterContext:
     """Shared, process-wide resources adapters may use."""
 
     http_session: aiohttp.ClientSession | None = None   # one per process (the Router makes it)
-    mqtt: MqttLink | None = None      # the daemon's MQTT connection (daemon/mqtt.py), if configured
+    mqtt: MqttLink | None = None      # the daemon's MQTT connection (daemon/mqtt/link.py), if configured
     rng_seed: int | None = None
     # Feeds a delivery receipt back into the runtime: receipts(provider, attempt_id, status) -> known?
     # Set by the Router (it is Router.receipt); the sandbox adapter uses it for confirm = "receipt".

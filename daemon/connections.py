@@ -13,7 +13,7 @@ by the aiohttp `web.Server`, as TCPSite would) is wrapped in a `GuardedConnectio
   request (idle, or still sending its headers) is closed to make room; when every connection is
   busy with a request, the new one is answered 503 and closed.
 
-The body timeout is the handler's (daemon/api.py `read_body`): a request is busy from its
+The body timeout is the handler's (daemon/api/guard.py `read_body`): a request is busy from its
 handler's start, which the API middleware reports with `request_started()`/`request_done()`.
 The limits are `[daemon] header_timeout`, `idle_timeout`, `body_timeout`, `max_connections`
 (docs/configuration.md); `configure()` applies a reload to connections made from then on.

@@ -21,7 +21,7 @@ Time is `Clock.now()`: wall-anchored monotonic seconds (daemon/clock.py). The ru
 messages -- the breakers (one HealthTracker), the pending set, the breaker cut-over, the
 early-timer clamp -- are the core's `Fleet` (daemon/core/fleet.py), shared with the simulator.
 
-API (what daemon/api.py, the MQTT bridge and the CLI use):
+API (what daemon/api/, the MQTT bridge and the CLI use):
 
     router = Router(policy, store, metrics, clock=None, adapter_ctx=None, rng_seed=None)
     await router.start()

@@ -1,5 +1,5 @@
 """The status page (docs/operations.md "Status page"): server-rendered HTML, no script, no
-external asset, the same auth as the API (api.py's middleware guards /ui like /v1/...).
+external asset, the same auth as the API (daemon/api/guard.py's middleware guards /ui like /v1/...).
 
     GET /ui                       providers (breaker state, drained, recent rates and latency),
                                   recent failovers, a form to look a message up; refreshes every 5 s

@@ -1,5 +1,6 @@
 """Provider adapters, one module per provider `type`; importing this package registers them all
-with routingd.daemon.adapters (see docs/providers.md)."""
+with routingd.daemon.adapters (see docs/providers.md). `mqtt` registers when routingd.daemon.mqtt
+(the broker connection it publishes over) is imported."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 One module per vendor type: `ses` (SES events through SNS), `sendgrid` (Event Webhook batches),
 `twilio` (status callbacks). Each verifies the vendor's signature over the raw request and turns
-the body into VendorStates; the HTTP handler (daemon/api.py `receipt`) dispatches by the
+the body into VendorStates; the HTTP handler (daemon/api/receipts.py `receipt`) dispatches by the
 provider's type, records every state as a `vendor_status` event on its message and hands the
 final ones to Router.receipt. Nothing here touches the router or the store.
 """
