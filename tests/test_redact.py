@@ -134,3 +134,52 @@ def test_redact_masks_every_rendering_and_cuts_urls() -> None:
     assert not leaked(out), out
     assert "https://api.example" in out and "https://host:8443" in out and "pw" not in out
     assert "\n" not in out
+
+
+# -- a secret that straddles the cut ------------------------------------------------------------
+
+STRADDLE_SECRET = "sk-Straddle-7q6w5e4r3t2y"
+
+
+def _straddling(prefix: str) -> str:
+    """An error text in which STRADDLE_SECRET starts a few characters before position 300 (the
+    detail's bound), so that cutting before masking would keep its head."""
+    return "x" * (300 - len(prefix) - 10) + " " + STRADDLE_SECRET + " and more text after it"
+
+
+def _vendor_details() -> dict[str, str]:
+    """Each vendor adapter's detail for an error answer whose text echoes the secret across the cut."""
+    from routingd.daemon.providers import fcm, slack, twilio
+    from routingd.daemon.providers.sendgrid import _errors
+    from routingd.daemon.providers.ses import _error
+    from routingd.daemon.providers.vendor import VendorAnswer
+    import json as _json
+
+    def answer(body: Any, status: int = 400) -> VendorAnswer:
+        raw = body if isinstance(body, bytes) else _json.dumps(body).encode()
+        return VendorAnswer(status=status, headers={}, body=raw)
+
+    return {
+        "twilio": twilio.outcome(answer({"code": 21211, "message": _straddling("twilio 21211: ")})).detail or "",
+        "twilio (plain body)": twilio.outcome(answer(_straddling("twilio HTTP 400: ").encode())).detail or "",
+        "fcm": fcm.outcome(answer({"error": {"status": "INVALID_ARGUMENT",
+                                             "message": _straddling("fcm INVALID_ARGUMENT: ")}})).detail or "",
+        "slack": slack.api_outcome(answer({"ok": False, "error": _straddling("slack ")}, status=200)).detail or "",
+        "slack webhook": slack.webhook_outcome(answer(_straddling("slack webhook HTTP 400: ").encode())).detail or "",
+        "sendgrid": _errors(_straddling("").encode()),
+        "ses": "SES {}: {}".format(*_error(None, None, _straddling("SES 400: ").encode())),
+    }
+
+
+@pytest.mark.parametrize("vendor", sorted(_vendor_details()))
+def test_a_secret_straddling_the_detail_bound_is_masked_whole(vendor: str) -> None:
+    """The adapters keep a vendor's text whole (up to MAX_RAW) and the runtime's backstop masks the
+    provider's secrets, then cuts to MAX_DETAIL: no head of a secret survives a cut made first."""
+    from routingd.daemon.providers.redact import MAX_DETAIL
+    detail = _vendor_details()[vendor]
+    assert STRADDLE_SECRET in detail, detail           # what reaches the backstop still holds it whole
+    shown = redact(detail, (STRADDLE_SECRET,))          # the runtime's backstop (runtime: adapter.masked)
+    assert len(shown) <= MAX_DETAIL
+    heads = [STRADDLE_SECRET[:n] for n in range(6, len(STRADDLE_SECRET) + 1)]
+    assert not [h for h in heads if h in shown], shown
+    assert "***" in shown

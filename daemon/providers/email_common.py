@@ -7,9 +7,7 @@ import email.utils
 
 from ..adapters import AttemptRequest
 from ..core.engine import Outcome
-from .redact import redact
-
-_MAX_DETAIL = 300
+from .redact import MAX_RAW, redact
 
 
 def recipient(req: AttemptRequest) -> str | Outcome:
@@ -31,12 +29,13 @@ def sender(configured: str) -> tuple[str, str]:
     return name, addr
 
 
-def clip(text: str, limit: int = _MAX_DETAIL) -> str:
+def clip(text: str, limit: int = MAX_RAW) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def vendor_text(text: str, limit: int = _MAX_DETAIL) -> str:
+def vendor_text(text: str, limit: int = MAX_RAW) -> str:
     """A vendor's error text for an attempt's detail: redact.py's one sanitiser (one line,
-    bounded, any URL cut to its scheme and host: a path or query may carry a token)."""
+    bounded at MAX_RAW -- the runtime masks the provider's secrets, then cuts to MAX_DETAIL --, any
+    URL cut to its scheme and host: a path or query may carry a token)."""
     return redact(text, (), limit)

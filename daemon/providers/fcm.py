@@ -29,7 +29,7 @@ from typing import Any
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
-from .redact import redact
+from .redact import MAX_RAW, redact
 from .vendor import VendorAnswer, accepted, vendor_request
 
 log = logging.getLogger("routingd.providers.fcm")
@@ -87,7 +87,7 @@ class FcmAdapter(ProviderAdapter):
 
             self.credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         except ValueError as e:          # google-auth raises ValueError for a key it cannot load too
-            self.broken = redact(str(e))
+            self.broken = redact(str(e), (), MAX_RAW)
             log.warning("provider %s: %s; every attempt fails until the configuration is fixed", name, self.broken)
 
     async def _access_token(self) -> str | Outcome:
@@ -155,7 +155,7 @@ def _refresh(creds: Any) -> None:
 def _refresh_outcome(e: BaseException) -> Outcome:
     from google.auth import exceptions as gexc
 
-    text = redact(str(e))
+    text = redact(str(e), (), MAX_RAW)
     if isinstance(e, gexc.RefreshError):
         # the token endpoint refused: retryable (its 5xx, after google-auth's own retries) or not
         # (invalid_grant, a deleted or wrong key: bad credentials)
@@ -181,7 +181,7 @@ def outcome(answer: VendorAnswer) -> Outcome:
     status = FCM_CODES.get(code or "", FCM_CODES.get(rpc or "", answer.status))
     message = error.get("message") if isinstance(error.get("message"), str) else answer.text()
     what = " ".join(x for x in (code, rpc) if x) or f"HTTP {answer.status}"
-    return Outcome(status=status, retry_after_s=answer.retry_after_s, detail=f"fcm {what}: {message}"[:300])
+    return Outcome(status=status, retry_after_s=answer.retry_after_s, detail=f"fcm {what}: {message}"[:MAX_RAW])
 
 
 register_adapter("fcm", FcmAdapter)

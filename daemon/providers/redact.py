@@ -28,6 +28,11 @@ from pydantic import SecretStr
 
 MASK = "***"
 MAX_DETAIL = 300
+# an adapter bounds the text it has not masked of every secret (a vendor's error body, an
+# exception) at MAX_RAW, not MAX_DETAIL: cutting first could leave the head of a secret that
+# straddles the cut, which the runtime's backstop (masking every secret of the provider's
+# configuration, then cutting to MAX_DETAIL) would no longer recognise
+MAX_RAW = 2000
 _MIN_SECRET = 6                  # shorter pieces ("v1", "send") are words, not keys
 _URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{1,15})://([^\s/?#'\"<>()\[\]]*)[^\s'\"<>()\[\]]*")
 
@@ -116,8 +121,8 @@ def redact(text: str, secrets: Iterable[str] = (), limit: int = MAX_DETAIL) -> s
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def describe_error(e: BaseException, secrets: Iterable[str] = ()) -> str:
+def describe_error(e: BaseException, secrets: Iterable[str] = (), limit: int = MAX_RAW) -> str:
     """An exception as one redacted line: "ClientResponseError: 400, message=..., url=https://host"."""
     kind = type(e).__name__
     text = str(e)
-    return redact(f"{kind}: {text}" if text.strip() else kind, secrets)
+    return redact(f"{kind}: {text}" if text.strip() else kind, secrets, limit)

@@ -23,6 +23,7 @@ from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
 from .http import bounded_request, parse_retry_after
+from .redact import MAX_RAW
 
 
 class SendgridAdapter(ProviderAdapter):
@@ -87,7 +88,7 @@ def _errors(raw: bytes) -> str:
             parts.append(f"{msg} (field {field})" if field else msg)
         text = "; ".join(p for p in parts if p)
     except (ValueError, KeyError, TypeError, AttributeError):
-        text = clip(raw[:300].decode("utf-8", "replace"))
+        text = clip(raw[:MAX_RAW].decode("utf-8", "replace"))
     return vendor_text(text) if text else "(no error text)"
 
 

@@ -32,7 +32,7 @@ from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register
 from ..core.engine import Outcome
 from .email_common import clip, recipient, sender, vendor_text
 from .http import bounded_request, parse_retry_after
-from .redact import describe_error
+from .redact import MAX_RAW, describe_error
 
 log = logging.getLogger("routingd.providers.ses")
 
@@ -148,7 +148,7 @@ def _error(error_type: str | None, doc: Any, raw: bytes) -> tuple[str, str]:
         code = code.rsplit("#", 1)[-1]
     message = body.get("message") or body.get("Message")
     if message is None:
-        message = clip(raw[:300].decode("utf-8", "replace")) or "(no error text)"
+        message = clip(raw[:MAX_RAW].decode("utf-8", "replace")) or "(no error text)"
     return code, str(message)
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .vendor import VendorAnswer, secret_parts, vendor_request
+from .redact import MAX_RAW
 
 SLACK_API = "https://slack.com/api"
 
@@ -85,7 +86,7 @@ def webhook_outcome(answer: VendorAnswer) -> Outcome:
     """An incoming webhook's answer: its HTTP status, with Slack's error code as the detail."""
     if 200 <= answer.status < 300:
         return Outcome(status=answer.status)
-    text = answer.text(100)
+    text = answer.text()
     return Outcome(status=answer.status, retry_after_s=answer.retry_after_s,
                    detail=f"slack webhook HTTP {answer.status}" + (f": {text}" if text else ""))
 
@@ -95,9 +96,9 @@ def api_outcome(answer: VendorAnswer) -> Outcome:
     body = answer.json()
     if not isinstance(body, dict):
         if answer.status == 200:
-            return Outcome(status=502, detail=f"slack HTTP 200 without a JSON answer: {answer.text(100)}")
+            return Outcome(status=502, detail=f"slack HTTP 200 without a JSON answer: {answer.text()}")
         return Outcome(status=answer.status, retry_after_s=answer.retry_after_s,
-                       detail=f"slack HTTP {answer.status}: {answer.text(100)}")
+                       detail=f"slack HTTP {answer.status}: {answer.text()}")
     if body.get("ok") is True and 200 <= answer.status < 300:
         ts = body.get("ts")
         return Outcome(status=answer.status, provider_message_id=ts if isinstance(ts, str) and ts else None)
@@ -105,7 +106,7 @@ def api_outcome(answer: VendorAnswer) -> Outcome:
     error = error if isinstance(error, str) and error else "unknown_error"
     # an HTTP error status (429, a 5xx from Slack's edge) stands; an HTTP 200 is judged by the error
     status = answer.status if answer.status >= 400 else SLACK_ERRORS.get(error, 400)
-    return Outcome(status=status, retry_after_s=answer.retry_after_s, detail=f"slack {error}"[:300])
+    return Outcome(status=status, retry_after_s=answer.retry_after_s, detail=f"slack {error}"[:MAX_RAW])
 
 
 register_adapter("slack", SlackAdapter)

@@ -19,6 +19,7 @@ from typing import Any
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, register_adapter
 from ..core.engine import Outcome
 from .vendor import VendorAnswer, accepted, vendor_request
+from .redact import MAX_RAW
 
 # Twilio error code -> the status routingd classifies (failover.on); codes not listed keep the
 # HTTP status Twilio answered with.
@@ -89,7 +90,7 @@ def outcome(answer: VendorAnswer) -> Outcome:
         status = TWILIO_CODES[code]
     what = f"twilio {code}" if isinstance(code, int) else f"twilio HTTP {answer.status}"
     return Outcome(status=status, retry_after_s=answer.retry_after_s,
-                   detail=f"{what}: {message}"[:300] if message else what)
+                   detail=f"{what}: {message}"[:MAX_RAW] if message else what)
 
 
 register_adapter("twilio", TwilioAdapter)

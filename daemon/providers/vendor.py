@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from ..core.engine import Outcome
 from .http import bounded_request, parse_retry_after
-from .redact import config_secrets, redact
+from .redact import MAX_RAW, config_secrets, redact
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class VendorAnswer:
         except (ValueError, UnicodeDecodeError):
             return None
 
-    def text(self, limit: int = 200) -> str:
+    def text(self, limit: int = MAX_RAW) -> str:
+        # not cut short: the runtime masks the provider's secrets before it cuts (redact.MAX_RAW)
         return " ".join(self.body[:limit].decode("utf-8", "replace").split())
 
 
