@@ -19,6 +19,7 @@ from .behaviour import BehaviourSpec, Duration, FailMode, Rate
 from .limiter import Limit
 from .sections import Strict
 
+
 class BreakerSection(Strict):
     failures: int = Field(default=5, ge=1, le=10_000)
     cooldown: Duration = 30_000

@@ -15,6 +15,7 @@ from .behaviour import Duration
 from .provider_models import Provider
 from .sections import DaemonSection, FailoverSection, Strict, TimeoutsSection
 
+
 class ChannelSection(Strict):
     providers: list[str] = Field(min_length=1)
     method: Literal["single", "all"] = "single"

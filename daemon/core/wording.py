@@ -19,6 +19,7 @@ from .durations import parse_duration_ms as _parse_duration_ms
 from .provider_models import PROVIDER_TYPES
 from .routing_model import PolicyModel
 
+
 def user_loc(raw_loc: tuple) -> tuple[str | int, ...]:
     """pydantic's error location without the union-branch names it inserts.
 
