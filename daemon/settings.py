@@ -7,7 +7,7 @@ The config path itself cannot come from the file it names: it is `--config`, els
 `ROUTINGD_CONFIG`, else `./routing.toml` (`config_path()`). `ROUTINGD_API_TOKENS` takes a
 comma-separated list (or a JSON list); tokens are `SecretStr` and never logged.
 
-The fields (names, types, defaults, bounds) are those of `DaemonSection` in core/policy.py,
+The fields (names, types, defaults, bounds) are those of `DaemonSection` in core/sections.py,
 carried over with `create_model`, so a [daemon] key and its ROUTINGD_* variable cannot drift.
 """
 

@@ -209,7 +209,7 @@ def test_validation_422_names_the_fields(tmp_path: Path) -> None:
 
 def test_a_request_and_routing_toml_word_the_same_mistake_alike(tmp_path: Path) -> None:
     """One formatter of validation errors: an unknown or missing key reads the same in a 422's
-    details as in routing.toml's errors (daemon/core/policy.py problems_from_validation)."""
+    details as in routing.toml's errors (daemon/core/wording.py problems_from_validation)."""
     from routingd.daemon.core.policy import PolicyError, parse_policy
 
     with pytest.raises(PolicyError) as e:

@@ -95,7 +95,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def validation_details(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     """A request's validation errors as the body's `details`, worded as routing.toml's are (one
-    formatter: daemon/core/policy.py problems_from_validation; an inline routing error points at
+    formatter: daemon/core/wording.py problems_from_validation; an inline routing error points at
     message.routing.channels.1.channels.0, as a user writes it)."""
     return [{"loc": list(p.loc), "msg": p.msg} for p in problems_from_validation(err, prefix)]
 

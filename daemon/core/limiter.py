@@ -43,7 +43,7 @@ SPILL = 2
 
 @dataclass(frozen=True)
 class Limit:
-    """One provider's configured limit (from routing.toml; daemon/core/policy.py)."""
+    """One provider's configured limit (from routing.toml; daemon/core/provider_models.py)."""
 
     rate: float | None = None          # tokens per second; None: no rate limit
     burst: float | None = None         # bucket size; None: max(1, rate) (one second's worth)

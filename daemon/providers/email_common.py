@@ -24,7 +24,7 @@ def recipient(req: AttemptRequest) -> str | Outcome:
 
 
 def sender(configured: str) -> tuple[str, str]:
-    """`from` as (display name or "", address); policy.py has checked it holds one address."""
+    """`from` as (display name or "", address); core/provider_models.py has checked it holds one address."""
     name, addr = email.utils.parseaddr(configured)
     return name, addr
 
