@@ -34,16 +34,22 @@ def plan_channels(items: tuple[Step, ...], to: Mapping[str, Any] | None = None) 
             stack.append(iter(step.items))
 
 
-def unreachable(plan: Any, to: Mapping[str, Any]) -> str | None:
+def unreachable(plan: Any, to: Mapping[str, Any], *, profiled: bool) -> str | None:
     """Why no channel of the plan can reach the recipient (every one `requires` a field it lacks),
     or None when one can: such a send can never be delivered, so it is refused 422, not accepted
-    to end `undeliverable` with no attempt (docs/api.md "POST /v1/send")."""
+    to end `undeliverable` with no attempt (docs/api.md "POST /v1/send").
+
+    profiled: `to` was filled from the stored profile of its to.user_id (daemon/profiles.py
+    with_profile); a to.user_id without one is told how to store it (docs/api.md "Profiles")."""
     if next(plan_channels(plan.items, to), None) is not None:
         return None
     needs = [f"{s.channel} needs to.{s.requires}" for s in plan_channels(plan.items) if s.requires]
     has = sorted(k for k, v in to.items() if v)
-    return (f"no channel of route {plan.route!r} can reach this recipient: {', '.join(needs) or 'no channel'}; "
-            f"the recipient has {', '.join('to.' + k for k in has) or 'no field set'}")
+    why = (f"no channel of route {plan.route!r} can reach this recipient: {', '.join(needs) or 'no channel'}; "
+           f"the recipient has {', '.join('to.' + k for k in has) or 'no field set'}")
+    if not profiled and "user_id" in to:
+        why += " (no profile is stored for this user_id: PUT /profiles/{user_id})"
+    return why
 
 
 def render_channel(policy: Policy, template: str, channel: str, data: Mapping[str, Any] | None,

@@ -160,6 +160,8 @@ def test_profiles_and_a_user_id_resolved_at_accept(client: Any, daemon: DaemonPr
     with pytest.raises(courier.UnprocessableEntityError) as e:
         client.send.message(message={"to": {"user_id": "nobody"}})
     assert e.value.body["details"][0]["loc"] == ["message", "to"]
+    # ... and the answer says how to give it one (daemon/content.py unreachable)
+    assert e.value.body["details"][0]["msg"].endswith("(no profile is stored for this user_id: PUT /profiles/{user_id})")
 
 
 def test_per_request_provider_order_and_method_are_honoured(daemon: DaemonProcess) -> None:

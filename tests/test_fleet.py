@@ -95,7 +95,7 @@ def runner_shaped(fleet: Fleet[Msg]) -> dict[str, Msg]:
 
 
 def router_shaped(fleet: Fleet[Msg]) -> dict[str, Msg]:
-    """As daemon/runtime.py uses it: keys by message id, the batch's own `now`, a failure handler."""
+    """As daemon/runtime/ uses it: keys by message id, the batch's own `now`, a failure handler."""
     failures: list[BaseException] = []
 
     def apply(m: Msg, cmds: list[Command], now: float) -> None:
@@ -199,16 +199,18 @@ def test_one_messages_failure_is_handed_to_the_failure_handler_and_the_others_go
 
 # --------------------------------------------------------------------------- the real drivers
 
-DRIVERS = (REPO / "daemon" / "runtime.py", REPO / "simulator" / "runner.py")
+DRIVERS = (REPO / "daemon" / "runtime", REPO / "simulator" / "runner.py")   # the daemon's: a package
 
 
 @pytest.mark.parametrize("path", DRIVERS, ids=lambda p: p.name)
 def test_no_driver_carries_a_rule_of_its_own(path: Path) -> None:
     """A driver that fed on_provider_unhealthy itself, made its own HealthTracker or clamped its
     own wake-ups would be re-implementing a rule of the Fleet (and could drift from the other)."""
-    tree = ast.parse(path.read_text())
-    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+    assert files
+    trees = [ast.parse(f.read_text()) for f in files]
+    attrs = {n.attr for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names = {n.id for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert "on_provider_unhealthy" not in attrs
     assert "HealthTracker" not in names
     assert "Fleet" in names and "cut_over" in attrs and ("wake_time" in attrs or "wake_time" in names)

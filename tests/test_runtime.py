@@ -299,7 +299,7 @@ def _attempt_rows(db: Path) -> list[tuple[str, str | None]]:
 
 
 def test_a_provider_call_goes_out_only_once_its_attempt_row_is_committed(tmp_path: Path) -> None:
-    """Write-ahead (Router._start_attempt, Store.committed): while another connection holds the
+    """Write-ahead (runtime/attempts.py Attempts.start, Store.committed): while another connection holds the
     database's write lock, the failover attempt on b is decided but its call is held back; once
     the lock is released, the row is committed and then the call reaches b. A SIGKILL at any
     moment thus leaves a row for every call a provider may have received."""
@@ -669,7 +669,7 @@ def test_rfc3339_saturates_instead_of_raising() -> None:
 
 
 def test_sandbox_attempts_in_flight_at_stop_finish_within_the_grace_or_stay_pending(tmp_path: Path) -> None:
-    """A sandbox attempt is answered by a loop timer, not a task (Router._start_timed): stop()
+    """A sandbox attempt is answered by a loop timer, not a task (runtime/attempts.py Attempts._start_timed): stop()
     still waits for it within the grace, and cancels what is left for the next start."""
     async def main() -> None:
         for latency, grace, want in (("300ms", 5.0, "delivered"), ("30s", 0.2, "pending")):
@@ -694,7 +694,7 @@ def test_sandbox_attempts_in_flight_at_stop_finish_within_the_grace_or_stay_pend
 
 
 def test_many_deadlines_fire_each_at_its_own_time(tmp_path: Path) -> None:
-    """Every message's wake-up sits in one heap served by one loop timer (Router._on_wakeups):
+    """Every message's wake-up sits in one heap served by one loop timer (runtime/wakeups.py WakeupHeap):
     later messages with EARLIER deadlines re-arm it, and no attempt is timed out early. (s1's
     breaker is off: an open breaker would cut the remaining hung attempts at once.)"""
     async def main() -> None:
@@ -718,7 +718,7 @@ def test_many_deadlines_fire_each_at_its_own_time(tmp_path: Path) -> None:
 
 
 def test_attempt_requests_are_built_field_by_field_only_while_the_fields_are_known() -> None:
-    """Router._start_attempt skips AttemptRequest's frozen __init__ while its fields are exactly
+    """Attempts.start (runtime/attempts.py) skips AttemptRequest's frozen __init__ while its fields are exactly
     the ones it sets (what the adapter then sends is checked end to end by
     test_provider_failover_on_503_with_idempotency_key_and_payload)."""
     import dataclasses
@@ -726,7 +726,7 @@ def test_attempt_requests_are_built_field_by_field_only_while_the_fields_are_kno
     from routingd.daemon import runtime
     from routingd.daemon.adapters import AttemptRequest
 
-    assert runtime._ATTEMPT_REQUEST_PLAIN, "AttemptRequest changed: update Router._start_attempt's field list"
+    assert runtime._ATTEMPT_REQUEST_PLAIN, "AttemptRequest changed: update runtime/attempts.py Attempts.start's field list"
     assert {f.name for f in dataclasses.fields(AttemptRequest)} >= {"to", "content", "metadata", "deadline_s"}
 
 

@@ -1,7 +1,7 @@
 """The rules that span messages, once, for both drivers: one `Fleet` per daemon process / simulated run.
 
 A `Delivery` (engine.py) routes one message; what ties the messages of a process together lives
-here, so that the asyncio daemon (daemon/runtime.py) and the SimPy simulator (simulator/runner.py)
+here, so that the asyncio daemon (daemon/runtime/) and the SimPy simulator (simulator/runner.py)
 obey the very same rules instead of each re-implementing them (docs/architecture.md, "The fleet"):
 
   * the breakers: one `HealthTracker` (health.py), shared by every Delivery of the fleet;
