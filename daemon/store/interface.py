@@ -2,7 +2,7 @@
 
 Two implementations: `sqlite.Store` (one SQLite file, the embedded default) and
 `postgres.PgStore` (`[daemon] store = "postgresql://..."`, docs/scaling.md). The Router
-(runtime.py), the HTTP API (api/, status.py), receipts, profiles (profiles.py) and the
+(daemon/runtime/), the HTTP API (api/, status.py), receipts, profiles (profiles.py) and the
 retention purge use nothing else. The contract both keep (tests/test_store.py runs against both):
 
 - Writes are queued on the event loop thread and committed by the store's writer in order, many
