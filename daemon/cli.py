@@ -8,6 +8,10 @@
     routingd serve ...                            routingd.daemon.service
     routingd simulate ...                         routingd.simulator.cli
 
+The subcommands live beside this module: cli_check.py, cli_explain.py, cli_init.py,
+try_provider.py (try), remote_cli.py (status, providers); cli_input.py holds what they share.
+This module builds the parser and dispatches.
+
 Every error is one line on stderr and a non-zero exit (1: the input is invalid, 2: usage or an
 unavailable subcommand, 130: interrupted); never a traceback (ROUTINGD_DEBUG=1 shows one for an
 internal error).
@@ -17,28 +21,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Sequence
 
-from .annotations import FORMATS, render
-from .errors import RoutingdError
+from .annotations import FORMATS
+from .cli_check import cmd_check
+from .cli_explain import cmd_explain
+from .cli_init import cmd_init
+from .cli_input import (DEFAULT_CONFIG, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, InputError, _err,
+                        default_config, load)
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-DEFAULT_CONFIG = "routing.toml"
-CONFIG_ENV = "ROUTINGD_CONFIG"
-MAX_INPUT_BYTES = 16 * 1024 * 1024
-
-
-def default_config() -> str:
-    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+__all__ = ["InputError", "build_parser", "main", "run"]
 
 
 def _version() -> str:
@@ -62,212 +57,6 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _err(line: str) -> None:
-    print(" ".join(line.split("\n")), file=sys.stderr)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-class InputError(RoutingdError):
-    """An input file cannot be used; `lines()` are ready to print, one problem each."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = list(lines)
-        super().__init__("\n".join(lines))
-
-    def lines(self) -> list[str]:
-        return list(self._lines)
-
-
-def read_text(path: str) -> str:
-    """Read a UTF-8 text file (or stdin for "-"), refusing directories, devices and huge files."""
-    label = "<stdin>" if path == "-" else path
-    if path == "-":
-        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    else:
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            raise InputError([f"{label}: (file): cannot read file: {e.strerror or e}"]) from None
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError([f"{label}: (file): is a directory, not a file"])
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError([f"{label}: (file): not a regular file"])
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_INPUT_BYTES + 1)
-        except OSError as e:
-            raise InputError([f"{label}: (file): cannot read file: {e.strerror or e}"]) from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise InputError([f"{label}: (file): file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"])
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError([f"{label}: (file): not UTF-8 text (invalid byte at offset {e.start})"]) from None
-
-
-def load(path: str) -> Any:
-    """Load and validate a routing.toml; InputError with one line per problem."""
-    from .config_files import parse_policy_text
-    from .core.policy import PolicyError
-    from .secrets import read_secret
-
-    label = "<stdin>" if path == "-" else path
-    text = read_text(path)
-    try:
-        return parse_policy_text(text, label, secrets=read_secret)
-    except PolicyError as e:
-        raise InputError(e.lines()) from None
-
-
-# --------------------------------------------------------------------------- check
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    paths = args.paths or [default_config()]
-    status = EXIT_OK
-    for path in paths:
-        label = "<stdin>" if path == "-" else path
-        try:
-            policy = load(path)
-        except InputError as e:
-            for line in e.lines():
-                _err(render(line, args.format, title="routingd check"))
-            status = EXIT_INVALID
-            continue
-        try:        # what serve checks at start too: listen, tokens, MQTT (daemon/service.py)
-            from .service import StartupError, startup_settings
-            startup_settings(policy, path, None, None)
-        except StartupError as e:
-            for line in e.lines():
-                _err(line if line.startswith(f"{label}:") else f"{label}: {line}")
-            status = EXIT_INVALID
-            continue
-        m = policy.model
-        templates = f", {_plural(len(m.templates), 'template')}" if m.templates else ""
-        print(f"{label}: ok (version {policy.version}; {_plural(len(m.providers), 'provider')}, "
-              f"{_plural(len(m.channels), 'channel')}, {_plural(len(m.routes), 'route')}{templates})")
-        warnings = list(policy.warnings)
-        if not m.routes:
-            warnings.append("no [routes] defined: the daemon cannot route any message")
-        for w in warnings:
-            _err(render(f"{label}: warning: {w}", args.format, "warning", "routingd check"))
-    old = old_systemd()
-    if old:
-        _err(render(f"warning: {old}", args.format, "warning", "routingd check"))
-    return status
-
-
-NOTIFY_RELOAD_SYSTEMD = 253
-
-
-def old_systemd(env: Any = None) -> str | None:
-    """Under systemd (INVOCATION_ID is set for a unit's processes: the unit's ExecStartPre runs
-    `routingd check`), a systemd older than 253 does not know the unit's Type=notify-reload and
-    runs it as Type=simple; say so, with the fix. Elsewhere nothing is claimed: which systemd
-    will run the daemon is not known there (docs/operations.md "Older systemd")."""
-    import re
-    import shutil
-    import subprocess
-
-    env = os.environ if env is None else env
-    tool = shutil.which("systemctl", path=env.get("PATH"))
-    if not env.get("INVOCATION_ID") or tool is None:
-        return None
-    try:
-        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.match(r"systemd (\d+)", out)
-    if m is None or int(m.group(1)) >= NOTIFY_RELOAD_SYSTEMD:
-        return None
-    return (f"systemd {m.group(1)} does not know Type=notify-reload (systemd 253+) and runs the unit as "
-            "Type=simple: no readiness wait, and `systemctl reload` fails. Add the drop-in Type=notify + "
-            "ExecReload=/bin/kill -HUP $MAINPID (docs/operations.md, \"Older systemd\")")
-
-
-# --------------------------------------------------------------------------- explain
-
-
-def load_request(path: str) -> Any:
-    """Read a send request body ({"message": {...}}) as POST /v1/send would take it."""
-    from pydantic import ValidationError
-
-    from .core.policy import problems_from_validation
-    from .core.request import SendRequest
-
-    label = "<stdin>" if path == "-" else path
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError([f"{label}: (file): not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
-    try:
-        return SendRequest.model_validate(data).message
-    except ValidationError as e:
-        raise InputError([f"{label}: {p.key_path}: {p.msg}" for p in problems_from_validation(e)]) from None
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    from .core.plan import PlanError, resolve_plan
-    from .explain import render_tree
-
-    config = args.config or default_config()
-    try:
-        policy = load(config)
-        request = load_request(args.message) if args.message else None
-    except InputError as e:
-        for line in e.lines():
-            _err(line)
-        return EXIT_INVALID
-    route = args.route
-    if route is None:
-        route = request.route if request is not None and request.route else "default"
-    elif request is not None and request.route and request.route != route:
-        _err(f"{args.message}: warning: message.route {request.route!r} is ignored; "
-             f"explaining route {route!r}")
-    try:
-        plan = resolve_plan(policy, route, request)
-    except PlanError as e:
-        for p in e.problems:
-            if p.loc == ("message", "route") and args.route is not None:
-                _err(f"routingd explain: {p.msg}")
-            else:
-                where = args.message if p.loc[:1] == ("message",) and args.message else policy.path
-                _err(f"{where}: {p.key_path}: {p.msg}")
-        return EXIT_INVALID
-    content = None
-    if request is not None:
-        from .explain import channel_contents
-        try:
-            content = channel_contents(policy, plan, request)
-        except PlanError as e:
-            for p in e.problems:
-                _err(f"{args.message}: {p.key_path}: {p.msg}")
-            return EXIT_INVALID
-    from .explain import add_limits, outbound_limits
-    limits = outbound_limits(policy)
-    if args.json:
-        doc = plan.to_json()
-        add_limits(doc, limits)
-        if request is not None:     # what the text marks SKIPPED
-            from .explain import skipped_channels
-            doc["skipped"] = skipped_channels(plan.items, dict(request.to))
-        if content is not None:
-            doc["content"] = {ch: {"title": c.title, "text": c.text, "html": c.html, "source": source}
-                              for ch, (c, source) in content.items()}
-        print(json.dumps(doc, indent=2))
-    else:
-        recipient = dict(request.to) if request is not None else None
-        sys.stdout.write(render_tree(plan, recipient, list(policy.model.failover.on), limits))
-        if content is not None:
-            from .explain import render_contents
-            sys.stdout.write(render_contents(content))
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- try
 
 
@@ -281,57 +70,6 @@ def cmd_try(args: argparse.Namespace) -> int:
             _err(line)
         return EXIT_INVALID
     return try_command(args, policy)
-
-
-# --------------------------------------------------------------------------- init
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    from .starter import starter_text
-    from .core.policy import PolicyError, parse_policy
-
-    path = args.path
-    text = starter_text()
-    try:  # never write a file that `check` would reject
-        parse_policy(text, path, env={})
-    except PolicyError as e:  # pragma: no cover - a bug in the starter document
-        for line in e.lines():
-            _err(f"routingd init: internal error: {line}")
-        return EXIT_INVALID
-    if path == "-":
-        sys.stdout.write(text)
-        return EXIT_OK
-    if os.path.isdir(path):
-        _err(f"{path}: is a directory; give the path of the file to write")
-        return EXIT_INVALID
-    if os.path.lexists(path) and not args.force:
-        _err(f"{path}: already exists; not overwriting it (use --force to replace it)")
-        return EXIT_INVALID
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        if not args.force and os.path.lexists(path):
-            raise FileExistsError(path)
-        os.replace(tmp, path)
-    except FileExistsError:
-        _remove(tmp)
-        _err(f"{path}: already exists; not overwriting it (use --force to replace it)")
-        return EXIT_INVALID
-    except OSError as e:
-        _remove(tmp)
-        _err(f"{path}: cannot write file: {e.strerror or e}")
-        return EXIT_INVALID
-    print(f"{path}: written; check it with `routingd check {path}`, serve it with "
-          f"`routingd serve --config {path}`")
-    return EXIT_OK
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------- delegated commands

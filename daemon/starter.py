@@ -1,6 +1,6 @@
 """The starter routing.toml that `routingd init` writes: the document as data, and its text with
 every key explained in a comment (docs/configuration.md has the reference). Kept apart from
-cli.py, which only parses arguments and dispatches.
+cli_init.py, which only writes it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """The durable state store: the interface (interface.py), its rows (rows.py) and two
-implementations, SQLite (sqlite.py, the default) and PostgreSQL (postgres.py); `open_store()`
-picks one from the settings. docs/architecture.md, docs/scaling.md."""
+implementations, SQLite (sqlite.py, the default, on sqlite_file.py) and PostgreSQL (postgres.py),
+which share the writer (writer.py: queue, writer thread, group commit, backlog), the batch
+writes (batch.py) and their SQL (sql.py); `make_store()` picks one from the settings.
+docs/architecture.md, docs/scaling.md."""
 
 from __future__ import annotations
 
+from .batch import _encode
 from .interface import StateStore, StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sqlite import SCHEMA_VERSION, Store, _encode, _explain
+from .sqlite import Store
+from .sqlite_file import SCHEMA_VERSION, _explain
 
 __all__ = ["SCHEMA_VERSION", "AttemptRow", "EventRow", "MessageRow", "StateStore", "Store", "StoreError",
            "StoredMessage", "_encode", "_explain", "is_postgres_url", "make_store"]

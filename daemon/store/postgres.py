@@ -40,10 +40,12 @@ from typing import Any, Callable
 
 import psycopg
 
+from .batch import _Writes, _apply
 from .interface import StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sqlite import (_ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _Item, _Writes, _apply, _list_query, _update_sql,
-                     Store)
+from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _list_query, _update_sql
+from .sqlite import Store
+from .writer import _Item
 
 log = logging.getLogger("routingd.store")
 
