@@ -41,6 +41,7 @@ test-busy: $(STAMP)
 	@sh tools/ensure-mosquitto.sh
 	@sh tools/ensure-postgresql.sh
 	@sh tools/ensure-systemd-analyze.sh
+	@sh tools/ensure-chromium.sh
 	$(BIN)/python tools/busy.py --max-seconds 3600 -- $(BIN)/python -m pytest -q
 
 soak: $(STAMP)

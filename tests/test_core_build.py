@@ -120,6 +120,8 @@ def test_compiled_and_pure_python_give_the_same_reports_for_every_drill(compiled
         assert fast["reports"][name] == slow["reports"][name], name
 
 
+# bounded, but longer than the suite's 120 s: the core's unit and property tests rerun in a subprocess on the interpreted core: minutes of CPU on a busy machine (make test-busy)
+@pytest.mark.timeout(600)
 def test_the_core_unit_and_property_tests_pass_on_the_pure_python_core_too(compiled: None, tmp_path: Path) -> None:
     """The suite runs the compiled core; an install with ROUTINGD_COMPILE=0 runs the sources.
     Both must pass the engine's own tests (the drills above compare whole reports)."""

@@ -15,7 +15,13 @@ import pytest
 from daemon_process import DaemonProcess, serving, wait_until
 
 CHROMIUM = next((p for p in ("chromium", "chromium-browser", "google-chrome") if shutil.which(p)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs it: tools/ensure-chromium.sh)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_present() -> None:
+    # a missing browser fails the test, never skips it: a skip would hide the untested page
+    if CHROMIUM is None:
+        pytest.fail("no chromium on PATH: make test installs it (tools/ensure-chromium.sh)", pytrace=False)
 
 CONFIG = """
 version = 1
