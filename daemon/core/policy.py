@@ -158,12 +158,28 @@ class FailoverSection(Strict):
     on: list[FailoverEntry] = Field(default_factory=lambda: list(DEFAULT_FAILOVER_ON))
 
 
+def _slow_mark(v: Any) -> Any:
+    if v is None or v is False:
+        return v
+    if v is True:
+        raise ValueError("expected a duration like \"500ms\", or false to turn slow-call detection off; got true")
+    ms = _parse_duration_ms(v)
+    if ms < 1:
+        raise ValueError("must be at least 1ms; `slow = false` turns slow-call detection off")
+    return ms
+
+
+SlowMark = Annotated[Union[int, Literal[False], None], BeforeValidator(_slow_mark)]
+
+
 class BreakerSection(Strict):
     failures: int = Field(default=5, ge=1, le=10_000)
     cooldown: Duration = 30_000
     # an attempt still running this long counts as a breaker failure at that moment (not only
-    # at its timeout): a hang is detected after `slow`, not after the whole attempt timeout
-    slow: Duration | None = Field(default=None, ge=1)
+    # at its timeout): a hang is detected after `slow`, not after the whole attempt timeout.
+    # None (unset): half the attempt's own timeout (plan.py; docs/performance.md "Failover
+    # quality" for why it is on by default); false: off
+    slow: SlowMark = None
 
 
 class BackoffSection(Strict):
@@ -977,7 +993,7 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     route_sets_provider_timeout = any(r.timeouts.provider is not None for r in model.routes.values())
     for pname, p in model.providers.items():
         slow = p.breaker.slow if p.breaker is not False else None
-        if slow is None:
+        if slow is None or slow is False:     # unset: half the timeout, always shorter
             continue
         if p.timeout is not None:
             timeout, where = p.timeout, f"providers.{pname}.timeout"
