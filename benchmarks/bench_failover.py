@@ -1,23 +1,32 @@
-"""Failover quality from the simulator: time to deliver during a primary hang, breaker on (with and
-without the in-flight cut) vs off, against the floor (the backup provider's own healthy time to deliver).
+"""Failover quality from the simulator: time to deliver during a primary hang with the breaker as
+it ships, with slow-call detection tuned or off, with the in-flight cut or without, and with the
+breaker off, against the floor (the backup provider's own healthy time to deliver).
 
 benchmarks/scenarios/failover-hang.toml (ses hangs for 3 minutes at 50 msg/s, attempt timeout
-2s) runs on the same seeded traffic against three routing files:
-  breaker on   routing-failover-breaker.toml    ses -> sendgrid, breaker 5 failures / 30s, and when
-                                                it opens the attempts in flight on ses fail over at once
-                                                (engine: Delivery.on_provider_unhealthy; the default)
-  no cut       the same routing file, [simulation] cut_inflight_on_breaker_open = false: those
-                                                attempts wait out their own timeout
-  slow-call    routing-failover-slow.toml       breaker on, plus slow = "500ms": an attempt still running
-                                                500 ms after its start counts as a breaker failure then,
-                                                so the breaker opens ~0.5 s into the hang, not ~2 s
+2s) runs on the same seeded traffic against these routing files:
+  shipped      routing-failover-breaker.toml    ses -> sendgrid, the breaker as it ships: 5 failures /
+                                                30s, slow-call mark at half the attempt timeout (1s
+                                                here: an attempt still running then counts as a
+                                                failure), and when it opens the attempts in flight
+                                                on ses fail over at once (Delivery.on_provider_unhealthy)
+  slow 500ms   routing-failover-slow.toml       the same with slow = "500ms" (a little above ses's
+                                                healthy p99 of 400 ms)
+  slow off     routing-failover-noslow.toml     slow = false (the first stage's default): a hang is
+                                                detected only when the attempts time out (2s)
+  no cut       the slow-off file, [simulation] cut_inflight_on_breaker_open = false: the attempts in
+                                                flight wait out their own timeout
   breaker off  routing-failover-nobreaker.toml  the same with breaker = false
   floor        routing-failover-floor.toml      sendgrid alone, healthy
-Counted are the messages accepted while the hang lasts. Target: breaker on p95 <= 1.5 x the
-floor's p95. The p99 is printed against the floor too (no target): it shows what the breaker
-cannot fix even with the cut -- the messages that start on the hanging provider before the breaker
-opens wait until it opens (one attempt timeout after the hang begins), and each half-open probe
-waits the full attempt timeout.
+Counted are the messages accepted while the hang lasts. Targets (issue 20): the shipped defaults'
+p95 <= 1.5 x the floor's p95 and p99 <= 1.2 x the floor's p99, both measured in this run. What
+remains above the floor is the detection time: the messages that start on the hanging provider
+before the breaker opens wait until it opens (slow, or one attempt timeout without it, after the
+hang begins), and each half-open probe waits until its own slow mark (or timeout).
+
+Hedged half-open probe (an estimate, not a routing option): the probe's message would also start
+the fallback HEDGE_MS after the probe started. From the shipped-defaults run, each probe's message
+(an attempt on ses that started while its breaker was open or half-open) is delivered earlier by
+(the time its probe was cut - its start - HEDGE_MS), the fallback's own latency kept as drawn.
 """
 
 from __future__ import annotations
@@ -32,12 +41,14 @@ from routingd.simulator.cli import prepare
 from routingd.simulator.metrics import CANCELLED, TIMEOUT
 from routingd.simulator.runner import RunResult, run as sim_run
 
-TARGET = 1.5
+TARGET_P95 = 1.5
+TARGET_P99 = 1.2
+HEDGE_MS = 400          # ses's healthy p99: a probe still running then is likely hanging
 SCENARIOS = BENCH / "scenarios"
 # (label, routing file, cut in-flight attempts when a breaker opens)
-RUNS = (("breaker on", "routing-failover-breaker.toml", True), ("no cut", "routing-failover-breaker.toml", False),
-        ("slow-call", "routing-failover-slow.toml", True), ("breaker off", "routing-failover-nobreaker.toml", True),
-        ("floor", "routing-failover-floor.toml", True))
+RUNS = (("shipped", "routing-failover-breaker.toml", True), ("slow 500ms", "routing-failover-slow.toml", True),
+        ("slow off", "routing-failover-noslow.toml", True), ("no cut", "routing-failover-noslow.toml", False),
+        ("breaker off", "routing-failover-nobreaker.toml", True), ("floor", "routing-failover-floor.toml", True))
 
 
 def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
@@ -57,17 +68,32 @@ def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
                 elif out == CANCELLED:
                     cut.add(msg)
     st = m.stats.get("ses")
+    # the probes: attempts on ses that started after its breaker first opened (within the hang,
+    # every later attempt on ses is a half-open probe: the open breaker skips it otherwise)
+    opened = [at for at, prov, what in m.breaker_events if prov == "ses" and what == "opened" and at >= start]
+    probes: dict[int, float] = {}   # message -> how much sooner a hedge at HEDGE_MS delivers it
+    if opened and "ses" in m.providers:
+        p = m.providers.index("ses")
+        for msg, prov, st_at, end_at in zip(m.a_msg, m.a_prov, m.a_start, m.a_end):
+            if prov == p and msg in inside and st_at > opened[0] and end_at is not None:
+                probes[msg] = max(0.0, end_at - st_at - HEDGE_MS / 1000.0)
+    hedged = [m.delivered_at[i] - m.accepted_at[i] - probes.get(i, 0.0) for i in idx  # type: ignore[operator]
+              if m.status[i] == "delivered" and m.delivered_at[i] is not None]
+    probe_ttd = [m.delivered_at[i] - m.accepted_at[i] for i in probes  # type: ignore[operator]
+                 if m.status[i] == "delivered" and m.delivered_at[i] is not None]
     return {"messages": len(idx), "delivered": len(ttd), "not_delivered": len(idx) - len(ttd),
             "p50_s": percentile(ttd, 50), "p95_s": percentile(ttd, 95), "p99_s": percentile(ttd, 99),
             "max_s": max(ttd) if ttd else None, "waited_on_ses": len(waited),
             "waited_share": len(waited) / len(idx) if idx else 0.0, "cut_on_ses": len(cut),
             "breaker_opened": st.breaker_opened if st else 0, "ses_skipped": st.skipped if st else 0,
+            "probes": len(probes), "probe_ttd_max_s": max(probe_ttd) if probe_ttd else None,
+            "hedged_p99_s": percentile(hedged, 99), "hedged_max_s": max(hedged) if hedged else None,
             "violations": r.checker.total, "wall_s": r.wall_s}
 
 
 def run(seed: int | None = None) -> BenchResult:
-    header("failover quality: ses hangs for 3m at 50 msg/s (simulated), breaker on (cut / no cut / "
-           "slow-call) vs off vs the floor")
+    header("failover quality: ses hangs for 3m at 50 msg/s (simulated), the shipped breaker vs slow-call "
+           "tuned / off / no cut vs breaker off vs the floor")
     res = BenchResult("failover")
     t0 = time.monotonic()
     setups, errors = prepare([str(SCENARIOS / "failover-hang.toml")], [str(SCENARIOS / f) for _, f, _ in RUNS],
@@ -81,34 +107,35 @@ def run(seed: int | None = None) -> BenchResult:
     res.say(f"messages accepted during the hang ({outage.start_s:g}s..{outage.end_s:g}s): "
             f"{figs['floor']['messages']}")
     res.say(f"{'':12s} {'p50':>9s} {'p95':>9s} {'p99':>9s} {'max':>9s}  timed out on ses  cut  "
-            f"breaker opened/skips  undelivered")
+            f"breaker opened/skips  probes  undelivered")
     for label, f in figs.items():
         res.say(f"{label:12s} {ms(f['p50_s']):>9s} {ms(f['p95_s']):>9s} {ms(f['p99_s']):>9s} {ms(f['max_s']):>9s}  "
                 f"{f['waited_on_ses']:5d} ({f['waited_share']:6.2%})  {f['cut_on_ses']:4d}  "
-                f"{f['breaker_opened']:3d}/{f['ses_skipped']:<6d}        {f['not_delivered']}")
-    floor, on, nocut, off = figs["floor"], figs["breaker on"], figs["no cut"], figs["breaker off"]
-    slow = figs["slow-call"]
+                f"{f['breaker_opened']:3d}/{f['ses_skipped']:<6d}        {f['probes']:4d}    {f['not_delivered']}")
+    floor, shipped = figs["floor"], figs["shipped"]
 
     def rel(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
 
     res.figures.update({k: {kk: (round(vv, 6) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                         for k, v in figs.items()})
-    res.check("breaker on p95 / floor p95", rel(on["p95_s"], floor["p95_s"]), TARGET, at_least=False)
-    res.check("breaker on p99 / floor p99", rel(on["p99_s"], floor["p99_s"]), None)
-    res.check("slow-call p95 / floor p95", rel(slow["p95_s"], floor["p95_s"]), None)
-    res.check("slow-call p99 / floor p99", rel(slow["p99_s"], floor["p99_s"]), None)
-    res.check("no cut p95 / floor p95", rel(nocut["p95_s"], floor["p95_s"]), None)
-    res.check("no cut p99 / floor p99", rel(nocut["p99_s"], floor["p99_s"]), None)
-    res.check("breaker off p95 / floor p95", rel(off["p95_s"], floor["p95_s"]), None)
-    res.check("breaker off p99 / floor p99", rel(off["p99_s"], floor["p99_s"]), None)
-    delayed = on["waited_on_ses"] + on["cut_on_ses"]
-    res.say(f"p99 needs fewer than 1% of the messages to be held up by the hanging provider; with the breaker "
-            f"and the cut {delayed / on['messages'] if on['messages'] else 0.0:.2%} were ({on['waited_on_ses']} "
-            f"timed out: the first failures and one probe per cooldown; {on['cut_on_ses']} cut when it opened, "
-            f"after waiting up to one attempt timeout); without the cut {nocut['waited_share']:.2%} "
-            f"({nocut['waited_on_ses']}) timed out; with slow-call detection "
-            f"{(slow['waited_on_ses'] + slow['cut_on_ses']) / slow['messages'] if slow['messages'] else 0.0:.2%}")
+    res.check("shipped p95 / floor p95", rel(shipped["p95_s"], floor["p95_s"]), TARGET_P95, at_least=False)
+    res.check("shipped p99 / floor p99", rel(shipped["p99_s"], floor["p99_s"]), TARGET_P99, at_least=False)
+    for label in ("slow 500ms", "slow off", "no cut", "breaker off"):
+        f = figs[label]
+        res.check(f"{label} p95 / floor p95", rel(f["p95_s"], floor["p95_s"]), None)
+        res.check(f"{label} p99 / floor p99", rel(f["p99_s"], floor["p99_s"]), None)
+    for label in ("shipped", "slow off"):
+        f = figs[label]
+        res.say(f"hedged half-open probe (estimate, fallback started {HEDGE_MS} ms after the probe), {label}: "
+                f"{f['probes']} probe messages ({f['probes'] / f['messages'] if f['messages'] else 0.0:.3%}), "
+                f"slowest delivered at {ms(f['probe_ttd_max_s'])}; p99 {ms(f['p99_s'])} -> {ms(f['hedged_p99_s'])}, "
+                f"max {ms(f['max_s'])} -> {ms(f['hedged_max_s'])}")
+    for label in ("shipped", "slow off"):
+        f = figs[label]
+        res.say(f"held up by the hanging provider, {label}: "
+                f"{(f['waited_on_ses'] + f['cut_on_ses']) / f['messages'] if f['messages'] else 0.0:.2%} "
+                f"({f['waited_on_ses']} timed out, {f['cut_on_ses']} cut); p99 reaches the floor only below 1%")
     res.wall_s = time.monotonic() - t0
     return res
 

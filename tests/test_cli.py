@@ -338,7 +338,8 @@ def test_explain_json_shape(tmp_path: Path) -> None:
     assert [p["provider"] for p in x["providers"]] == ["a", "b"]
     a, b = x["providers"]
     assert a["retries"] == 2 and a["confirm"] == "response"
-    assert a["breaker"] == {"failures": 5, "cooldown_ms": 30 * S}
+    # the default breaker: its slow-call mark at half a's own 21 s timeout (on by default since issue 20)
+    assert a["breaker"] == {"failures": 5, "cooldown_ms": 30 * S, "slow_ms": 10_500}
     assert b["confirm"] == "receipt" and b["receipt_timeout_ms"] == 40 * S and b["breaker"] is None
     assert y["method"] == "all" and y["requires"] is None
 

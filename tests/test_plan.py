@@ -226,7 +226,8 @@ def test_plan_carries_every_setting(policy: Policy) -> None:
     assert plan.policy_version == policy.version
     email, group = plan.items
     assert email == ChannelStep("email", 50_000, (
-        ProviderStep("ses", 20_000, 1, "receipt", 120_000, 100, 1_000, 3, 10_000),
+        # breaker.slow unset: the slow-call mark at half the attempt timeout (the default since issue 20)
+        ProviderStep("ses", 20_000, 1, "receipt", 120_000, 100, 1_000, 3, 10_000, 10_000),
         ProviderStep("sendgrid", 10_000, 0, "response", 120_000, 500, 30_000, None, 0),
     ), "single", "email")
     assert isinstance(group, GroupStep) and group.method == "all"
@@ -248,7 +249,8 @@ def test_explain_json_shape(policy: Policy) -> None:
     ses = email["providers"][0]
     assert {k: ses[k] for k in ("provider", "timeout_ms", "retries")} == \
         {"provider": "ses", "timeout_ms": 20_000, "retries": 1}
-    assert ses["receipt_timeout_ms"] == 120_000 and ses["breaker"] == {"failures": 3, "cooldown_ms": 10_000}
+    assert ses["receipt_timeout_ms"] == 120_000 and ses["breaker"] == {"failures": 3, "cooldown_ms": 10_000,
+                                                                       "slow_ms": 10_000}
     assert email["providers"][1]["timeout_ms"] == 5_000 and email["providers"][1]["breaker"] is None
     assert j["items"][1]["timeout_ms"] == 30_000
     nested = resolve_plan(policy).to_json()["items"][1]
@@ -265,6 +267,30 @@ def test_explain_json_reflects_request_overrides(policy: Policy) -> None:
     assert j["message_timeout_ms"] == 60_000
     assert [p["timeout_ms"] for p in j["items"][0]["providers"]] == [3_000, 7_000]
     assert j["items"][0]["timeout_ms"] == 50_000 and j["items"][1]["timeout_ms"] == 11_000
+
+
+def test_the_slow_call_mark_defaults_to_half_the_effective_attempt_timeout(policy: Policy) -> None:
+    """breaker.slow unset: half of the timeout this very attempt runs with, wherever that timeout
+    comes from (a request override included); set: as written; false: no mark; breaker off: none."""
+    def slow_marks(p: Policy, req: MessageRequest | None = None) -> dict[str, int | None]:
+        email = resolve_plan(p, "urgent-alert", request=req).items[0]
+        assert isinstance(email, ChannelStep)
+        return {s.provider: s.breaker_slow_ms for s in email.providers}
+
+    assert slow_marks(policy) == {"ses": 10_000, "sendgrid": None}
+    req = MessageRequest.model_validate({"to": {"email": "a@x"}, "route": "urgent-alert",
+                                         "providers": {"ses": {"timeout": 3000}}})
+    assert slow_marks(policy, req) == {"ses": 1_500, "sendgrid": None}
+    explicit = parse_policy(POLICY.replace('breaker = { failures = 3, cooldown = "10s" }',
+                                           'breaker = { failures = 3, cooldown = "10s", slow = "700ms" }'),
+                            "routing.toml", env={})
+    assert slow_marks(explicit, req) == {"ses": 700, "sendgrid": None}
+    off = parse_policy(POLICY.replace('breaker = { failures = 3, cooldown = "10s" }',
+                                      'breaker = { failures = 3, cooldown = "10s", slow = false }'),
+                       "routing.toml", env={})
+    assert slow_marks(off, req) == {"ses": None, "sendgrid": None}
+    assert resolve_plan(off, "urgent-alert").to_json()["items"][0]["providers"][0]["breaker"] == \
+        {"failures": 3, "cooldown_ms": 10_000}
 
 
 def test_inline_routing_replaces_the_route_channels(policy: Policy) -> None:

@@ -412,6 +412,20 @@ def test_a_breaker_slow_mark_that_can_never_come_first_warns() -> None:
     assert parse(per_route + '[timeouts]\nprovider = "1s"\n').warnings == ()
 
 
+def test_breaker_slow_takes_a_duration_or_false() -> None:
+    def breaker(v: str) -> str:
+        return BASE.replace('url = "https://email.example.com/send"',
+                            f'url = "https://email.example.com/send"\nbreaker = {{ slow = {v} }}')
+    assert parse(breaker('"250ms"')).model.providers["ses"].breaker.slow == 250
+    assert parse(breaker("false")).model.providers["ses"].breaker.slow is False
+    assert parse(BASE).model.providers["ses"].breaker.slow is None       # unset: half the timeout (plan.py)
+    for bad, says in (("true", "or false to turn slow-call detection off"), ("0", "must be at least 1ms"),
+                      ('"soon"', "bad duration")):
+        with pytest.raises(PolicyError) as e:
+            parse(breaker(bad))
+        assert "providers.ses.breaker.slow" in str(e.value) and says in str(e.value), str(e.value)
+
+
 def test_no_default_route_warns() -> None:
     p = parse(BASE.replace("[routes.default]", "[routes.other]"))
     assert any("no [routes.default]" in w for w in p.warnings)

@@ -30,6 +30,11 @@ L = 0.3      # backup's constant latency (s)
 
 
 def write_routing(tmp: Path, breaker: str) -> Path:
+    """The primary's breaker as given; a table without `slow` gets `slow = false`: the first-
+    principles tests derive the timeout path (the shipped default's mark at half the timeout,
+    issue 20, has its own tests that set `slow` or pass `true`)."""
+    if breaker.startswith("{") and "slow" not in breaker:
+        breaker = breaker[:-1].rstrip() + ', slow = false }'
     path = tmp / "routing.toml"
     path.write_text(textwrap.dedent(f"""
         version = 1
@@ -311,6 +316,7 @@ def test_held_back_wake_ups_come_when_an_answer_does_not_replace_them(tmp_path: 
         receipt_timeout = "2s"
         receipt_delay = { median = "500ms", p99 = "3s" }
         retries = 1
+        breaker = { slow = false }          # the deadline path, without the default's slow-call mark
         [providers.backup]
         type = "sandbox"
         latency = { median = "80ms", p99 = "900ms" }
@@ -527,8 +533,11 @@ def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:
             next_probe = a + 0.25 + 10.0
     assert rep["providers"]["primary"]["slow"] == 3 + probes and probes >= 1
     assert rep["providers"]["backup"]["slow"] == 0
-    write_routing(tmp_path, '{ failures = 3, cooldown = "10s" }')
+    write_routing(tmp_path, '{ failures = 3, cooldown = "10s", slow = false }')
     assert build_report(simulate(write_scenario(tmp_path, duration="30s", rate=20)))["providers"]["primary"]["slow"] == 0
+    # the shipped default (slow unset): marked at half the attempt timeout
+    write_routing(tmp_path, "true")
+    assert build_report(simulate(write_scenario(tmp_path, duration="30s", rate=20)))["providers"]["primary"]["slow"] > 0
 
 
 def test_the_commit_delay_comes_before_every_call_and_the_deadline_does_not_wait_for_it(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def validate_references(model: PolicyModel) -> tuple[list[Problem], list[str]]:
     route_sets_provider_timeout = any(r.timeouts.provider is not None for r in model.routes.values())
     for pname, p in model.providers.items():
         slow = p.breaker.slow if p.breaker is not False else None
-        if slow is None:
+        if slow is None or slow is False:     # unset: half the timeout, always shorter
             continue
         if p.timeout is not None:
             timeout, where = p.timeout, f"providers.{pname}.timeout"

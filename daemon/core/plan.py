@@ -181,9 +181,11 @@ def resolve_plan(policy: Policy, route: str | None = None, request: MessageReque
                         (m.timeouts.provider, "timeouts.provider"),
                         (BUILTIN_PROVIDER_TIMEOUT_MS, BUILTIN))
         br = p.breaker
+        # breaker.slow unset: the slow-call mark at half this attempt's timeout (on by default:
+        # docs/performance.md "Failover quality"); false: no mark
+        slow = None if br is False or br.slow is False else br.slow if br.slow is not None else max(1, t // 2)
         return ProviderStep(pname, t, p.retries, p.confirm, p.receipt_timeout, p.backoff.base, p.backoff.max,
-                            None if br is False else br.failures, 0 if br is False else br.cooldown,
-                            None if br is False else br.slow, src)
+                            None if br is False else br.failures, 0 if br is False else br.cooldown, slow, src)
 
     def channel_step(cname: str) -> ChannelStep:
         c = m.channels[cname]

@@ -16,16 +16,33 @@ from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Discriminator
                       field_validator, model_validator)
 
 from .behaviour import BehaviourSpec, Duration, FailMode, Rate
+from .durations import parse_duration_ms
 from .limiter import Limit
 from .sections import Strict
+
+
+def _slow_mark(v: Any) -> Any:
+    if v is None or v is False:
+        return v
+    if v is True:
+        raise ValueError("expected a duration like \"500ms\", or false to turn slow-call detection off; got true")
+    ms = parse_duration_ms(v)
+    if ms < 1:
+        raise ValueError("must be at least 1ms; `slow = false` turns slow-call detection off")
+    return ms
+
+
+SlowMark = Annotated[Union[int, Literal[False], None], BeforeValidator(_slow_mark)]
 
 
 class BreakerSection(Strict):
     failures: int = Field(default=5, ge=1, le=10_000)
     cooldown: Duration = 30_000
     # an attempt still running this long counts as a breaker failure at that moment (not only
-    # at its timeout): a hang is detected after `slow`, not after the whole attempt timeout
-    slow: Duration | None = Field(default=None, ge=1)
+    # at its timeout): a hang is detected after `slow`, not after the whole attempt timeout.
+    # None (unset): half the attempt's own timeout (plan.py; docs/performance.md "Failover
+    # quality" for why it is on by default); false: off
+    slow: SlowMark = None
 
 
 class BackoffSection(Strict):
