@@ -93,6 +93,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from . import cluster as _cluster
 from . import providers as _providers  # noqa: F401 - registers the http and sandbox adapters
 from .adapters import AdapterContext, AttemptRequest, Content, ProviderAdapter, TimedAnswer, build_adapter
 from .content import render_message, unreachable
@@ -287,6 +288,8 @@ class Router:
         self._limit_handle: asyncio.TimerHandle | None = None
         self._limit_at: float | None = None
         self._stale = 0
+        # several processes on one PostgreSQL database: leases, takeovers, handoffs (cluster.py)
+        self._cluster: _cluster.Cluster | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -348,6 +351,7 @@ class Router:
         for live in resumed:
             if live is not None:
                 self._begin(live)
+        self._cluster = _cluster.attach(self)
         self._purge_task = asyncio.create_task(self._purge_loop(), name="routingd purge")
         self._clock_task = asyncio.create_task(self._clock_loop(), name="routingd clock")
 
@@ -394,6 +398,8 @@ class Router:
             await self._ctx.http_session.close()
             self._ctx.http_session = None
         await self.store.flush()
+        if self._cluster is not None:
+            await self._cluster.stop()
         if self._own_store:
             await self.store.close()
         log.info("router stopped; %d message(s) left pending in the store", len(self._live))
@@ -1102,6 +1108,8 @@ class Router:
                     live.details.setdefault(attempt_id, prior.detail)
                 self._apply(live, live.delivery.on_earlier_receipt(earlier, status, now), now)
         else:
+            if self._cluster is not None and await self._cluster.hand_off_receipt(provider, attempt_id, status):
+                return True         # stored for the process that routes the message (cluster.py)
             row = self.store.get_attempt(attempt_id)
             if row is None:
                 self.metrics.receipts_unmatched.inc()
@@ -1209,6 +1217,10 @@ class Router:
         if self._halted:
             raise Overloaded(1.0, "routingd is shutting down")
         live = self._live.get(message_id)
+        if live is None and self._cluster is not None and message_id not in self._recent:
+            handed = await self._cluster.cancel(message_id)    # routed by another process
+            if handed is not None:
+                return handed
         if live is None:
             st = self.status(message_id)
             if st is not None and st["status"] == "pending":    # stored, routed at the next start

@@ -267,7 +267,7 @@ class Service:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
             raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
-        store = make_store(s.state, s.store)
+        store = make_store(s.state, s.store, s.lease_s)
         try:
             await store.open()
         except StoreError as e:
