@@ -4,9 +4,10 @@
 per file). Its one loop, on the Router's event loop, with its own database connection
 (store/lease.py `LeaseBook`, so it never waits behind the writer's backlog):
 
-- every lease/3: **renew** every lease this process holds (one UPDATE), and drop from memory
-  any message it no longer owns (its lease ran out while the process stalled or the database was
-  unreachable, and another process took it over: routing it further would send it twice);
+- every lease/3: **renew** this process's lease (its row in `nodes`: one UPDATE of one row,
+  covering every message it owns); if the lease had run out (the process stalled, or could not
+  reach the database) drop from memory every message another process took over meanwhile
+  (routing it further would send it twice);
 - every CLAIM_EVERY_S (or lease/3 if shorter): **claim** a bounded batch of pending messages
   whose lease expired (a process that died) or was released (a clean stop) and resume them as
   a start does (Router._resume: original absolute deadlines, the policy they were accepted
@@ -33,7 +34,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .store import lease
-from .store.interface import StoreError
 
 if TYPE_CHECKING:
     from .runtime import Router, _Live
@@ -112,7 +112,11 @@ class Cluster:
     async def renew(self) -> None:
         router = self.router
         held = list(router._live)
-        owned = await self.book.run(lambda c: lease.renew(c, self.node, self.lease_s), "renew the leases")
+        owned = await self.book.run(lambda c: lease.renew(c, self.node, self.lease_s), "renew the lease")
+        if owned is None:
+            return                  # renewed in time: nobody could take anything over
+        log.warning("this process's lease ran out before it was renewed (a stall, or the database was "
+                    "unreachable); renewed now")
         for mid in held:
             live = router._live.get(mid)
             if live is not None and mid not in owned:

@@ -123,8 +123,9 @@ def test_a_daemon_killed_with_messages_pending_is_taken_over_within_the_lease(
         owner_a = set(_owners(pg_url, ids).values())
         assert len(owner_a) == 1
         fast.set_script([{"status": 200}])
-        with psycopg.connect(pg_url) as conn:       # a's leases, renewed until the kill
-            row = conn.execute("SELECT min(extract(epoch FROM lease_until)) FROM messages").fetchone()
+        with psycopg.connect(pg_url) as conn:       # a's lease, renewed until the kill
+            row = conn.execute("SELECT extract(epoch FROM lease_until) FROM nodes WHERE node = %s",
+                               (next(iter(owner_a)),)).fetchone()
             assert row is not None and row[0] is not None
             leased_until = float(row[0])
         assert a.kill() == -signal.SIGKILL
@@ -236,7 +237,9 @@ def test_a_process_that_lost_its_lease_stops_routing_the_message(
         (a,) = _daemons(stack, tmp_path, 1, config, pg_url)
         mid = a.send({"to": {"email": "a@example.com"}})
         standins.call(fast.wait_for(1))
-        with psycopg.connect(pg_url) as conn:       # as a takeover by another process would leave it
+        with psycopg.connect(pg_url) as conn:       # a's lease ran out and another process took mid over
+            conn.execute("UPDATE nodes SET lease_until = now() - interval '1 second' "
+                         "WHERE node = (SELECT owner FROM messages WHERE id = %s)", (mid,))
             conn.execute("UPDATE messages SET owner = 'elsewhere/1/x' WHERE id = %s", (mid,))
         standins.call(fast.wait_for(1, finished=True))          # a cancelled its call
         assert fast.requests[0].finished == "cancelled"

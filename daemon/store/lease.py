@@ -1,12 +1,14 @@
 """Ownership of pending messages by lease, on the PostgreSQL store (docs/scaling.md "Leases").
 
 Several routingd processes share one database. Each pending message row names its owner (a
-process's node id, `new_node_id()`) and a lease expiry (`lease_until`, the database's clock:
-no skew between machines). The owner renews all its leases with one UPDATE every lease/3; a
-process takes over messages whose lease expired with `SELECT ... FOR UPDATE SKIP LOCKED` (a
-bounded batch, never a message another live process renews), and resumes them as a start
-resumes (runtime.py Router._resume). Receipts and cancels for a message another process owns
-are handed to it through the `handoffs` table (daemon/cluster.py).
+process's node id, `new_node_id()`); the owner's lease is its row in `nodes` (`lease_until`, on
+the database's clock: no skew between machines), which covers every message it owns. The owner
+renews it with one UPDATE of one row every lease/3 (renewing a lease per message row cost
+~20-46 us a row here: 2-4.6 s for 100 000 pending messages, longer than the renewal interval;
+docs/performance.md). A process takes over messages whose owner's lease expired with
+`SELECT ... FOR UPDATE SKIP LOCKED` (a bounded batch, never a message of a live process) and
+resumes them as a start resumes (runtime.py Router._resume). Receipts and cancels for a message
+another process owns are handed to it through the `handoffs` table (daemon/cluster.py).
 
 This module is SQL and nothing else: functions of a connection taking `?` placeholders (the
 store's `_Conn`), and `LeaseBook`, the side connection the cluster loop runs them on (its own
@@ -54,32 +56,55 @@ def with_details(conn: Any, msgs: list[MessageRow]) -> list[StoredMessage]:
     return list(by_id.values())
 
 
+def register(conn: Any, node: str, lease_s: float) -> None:
+    """This process's node row, with a fresh lease: written at open, before any message names it
+    (a message whose owner has no live node row is taken over). Node rows that expired a day
+    ago and own nothing pending are deleted on the way."""
+    conn.execute(f"INSERT INTO nodes (node, lease_until) VALUES (?, {_LEASE}) "
+                 "ON CONFLICT (node) DO UPDATE SET lease_until = excluded.lease_until", (node, lease_s))
+    conn.execute("DELETE FROM nodes n WHERE lease_until < now() - interval '1 day' AND NOT EXISTS "
+                 "(SELECT 1 FROM messages m WHERE m.owner = n.node AND m.status = 'pending')")
+
+
 def claim(conn: Any, node: str, lease_s: float, limit: int) -> list[StoredMessage]:
-    """Take up to `limit` pending messages whose lease expired (or that never had one: rows of
-    schema 1, or released by a clean stop), oldest first, and own them for `lease_s`. Rows
-    another transaction is claiming are skipped, not waited for; this node's own rows are never
-    claimed (it still routes them: its renewal only came late)."""
+    """Take up to `limit` pending messages no live process owns (their node's lease expired, or
+    they have no owner: rows of schema 1), oldest first. The dead nodes' rows are locked first
+    (SKIP LOCKED: another claimer's are left to it), so that a node renewing late (renew())
+    waits for this claim to commit and then sees what it lost."""
+    dead = [str(r[0]) for r in conn.execute(
+        "SELECT node FROM nodes WHERE lease_until < now() AND node != ? FOR UPDATE SKIP LOCKED", (node,)).fetchall()]
     rows = conn.execute(
-        "WITH c AS (SELECT id FROM messages WHERE status = 'pending' "
-        "AND (lease_until IS NULL OR lease_until < now()) AND owner IS DISTINCT FROM ? "
+        "WITH c AS (SELECT id FROM messages WHERE status = 'pending' AND (owner = ANY(?) OR owner IS NULL) "
         "ORDER BY accepted_at LIMIT ? FOR UPDATE SKIP LOCKED) "
-        f"UPDATE messages m SET owner = ?, lease_until = {_LEASE} FROM c WHERE m.id = c.id "
-        f"RETURNING {_M_COLS}", (node, limit, node, lease_s)).fetchall()
+        f"UPDATE messages m SET owner = ? FROM c WHERE m.id = c.id RETURNING {_M_COLS}",
+        (dead, limit, node)).fetchall()
     msgs = sorted((MessageRow(*r) for r in rows), key=lambda m: (m.accepted_at, m.id))
     return with_details(conn, msgs)
 
 
-def renew(conn: Any, node: str, lease_s: float) -> set[str]:
-    """Extend every lease of this node (one UPDATE); the ids it still owns."""
+def renew(conn: Any, node: str, lease_s: float) -> set[str] | None:
+    """Extend this node's lease: one UPDATE of one row, whatever the number of messages it owns.
+    None: the lease had not run out, so nothing was taken. Else (it ran out: the process
+    stalled, or could not reach the database) the node is live again from this commit on, and
+    the set is the pending messages it still owns: the others were taken over meanwhile (a claim
+    holding its node row was waited for)."""
+    if conn.execute(f"UPDATE nodes SET lease_until = {_LEASE} WHERE node = ? AND lease_until >= now() "
+                    "RETURNING node", (lease_s, node)).fetchone() is not None:
+        return None
+    register(conn, node, lease_s)
     return {str(r[0]) for r in conn.execute(
-        f"UPDATE messages SET lease_until = {_LEASE} WHERE owner = ? AND status = 'pending' RETURNING id",
-        (lease_s, node)).fetchall()}
+        "SELECT id FROM messages WHERE owner = ? AND status = 'pending'", (node,)).fetchall()}
 
 
-def release(conn: Any, node: str) -> int:
+def release(conn: Any, node: str) -> None:
     """A clean stop: this node's pending messages may be taken over at once."""
-    cur = conn.execute("UPDATE messages SET lease_until = NULL WHERE owner = ? AND status = 'pending'", (node,))
-    return int(cur.rowcount or 0)
+    conn.execute("UPDATE nodes SET lease_until = now() - interval '1 second' WHERE node = ?", (node,))
+
+
+def lease_until(conn: Any, node: str) -> float | None:
+    """When this node's lease runs out (epoch seconds, the database's clock)."""
+    r = conn.execute("SELECT extract(epoch FROM lease_until) FROM nodes WHERE node = ?", (node,)).fetchone()
+    return None if r is None else float(r[0])
 
 
 def owner(conn: Any, message_id: str) -> tuple[str, str | None] | None:

@@ -110,11 +110,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             updated_at double precision NOT NULL)""",
     ]),
     # Leases: several processes on one database (docs/scaling.md). Rows of version 1 have no
-    # owner and no lease: the first process to start takes them over.
+    # owner: the first process to start takes them over.
     (2, [
-        "ALTER TABLE messages ADD COLUMN owner text, ADD COLUMN lease_until timestamptz",
-        "CREATE INDEX messages_lease ON messages(lease_until) WHERE status = 'pending'",
+        "ALTER TABLE messages ADD COLUMN owner text",
         "CREATE INDEX messages_owner ON messages(owner) WHERE status = 'pending'",
+        """CREATE TABLE nodes (
+            node        text PRIMARY KEY,
+            lease_until timestamptz NOT NULL,
+            started_at  timestamptz NOT NULL DEFAULT now())""",
         """CREATE TABLE handoffs (
             seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             message_id text NOT NULL,
@@ -131,9 +134,8 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
                   "request::jsonb #>> '{message,to,phone_number}'")
 _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
-# a new message is owned by the process that accepted it, with a fresh lease
-_SQL_INSERT = (f"INSERT INTO messages ({_MSG_COLS}, owner, lease_until) "
-               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?, now() + make_interval(secs => ?))")
+# a new message is owned by the process that accepted it (its node row holds the lease)
+_SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 # a final status only from the owner: a process whose lease was taken over cannot overwrite it
 _SQL_FINISH_OWNED = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ? AND owner = ?"
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
@@ -214,8 +216,8 @@ class _PgWrites(_Writes):
     insert that claims its key by the constraint. One per store: new rows name its node as
     their owner."""
 
-    def __init__(self, node: str, lease_s: float) -> None:
-        self.owned = (node, lease_s)
+    def __init__(self, node: str) -> None:
+        self.owned = (node,)
 
     def messages(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         owned = self.owned
@@ -259,7 +261,7 @@ class PgStore(Store):
         # this process's name on the rows it owns, and how long it owns them unrenewed
         self.node = lease.new_node_id()
         self.lease_s = lease_s
-        self._writes = _PgWrites(self.node, lease_s)
+        self._writes = _PgWrites(self.node)
         self._read_lock = threading.Lock()
         self._reader: _Conn | None = None
 
@@ -291,6 +293,9 @@ class PgStore(Store):
     def _init_schema(self, conn: Any) -> None:
         try:
             migrate(conn, self.path)
+            conn.execute("BEGIN")
+            lease.register(conn, self.node, self.lease_s)   # before any message names this node
+            conn.execute("COMMIT")
         except psycopg.Error as e:
             self._rollback(conn)
             raise _explain(self.path, e, "set up the database") from None
