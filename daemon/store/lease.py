@@ -101,17 +101,6 @@ def release(conn: Any, node: str) -> None:
     conn.execute("UPDATE nodes SET lease_until = now() - interval '1 second' WHERE node = ?", (node,))
 
 
-def lease_until(conn: Any, node: str) -> float | None:
-    """When this node's lease runs out (epoch seconds, the database's clock)."""
-    r = conn.execute("SELECT extract(epoch FROM lease_until) FROM nodes WHERE node = ?", (node,)).fetchone()
-    return None if r is None else float(r[0])
-
-
-def owner(conn: Any, message_id: str) -> tuple[str, str | None] | None:
-    r = conn.execute("SELECT status, owner FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return None if r is None else (str(r[0]), r[1])
-
-
 SQL_HAND_OFF = "INSERT INTO handoffs (message_id, kind, provider, attempt_id, status) VALUES (?,?,?,?,?)"
 
 # (seq, message_id, kind, provider, attempt_id, status, the message's status or None if purged)

@@ -25,9 +25,10 @@ Schema: versioned in `routingd_schema` and migrated in place at open inside one 
 that holds a transaction-scoped advisory lock, so processes starting together migrate once.
 
 Several processes per database: each pending message row names its owner (`node`, this store's
-process) and a lease expiry; a new message is owned by the process that accepted it, a start
-(`load_pending`) resumes only the messages whose lease expired, and a final status is written
-only by the message's owner (a process that lost its lease cannot overwrite the new owner's).
+process, whose lease is its row in `nodes`, registered at open); a new message is owned by the
+process that accepted it, a start (`load_pending`) resumes only the messages of processes whose
+lease expired, and a final status is written only by the message's owner (a process that lost
+its lease cannot overwrite the new owner's).
 The renewals, takeovers and handoffs are daemon/store/lease.py's and daemon/cluster.py's
 (docs/scaling.md "Leases").
 """
