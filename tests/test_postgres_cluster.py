@@ -9,7 +9,9 @@ does. `[daemon] lease` is refused without the PostgreSQL store."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -19,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from daemon_process import DaemonProcess, StandinLoop, free_port, ts, wait_until
+from daemon_process import DaemonProcess, StandinLoop, free_port, routingd_command, ts, wait_until
 from provider_standin import sign
 
 LEASE_S = 2.0
@@ -251,10 +253,22 @@ def test_a_process_that_lost_its_lease_stops_routing_the_message(
 
 
 def test_lease_is_refused_without_the_postgresql_store(tmp_path: Path) -> None:
+    """A key accepted and ignored would be a defect: [daemon] lease with the SQLite file is
+    refused by `serve` and by `check`, in one line; with ROUTINGD_STORE it is accepted."""
     d = DaemonProcess(tmp_path, CONFIG.format(url="http://127.0.0.1:9/x", rcpt="http://127.0.0.1:9/y",
                                               secret=SECRET), listen=f"127.0.0.1:{free_port()}")
     d.spawn()
     assert d.wait(30) != 0
     text = d.log_text()
     assert "lease applies to the PostgreSQL store only" in text and "Traceback" not in text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTINGD_")}
+    check = subprocess.run([*routingd_command(), "check", str(d.config_path)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode != 0
+    lines = [x for x in check.stderr.splitlines() if "lease applies to the PostgreSQL store only" in x]
+    assert len(lines) == 1 and "Traceback" not in check.stderr
+    env["ROUTINGD_STORE"] = "postgresql://routingd@127.0.0.1:9/x"      # checked, not connected to
+    ok = subprocess.run([*routingd_command(), "check", str(d.config_path)], env=env, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
 
