@@ -112,7 +112,8 @@ class Cluster:
     async def renew(self) -> None:
         router = self.router
         held = list(router._live)
-        owned = await self.book.run(lambda c: lease.renew(c, self.node, self.lease_s), "renew the lease")
+        version = router.policy.version
+        owned = await self.book.run(lambda c: lease.renew(c, self.node, self.lease_s, version), "renew the lease")
         if owned is None:
             return                  # renewed in time: nobody could take anything over
         log.warning("this process's lease ran out before it was renewed (a stall, or the database was "

@@ -56,6 +56,8 @@ log = logging.getLogger("routingd.store")
 _MIGRATE_LOCK = 0x726F7574696E6701
 # How many expired-lease messages one claim takes (a start claims batch after batch).
 CLAIM_BATCH = 500
+# A policy stored this recently is never purged (another process may run it without a message yet).
+_POLICY_GRACE_S = 3600.0
 
 # Migrations, in order: version -> statements. A database at version N runs those above N.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -118,7 +120,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE nodes (
             node        text PRIMARY KEY,
             lease_until timestamptz NOT NULL,
-            started_at  timestamptz NOT NULL DEFAULT now())""",
+            started_at  timestamptz NOT NULL DEFAULT now(),
+            policy_version text)""",
         """CREATE TABLE handoffs (
             seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             message_id text NOT NULL,
@@ -357,8 +360,13 @@ class PgStore(Store):
                 conn.execute("DELETE FROM attempts WHERE message_id = ANY(?)", (chosen,))
                 conn.execute("DELETE FROM messages WHERE id = ANY(?)", (chosen,))
             conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_s,))
-            conn.execute("DELETE FROM policies WHERE version != ? AND version NOT IN "
-                         "(SELECT DISTINCT policy_version FROM messages)", (keep_policy,))
+            # Not the policy another live process runs (it names it at each renewal), nor one
+            # stored in the last hour (a reload elsewhere, before that process's next renewal):
+            # its messages would resume under the wrong policy after a takeover.
+            conn.execute("DELETE FROM policies WHERE version != ? AND stored_at < ? AND version NOT IN "
+                         "(SELECT DISTINCT policy_version FROM messages) AND version NOT IN (SELECT policy_version "
+                         "FROM nodes WHERE policy_version IS NOT NULL AND lease_until >= now())",
+                         (keep_policy, now - _POLICY_GRACE_S))
             return len(chosen)
 
         return int(await self.call(op))
