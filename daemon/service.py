@@ -166,7 +166,7 @@ class ConfigReloader:
             return ReloadResult(False, current.version, errors=lines)
         for w in policy.warnings:
             log.warning("%s: warning: %s", self.path, w)
-        for key in ("listen", "state", "mqtt"):
+        for key in ("listen", "state", "store", "lease", "mqtt"):
             if getattr(settings, key) != getattr(self.settings, key):
                 log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
         oplog.set_format(settings.log_format)
@@ -267,7 +267,7 @@ class Service:
             link = mqtt_service.make_link(s.mqtt, metrics)
         except MqttConfigError as e:
             raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
-        store = make_store(s.state, s.store)
+        store = make_store(s.state, s.store, s.lease_s)
         try:
             await store.open()
         except StoreError as e:

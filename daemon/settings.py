@@ -26,6 +26,7 @@ from .errors import RoutingdError
 
 ENV_PREFIX = "ROUTINGD_"
 DEFAULT_CONFIG = "routing.toml"
+DEFAULT_LEASE_S = 10.0          # [daemon] lease when absent (docs/scaling.md)
 
 
 class SettingsError(RoutingdError):
@@ -142,6 +143,20 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_needs_postgres(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # a key accepted and ignored would be a defect: the SQLite file has one process, no lease
+        if v is not None and not info.data.get("store"):       # store is declared before it
+            raise ValueError("lease applies to the PostgreSQL store only (several processes on one "
+                             "database, docs/scaling.md); set store = \"postgresql://...\" or remove lease")
+        return v
+
+    @property
+    def lease_s(self) -> float:
+        """The lease on pending messages, seconds (PostgreSQL; default 10 s)."""
+        return DEFAULT_LEASE_S if self.lease is None else self.lease / 1000.0
 
     @field_validator("max_inflight_bytes")
     @classmethod

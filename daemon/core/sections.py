@@ -65,6 +65,9 @@ class DaemonSection(Strict):
     # The state store (docs/scaling.md): absent, the SQLite file `state`; a postgresql:// URL,
     # the PostgreSQL store (then `state` is not used).
     store: str | None = None
+    # PostgreSQL only (daemon/settings.py refuses it with SQLite): how long a process owns its
+    # pending messages without renewing them before another process takes them over (docs/scaling.md)
+    lease: Duration | None = Field(default=None, ge=1_000, le=600_000)
     api_tokens: list[SecretStr] = Field(default_factory=list)
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)

@@ -37,6 +37,9 @@ API (what daemon/api/, the MQTT bridge and the CLI use):
         receipt deadline kept) and channels that delivered are not run again (Delivery.adopt).
         A stored request that no longer validates finishes that message `undeliverable`
         (`resume_failed` event, routingd_resume_failed_total); the others resume.
+        On PostgreSQL only the messages no live process owns are resumed, and a loop takes over
+        those of processes that die and hands receipts and cancels to the owning process
+        (daemon/cluster.py, docs/scaling.md "Leases").
     await router.submit(send_request, idempotency_key=None, request_json=None) -> SubmitResult(message_id, created)
         request_json: the JSON text send_request was validated from as it is, if the caller has
         it; stored as the request (else send_request.model_dump_json() is).

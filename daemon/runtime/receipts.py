@@ -69,6 +69,8 @@ class Receipts:
                     live.details.setdefault(attempt_id, prior.detail)
                 r._apply(live, live.delivery.on_earlier_receipt(earlier, status, now), now)
         else:
+            if r._cluster is not None and await r._cluster.hand_off_receipt(provider, attempt_id, status):
+                return True         # stored for the process that routes the message (daemon/cluster.py)
             row = r.store.get_attempt(attempt_id)
             if row is None:
                 r.metrics.receipts_unmatched.inc()

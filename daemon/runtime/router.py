@@ -11,6 +11,7 @@ import random
 from collections import OrderedDict
 from typing import Any, Callable
 
+from .. import cluster as _cluster
 from ..adapters import AdapterContext
 from ..clock import Clock
 from ..core.engine import CancelAttempt, Command, Event, Finish, SetTimer, StartAttempt
@@ -88,6 +89,8 @@ class Router:
         self._resume = Resume(self)
         self._receipts = Receipts(self)
         self._housekeeping = Housekeeping(self)
+        # several processes on one PostgreSQL database: leases, takeovers, handoffs (daemon/cluster.py)
+        self._cluster: _cluster.Cluster | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -149,6 +152,7 @@ class Router:
         for live in resumed:
             if live is not None:
                 self._begin(live)
+        self._cluster = _cluster.attach(self)
         self._purge_task = asyncio.create_task(self._housekeeping.purge_loop(), name="routingd purge")
         self._clock_task = asyncio.create_task(self._housekeeping.clock_loop(), name="routingd clock")
 
@@ -186,6 +190,8 @@ class Router:
             await self._ctx.http_session.close()
             self._ctx.http_session = None
         await self.store.flush()
+        if self._cluster is not None:
+            await self._cluster.stop()
         if self._own_store:
             await self.store.close()
         log.info("router stopped; %d message(s) left pending in the store", len(self._live))
@@ -350,6 +356,10 @@ class Router:
         if self._halted:
             raise Overloaded(1.0, "routingd is shutting down")
         live = self._live.get(message_id)
+        if live is None and self._cluster is not None and message_id not in self._recent:
+            handed = await self._cluster.cancel(message_id)    # routed by another process
+            if handed is not None:
+                return handed
         if live is None:
             st = self.status(message_id)
             if st is not None and st["status"] == "pending":    # stored, routed at the next start

@@ -20,10 +20,11 @@ def is_postgres_url(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
 
-def make_store(state: str, store: str | None) -> Store:
-    """The store the settings name: PostgreSQL when `store` is a postgresql:// URL, else the
-    SQLite file `state`. PgStore is imported only then (psycopg is not loaded for SQLite)."""
+def make_store(state: str, store: str | None, lease_s: float = 10.0) -> Store:
+    """The store the settings name: PostgreSQL when `store` is a postgresql:// URL (owning its
+    pending messages by leases of `lease_s`), else the SQLite file `state`. PgStore is imported
+    only then (psycopg is not loaded for SQLite)."""
     if store and is_postgres_url(store):
         from .postgres import PgStore
-        return PgStore(store)
+        return PgStore(store, lease_s=lease_s)
     return Store(state)

@@ -24,9 +24,13 @@ message (the second waits on the first's row lock, then reads its id).
 Schema: versioned in `routingd_schema` and migrated in place at open inside one transaction
 that holds a transaction-scoped advisory lock, so processes starting together migrate once.
 
-One process per database for now: a session advisory lock (held on a connection of its own for
-the store's life) refuses a second routingd on the same database, as the SQLite lock file does;
-leases that let N processes share the pending messages are the next step (docs/scaling.md).
+Several processes per database: each pending message row names its owner (`node`, this store's
+process, whose lease is its row in `nodes`, registered at open); a new message is owned by the
+process that accepted it, a start (`load_pending`) resumes only the messages of processes whose
+lease expired, and a final status is written only by the message's owner (a process that lost
+its lease cannot overwrite the new owner's).
+The renewals, takeovers and handoffs are daemon/store/lease.py's and daemon/cluster.py's
+(docs/scaling.md "Leases").
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Callable
 
 import psycopg
 
+from . import lease
 from .batch import _Writes, _apply
 from .interface import StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
@@ -49,9 +54,12 @@ from .writer import _Item
 
 log = logging.getLogger("routingd.store")
 
-# Advisory lock keys (64-bit; arbitrary, fixed): the migration's, and one routingd per database.
+# Advisory lock key (64-bit; arbitrary, fixed) of the migration.
 _MIGRATE_LOCK = 0x726F7574696E6701
-_INSTANCE_LOCK = 0x726F7574696E6702
+# How many expired-lease messages one claim takes (a start claims batch after batch).
+CLAIM_BATCH = 500
+# A policy stored this recently is never purged (another process may run it without a message yet).
+_POLICY_GRACE_S = 3600.0
 
 # Migrations, in order: version -> statements. A database at version N runs those above N.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -106,12 +114,36 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             profile    text NOT NULL,
             updated_at double precision NOT NULL)""",
     ]),
+    # Leases: several processes on one database (docs/scaling.md). Rows of version 1 have no
+    # owner: the first process to start takes them over.
+    (2, [
+        "ALTER TABLE messages ADD COLUMN owner text",
+        "CREATE INDEX messages_owner ON messages(owner) WHERE status = 'pending'",
+        """CREATE TABLE nodes (
+            node        text PRIMARY KEY,
+            lease_until timestamptz NOT NULL,
+            started_at  timestamptz NOT NULL DEFAULT now(),
+            policy_version text)""",
+        """CREATE TABLE handoffs (
+            seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            message_id text NOT NULL,
+            kind       text NOT NULL,
+            provider   text,
+            attempt_id text,
+            status     text,
+            created_at timestamptz NOT NULL DEFAULT now())""",
+        "CREATE INDEX handoffs_message ON handoffs(message_id)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
                   "request::jsonb #>> '{message,to,phone_number}'")
 _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
+# a new message is owned by the process that accepted it (its node row holds the lease)
+_SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+# a final status only from the owner: a process whose lease was taken over cannot overwrite it
+_SQL_FINISH_OWNED = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ? AND owner = ?"
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET message_id = excluded.message_id, created_at = excluded.created_at "
             "WHERE idempotency.created_at < ? RETURNING message_id")
@@ -187,10 +219,15 @@ def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
 
 class _PgWrites(_Writes):
     """sqlite._apply's writes for PostgreSQL: one executemany per gathered statement, and a keyed
-    insert that claims its key by the constraint."""
+    insert that claims its key by the constraint. One per store: new rows name its node as
+    their owner."""
+
+    def __init__(self, node: str) -> None:
+        self.owned = (node,)
 
     def messages(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_SQL_INSERT, rows)
+        owned = self.owned
+        conn.executemany(_SQL_INSERT, [r + owned for r in rows])
 
     def attempts(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         conn.executemany(_SQL_ATTEMPT, rows)
@@ -199,7 +236,11 @@ class _PgWrites(_Writes):
         conn.executemany(_SQL_EVENT_LOG, rows)
 
     def updates(self, conn: Any, kind: int, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_update_sql(kind), rows)
+        if kind == _FINISH:
+            node = self.owned[0]
+            conn.executemany(_SQL_FINISH_OWNED, [r + (node,) for r in rows])
+        else:
+            conn.executemany(_update_sql(kind), rows)
 
     def insert_keyed(self, conn: Any, row: tuple[Any, ...], not_before: float, now: float) -> str | None:
         # The key is claimed by the constraint (a live key elsewhere makes the upsert do nothing;
@@ -210,58 +251,40 @@ class _PgWrites(_Writes):
             if hit is None:         # the key's row was purged between the two statements
                 raise psycopg.errors.SerializationFailure("idempotency key changed under the insert; retried")
             return str(hit[0])
-        conn.execute(_SQL_INSERT, row)
+        conn.execute(_SQL_INSERT, row + self.owned)
         return None
-
-
-_PG_WRITES = _PgWrites()
 
 
 class PgStore(Store):
     """The PostgreSQL store. `await open()` first; `await close()` last."""
 
-    def __init__(self, url: str, max_backlog: int = 50_000, connect_timeout_s: int = 5) -> None:
+    def __init__(self, url: str, max_backlog: int = 50_000, connect_timeout_s: int = 5,
+                 lease_s: float = 10.0) -> None:
         super().__init__(":memory:", max_backlog=max_backlog)
         self.url = url
         self.path = redact(url)
         self.connect_timeout_s = connect_timeout_s
-        self._lock_conn: psycopg.Connection[Any] | None = None
+        # this process's name on the rows it owns, and how long it owns them unrenewed
+        self.node = lease.new_node_id()
+        self.lease_s = lease_s
+        self._writes = _PgWrites(self.node)
         self._read_lock = threading.Lock()
         self._reader: _Conn | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self._lock)
-        try:
-            await super().open()
-        except BaseException:
-            self._unlock()
-            raise
-
     def _check_dir(self) -> None:
-        pass                      # no file: the lock is taken by open() before the writer starts
+        pass                      # no file
 
     def _lock(self) -> None:
-        if self._lock_conn is not None:
-            return
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                                   application_name="routingd-lock")
-        except psycopg.Error as e:
-            raise _explain(self.path, e, "connect to the database") from None
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_INSTANCE_LOCK,)).fetchone()
-        if not got or not got[0]:
-            conn.close()
-            raise StoreError(self.path, "is in use by another routingd process (it holds the database's "
-                             "routingd advisory lock)", "stop the other daemon or give this one its own "
-                             "database (several processes sharing one are not supported yet: docs/scaling.md)")
-        self._lock_conn = conn
+        pass                      # no lock: processes share the database by lease (lease.py)
 
     def _unlock(self) -> None:
-        if self._lock_conn is not None:
-            self._lock_conn.close()
-            self._lock_conn = None
+        pass
+
+    def side_connection(self) -> _Conn:
+        """A connection of its own (connected on first use), for the cluster loop (lease.py)."""
+        return _Conn(self.url, self.connect_timeout_s)
 
     def _connect(self, query_only: bool = False) -> Any:
         c = _Conn(self.url, self.connect_timeout_s)
@@ -276,6 +299,9 @@ class PgStore(Store):
     def _init_schema(self, conn: Any) -> None:
         try:
             migrate(conn, self.path)
+            conn.execute("BEGIN")
+            lease.register(conn, self.node, self.lease_s)   # before any message names this node
+            conn.execute("COMMIT")
         except psycopg.Error as e:
             self._rollback(conn)
             raise _explain(self.path, e, "set up the database") from None
@@ -301,7 +327,7 @@ class PgStore(Store):
 
     def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
                      ends: list[int] | None) -> list[Any]:
-        return _apply(conn, items, extra, ends, _PG_WRITES)
+        return _apply(conn, items, extra, ends, self._writes)
 
     def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
         return _explain(self.path, exc, doing)
@@ -336,8 +362,13 @@ class PgStore(Store):
                 conn.execute("DELETE FROM attempts WHERE message_id = ANY(?)", (chosen,))
                 conn.execute("DELETE FROM messages WHERE id = ANY(?)", (chosen,))
             conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - idempotency_ttl_s,))
-            conn.execute("DELETE FROM policies WHERE version != ? AND version NOT IN "
-                         "(SELECT DISTINCT policy_version FROM messages)", (keep_policy,))
+            # Not the policy another live process runs (it names it at each renewal), nor one
+            # stored in the last hour (a reload elsewhere, before that process's next renewal):
+            # its messages would resume under the wrong policy after a takeover.
+            conn.execute("DELETE FROM policies WHERE version != ? AND stored_at < ? AND version NOT IN "
+                         "(SELECT DISTINCT policy_version FROM messages) AND version NOT IN (SELECT policy_version "
+                         "FROM nodes WHERE policy_version IS NOT NULL AND lease_until >= now())",
+                         (keep_policy, now - _POLICY_GRACE_S))
             return len(chosen)
 
         return int(await self.call(op))
@@ -345,24 +376,31 @@ class PgStore(Store):
     # ------------------------------------------------------------------ reads
 
     async def load_pending(self) -> list[StoredMessage]:
-        """Every pending message with its attempts and events, oldest first (three queries)."""
+        """The pending messages no live process owns (their lease expired, or was released by a
+        clean stop), claimed for this process, with their attempts and events, oldest first;
+        claimed CLAIM_BATCH at a time. Another process's messages are not touched."""
+        out: list[StoredMessage] = []
+        while True:
+            got = list(await self.call(lambda conn: lease.claim(conn, self.node, self.lease_s, CLAIM_BATCH)))
+            out.extend(got)
+            if len(got) < CLAIM_BATCH:
+                return out
 
-        def op(conn: _Conn) -> list[StoredMessage]:
-            msgs = [MessageRow(*r) for r in conn.execute(
-                f"SELECT {_MSG_COLS} FROM messages WHERE status = 'pending' ORDER BY accepted_at").fetchall()]
-            by_id = {m.id: StoredMessage(m, [], []) for m in msgs}
-            if not by_id:
-                return []
-            ids = list(by_id)
-            for r in conn.execute(f"SELECT {_ATT_READ} FROM attempts WHERE message_id = ANY(?) "
-                                  "ORDER BY started_at, attempt_id", (ids,)).fetchall():
-                by_id[r[1]].attempts.append(AttemptRow(*r))
-            for m, text in conn.execute("SELECT message_id, events FROM event_log WHERE message_id = ANY(?) "
-                                        "ORDER BY seq", (ids,)).fetchall():
-                by_id[m].events.extend(_events(m, text))
-            return list(by_id.values())
+    def shift_times(self, delta: float, keys_since: float) -> None:
+        """As the SQLite store's, for this process's own messages and keys only (the others'
+        processes follow their own clocks)."""
+        node = self.node
 
-        return list(await self.call(op))
+        def op(conn: _Conn) -> None:
+            conn.execute("UPDATE messages SET accepted_at = accepted_at + ?, message_deadline = message_deadline + ? "
+                         "WHERE status = 'pending' AND owner = ?", (delta, delta, node))
+            conn.execute("UPDATE attempts SET started_at = started_at + ?, deadline = deadline + ?, "
+                         "ended_at = ended_at + ? WHERE message_id IN "
+                         "(SELECT id FROM messages WHERE status = 'pending' AND owner = ?)", (delta, delta, delta, node))
+            conn.execute("UPDATE idempotency SET created_at = created_at + ? WHERE created_at >= ? AND message_id IN "
+                         "(SELECT id FROM messages WHERE owner = ?)", (delta, keys_since, node))
+
+        self.write(op)
 
     async def policy_source(self, version: str) -> tuple[str, str] | None:
         def op(conn: _Conn) -> tuple[str, str] | None:
@@ -435,6 +473,11 @@ class PgStore(Store):
                                                       (), "count messages")}
 
     async def close(self) -> None:
+        if self.is_open:
+            # a clean close: this process routes nothing any more, so its pending messages may
+            # be taken over at once rather than when their leases run out (written last)
+            node = self.node
+            self.write(lambda c: lease.release(c, node))
         await super().close()
         if self._reader is not None:
             self._reader.close()
