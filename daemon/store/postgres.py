@@ -48,9 +48,9 @@ from . import lease
 from .batch import _Writes, _apply
 from .interface import StoreError
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _SQL_INSERT, _list_query, _update_sql
+from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _list_query, _update_sql
 from .sqlite import Store
-from .writer import _Item
+from .writer import _FINISH, _Item
 
 log = logging.getLogger("routingd.store")
 
