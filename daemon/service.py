@@ -293,6 +293,9 @@ class Service:
                                   guard=guard)
         state.reloader = reloader
         metrics.store_backlog.set_function(lambda: store.backlog)
+        outage = getattr(store, "outage", None)     # the PostgreSQL store's (daemon/store/pg_outage.py)
+        if outage is not None:
+            state.extra_ready_checks.append(outage.problem)
         state.extra_ready_checks.append(lambda: _backlog_problem(store))
         addr = parse_listen(s.listen)
         loop = asyncio.get_running_loop()
