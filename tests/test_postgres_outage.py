@@ -91,3 +91,20 @@ def _check(d: DaemonProcess, t: Trickle, down: Any, url: str) -> None:
     with psycopg.connect(url) as c:
         rows = c.execute("SELECT id, status FROM messages").fetchall()
     assert {mid: "delivered" for mid in accepted} == dict(rows)
+
+
+def test_an_idle_daemon_notices_the_outage_and_the_return_without_any_send(
+        tmp_path: Path, standins: StandinLoop) -> None:
+    """No traffic at all: the probe (a transaction after 5 s without a commit, then every 0.5 s
+    while down) is what finds the database gone and back."""
+    s = standins.standin([{"status": 200}])
+    with PgCluster() as pg:
+        url = pg.new_database()
+        with DaemonProcess(tmp_path, SLOW_CONFIG.format(grace="1s", url=s.url), env={"ROUTINGD_STORE": url}) as d:
+            pg.stop("fast")
+            wait_until(lambda: d.get("/readyz").status == 503, 30, "readyz 503 with no send")
+            pg.start()
+            wait_until(lambda: d.get("/readyz").status == 200, 30, "readyz 200 again with no send")
+            assert d.send({"to": {"email": "a@example.com"}})
+            assert d.stop() == 0
+            assert "Traceback" not in d.log_text()
