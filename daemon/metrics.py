@@ -8,6 +8,9 @@ Names (docs/operations.md "Metrics"):
   routingd_failovers_total{kind}                        counter (provider | channel)
   routingd_breaker_open{provider}                       gauge 1/0
   routingd_provider_drained{provider}                   gauge 1/0 (drained by hand)
+  routingd_breaker_notices_heard_total{result}          counter: breaker notices from other processes
+        on the same PostgreSQL database (daemon/shared_breakers.py): applied | unchanged |
+        unknown_provider | malformed
   routingd_time_to_deliver_seconds                      histogram (accept -> first delivery)
   routingd_receipts_unmatched_total                     counter (receipts matching no stored attempt)
   routingd_receipts_repeated_total                      counter (receipts already recorded)
@@ -79,6 +82,10 @@ class Metrics:
                                       "(POST /v1/providers/NAME/drain).", ["provider"], registry=r)
         self.breaker_open = Gauge("routingd_breaker_open", "1 while the provider's circuit breaker is open.",
                                   ["provider"], registry=r)
+        self.breaker_notices = Counter(
+            "routingd_breaker_notices_heard", "Breaker notices heard from other routingd processes on the same "
+            "PostgreSQL database, by result (applied, unchanged, unknown_provider, malformed).", ["result"],
+            registry=r)
         self.reload_ok = Gauge("routingd_config_last_reload_successful",
                                "Whether the last configuration reload attempt was successful.", registry=r)
         self.reload_ts = Gauge("routingd_config_last_reload_success_timestamp_seconds",

@@ -252,7 +252,7 @@ class Service:
     async def run(self) -> int:
         from .metrics import Metrics
         from .runtime import Router
-        from .store import StoreError, make_store
+        from .store import StoreError, is_postgres_url, make_store
 
         from . import mqtt_service
         from .adapters import AdapterContext
@@ -274,6 +274,13 @@ class Service:
             raise StartupError([str(e)]) from None
         router = Router(self.policy, store, metrics, adapter_ctx=AdapterContext(mqtt=link), limits=s)
         router.add_event_listener(oplog.OutageLog(router))      # breaker lines (daemon/oplog.py)
+        shared = None
+        if s.store and is_postgres_url(s.store):
+            # breakers shared with the other processes on the database (daemon/shared_breakers.py)
+            from .shared_breakers import SharedBreakers
+            shared = SharedBreakers(router, s.store, metrics)
+            router.add_event_listener(shared)
+            await shared.start()
         if link is not None:
             mqtt_service.attach(link, router)
         state = ApiState(router=router, metrics=metrics, reloader=None,  # type: ignore[arg-type]
@@ -293,6 +300,9 @@ class Service:
                                   guard=guard)
         state.reloader = reloader
         metrics.store_backlog.set_function(lambda: store.backlog)
+        outage = getattr(store, "outage", None)     # the PostgreSQL store's (daemon/store/pg_outage.py)
+        if outage is not None:
+            state.extra_ready_checks.append(outage.problem)
         state.extra_ready_checks.append(lambda: _backlog_problem(store))
         addr = parse_listen(s.listen)
         loop = asyncio.get_running_loop()
@@ -300,6 +310,8 @@ class Service:
             listener = await loop.create_server(guard, addr.host, addr.port, backlog=1024)
         except OSError as e:
             await runner.cleanup()
+            if shared is not None:
+                await shared.close()
             await _close(store)
             raise StartupError([f"cannot listen on {s.listen}: {e.strerror or e}"]) from None
         url = _bound_url(listener, addr)
@@ -349,6 +361,8 @@ class Service:
             listener.close()            # no new connections; cleanup closes the open ones
             await runner.cleanup()
             await listener.wait_closed()
+            if shared is not None:
+                await shared.close()
             await _close(store)
             notifier.close()
         if store.backlog:

@@ -247,3 +247,34 @@ def test_the_simulator_cuts_through_its_fleet(tmp_path: Path, monkeypatch: pytes
     assert cuts and cuts[0][0] == ("primary",) and cuts[0][2] >= 20
     rep = build_report(res)
     assert rep["providers"]["primary"]["cancelled"] == sum(n for _, _, n in cuts)
+
+
+# --------------------------------------------------------------------------- breakers heard from other processes
+
+
+def test_a_breaker_heard_open_cuts_the_attempts_in_flight_there_as_a_local_one_does() -> None:
+    fleet: Fleet[Msg] = Fleet()
+    p = plan()
+    m = Msg(0, Delivery("m0", p, {}, 0.0, random.Random(0), fleet.health))
+    fleet.admit(0, m)
+    m.log += m.delivery.start(0.0)                      # an attempt in flight on primary
+    breakers = {"primary": (2, 600.0), "backup": (None, 0.0)}
+    assert fleet.breaker_heard("primary", True, breakers, 1.0) == "opened"
+    assert fleet.opened == ["primary"]
+    fleet.cut_over(1.0, lambda h, cmds: h.log.extend(cmds))
+    assert any(isinstance(c, CancelAttempt) for c in m.log)
+    started = [c for c in m.log if isinstance(c, StartAttempt)]
+    assert [c.provider for c in started] == ["primary", "backup"]
+    assert fleet.breaker_heard("primary", False, breakers, 2.0) == "closed"
+    assert not fleet.health.is_open("primary") and fleet.heard_ignored == 0
+
+
+def test_a_breaker_heard_for_a_provider_the_policy_lacks_is_ignored_and_counted() -> None:
+    fleet: Fleet[Msg] = Fleet()
+    breakers = {"primary": (2, 600.0)}
+    assert fleet.breaker_heard("gone-in-this-version", True, breakers, 1.0) is None
+    assert fleet.breaker_heard("", False, breakers, 1.0) is None
+    assert fleet.heard_ignored == 2
+    assert fleet.opened == [] and fleet.health.snapshot() == {}
+    assert fleet.breaker_heard("primary", True, {"primary": (2, float("nan"))}, 1.0) == "opened"
+    assert not fleet.health.blocks("primary", 1.0)       # a NaN cooldown is none, never "open forever"

@@ -120,3 +120,42 @@ def test_never_open_without_threshold_consecutive_failures(ops: list[tuple[str, 
             if streak < n:
                 assert allowed
         assert h.is_open("p") == (streak >= n)
+
+
+# --------------------------------------------------------------------------- heard from another process
+
+
+def test_heard_opened_opens_a_closed_breaker_for_this_process_cooldown_and_joins_the_worklist() -> None:
+    h = HealthTracker()
+    h.opened = []
+    assert h.heard("p", True, N, COOL, 100.0) == "opened"
+    assert h.opened == ["p"]
+    assert h.blocks("p", 100.0) and not h.allow("p", N, COOL, 105.0)
+    assert h.allow("p", N, COOL, 100.0 + COOL)          # its own cooldown, then a probe of its own
+    assert h.record("p", True, N, COOL, 110.5) == "closed"
+
+
+def test_heard_opened_leaves_an_open_or_probing_breaker_as_it_is() -> None:
+    h = HealthTracker()
+    fail(h, "p", 0.0, N)                                  # open until 10
+    assert h.heard("p", True, N, COOL, 5.0) is None
+    assert h.snapshot()["p"]["open_until"] == 10.0
+    assert h.allow("p", N, COOL, 10.0)                    # the probe
+    assert h.heard("p", True, N, COOL, 10.5) is None
+    assert h.snapshot()["p"]["half_open"] is True
+
+
+def test_heard_closed_closes_an_open_breaker_and_clears_a_closed_ones_failures() -> None:
+    h = HealthTracker()
+    fail(h, "p", 0.0, N)
+    assert h.heard("p", False, N, COOL, 1.0) == "closed"
+    assert h.allow("p", N, COOL, 1.0) and not h.is_open("p")
+    fail(h, "q", 0.0, N - 1)
+    assert h.heard("q", False, N, COOL, 1.0) is None
+    assert fail(h, "q", 2.0) == [None]                   # counting from zero again
+
+
+def test_heard_never_changes_a_breaker_that_is_off_here() -> None:
+    h = HealthTracker()
+    assert h.heard("p", True, None, COOL, 0.0) is None
+    assert h.allow("p", None, COOL, 0.0) and not h.is_open("p")

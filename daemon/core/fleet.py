@@ -12,6 +12,10 @@ obey the very same rules instead of each re-implementing them (docs/architecture
     the same `now`, so its attempts in flight there (and its back-offs waiting for it) fail over
     at once instead of each waiting out its own timeout. Those batches may open further breakers:
     a worklist, drained in order, never recursion;
+  * the breakers of the other processes on the same database: `breaker_heard(provider, opened,
+    breakers, now)` applies another process's breaker transition here (HealthTracker.heard);
+    one for a provider the current policy does not have (a process on another policy version)
+    is ignored and counted in `heard_ignored`. A breaker it opens joins the cut-over worklist;
   * the early-timer clamp: a wake-up that fires a hair before the time it was asked for (float
     rounding, an event loop running a handle early) is handed to the engine at the time asked for;
   * the outbound rate limits (limiter.py): one `Limiter`, handed to every Delivery, which asks it
@@ -38,7 +42,7 @@ newly opened providers from the same worklist. Sans-IO like the rest of the core
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, Protocol, TypeVar
+from typing import Callable, Generic, Hashable, Mapping, Protocol, TypeVar
 
 from .engine import Command, Delivery
 from .health import HealthTracker
@@ -60,7 +64,8 @@ Execute = Callable[[H, "list[Command]"], None]
 class Fleet(Generic[H]):
     """The breakers, the pending messages and the cut-over worklist of one driver."""
 
-    __slots__ = ("health", "pending", "opened", "cut_inflight", "_cutting", "limiter", "_keys", "_dispatching")
+    __slots__ = ("health", "pending", "opened", "cut_inflight", "_cutting", "limiter", "_keys", "_dispatching",
+                 "heard_ignored")
 
     def __init__(self, health: HealthTracker | None = None, cut_inflight: bool = True) -> None:
         """cut_inflight=False: a breaker opening cuts nothing in flight (the simulator's
@@ -78,6 +83,7 @@ class Fleet(Generic[H]):
         self.limiter.live = _waiting
         self._keys: dict[int, Hashable] = {}     # id(a pending message's Delivery) -> its key
         self._dispatching = False
+        self.heard_ignored = 0      # breaker_heard() calls for a provider the policy does not have
 
     def admit(self, key: Hashable, handle: H) -> None:
         """`handle`'s message is pending from now on (before its first commands are carried out)."""
@@ -89,6 +95,24 @@ class Fleet(Generic[H]):
         handle = self.pending.pop(key, None)
         if handle is not None:
             self._keys.pop(id(handle.delivery), None)
+
+    def breaker_heard(self, provider: str, opened: bool, breakers: Mapping[str, tuple[int | None, float]],
+                      now: float) -> str | None:
+        """Another process's breaker on `provider` opened or closed (it told us at `now`): apply it
+        to this fleet's breakers; return "opened"/"closed" when one changed here, else None.
+
+        `breakers`: the current policy's providers -> (breaker failures or None when off, cooldown
+        seconds). A provider not in it (the other process runs another policy version, or the
+        notice is garbled) is ignored and counted in `heard_ignored`. A breaker this opens is on
+        the worklist: the driver runs `cut_over(now, execute)` after it, as after a batch."""
+        conf = breakers.get(provider)
+        if conf is None:
+            self.heard_ignored += 1
+            return None
+        threshold, cooldown_s = conf
+        if cooldown_s != cooldown_s or cooldown_s < 0:      # NaN or negative: a bug of the caller
+            cooldown_s = 0.0
+        return self.health.heard(provider, opened, threshold, cooldown_s, now)
 
     def dispatch(self, now: float, execute: Execute[H]) -> None:
         """Hand every queued run whose turn has come its slot (or its spill), at `now`, and have

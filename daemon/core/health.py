@@ -4,6 +4,10 @@ closed --(N consecutive retryable failures)--> open --(cooldown)--> half-open: o
 through (and the breaker re-arms for another cooldown in case the probe vanishes); a success
 closes it, a failure opens it again. Time is passed in.
 
+`heard`: another process's breaker on the same provider opened or closed (routingd processes
+sharing one PostgreSQL database tell each other: daemon/shared_breakers.py): the same transition
+here, with this process's own cooldown; a transition heard is never told on (no echo).
+
 `drained`: providers taken out of rotation by hand (POST /v1/providers/NAME/drain): allow()
 refuses them like an open breaker, whatever their breaker (even one turned off), until resumed.
 """
@@ -69,6 +73,33 @@ class HealthTracker:
                 self.opened.append(provider)
             return "opened"
         return None
+
+    def heard(self, provider: str, opened: bool, threshold: int | None, cooldown_s: float, now: float) -> str | None:
+        """Another process's breaker on `provider` opened (opened=True) or closed, as it told us at
+        `now`; return "opened"/"closed" when that changed this breaker, else None.
+
+        Opened: a closed breaker here opens for this process's own `cooldown_s` (the clocks of two
+        processes are not compared) and joins the `opened` worklist, as a local opening does, so
+        the attempts in flight on the provider fail over too; one already open (or half-open, its
+        probe in flight) keeps its own cooldown and probe. Closed: the other process's probe
+        succeeded, so the provider works again: an open breaker here closes, and a closed one
+        forgets its failures. `threshold` None (the breaker is off here): nothing changes."""
+        if threshold is None:
+            return None
+        b = self._b.get(provider)
+        if b is None:
+            b = self._b[provider] = _Breaker()
+        if opened:
+            if b.open_until is not None:
+                return None
+            b.open_until = now + cooldown_s
+            b.half_open = False
+            if self.opened is not None:
+                self.opened.append(provider)
+            return "opened"
+        was_open = b.open_until is not None
+        b.failures, b.open_until, b.half_open = 0, None, False
+        return "closed" if was_open else None
 
     def blocks(self, provider: str, now: float) -> bool:
         """Would allow() refuse an attempt on `provider` now? (open, and no probe due; consumes nothing)"""

@@ -295,6 +295,22 @@ class Router:
             return
         self.fleet.cut_over(now, execute, failed)
 
+    def breaker_heard(self, provider: str, opened: bool) -> str | None:
+        """Another routingd process on the same database says its breaker on `provider` opened
+        (or closed) (daemon/shared_breakers.py hears it): the Fleet's rule applies it here
+        (daemon/core/fleet.py breaker_heard); a breaker it opens fails the pending messages'
+        attempts there over, as one opened here does. Returns "opened"/"closed" when a breaker
+        changed here, None when not (already so, breaker off, or a provider this policy lacks)."""
+        now = self.clock.now()
+        breakers = {name: (None, 0.0) if p.breaker is False else (p.breaker.failures, p.breaker.cooldown / 1000.0)
+                    for name, p in self._policy.model.providers.items()}
+        result = self.fleet.breaker_heard(provider, opened, breakers, now)
+        if result is not None:
+            self.metrics.breaker_open.labels(provider=provider).set(1 if result == "opened" else 0)
+        if self.fleet.opened:
+            self._cut_over(now)
+        return result
+
     def _on_timer(self, live: _Live, at: float) -> None:
         """A wake-up the message asked for at `at` is due (wakeups.py): the engine gets it at
         the Fleet's clamped time, never before `at`."""

@@ -31,6 +31,9 @@ lease expired, and a final status is written only by the message's owner (a proc
 its lease cannot overwrite the new owner's).
 The renewals, takeovers and handoffs are daemon/store/lease.py's and daemon/cluster.py's
 (docs/scaling.md "Leases").
+
+A database outage (pg_outage.py): a connection error marks the store's `outage` until the next
+commit; readyz reports it, and a probe transaction finds out when the database is back.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import urllib.parse
 from typing import Any, Callable
 
@@ -47,6 +51,7 @@ import psycopg
 from . import lease
 from .batch import _Writes, _apply
 from .interface import StoreError
+from .pg_outage import Outage, probe
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
 from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _list_query, _update_sql
 from .sqlite import Store
@@ -137,6 +142,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+# After a failed connection attempt the next one waits this long; meanwhile using the connection
+# fails at once with the same error. A server that drops packets costs `connect_timeout` per
+# attempt, and the writer retries a failed batch one item at a time: without it a batch of N
+# sends would take N timeouts to be refused. Shorter than the writer's backlog retry (0.5 s).
+_RECONNECT_S = 0.25
+
 _RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
                   "request::jsonb #>> '{message,to,phone_number}'")
 _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
@@ -174,6 +185,8 @@ class _Conn:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
         self.raw: psycopg.Connection[Any] | None = None
+        self._retry_at = 0.0
+        self._failed: psycopg.OperationalError | None = None
 
     def ensure(self) -> psycopg.Connection[Any]:
         raw = self.raw
@@ -181,8 +194,15 @@ class _Conn:
             if raw is not None:
                 raw.close()
                 self.raw = None
-            self.raw = raw = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                                             application_name="routingd")
+            if self._failed is not None and time.monotonic() < self._retry_at:
+                raise psycopg.OperationalError(str(self._failed))
+            try:
+                self.raw = raw = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
+                                                 application_name="routingd")
+            except psycopg.OperationalError as e:
+                self._failed, self._retry_at = e, time.monotonic() + _RECONNECT_S
+                raise
+            self._failed = None
         return raw
 
     def execute(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
@@ -270,8 +290,14 @@ class PgStore(Store):
         self._writes = _PgWrites(self.node)
         self._read_lock = threading.Lock()
         self._reader: _Conn | None = None
+        self.outage = Outage()              # readyz's "the database cannot be written" (pg_outage.py)
+        self._probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        await super().open()
+        self._probe = asyncio.get_running_loop().create_task(probe(self.outage, self.call, lambda: self.backlog))
 
     def _check_dir(self) -> None:
         pass                      # no file
@@ -316,6 +342,7 @@ class PgStore(Store):
 
     def _commit(self, conn: Any) -> None:
         conn.execute("COMMIT")
+        self.outage.up()
 
     def _rollback(self, conn: Any) -> None:
         try:
@@ -330,7 +357,13 @@ class PgStore(Store):
         return _apply(conn, items, extra, ends, self._writes)
 
     def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
-        return _explain(self.path, exc, doing)
+        err = _explain(self.path, exc, doing)
+        # a connection lost or refused, a server shutting down; not a serialization failure, a
+        # deadlock or a cancelled statement (one transaction's bad luck, the database answers)
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(
+                exc, (psycopg.errors.TransactionRollback, psycopg.errors.QueryCanceled)):
+            self.outage.down(err)
+        return err
 
     def _transient(self, exc: BaseException) -> bool:
         # connection lost, server shutting down, serialization or deadlock: may pass
@@ -473,6 +506,10 @@ class PgStore(Store):
                                                       (), "count messages")}
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+            self._probe = None
         if self.is_open:
             # a clean close: this process routes nothing any more, so its pending messages may
             # be taken over at once rather than when their leases run out (written last)
