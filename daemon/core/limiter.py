@@ -31,6 +31,14 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Iterable, Mapping
 
+# A token counts as there when the bucket holds at least 1 - TOKEN_EPSILON: the limiter wakes a
+# waiter at the time time_for() computed, and refilling up to that time may come out a few units in
+# the last place short of the whole token it was computed to hold. The simulated vendor's bucket
+# (behaviour.RateWindow) counts tokens with the same tolerance: both model the same real number,
+# through float sums with different histories, and a call on time must be on time for both
+# (docs/simulator.md "Outbound rate limits").
+TOKEN_EPSILON = 1e-9
+
 # how long a 429 without Retry-After lowers the rate, and by how much
 THROTTLE_DEFAULT_S = 1.0
 THROTTLE_FACTOR = 0.5
@@ -78,7 +86,7 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         self.refill(now)
-        if self.tokens >= 1.0 - 1e-9:
+        if self.tokens >= 1.0 - TOKEN_EPSILON:
             self.tokens -= 1.0
             return True
         return False
@@ -87,7 +95,7 @@ class TokenBucket:
         """When `n` tokens will have been available (counting the ones there now), at the current rate."""
         self.refill(now)
         missing = n - self.tokens
-        if missing <= 1e-9:
+        if missing <= TOKEN_EPSILON:
             return now
         return now + missing / self.rate
 
