@@ -7,11 +7,13 @@ its own timeout logic: it answers with an engine `Outcome`, or is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Coroutine
 
 from .core.engine import Outcome
+from .core.limiter import Pacer
 
 if TYPE_CHECKING:           # the adapters' collaborators, named for the type checker only
     import aiohttp
@@ -96,6 +98,15 @@ class AdapterContext:
     # Feeds a delivery receipt back into the runtime: receipts(provider, attempt_id, status) -> known?
     # Set by the Router (it is Router.receipt); the sandbox adapter uses it for confirm = "receipt".
     receipts: Callable[[str, str, str], Awaitable[bool]] | None = None
+    # Each rate-limited provider's departure pacer (core/limiter.py Pacer), shared by the adapters
+    # of every policy snapshot; a reload that changes the limit starts a new one.
+    pacers: dict[str, Pacer] = field(default_factory=dict)
+
+    def pacer(self, provider: str, rate: float, burst: float) -> Pacer:
+        p = self.pacers.get(provider)
+        if p is None or (p.rate, p.burst) != (rate, burst):
+            p = self.pacers[provider] = Pacer(rate, burst)
+        return p
 
 
 AdapterFactory = Callable[[str, Any, AdapterContext], ProviderAdapter]
@@ -117,4 +128,22 @@ def build_adapter(name: str, config: Any, ctx: AdapterContext) -> ProviderAdapte
     adapter = factory(name, config, ctx)
     found = (*provider_secrets(config), *adapter.masked)
     adapter.masked = tuple(sorted(dict.fromkeys(found), key=len, reverse=True))
+    limit = config.outbound_limit() if hasattr(config, "outbound_limit") else None
+    if limit is not None and limit.rate is not None and not adapter.answers_at_once:
+        adapter.send = _paced(adapter.send, ctx.pacer(name, limit.rate, limit.depth()))  # type: ignore[method-assign,assignment]
     return adapter
+
+
+_Send = Callable[[AttemptRequest], Coroutine[Any, Any, Outcome]]
+
+
+def _paced(send: _Send, pacer: Pacer) -> _Send:
+    """`send`, leaving no faster than the provider's rate limit (Pacer: the commits before the calls
+    may bunch calls the limiter spaced). The wait is part of the attempt's time, like the commit."""
+
+    async def paced_send(req: AttemptRequest) -> Outcome:
+        wait = pacer.delay(asyncio.get_running_loop().time())
+        if wait > 0.0:
+            await asyncio.sleep(wait)
+        return await send(req)
+    return paced_send

@@ -57,6 +57,10 @@ class Limit:
     burst: float | None = None         # bucket size; None: max(1, rate) (one second's worth)
     max_inflight: int | None = None    # calls in flight at once; None: unbounded
 
+    def depth(self) -> float:
+        """The bucket's size: `burst`, or one second's worth (at least one token)."""
+        return self.burst if self.burst is not None else max(1.0, self.rate or 1.0)
+
 
 class TokenBucket:
     """A token bucket with time passed in. `rate` tokens a second, at most `burst` saved up."""
@@ -107,6 +111,32 @@ class TokenBucket:
             self.throttled_until = until
 
 
+class Pacer:
+    """The limit once more where a call leaves (the daemon's adapters, daemon/adapters.py): a call
+    granted its slot by the Limiter goes out only after its attempt's row is committed
+    (write-ahead), and a busy store commits the rows of many slots at once, so calls granted a
+    token apart could leave together, above the vendor's rate. `delay(now)` is how long a call
+    leaving at `now` waits so that departures keep to `rate` and `burst` too (the generic cell
+    rate algorithm: each call reserves the next departure time; time passed in). The Limiter has
+    already spaced the calls, so the wait is at most the spread of the commits."""
+
+    __slots__ = ("rate", "burst", "interval", "tolerance", "tat")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1.0) * self.interval     # a full bucket: `burst` calls at once
+        self.tat = float("-inf")                           # the theoretical time of the next call
+
+    def delay(self, now: float) -> float:
+        tat = self.tat if self.tat > now else now
+        depart = tat - self.tolerance
+        if depart < now:
+            depart = now
+        self.tat = tat + self.interval
+        return depart - now
+
+
 @dataclass
 class Waiter:
     """One queued run: the driver's key for the message, the engine's reference to the run."""
@@ -131,8 +161,7 @@ class _Provider:
         self.limit = limit
         self.bucket: TokenBucket | None = None
         if limit.rate is not None:
-            burst = limit.burst if limit.burst is not None else max(1.0, limit.rate)
-            self.bucket = TokenBucket(limit.rate, burst, now)
+            self.bucket = TokenBucket(limit.rate, limit.depth(), now)
         self.inflight = 0
         self.queue: list[Waiter] = []      # a heap (Waiter.__lt__: priority, then arrival)
         self.spilled = 0
