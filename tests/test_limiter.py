@@ -53,29 +53,35 @@ def test_bucket_throttled_by_429_for_retry_after_then_back() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(rate=st.floats(0.5, 500.0), burst=st.integers(1, 20),
-       gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.5)), min_size=1, max_size=200))
-def test_paced_departures_keep_to_the_bucket_in_order_and_wait_no_longer_than_it_needs(
-        rate: float, burst: int, gaps: list[float]) -> None:
-    """Whatever bunching the commits put into the calls' arrival times, the paced departures
-    conform to a token bucket of the same rate and burst (the limiter's own, as a vendor would
-    count them), leave in arrival order, and a call that its bucket would let through waits not at all."""
+       gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.5)), min_size=1, max_size=200),
+       lags=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=200))
+def test_paced_departures_keep_to_the_bucket_however_late_the_calls_come_and_wake(
+        rate: float, burst: int, gaps: list[float], lags: list[float]) -> None:
+    """The driver's loop (daemon/adapters.py _paced), with calls bunched by the commits (`gaps`
+    of 0) and each wake-up late by a lag (a busy event loop): the departures conform to a token
+    bucket of the same rate and burst (the limiter's own, as a vendor would count them), in
+    arrival order."""
     pacer = Pacer(rate, float(burst))
     vendor = TokenBucket(rate, float(burst), 0.0)
-    now, last = 0.0, 0.0
-    for gap in gaps:
-        now += gap
-        depart = now + pacer.delay(now)
-        assert depart >= last                   # first come, first out
-        last = depart
-        assert vendor.take(depart), (depart, vendor.tokens)
+    arrival, last = 0.0, 0.0
+    for k, gap in enumerate(gaps):
+        arrival += gap
+        t = max(arrival, last)              # one at a time, in order
+        turns = 0
+        while (w := pacer.wait(t)) > 0.0:
+            t += w + lags[(k + turns) % len(lags)]     # woken late
+            turns += 1
+            assert turns < 10_000
+        assert vendor.take(t), (t, vendor.tokens)
+        last = t
 
 
 def test_pacer_lets_calls_that_keep_to_the_rate_through_at_once() -> None:
     p = Pacer(10.0, 3.0)
-    assert [p.delay(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]     # the burst, at once
-    assert p.delay(0.0) == pytest.approx(0.1)                       # then one per 1/rate
-    assert p.delay(0.0) == pytest.approx(0.2)
-    assert p.delay(10.0) == 0.0                                     # idle: the bucket is full again
+    assert [p.wait(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]       # the burst, at once
+    assert p.wait(0.0) == pytest.approx(0.1)                        # then one per 1/rate
+    assert p.wait(0.1) == 0.0
+    assert p.wait(10.0) == 0.0                                      # idle: the bucket is full again
 
 
 def test_queue_priority_then_fifo_and_spill_past_latest() -> None:

@@ -112,29 +112,35 @@ class TokenBucket:
 
 
 class Pacer:
-    """The limit once more where a call leaves (the daemon's adapters, daemon/adapters.py): a call
+    """The limit once more where a call leaves (the daemon's adapters, daemon/adapters.py). A call
     granted its slot by the Limiter goes out only after its attempt's row is committed
-    (write-ahead), and a busy store commits the rows of many slots at once, so calls granted a
-    token apart could leave together, above the vendor's rate. `delay(now)` is how long a call
-    leaving at `now` waits so that departures keep to `rate` and `burst` too (the generic cell
-    rate algorithm: each call reserves the next departure time; time passed in). The Limiter has
-    already spaced the calls, so the wait is at most the spread of the commits."""
+    (write-ahead); a busy store commits the rows of many granted slots at once, and a busy event
+    loop wakes many waiting calls at once, so calls the Limiter spaced a token apart could leave
+    together, above the vendor's bucket. The driver lets calls out one at a time, in order: each
+    asks `wait(now)` until it answers 0 (a token taken at the moment it leaves), sleeping the
+    seconds it answers otherwise. Departures then keep to `rate` and `burst` as they happen,
+    whatever delayed them; the Limiter has already spaced them, so the wait is at most the
+    bunching that the commits and the loop put in."""
 
-    __slots__ = ("rate", "burst", "interval", "tolerance", "tat")
+    __slots__ = ("bucket",)
 
     def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.interval = 1.0 / rate
-        self.tolerance = (burst - 1.0) * self.interval     # a full bucket: `burst` calls at once
-        self.tat = float("-inf")                           # the theoretical time of the next call
+        self.bucket = TokenBucket(rate, burst, 0.0)       # full; the drivers' clocks start at 0 or later
 
-    def delay(self, now: float) -> float:
-        tat = self.tat if self.tat > now else now
-        depart = tat - self.tolerance
-        if depart < now:
-            depart = now
-        self.tat = tat + self.interval
-        return depart - now
+    @property
+    def rate(self) -> float:
+        return self.bucket.base_rate
+
+    @property
+    def burst(self) -> float:
+        return self.bucket.burst
+
+    def wait(self, now: float) -> float:
+        """0.0: a call may leave at `now` (its token is taken); else how long until it may."""
+        b = self.bucket
+        if b.take(now):
+            return 0.0
+        return max(b.time_for(1.0, now) - now, 0.0)
 
 
 @dataclass
