@@ -9,6 +9,7 @@ spills is (r - L) / r (docs/simulator.md "First principles"). Equal limits on bo
 
 from __future__ import annotations
 
+import random
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 import pytest
 
 from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.policy import PolicyError
 from routingd.simulator.runner import run
-from routingd.simulator.scenario import load_scenario
+from routingd.simulator.scenario import load_scenario, parse_scenario
 from routingd.simulator.setup import bind_scenario
+
+DRILLS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 
 ROUTING = """
 [timeouts]
@@ -136,3 +140,83 @@ def test_a_bucket_a_token_below_the_vendors_absorbs_the_commit_delay(tmp_path: P
     """)
     primary = res.metrics.stats["primary"]
     assert primary.queued > 0 and primary.throttled == 0 and primary.failed == 0
+
+
+# ------------------------------------------------------------------ traffic bursts
+
+
+BASE = """
+duration = "2m"
+routing = "routing.toml"
+[traffic]
+rate = 10
+"""
+
+
+@pytest.mark.parametrize("bursts,problem", [
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "10s"\n', "either rate (arrivals per second) or factor"),
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "10s"\nrate = 5\nfactor = 2\n', "either rate (arrivals per second) or factor"),
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "0s"\nfactor = 2\n', "a burst must last longer than 0"),
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "10s"\nfactor = 0\n', "greater than 0"),
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "30s"\nfactor = 2\n'
+     '[[traffic.bursts]]\nstart = "20s"\nduration = "5s"\nfactor = 3\n', "the one starting at 20s starts before the one at 10s ends"),
+    ('[[traffic.bursts]]\nstart = "2m"\nduration = "10s"\nfactor = 2\n', "at or after the run's duration"),
+    ('[[traffic.bursts]]\nstart = "10s"\nduration = "10s"\nfactor = 2\nshape = "ramp"\n', "shape"),
+])
+def test_a_bad_burst_is_one_clear_line_naming_it(bursts: str, problem: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_scenario(BASE + bursts, "s.toml")
+    text = "\n".join(e.value.lines())
+    assert problem in text and "s.toml" in text, text
+    assert "Traceback" not in text
+
+
+def test_without_bursts_the_arrivals_are_drawn_as_before_draw_for_draw() -> None:
+    traffic = parse_scenario(BASE, "s.toml").model.traffic
+    a, b = random.Random(3), random.Random(3)
+    gap = traffic.gaps(a)
+    assert [gap(float(i)) for i in range(1000)] == [b.expovariate(10.0) for _ in range(1000)]
+
+
+def test_arrivals_follow_the_rate_of_the_time() -> None:
+    """A Poisson process at 10/s with a window at 10x (factor) and one at 2/s (rate): the count in
+    each window is its rate times its length, within four standard deviations (sqrt of the mean)."""
+    sc = parse_scenario(BASE.replace('"2m"', '"20m"') + textwrap.dedent("""
+        [[traffic.bursts]]
+        start = "5m"
+        duration = "1m"
+        factor = 10
+        [[traffic.bursts]]
+        start = "6m"
+        duration = "5m"
+        rate = "120/m"
+    """), "s.toml")
+    traffic = sc.model.traffic
+    assert traffic.segments() == [(0.0, 10.0), (300.0, 100.0), (360.0, 2.0), (660.0, 10.0)]
+    gap = traffic.gaps(random.Random(7))
+    t, times = 0.0, []
+    while t < 1200.0:
+        t += gap(t)
+        times.append(t)
+    for start, end, rate in ((0.0, 300.0, 10.0), (300.0, 360.0, 100.0), (360.0, 660.0, 2.0), (660.0, 1200.0, 10.0)):
+        mean = rate * (end - start)
+        count = sum(1 for x in times if start <= x < end)
+        assert abs(count - mean) <= 4.0 * mean ** 0.5, (start, end, count, mean)
+
+
+def test_the_email_burst_drill_spills_only_while_the_burst_outruns_ses_and_gets_no_429() -> None:
+    sc = load_scenario(str(DRILLS / "email-burst.toml"))
+    res = run(bind_scenario(sc, load_policy(sc.routing_path)))
+    m = res.metrics
+    ses, sendgrid = m.stats["ses"], m.stats["sendgrid"]
+    burst = sc.model.traffic.bursts[0]
+    start, end = burst.start / 1000.0, (burst.start + burst.duration) / 1000.0
+    wait = 10.0 - 2.0           # routing-burst.toml: the channel timeout less ses's provider timeout
+    assert ses.throttled == 0 and ses.spilled > 0
+    # every spill (a sendgrid attempt: ses has no other failures to fail over from but its rare
+    # 503s) happens while the burst's arrivals outrun ses, or while its queue drains after it
+    spilled_at = [t for p, t in zip(m.a_prov, m.a_start) if m.providers[p] == "sendgrid"]
+    inside = sum(1 for t in spilled_at if start <= t <= end + wait)
+    assert inside >= ses.spilled and sendgrid.attempts - inside <= ses.failed
+    # ses never took more than its limit: at most its bucket plus 14/s over the whole run
+    assert ses.attempts <= 13 + 14.0 * res.sim_end_s
