@@ -22,7 +22,9 @@ network error, a cancel), which frees a max_inflight place.
 
 Adaptive: a vendor's 429 (with Retry-After, else one second) lowers the bucket's rate to half
 for that long (`on_throttled`), so routingd converges on the vendor's real limit when the
-configured one is too high. Pure Python, not compiled (docs/architecture.md "The compiled core").
+configured one is too high. `Pacer` keeps the same rate and burst where the daemon's calls leave
+(after their commit; daemon/adapters.py PacingGate). Pure Python, not compiled
+(docs/architecture.md "The compiled core").
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ class Pacer:
         b = self.bucket
         if b.take(now):
             return 0.0
-        return max(b.time_for(1.0, now) - now, 0.0)
+        # > 0 always (take() refused: more than TOKEN_EPSILON is missing), even where `now` is so
+        # large that now + wait would round back to now
+        return (1.0 - b.tokens) / b.rate
 
 
 @dataclass
