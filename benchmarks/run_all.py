@@ -6,7 +6,8 @@
 
 Benchmarks: ingress (wrk vs a bare aiohttp handler), delivery (through a local HTTP sink vs a
 bare relay), simulator (vs a bare SimPy loop, plus every shipped drill's wall time), failover
-(breaker on/off vs the floor, simulated), memory (RSS with N pending messages vs idle).
+(breaker on/off vs the floor, simulated), memory (RSS with N pending messages vs idle), rate_limit
+(a 2,000 burst into a daemon whose provider enforces a token bucket at routingd's rate_limit).
 Exit status: 0 every target met, 1 a target missed, 2 a benchmark could not run.
 See benchmarks/README.md for how to read the output.
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchError, BenchResult, WrkSettings  # noqa: E402
 
-NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan")
+NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan", "rate_limit")
 
 
 def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
@@ -55,8 +56,12 @@ def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
         import bench_worst_plan
         return bench_worst_plan.run()
 
+    def rate_limit() -> BenchResult:
+        import bench_rate_limit
+        return bench_rate_limit.run()
+
     return {"ingress": ingress, "delivery": delivery, "simulator": simulator, "failover": failover,
-            "memory": memory, "worst_plan": worst_plan}
+            "memory": memory, "worst_plan": worst_plan, "rate_limit": rate_limit}
 
 
 def _names(value: str) -> list[str]:

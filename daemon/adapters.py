@@ -7,11 +7,14 @@ its own timeout logic: it answers with an engine `Outcome`, or is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Coroutine
 
 from .core.engine import Outcome
+from .core.limiter import Pacer
 
 if TYPE_CHECKING:           # the adapters' collaborators, named for the type checker only
     import aiohttp
@@ -96,6 +99,15 @@ class AdapterContext:
     # Feeds a delivery receipt back into the runtime: receipts(provider, attempt_id, status) -> known?
     # Set by the Router (it is Router.receipt); the sandbox adapter uses it for confirm = "receipt".
     receipts: Callable[[str, str, str], Awaitable[bool]] | None = None
+    # Each rate-limited provider's departure gate (PacingGate), shared by the adapters of every
+    # policy snapshot; a reload that changes the limit starts a new one.
+    gates: dict[str, "PacingGate"] = field(default_factory=dict)
+
+    def gate(self, provider: str, rate: float, burst: float) -> "PacingGate":
+        g = self.gates.get(provider)
+        if g is None or (g.pacer.rate, g.pacer.burst) != (rate, burst):
+            g = self.gates[provider] = PacingGate(Pacer(rate, burst))
+        return g
 
 
 AdapterFactory = Callable[[str, Any, AdapterContext], ProviderAdapter]
@@ -117,4 +129,55 @@ def build_adapter(name: str, config: Any, ctx: AdapterContext) -> ProviderAdapte
     adapter = factory(name, config, ctx)
     found = (*provider_secrets(config), *adapter.masked)
     adapter.masked = tuple(sorted(dict.fromkeys(found), key=len, reverse=True))
+    limit = config.outbound_limit() if hasattr(config, "outbound_limit") else None
+    if limit is not None and limit.rate is not None and not adapter.answers_at_once:
+        adapter.send = _paced(adapter.send, ctx.gate(name, limit.rate, limit.depth()))  # type: ignore[method-assign,assignment]
     return adapter
+
+
+_Send = Callable[[AttemptRequest], Coroutine[Any, Any, Outcome]]
+
+
+class PacingGate:
+    """One rate-limited provider's calls leaving, in order, no faster than its limit (core/
+    limiter.py Pacer: the commits before the calls and a busy loop may bunch calls the limiter
+    spaced). A call goes at once when no one waits and a token is there; else it waits its turn
+    in a queue that one timer releases: every call whose token has come leaves in the same loop
+    iteration, so a busy loop costs no throughput. A call cancelled while it waits takes no token."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def enter(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._waiting and self.pacer.wait(loop.time()) == 0.0:
+            return                          # its token taken: it leaves now
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(fut)
+        if self._timer is None:
+            self._release(loop)
+        await fut
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        q = self._waiting
+        while q:                            # bounded: each turn pops a call or returns
+            if q[0].done():                 # cancelled while it waited
+                q.popleft()
+                continue
+            wait = self.pacer.wait(loop.time())
+            if wait > 0.0:
+                self._timer = loop.call_later(wait, self._release, loop)
+                return
+            q.popleft().set_result(None)
+
+
+def _paced(send: _Send, gate: PacingGate) -> _Send:
+    """`send` through the provider's PacingGate. The wait is part of the attempt's time, like the commit."""
+
+    async def paced_send(req: AttemptRequest) -> Outcome:
+        await gate.enter()
+        return await send(req)
+    return paced_send

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from ..daemon.core.toml_lines import key_positions, locate
 
 # how the actual value must relate to the target for the case to pass
-_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">="}
+_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">=", "min_spilled": ">="}
 _MISS = {">=": "<", "<=": ">"}
 _SECONDS = {"p50_time_to_deliver", "p95_time_to_deliver", "p99_time_to_deliver", "max_time_to_deliver",
             "time_to_route_around"}

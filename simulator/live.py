@@ -87,7 +87,10 @@ def scaled_scenario(sc: Scenario, speed: float, routing_path: str) -> Scenario:
                                    ("p50_time_to_deliver", "p95_time_to_deliver", "p99_time_to_deliver",
                                     "max_time_to_deliver", "time_to_route_around")})
     model = m.model_copy(update={"duration": _ms(m.duration, speed), "outages": outages, "expect": expect,
-                                 "traffic": m.traffic.model_copy(update={"rate": float(m.traffic.rate) * speed}),
+                                 "traffic": m.traffic.model_copy(update={"rate": float(m.traffic.rate) * speed, "bursts": [
+                                     b.model_copy(update={"start": _ms(b.start, speed), "duration": _ms(b.duration, speed),
+                                                          "rate": None if b.rate is None else float(b.rate) * speed})
+                                     for b in m.traffic.bursts]}),
                                  "providers": {}, "routing": routing_path})
     return dataclasses.replace(sc, model=model, routing_path=routing_path, provider_overrides={})
 
@@ -301,20 +304,20 @@ async def _live_run(prep: Prepared, daemon: _Daemon, routing: dict[str, Any], li
     sc = setup.scenario.model
     seed = setup.seed
     duration = sc.duration / 1000.0
-    rate = float(sc.traffic.rate)
     traffic = random.Random(f"{seed}:traffic")           # the simulator's traffic stream, drawn alike
+    next_gap = sc.traffic.gaps(traffic)
     routes = [r for r, _ in setup.route_mix]
     cum = list(accumulate(w for _, w in setup.route_mix))
     shares = sorted((f, s) for f, s in sc.traffic.recipients.items() if s < 1.0)
     fields = tuple(dict.fromkeys((*STANDARD_FIELDS, *sorted(sc.traffic.recipients))))
     arrivals: list[tuple[float, str, dict[str, str]]] = []
-    t = traffic.expovariate(rate)
+    t = next_gap(0.0)
     while t < duration:
         k = 0 if len(cum) == 1 else min(bisect_right(cum, traffic.random()), len(cum) - 1)
         absent = {f for f, s in shares if traffic.random() >= s} if shares else set()
         to = {f: (f"sim-{len(arrivals)}@example.com" if f == "email" else f"sim-{f}") for f in fields if f not in absent}
         arrivals.append((t, routes[k], to))
-        t += traffic.expovariate(rate)
+        t += next_gap(t)
 
     boundaries = sorted({x for o in setup.outages for x in (o.start_s, o.end_s) if x < duration})
     ids: list[str | None] = [None] * len(arrivals)
@@ -434,6 +437,7 @@ def _result(prep: Prepared, arrivals: list[tuple[float, str, dict[str, str]]], i
                 st.cancelled += 1
             elif outcome is not None:
                 st.failed += 1
+                st.throttled += a.get("status_code") == 429
             if ended is not None and deadline is not None and ended > deadline + LATE_SLACK_S + 0.002:
                 checker.counts["attempt_ended_late"] += 1
         for e in doc["events"]:

@@ -35,6 +35,7 @@ class ProviderStats:
     slow: int = 0               # attempts still running at their breaker's slow-call mark (breaker.slow)
     queued: int = 0             # tries that waited their turn under routingd's rate limit on it
     spilled: int = 0            # tries that spilled over to the next provider: their turn came too late
+    throttled: int = 0          # attempts the provider answered 429 (in `failed` too): its rate limit hit
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -142,6 +143,8 @@ class Metrics:
                 self.cancelled_attempts += 1
         else:
             s.failed += 1
+            if d.get("status_code") == 429:
+                s.throttled += 1
 
     def _late_receipt(self, i: int, ev: Event) -> None:
         d = ev.data

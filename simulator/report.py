@@ -95,6 +95,10 @@ def _expect(ex: ExpectSection, rep: dict[str, Any]) -> list[dict[str, Any]]:
         at_most("time_to_route_around", ex.time_to_route_around, worst, 1000.0)
     at_least("min_provider_failovers", ex.min_provider_failovers, rep["failovers"]["provider"])
     at_least("min_channel_failovers", ex.min_channel_failovers, rep["failovers"]["channel"])
+    spilled = sum(st.get("spilled", 0) for st in rep["providers"].values())
+    at_most("spilled", ex.spilled, spilled)
+    at_least("min_spilled", ex.min_spilled, spilled)
+    at_most("throttled", ex.throttled, sum(st.get("throttled", 0) for st in rep["providers"].values()))
     return out
 
 
@@ -176,7 +180,8 @@ def _pct(v: float | None) -> str:
 
 
 _EXPECT_RATIOS = {"delivered_ratio"}
-_EXPECT_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">="}
+_EXPECT_SIGN = {"delivered_ratio": ">=", "min_provider_failovers": ">=", "min_channel_failovers": ">=",
+                "min_spilled": ">="}
 _EXPECT_SECS = {"p50_time_to_deliver", "p95_time_to_deliver", "p99_time_to_deliver", "max_time_to_deliver",
                 "time_to_route_around"}
 

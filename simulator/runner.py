@@ -184,7 +184,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     metrics = Metrics(list(providers))
     checker = HierarchyChecker(setup.plans)
     duration = sc.duration / 1000.0
-    rate = float(sc.traffic.rate)
+    next_gap = sc.traffic.gaps(traffic)     # Poisson arrivals at the rate of the time ([[traffic.bursts]])
 
     routes = [r for r, _ in setup.route_mix]
     cum = list(accumulate(w for _, w in setup.route_mix))
@@ -434,7 +434,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
 
     def next_arrival() -> None:
         """Poisson arrivals until the scenario's duration: each one schedules the next."""
-        gap = traffic.expovariate(rate)
+        gap = next_gap(env.now)
         if env.now + gap < duration:
             timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
 
@@ -459,7 +459,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))
-        gap = traffic.expovariate(rate)     # next_arrival(), inlined: once per message
+        gap = next_gap(now)                 # next_arrival(), inlined: once per message
         if now + gap < duration:
             timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
 

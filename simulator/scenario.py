@@ -12,6 +12,10 @@
     cancel_after = "2s"             # ... this long after accept (or { median = "1s", p99 = "5s" })
     [traffic.recipients]            # share of recipients holding each contact field (default 1)
     phone_number = 0.8
+    [[traffic.bursts]]              # a window of other traffic: `factor` x rate (or its own `rate`)
+    start = "1m"
+    duration = "30s"
+    factor = 10
 
     [providers.ses]                 # healthy behaviour (routingd.daemon.core.behaviour.BehaviourSpec)
     latency = { median = "80ms", p99 = "400ms" }
@@ -37,10 +41,13 @@ routing file of a run is known.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import tomllib
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -56,6 +63,29 @@ class _Strict(BaseModel):
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+class BurstSection(_Strict):
+    """A window of other traffic: from `start` for `duration`, arrivals at `rate` (per second, or
+    "N/m") or at `factor` x the [traffic] rate, then back to it (docs/simulator.md "Scenario files")."""
+
+    start: Duration
+    duration: Duration
+    rate: Rate | None = None
+    factor: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("a burst must last longer than 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "BurstSection":
+        if (self.rate is None) == (self.factor is None):
+            raise ValueError("give a burst either rate (arrivals per second) or factor (x the traffic rate), one of them")
+        return self
+
+
 class TrafficSection(_Strict):
     rate: Rate
     route: str | None = None
@@ -65,6 +95,8 @@ class TrafficSection(_Strict):
     # log-normal { median, p99 } like a provider's latency); docs/simulator.md "Scenario files"
     cancel: Share = 0.0
     cancel_after: Latency | None = None
+    # windows of other traffic (a burst, or a lull), in time order, none overlapping
+    bursts: list[BurstSection] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_route_form(self) -> "TrafficSection":
@@ -76,7 +108,49 @@ class TrafficSection(_Strict):
             raise ValueError("cancel_after without cancel (the share of messages cancelled) cancels nothing")
         if self.routes is not None and not self.routes:
             raise ValueError("routes must name at least one route")
+        for a, b in zip(self.bursts, self.bursts[1:]):
+            if b.start < a.start + a.duration:
+                raise ValueError(f"bursts must be in time order and not overlap: the one starting at "
+                                 f"{b.start / 1000:g}s starts before the one at {a.start / 1000:g}s ends")
         return self
+
+    def segments(self) -> list[tuple[float, float]]:
+        """The arrival rate over time: (from_s, rate) pairs in time order, the first from 0, the
+        last lasting for ever."""
+        base = float(self.rate)
+        out: list[tuple[float, float]] = [(0.0, base)]
+        for b in self.bursts:
+            start, end = b.start / 1000.0, (b.start + b.duration) / 1000.0
+            rate = float(b.rate) if b.rate is not None else base * float(b.factor or 0.0)
+            if start == out[-1][0]:
+                out[-1] = (start, rate)
+            else:
+                out.append((start, rate))
+            out.append((end, base))
+        return out
+
+    def gaps(self, rng: random.Random) -> Callable[[float], float]:
+        """`gap(now)`: the time from an arrival at `now` to the next one, Poisson at the rate of
+        the time (segments()). Without bursts it is rng.expovariate(rate), draw for draw. With
+        them, a gap that would cross a change of rate is drawn again from the change at the new
+        rate: exact for a Poisson process (it has no memory), whatever the windows' lengths."""
+        if not self.bursts:
+            rate = float(self.rate)
+            expovariate = rng.expovariate
+            return lambda now: expovariate(rate)
+        segs = self.segments()
+        starts = [s for s, _ in segs]
+
+        def gap(now: float) -> float:
+            k = max(0, bisect_right(starts, now) - 1)
+            t = now
+            while True:             # bounded: one turn per change of rate ahead of `now`
+                nxt = starts[k + 1] if k + 1 < len(starts) else math.inf
+                t += rng.expovariate(segs[k][1])
+                if t < nxt:
+                    return t - now
+                t, k = nxt, k + 1
+        return gap
 
     def route_mix(self) -> list[tuple[str, float]]:
         """(route, share) pairs summing to 1, in file order."""
@@ -141,6 +215,10 @@ class ExpectSection(_Strict):
     time_to_route_around: Duration | None = None           # every outage's, <= target
     min_provider_failovers: Annotated[int, Field(ge=0)] | None = None   # actual >= target
     min_channel_failovers: Annotated[int, Field(ge=0)] | None = None
+    # tries that spilled over under routingd's outbound rate limits, all providers together
+    spilled: Annotated[int, Field(ge=0)] | None = None                  # actual <= target
+    min_spilled: Annotated[int, Field(ge=0)] | None = None              # actual >= target
+    throttled: Annotated[int, Field(ge=0)] | None = None                # 429s answered, <= target
 
 
 # the daemon's write-ahead commit before each provider call, as measured by `simulate --live`'s
@@ -184,6 +262,14 @@ class ScenarioModel(_Strict):
             raise ValueError("duration must be longer than 0")
         return v
 
+    @model_validator(mode="after")
+    def _bursts_inside(self) -> "ScenarioModel":
+        for b in self.traffic.bursts:
+            if b.start >= self.duration:
+                raise ValueError(f"a burst starts at {b.start / 1000:g}s, at or after the run's duration "
+                                 f"({self.duration / 1000:g}s, when arrivals stop): it would change nothing")
+        return self
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -225,5 +311,5 @@ def load_scenario(path: str) -> Scenario:
     return parse_scenario(read_config_text(path), path)
 
 
-__all__ = ["DEFAULT_COMMIT_DELAY", "ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel", "SimulationSection",
+__all__ = ["BurstSection", "DEFAULT_COMMIT_DELAY", "ExpectSection", "OUTAGE_PARAMS", "OutageSection", "Scenario", "ScenarioModel", "SimulationSection",
            "TrafficSection", "load_scenario", "parse_scenario"]

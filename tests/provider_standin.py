@@ -15,8 +15,12 @@ As a separate process (prints the port on its first stdout line, serves until SI
     and control it over HTTP:  GET /_requests (JSON list)  PUT /_script (JSON action list)
                                POST /_clear (forget the recorded requests)
 
+    python tests/provider_standin.py --port 0 --bucket 100,10     # a vendor's rate limit (below)
+
 Script: a list of actions, used one per request in arrival order; the last one repeats (an
-empty script answers 200). Or a callable `(n, request_json) -> action` for in-process use.
+empty script answers 200). Or a callable `(n, request_json) -> action` for in-process use, such
+as `TokenBucket(rate, burst)`: a vendor's rate limit, a real token bucket over the requests'
+arrival times that answers 200 within it and 429 (Retry-After 1) above it (`--bucket RATE,BURST`).
 Action keys (all optional):
 
     status        HTTP status to answer (200)
@@ -64,6 +68,28 @@ Script = Union[list[Action], Callable[[int, Any], Action], None]
 def sign(secret: str, raw: bytes) -> str:
     """The receipt signature a provider sends: "sha256=<hex HMAC-SHA256 of the raw body>"."""
     return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+class TokenBucket:
+    """A vendor's rate limit: `rate` requests a second, `burst` saved up (full at the start), over
+    the arrival times of the requests (time.monotonic()). Within it: 200; above it: 429 with
+    Retry-After 1, counted in `limited`. A script (callable) for ProviderStandin."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+        self.limited = 0
+
+    def __call__(self, _n: int, _body: Any) -> Action:
+        # called on the stand-in's event loop, one request at a time: no lock needed
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return {"status": 200}
+        self.limited += 1
+        return {"status": 429, "retry_after": 1}
 
 
 @dataclass
@@ -292,7 +318,10 @@ class _Gone(web.HTTPException):
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    script = json.loads(args.script) if args.script else None
+    script: Script = json.loads(args.script) if args.script else None
+    if args.bucket:
+        rate, _, burst = args.bucket.partition(",")
+        script = TokenBucket(float(rate), float(burst or rate))
     standin = ProviderStandin(script, receipt_url=args.receipt_url, receipt_secret=args.receipt_secret,
                               port=args.port)
     await standin.start()
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="A scriptable HTTP provider stand-in on 127.0.0.1.")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one; printed)")
     p.add_argument("--script", default=None, help="JSON list of actions, one per request; the last repeats")
+    p.add_argument("--bucket", default=None, metavar="RATE,BURST",
+                   help="answer as a vendor's rate limit: a token bucket (RATE/s, BURST deep), 429 above it")
     p.add_argument("--receipt-url", default=None)
     p.add_argument("--receipt-secret", default=None)
     args = p.parse_args(argv)

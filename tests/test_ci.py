@@ -122,7 +122,8 @@ def team_repository(where: Path) -> Path:
     """A repository like a team's: routing.toml and drills/ (the shipped drills, pointing at it)."""
     where.mkdir()
     shutil.copy2(REPO / "routing.toml", where / "routing.toml")
-    shutil.copy2(DRILLS / "routing-receipts.toml", where / "routing-receipts.toml")
+    for variant in sorted(DRILLS.glob("routing-*.toml")):      # the drills' own routing files
+        shutil.copy2(variant, where / variant.name)
     (where / "drills").mkdir()
     for name, path in shipped_drills().items():
         text = Path(path).read_text().replace('routing = "routing', 'routing = "../routing')

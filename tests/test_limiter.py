@@ -14,12 +14,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routingd.daemon.core.engine import Command, Delivery, Event, Finish, Outcome, SetTimer, StartAttempt
 from routingd.daemon.core.fleet import Fleet
-from routingd.daemon.core.limiter import GO, QUEUED, SPILL, Limit, Limiter, TokenBucket
+from routingd.daemon.core.limiter import GO, QUEUED, SPILL, Limit, Limiter, Pacer, TokenBucket
 from routingd.daemon.core.plan import resolve_plan
 from routingd.daemon.core.policy import parse_policy
 
@@ -45,6 +46,42 @@ def test_bucket_throttled_by_429_for_retry_after_then_back() -> None:
     assert b.time_for(1.0, 0.0) == 0.2          # half the rate while throttled
     b.refill(3.0)
     assert b.rate == 10.0 and b.throttled_until is None
+
+
+# ------------------------------------------------------------------ the departure pacer
+
+
+@settings(max_examples=200, deadline=None)
+@given(rate=st.floats(0.5, 500.0), burst=st.integers(1, 20),
+       gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.5)), min_size=1, max_size=200),
+       lags=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=200))
+def test_paced_departures_keep_to_the_bucket_however_late_the_calls_come_and_wake(
+        rate: float, burst: int, gaps: list[float], lags: list[float]) -> None:
+    """The driver's loop (daemon/adapters.py _paced), with calls bunched by the commits (`gaps`
+    of 0) and each wake-up late by a lag (a busy event loop): the departures conform to a token
+    bucket of the same rate and burst (the limiter's own, as a vendor would count them), in
+    arrival order."""
+    pacer = Pacer(rate, float(burst))
+    vendor = TokenBucket(rate, float(burst), 0.0)
+    arrival, last = 0.0, 0.0
+    for k, gap in enumerate(gaps):
+        arrival += gap
+        t = max(arrival, last)              # one at a time, in order
+        turns = 0
+        while (w := pacer.wait(t)) > 0.0:
+            t += w + lags[(k + turns) % len(lags)]     # woken late
+            turns += 1
+            assert turns < 10_000
+        assert vendor.take(t), (t, vendor.tokens)
+        last = t
+
+
+def test_pacer_lets_calls_that_keep_to_the_rate_through_at_once() -> None:
+    p = Pacer(10.0, 3.0)
+    assert [p.wait(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]       # the burst, at once
+    assert p.wait(0.0) == pytest.approx(0.1)                        # then one per 1/rate
+    assert p.wait(0.1) == 0.0
+    assert p.wait(10.0) == 0.0                                      # idle: the bucket is full again
 
 
 def test_queue_priority_then_fifo_and_spill_past_latest() -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .durations import parse_duration_ms
+from .limiter import TOKEN_EPSILON
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
 
@@ -132,8 +133,10 @@ class RateWindow:
             return None
         self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        # the limiter's tolerance (limiter.TOKEN_EPSILON): a call routingd's bucket of the same
+        # rate and depth lets through exactly on time is not refused here for a rounding error
+        if self.tokens >= 1.0 - TOKEN_EPSILON:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return None
         return (1.0 - self.tokens) / self.rate
 

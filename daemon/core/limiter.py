@@ -22,7 +22,9 @@ network error, a cancel), which frees a max_inflight place.
 
 Adaptive: a vendor's 429 (with Retry-After, else one second) lowers the bucket's rate to half
 for that long (`on_throttled`), so routingd converges on the vendor's real limit when the
-configured one is too high. Pure Python, not compiled (docs/architecture.md "The compiled core").
+configured one is too high. `Pacer` keeps the same rate and burst where the daemon's calls leave
+(after their commit; daemon/adapters.py PacingGate). Pure Python, not compiled
+(docs/architecture.md "The compiled core").
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Iterable, Mapping
+
+# A token counts as there when the bucket holds at least 1 - TOKEN_EPSILON: the limiter wakes a
+# waiter at the time time_for() computed, and refilling up to that time may come out a few units in
+# the last place short of the whole token it was computed to hold. The simulated vendor's bucket
+# (behaviour.RateWindow) counts tokens with the same tolerance: both model the same real number,
+# through float sums with different histories, and a call on time must be on time for both
+# (docs/simulator.md "Outbound rate limits").
+TOKEN_EPSILON = 1e-9
 
 # how long a 429 without Retry-After lowers the rate, and by how much
 THROTTLE_DEFAULT_S = 1.0
@@ -48,6 +58,10 @@ class Limit:
     rate: float | None = None          # tokens per second; None: no rate limit
     burst: float | None = None         # bucket size; None: max(1, rate) (one second's worth)
     max_inflight: int | None = None    # calls in flight at once; None: unbounded
+
+    def depth(self) -> float:
+        """The bucket's size: `burst`, or one second's worth (at least one token)."""
+        return self.burst if self.burst is not None else max(1.0, self.rate or 1.0)
 
 
 class TokenBucket:
@@ -78,7 +92,7 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         self.refill(now)
-        if self.tokens >= 1.0 - 1e-9:
+        if self.tokens >= 1.0 - TOKEN_EPSILON:
             self.tokens -= 1.0
             return True
         return False
@@ -87,7 +101,7 @@ class TokenBucket:
         """When `n` tokens will have been available (counting the ones there now), at the current rate."""
         self.refill(now)
         missing = n - self.tokens
-        if missing <= 1e-9:
+        if missing <= TOKEN_EPSILON:
             return now
         return now + missing / self.rate
 
@@ -97,6 +111,40 @@ class TokenBucket:
         self.rate = self.base_rate * THROTTLE_FACTOR
         if self.throttled_until is None or until > self.throttled_until:
             self.throttled_until = until
+
+
+class Pacer:
+    """The limit once more where a call leaves (the daemon's adapters, daemon/adapters.py). A call
+    granted its slot by the Limiter goes out only after its attempt's row is committed
+    (write-ahead); a busy store commits the rows of many granted slots at once, and a busy event
+    loop wakes many waiting calls at once, so calls the Limiter spaced a token apart could leave
+    together, above the vendor's bucket. The driver lets calls out one at a time, in order: each
+    asks `wait(now)` until it answers 0 (a token taken at the moment it leaves), sleeping the
+    seconds it answers otherwise. Departures then keep to `rate` and `burst` as they happen,
+    whatever delayed them; the Limiter has already spaced them, so the wait is at most the
+    bunching that the commits and the loop put in."""
+
+    __slots__ = ("bucket",)
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.bucket = TokenBucket(rate, burst, 0.0)       # full; the drivers' clocks start at 0 or later
+
+    @property
+    def rate(self) -> float:
+        return self.bucket.base_rate
+
+    @property
+    def burst(self) -> float:
+        return self.bucket.burst
+
+    def wait(self, now: float) -> float:
+        """0.0: a call may leave at `now` (its token is taken); else how long until it may."""
+        b = self.bucket
+        if b.take(now):
+            return 0.0
+        # > 0 always (take() refused: more than TOKEN_EPSILON is missing), even where `now` is so
+        # large that now + wait would round back to now
+        return (1.0 - b.tokens) / b.rate
 
 
 @dataclass
@@ -123,8 +171,7 @@ class _Provider:
         self.limit = limit
         self.bucket: TokenBucket | None = None
         if limit.rate is not None:
-            burst = limit.burst if limit.burst is not None else max(1.0, limit.rate)
-            self.bucket = TokenBucket(limit.rate, burst, now)
+            self.bucket = TokenBucket(limit.rate, limit.depth(), now)
         self.inflight = 0
         self.queue: list[Waiter] = []      # a heap (Waiter.__lt__: priority, then arrival)
         self.spilled = 0
