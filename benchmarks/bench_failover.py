@@ -41,7 +41,8 @@ RUNS = (("breaker on", "routing-failover-breaker.toml", True), ("no cut", "routi
 
 
 def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
-    m = r.metrics
+    m = r.trace
+    assert m is not None, "run with trace=True"
     idx = [i for i, a in enumerate(m.accepted_at) if start <= a < end]
     ttd = [m.delivered_at[i] - m.accepted_at[i] for i in idx  # type: ignore[operator]
            if m.status[i] == "delivered" and m.delivered_at[i] is not None]
@@ -56,7 +57,7 @@ def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
                     waited.add(msg)
                 elif out == CANCELLED:
                     cut.add(msg)
-    st = m.stats.get("ses")
+    st = r.metrics.stats.get("ses")
     return {"messages": len(idx), "delivered": len(ttd), "not_delivered": len(idx) - len(ttd),
             "p50_s": percentile(ttd, 50), "p95_s": percentile(ttd, 95), "p99_s": percentile(ttd, 99),
             "max_s": max(ttd) if ttd else None, "waited_on_ses": len(waited),
@@ -77,7 +78,7 @@ def run(seed: int | None = None) -> BenchResult:
     outage = next(o for o in setups[0].outages if o.provider == "ses")
     figs: dict[str, dict[str, Any]] = {}
     for (label, _, cut), setup in zip(RUNS, setups):
-        figs[label] = window_figures(sim_run(setup, cut_inflight=cut), outage.start_s, outage.end_s)
+        figs[label] = window_figures(sim_run(setup, cut_inflight=cut, trace=True), outage.start_s, outage.end_s)
     res.say(f"messages accepted during the hang ({outage.start_s:g}s..{outage.end_s:g}s): "
             f"{figs['floor']['messages']}")
     res.say(f"{'':12s} {'p50':>9s} {'p95':>9s} {'p99':>9s} {'max':>9s}  timed out on ses  cut  "

@@ -51,6 +51,7 @@ from itertools import accumulate
 from typing import Any, Callable
 
 import simpy
+from simpy.events import NORMAL
 
 from ..daemon.core.behaviour import sample_latency_s
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
@@ -59,7 +60,7 @@ from ..daemon.core.behaviour import LatencyDist
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
-from .metrics import Metrics
+from .metrics import Metrics, Trace, Window
 from .setup import RunSetup
 
 STANDARD_FIELDS = ("user_id", "email", "phone_number")
@@ -89,6 +90,21 @@ class Recipient(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class _Due:
+    """What `env.timeout(delay, value)` with one callback is to SimPy, for a fraction of its cost:
+    SimPy's step() reads only an event's `callbacks` and `_ok`, so this is handed to the public
+    Environment.schedule(event, NORMAL, delay) -- the very call Timeout makes, so the same time,
+    priority and tie-break order. (Timeout's own __init__, checks and properties were ~8% of the
+    day-of-traffic run's CPU: docs/performance.md.) Its callback reads `value`."""
+
+    __slots__ = ("callbacks", "value", "_ok")
+
+    def __init__(self, callback: Callable[[Any], None], value: Any = None) -> None:
+        self.callbacks = (callback,)
+        self.value = value
+        self._ok = True
 
 
 class _Msg:
@@ -163,25 +179,35 @@ class RunResult:
     pending: int            # messages that never reached a terminal state (should be 0)
     sim_end_s: float
     wall_s: float
+    trace: Trace | None = None      # every message and attempt, with run(..., trace=True)
+
+
+def outage_windows(setup: RunSetup) -> list[Window]:
+    """The route-around windows of the report: each outage, cut at the end of the arrivals."""
+    duration = setup.scenario.duration_s
+    return [(o.provider, o.start_s, min(o.end_s, duration)) for o in setup.outages]
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
-        cut_inflight: bool | None = None, commit_delay: LatencyDist | None = None) -> RunResult:
+        cut_inflight: bool | None = None, commit_delay: LatencyDist | None = None,
+        trace: bool = False) -> RunResult:
     """Simulate one scenario against one routing file.
 
     hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower.
     cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open, commit_delay
-    its commit_delay (`simulate --live` passes the one it measured)."""
+    its commit_delay (`simulate --live` passes the one it measured). trace=True also keeps every
+    message and attempt (RunResult.trace: the plot, the tests); memory then grows with the run."""
     wall0 = time.perf_counter()
     sc = setup.scenario.model
     seed = setup.seed
     env = simpy.Environment()
-    timeout = env.timeout
+    schedule = env.schedule
     providers = setup.providers()
     draw_of = {name: p.draw for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
     jitter = random.Random(f"{seed}:engine")
-    metrics = Metrics(list(providers))
+    metrics = Metrics(list(providers), outage_windows(setup))
+    tracer = Trace(list(providers)) if trace else None
     checker = HierarchyChecker(setup.plans)
     duration = sc.duration / 1000.0
     rate = float(sc.traffic.rate)
@@ -216,7 +242,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     cut_over = fleet.cut_over
     wake_time = fleet.wake_time
 
-    sinks = event_sinks(metrics.handlers, checker.handlers)
+    sinks = event_sinks(metrics.handlers, checker.handlers, *((tracer.handlers,) if tracer else ()))
     sink_of = sinks.get
     wanted = frozenset(sinks)       # the engine builds only the events something here reads
     # what the driver knows from its own commands it hands the readers itself
@@ -224,6 +250,10 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     metrics_attempt, checker_attempt = metrics.start_attempt, checker.on_attempt_started
     metrics_finish, checker_finish = metrics.finish, checker.on_finish
     attempt_stopped = checker.on_attempt_stopped
+    if tracer is not None:      # the trace reads what the metrics read: one call for both
+        metrics_accept = _both(metrics_accept, tracer.accept)
+        metrics_attempt = _both(metrics_attempt, tracer.start_attempt)
+        metrics_finish = _both(metrics_finish, tracer.finish)
     refused = Outcome(network=True, detail="connection refused")
     commit_median, commit_sigma = (sc.simulation.commit_delay if commit_delay is None else commit_delay).fit
     store_rng = random.Random(f"{seed}:store")
@@ -252,7 +282,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         nxt = limiter.next_at(now)
         if nxt is not None and (not limiter_at or nxt < min(limiter_at)):
             limiter_at.append(nxt)
-            timeout(_delay_to(now, nxt), nxt).callbacks.append(limiter_due)  # type: ignore[union-attr]
+            schedule(_Due(limiter_due, nxt), NORMAL, _delay_to(now, nxt))  # type: ignore[arg-type]
 
     def limiter_due(e: Any) -> None:
         limiter_at.remove(e.value)
@@ -273,7 +303,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         if commit_median > 0.0:
             # the call goes out once the attempt's row is committed (see the module docstring)
             wait = commit_median if commit_sigma is None else commit_median * math.exp(commit_sigma * gauss(0.0, 1.0))
-            timeout(wait, (msg, c)).callbacks.append(committed)  # type: ignore[union-attr]
+            schedule(_Due(committed, (msg, c)), NORMAL, wait)  # type: ignore[arg-type]
             hold(msg, env.now + wait)
             return
         call(msg, c, env.now)
@@ -300,7 +330,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
             return
         # what answered needs rides on the timeout as its value: no closure per attempt
         answer: _Answer = (msg, aid, kind, status, retry_after, receipt)
-        timeout(delay, answer).callbacks.append(answered)  # type: ignore[union-attr]
+        schedule(_Due(answered, answer), NORMAL, delay)  # type: ignore[arg-type]
         t = now + delay                 # hold(msg, t), inlined: once per attempt
         anchor = msg.anchor
         if anchor is None or t < anchor:
@@ -328,7 +358,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                 outcome = Outcome(status=status, retry_after_s=retry_after)
             execute(msg, msg.delivery.on_outcome(aid, outcome, now))
             if receipt is not None:
-                timeout(receipt, (msg, aid)).callbacks.append(receipted)  # type: ignore[union-attr]
+                schedule(_Due(receipted, (msg, aid)), NORMAL, receipt)  # type: ignore[arg-type]
                 hold(msg, now + receipt)
         if msg.due is not None:
             release(msg)
@@ -391,7 +421,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         wake(msg, delay, at)
 
     def wake(msg: _Msg, delay: float, at: float) -> None:
-        timeout(delay, (msg, msg.gen, at)).callbacks.append(fire)  # type: ignore[union-attr]
+        schedule(_Due(fire, (msg, msg.gen, at)), NORMAL, delay)  # type: ignore[arg-type]
 
     def fire(e: Any) -> None:
         wakeup: tuple[_Msg, int, float] = e.value   # (message, generation, the time asked for)
@@ -418,6 +448,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     def client_cancels(e: Any) -> None:
         msg: _Msg = e.value
         metrics.cancel_requested(msg.i, env.now)
+        if tracer is not None:
+            tracer.cancel_requested(msg.i, env.now)
         execute(msg, msg.delivery.cancel(env.now))
 
     def recipient() -> Recipient:
@@ -436,7 +468,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         """Poisson arrivals until the scenario's duration: each one schedules the next."""
         gap = traffic.expovariate(rate)
         if env.now + gap < duration:
-            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
+            schedule(_Due(arrive), NORMAL, gap)  # type: ignore[arg-type]
 
     def arrive(_e: Any) -> None:
         nonlocal pending, count
@@ -454,14 +486,13 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
             fleet.admit(i, msg)
         execute(msg, msg.delivery.start(now))
         if cancel_share and cancels.random() < cancel_share:
-            timeout(sample_latency_s(cancel_after, cancels), msg).callbacks.append(  # type: ignore[arg-type,union-attr]
-                client_cancels)
+            schedule(_Due(client_cancels, msg), NORMAL, sample_latency_s(cancel_after, cancels))  # type: ignore[arg-type]
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))
         gap = traffic.expovariate(rate)     # next_arrival(), inlined: once per message
         if now + gap < duration:
-            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
+            schedule(_Due(arrive), NORMAL, gap)  # type: ignore[arg-type]
 
     next_arrival()
     env.run()
@@ -469,6 +500,14 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     # only to be ignored): so the end does not depend on which ones were held back
     end = max(env.now, held_until)
     checker.finish_run(end)
+    metrics.close()
     if progress is not None:
         progress(1.0)
-    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0)
+    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0, tracer)
+
+
+def _both(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+    return call
