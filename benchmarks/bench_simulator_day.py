@@ -9,7 +9,10 @@ Baseline: the bare SimPy loop of bench_simulator.py (Poisson arrivals at the sam
 slice's simulated time, one SimPy process per message with one timed attempt), measured in the
 same sitting; the ratio is simulator msg/s / bare loop msg/s.
 Target (issue 20): the day in under 2 minutes (72,000 msg/s), memory that does not grow with
-the message count. Printed: msg/s, the ratio, the time a day would take at the slice's rate.
+the message count. Printed: msg/s, the ratio, the time a day would take at the slice's rate;
+each per wall-second and per CPU-second of the process (time.process_time): on this shared
+machine other work can take most of the cores, and the CPU figure is what the run costs with
+a core to itself.
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ model = sc.model.model_copy(update={"duration": int(seconds * 1000),
                                     "traffic": sc.model.traffic.model_copy(update={"rate": rate})})
 sc = dataclasses.replace(sc, model=model)
 setup = bind_scenario(sc, load_policy(sc.routing_path))
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 rep = build_report(run(setup))
-wall = time.perf_counter() - t0
-print(json.dumps({"messages": rep["messages"], "wall_s": wall,
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"messages": rep["messages"], "wall_s": wall, "cpu_s": cpu,
                   "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "ok": rep["ok"], "violations": rep["violations"], "p99": rep["time_to_deliver_s"]["p99"],
                   "route_around": [o["time_to_route_around_s"] for o in rep["outages"]]}))
@@ -66,8 +69,8 @@ def one(seconds: float, rate: float, timeout: float) -> dict[str, float] | None:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def bare_rate(rate: float, seconds: float) -> float:
-    """The bare SimPy loop's messages per wall-second over the slice (best of two)."""
+def bare_rate(rate: float, seconds: float) -> tuple[float, float]:
+    """The bare SimPy loop's messages per wall-second and per CPU-second over the slice (best of two)."""
     from routingd.daemon.config_files import load_policy
     from routingd.simulator.cli import shipped_drills
     from routingd.simulator.scenario import load_scenario
@@ -75,11 +78,12 @@ def bare_rate(rate: float, seconds: float) -> float:
 
     sc = load_scenario(shipped_drills()["email-primary-hang"])
     latency: LatencyDist = bind_scenario(sc, load_policy(sc.routing_path)).specs["ses"].latency
-    best = 0.0
+    best, best_cpu = 0.0, 0.0
     for _ in range(2):
+        c0 = time.process_time()
         n, wall = bare_simpy(rate, seconds, sc.model.seed, latency, "process")
-        best = max(best, n / wall)
-    return best
+        best, best_cpu = max(best, n / wall), max(best_cpu, n / (time.process_time() - c0))
+    return best, best_cpu
 
 
 def main() -> None:
@@ -92,8 +96,8 @@ def main() -> None:
     header(f"simulator: a day of traffic through email-primary-hang at {args.rate:g} msg/s; core {core_build()}")
     slice_s = args.minutes * 60.0
     spans = [slice_s, 4 * slice_s] + ([DAY_S] if args.day else [])
-    base = bare_rate(args.rate, slice_s)
-    print(f"bare SimPy loop (process per message): {base:9.0f} msg/wall-s")
+    base, base_cpu = bare_rate(args.rate, slice_s)
+    print(f"bare SimPy loop (process per message): {base:9.0f} msg/wall-s, {base_cpu:9.0f} msg/CPU-s")
     first: dict[str, float] | None = None
     for s in spans:
         t0 = time.perf_counter()
@@ -101,9 +105,10 @@ def main() -> None:
         if r is None:
             print(f"{s / 3600:8.3f} h: gave up after {time.perf_counter() - t0:.0f} s")
             break
-        rate = r["messages"] / r["wall_s"]
-        line = (f"{s / 3600:8.3f} h  {r['messages']:>9,d} msgs  {r['wall_s']:8.1f} s  {rate:8.0f} msg/s "
-                f"({rate / base:.3f} x bare SimPy)  peak RSS {r['peak_rss_kib'] / 1024:7.1f} MiB")
+        rate, cpu_rate = r["messages"] / r["wall_s"], r["messages"] / r["cpu_s"]
+        line = (f"{s / 3600:8.3f} h  {r['messages']:>9,d} msgs  wall {r['wall_s']:7.1f} s {rate:7.0f} msg/s "
+                f"({rate / base:.3f} x bare SimPy)  CPU {r['cpu_s']:7.1f} s {cpu_rate:7.0f} msg/s "
+                f"({cpu_rate / base_cpu:.3f} x)  peak RSS {r['peak_rss_kib'] / 1024:7.1f} MiB")
         if first is not None:
             grow = (r["peak_rss_kib"] - first["peak_rss_kib"]) * 1024 / max(1, r["messages"] - first["messages"])
             line += f" ({grow:+.1f} B/msg vs the slice)"
@@ -112,8 +117,8 @@ def main() -> None:
         if first is None:
             first = r
             day_msgs = DAY_S * args.rate
-            print(f"  extrapolated to a day ({day_msgs:,.0f} messages): {r['wall_s'] * day_msgs / r['messages']:.0f} s "
-                  f"(target {TARGET_DAY_S:.0f} s)", flush=True)
+            print(f"  extrapolated to a day ({day_msgs:,.0f} messages): wall {r['wall_s'] * day_msgs / r['messages']:.0f} s, "
+                  f"CPU {r['cpu_s'] * day_msgs / r['messages']:.0f} s (target {TARGET_DAY_S:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ class Metrics:
         self.route_around = [RouteAround(*w) for w in windows]
         self._windows = [(p, s, e) for p, s, e in windows]
         self._live: dict[int, _Live] = {}
-        self._attempts: dict[str, tuple[_Live, str, float]] = {}  # running attempt -> (message, provider, start)
+        # running attempt of a message accepted during an outage -> (message, provider, start)
+        self._attempts: dict[str, tuple[_Live, str, float]] = {}
         self._next = 0                          # the next message (index) the trackers take
         self._done: dict[int, _Live] = {}       # finished before an earlier one: waits its turn
         # the event types the metrics read, and what reads each; every other type is ignored (an
@@ -176,8 +177,8 @@ class Metrics:
         if m is None:
             return
         m.attempts += 1
-        self._attempts[cmd.attempt_id] = (m, provider, cmd.started_at)
-        if m.windows is not None:
+        if m.windows is not None:   # only the route-around trackers need the attempt again at its end
+            self._attempts[cmd.attempt_id] = (m, provider, cmd.started_at)
             self._reached(m, provider, cmd.started_at, RUNNING)
 
     def record_attempt(self, i: int, provider: str, started_at: float, outcome: int) -> None:
@@ -255,12 +256,8 @@ class Metrics:
 
     def _attempt_ended(self, i: int, ev: Event) -> None:
         d = ev.data
-        entry = self._attempts.pop(d["attempt_id"], None)
-        if entry is None:
-            return
-        m, provider, started_at = entry
         code = OUTCOME_CODE.get(d["outcome"], FAILED)
-        s = self.stats[provider]
+        s = self.stats[d["provider"]]
         if code == DELIVERED:
             s.delivered += 1
         elif code == TIMEOUT:
@@ -271,8 +268,11 @@ class Metrics:
                 self.cancelled_attempts += 1
         else:
             s.failed += 1
-        if m.windows is not None and code in WAITED:
-            self._reached(m, provider, started_at, code)
+        if self._attempts:
+            entry = self._attempts.pop(d["attempt_id"], None)
+            if entry is not None and code in WAITED:
+                m, provider, started_at = entry
+                self._reached(m, provider, started_at, code)
 
     def _late_receipt(self, i: int, ev: Event) -> None:
         d = ev.data
