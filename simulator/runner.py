@@ -51,7 +51,6 @@ from itertools import accumulate
 from typing import Any, Callable
 
 import simpy
-from simpy.events import NORMAL
 
 from ..daemon.core.behaviour import sample_latency_s
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
@@ -90,21 +89,6 @@ class Recipient(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-class _Due:
-    """What `env.timeout(delay, value)` with one callback is to SimPy, for a fraction of its cost:
-    SimPy's step() reads only an event's `callbacks` and `_ok`, so this is handed to the public
-    Environment.schedule(event, NORMAL, delay) -- the very call Timeout makes, so the same time,
-    priority and tie-break order. (Timeout's own __init__, checks and properties were ~8% of the
-    day-of-traffic run's CPU: docs/performance.md.) Its callback reads `value`."""
-
-    __slots__ = ("callbacks", "value", "_ok")
-
-    def __init__(self, callback: Callable[[Any], None], value: Any = None) -> None:
-        self.callbacks = (callback,)
-        self.value = value
-        self._ok = True
 
 
 class _Msg:
@@ -201,7 +185,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     sc = setup.scenario.model
     seed = setup.seed
     env = simpy.Environment()
-    schedule = env.schedule
+    timeout = env.timeout
     providers = setup.providers()
     draw_of = {name: p.draw for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
@@ -282,7 +266,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         nxt = limiter.next_at(now)
         if nxt is not None and (not limiter_at or nxt < min(limiter_at)):
             limiter_at.append(nxt)
-            schedule(_Due(limiter_due, nxt), NORMAL, _delay_to(now, nxt))  # type: ignore[arg-type]
+            timeout(_delay_to(now, nxt), nxt).callbacks.append(limiter_due)  # type: ignore[union-attr]
 
     def limiter_due(e: Any) -> None:
         limiter_at.remove(e.value)
@@ -303,7 +287,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         if commit_median > 0.0:
             # the call goes out once the attempt's row is committed (see the module docstring)
             wait = commit_median if commit_sigma is None else commit_median * math.exp(commit_sigma * gauss(0.0, 1.0))
-            schedule(_Due(committed, (msg, c)), NORMAL, wait)  # type: ignore[arg-type]
+            timeout(wait, (msg, c)).callbacks.append(committed)  # type: ignore[union-attr]
             hold(msg, env.now + wait)
             return
         call(msg, c, env.now)
@@ -330,7 +314,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
             return
         # what answered needs rides on the timeout as its value: no closure per attempt
         answer: _Answer = (msg, aid, kind, status, retry_after, receipt)
-        schedule(_Due(answered, answer), NORMAL, delay)  # type: ignore[arg-type]
+        timeout(delay, answer).callbacks.append(answered)  # type: ignore[union-attr]
         t = now + delay                 # hold(msg, t), inlined: once per attempt
         anchor = msg.anchor
         if anchor is None or t < anchor:
@@ -358,7 +342,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
                 outcome = Outcome(status=status, retry_after_s=retry_after)
             execute(msg, msg.delivery.on_outcome(aid, outcome, now))
             if receipt is not None:
-                schedule(_Due(receipted, (msg, aid)), NORMAL, receipt)  # type: ignore[arg-type]
+                timeout(receipt, (msg, aid)).callbacks.append(receipted)  # type: ignore[union-attr]
                 hold(msg, now + receipt)
         if msg.due is not None:
             release(msg)
@@ -421,7 +405,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         wake(msg, delay, at)
 
     def wake(msg: _Msg, delay: float, at: float) -> None:
-        schedule(_Due(fire, (msg, msg.gen, at)), NORMAL, delay)  # type: ignore[arg-type]
+        timeout(delay, (msg, msg.gen, at)).callbacks.append(fire)  # type: ignore[union-attr]
 
     def fire(e: Any) -> None:
         wakeup: tuple[_Msg, int, float] = e.value   # (message, generation, the time asked for)
@@ -468,7 +452,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         """Poisson arrivals until the scenario's duration: each one schedules the next."""
         gap = traffic.expovariate(rate)
         if env.now + gap < duration:
-            schedule(_Due(arrive), NORMAL, gap)  # type: ignore[arg-type]
+            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
 
     def arrive(_e: Any) -> None:
         nonlocal pending, count
@@ -486,13 +470,14 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
             fleet.admit(i, msg)
         execute(msg, msg.delivery.start(now))
         if cancel_share and cancels.random() < cancel_share:
-            schedule(_Due(client_cancels, msg), NORMAL, sample_latency_s(cancel_after, cancels))  # type: ignore[arg-type]
+            timeout(sample_latency_s(cancel_after, cancels), msg).callbacks.append(  # type: ignore[arg-type,union-attr]
+                client_cancels)
         count = i + 1
         if progress is not None and count % 2000 == 0:
             progress(min(now / duration, 1.0))
         gap = traffic.expovariate(rate)     # next_arrival(), inlined: once per message
         if now + gap < duration:
-            schedule(_Due(arrive), NORMAL, gap)  # type: ignore[arg-type]
+            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
 
     next_arrival()
     env.run()
