@@ -52,7 +52,8 @@ RUNS = (("shipped", "routing-failover-breaker.toml", True), ("slow 500ms", "rout
 
 
 def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
-    m = r.metrics
+    m = r.trace
+    assert m is not None, "run with trace=True"
     idx = [i for i, a in enumerate(m.accepted_at) if start <= a < end]
     ttd = [m.delivered_at[i] - m.accepted_at[i] for i in idx  # type: ignore[operator]
            if m.status[i] == "delivered" and m.delivered_at[i] is not None]
@@ -67,10 +68,10 @@ def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
                     waited.add(msg)
                 elif out == CANCELLED:
                     cut.add(msg)
-    st = m.stats.get("ses")
+    st = r.metrics.stats.get("ses")
     # the probes: attempts on ses that started after its breaker first opened (within the hang,
     # every later attempt on ses is a half-open probe: the open breaker skips it otherwise)
-    opened = [at for at, prov, what in m.breaker_events if prov == "ses" and what == "opened" and at >= start]
+    opened = [at for at, prov, what in r.metrics.breaker_events if prov == "ses" and what == "opened" and at >= start]
     probes: dict[int, float] = {}   # message -> how much sooner a hedge at HEDGE_MS delivers it
     if opened and "ses" in m.providers:
         p = m.providers.index("ses")
@@ -103,7 +104,7 @@ def run(seed: int | None = None) -> BenchResult:
     outage = next(o for o in setups[0].outages if o.provider == "ses")
     figs: dict[str, dict[str, Any]] = {}
     for (label, _, cut), setup in zip(RUNS, setups):
-        figs[label] = window_figures(sim_run(setup, cut_inflight=cut), outage.start_s, outage.end_s)
+        figs[label] = window_figures(sim_run(setup, cut_inflight=cut, trace=True), outage.start_s, outage.end_s)
     res.say(f"messages accepted during the hang ({outage.start_s:g}s..{outage.end_s:g}s): "
             f"{figs['floor']['messages']}")
     res.say(f"{'':12s} {'p50':>9s} {'p95':>9s} {'p99':>9s} {'max':>9s}  timed out on ses  cut  "

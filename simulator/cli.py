@@ -213,13 +213,14 @@ def _raw_references(err: PolicyError, routing_args: Sequence[str],
     return out
 
 
-def run_all(setups: Sequence[RunSetup], stderr: TextIO | None = None) -> list[RunResult]:
+def run_all(setups: Sequence[RunSetup], stderr: TextIO | None = None, *, trace: bool = False) -> list[RunResult]:
+    """Run each setup; trace=True keeps every message and attempt (what --plot draws)."""
     out: list[RunResult] = []
     for s in setups:
         bar = _ProgressBar(stderr, f"{s.scenario.name} ({os.path.basename(s.routing_path)})") \
             if stderr is not None else None
         try:
-            out.append(run(s, bar))
+            out.append(run(s, bar, trace=trace))
         finally:
             if bar is not None:
                 bar.close()
@@ -251,14 +252,14 @@ def simulate_command(args: argparse.Namespace) -> int:
                 stderr.write(f"{out}: cannot write the {what} ({flag}): {why}\n")
                 return EXIT_INVALID
         if args.live:
-            from .live import cli_live
+            from .live_compare import cli_live
             return cli_live(args, prepare, stdout, stderr)
         setups, errors = prepare(args.scenarios, args.routing, args.seed)
         if errors:
             for line in errors:
                 stderr.write(render(line, args.format, title="routingd simulate") + "\n")
             return EXIT_INVALID
-        results = run_all(setups, stderr)
+        results = run_all(setups, stderr, trace=bool(args.plot))
         reports = [build_report(r) for r in results]
         table = format_table(reports)
         if args.json == "-":

@@ -95,8 +95,12 @@ class HierarchyChecker:
         self.counts: Counter[str] = Counter()
         self.examples: list[Violation] = []
         self.keep = keep
-        self._msgs: dict[int, _Message] = {}
-        self._finished: set[int] = set()
+        self._msgs: dict[int, _Message] = {}     # messages in flight (dropped when they finish)
+        # accepted messages are numbered 0, 1, 2, ... (the driver's order): one not in flight
+        # below `_accepted` finished, unless it is one of the few skipped numbers in `_gaps`;
+        # so nothing per finished message is kept (memory does not grow with the run)
+        self._accepted = 0
+        self._gaps: set[int] = set()
         self._running: dict[str, tuple[int, float]] = {}   # driver: attempt id -> (message, deadline)
         # the event types the check reads, and what reads each; every other type is ignored (the
         # engine's started/attempt_started/finished events tell nothing the driver's inputs do not)
@@ -126,7 +130,7 @@ class HierarchyChecker:
     def _channel_started(self, i: int, ev: Event) -> None:
         m = self._msgs.get(i)
         if m is None:
-            if i in self._finished:
+            if self._was_accepted(i):
                 self._flag("work after the message finished", i, ev.at, ev.type)
             return
         ch = ev.data["channel"]
@@ -188,6 +192,14 @@ class HierarchyChecker:
         """The driver accepted message `i` on `route` at `at` (and starts its delivery then)."""
         to = self.timeouts[route]
         self._msgs[i] = _Message(to, at + to.message)
+        if i >= self._accepted:
+            self._gaps.update(range(self._accepted, i))
+            self._accepted = i + 1
+        else:
+            self._gaps.discard(i)
+
+    def _was_accepted(self, i: int) -> bool:
+        return 0 <= i < self._accepted and i not in self._gaps
 
     def on_attempt_started(self, i: int, cmd: StartAttempt) -> None:
         """The engine asked for an attempt: recompute its deadline from its channel's and check
@@ -196,7 +208,7 @@ class HierarchyChecker:
         at = cmd.started_at
         m = self._msgs.get(i)
         if m is None:
-            if i in self._finished:
+            if self._was_accepted(i):
                 self._flag("work after the message finished", i, at, "attempt_started")
             else:
                 self._flag("attempt of a message never accepted", i, at, aid)
@@ -238,7 +250,6 @@ class HierarchyChecker:
         for aid, a in m.attempts.items():
             if not a.ended:
                 self._flag("attempt outlived its message", i, at, aid)
-        self._finished.add(i)
 
     def finish_run(self, now: float) -> None:
         """End of the run: whatever still runs or never finished is a violation."""

@@ -2,7 +2,8 @@
 
 Rows: attempts per second by provider; failed attempts (failures, timeouts, refusals) per
 second by provider; time-to-deliver p50/p95/p99 of the messages accepted in each time bin.
-Outage windows are shaded in every row. Several runs (routing files, scenarios) are columns,
+It reads every attempt of the run (RunResult.trace: `simulate --plot` runs with trace=True, so
+its memory grows with the run). Outage windows are shaded in every row. Several runs (routing files, scenarios) are columns,
 and the columns of a row share one y-axis: with an axis of its own per column, the better policy's
 small spike would be drawn as tall as the worse one's large one (docs/simulator.md "Plot").
 """
@@ -55,7 +56,9 @@ def build_figure(results: Sequence[RunResult], labels: Sequence[str] | None = No
                              squeeze=False, dpi=80)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for col, res in enumerate(results):
-        m = res.metrics
+        m = res.trace
+        if m is None:
+            raise ValueError("the plot needs the run's trace: run(..., trace=True)")
         span = max(res.setup.scenario.duration_s, 1.0)
         end = max(res.sim_end_s, span)
         w = _bin_width(end)

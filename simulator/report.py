@@ -10,57 +10,12 @@ from typing import Any
 
 from ..daemon.core.durations import format_duration_ms
 
-from .metrics import WAITED, Metrics, percentile
 from .runner import RunResult
 from .scenario import ExpectSection
-
-ROUTE_AROUND_SHARE = 0.95
-ROUTE_AROUND_BLOCK = 20       # messages per block: at most 1 (5%) of every 20 may still wait
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
     return None if x is None else round(x, nd)
-
-
-def route_around_s(m: Metrics, provider: str, start: float, end: float) -> float | None:
-    """Seconds from `start` until 95% of the messages accepted from then on no longer wait on
-    `provider`; None when that does not happen before `end`.
-
-    Counted are the messages accepted in [start, end) whose routing reached the provider (an
-    attempt on it, or a breaker skip of it), in accept order. A message waited on it when an
-    attempt on it that started inside the window failed, timed out or was refused. So that a long
-    outage cannot dilute a slow reaction, "95% of the messages from then on" is held locally:
-    from the returned moment on, every run of 20 consecutive such messages has at most one (5%)
-    that waited. 0 when that holds from the outage's start.
-    """
-    p = m.providers.index(provider)
-    waited_of: dict[int, bool] = {}
-    for msg, prov, t0, out in zip(m.a_msg, m.a_prov, m.a_start, m.a_outcome):
-        if prov == p and start <= m.accepted_at[msg] < end:
-            waited = start <= t0 < end and out in WAITED
-            waited_of[msg] = waited_of.get(msg, False) or waited
-    for msg, prov in zip(m.s_msg, m.s_prov):
-        if prov == p and start <= m.accepted_at[msg] < end:
-            waited_of.setdefault(msg, False)
-    order = sorted(waited_of)                # message index order == accept order
-    n = len(order)
-    if n == 0:
-        return 0.0
-    block = min(ROUTE_AROUND_BLOCK, n)
-    allowed = int((1.0 - ROUTE_AROUND_SHARE) * block + 1e-9)
-    prefix = [0]
-    for msg in order:
-        prefix.append(prefix[-1] + waited_of[msg])
-    last_bad = -1
-    for j in range(n - block + 1):
-        if prefix[j + block] - prefix[j] > allowed:
-            last_bad = j
-    k = last_bad + 1
-    if k == 0:
-        return 0.0
-    if k > n - block:
-        return None
-    return max(0.0, m.accepted_at[order[k]] - start)
 
 
 def _expect(ex: ExpectSection, rep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,14 +62,12 @@ def build_report(res: RunResult) -> dict[str, Any]:
     setup = res.setup
     sc = setup.scenario
     s = m.summary()
-    ttd = sorted(m.times_to_deliver())
-    attempts = m.attempts
+    ttd = m.time_to_deliver     # a bounded sketch: within 0.5% of the exact percentiles (metrics.py)
     duration = sc.duration_s
     outages = []
-    for o in setup.outages:
-        window_end = min(o.end_s, duration)
+    for o, ra in zip(setup.outages, m.route_around):
         outages.append({"provider": o.provider, "kind": o.kind, "start_s": _r(o.start_s), "end_s": _r(o.end_s),
-                        "time_to_route_around_s": _r(route_around_s(m, o.provider, o.start_s, window_end))})
+                        "time_to_route_around_s": _r(ra.seconds())})
     violations = res.checker.total
     rep: dict[str, Any] = {
         "scenario": sc.name,
@@ -134,10 +87,10 @@ def build_report(res: RunResult) -> dict[str, Any]:
         # a message the client cancelled is no delivery the routing missed: not counted in the ratio
         "delivered_ratio": _r(s["delivered"] / wanted if (wanted := s["messages"] - s["cancelled"]) else None),
         "duplicates": m.duplicates,
-        "time_to_deliver_s": {q: _r(percentile(ttd, v)) for q, v in
+        "time_to_deliver_s": {q: _r(ttd.quantile(v)) for q, v in
                               (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
-        "attempts_per_message": {"mean": _r(sum(attempts) / len(attempts) if attempts else None, 4),
-                                 "max": max(attempts, default=0)},
+        "attempts_per_message": {"mean": _r(m.attempts_total / m.messages if m.messages else None, 4),
+                                 "max": m.attempts_max},
         "failovers": {"provider": m.failovers.get("provider", 0), "channel": m.failovers.get("channel", 0)},
         "providers": {p: st.to_json() for p, st in m.stats.items()},
         "outages": outages,

@@ -59,7 +59,7 @@ from ..daemon.core.behaviour import LatencyDist
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
-from .metrics import Metrics
+from .metrics import Metrics, Trace, Window
 from .setup import RunSetup
 
 STANDARD_FIELDS = ("user_id", "email", "phone_number")
@@ -163,15 +163,24 @@ class RunResult:
     pending: int            # messages that never reached a terminal state (should be 0)
     sim_end_s: float
     wall_s: float
+    trace: Trace | None = None      # every message and attempt, with run(..., trace=True)
+
+
+def outage_windows(setup: RunSetup) -> list[Window]:
+    """The route-around windows of the report: each outage, cut at the end of the arrivals."""
+    duration = setup.scenario.duration_s
+    return [(o.provider, o.start_s, min(o.end_s, duration)) for o in setup.outages]
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
-        cut_inflight: bool | None = None, commit_delay: LatencyDist | None = None) -> RunResult:
+        cut_inflight: bool | None = None, commit_delay: LatencyDist | None = None,
+        trace: bool = False) -> RunResult:
     """Simulate one scenario against one routing file.
 
     hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower.
     cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open, commit_delay
-    its commit_delay (`simulate --live` passes the one it measured)."""
+    its commit_delay (`simulate --live` passes the one it measured). trace=True also keeps every
+    message and attempt (RunResult.trace: the plot, the tests); memory then grows with the run."""
     wall0 = time.perf_counter()
     sc = setup.scenario.model
     seed = setup.seed
@@ -181,7 +190,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     draw_of = {name: p.draw for name, p in providers.items()}
     traffic = random.Random(f"{seed}:traffic")
     jitter = random.Random(f"{seed}:engine")
-    metrics = Metrics(list(providers))
+    metrics = Metrics(list(providers), outage_windows(setup))
+    tracer = Trace(list(providers)) if trace else None
     checker = HierarchyChecker(setup.plans)
     duration = sc.duration / 1000.0
     next_gap = sc.traffic.gaps(traffic)     # Poisson arrivals at the rate of the time ([[traffic.bursts]])
@@ -216,7 +226,7 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     cut_over = fleet.cut_over
     wake_time = fleet.wake_time
 
-    sinks = event_sinks(metrics.handlers, checker.handlers)
+    sinks = event_sinks(metrics.handlers, checker.handlers, *((tracer.handlers,) if tracer else ()))
     sink_of = sinks.get
     wanted = frozenset(sinks)       # the engine builds only the events something here reads
     # what the driver knows from its own commands it hands the readers itself
@@ -224,6 +234,10 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     metrics_attempt, checker_attempt = metrics.start_attempt, checker.on_attempt_started
     metrics_finish, checker_finish = metrics.finish, checker.on_finish
     attempt_stopped = checker.on_attempt_stopped
+    if tracer is not None:      # the trace reads what the metrics read: one call for both
+        metrics_accept = _both(metrics_accept, tracer.accept)
+        metrics_attempt = _both(metrics_attempt, tracer.start_attempt)
+        metrics_finish = _both(metrics_finish, tracer.finish)
     refused = Outcome(network=True, detail="connection refused")
     commit_median, commit_sigma = (sc.simulation.commit_delay if commit_delay is None else commit_delay).fit
     store_rng = random.Random(f"{seed}:store")
@@ -418,6 +432,8 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     def client_cancels(e: Any) -> None:
         msg: _Msg = e.value
         metrics.cancel_requested(msg.i, env.now)
+        if tracer is not None:
+            tracer.cancel_requested(msg.i, env.now)
         execute(msg, msg.delivery.cancel(env.now))
 
     def recipient() -> Recipient:
@@ -469,6 +485,14 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     # only to be ignored): so the end does not depend on which ones were held back
     end = max(env.now, held_until)
     checker.finish_run(end)
+    metrics.close()
     if progress is not None:
         progress(1.0)
-    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0)
+    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0, tracer)
+
+
+def _both(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+    return call

@@ -84,7 +84,7 @@ def test_comparison_plots_share_one_y_axis_per_row(tmp_path: Path) -> None:
     no_breaker.write_text((DRILLS / "routing.toml").read_text().replace('retries = 1\n', 'retries = 1\nbreaker = false\n'))
     setups, errors = prepare([str(_short_drill(tmp_path))], [str(DRILLS / "routing.toml"), str(no_breaker)], 3)
     assert errors == []
-    fig = build_figure(run_all(setups))
+    fig = build_figure(run_all(setups, trace=True))
     try:
         axes = fig.axes
         assert len(axes) == 6

@@ -92,13 +92,13 @@ def write_scenario(tmp: Path, body: str = "", duration: str = "2m", rate: float 
 
 def simulate(scenario: Path, seed: int | None = None) -> RunResult:
     sc = load_scenario(str(scenario))
-    return run(bind_scenario(sc, load_policy(sc.routing_path), seed=seed))
+    return run(bind_scenario(sc, load_policy(sc.routing_path), seed=seed), trace=True)
 
 
 def test_breaker_off_every_message_pays_timeout_plus_backup_latency(tmp_path: Path) -> None:
     write_routing(tmp_path, "false")
     res = simulate(write_scenario(tmp_path))
-    m = res.metrics
+    m = res.trace
     assert m.messages > 400                       # ~5/s for 2 minutes
     assert all(s == "delivered" for s in m.status)
     for ttd in m.times_to_deliver():
@@ -128,7 +128,7 @@ def test_breaker_on_only_the_first_burst_and_one_probe_per_cooldown_pay_the_time
     failures, cooldown = 3, 10.0
     write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s" }}')
     res = simulate(write_scenario(tmp_path, NO_CUT))
-    m = res.metrics
+    m = res.trace
     acc = m.accepted_at
     # First principles: the n-th failure is the n-th message's timeout, at accept + T; the
     # breaker opens there. Every message accepted before that tried the primary. Then one
@@ -168,7 +168,7 @@ def test_breaker_opening_cuts_the_attempts_in_flight_on_the_primary_over_at_once
     failures, cooldown = 3, 10.0
     write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s" }}')
     res = simulate(write_scenario(tmp_path, rate=20))
-    m = res.metrics
+    m = res.trace
     acc = m.accepted_at
     # First principles: the breaker opens at the n-th message's timeout. Messages 0..n-1 time
     # out (their own start + T; the n-th is the one that opens it); every later message accepted
@@ -205,9 +205,9 @@ def test_breaker_opening_cuts_the_attempts_in_flight_on_the_primary_over_at_once
 
     # the same traffic without the cut: exactly the cut messages pay start + T + L instead
     res_no = simulate(write_scenario(tmp_path, NO_CUT, rate=20))
-    assert res_no.metrics.accepted_at == acc
+    assert res_no.trace.accepted_at == acc
     for i in cut:
-        assert res_no.metrics.delivered_at[i] - acc[i] == pytest.approx(T + L, abs=1e-9), i
+        assert res_no.trace.delivered_at[i] - acc[i] == pytest.approx(T + L, abs=1e-9), i
     assert build_report(res_no)["providers"]["primary"]["cancelled"] == 0
 
 
@@ -219,7 +219,7 @@ def test_slow_call_detection_opens_the_breaker_at_the_nth_mark_and_hedges_every_
     failures, cooldown, slow = 3, 10.0, 0.25
     write_routing(tmp_path, f'{{ failures = {failures}, cooldown = "{int(cooldown)}s", slow = "{int(slow * 1000)}ms" }}')
     res = simulate(write_scenario(tmp_path, rate=20))
-    m = res.metrics
+    m = res.trace
     acc = m.accepted_at
     opened_at = acc[failures - 1] + slow
     burst = {i for i, a in enumerate(acc) if a < opened_at}
@@ -285,13 +285,13 @@ def test_holding_back_wake_ups_changes_nothing(drill: str) -> None:
     is usually dropped before it comes due); scheduling every one at once gives the same run."""
     sc = load_scenario(str(DRILLS / f"{drill}.toml"))
     setup = bind_scenario(sc, load_policy(sc.routing_path))
-    held, plain = run(setup), run(setup, hold_wakeups=False)
+    held, plain = run(setup, trace=True), run(setup, hold_wakeups=False, trace=True)
     reports = [build_report(r) for r in (held, plain)]
     for rep in reports:
         rep.pop("wall_s")
     assert reports[0] == reports[1]
-    rows = [(r.metrics.a_start, r.metrics.a_end, r.metrics.a_outcome, r.metrics.delivered_at,
-             r.metrics.finished_at, r.sim_end_s) for r in (held, plain)]
+    rows = [(r.trace.a_start, r.trace.a_end, r.trace.a_outcome, r.trace.delivered_at,
+             r.trace.finished_at, r.sim_end_s) for r in (held, plain)]
     assert rows[0] == rows[1]
     # not vacuous: wake-ups decided things here (deadlines hit, back-offs, receipt timeouts)
     assert sum(p["timeouts"] for p in reports[0]["providers"].values()) > 0 or reports[0]["failovers"]["provider"] > 0
@@ -341,12 +341,12 @@ def test_held_back_wake_ups_come_when_an_answer_does_not_replace_them(tmp_path: 
     """)
     sc = load_scenario(str(scenario))
     setup = bind_scenario(sc, load_policy(sc.routing_path))
-    held, plain = run(setup), run(setup, hold_wakeups=False)
+    held, plain = run(setup, trace=True), run(setup, hold_wakeups=False, trace=True)
     reports = [build_report(r) for r in (held, plain)]
     for rep in reports:
         rep.pop("wall_s")
     assert reports[0] == reports[1]
-    assert [r.metrics.a_end for r in (held, plain)] == [plain.metrics.a_end] * 2
+    assert [r.trace.a_end for r in (held, plain)] == [plain.trace.a_end] * 2
     assert held.pending == 0 and held.checker.total == 0
     stats = reports[0]["providers"]
     assert stats["primary"]["timeouts"] > 0 and stats["sms"]["delivered"] > 0   # hangs and receipt timeouts
@@ -360,8 +360,8 @@ def test_what_if_routing_files_get_the_same_traffic(tmp_path: Path) -> None:
     on.write_text((tmp_path / "routing.toml").read_text().replace(
         "breaker = false\n\n[providers.backup]", 'breaker = { failures = 3, cooldown = "10s" }\n\n[providers.backup]'))
     sc = load_scenario(str(scenario))
-    runs = [run(bind_scenario(sc, load_policy(str(p)), str(p))) for p in (tmp_path / "routing.toml", on)]
-    assert runs[0].metrics.accepted_at == runs[1].metrics.accepted_at
+    runs = [run(bind_scenario(sc, load_policy(str(p)), str(p)), trace=True) for p in (tmp_path / "routing.toml", on)]
+    assert runs[0].trace.accepted_at == runs[1].trace.accepted_at
     reps = [build_report(r) for r in runs]
     assert reps[0]["time_to_deliver_s"]["p50"] == pytest.approx(T + L)
     assert reps[1]["time_to_deliver_s"]["p50"] == pytest.approx(L)
@@ -393,7 +393,7 @@ def test_receipt_timeouts_and_late_receipts(tmp_path: Path) -> None:
     path = write_scenario(tmp_path, duration="30s")
     path.write_text(path.read_text().replace('kind = "hang"', 'kind = "no-receipts"'))
     res = simulate(path)
-    for ttd in res.metrics.times_to_deliver():
+    for ttd in res.trace.times_to_deliver():
         assert ttd == pytest.approx(0.1 + 1.0 + 0.3, abs=1e-9)
     rep = build_report(res)
     assert rep["providers"]["primary"]["timeouts"] == rep["messages"]
@@ -512,7 +512,7 @@ def test_the_run_catches_an_engine_that_breaks_the_hierarchy(tmp_path: Path, mon
     monkeypatch.setattr(_Tampered, "alter", staticmethod(alter), raising=False)
     monkeypatch.setattr(runner, "Delivery", _Tampered)
     res = simulate(scenario)
-    per_message = res.metrics.messages if kind == "message never finished" else len(res.metrics.a_msg)
+    per_message = res.trace.messages if kind == "message never finished" else len(res.trace.a_msg)
     assert per_message > 0
     assert res.checker.counts == {kind: per_message}
 
@@ -524,7 +524,7 @@ def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:
     rep = build_report(res)
     # first principles: the burst's first three marks open the breaker (the third cuts the rest
     # in flight), then every probe is marked once; the backup has no breaker and no marks
-    acc = res.metrics.accepted_at
+    acc = res.trace.accepted_at
     opened_at = acc[2] + 0.25
     probes, next_probe = 0, opened_at + 10.0
     for a in acc:
@@ -548,7 +548,7 @@ def test_the_commit_delay_comes_before_every_call_and_the_deadline_does_not_wait
     C = 0.04
     write_routing(tmp_path, "false")
     res = simulate(write_scenario(tmp_path, f'[simulation]\ncommit_delay = "{int(C * 1000)}ms"\n', exact=False))
-    m = res.metrics
+    m = res.trace
     assert m.messages > 400 and all(s == "delivered" for s in m.status)
     for ttd in m.times_to_deliver():
         assert ttd == pytest.approx(T + C + L, abs=1e-9)

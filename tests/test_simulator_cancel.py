@@ -55,14 +55,16 @@ def simulate(tmp: Path, traffic: str) -> RunResult:
         rate = 50
     """) + textwrap.dedent(traffic))
     sc = load_scenario(str(path))
-    return run(bind_scenario(sc, load_policy(sc.routing_path)))
+    return run(bind_scenario(sc, load_policy(sc.routing_path)), trace=True)
 
 
 def test_a_cancel_before_any_delivery_ends_the_share_of_messages_cancelled(tmp_path: Path) -> None:
     res = simulate(tmp_path, 'cancel = 0.1\ncancel_after = "300ms"\n')
-    m = res.metrics
+    m = res.trace
+    assert m is not None
     n = m.messages
     k = len(m.cancel_at)
+    assert res.metrics.cancel_requests == k
     assert n > 2000
     # ~10% picked: within 4 standard deviations of Binomial(n, 0.1)
     assert abs(k - 0.1 * n) <= 4 * math.sqrt(n * 0.1 * 0.9), (k, n)
@@ -75,7 +77,7 @@ def test_a_cancel_before_any_delivery_ends_the_share_of_messages_cancelled(tmp_p
             assert out != DELIVERED
             assert end is not None and end <= m.cancel_at[msg] + 1e-9    # nothing ran on after the cancel
             stopped += out == CANCELLED
-    assert m.cancelled_attempts == stopped >= k        # each had an attempt in flight (L > 300ms)
+    assert res.metrics.cancelled_attempts == stopped >= k        # each had an attempt in flight (L > 300ms)
     rep = build_report(res)
     assert rep["cancelled"] == k and rep["cancelled_attempts"] == stopped
     assert rep["delivered_ratio"] == 1.0               # of the messages not cancelled
@@ -85,10 +87,11 @@ def test_a_cancel_before_any_delivery_ends_the_share_of_messages_cancelled(tmp_p
 def test_a_cancel_after_the_delivery_changes_nothing_and_the_arrivals_are_the_same(tmp_path: Path) -> None:
     late = simulate(tmp_path, 'cancel = 0.1\ncancel_after = { median = "20s", p99 = "40s" }\n')
     plain = simulate(tmp_path, "")
-    assert late.metrics.cancel_at and late.metrics.count("cancelled") == 0
+    assert late.trace is not None and plain.trace is not None
+    assert late.trace.cancel_at and late.metrics.count("cancelled") == 0
     assert late.metrics.cancelled_attempts == 0
-    assert late.metrics.accepted_at == plain.metrics.accepted_at    # cancels draw from their own stream
-    assert late.metrics.status == plain.metrics.status
+    assert late.trace.accepted_at == plain.trace.accepted_at    # cancels draw from their own stream
+    assert late.trace.status == plain.trace.status
     assert build_report(late)["violations"] == 0
 
 

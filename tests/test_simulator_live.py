@@ -16,8 +16,8 @@ import pytest
 from routingd.daemon.config_files import load_policy
 from routingd.daemon.core.policy import parse_policy
 from routingd.simulator.cli import shipped_drills
-from routingd.simulator.live import (LiveError, commit_delay_of, compare, live_command, live_routing, prepare_live,
-                                     to_toml)
+from routingd.simulator.live import LiveError, commit_delay_of, live_routing, prepare_live, to_toml
+from routingd.simulator.live_compare import compare, live_command
 from routingd.simulator.scenario import load_scenario
 from routingd.simulator.setup import bind_scenario
 
