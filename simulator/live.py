@@ -133,7 +133,9 @@ def live_routing(policy: Policy, setup: RunSetup, speed: float) -> dict[str, Any
             p["breaker"] = False
         else:
             b: dict[str, Any] = {"failures": cfg.breaker.failures, "cooldown": _ms(cfg.breaker.cooldown, speed)}
-            if cfg.breaker.slow is not None:
+            if cfg.breaker.slow is False:
+                b["slow"] = False           # off stays off (unset: half the scaled timeout, as the daemon computes)
+            elif cfg.breaker.slow is not None:
                 b["slow"] = _ms(cfg.breaker.slow, speed)
             p["breaker"] = b
         p["backoff"] = {"base": _ms(cfg.backoff.base, speed), "max": _ms(cfg.backoff.max, speed)}

@@ -27,6 +27,7 @@ OUTCOME_CODE = {"delivered": DELIVERED, "failed": FAILED, "timeout": TIMEOUT, "n
 MESSAGE_CANCELLED = "message cancelled"     # the engine's detail of an attempt its message's cancel stopped
 WAITED = frozenset({FAILED, TIMEOUT, NETWORK, REJECTED})   # the provider cost the message time
 
+BREAKER_CUT = "breaker opened"      # the detail of an attempt cut over when its breaker opened
 ROUTE_AROUND_SHARE = 0.95
 ROUTE_AROUND_BLOCK = 20       # messages per block: at most 1 (5%) of every 20 may still wait
 
@@ -273,9 +274,12 @@ class Metrics:
                 s.throttled += 1
         if self._attempts:
             entry = self._attempts.pop(d["attempt_id"], None)
-            if entry is not None and code in WAITED:
+            # an attempt the breaker's opening cut (engine: "cancelled", "breaker opened") held its
+            # message up to that moment -- the slow-call mark at most -- so it waited on the provider too
+            waited = code in WAITED or (code == CANCELLED and d.get("detail") == BREAKER_CUT)
+            if entry is not None and waited:
                 m, provider, started_at = entry
-                self._reached(m, provider, started_at, code)
+                self._reached(m, provider, started_at, TIMEOUT if code == CANCELLED else code)
 
     def _late_receipt(self, i: int, ev: Event) -> None:
         d = ev.data

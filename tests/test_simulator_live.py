@@ -122,3 +122,18 @@ def test_live_routing_keeps_breaker_and_backoff_scaled() -> None:
     assert doc["providers"]["ses"]["breaker"] == {"failures": 5, "cooldown": 7500}
     assert doc["providers"]["ses"]["backoff"] == {"base": 125, "max": 7500}
     assert doc["daemon"] == {"watch": False}
+
+
+def test_live_routing_keeps_slow_call_detection_off_when_the_policy_turns_it_off(tmp_path: Path) -> None:
+    """`slow = false` stays false in the live routing file (a scaled 0 would be refused), and the
+    file parses; an unset `slow` stays unset (the daemon takes half the scaled timeout)."""
+    sc, _ = _drill("email-primary-hang")
+    text = Path(sc.routing_path).read_text()
+    assert "[providers.ses]" in text
+    off = tmp_path / "routing.toml"
+    off.write_text(text.replace("[providers.ses]", "[providers.ses]\nbreaker = { slow = false }", 1))
+    policy = load_policy(str(off))
+    doc = live_routing(policy, bind_scenario(sc, policy), 4.0)
+    assert doc["providers"]["ses"]["breaker"]["slow"] is False
+    assert "slow" not in doc["providers"]["sendgrid"]["breaker"]
+    parse_policy(to_toml(doc), "live.toml")
