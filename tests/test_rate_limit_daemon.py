@@ -13,6 +13,7 @@ them; the rate itself, the thing under test, is the same.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -67,17 +68,21 @@ def test_a_burst_at_the_vendors_rate_gets_no_429_and_every_message_is_delivered(
         world: tuple[DaemonProcess, Any, TokenBucket], standins: StandinLoop) -> None:
     d, s, bucket = world
     msg = {"to": {"email": "a@example.com"}, "content": {"title": "t", "body": "x"}}
+    t0 = time.monotonic()
     with ThreadPoolExecutor(SENDERS) as pool:
         ids = list(pool.map(lambda _: d.send(msg), range(MESSAGES)))
+    sending_s = time.monotonic() - t0
     # bounded: the burst takes MESSAGES / RATE seconds at the limit; allow the machine's load
     standins.call(s.wait_for(MESSAGES, timeout=60, finished=True), timeout=70)
     for mid in ids:
         assert d.wait_status(mid, "delivered", timeout=30)["status"] == "delivered"
     assert bucket.limited == 0, f"{bucket.limited} requests were above the vendor's bucket"
     assert len(s.requests) == MESSAGES          # each message once: no 429, so no retry
-    # the daemon did hold messages back: most of the burst waited its turn
+    # the daemon held messages back: while the burst was being sent, at most `burst` + RATE per
+    # second of it could go out at once; every other message waited its turn (a busy machine
+    # that accepts the burst slowly leaves fewer to queue, never more)
     queued = sum(1 for mid in ids if any(e["type"] == "attempt_queued" for e in d.status(mid)["events"]))
-    assert queued >= MESSAGES // 2
+    assert queued >= MESSAGES - DAEMON_BURST - RATE * sending_s - 1, (queued, sending_s)
     wait_until(lambda: "routingd_provider_queue_depth" in d.metrics_text(), timeout=10, what="the queue metric")
 
 
