@@ -38,7 +38,7 @@ from typing import Any
 from common import BENCH, BenchResult, header, ms, percentile
 
 from routingd.simulator.cli import prepare
-from routingd.simulator.metrics import CANCELLED, TIMEOUT
+from routingd.simulator.metrics import CANCELLED, CUT, TIMEOUT
 from routingd.simulator.runner import RunResult, run as sim_run
 
 TARGET_P95 = 1.5
@@ -66,7 +66,7 @@ def window_figures(r: RunResult, start: float, end: float) -> dict[str, Any]:
             if prov == p and msg in inside:
                 if out == TIMEOUT:
                     waited.add(msg)
-                elif out == CANCELLED:
+                elif out in (CANCELLED, CUT):
                     cut.add(msg)
     st = r.metrics.stats.get("ses")
     # the probes: attempts on ses that started after its breaker first opened (within the hang,

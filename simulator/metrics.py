@@ -22,10 +22,11 @@ from .sketch import QuantileSketch
 
 # attempt outcome codes in the compact rows
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
+CUT = 7         # (Trace only) "cancelled" because the provider's breaker opened: it held its message
 OUTCOME_CODE = {"delivered": DELIVERED, "failed": FAILED, "timeout": TIMEOUT, "network": NETWORK,
                 "rejected": REJECTED, "cancelled": CANCELLED}
 MESSAGE_CANCELLED = "message cancelled"     # the engine's detail of an attempt its message's cancel stopped
-WAITED = frozenset({FAILED, TIMEOUT, NETWORK, REJECTED})   # the provider cost the message time
+WAITED = frozenset({FAILED, TIMEOUT, NETWORK, REJECTED, CUT})   # the provider cost the message time
 
 BREAKER_CUT = "breaker opened"      # the detail of an attempt cut over when its breaker opened
 ROUTE_AROUND_SHARE = 0.95
@@ -390,7 +391,8 @@ class Trace:
         row = self._row.get(ev.data["attempt_id"])
         if row is not None:
             self.a_end[row] = ev.at
-            self.a_outcome[row] = OUTCOME_CODE.get(ev.data["outcome"], FAILED)
+            code = OUTCOME_CODE.get(ev.data["outcome"], FAILED)
+            self.a_outcome[row] = CUT if code == CANCELLED and ev.data.get("detail") == BREAKER_CUT else code
 
     def _skipped(self, i: int, ev: Event) -> None:
         self.s_msg.append(i)
