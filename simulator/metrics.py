@@ -5,30 +5,31 @@ Nothing here decides anything about routing: it only counts what the engine repo
 does not grow with the number of messages (issue 20): the report's figures are streaming
 aggregates - counts, provider stats, the time-to-deliver sketch (simulator/sketch.py, 0.5%
 relative error) and one route-around tracker per outage - and per message or attempt only what
-is in flight is kept, dropped when it finishes. `Trace` (run(..., trace=True)) keeps the old
-per-message and per-attempt rows for what needs them whole: the plot and the tests.
+is in flight is kept, dropped when it finishes. `Trace` (run(..., trace=True), simulator/trace.py)
+keeps the old per-message and per-attempt rows for what needs them whole: the plot and the tests.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..daemon.core.engine import (ATTEMPT_QUEUED, PROVIDER_SPILLED, ATTEMPT_ENDED, ATTEMPT_SLOW, BREAKER_CLOSED, BREAKER_OPENED, DUPLICATE, FAILOVER,
                                   LATE_RECEIPT, PROVIDER_SKIPPED, Event, Finish, StartAttempt)
 
 from .sketch import QuantileSketch
+from .trace import (BREAKER_CUT, CANCELLED, CUT, DELIVERED, FAILED, NETWORK, OUTCOME_CODE, REJECTED, RUNNING,
+                    TIMEOUT, Trace)
 
-# attempt outcome codes in the compact rows
-RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
-CUT = 7         # (Trace only) "cancelled" because the provider's breaker opened: it held its message
-OUTCOME_CODE = {"delivered": DELIVERED, "failed": FAILED, "timeout": TIMEOUT, "network": NETWORK,
-                "rejected": REJECTED, "cancelled": CANCELLED}
+# the outcome codes and Trace are trace.py's; their names stay importable from here
+__all__ = ["BREAKER_CUT", "CANCELLED", "CUT", "DELIVERED", "FAILED", "MESSAGE_CANCELLED", "Metrics", "NETWORK",
+           "OUTCOME_CODE", "REJECTED", "ROUTE_AROUND_BLOCK", "ROUTE_AROUND_SHARE", "RUNNING", "TIMEOUT",
+           "WAITED", "ProviderStats", "RouteAround", "Trace", "Window", "percentile"]
+
 MESSAGE_CANCELLED = "message cancelled"     # the engine's detail of an attempt its message's cancel stopped
 WAITED = frozenset({FAILED, TIMEOUT, NETWORK, REJECTED, CUT})   # the provider cost the message time
 
-BREAKER_CUT = "breaker opened"      # the detail of an attempt cut over when its breaker opened
 ROUTE_AROUND_SHARE = 0.95
 ROUTE_AROUND_BLOCK = 20       # messages per block: at most 1 (5%) of every 20 may still wait
 
@@ -330,85 +331,6 @@ class Metrics:
         return {"messages": self.messages, "delivered": self.count("delivered"),
                 "undeliverable": self.count("undeliverable"), "expired": self.count("expired"),
                 "cancelled": self.count("cancelled")}
-
-
-@dataclass
-class Trace:
-    """Every message and attempt of a run, whole (run(..., trace=True)): memory grows with them.
-
-    Per message index: accept time, route, status, first-delivery and finish times, attempts;
-    per attempt a compact row (message, provider, start, end, outcome); per breaker skip one."""
-
-    providers: list[str]
-    accepted_at: list[float] = field(default_factory=list)
-    route: list[str] = field(default_factory=list)
-    status: list[str | None] = field(default_factory=list)
-    delivered_at: list[float | None] = field(default_factory=list)
-    finished_at: list[float | None] = field(default_factory=list)
-    attempts: list[int] = field(default_factory=list)
-    a_msg: list[int] = field(default_factory=list)
-    a_prov: list[int] = field(default_factory=list)
-    a_start: list[float] = field(default_factory=list)
-    a_end: list[float | None] = field(default_factory=list)
-    a_outcome: list[int] = field(default_factory=list)
-    s_msg: list[int] = field(default_factory=list)
-    s_prov: list[int] = field(default_factory=list)
-    s_at: list[float] = field(default_factory=list)
-    cancel_at: dict[int, float] = field(default_factory=dict)   # message -> when the client cancelled it
-
-    def __post_init__(self) -> None:
-        self._pidx = {p: i for i, p in enumerate(self.providers)}
-        self._row: dict[str, int] = {}
-        self.handlers: dict[str, Callable[[int, Event], None]] = {
-            ATTEMPT_ENDED: self._attempt_ended, PROVIDER_SKIPPED: self._skipped}
-
-    def accept(self, i: int, at: float, route: str) -> None:
-        self.accepted_at.append(at)
-        self.route.append(route)
-        self.status.append(None)
-        self.delivered_at.append(None)
-        self.finished_at.append(None)
-        self.attempts.append(0)
-
-    def start_attempt(self, i: int, cmd: StartAttempt) -> None:
-        self._row[cmd.attempt_id] = len(self.a_msg)
-        self.a_msg.append(i)
-        self.a_prov.append(self._pidx[cmd.provider])
-        self.a_start.append(cmd.started_at)
-        self.a_end.append(None)
-        self.a_outcome.append(RUNNING)
-        self.attempts[i] += 1
-
-    def cancel_requested(self, i: int, at: float) -> None:
-        self.cancel_at[i] = at
-
-    def finish(self, i: int, cmd: Finish) -> None:
-        self.status[i] = cmd.status
-        self.finished_at[i] = cmd.at
-        self.delivered_at[i] = cmd.delivered_at
-
-    def _attempt_ended(self, i: int, ev: Event) -> None:
-        row = self._row.get(ev.data["attempt_id"])
-        if row is not None:
-            self.a_end[row] = ev.at
-            code = OUTCOME_CODE.get(ev.data["outcome"], FAILED)
-            self.a_outcome[row] = CUT if code == CANCELLED and ev.data.get("detail") == BREAKER_CUT else code
-
-    def _skipped(self, i: int, ev: Event) -> None:
-        self.s_msg.append(i)
-        self.s_prov.append(self._pidx[ev.data["provider"]])
-        self.s_at.append(ev.at)
-
-    @property
-    def messages(self) -> int:
-        return len(self.accepted_at)
-
-    def count(self, status: str) -> int:
-        return sum(1 for s in self.status if s == status)
-
-    def times_to_deliver(self) -> list[float]:
-        return [d - a for a, d, s in zip(self.accepted_at, self.delivered_at, self.status)
-                if s == "delivered" and d is not None]
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

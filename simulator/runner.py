@@ -37,6 +37,11 @@ value): same semantics and event order, a fraction of the cost. Arrivals are Poi
 scenario's duration, each arrival scheduling the next; the run then goes on until the event
 queue is empty, so every message reaches a terminal state. Seeded random streams (traffic, each
 provider, the engine's back-off jitter, the commit delays) make the same seed give the same report.
+
+Over ~400 lines for one reason: `run` is one function whose handlers are closures over the run's
+locals (bound methods and tables looked up once, no attribute access per event: the simulator's
+speed, docs/performance.md), so it is kept whole; what it uses is elsewhere (traffic.py the
+recipients, readers.py the readers' fan-out, result.py RunResult, metrics.py, invariants.py).
 """
 
 from __future__ import annotations
@@ -45,8 +50,6 @@ import math
 import random
 import time
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Callable
 
@@ -59,36 +62,18 @@ from ..daemon.core.behaviour import LatencyDist
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
-from .metrics import Metrics, Trace, Window
+from .metrics import Metrics
+from .readers import _both, event_sinks
+from .result import RunResult, outage_windows
 from .setup import RunSetup
+from .trace import Trace
+from .traffic import STANDARD_FIELDS, Recipient
 
-STANDARD_FIELDS = ("user_id", "email", "phone_number")
+# the recipients, the readers' fan-out and the result are modules of their own (traffic.py,
+# readers.py, result.py); their names stay importable from here
+__all__ = ["STANDARD_FIELDS", "Progress", "Recipient", "RunResult", "event_sinks", "outage_windows", "run"]
 
 Progress = Callable[[float], None]
-
-
-class Recipient(Mapping[str, str]):
-    """A synthetic recipient: every contact field is present except the `absent` ones."""
-
-    __slots__ = ("absent", "fields")
-
-    def __init__(self, fields: tuple[str, ...], absent: frozenset[str]) -> None:
-        self.fields = fields
-        self.absent = absent
-
-    def __getitem__(self, key: str) -> str:
-        if key in self.absent:
-            raise KeyError(key)
-        return f"sim-{key}"
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return default if key in self.absent else f"sim-{key}"
-
-    def __iter__(self) -> Iterator[str]:
-        return (f for f in self.fields if f not in self.absent)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class _Msg:
@@ -123,53 +108,9 @@ def _delay_to(now: float, t: float) -> float:
     return t - now      # pragma: no cover - within an ulp or two in practice
 
 
-EventSink = Callable[[int, Event], None]
-
 # an attempt's answer as it rides on its SimPy timeout: (message, attempt id, then the provider's
 # draw less its delay: kind, status, retry_after, receipt delay)
 _Answer = tuple[_Msg, str, str, int | None, float | None, float | None]
-
-
-def event_sinks(*tables: Mapping[str, EventSink]) -> dict[str, EventSink]:
-    """One handler per event type from several readers' {type: handler} tables (called in the
-    order given); a type no reader wants has no entry, so it costs one failed lookup."""
-    merged: dict[str, list[EventSink]] = {}
-    for table in tables:
-        for type_, handler in table.items():
-            merged.setdefault(type_, []).append(handler)
-    return {type_: hs[0] if len(hs) == 1 else _fan_out(tuple(hs)) for type_, hs in merged.items()}
-
-
-def _fan_out(handlers: tuple[EventSink, ...]) -> EventSink:
-    if len(handlers) == 2:
-        first, second = handlers
-
-        def both(i: int, ev: Event) -> None:
-            first(i, ev)
-            second(i, ev)
-        return both
-
-    def each(i: int, ev: Event) -> None:
-        for h in handlers:
-            h(i, ev)
-    return each
-
-
-@dataclass
-class RunResult:
-    setup: RunSetup
-    metrics: Metrics
-    checker: HierarchyChecker
-    pending: int            # messages that never reached a terminal state (should be 0)
-    sim_end_s: float
-    wall_s: float
-    trace: Trace | None = None      # every message and attempt, with run(..., trace=True)
-
-
-def outage_windows(setup: RunSetup) -> list[Window]:
-    """The route-around windows of the report: each outage, cut at the end of the arrivals."""
-    duration = setup.scenario.duration_s
-    return [(o.provider, o.start_s, min(o.end_s, duration)) for o in setup.outages]
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
@@ -489,10 +430,3 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     if progress is not None:
         progress(1.0)
     return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0, tracer)
-
-
-def _both(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
-    def call(*args: Any) -> None:
-        first(*args)
-        second(*args)
-    return call

@@ -1,7 +1,14 @@
 """The Router: the composition root of the asyncio driver. It owns the live messages (its
 Fleet), starts and stops, carries out the engine's commands (_apply) and finishes messages; each
 other job is a part it holds (see the package docstring, daemon/runtime/__init__.py, for the
-API contract and the map of the parts)."""
+API contract and the map of the parts).
+
+A little over 400 lines, kept whole: what is left here is what every part shares -- the live set
+and its start and stop (whose order across the store, the parts, the session and the cluster is
+the contract), _apply (the one place commands become effects, which the parts call back into)
+and _finish; each other job is already a part of its own (accept.py, attempts.py, resume.py,
+receipts.py, housekeeping.py, ...): most public methods left are one-line delegations to them,
+and cancel and status read the live set itself."""
 
 from __future__ import annotations
 

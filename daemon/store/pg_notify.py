@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from .postgres import redact
+from .pg_conn import redact
 
 log = logging.getLogger("routingd.store")
 

@@ -22,7 +22,9 @@ key in the message's own transaction, so two processes sending the same key at o
 message (the second waits on the first's row lock, then reads its id).
 
 Schema: versioned in `routingd_schema` and migrated in place at open inside one transaction
-that holds a transaction-scoped advisory lock, so processes starting together migrate once.
+that holds a transaction-scoped advisory lock, so processes starting together migrate once
+(pg_schema.py: the DDL and `migrate`). The connection wrapper `_Conn` and what an error means
+(`_explain`) are pg_conn.py's; this module is the store itself, its writes and its reads.
 
 Several processes per database: each pending message row names its owner (`node`, this store's
 process, whose lease is its row in `nodes`, registered at open); a new message is owned by the
@@ -42,8 +44,6 @@ import asyncio
 import json
 import logging
 import threading
-import time
-import urllib.parse
 from typing import Any, Callable
 
 import psycopg
@@ -51,102 +51,23 @@ import psycopg
 from . import lease
 from .batch import _Writes, _apply
 from .interface import StoreError
+from .pg_conn import _Conn, _explain, redact
 from .pg_outage import Outage, probe
+from .pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
 from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _list_query, _update_sql
 from .sqlite import Store
 from .writer import _FINISH, _Item
 
+# the connection and the schema are modules of their own; their names stay importable from here
+__all__ = ["CLAIM_BATCH", "MIGRATIONS", "SCHEMA_VERSION", "PgStore", "_Conn", "_explain", "migrate", "redact"]
+
 log = logging.getLogger("routingd.store")
 
-# Advisory lock key (64-bit; arbitrary, fixed) of the migration.
-_MIGRATE_LOCK = 0x726F7574696E6701
 # How many expired-lease messages one claim takes (a start claims batch after batch).
 CLAIM_BATCH = 500
 # A policy stored this recently is never purged (another process may run it without a message yet).
 _POLICY_GRACE_S = 3600.0
-
-# Migrations, in order: version -> statements. A database at version N runs those above N.
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [
-        """CREATE TABLE messages (
-            id               text PRIMARY KEY,
-            request          text NOT NULL,
-            route            text NOT NULL,
-            policy_version   text NOT NULL,
-            status           text NOT NULL DEFAULT 'pending',
-            accepted_at      double precision NOT NULL,
-            message_deadline double precision NOT NULL,
-            finished_at      double precision,
-            delivered_at     double precision,
-            idempotency_key  text,
-            run              integer NOT NULL DEFAULT 0)""",
-        "CREATE INDEX messages_pending ON messages(accepted_at) WHERE status = 'pending'",
-        "CREATE INDEX messages_finished ON messages(finished_at) WHERE status != 'pending'",
-        """CREATE TABLE attempts (
-            attempt_id   text PRIMARY KEY,
-            message_id   text NOT NULL,
-            channel      text NOT NULL,
-            provider     text NOT NULL,
-            try_no       integer NOT NULL,
-            started_at   double precision NOT NULL,
-            ended_at     double precision,
-            deadline     double precision NOT NULL,
-            outcome      text,
-            status_code  integer,
-            detail       text,
-            provider_message_id text)""",
-        "CREATE INDEX attempts_message ON attempts(message_id)",
-        "CREATE INDEX attempts_vendor ON attempts(provider, provider_message_id) "
-        "WHERE provider_message_id IS NOT NULL",
-        """CREATE TABLE event_log (
-            seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            message_id text NOT NULL,
-            events     text NOT NULL)""",
-        "CREATE INDEX event_log_message ON event_log(message_id, seq)",
-        """CREATE TABLE policies (
-            version    text PRIMARY KEY,
-            source     text NOT NULL,
-            path       text NOT NULL,
-            stored_at  double precision NOT NULL)""",
-        """CREATE TABLE idempotency (
-            key        text PRIMARY KEY,
-            message_id text NOT NULL,
-            created_at double precision NOT NULL)""",
-        "CREATE INDEX idempotency_created ON idempotency(created_at)",
-        """CREATE TABLE profiles (
-            user_id    text PRIMARY KEY,
-            profile    text NOT NULL,
-            updated_at double precision NOT NULL)""",
-    ]),
-    # Leases: several processes on one database (docs/scaling.md). Rows of version 1 have no
-    # owner: the first process to start takes them over.
-    (2, [
-        "ALTER TABLE messages ADD COLUMN owner text",
-        "CREATE INDEX messages_owner ON messages(owner) WHERE status = 'pending'",
-        """CREATE TABLE nodes (
-            node        text PRIMARY KEY,
-            lease_until timestamptz NOT NULL,
-            started_at  timestamptz NOT NULL DEFAULT now(),
-            policy_version text)""",
-        """CREATE TABLE handoffs (
-            seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            message_id text NOT NULL,
-            kind       text NOT NULL,
-            provider   text,
-            attempt_id text,
-            status     text,
-            created_at timestamptz NOT NULL DEFAULT now())""",
-        "CREATE INDEX handoffs_message ON handoffs(message_id)",
-    ]),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-# After a failed connection attempt the next one waits this long; meanwhile using the connection
-# fails at once with the same error. A server that drops packets costs `connect_timeout` per
-# attempt, and the writer retries a failed batch one item at a time: without it a batch of N
-# sends would take N timeouts to be refused. Shorter than the writer's backlog retry (0.5 s).
-_RECONNECT_S = 0.25
 
 _RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
                   "request::jsonb #>> '{message,to,phone_number}'")
@@ -158,83 +79,6 @@ _SQL_FINISH_OWNED = "UPDATE messages SET status = ?, finished_at = ?, delivered_
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET message_id = excluded.message_id, created_at = excluded.created_at "
             "WHERE idempotency.created_at < ? RETURNING message_id")
-
-
-def _q(sql: str) -> str:
-    """`?` placeholders (the SQLite store's, and profiles.py's) as psycopg's `%s`."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        u = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "postgresql://…"
-    if u.password is None:
-        return url
-    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-
-
-class _Conn:
-    """A psycopg connection in autocommit mode (transactions are the writer's explicit BEGIN and
-    COMMIT, as with SQLite), taking `?` placeholders; connected again when it was lost."""
-
-    def __init__(self, url: str, connect_timeout_s: int) -> None:
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
-        self.raw: psycopg.Connection[Any] | None = None
-        self._retry_at = 0.0
-        self._failed: psycopg.OperationalError | None = None
-
-    def ensure(self) -> psycopg.Connection[Any]:
-        raw = self.raw
-        if raw is None or raw.closed or raw.broken:
-            if raw is not None:
-                raw.close()
-                self.raw = None
-            if self._failed is not None and time.monotonic() < self._retry_at:
-                raise psycopg.OperationalError(str(self._failed))
-            try:
-                self.raw = raw = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                                                 application_name="routingd")
-            except psycopg.OperationalError as e:
-                self._failed, self._retry_at = e, time.monotonic() + _RECONNECT_S
-                raise
-            self._failed = None
-        return raw
-
-    def execute(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
-        raw = self.ensure()
-        return raw.execute(_q(sql) if args is not None else sql, args)
-
-    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        with self.ensure().cursor() as cur:
-            cur.executemany(_q(sql), rows)
-
-    def close(self) -> None:
-        if self.raw is not None:
-            self.raw.close()
-            self.raw = None
-
-
-def _explain(path: str, exc: BaseException, doing: str) -> StoreError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    low = text.lower()
-    if isinstance(exc, psycopg.OperationalError):
-        if "password" in low or "authentication" in low or "role" in low:
-            return StoreError(path, f"cannot {doing}: the database refused the login ({text})",
-                              "check the user and password in [daemon] store and the server's pg_hba.conf")
-        if "does not exist" in low:
-            return StoreError(path, f"cannot {doing}: {text}", "create the database (createdb) or fix its name "
-                              "in [daemon] store")
-        return StoreError(path, f"cannot {doing}: the database is unreachable ({text})",
-                          "check that PostgreSQL runs and that [daemon] store names its host and port")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return StoreError(path, f"cannot {doing}: {text}", "grant the routingd user the right to create tables "
-                          "in its schema (the store migrates its tables at start)")
-    return StoreError(path, f"cannot {doing}: {text}")
 
 
 class _PgWrites(_Writes):
@@ -523,27 +367,3 @@ class PgStore(Store):
 
 def _events(message_id: str, text: str) -> list[EventRow]:
     return [EventRow(message_id, t, at, data) for t, at, data in json.loads(text)]
-
-
-def migrate(conn: _Conn, where: str) -> int:
-    """Bring the database to SCHEMA_VERSION in one transaction under the migration advisory lock
-    (a second process starting at the same moment waits, then finds nothing to do); return the
-    version it found. A database of a newer schema is refused."""
-    conn.execute("BEGIN")
-    conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
-    conn.execute("CREATE TABLE IF NOT EXISTS routingd_schema (version integer PRIMARY KEY, "
-                 "applied_at timestamptz NOT NULL DEFAULT now())")
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM routingd_schema").fetchone()
-    have = int(row[0]) if row else 0
-    if have > SCHEMA_VERSION:
-        conn.execute("ROLLBACK")
-        raise StoreError(where, f"was written by a newer routingd (schema {have}, this one knows {SCHEMA_VERSION})",
-                         "upgrade routingd or point [daemon] store at another database")
-    for version, statements in MIGRATIONS:
-        if version > have:
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("INSERT INTO routingd_schema (version) VALUES (?)", (version,))
-            log.info("state store %s: schema migrated to version %d", where, version)
-    conn.execute("COMMIT")
-    return have
