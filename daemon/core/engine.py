@@ -959,6 +959,8 @@ class Delivery:
                 cut.sort(key=_by_pre, reverse=True)
             for r in cut:
                 rec = r.attempt
+                if r.state == QUEUED:
+                    self._unqueue(r)
                 if rec is not None and (r.state == ATTEMPTING or r.state == AWAITING):
                     if r.state == ATTEMPTING:
                         self._out.append(CancelAttempt(rec.attempt_id, reason))
@@ -979,8 +981,15 @@ class Delivery:
                     res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
                     self._emit(CHANNEL_FINISHED, now, channel=n.step.channel, result=res, reason=reason)
 
+    def _unqueue(self, run: _Run) -> None:
+        """A queued run stops waiting for its turn: the limiter forgets its waiter at once."""
+        if self.limiter is not None:
+            self.limiter.cancel(run.step.provider, run)
+
     def _stop_run(self, run: _Run, now: float, reason: str) -> None:
         """End a provider run early: cancel its live attempt and any pending back-off."""
+        if run.state == QUEUED:
+            self._unqueue(run)
         if run.state in (ATTEMPTING, AWAITING) and run.attempt is not None:
             if run.state == ATTEMPTING:
                 self._out.append(CancelAttempt(run.attempt.attempt_id, reason))
