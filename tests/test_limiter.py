@@ -319,3 +319,42 @@ def test_a_429_with_retry_after_slows_the_bucket_for_that_long() -> None:
     snap = fleet.limiter.snapshot(0.1)["ses"]
     assert snap["rate_now"] == 5.0 and snap["throttled"] == 1
     assert fleet.limiter.snapshot(31.0)["ses"]["rate_now"] == 10.0
+
+
+# ------------------------------------------------------------------ a vendor's 429 and the breaker
+
+
+def _answer_429s(limits: dict[str, Limit], n: int = 8) -> tuple[Fleet[Msg], list[Delivery]]:
+    """n messages, each answered 429 by ses at its first attempt (breaker: 5 failures, the default)."""
+    fleet: Fleet[Msg] = Fleet()
+    fleet.limiter.configure(limits, 0.0)
+    out = []
+    p = plan(provider="1s", channel="1m")
+    for i in range(n):
+        d = Delivery(f"m{i}", p, {}, 0.0, random.Random(i), fleet.health, limiter=fleet.limiter)
+        fleet.admit(i, Msg(i, d, 0.0, 0))
+        a = next((c for c in d.start(0.0) if isinstance(c, StartAttempt) and c.provider == "ses"), None)
+        if a is None:
+            break                   # ses's breaker is open: skipped
+        fleet.limiter.release("ses")
+        d.on_outcome(a.attempt_id, Outcome(429, retry_after_s=0.5), 0.0)
+        out.append(d)
+    return fleet, out
+
+
+def test_429s_on_a_rate_limited_provider_do_not_open_its_breaker() -> None:
+    """issue 21: the vendor saying "too fast" to a provider routingd paces is the limiter's to
+    answer (it halves the rate, above), not a sign the provider is down: no breaker failure."""
+    fleet, ds = _answer_429s({"ses": Limit(rate=100.0, burst=100.0)})
+    assert not fleet.health.is_open("ses")
+    assert fleet.health.snapshot().get("ses", {}).get("failures", 0) == 0
+    assert fleet.limiter.snapshot(0.0)["ses"]["throttled"] == 8
+    for d in ds:
+        # the attempt still failed as today, and the message failed over (retries 0: the default)
+        assert [(r.provider, r.outcome) for r in d.attempts.values()] == [("ses", "failed"), ("backup", None)]
+
+
+def test_429s_count_toward_the_breaker_without_a_configured_rate_limit() -> None:
+    for limits in ({}, {"ses": Limit(max_inflight=10)}):      # no limit; only max_inflight: no bucket
+        fleet, _ds = _answer_429s(limits)
+        assert fleet.health.is_open("ses"), limits

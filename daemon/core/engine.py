@@ -761,12 +761,19 @@ class Delivery:
             self._record_health(run, True, now)
             self._run_delivered(run, rec, now)
             return
+        paced = False
         if o.status == 429 and self.limiter is not None:
             # the vendor's own limit: slow this provider's bucket down (adaptive, limiter.py)
             self.limiter.on_throttled(run.step.provider, now, o.retry_after_s)
+            # With an outbound rate_limit the limiter answers a 429 (it lowered the rate above):
+            # the provider works, it is only asked too fast, so the 429 is no breaker failure --
+            # a burst of them must not open the breaker and push everything to the backup
+            # (docs/configuration.md "Rate limits and priorities"). The attempt still fails over.
+            paced = self.limiter.rate_limited(run.step.provider)
         if rule.status_retryable(o.status):
             self._end_attempt(rec, "failed", o.status, now, o.detail)
-            self._record_health(run, False, now)
+            if not paced:
+                self._record_health(run, False, now)
             self._retry_or_fail(run, now, o.retry_after_s, f"status {o.status}")
         else:
             self._end_attempt(rec, "rejected", o.status, now, o.detail)
