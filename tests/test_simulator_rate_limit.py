@@ -206,8 +206,9 @@ def test_arrivals_follow_the_rate_of_the_time() -> None:
 
 def test_the_email_burst_drill_spills_only_while_the_burst_outruns_ses_and_gets_no_429() -> None:
     sc = load_scenario(str(DRILLS / "email-burst.toml"))
-    res = run(bind_scenario(sc, load_policy(sc.routing_path)))
-    m = res.metrics
+    res = run(bind_scenario(sc, load_policy(sc.routing_path)), trace=True)
+    m, tr = res.metrics, res.trace
+    assert tr is not None
     ses, sendgrid = m.stats["ses"], m.stats["sendgrid"]
     burst = sc.model.traffic.bursts[0]
     start, end = burst.start / 1000.0, (burst.start + burst.duration) / 1000.0
@@ -215,7 +216,7 @@ def test_the_email_burst_drill_spills_only_while_the_burst_outruns_ses_and_gets_
     assert ses.throttled == 0 and ses.spilled > 0
     # every spill (a sendgrid attempt: ses has no other failures to fail over from but its rare
     # 503s) happens while the burst's arrivals outrun ses, or while its queue drains after it
-    spilled_at = [t for p, t in zip(m.a_prov, m.a_start) if m.providers[p] == "sendgrid"]
+    spilled_at = [t for p, t in zip(tr.a_prov, tr.a_start) if tr.providers[p] == "sendgrid"]
     inside = sum(1 for t in spilled_at if start <= t <= end + wait)
     assert inside >= ses.spilled and sendgrid.attempts - inside <= ses.failed
     # ses never took more than its limit: at most its bucket plus 14/s over the whole run
