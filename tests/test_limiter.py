@@ -358,3 +358,48 @@ def test_429s_count_toward_the_breaker_without_a_configured_rate_limit() -> None
     for limits in ({}, {"ses": Limit(max_inflight=10)}):      # no limit; only max_inflight: no bucket
         fleet, _ds = _answer_429s(limits)
         assert fleet.health.is_open("ses"), limits
+
+
+# ------------------------------------------------------------------ a share of the limit (several processes)
+
+
+def test_a_share_scales_rate_and_burst_and_comes_back() -> None:
+    lim = Limiter({"ses": Limit(rate=14.0, burst=14.0), "mi": Limit(max_inflight=4)}, 0.0)
+    lim.set_share(0.5, 0.0)
+    s = lim.snapshot(0.0)["ses"]
+    assert (s["rate_limit"], s["rate_now"], s["burst"], s["burst_now"], s["share"]) == (14.0, 7.0, 14.0, 7.0, 0.5)
+    assert lim.snapshot(0.0)["mi"]["max_inflight"] == 4           # not split
+    # the full bucket (14) keeps only the new size: 7 calls at once, then 7/s
+    assert [lim.request("ses", None, i, 0, 0.0, 100.0)[0] for i in range(8)] == [GO] * 7 + [QUEUED]
+    assert lim.expected_wait("ses", 0, 0.0) == pytest.approx(2 / 7.0)
+    lim.set_share(1.0, 0.0)
+    s = lim.snapshot(0.0)["ses"]
+    assert (s["rate_now"], s["burst_now"]) == (14.0, 14.0)
+    # a reload keeps the share for a new bucket
+    lim.set_share(1 / 3, 0.0)
+    lim.configure({"ses": Limit(rate=30.0)}, 0.0)
+    assert lim.snapshot(0.0)["ses"]["rate_now"] == pytest.approx(10.0)
+
+
+def test_a_share_never_leaves_a_bucket_below_one_token() -> None:
+    lim = Limiter({"p": Limit(rate=2.0, burst=1.0)}, 0.0)
+    lim.set_share(0.25, 0.0)
+    assert lim.snapshot(0.0)["p"]["burst_now"] == 1.0 and lim.snapshot(0.0)["p"]["rate_now"] == 0.5
+    assert lim.request("p", None, "a", 0, 0.0, 100.0)[0] == GO
+    pacer = Pacer(2.0, 1.0, share=0.25)
+    assert (pacer.rate, pacer.burst, pacer.bucket.rate) == (2.0, 1.0, 0.5)
+    assert pacer.wait(0.0) == 0.0 and pacer.wait(0.0) == pytest.approx(2.0)
+
+
+def test_a_lower_share_spills_waiters_whose_turn_now_comes_too_late() -> None:
+    lim = Limiter({"p": Limit(rate=1.0, burst=1.0)}, 0.0)
+    assert lim.request("p", None, "go", 0, 0.0, 100.0)[0] == GO
+    assert lim.request("p", None, "a", 0, 0.0, 1.5)[0] == QUEUED      # turn at 1 s, before 1.5 s
+    lim.set_share(0.5, 0.0)                                            # now at 2 s: too late
+    assert [(w.ref, granted) for w, _p, granted, _wait in lim.due(0.0)] == [("a", False)]
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])
+def test_a_share_outside_0_1_is_a_bug_said_clearly(share: float) -> None:
+    with pytest.raises(ValueError, match="share"):
+        Limiter().set_share(share, 0.0)

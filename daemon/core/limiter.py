@@ -72,6 +72,13 @@ class Limit:
         return self.burst if self.burst is not None else max(1.0, self.rate or 1.0)
 
 
+def shared(rate: float, burst: float, share: float) -> tuple[float, float]:
+    """A process's part of a limit kept by `1/share` processes (Limiter.set_share): the rate
+    times `share`, and the bucket too but never below one token (a bucket that cannot hold a
+    whole token would never let a call out)."""
+    return rate * share, max(1.0, burst * share)
+
+
 class TokenBucket:
     """A token bucket with time passed in. `rate` tokens a second, at most `burst` saved up."""
 
@@ -119,6 +126,16 @@ class TokenBucket:
             return now
         return now + missing / self.rate
 
+    def rescale(self, rate: float, burst: float, now: float) -> None:
+        """A new rate and size from `now` on (this process's share changed, Limiter.set_share):
+        tokens saved up beyond the new size are lost; a throttle in force keeps its factor."""
+        self.refill(now)
+        self.base_rate = rate
+        self.rate = rate * THROTTLE_FACTOR if self.throttled_until is not None else rate
+        self.burst = burst
+        if self.tokens > burst:
+            self.tokens = burst
+
     def throttle(self, now: float, for_s: float) -> None:
         self.refill(now)
         until = now + for_s
@@ -138,18 +155,27 @@ class Pacer:
     whatever delayed them; the Limiter has already spaced them, so the wait is at most the
     bunching that the commits and the loop put in."""
 
-    __slots__ = ("bucket",)
+    __slots__ = ("bucket", "_rate", "_burst", "share")
 
-    def __init__(self, rate: float, burst: float) -> None:
-        self.bucket = TokenBucket(rate, burst, 0.0)       # full; the drivers' clocks start at 0 or later
+    def __init__(self, rate: float, burst: float, share: float = 1.0) -> None:
+        self._rate, self._burst, self.share = rate, burst, share
+        r, b = shared(rate, burst, share)
+        self.bucket = TokenBucket(r, b, 0.0)       # full; the drivers' clocks start at 0 or later
 
     @property
     def rate(self) -> float:
-        return self.bucket.base_rate
+        """The configured rate (the whole deployment's; the bucket keeps this process's share)."""
+        return self._rate
 
     @property
     def burst(self) -> float:
-        return self.bucket.burst
+        return self._burst
+
+    def set_share(self, share: float, now: float) -> None:
+        """This process's share of the limit changed (Limiter.set_share)."""
+        if share != self.share:
+            self.share = share
+            self.bucket.rescale(*shared(self._rate, self._burst, share), now)
 
     def wait(self, now: float) -> float:
         """0.0: a call may leave at `now` (its token is taken); else how long until it may."""
@@ -188,11 +214,11 @@ class _Provider:
     __slots__ = ("limit", "bucket", "inflight", "queue", "spilled", "throttled", "granted", "waited_s",
                  "counts", "by_ref", "live_n", "dead_n", "dirty")
 
-    def __init__(self, limit: Limit, now: float) -> None:
+    def __init__(self, limit: Limit, now: float, share: float = 1.0) -> None:
         self.limit = limit
         self.bucket: TokenBucket | None = None
         if limit.rate is not None:
-            self.bucket = TokenBucket(limit.rate, limit.depth(), now)
+            self.bucket = TokenBucket(*shared(limit.rate, limit.depth(), share), now)
         self.inflight = 0
         # a heap (Waiter.__lt__: priority, then arrival) of live waiters and of dead ones not
         # popped yet (lazy deletion: a cancel marks its waiter, costing O(1))
@@ -253,6 +279,9 @@ class Limiter:
         self._p: dict[str, _Provider] = {}
         self._seq = 0
         self._freed: list[Waiter] = []
+        # this process's part of every rate limit: 1 / the live processes sharing the database
+        # (daemon/cluster.py; docs/scaling.md "Rate limits across processes")
+        self.share = 1.0
         # a run's waiter is live while this says so (the engine: the run is still QUEUED);
         # a waiter that is not any more (its channel ended meanwhile) is dropped, costing nothing.
         # The engine also says so at once (cancel()); this catches any leave it did not report.
@@ -271,13 +300,29 @@ class Limiter:
             if prev is not None and prev.limit == lim:
                 self._p[name] = prev
                 continue
-            p = _Provider(lim, now)
+            p = _Provider(lim, now, self.share)
             if prev is not None:
                 p.adopt(prev)
             self._p[name] = p
         # a provider no longer limited: its waiters go at once (due() hands them out)
         self._freed = [w for name, p in old.items() if name not in self._p
                        for w in sorted(p.queue) if not w.dead]
+
+    def set_share(self, share: float, now: float) -> None:
+        """Keep `share` (0 < share <= 1) of each configured rate_limit and burst from `now` on:
+        the processes sharing one database split each limit among the live ones (daemon/cluster.py
+        sets 1/N at each lease renewal). Waiters keep their places; a lower rate may push their
+        turns past their deadlines (they spill at the next due()). max_inflight is not split."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a process's share of a rate limit is in (0, 1], not {share!r}")
+        if share == self.share:
+            return
+        self.share = share
+        for p in self._p.values():
+            b = p.bucket
+            if b is not None and p.limit.rate is not None:
+                b.rescale(*shared(p.limit.rate, p.limit.depth(), share), now)
+                p.dirty = True
 
     @property
     def waiting(self) -> bool:
@@ -533,8 +578,11 @@ class Limiter:
             if b is not None:
                 b.refill(now)
             queued = sum(1 for w in p.queue if not w.dead and self.live(w))
-            out[name] = {"rate_limit": p.limit.rate, "burst": None if b is None else b.burst,
+            # rate_limit and burst as configured (the deployment's); rate_now and burst_now this
+            # process's bucket (its share, and half the rate for a while after a vendor's 429)
+            out[name] = {"rate_limit": p.limit.rate, "burst": None if b is None else p.limit.depth(),
                          "max_inflight": p.limit.max_inflight, "rate_now": None if b is None else b.rate,
+                         "burst_now": None if b is None else b.burst, "share": self.share,
                          "queue": queued, "inflight": p.inflight, "spilled": p.spilled,
                          "throttled": p.throttled, "granted": p.granted, "waited_s": p.waited_s}
         return out
