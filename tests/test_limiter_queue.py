@@ -3,7 +3,8 @@ algorithm it replaced -- every request a count over the whole queue, every due()
 while costing O(log n) per message (a heap, lazy deletion, per-priority counts).
 
 `_Reference` below is that straightforward algorithm, kept only here. Hypothesis drives both with
-the same random sequence of requests, cancels, releases, 429s and time steps and compares every
+the same random sequence of requests, cancels, releases, 429s, changes of this process's share
+of the limit and time steps and compares every
 answer. Times, rates and bursts are dyadic (multiples of 1/8, powers of two) so both compute every
 turn exactly: the new queue skips re-checking turns that cannot have moved, and where a turn lies
 within float rounding of a deadline the two could otherwise differ by that rounding.
@@ -17,7 +18,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routingd.daemon.core.limiter import GO, SPILL, Limit, Limiter, TokenBucket, Waiter
+from routingd.daemon.core.limiter import GO, SPILL, Limit, Limiter, TokenBucket, Waiter, shared
 
 
 class _Reference:
@@ -79,6 +80,10 @@ class _Reference:
         if self.bucket is not None:
             self.bucket.throttle(now, retry_after_s if retry_after_s else 1.0)
 
+    def set_share(self, share: float, now: float) -> None:
+        if self.bucket is not None and self.limit.rate is not None:
+            self.bucket.rescale(*shared(self.limit.rate, self.limit.depth(), share), now)
+
     def release(self) -> None:
         if self.inflight > 0:
             self.inflight -= 1
@@ -91,6 +96,7 @@ _op = st.one_of(
     st.tuples(st.just("step"), st.integers(0, 16), st.just(0.0)),     # eighths of a second
     st.tuples(st.just("release"), st.just(0), st.just(0.0)),
     st.tuples(st.just("throttle"), st.sampled_from([0, 1, 2, 4]), st.just(0.0)),
+    st.tuples(st.just("share"), st.sampled_from([1, 2, 4]), st.just(0.0)),    # 1/N of the limit
 )
 
 
@@ -128,6 +134,9 @@ def test_the_heap_decides_exactly_as_the_straightforward_scan(
         elif kind == "release":
             ref.release()
             lim.release("p")
+        elif kind == "share":
+            ref.set_share(1.0 / a, now)
+            lim.set_share(1.0 / a, now)
         elif kind == "throttle":
             ref.throttled(now, float(a) or None)
             lim.on_throttled("p", now, float(a) or None)
