@@ -45,7 +45,8 @@ def test_two_daemons_split_the_rate_limit_and_the_survivor_takes_it_whole(
         wait_until(lambda: _limit(a)["rate_in_force"] == 14.0, timeout=20, what="a alone: the whole limit")
         b = stack.enter_context(DaemonProcess(tmp_path / "b", config, env={"ROUTINGD_STORE": pg_url},
                                               start_timeout=40))
-        # b counted two live processes before it routed anything; a does at its next renewal
+        # b counts two live processes as it starts (before it routes anything); a at its next renewal
+        wait_until(lambda: _limit(b)["share"] == 0.5, timeout=20, what="b: half the limit")
         lim_b = _limit(b)
         assert (lim_b["rate_limit"], lim_b["burst"]) == (14.0, 14.0)       # as configured: the deployment's
         assert (lim_b["rate_in_force"], lim_b["burst_in_force"], lim_b["share"]) == (7.0, 7.0, 0.5)
