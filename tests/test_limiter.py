@@ -403,3 +403,23 @@ def test_a_lower_share_spills_waiters_whose_turn_now_comes_too_late() -> None:
 def test_a_share_outside_0_1_is_a_bug_said_clearly(share: float) -> None:
     with pytest.raises(ValueError, match="share"):
         Limiter().set_share(share, 0.0)
+
+
+def test_the_engine_tells_the_limiter_at_once_when_a_queued_run_stops_waiting() -> None:
+    """A run cancelled, or cut by its channel deadline, while queued leaves the limiter's count at
+    once (Limiter.cancel from the engine), so the next request counts only live waiters ahead."""
+    fleet: Fleet[Msg] = Fleet()
+    fleet.limiter.configure({"ses": Limit(rate=0.1, burst=1.0)}, 0.0)
+    fleet.limiter.live = lambda w: True         # no polling: only the engine's report counts
+    p = plan('"ses"', provider="1s", channel="1m")
+    ds = [Delivery(f"m{i}", p, {}, 0.0, random.Random(i), fleet.health, limiter=fleet.limiter) for i in range(3)]
+    ds[0].start(0.0)                            # takes the token
+    for d in ds[1:]:
+        assert any(isinstance(c, Event) and c.type == "attempt_queued" for c in d.start(0.0))
+    prov = fleet.limiter._p["ses"]
+    assert prov.live_n == 2
+    ds[1].cancel(1.0)
+    assert prov.live_n == 1
+    ds[2].on_timer(61.0)                        # its channel deadline while it waits
+    assert ds[2].terminal and prov.live_n == 0
+    assert fleet.limiter.expected_wait("ses", 0, 61.0) <= 10.0     # nobody ahead any more
