@@ -24,13 +24,18 @@ Cost: O(log n) per message for n queued (a heap keyed by priority then arrival; 
 run stops waiting -- the engine says so through `cancel()` -- is marked dead and skipped where
 popped, the heap compacted once the dead outnumber the live). Each waiter's turn is checked
 against its `latest` when it queues and again, all of them, only after something pushed turns
-later (see _Provider.dirty); tests/test_limiter_queue.py shows the decisions are exactly those of
-the plain algorithm that re-counted and re-sorted the whole queue on every call, and
-benchmarks/bench_limiter.py the cost (docs/performance.md "Rate limiter queue").
+later (see _Provider.dirty: a more urgent arrival ahead of waiters, a 429, a lower share, tokens
+lost to a full bucket, a reload; that check is O(n log n), as every call was before).
+tests/test_limiter_queue.py shows the decisions are exactly those of the plain algorithm that
+re-counted and re-sorted the whole queue on every call (with exact arithmetic: a turn within
+float rounding of a deadline could be judged either way by either); benchmarks/bench_limiter.py
+measures the cost (docs/performance.md "Rate limiter queue").
 
 Adaptive: a vendor's 429 (with Retry-After, else one second) lowers the bucket's rate to half
 for that long (`on_throttled`), so routingd converges on the vendor's real limit when the
-configured one is too high. `Pacer` keeps the same rate and burst where the daemon's calls leave
+configured one is too high. Several processes on one database split each limit: `set_share(1/N)`
+keeps that part of every rate and burst (daemon/cluster.py counts N at each lease renewal;
+docs/scaling.md "Rate limits across processes"). `Pacer` keeps the same rate and burst where the daemon's calls leave
 (after their commit; daemon/adapters.py PacingGate). Pure Python, not compiled
 (docs/architecture.md "The compiled core").
 """
