@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchError, BenchResult, WrkSettings  # noqa: E402
 
-NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan", "rate_limit")
+NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan", "rate_limit", "limiter")
 
 
 def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
@@ -60,8 +60,12 @@ def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
         import bench_rate_limit
         return bench_rate_limit.run()
 
+    def limiter() -> BenchResult:
+        import bench_limiter
+        return bench_limiter.run()
+
     return {"ingress": ingress, "delivery": delivery, "simulator": simulator, "failover": failover,
-            "memory": memory, "worst_plan": worst_plan, "rate_limit": rate_limit}
+            "memory": memory, "worst_plan": worst_plan, "rate_limit": rate_limit, "limiter": limiter}
 
 
 def _names(value: str) -> list[str]:

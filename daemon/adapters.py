@@ -102,11 +102,12 @@ class AdapterContext:
     # Each rate-limited provider's departure gate (PacingGate), shared by the adapters of every
     # policy snapshot; a reload that changes the limit starts a new one.
     gates: dict[str, "PacingGate"] = field(default_factory=dict)
+    share: float = 1.0      # this process's part of each limit (runtime/ratelimit.py RateLimits.set_share)
 
     def gate(self, provider: str, rate: float, burst: float) -> "PacingGate":
         g = self.gates.get(provider)
         if g is None or (g.pacer.rate, g.pacer.burst) != (rate, burst):
-            g = self.gates[provider] = PacingGate(Pacer(rate, burst))
+            g = self.gates[provider] = PacingGate(Pacer(rate, burst, self.share))
         return g
 
 

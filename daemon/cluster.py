@@ -12,6 +12,10 @@ per file). Its one loop, on the Router's event loop, with its own database conne
   whose lease expired (a process that died) or was released (a clean stop) and resume them as
   a start does (Router._resume: original absolute deadlines, the policy they were accepted
   under, the attempts the death cut marked `cancelled`);
+- at each renewal: **count the live processes** (leases not expired, this one included) and
+  keep 1/N of every provider's rate_limit and burst (Limiter.set_share; docs/scaling.md "Rate
+  limits across processes"): the limit in routing.toml is the whole deployment's. Counted once
+  more when the loop starts, before this process routes anything of its own;
 - every HANDOFF_EVERY_S: **apply the handoffs**, receipts and cancels another process received
   for a message this one owns (the `handoffs` table; the receiver answered 2xx once the row was
   committed).
@@ -51,6 +55,7 @@ def attach(router: Router) -> Cluster | None:
     if getattr(store, "node", None) is None or not hasattr(store, "side_connection"):
         return None
     c = Cluster(router)
+    c.count_now()
     c.start()
     return c
 
@@ -70,9 +75,26 @@ class Cluster:
         self._failing: str | None = None
         self.taken_over = 0         # messages this process claimed after start (tests, logs)
         self.lost = 0               # messages dropped because another process took them over
+        self.processes = 1          # live processes at the last count (this one's share: 1/processes)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="routingd cluster")
+
+    def count_now(self) -> None:
+        """The first count of the live processes, before this one routes anything: one short
+        query, blocking (Router.start runs it once)."""
+        try:
+            self._share(self.book._run(lease.live_nodes, "count the live processes"))
+        except Exception as e:  # noqa: BLE001 - the loop counts again at its first renewal
+            log.error("counting the live processes failed (counted again at the next renewal): %s", e)
+
+    def _share(self, live: int) -> None:
+        """Keep 1/live of each rate limit (at least this process is live: it just renewed)."""
+        n = max(1, live)
+        if n != self.processes:
+            log.info("%d routingd process(es) share the database: each keeps 1/%d of every rate limit", n, n)
+            self.processes = n
+        self.router._ratelimits.set_share(1.0 / n)
 
     async def stop(self) -> None:
         """Stop the loop (the store releases this process's leases when it closes:
@@ -113,7 +135,10 @@ class Cluster:
         router = self.router
         held = list(router._live)
         version = router.policy.version
-        owned = await self.book.run(lambda c: lease.renew(c, self.node, self.lease_s, version), "renew the lease")
+        owned, processes = await self.book.run(
+            lambda c: (lease.renew(c, self.node, self.lease_s, version), lease.live_nodes(c)), "renew the lease")
+        if not router._halted:
+            self._share(processes)
         if owned is None:
             return                  # renewed in time: nobody could take anything over
         log.warning("this process's lease ran out before it was renewed (a stall, or the database was "

@@ -191,7 +191,7 @@ class _MessageSeries(Collector):
         for mname, mkey, mdoc in (
                 ("routingd_provider_queue_depth", "queue", "Messages waiting for their turn under the provider's rate limit."),
                 ("routingd_provider_calls_inflight", "inflight", "Calls in flight on a rate-limited provider."),
-                ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; lower after a 429).")):
+                ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; this process's share of it, lower after a 429).")):
             g = GaugeMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
                 if snap[mkey] is not None:

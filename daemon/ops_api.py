@@ -132,7 +132,8 @@ def limit_view(router: Any, name: str, now: float) -> dict[str, Any] | None:
     if s is None:
         return None
     return {"rate_limit": s["rate_limit"], "burst": s["burst"], "max_inflight": s["max_inflight"],
-            "rate_in_force": s["rate_now"], "queue_depth": s["queue"], "in_flight": s["inflight"],
+            "rate_in_force": s["rate_now"],
+            "burst_in_force": s["burst_now"], "share": s["share"], "queue_depth": s["queue"], "in_flight": s["inflight"],
             "spilled": s["spilled"], "throttled": s["throttled"], "granted": s["granted"]}
 
 

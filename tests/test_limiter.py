@@ -319,3 +319,107 @@ def test_a_429_with_retry_after_slows_the_bucket_for_that_long() -> None:
     snap = fleet.limiter.snapshot(0.1)["ses"]
     assert snap["rate_now"] == 5.0 and snap["throttled"] == 1
     assert fleet.limiter.snapshot(31.0)["ses"]["rate_now"] == 10.0
+
+
+# ------------------------------------------------------------------ a vendor's 429 and the breaker
+
+
+def _answer_429s(limits: dict[str, Limit], n: int = 8) -> tuple[Fleet[Msg], list[Delivery]]:
+    """n messages, each answered 429 by ses at its first attempt (breaker: 5 failures, the default)."""
+    fleet: Fleet[Msg] = Fleet()
+    fleet.limiter.configure(limits, 0.0)
+    out = []
+    p = plan(provider="1s", channel="1m")
+    for i in range(n):
+        d = Delivery(f"m{i}", p, {}, 0.0, random.Random(i), fleet.health, limiter=fleet.limiter)
+        fleet.admit(i, Msg(i, d, 0.0, 0))
+        a = next((c for c in d.start(0.0) if isinstance(c, StartAttempt) and c.provider == "ses"), None)
+        if a is None:
+            break                   # ses's breaker is open: skipped
+        fleet.limiter.release("ses")
+        d.on_outcome(a.attempt_id, Outcome(429, retry_after_s=0.5), 0.0)
+        out.append(d)
+    return fleet, out
+
+
+def test_429s_on_a_rate_limited_provider_do_not_open_its_breaker() -> None:
+    """issue 21: the vendor saying "too fast" to a provider routingd paces is the limiter's to
+    answer (it halves the rate, above), not a sign the provider is down: no breaker failure."""
+    fleet, ds = _answer_429s({"ses": Limit(rate=100.0, burst=100.0)})
+    assert not fleet.health.is_open("ses")
+    assert fleet.health.snapshot().get("ses", {}).get("failures", 0) == 0
+    assert fleet.limiter.snapshot(0.0)["ses"]["throttled"] == 8
+    for d in ds:
+        # the attempt still failed as today, and the message failed over (retries 0: the default)
+        assert [(r.provider, r.outcome) for r in d.attempts.values()] == [("ses", "failed"), ("backup", None)]
+
+
+def test_429s_count_toward_the_breaker_without_a_configured_rate_limit() -> None:
+    for limits in ({}, {"ses": Limit(max_inflight=10)}):      # no limit; only max_inflight: no bucket
+        fleet, _ds = _answer_429s(limits)
+        assert fleet.health.is_open("ses"), limits
+
+
+# ------------------------------------------------------------------ a share of the limit (several processes)
+
+
+def test_a_share_scales_rate_and_burst_and_comes_back() -> None:
+    lim = Limiter({"ses": Limit(rate=14.0, burst=14.0), "mi": Limit(max_inflight=4)}, 0.0)
+    lim.set_share(0.5, 0.0)
+    s = lim.snapshot(0.0)["ses"]
+    assert (s["rate_limit"], s["rate_now"], s["burst"], s["burst_now"], s["share"]) == (14.0, 7.0, 14.0, 7.0, 0.5)
+    assert lim.snapshot(0.0)["mi"]["max_inflight"] == 4           # not split
+    # the full bucket (14) keeps only the new size: 7 calls at once, then 7/s
+    assert [lim.request("ses", None, i, 0, 0.0, 100.0)[0] for i in range(8)] == [GO] * 7 + [QUEUED]
+    assert lim.expected_wait("ses", 0, 0.0) == pytest.approx(2 / 7.0)
+    lim.set_share(1.0, 0.0)
+    s = lim.snapshot(0.0)["ses"]
+    assert (s["rate_now"], s["burst_now"]) == (14.0, 14.0)
+    # a reload keeps the share for a new bucket
+    lim.set_share(1 / 3, 0.0)
+    lim.configure({"ses": Limit(rate=30.0)}, 0.0)
+    assert lim.snapshot(0.0)["ses"]["rate_now"] == pytest.approx(10.0)
+
+
+def test_a_share_never_leaves_a_bucket_below_one_token() -> None:
+    lim = Limiter({"p": Limit(rate=2.0, burst=1.0)}, 0.0)
+    lim.set_share(0.25, 0.0)
+    assert lim.snapshot(0.0)["p"]["burst_now"] == 1.0 and lim.snapshot(0.0)["p"]["rate_now"] == 0.5
+    assert lim.request("p", None, "a", 0, 0.0, 100.0)[0] == GO
+    pacer = Pacer(2.0, 1.0, share=0.25)
+    assert (pacer.rate, pacer.burst, pacer.bucket.rate) == (2.0, 1.0, 0.5)
+    assert pacer.wait(0.0) == 0.0 and pacer.wait(0.0) == pytest.approx(2.0)
+
+
+def test_a_lower_share_spills_waiters_whose_turn_now_comes_too_late() -> None:
+    lim = Limiter({"p": Limit(rate=1.0, burst=1.0)}, 0.0)
+    assert lim.request("p", None, "go", 0, 0.0, 100.0)[0] == GO
+    assert lim.request("p", None, "a", 0, 0.0, 1.5)[0] == QUEUED      # turn at 1 s, before 1.5 s
+    lim.set_share(0.5, 0.0)                                            # now at 2 s: too late
+    assert [(w.ref, granted) for w, _p, granted, _wait in lim.due(0.0)] == [("a", False)]
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])
+def test_a_share_outside_0_1_is_a_bug_said_clearly(share: float) -> None:
+    with pytest.raises(ValueError, match="share"):
+        Limiter().set_share(share, 0.0)
+
+
+def test_the_engine_tells_the_limiter_at_once_when_a_queued_run_stops_waiting() -> None:
+    """A run cancelled, or cut by its channel deadline, while queued leaves the limiter's count at
+    once (Limiter.cancel from the engine), so the next request counts only live waiters ahead."""
+    fleet: Fleet[Msg] = Fleet()
+    fleet.limiter.configure({"ses": Limit(rate=0.1, burst=1.0)}, 0.0)
+    fleet.limiter.live = lambda w: True         # no polling: only the engine's report counts
+    p = plan('"ses"', provider="1s", channel="1m")
+    ds = [Delivery(f"m{i}", p, {}, 0.0, random.Random(i), fleet.health, limiter=fleet.limiter) for i in range(3)]
+    ds[0].start(0.0)                            # takes the token
+    for d in ds[1:]:
+        assert any(isinstance(c, Event) and c.type == "attempt_queued" for c in d.start(0.0))
+    prov = fleet.limiter._p["ses"]
+    assert prov.live_n == 2
+    ds[1].cancel(1.0)
+    assert prov.live_n == 1
+    ds[2].on_timer(61.0)                        # its channel deadline while it waits
+    assert ds[2].terminal and prov.live_n == 0
+    assert fleet.limiter.expected_wait("ses", 0, 61.0) <= 10.0     # nobody ahead any more

@@ -221,3 +221,49 @@ def test_the_email_burst_drill_spills_only_while_the_burst_outruns_ses_and_gets_
     assert inside >= ses.spilled and sendgrid.attempts - inside <= ses.failed
     # ses never took more than its limit: at most its bucket plus 14/s over the whole run
     assert ses.attempts <= 13 + 14.0 * res.sim_end_s
+
+
+# ------------------------------------------------------------------ a vendor's limit below routingd's
+
+BELOW = """
+[timeouts]
+provider = "2s"
+channel = "10s"
+message = "1m"
+[providers.primary]
+type = "sandbox"
+latency = "20ms"
+rate_limit = "10/s"                 # the vendor's
+{ours}
+[providers.backup]
+type = "sandbox"
+latency = "20ms"
+[channels.email]
+providers = ["primary", "backup"]
+[routes.default]
+channels = ["email"]
+"""
+
+
+def test_a_vendor_limit_below_routingds_gets_429s_but_never_opens_the_breaker(tmp_path: Path) -> None:
+    """issue 21: routingd's outbound limit set too high (20/s against the vendor's 10/s). The
+    vendor's 429s halve routingd's rate (adaptive) and each such attempt fails over, but they are
+    no breaker failures: the breaker (on, 5 failures) stays closed and primary keeps serving.
+    Without routingd's own limit the same 429s are breaker failures, as before: it opens."""
+    scenario = """
+        duration = "1m"
+        seed = 5
+        routing = "routing.toml"
+        [traffic]
+        rate = 30
+    """
+    res = _run(tmp_path, BELOW.format(ours='outbound_rate_limit = "20/s"'), scenario)
+    m = res.metrics
+    primary = m.stats["primary"]
+    assert primary.throttled > 0                    # the vendor did say "too fast"
+    assert primary.breaker_opened == 0 and primary.skipped == 0
+    assert m.count("delivered") == m.messages       # each 429 failed over to the backup at once
+    assert primary.attempts - primary.failed > 0.5 * 10 * 60    # primary served on throughout
+    (tmp_path / "without").mkdir()
+    res = _run(tmp_path / "without", BELOW.format(ours=""), scenario)
+    assert res.metrics.stats["primary"].breaker_opened > 0

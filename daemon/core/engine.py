@@ -761,12 +761,19 @@ class Delivery:
             self._record_health(run, True, now)
             self._run_delivered(run, rec, now)
             return
+        paced = False
         if o.status == 429 and self.limiter is not None:
             # the vendor's own limit: slow this provider's bucket down (adaptive, limiter.py)
             self.limiter.on_throttled(run.step.provider, now, o.retry_after_s)
+            # With an outbound rate_limit the limiter answers a 429 (it lowered the rate above):
+            # the provider works, it is only asked too fast, so the 429 is no breaker failure --
+            # a burst of them must not open the breaker and push everything to the backup
+            # (docs/configuration.md "Rate limits and priorities"). The attempt still fails over.
+            paced = self.limiter.rate_limited(run.step.provider)
         if rule.status_retryable(o.status):
             self._end_attempt(rec, "failed", o.status, now, o.detail)
-            self._record_health(run, False, now)
+            if not paced:
+                self._record_health(run, False, now)
             self._retry_or_fail(run, now, o.retry_after_s, f"status {o.status}")
         else:
             self._end_attempt(rec, "rejected", o.status, now, o.detail)
@@ -959,6 +966,8 @@ class Delivery:
                 cut.sort(key=_by_pre, reverse=True)
             for r in cut:
                 rec = r.attempt
+                if r.state == QUEUED:
+                    self._unqueue(r)
                 if rec is not None and (r.state == ATTEMPTING or r.state == AWAITING):
                     if r.state == ATTEMPTING:
                         self._out.append(CancelAttempt(rec.attempt_id, reason))
@@ -979,8 +988,15 @@ class Delivery:
                     res = "delivered" if n.delivered else "timeout" if outcome == "timeout" else "cancelled"
                     self._emit(CHANNEL_FINISHED, now, channel=n.step.channel, result=res, reason=reason)
 
+    def _unqueue(self, run: _Run) -> None:
+        """A queued run stops waiting for its turn: the limiter forgets its waiter at once."""
+        if self.limiter is not None:
+            self.limiter.cancel(run.step.provider, run)
+
     def _stop_run(self, run: _Run, now: float, reason: str) -> None:
         """End a provider run early: cancel its live attempt and any pending back-off."""
+        if run.state == QUEUED:
+            self._unqueue(run)
         if run.state in (ATTEMPTING, AWAITING) and run.attempt is not None:
             if run.state == ATTEMPTING:
                 self._out.append(CancelAttempt(run.attempt.attempt_id, reason))

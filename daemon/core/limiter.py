@@ -20,11 +20,25 @@ lowered the rate) is handed back by `due()` as a spill, so no message waits past
 because of the limiter. The drivers call `release(provider)` when a call ends (its answer, a
 network error, a cancel), which frees a max_inflight place.
 
+Cost: O(log n) per message for n queued (a heap keyed by priority then arrival; a waiter whose
+run stops waiting -- the engine says so through `cancel()` -- is marked dead and skipped where
+popped, the heap compacted once the dead outnumber the live). Each waiter's turn is checked
+against its `latest` when it queues and again, all of them, only after something pushed turns
+later (see _Provider.dirty: a more urgent arrival ahead of waiters, a 429, a lower share, tokens
+lost to a full bucket, a reload; that check is O(n log n), as every call was before).
+tests/test_limiter_queue.py shows the decisions are exactly those of the plain algorithm that
+re-counted and re-sorted the whole queue on every call (with exact arithmetic: a turn within
+float rounding of a deadline could be judged either way by either); benchmarks/bench_limiter.py
+measures the cost (docs/performance.md "Rate limiter queue").
+
 Adaptive: a vendor's 429 (with Retry-After, else one second) lowers the bucket's rate to half
 for that long (`on_throttled`), so routingd converges on the vendor's real limit when the
-configured one is too high. `Pacer` keeps the same rate and burst where the daemon's calls leave
-(after their commit; daemon/adapters.py PacingGate). Pure Python, not compiled
-(docs/architecture.md "The compiled core").
+configured one is too high. Several processes on one database split each limit: `set_share(1/N)`
+keeps that part of every rate and burst (daemon/cluster.py counts N at each lease renewal;
+docs/scaling.md "Rate limits across processes"). The buckets, and `Pacer`, which keeps the same
+rate and burst where the daemon's calls leave (after their commit; daemon/adapters.py
+PacingGate), are in bucket.py. Pure Python, not compiled (docs/architecture.md "The compiled
+core").
 """
 
 from __future__ import annotations
@@ -33,17 +47,8 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Iterable, Mapping
 
-# A token counts as there when the bucket holds at least 1 - TOKEN_EPSILON: the limiter wakes a
-# waiter at the time time_for() computed, and refilling up to that time may come out a few units in
-# the last place short of the whole token it was computed to hold. The simulated vendor's bucket
-# (behaviour.RateWindow) counts tokens with the same tolerance: both model the same real number,
-# through float sums with different histories, and a call on time must be on time for both
-# (docs/simulator.md "Outbound rate limits").
-TOKEN_EPSILON = 1e-9
-
-# how long a 429 without Retry-After lowers the rate, and by how much
-THROTTLE_DEFAULT_S = 1.0
-THROTTLE_FACTOR = 0.5
+from .bucket import (THROTTLE_DEFAULT_S, THROTTLE_FACTOR, TOKEN_EPSILON, Limit,  # noqa: F401 - re-exported
+                     Pacer, TokenBucket, shared)
 
 # request()'s verdicts
 GO = 0
@@ -51,103 +56,7 @@ QUEUED = 1
 SPILL = 2
 
 
-@dataclass(frozen=True)
-class Limit:
-    """One provider's configured limit (from routing.toml; daemon/core/provider_models.py)."""
-
-    rate: float | None = None          # tokens per second; None: no rate limit
-    burst: float | None = None         # bucket size; None: max(1, rate) (one second's worth)
-    max_inflight: int | None = None    # calls in flight at once; None: unbounded
-
-    def depth(self) -> float:
-        """The bucket's size: `burst`, or one second's worth (at least one token)."""
-        return self.burst if self.burst is not None else max(1.0, self.rate or 1.0)
-
-
-class TokenBucket:
-    """A token bucket with time passed in. `rate` tokens a second, at most `burst` saved up."""
-
-    __slots__ = ("rate", "burst", "tokens", "at", "throttled_until", "base_rate")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.base_rate = rate
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.at = now
-        self.throttled_until: float | None = None
-
-    def refill(self, now: float) -> None:
-        if self.throttled_until is not None and now >= self.throttled_until:
-            # the lowered rate applied until throttled_until: refill up to then at it, then normal
-            self._add(self.throttled_until)
-            self.rate = self.base_rate
-            self.throttled_until = None
-        self._add(now)
-
-    def _add(self, now: float) -> None:
-        if now > self.at:
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-
-    def take(self, now: float) -> bool:
-        self.refill(now)
-        if self.tokens >= 1.0 - TOKEN_EPSILON:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def time_for(self, n: float, now: float) -> float:
-        """When `n` tokens will have been available (counting the ones there now), at the current rate."""
-        self.refill(now)
-        missing = n - self.tokens
-        if missing <= TOKEN_EPSILON:
-            return now
-        return now + missing / self.rate
-
-    def throttle(self, now: float, for_s: float) -> None:
-        self.refill(now)
-        until = now + for_s
-        self.rate = self.base_rate * THROTTLE_FACTOR
-        if self.throttled_until is None or until > self.throttled_until:
-            self.throttled_until = until
-
-
-class Pacer:
-    """The limit once more where a call leaves (the daemon's adapters, daemon/adapters.py). A call
-    granted its slot by the Limiter goes out only after its attempt's row is committed
-    (write-ahead); a busy store commits the rows of many granted slots at once, and a busy event
-    loop wakes many waiting calls at once, so calls the Limiter spaced a token apart could leave
-    together, above the vendor's bucket. The driver lets calls out one at a time, in order: each
-    asks `wait(now)` until it answers 0 (a token taken at the moment it leaves), sleeping the
-    seconds it answers otherwise. Departures then keep to `rate` and `burst` as they happen,
-    whatever delayed them; the Limiter has already spaced them, so the wait is at most the
-    bunching that the commits and the loop put in."""
-
-    __slots__ = ("bucket",)
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.bucket = TokenBucket(rate, burst, 0.0)       # full; the drivers' clocks start at 0 or later
-
-    @property
-    def rate(self) -> float:
-        return self.bucket.base_rate
-
-    @property
-    def burst(self) -> float:
-        return self.bucket.burst
-
-    def wait(self, now: float) -> float:
-        """0.0: a call may leave at `now` (its token is taken); else how long until it may."""
-        b = self.bucket
-        if b.take(now):
-            return 0.0
-        # > 0 always (take() refused: more than TOKEN_EPSILON is missing), even where `now` is so
-        # large that now + wait would round back to now
-        return (1.0 - b.tokens) / b.rate
-
-
-@dataclass
+@dataclass(eq=False)
 class Waiter:
     """One queued run: the driver's key for the message, the engine's reference to the run."""
 
@@ -157,6 +66,7 @@ class Waiter:
     ref: Any
     arrived: float
     latest: float
+    dead: bool = False      # cancelled (Limiter.cancel) or found not live: skipped where popped
 
     def __lt__(self, other: "Waiter") -> bool:
         if self.priority != other.priority:
@@ -164,31 +74,86 @@ class Waiter:
         return self.seq < other.seq
 
 
-class _Provider:
-    __slots__ = ("limit", "bucket", "inflight", "queue", "spilled", "throttled", "granted", "waited_s")
+# Compact a provider's heap (drop the dead waiters still in it) when they outnumber the live
+# ones and are at least this many: each compaction is paid for by the cancels since the last.
+COMPACT_MIN = 64
 
-    def __init__(self, limit: Limit, now: float) -> None:
+
+class _Provider:
+    __slots__ = ("limit", "bucket", "inflight", "queue", "spilled", "throttled", "granted", "waited_s",
+                 "counts", "by_ref", "live_n", "dead_n", "dirty")
+
+    def __init__(self, limit: Limit, now: float, share: float = 1.0) -> None:
         self.limit = limit
         self.bucket: TokenBucket | None = None
         if limit.rate is not None:
-            self.bucket = TokenBucket(limit.rate, limit.depth(), now)
+            self.bucket = TokenBucket(*shared(limit.rate, limit.depth(), share), now)
         self.inflight = 0
-        self.queue: list[Waiter] = []      # a heap (Waiter.__lt__: priority, then arrival)
+        # a heap (Waiter.__lt__: priority, then arrival) of live waiters and of dead ones not
+        # popped yet (lazy deletion: a cancel marks its waiter, costing O(1))
+        self.queue: list[Waiter] = []
+        self.counts: dict[int, int] = {}    # priority -> live waiters at it (few priorities)
+        self.by_ref: dict[int, Waiter] = {} # id(run) -> its live waiter, for cancel()
+        self.live_n = 0
+        self.dead_n = 0
+        # Something may have pushed a waiter's turn later since the last full check (a more urgent
+        # arrival ahead of it, a token taken by a newcomer, a 429, tokens lost to a full bucket,
+        # a reload): due() checks every waiter's turn against its latest only then. Otherwise a
+        # waiter's turn stays where request() found it before its latest (each grant takes one
+        # token and moves every waiter one place up), so the check would spill nobody.
+        self.dirty = False
         self.spilled = 0
         self.throttled = 0                 # 429s seen
         self.granted = 0
         self.waited_s = 0.0                # total time granted waiters waited
 
+    def adopt(self, prev: "_Provider") -> None:
+        """Take over a reloaded provider's queue and calls in flight (its limit changed)."""
+        self.inflight, self.spilled, self.throttled = prev.inflight, prev.spilled, prev.throttled
+        self.queue, self.counts, self.by_ref = prev.queue, prev.counts, prev.by_ref
+        self.live_n, self.dead_n = prev.live_n, prev.dead_n
+        self.dirty = True
+
+    def push(self, w: Waiter) -> None:
+        heappush(self.queue, w)
+        self.counts[w.priority] = self.counts.get(w.priority, 0) + 1
+        self.by_ref[id(w.ref)] = w
+        self.live_n += 1
+
+    def forget(self, w: Waiter) -> None:
+        """`w` leaves the live set (popped, or marked dead and left in the heap)."""
+        self.counts[w.priority] -= 1
+        if self.by_ref.get(id(w.ref)) is w:
+            del self.by_ref[id(w.ref)]
+        self.live_n -= 1
+
+    def ahead(self, priority: int) -> int:
+        """Live waiters that go before a newcomer at `priority` (O(number of priorities))."""
+        return sum(c for pr, c in self.counts.items() if pr >= priority)
+
+    def behind(self, priority: int) -> bool:
+        """Does a live waiter wait at a priority below `priority` (it would be passed)?"""
+        return any(c for pr, c in self.counts.items() if pr < priority)
+
 
 class Limiter:
-    """Every limited provider's bucket, calls in flight and queue, for one fleet."""
+    """Every limited provider's bucket, calls in flight and queue, for one fleet.
+
+    Cost: request(), cancel() and a grant or spill in due() are O(log n + P) for n waiters and P
+    distinct priorities (a heap, lazy deletion of dead waiters, per-priority counts). The full
+    check of every waiter's turn (O(n log n)) runs in due() only after something moved turns
+    later (see _Provider.dirty), as the old scan did on every call."""
 
     def __init__(self, limits: Mapping[str, Limit] | None = None, now: float = 0.0) -> None:
         self._p: dict[str, _Provider] = {}
         self._seq = 0
         self._freed: list[Waiter] = []
+        # this process's part of every rate limit: 1 / the live processes sharing the database
+        # (daemon/cluster.py; docs/scaling.md "Rate limits across processes")
+        self.share = 1.0
         # a run's waiter is live while this says so (the engine: the run is still QUEUED);
-        # a waiter that is not any more (its channel ended meanwhile) is dropped, costing nothing
+        # a waiter that is not any more (its channel ended meanwhile) is dropped, costing nothing.
+        # The engine also says so at once (cancel()); this catches any leave it did not report.
         self.live: Callable[[Waiter], bool] = lambda w: True
         self.configure(limits or {}, now)
 
@@ -204,17 +169,34 @@ class Limiter:
             if prev is not None and prev.limit == lim:
                 self._p[name] = prev
                 continue
-            p = _Provider(lim, now)
+            p = _Provider(lim, now, self.share)
             if prev is not None:
-                p.inflight, p.queue, p.spilled, p.throttled = prev.inflight, prev.queue, prev.spilled, prev.throttled
+                p.adopt(prev)
             self._p[name] = p
         # a provider no longer limited: its waiters go at once (due() hands them out)
-        self._freed = [w for name, p in old.items() if name not in self._p for w in p.queue]
+        self._freed = [w for name, p in old.items() if name not in self._p
+                       for w in sorted(p.queue) if not w.dead]
+
+    def set_share(self, share: float, now: float) -> None:
+        """Keep `share` (0 < share <= 1) of each configured rate_limit and burst from `now` on:
+        the processes sharing one database split each limit among the live ones (daemon/cluster.py
+        sets 1/N at each lease renewal). Waiters keep their places; a lower rate may push their
+        turns past their deadlines (they spill at the next due()). max_inflight is not split."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a process's share of a rate limit is in (0, 1], not {share!r}")
+        if share == self.share:
+            return
+        self.share = share
+        for p in self._p.values():
+            b = p.bucket
+            if b is not None and p.limit.rate is not None:
+                b.rescale(*shared(p.limit.rate, p.limit.depth(), share), now)
+                p.dirty = True
 
     @property
     def waiting(self) -> bool:
         """Is any run queued (or freed by a reload, to be handed out)?"""
-        return bool(self._freed) or any(p.queue for p in self._p.values())
+        return bool(self._freed) or any(p.live_n for p in self._p.values())
 
     def limited(self, provider: str) -> bool:
         return provider in self._p
@@ -222,6 +204,11 @@ class Limiter:
     def limit(self, provider: str) -> Limit | None:
         p = self._p.get(provider)
         return None if p is None else p.limit
+
+    def rate_limited(self, provider: str) -> bool:
+        """Has `provider` an outbound rate_limit (a token bucket, not only max_inflight)?"""
+        p = self._p.get(provider)
+        return p is not None and p.bucket is not None
 
     def _free(self, p: _Provider, now: float) -> bool:
         """May a call start now (a place in flight, a token)? Takes the token if so."""
@@ -241,6 +228,27 @@ class Limiter:
             return now
         return p.bucket.time_for(ahead + 1, now)
 
+    def _top(self, p: _Provider) -> Waiter | None:
+        """The first live waiter (dead ones on top are popped: lazy deletion)."""
+        q = p.queue
+        while q:
+            w = q[0]
+            if w.dead:
+                heappop(q)
+                p.dead_n -= 1
+                continue
+            if not self.live(w):        # left without cancel(): dropped here
+                heappop(q)
+                p.forget(w)
+                continue
+            return w
+        return None
+
+    def _pop(self, p: _Provider) -> Waiter:
+        w = heappop(p.queue)
+        p.forget(w)
+        return w
+
     def request(self, provider: str, key: Any, ref: Any, priority: int, now: float,
                 latest: float) -> tuple[int, float]:
         """Ask for a slot on `provider` at `now` (see the module doc): (GO, now), (QUEUED, the
@@ -248,30 +256,48 @@ class Limiter:
         p = self._p.get(provider)
         if p is None:
             return GO, now
-        self._prune(p)
-        ahead = sum(1 for w in p.queue if w.priority >= priority)
+        self._top(p)
+        ahead = p.ahead(priority)
         if ahead == 0 and self._free(p, now):
+            if p.live_n:
+                p.dirty = True          # a token the waiters counted on went to this newcomer
             return GO, now
         turn = self._turn(p, ahead, now)
         if turn >= latest:
             p.spilled += 1
             return SPILL, turn
+        if p.live_n == 0 and p.bucket is not None:
+            p.bucket.clamped = False    # tokens lost while nobody waited cost nobody a turn
+        elif p.behind(priority):
+            p.dirty = True              # it goes before waiters already queued: their turns slip
         self._seq += 1
-        heappush(p.queue, Waiter(priority, self._seq, key, ref, now, latest))
+        p.push(Waiter(priority, self._seq, key, ref, now, latest))
         return QUEUED, max(turn, now)
+
+    def cancel(self, provider: str, ref: Any) -> None:
+        """`ref`'s run stopped waiting on `provider` (its channel or message ended): its waiter is
+        dead, skipped where popped. O(1), the heap compacted when the dead outnumber the live."""
+        p = self._p.get(provider)
+        if p is None:
+            return
+        w = p.by_ref.get(id(ref))
+        if w is None or w.ref is not ref:
+            return
+        p.forget(w)
+        w.dead = True
+        p.dead_n += 1
+        if p.dead_n >= COMPACT_MIN and p.dead_n > p.live_n:
+            p.queue = [x for x in p.queue if not x.dead]
+            heapify(p.queue)
+            p.dead_n = 0
 
     def expected_wait(self, provider: str, priority: int, now: float) -> float:
         """How long a new request at `priority` would wait for its turn (0: it would go now)."""
         p = self._p.get(provider)
         if p is None:
             return 0.0
-        ahead = sum(1 for w in p.queue if w.priority >= priority and self.live(w))
-        return self._turn(p, ahead, now) - now
-
-    def _prune(self, p: _Provider) -> None:
-        if p.queue and not all(self.live(w) for w in p.queue):
-            p.queue = [w for w in p.queue if self.live(w)]
-            heapify(p.queue)
+        self._top(p)
+        return self._turn(p, p.ahead(priority), now) - now
 
     def due(self, now: float) -> list[tuple[Waiter, str, bool, float]]:
         """The waiters whose turn is now, in order: (waiter, provider, granted, expected wait).
@@ -283,32 +309,73 @@ class Limiter:
             if self.live(w):
                 out.append((w, "", True, 0.0))
         for name, p in self._p.items():
-            self._prune(p)
-            q = p.queue
-            while q and q[0].latest < now:
-                w = heappop(q)          # (float rounding) its turn came after all it could wait
+            w0 = self._top(p)
+            while w0 is not None and w0.latest < now:
+                w = self._pop(p)        # (float rounding) its turn came after all it could wait
                 p.spilled += 1
                 out.append((w, name, False, now - w.arrived))
-            while q and self._free(p, now):
-                w = heappop(q)
+                w0 = self._top(p)
+            while w0 is not None and self._free(p, now):
+                w = self._pop(p)
                 p.waited_s += now - w.arrived
                 out.append((w, name, True, 0.0))
-            if not q or p.bucket is None:
+                w0 = self._top(p)
+            b = p.bucket
+            if w0 is None or b is None:
+                p.dirty = False
+                if b is not None:
+                    b.clamped = False
                 continue
+            b.refill(now)
+            if not (p.dirty or b.clamped):
+                self._check_stalled(p, name, now, out)
+                continue
+            p.dirty = b.clamped = False
             # what is left waits: does each one's turn still come before its latest?
-            order = sorted(q)
+            order = sorted(w for w in p.queue if not w.dead and self.live(w))
             keep: list[Waiter] = []
             for w in order:
                 turn = self._turn(p, len(keep), now)
                 if turn >= w.latest:
                     p.spilled += 1
+                    p.forget(w)
                     out.append((w, name, False, turn - now))
                 else:
                     keep.append(w)
-            if len(keep) != len(q):
-                heapify(keep)
-                p.queue = keep
+            for w in p.queue:           # the ones found not live above leave the live set too
+                if not w.dead and not self.live(w):
+                    p.forget(w)
+            p.queue = keep              # sorted: a heap already
+            p.dead_n = 0
         return out
+
+    def _check_stalled(self, p: _Provider, name: str, now: float,
+                       out: list[tuple[Waiter, str, bool, float]]) -> None:
+        """Held back by max_inflight with tokens in the bucket, the first waiters' expected turn
+        is `now` (tokens only count): it moves with the clock, so each is checked against its
+        latest. A later waiter's turn is a token's time, fixed since it was last checked. O(burst
+        log n)."""
+        mi = p.limit.max_inflight
+        if mi is None or p.inflight < mi:
+            return
+        keep: list[Waiter] = []
+        q = p.queue
+        while True:
+            w = self._top(p)
+            if w is None:
+                break
+            turn = self._turn(p, len(keep), now)
+            if turn > now:
+                break
+            heappop(q)
+            if turn >= w.latest:
+                p.spilled += 1
+                p.forget(w)
+                out.append((w, name, False, turn - now))
+            else:
+                keep.append(w)
+        for w in keep:
+            heappush(q, w)
 
     def next_at(self, now: float) -> float | None:
         """When to call due() again at the latest (a token for a waiter), None: only on release."""
@@ -316,7 +383,7 @@ class Limiter:
         if self._freed:
             return now
         for p in self._p.values():
-            if not p.queue:
+            if not p.live_n:
                 continue
             mi = p.limit.max_inflight
             if mi is not None and p.inflight >= mi:
@@ -347,7 +414,8 @@ class Limiter:
         """Put a waiter handed out by due() back in its place (its message was not ready for it)."""
         p = self._p.get(provider)
         if p is not None:
-            heappush(p.queue, w)
+            p.push(w)
+            p.dirty = True
 
     def on_throttled(self, provider: str, now: float, retry_after_s: float | None) -> None:
         """The vendor answered 429: lower the rate for Retry-After (or THROTTLE_DEFAULT_S)."""
@@ -358,6 +426,7 @@ class Limiter:
         if p.bucket is not None:
             p.bucket.throttle(now, retry_after_s if retry_after_s is not None and retry_after_s > 0
                               else THROTTLE_DEFAULT_S)
+            p.dirty = True
 
     def rebase(self, delta: float) -> None:
         for p in self._p.values():
@@ -366,7 +435,7 @@ class Limiter:
                 b.at += delta
                 if b.throttled_until is not None:
                     b.throttled_until += delta
-            for w in p.queue:
+            for w in p.queue:           # the dead too: harmless, and no scan of liveness
                 w.arrived += delta
                 w.latest += delta
 
@@ -374,13 +443,16 @@ class Limiter:
         """Per limited provider: the limit, the live queue, calls in flight, spills, 429s seen."""
         out: dict[str, dict[str, Any]] = {}
         for name, p in self._p.items():
-            self._prune(p)
             b = p.bucket
             if b is not None:
                 b.refill(now)
-            out[name] = {"rate_limit": p.limit.rate, "burst": None if b is None else b.burst,
+            queued = sum(1 for w in p.queue if not w.dead and self.live(w))
+            # rate_limit and burst as configured (the deployment's); rate_now and burst_now this
+            # process's bucket (its share, and half the rate for a while after a vendor's 429)
+            out[name] = {"rate_limit": p.limit.rate, "burst": None if b is None else p.limit.depth(),
                          "max_inflight": p.limit.max_inflight, "rate_now": None if b is None else b.rate,
-                         "queue": len(p.queue), "inflight": p.inflight, "spilled": p.spilled,
+                         "burst_now": None if b is None else b.burst, "share": self.share,
+                         "queue": queued, "inflight": p.inflight, "spilled": p.spilled,
                          "throttled": p.throttled, "granted": p.granted, "waited_s": p.waited_s}
         return out
 

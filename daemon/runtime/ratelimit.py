@@ -32,6 +32,20 @@ class RateLimits:
                 limits[name] = lim
         self._r.fleet.limiter.configure(limits, self._r.clock.now())
 
+    def set_share(self, share: float) -> None:
+        """This process's share of every rate limit (1 / the live processes on the database:
+        daemon/cluster.py): the limiter's buckets and the departure gates (daemon/adapters.py)
+        keep that part of each configured rate and burst from now on."""
+        r = self._r
+        now = r.clock.now()
+        r.fleet.limiter.set_share(share, now)
+        r._ctx.share = share
+        loop_now = r._loop.time() if r._loop is not None else None
+        for gate in r._ctx.gates.values():
+            gate.pacer.set_share(share, loop_now if loop_now is not None else now)
+        if not r._halted:
+            self.dispatch(now)          # a higher share may hand turns out sooner: re-arm the wake-up
+
     def unstart(self, first: list[Command], now: float) -> None:
         """start()'s commands were dropped (a replay, a failed insert): give back the rate-limit
         slots its attempts took (its queued runs are dropped by the limiter itself)."""

@@ -156,10 +156,10 @@ class Router:
             # swapped (a SIGHUP, a file change) while resuming: swap_policy could not store it yet,
             # and the messages accepted from now on name it as the policy to resume them under
             self.store.put_policy(self._policy.version, self._policy.source, self._policy.path, self.clock.now())
+        self._cluster = _cluster.attach(self)       # first: its count of processes splits the rate limits
         for live in resumed:
             if live is not None:
                 self._begin(live)
-        self._cluster = _cluster.attach(self)
         self._purge_task = asyncio.create_task(self._housekeeping.purge_loop(), name="routingd purge")
         self._clock_task = asyncio.create_task(self._housekeeping.clock_loop(), name="routingd clock")
 

@@ -99,6 +99,14 @@ def renew(conn: Any, node: str, lease_s: float, policy_version: str | None = Non
         "SELECT id FROM messages WHERE owner = ? AND status = 'pending'", (node,)).fetchall()}
 
 
+def live_nodes(conn: Any) -> int:
+    """How many processes hold a lease now (this one included once it has renewed): the
+    processes that split each provider's rate limit (daemon/cluster.py). One indexed COUNT of
+    the `nodes` table, which holds a row per process, not per message."""
+    row = conn.execute("SELECT count(*) FROM nodes WHERE lease_until >= now()").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def release(conn: Any, node: str) -> None:
     """A clean stop: this node's pending messages may be taken over at once."""
     conn.execute("UPDATE nodes SET lease_until = now() - interval '1 second' WHERE node = ?", (node,))
