@@ -153,6 +153,16 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
                              "database, docs/scaling.md); set store = \"postgresql://...\" or remove lease")
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_postgres(cls, v: int, info: ValidationInfo) -> int:
+        # the SQLite file is locked by one process: a second worker could not open it
+        if v > 1 and not info.data.get("store"):       # store is declared before it
+            raise ValueError(f"workers = {v} needs the PostgreSQL store (one SQLite file serves one "
+                             "process, docs/scaling.md \"Workers\"); set store = \"postgresql://...\" "
+                             "or workers = 1")
+        return v
+
     @property
     def lease_s(self) -> float:
         """The lease on pending messages, seconds (PostgreSQL; default 10 s)."""
