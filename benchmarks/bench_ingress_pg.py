@@ -71,7 +71,36 @@ def _db_counts(url: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, workers: int) -> dict[str, Any]:
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes, seconds (each one's own threads included)."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, workers: int,
+                  postmaster: int) -> dict[str, Any]:
     d = start_daemon(work, CONFIG.format(workers=workers),
                      env={"ROUTINGD_LOG_LEVEL": "WARNING", "ROUTINGD_STORE": url}, start_timeout=90)
     try:
@@ -81,7 +110,11 @@ def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, worker
                 if time.monotonic() > deadline or not d.running:
                     raise RuntimeError(f"the workers did not all listen:\n{d.log_tail()}")
                 time.sleep(0.05)
+        # CPU per message: routingd's processes and PostgreSQL's (both on this machine's 2 cores)
+        ours, theirs = _tree(d.pid), _tree(postmaster)
+        cpu0 = (_cpu_s(ours), _cpu_s(theirs))
         sub = run_wrk(d.url + "/v1/send", settings, body, work / "wrk-routingd.txt")
+        cpu = (_cpu_s(ours) - cpu0[0], _cpu_s(_tree(postmaster)) - cpu0[1])
         t0 = time.monotonic()
         while True:
             total, finished = _db_counts(url)
@@ -96,7 +129,9 @@ def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, worker
     counted = min(sub.accepted, finished)
     elapsed = sub.duration_s + drain_s
     return {"wrk": sub, "drained": drained, "drain_s": drain_s, "total": total, "counted": counted,
-            "sustained": counted / elapsed if elapsed else 0.0, "rc": rc}
+            "sustained": counted / elapsed if elapsed else 0.0, "rc": rc,
+            "routingd_cpu_us": cpu[0] / sub.accepted * 1e6 if sub.accepted else None,
+            "postgres_cpu_us": cpu[1] / sub.accepted * 1e6 if sub.accepted else None}
 
 
 def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> BenchResult:
@@ -117,7 +152,8 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> 
                 bases.append(run_wrk(bare.url + "/v1/send", settings, body, work / f"wrk-bare-{i}.txt"))
             line = f"round {i + 1}: bare {bases[-1].accepted_per_s:.0f} req/s"
             for n in (1, 2):
-                s = _daemon_round(settings, work / f"daemon-{n}w-{i}", body, pg.new_database(), n)
+                s = _daemon_round(settings, work / f"daemon-{n}w-{i}", body, pg.new_database(), n,
+                                  int((pg.data / "postmaster.pid").read_text().split()[0]))
                 subs[n].append(s)
                 line += f", workers={n} end-to-end {s['sustained']:.0f} msg/s"
                 if not s["drained"]:
@@ -136,7 +172,9 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> 
         res.say(f"workers={n}: ingress {sub.accepted_per_s:8.0f} req/s (202s {sub.accepted}, other {sub.other}, "
                 f"errors {sub.errors}; accept p50 {ms(sub.p50_s)} p99 {ms(sub.p99_s)}); end-to-end "
                 f"{best['sustained']:.0f} msg/s ({best['counted']} finished in {sub.duration_s:.1f}s load + "
-                f"{best['drain_s']:.2f}s drain{'' if best['drained'] else ', NOT drained'}); exit {best['rc']}")
+                f"{best['drain_s']:.2f}s drain{'' if best['drained'] else ', NOT drained'}); exit {best['rc']}; CPU per "
+                f"202 during the load: routingd {best['routingd_cpu_us']:.0f} us, PostgreSQL "
+                f"{best['postgres_cpu_us']:.0f} us")
         r = ratio(best["sustained"], base.accepted_per_s)
         res.figures.update({
             f"workers{n}_ingress_req_per_s": round(sub.accepted_per_s, 1),
@@ -144,6 +182,8 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> 
             f"workers{n}_accept_p50_ms": round(sub.p50_s * 1000, 3),
             f"workers{n}_accept_p99_ms": round(sub.p99_s * 1000, 3),
             f"workers{n}_ratio": r, f"workers{n}_drained": best["drained"],
+            f"workers{n}_routingd_cpu_us_per_msg": round(best["routingd_cpu_us"] or 0),
+            f"workers{n}_postgres_cpu_us_per_msg": round(best["postgres_cpu_us"] or 0),
         })
         if n == 2:
             res.check("workers=2 end-to-end / bare handler", r if best["drained"] else 0.0, TARGET_2)

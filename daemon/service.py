@@ -279,7 +279,12 @@ class Service:
         # a worker never talks to systemd: its supervisor does (and removed NOTIFY_SOCKET)
         self.notifier = notifier = Notifier(None) if self.worker is not None else Notifier.from_env()
         try:
-            link = mqtt_service.make_link(s.mqtt, metrics)
+            mqtt = s.mqtt
+            if mqtt is not None and mqtt.client_id and self.worker is not None:
+                # one session per worker (a broker drops a client whose id connects again),
+                # the same one after a restart of that worker
+                mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-w{self.worker.index}"})
+            link = mqtt_service.make_link(mqtt, metrics)
         except MqttConfigError as e:
             raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
         store = make_store(s.state, s.store, s.lease_s)

@@ -163,6 +163,17 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
                              "or workers = 1")
         return v
 
+    @field_validator("mqtt")
+    @classmethod
+    def _workers_share_the_subscription(cls, v: Any, info: ValidationInfo) -> Any:
+        # N workers each subscribed to the send topic would each accept every MQTT send
+        workers = info.data.get("workers") or 1
+        if v is not None and workers > 1 and v.subscribe and not v.shared_subscription:
+            raise ValueError(f"with workers = {workers} every worker would take every MQTT send: set "
+                             "mqtt.shared_subscription = true (the broker gives each send to one of them) "
+                             "or mqtt.subscribe = false")
+        return v
+
     @property
     def lease_s(self) -> float:
         """The lease on pending messages, seconds (PostgreSQL; default 10 s)."""

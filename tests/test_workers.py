@@ -181,3 +181,23 @@ def test_workers_are_refused_with_the_sqlite_store(tmp_path: Path) -> None:
     ok = subprocess.run([*routingd_command(), "check", str(d.config_path)], env=env, capture_output=True,
                         text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_workers_with_an_mqtt_subscription_need_it_shared(tmp_path: Path) -> None:
+    """N workers each subscribed to the send topic would each accept every MQTT send: refused
+    by `check` unless the subscription is shared (or off)."""
+    config = tmp_path / "routing.toml"
+    base = CONFIG.format(url="http://127.0.0.1:9/x", message="60s")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTINGD_")}
+    env["ROUTINGD_STORE"] = "postgresql://routingd@127.0.0.1:9/x"
+    results = {}
+    for name, table in (("plain", ""), ("shared", "shared_subscription = true\n"), ("off", "subscribe = false\n")):
+        config.write_text(base.replace("[timeouts]", f'[daemon.mqtt]\nurl = "mqtt://127.0.0.1:1883"\n{table}'
+                                                      "[timeouts]"))
+        results[name] = subprocess.run([*routingd_command(), "check", str(config)], env=env, capture_output=True,
+                                       text=True, timeout=60)
+    assert results["plain"].returncode == 1
+    assert len([x for x in results["plain"].stderr.splitlines()
+                if "every worker would take every MQTT send" in x]) == 1, results["plain"].stderr
+    assert results["shared"].returncode == 0, results["shared"].stderr
+    assert results["off"].returncode == 0, results["off"].stderr
