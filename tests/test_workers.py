@@ -201,3 +201,67 @@ def test_workers_with_an_mqtt_subscription_need_it_shared(tmp_path: Path) -> Non
                 if "every worker would take every MQTT send" in x]) == 1, results["plain"].stderr
     assert results["shared"].returncode == 0, results["shared"].stderr
     assert results["off"].returncode == 0, results["off"].stderr
+
+
+class _CredSocket:
+    """systemd's side of sd_notify, with the sender's pid of each datagram (SCM_CREDENTIALS)."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(self.path)
+        self.received: list[tuple[int, dict[str, str]]] = []
+
+    def next(self, timeout: float = 60.0) -> tuple[int, dict[str, str]]:
+        """The next (pid, fields), WATCHDOG=1 pings skipped."""
+        import socket
+        import struct
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no notification within {timeout}s; so far {self.received}"
+            self.sock.settimeout(left)
+            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            pid = next(struct.unpack("iII", d[:12])[0] for level, kind, d in anc
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            fields = dict(line.partition("=")[::2] for line in data.decode().split("\n"))
+            self.received.append((pid, fields))
+            if fields.get("WATCHDOG") != "1":
+                return pid, fields
+
+
+def test_only_the_supervisor_notifies_systemd_ready_once_all_workers_listen(
+        tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
+    fast = standins.standin([{"status": 200}])
+    notify = _CredSocket(tmp_path / "notify.sock")
+    d = DaemonProcess(tmp_path / "d", CONFIG.format(url=fast.url, message="60s"),
+                      env={"ROUTINGD_STORE": pg_url, "NOTIFY_SOCKET": notify.path}, start_timeout=60)
+    try:
+        d.spawn()
+        pid, msg = notify.next()
+        assert pid == d.pid and msg.get("READY") == "1", msg
+        # READY=1 comes after every worker listened (the supervisor's line names both)
+        assert SUPERVISOR_RE.search(d.log_text()) is not None
+        assert "with 2 workers" in msg.get("STATUS", "")
+        d.send_signal(signal.SIGHUP)
+        pid, msg = notify.next()
+        assert pid == d.pid and msg.get("RELOADING") == "1" and "MONOTONIC_USEC" in msg
+        pid, msg = notify.next()
+        assert pid == d.pid and msg.get("READY") == "1" and "serving policy" in msg.get("STATUS", ""), msg
+        assert "reload (SIGHUP): 2 worker(s) serve policy" in d.log_text()
+        d.send_signal(signal.SIGTERM)
+        pid, msg = notify.next()
+        assert pid == d.pid and msg.get("STOPPING") == "1"
+        assert d.wait(60) == 0
+        assert {p for p, _ in notify.received} == {d.pid}       # no worker ever notified
+    finally:
+        if d.proc is not None:
+            try:
+                os.killpg(d.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        d.close()
+        notify.sock.close()
