@@ -13,12 +13,18 @@ Baseline: benchmarks/bare_server.py (parses the same JSON, answers 202).
 Baseline and subjects alternate for --rounds rounds; the best round of each side counts.
 Target (issue 17): workers = 2 sustained >= 0.5 x the bare handler's rate.
 
-    .venv/bin/python benchmarks/bench_ingress_pg.py [--duration 8] [--rounds 2]
+    .venv/bin/python benchmarks/bench_ingress_pg.py [--duration 8] [--rounds 2] [--without-user-id]
+
+The body is the other ingress benchmarks' (send_body(): to.user_id "u1"): on PostgreSQL that
+reads the recipient's profile with a query per send, on the event loop (daemon/profiles.py;
+the SQLite store skips it while no profile was ever stored). --without-user-id measures the
+same without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -134,15 +140,19 @@ def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, worker
             "postgres_cpu_us": cpu[1] / sub.accepted * 1e6 if sub.accepted else None}
 
 
-def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> BenchResult:
+def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, user_id: bool = True) -> BenchResult:
     from pg_cluster import PgCluster
 
     header(f"ingress/end-to-end on PostgreSQL, workers 1 and 2: POST /v1/send, {settings.describe()}, "
-           f"best of {rounds} alternating rounds")
+           f"best of {rounds} alternating rounds{'' if user_id else ', sends without to.user_id'}")
     res = BenchResult("ingress_pg")
     t0 = time.monotonic()
     work = Path(workdir or tempfile.mkdtemp(prefix="routingd-bench-ingress-pg-"))
     body = send_body()
+    if not user_id:         # no to.user_id: no profile read per send (docs/performance.md)
+        doc = json.loads(body)
+        del doc["message"]["to"]["user_id"]
+        body = json.dumps(doc, separators=(",", ":"))
     bases: list[WrkResult] = []
     subs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     load = os.getloadavg()
@@ -201,8 +211,11 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/subject rounds, best counts")
+    p.add_argument("--without-user-id", action="store_true",
+                   help="send without to.user_id, so no recipient profile is read per send")
     a = p.parse_args()
-    return 0 if run(WrkSettings(a.threads, a.connections, a.duration), a.rounds).ok else 1
+    return 0 if run(WrkSettings(a.threads, a.connections, a.duration), a.rounds,
+                    user_id=not a.without_user_id).ok else 1
 
 
 if __name__ == "__main__":
