@@ -151,6 +151,7 @@ class _Worker:
     index: int
     proc: asyncio.subprocess.Process | None = None
     listening: bool = False
+    listened: bool = False          # this run of it reported "listening"
     url: str = ""
     last_rc: int | None = None
     reload_wait: asyncio.Future[str] | None = None
@@ -197,6 +198,7 @@ class Supervisor:
         finally:
             os.close(wfd)
         w.started_at = time.monotonic()
+        w.listened = False
         w.pids.append(w.proc.pid)
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
@@ -208,7 +210,7 @@ class Supervisor:
             if not line:
                 break
             if line[0] == "listening" and len(line) >= 2:
-                w.listening, w.url = True, line[1]
+                w.listening, w.listened, w.url = True, True, line[1]
                 if len(w.pids) > 1:
                     log.info("worker %d (pid %d) listening again (start %d)", w.index, w.pids[-1], len(w.pids))
                 ready.set()
@@ -250,6 +252,7 @@ class Supervisor:
                       "taken over by the other workers once its lease runs out)", w.index, proc.pid, how, delay)
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
+                w.last_rc = 0           # stopped while waiting to restart: nothing of it was running
                 return
             except asyncio.TimeoutError:
                 pass
@@ -381,7 +384,7 @@ class Supervisor:
 
 def _clean(w: _Worker) -> bool:
     # a worker stopped before it listened may die of the SIGTERM itself: it held nothing yet
-    return w.last_rc == 0 or (w.last_rc == -signal.SIGTERM and not w.url)
+    return w.last_rc == 0 or (w.last_rc == -signal.SIGTERM and not w.listened)
 
 
 def _how(rc: int | None) -> str:

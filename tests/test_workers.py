@@ -265,3 +265,29 @@ def test_only_the_supervisor_notifies_systemd_ready_once_all_workers_listen(
                 pass
         d.close()
         notify.sock.close()
+
+
+def test_a_worker_that_keeps_dying_is_given_up_after_five_quick_deaths(
+        supervised: Any, standins: StandinLoop) -> None:
+    """Restarts are bounded: five deaths in a row, each soon after its start, and the supervisor
+    gives up on that worker with one line; the other worker goes on serving; the stop then
+    exits 1 (a worker did not end cleanly)."""
+    fast = standins.standin([{"status": 200}])
+    d, pids = supervised(CONFIG.format(url=fast.url, message="60s"))
+    victim = pids[0]
+    for start in range(2, 6):               # deaths 1-4 are restarted (0.5 s, 1 s, 2 s, 4 s later)
+        os.kill(victim, signal.SIGKILL)
+        pattern = re.compile(rf"worker 0 \(pid (\d+)\) listening again \(start {start}\)")
+        wait_until(lambda: pattern.search(d.log_text()), timeout=90, what=f"worker 0's start {start}")
+        m = pattern.search(d.log_text())
+        assert m is not None
+        victim = int(m.group(1))
+    os.kill(victim, signal.SIGKILL)         # the fifth
+    wait_until(lambda: "giving up on it" in d.log_text(), timeout=30, what="the give-up line")
+    lines = [x for x in d.log_text().splitlines() if "giving up on it" in x]
+    assert len(lines) == 1 and "worker 0" in lines[0] and "died 5 times in a row" in lines[0], lines
+    assert _alive(pids[1])
+    mid = d.send({"to": {"email": "a@example.com"}})            # worker 1 serves alone
+    d.wait_status(mid, "delivered", timeout=30)
+    assert d.stop(timeout=60) == 1
+    assert "not cleanly: worker 0 killed by SIGKILL" in d.log_text()
