@@ -230,6 +230,8 @@ class Supervisor:
             proc = w.proc
             assert proc is not None
             reports = asyncio.ensure_future(self._read_reports(w, reader, ready))
+            if self._stop.is_set():         # the stop came while it was being started: it missed the SIGTERM
+                proc.send_signal(signal.SIGTERM)
             rc = await proc.wait()
             await reports
             w.last_rc = rc
@@ -347,6 +349,7 @@ class Supervisor:
             waiters: list[asyncio.Future[Any]] = [all_ready, stop]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             all_ready.cancel()
+            await asyncio.gather(all_ready, return_exceptions=True)     # (its cancellation retrieved)
             if not self._stop.is_set():
                 self._ready = True
                 pids = ", ".join(str(w.proc.pid) for w in self.workers if w.proc is not None)

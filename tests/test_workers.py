@@ -291,3 +291,25 @@ def test_a_worker_that_keeps_dying_is_given_up_after_five_quick_deaths(
     d.wait_status(mid, "delivered", timeout=30)
     assert d.stop(timeout=60) == 1
     assert "not cleanly: worker 0 killed by SIGKILL" in d.log_text()
+
+
+def test_a_sigterm_while_the_workers_start_stops_them_all_cleanly(
+        tmp_path: Path, standins: StandinLoop, pg_url: str) -> None:
+    fast = standins.standin([{"status": 200}])
+    d = DaemonProcess(tmp_path, CONFIG.format(url=fast.url, message="60s"), env={"ROUTINGD_STORE": pg_url})
+    try:
+        d.spawn()
+        wait_until(lambda: "worker 0: " in d.log_text() or "worker 1: " in d.log_text(), timeout=60,
+                   what="a worker's first line")
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log_tail()
+        pids = [int(p) for p in re.findall(r"pid (\d+)", d.log_text())]
+        assert not any(_alive(p) for p in pids)
+        assert "Traceback" not in d.log_text()
+    finally:
+        if d.proc is not None:
+            try:
+                os.killpg(d.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        d.close()
