@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .runtime import Router
     from .sdnotify import Notifier
     from .store import Store
+    from .workers import WorkerLink
 
 log = logging.getLogger("routingd")
 
@@ -108,8 +109,10 @@ class ConfigReloader:
 
     def __init__(self, path: str, router: Router, metrics: Metrics, state: ApiState,
                  cli_listen: str | None, cli_state: str | None, settings: Settings,
-                 notifier: Notifier | None = None, guard: ConnectionGuard | None = None) -> None:
+                 notifier: Notifier | None = None, guard: ConnectionGuard | None = None,
+                 worker: WorkerLink | None = None) -> None:
         self.path = path
+        self.worker = worker                # tells the supervisor each reload's result
         self.notifier = notifier
         self.guard = guard                  # routingd.daemon.connections.ConnectionGuard of the listener
         self.router = router
@@ -140,6 +143,8 @@ class ConfigReloader:
             else:
                 self.metrics.config_reload_failed()
             self.last = {"ok": result.ok, "at": time.time(), "trigger": trigger, "errors": list(result.errors)}
+            if self.worker is not None:
+                self.worker.report(f"reloaded {trigger} {'ok' if result.ok else 'failed'} {result.version}")
             if notifier is not None:
                 if result.ok:
                     notifier.ready(f"serving policy {result.version}")
@@ -166,7 +171,7 @@ class ConfigReloader:
             return ReloadResult(False, current.version, errors=lines)
         for w in policy.warnings:
             log.warning("%s: warning: %s", self.path, w)
-        for key in ("listen", "state", "store", "lease", "mqtt"):
+        for key in ("listen", "state", "store", "lease", "workers", "mqtt"):
             if getattr(settings, key) != getattr(self.settings, key):
                 log.warning("reload (%s): [daemon] %s changed; it takes effect at the next restart", trigger, key)
         oplog.set_format(settings.log_format)
@@ -226,9 +231,17 @@ def serve_command(args: argparse.Namespace) -> int:
             raise StartupError(e.lines()) from None
         settings = startup_settings(policy, path, args.listen, args.state)
         configure_logging(getattr(args, "log_level", "INFO") or "INFO", settings.log_format)
+        from .workers import WorkerLink, supervise
+        worker = WorkerLink.from_env()
+        if worker is not None:
+            worker.tag_logs()
+        elif settings.workers > 1:
+            # the supervisor: N `serve` workers on one port (daemon/workers.py); each of them
+            # prints the policy's warnings
+            return supervise(settings, path, args.state, getattr(args, "log_level", "INFO") or "INFO")
         for w in policy.warnings:
             log.warning("%s: warning: %s", path, w)
-        return asyncio.run(Service(policy, settings, args.listen, args.state).run())
+        return asyncio.run(Service(policy, settings, args.listen, args.state, worker=worker).run())
     except StartupError as e:
         for line in e.lines():
             print(" ".join(line.split("\n")), file=sys.stderr)
@@ -242,8 +255,9 @@ class Service:
     """One running daemon: store, Router, HTTP site, signal handling."""
 
     def __init__(self, policy: Policy, settings: Settings, cli_listen: str | None = None,
-                 cli_state: str | None = None) -> None:
+                 cli_state: str | None = None, worker: WorkerLink | None = None) -> None:
         self.policy = policy
+        self.worker = worker            # one of `workers` processes (daemon/workers.py), else None
         self.settings = settings
         self._cli = (cli_listen, cli_state)
         self._stop = asyncio.Event()
@@ -262,9 +276,15 @@ class Service:
 
         s = self.settings
         metrics = Metrics()
-        self.notifier = notifier = Notifier.from_env()
+        # a worker never talks to systemd: its supervisor does (and removed NOTIFY_SOCKET)
+        self.notifier = notifier = Notifier(None) if self.worker is not None else Notifier.from_env()
         try:
-            link = mqtt_service.make_link(s.mqtt, metrics)
+            mqtt = s.mqtt
+            if mqtt is not None and mqtt.client_id and self.worker is not None:
+                # one session per worker (a broker drops a client whose id connects again),
+                # the same one after a restart of that worker
+                mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-w{self.worker.index}"})
+            link = mqtt_service.make_link(mqtt, metrics)
         except MqttConfigError as e:
             raise StartupError([f"{s.config}: {line}" for line in e.lines()]) from None
         store = make_store(s.state, s.store, s.lease_s)
@@ -297,7 +317,7 @@ class Service:
         metrics.connections_open.set_function(lambda: len(guard.open))
         metrics.inflight_bytes.set_function(lambda: router.inflight_bytes)
         reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier,
-                                  guard=guard)
+                                  guard=guard, worker=self.worker)
         state.reloader = reloader
         metrics.store_backlog.set_function(lambda: store.backlog)
         outage = getattr(store, "outage", None)     # the PostgreSQL store's (daemon/store/pg_outage.py)
@@ -307,7 +327,9 @@ class Service:
         addr = parse_listen(s.listen)
         loop = asyncio.get_running_loop()
         try:
-            listener = await loop.create_server(guard, addr.host, addr.port, backlog=1024)
+            # workers share the port: the kernel spreads connections over their sockets
+            listener = await loop.create_server(guard, addr.host, addr.port, backlog=1024,
+                                                reuse_port=self.worker is not None)
         except OSError as e:
             await runner.cleanup()
             if shared is not None:
@@ -341,6 +363,8 @@ class Service:
             else:  # the startup line is printed whatever the log level
                 print(f"routingd: {startup}", file=sys.stderr, flush=True)
             notifier.ready(f"serving {url}, policy {self.policy.version}")
+            if self.worker is not None:
+                self.worker.report(f"listening {url}")
             await self._stop.wait()
             state.phase = "draining"
             grace_s = s.grace / 1000

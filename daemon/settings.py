@@ -153,6 +153,27 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
                              "database, docs/scaling.md); set store = \"postgresql://...\" or remove lease")
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_postgres(cls, v: int, info: ValidationInfo) -> int:
+        # the SQLite file is locked by one process: a second worker could not open it
+        if v > 1 and not info.data.get("store"):       # store is declared before it
+            raise ValueError(f"workers = {v} needs the PostgreSQL store (one SQLite file serves one "
+                             "process, docs/scaling.md \"Workers\"); set store = \"postgresql://...\" "
+                             "or workers = 1")
+        return v
+
+    @field_validator("mqtt")
+    @classmethod
+    def _workers_share_the_subscription(cls, v: Any, info: ValidationInfo) -> Any:
+        # N workers each subscribed to the send topic would each accept every MQTT send
+        workers = info.data.get("workers") or 1
+        if v is not None and workers > 1 and v.subscribe and not v.shared_subscription:
+            raise ValueError(f"with workers = {workers} every worker would take every MQTT send: set "
+                             "mqtt.shared_subscription = true (the broker gives each send to one of them) "
+                             "or mqtt.subscribe = false")
+        return v
+
     @property
     def lease_s(self) -> float:
         """The lease on pending messages, seconds (PostgreSQL; default 10 s)."""

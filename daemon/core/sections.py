@@ -68,6 +68,10 @@ class DaemonSection(Strict):
     # PostgreSQL only (daemon/settings.py refuses it with SQLite): how long a process owns its
     # pending messages without renewing them before another process takes them over (docs/scaling.md)
     lease: Duration | None = Field(default=None, ge=1_000, le=600_000)
+    # PostgreSQL only (daemon/settings.py refuses more than 1 with SQLite): `serve` starts this
+    # many full routingd processes sharing the listening socket (SO_REUSEPORT) under one
+    # supervisor (daemon/workers.py, docs/scaling.md "Workers")
+    workers: int = Field(default=1, ge=1, le=64)
     api_tokens: list[SecretStr] = Field(default_factory=list)
     mqtt: MqttSection | None = None
     max_body: int = Field(default=256 * 1024, ge=1024)
