@@ -1,5 +1,10 @@
 """`routingd serve`: the daemon process around the runtime Router and the HTTP API.
 
+(Over 400 lines on purpose: start, reload, the worker's reports to its supervisor and stop are
+one lifecycle over the same state -- the app, the Router, the watcher, the MQTT bridge -- and
+split by phase they would only hand that state around. The supervisor of `workers = N` is
+workers.py.)
+
     routingd serve [--config PATH] [--listen HOST:PORT] [--state PATH] [--log-level LEVEL]
 
 Startup: load and validate routing.toml (one line per error, exit 1), merge the settings

@@ -1,5 +1,9 @@
 """Outbound rate limits and priorities: one `Limiter` per fleet, shared by every message (sans-IO).
 
+(Over 400 lines on purpose: the queue -- a heap with lazy deletion and the turn checks -- and the
+decisions that read it are one data structure with one set of invariants; the token buckets it
+uses are bucket.py.)
+
 A provider with `rate_limit` (a token bucket: `rate` per second, up to `burst` tokens saved up)
 and/or `max_inflight` (calls in flight at once) in routing.toml is *limited*
 (docs/configuration.md "Rate limits and priorities"). The engine asks for a slot where it would
