@@ -265,6 +265,10 @@ def test_no_secret_of_any_provider_type_leaks_anywhere(tmp_path: Path, standins:
         watching = standins.call(_watch(broker, events))
         d = DaemonProcess(tmp_path / "d", text, env=env, args=["--log-level", "DEBUG"])
         with d, _stopping(standins, watching):
+            # the mqtt provider answers "network" until the daemon's link to the broker is up (slow
+            # on a busy machine): the sends wait for it, so that its publish is the delivered attempt
+            wait_until(lambda: "routingd_mqtt_connected 1.0" in d.metrics_text(), timeout=30,
+                       what="the daemon's MQTT link")
             to = {"email": "bob@example.org", "phone_number": "+15558675310", "firebaseToken": "device-1"}
             ids = [d.send({"to": to, "content": {"title": "disk full", "body": f"message {i}"}}) for i in range(2)]
             answers = {}

@@ -283,6 +283,9 @@ class QueuedStore:
                 log.info("state store: writing again; the kept writes are stored")
             self._backlog_logged = bool(keep)
         self.operations += len(batch)
+        # counted before the waiters are woken: a flush() that returns during an outage finds the
+        # kept writes in `backlog` already (not a moment later, when the writer thread runs again)
+        self.backlog = len(self._backlog)
         loop = self._loop
         if loop is None or not results:
             return
