@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_ingress
 from common import (BENCH, ROOT, BenchResult, Helper, WrkResult, WrkSettings, header, ms, ratio, run_wrk,
                     send_body, start_daemon)
 
@@ -41,31 +42,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 TARGET_2 = 0.5
 DRAIN_TIMEOUT_S = 90.0
 
-CONFIG = """\
-# benchmarks/bench_ingress_pg.py: one fast in-process provider, so the daemon itself is measured
-version = 1
-
-[daemon]
-max_inflight = 1000000
-workers = {workers}
-
-[timeouts]
-provider = "5s"
-channel = "10s"
-message = "1m"
-
-[providers.fast]
-type = "sandbox"
-latency = "1ms"
-error_rate = 0
-
-[channels.email]
-providers = ["fast"]
-requires = "email"
-
-[routes.default]
-channels = ["email"]
-"""
+# bench_ingress.py's policy (one fast in-process provider, so the daemon itself is measured)
+# with the number of workers
+CONFIG = bench_ingress.CONFIG.replace("max_inflight = 1000000\n", "max_inflight = 1000000\nworkers = {workers}\n")
+assert "workers = {workers}" in CONFIG
 
 
 def _db_counts(url: str) -> tuple[int, int]:
