@@ -174,22 +174,9 @@ class Cluster:
     def _abandon(self, live: _Live) -> None:
         """Forget a message another process took over: no write, no event, no call of it any more
         (its attempts in flight are cancelled; their answers are dropped)."""
-        router = self.router
-        mid = live.row.id
         log.warning("message %s was taken over by another process (this one renewed its lease too late); "
-                    "no longer routed here", mid)
-        live.finished = True
-        router._wakeups.drop(live)
-        tasks = list(live.tasks.values())
-        live.tasks.clear()
-        for t in tasks:
-            t.cancel()
-        router.fleet.finished(mid)
-        router._held_bytes -= _request_bytes(live.row.request)
-        live.request = None
-        live.rendered = None
-        live.snapshot.refs -= 1
-        router._snapshots.retire(live.snapshot.policy.version, router.policy.version, router._loop)
+                    "no longer routed here", live.row.id)
+        self.router._release(live)
         self.lost += 1
 
     # ------------------------------------------------------------------ handoffs
@@ -262,8 +249,3 @@ class Cluster:
 def lease_claim_batch() -> int:
     from .store.postgres import CLAIM_BATCH
     return CLAIM_BATCH
-
-
-def _request_bytes(text: str) -> int:
-    from .runtime import request_bytes
-    return request_bytes(text)

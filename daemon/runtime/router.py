@@ -327,27 +327,33 @@ class Router:
     def _finish(self, live: _Live, cmd: Finish) -> None:
         if live.finished:
             return
-        live.finished = True
         row = live.row
         row.status, row.finished_at, row.delivered_at = cmd.status, cmd.at, cmd.delivered_at
+        self._release(live)
+        # the finished messages kept in _recent hold no request body (the store has it;
+        # status() never shows it)
+        row.request = ""
+        self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
+        self.metrics.message_finished(cmd.status)
+        if cmd.delivered_at is not None:
+            self.metrics.delivered_after(max(0.0, cmd.delivered_at - row.accepted_at))
+        self._recent[row.id] = live
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+
+    def _release(self, live: _Live) -> None:
+        """Let go of what a message holds in this process: its wake-up, its calls in flight (their
+        answers are dropped), its request, its place in the fleet and its policy snapshot. Its
+        Finish does it, and so does a takeover by another process (daemon/cluster.py)."""
+        live.finished = True
         self._wakeups.drop(live)
         for t in live.tasks.values():
             t.cancel()
         live.tasks.clear()
         live.request = None         # freed now, while it is fresh in the cache, not at eviction
         live.rendered = None
-        # ... and its text: the finished messages kept in _recent hold no request body (the
-        # store has it; status() never shows it)
-        self._held_bytes -= request_bytes(row.request)
-        row.request = ""
-        self.store.finish(row.id, cmd.status, cmd.at, cmd.delivered_at)
-        self.metrics.message_finished(cmd.status)
-        if cmd.delivered_at is not None:
-            self.metrics.delivered_after(max(0.0, cmd.delivered_at - row.accepted_at))
-        self.fleet.finished(row.id)
-        self._recent[row.id] = live
-        while len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
+        self._held_bytes -= request_bytes(live.row.request)
+        self.fleet.finished(live.row.id)
         live.snapshot.refs -= 1
         self._snapshots.retire(live.snapshot.policy.version, self._policy.version, self._loop)
 
