@@ -46,7 +46,8 @@ from ..daemon.core.engine import Event
 from .live_calibrate import calibrate, commit_delay_of
 from .live_daemon import TERMINAL, LiveError, _Daemon, _ts
 from .live_routing import Prepared, _behaviour, live_routing, prepare_live, scaled_scenario, to_toml
-from .metrics import BREAKER_CUT, CANCELLED, CUT, OUTCOME_CODE, Metrics
+from .metrics import OUTCOME_CODE, RUNNING, Metrics
+from .trace import attempt_code
 from .runner import STANDARD_FIELDS, RunResult, outage_windows
 from .setup import RunSetup
 
@@ -207,9 +208,7 @@ def _result(prep: Prepared, arrivals: list[tuple[float, str, dict[str, str]]], i
             started = _ts(a["started_at"])
             ended = _ts(a["ended_at"])
             deadline = _ts(a["deadline"])
-            code = OUTCOME_CODE.get(a["outcome"] or "", 0)
-            if code == CANCELLED and a.get("detail") == BREAKER_CUT:
-                code = CUT          # held its message up to the cut: waited, as the simulation counts it
+            code = attempt_code(a["outcome"], a.get("detail")) if a["outcome"] in OUTCOME_CODE else RUNNING
             metrics.record_attempt(i, a["provider"], (started or t0) - t0, code)
             st = metrics.stats[a["provider"]]
             st.attempts += 1

@@ -20,7 +20,7 @@ from ..daemon.core.engine import (ATTEMPT_QUEUED, PROVIDER_SPILLED, ATTEMPT_ENDE
 
 from .sketch import QuantileSketch
 from .trace import (BREAKER_CUT, CANCELLED, CUT, DELIVERED, FAILED, NETWORK, OUTCOME_CODE, REJECTED, RUNNING,
-                    TIMEOUT, Trace)
+                    TIMEOUT, Trace, attempt_code)
 
 # the outcome codes and Trace are trace.py's; their names stay importable from here
 __all__ = ["BREAKER_CUT", "CANCELLED", "CUT", "DELIVERED", "FAILED", "MESSAGE_CANCELLED", "Metrics", "NETWORK",
@@ -260,13 +260,13 @@ class Metrics:
 
     def _attempt_ended(self, i: int, ev: Event) -> None:
         d = ev.data
-        code = OUTCOME_CODE.get(d["outcome"], FAILED)
+        code = attempt_code(d["outcome"], d.get("detail"))
         s = self.stats[d["provider"]]
         if code == DELIVERED:
             s.delivered += 1
         elif code == TIMEOUT:
             s.timeouts += 1
-        elif code == CANCELLED:
+        elif code == CANCELLED or code == CUT:
             s.cancelled += 1
             if d.get("detail") == MESSAGE_CANCELLED:
                 self.cancelled_attempts += 1
@@ -276,12 +276,10 @@ class Metrics:
                 s.throttled += 1
         if self._attempts:
             entry = self._attempts.pop(d["attempt_id"], None)
-            # an attempt the breaker's opening cut (engine: "cancelled", "breaker opened") held its
-            # message up to that moment -- the slow-call mark at most -- so it waited on the provider too
-            waited = code in WAITED or (code == CANCELLED and d.get("detail") == BREAKER_CUT)
-            if entry is not None and waited:
+            # CUT is a waited outcome: the attempt held its message up to the breaker's opening
+            if entry is not None and code in WAITED:
                 m, provider, started_at = entry
-                self._reached(m, provider, started_at, TIMEOUT if code == CANCELLED else code)
+                self._reached(m, provider, started_at, code)
 
     def _late_receipt(self, i: int, ev: Event) -> None:
         d = ev.data

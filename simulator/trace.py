@@ -13,8 +13,15 @@ from ..daemon.core.engine import ATTEMPT_ENDED, PROVIDER_SKIPPED, Event, Finish,
 
 # attempt outcome codes in the compact rows
 RUNNING, DELIVERED, FAILED, TIMEOUT, NETWORK, REJECTED, CANCELLED = range(7)
-CUT = 7         # (Trace only) "cancelled" because the provider's breaker opened: it held its message
+CUT = 7         # "cancelled" because the provider's breaker opened: it held its message up to the cut
 BREAKER_CUT = "breaker opened"      # the engine's detail of an attempt cut over when its breaker opened
+
+
+def attempt_code(outcome: str | None, detail: str | None) -> int:
+    """An ended attempt's outcome code; CUT for one its breaker's opening cut (it made its
+    message wait, where other cancels did not)."""
+    code = OUTCOME_CODE.get(outcome or "", FAILED)
+    return CUT if code == CANCELLED and detail == BREAKER_CUT else code
 OUTCOME_CODE = {"delivered": DELIVERED, "failed": FAILED, "timeout": TIMEOUT, "network": NETWORK,
                 "rejected": REJECTED, "cancelled": CANCELLED}
 
@@ -78,8 +85,7 @@ class Trace:
         row = self._row.get(ev.data["attempt_id"])
         if row is not None:
             self.a_end[row] = ev.at
-            code = OUTCOME_CODE.get(ev.data["outcome"], FAILED)
-            self.a_outcome[row] = CUT if code == CANCELLED and ev.data.get("detail") == BREAKER_CUT else code
+            self.a_outcome[row] = attempt_code(ev.data["outcome"], ev.data.get("detail"))
 
     def _skipped(self, i: int, ev: Event) -> None:
         self.s_msg.append(i)
