@@ -423,3 +423,37 @@ def test_the_engine_tells_the_limiter_at_once_when_a_queued_run_stops_waiting() 
     ds[2].on_timer(61.0)                        # its channel deadline while it waits
     assert ds[2].terminal and prov.live_n == 0
     assert fleet.limiter.expected_wait("ses", 0, 61.0) <= 10.0     # nobody ahead any more
+
+
+# ------------------------------------------------------------------ a message let go without a Finish
+
+
+def test_a_message_taken_over_while_queued_leaves_the_queue_and_is_never_handed_a_turn() -> None:
+    """A takeover by another process (daemon/cluster.py) lets go of a message whose run waits
+    for its turn on a rate-limited provider. Its waiter must leave the queue: before, dispatch()
+    took it for a message not admitted yet and queued it again, so it kept its place ahead of
+    everyone behind it and the limiter's next turn stayed at once (the driver's wake-up spun)."""
+    fleet: Fleet[Msg] = Fleet()
+    fleet.limiter.configure({"ses": Limit(rate=1.0, burst=1.0)}, 0.0)
+    p = plan(providers='"ses"', provider="5s", channel="60s")
+    msgs = []
+    for i in range(3):
+        d = Delivery(f"m{i}", p, {}, 0.0, random.Random(i), fleet.health, limiter=fleet.limiter)
+        m = Msg(i, d, 0.0, 0)
+        fleet.admit(i, m)
+        m.log.extend(d.start(0.0))
+        msgs.append(m)
+    assert [sum(isinstance(c, StartAttempt) for c in m.log) for m in msgs] == [1, 0, 0]  # m1, m2 queue
+    fleet.finished(1)                       # m1 is taken over by another process
+    assert msgs[1].delivery.status == "pending"     # its state is its new owner's, untouched here
+    handed: list[int] = []
+
+    def execute(m: Msg, cmds: list[Command]) -> None:
+        handed.append(m.key)
+        m.log.extend(cmds)
+
+    fleet.dispatch(1.0, execute)            # one token: the next turn is m2's, not m1's
+    assert handed == [2]
+    assert any(isinstance(c, StartAttempt) for c in msgs[2].log)
+    assert fleet.limiter.next_at(1.0) is None       # nobody waits: no wake-up left armed
+    assert fleet.limiter.snapshot(1.0)["ses"]["queue"] == 0 and not fleet.limiter.waiting

@@ -353,6 +353,17 @@ class Delivery:
                 self._cut_run(run, now)
         return self._settle(now)
 
+    def release_waits(self) -> None:
+        """This driver lets go of the message without a Finish (another process took it over:
+        daemon/cluster.py): its runs queued on a rate-limited provider stop waiting, so that the
+        limiter neither keeps their places ahead of other messages nor hands them turns. Nothing
+        else changes: the message's state belongs to its new owner."""
+        for ch in self._chans:
+            for run in ch.children:
+                if isinstance(run, _Run) and run.state == QUEUED:
+                    self._unqueue(run)
+                    run.state = DONE
+
     def on_slot(self, run: _Run, granted: bool, wait_s: float, now: float) -> list[Command]:
         """The fleet's limiter (daemon/core/limiter.py) answers a run that queued for its turn on a
         rate-limited provider (Fleet.dispatch): granted, its attempt starts now (the slot is

@@ -91,10 +91,16 @@ class Fleet(Generic[H]):
         self._keys[id(handle.delivery)] = key
 
     def finished(self, key: Hashable) -> None:
-        """The message reached its Finish: it leaves the pending set."""
+        """The message reached its Finish, or this driver let go of it (a takeover): it leaves the
+        pending set."""
         handle = self.pending.pop(key, None)
         if handle is not None:
             self._keys.pop(id(handle.delivery), None)
+            if handle.delivery.status == "pending":
+                # released without a Finish (a takeover by another process): its queued runs
+                # would otherwise be handed turns, refunded and queued again forever (dispatch()
+                # sets aside waiters of a pending message it does not hold, as not admitted yet)
+                handle.delivery.release_waits()
 
     def breaker_heard(self, provider: str, opened: bool, breakers: Mapping[str, tuple[int | None, float]],
                       now: float) -> str | None:
