@@ -32,6 +32,10 @@ lookup and a lock per update, several times per message -- and turned into metri
 only when /metrics is scraped (the `_MessageSeries` collector). Call the methods
 (`message_accepted()`, `message_finished()`, `attempt_ended()`, `failover()`,
 `delivered_after()`) from the event loop thread only.
+
+With `[daemon] workers = N` a worker's metrics are daemon/shared_metrics.py's SharedMetrics
+(this class, written through to prometheus_client's multiprocess files), so that /metrics
+answers for the whole daemon whichever worker the connection reaches.
 """
 
 from __future__ import annotations
@@ -46,9 +50,25 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-_DELIVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, float("inf"))
+DELIVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, float("inf"))
 _STATUSES = ("delivered", "undeliverable", "expired", "cancelled")
 _FAILOVER_KINDS = ("provider", "channel")
+# the per-message series: name, help, label names (_MessageSeries here; with workers, the
+# prometheus_client metrics of daemon/shared_metrics.py)
+ACCEPTED = ("routingd_messages_accepted", "Messages accepted (committed to the store).", ())
+FINISHED = ("routingd_messages_finished", "Messages that reached a terminal status.", ("status",))
+ATTEMPTS = ("routingd_attempts", "Provider attempts by how they ended.", ("channel", "provider", "outcome"))
+FAILOVERS = ("routingd_failovers", "Failovers to the next provider or channel.", ("kind",))
+TIME_TO_DELIVER = ("routingd_time_to_deliver_seconds", "Seconds from accept to the first delivered outcome.", ())
+# the rate limiter's per-provider figures, read from Limiter.snapshot: name, snapshot key, help
+LIMIT_GAUGES = (
+    ("routingd_provider_queue_depth", "queue", "Messages waiting for their turn under the provider's rate limit."),
+    ("routingd_provider_calls_inflight", "inflight", "Calls in flight on a rate-limited provider."),
+    ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; this process's share of it, lower after a 429)."))
+LIMIT_COUNTERS = (
+    ("routingd_provider_spilled", "spilled", "Messages spilled over to the next provider: their turn came too late."),
+    ("routingd_provider_throttled", "throttled", "429 answers seen from a rate-limited provider."),
+    ("routingd_provider_queue_wait_seconds", "waited_s", "Seconds messages waited for their turn, summed."))
 
 
 def version_as_int(version: str) -> int:
@@ -71,32 +91,41 @@ class Metrics:
         self.finished: dict[str, int] = dict.fromkeys(_STATUSES, 0)
         self.attempts: dict[tuple[str, str, str], int] = {}
         self.failovers: dict[str, int] = dict.fromkeys(_FAILOVER_KINDS, 0)
-        self.deliver_buckets = [0] * len(_DELIVER_BUCKETS)     # not cumulative; see _MessageSeries
+        self.deliver_buckets = [0] * len(DELIVER_BUCKETS)     # not cumulative; see _MessageSeries
         self.deliver_sum = 0.0
         # the rate limiter's per-provider state, read at scrape time (the Router sets it:
         # Limiter.snapshot, daemon/core/limiter.py)
         self.limits: Callable[[], dict[str, dict[str, Any]]] = dict
         r.register(_MessageSeries(self))
-        self.inflight = Gauge("routingd_messages_inflight", "Messages not yet terminal.", registry=r)
+        # multiprocess_mode: how /metrics merges a gauge over the processes of `[daemon] workers
+        # = N` (daemon/shared_metrics.py; the choices are explained in docs/operations.md
+        # "Metrics with workers"). One process ignores it.
+        self.inflight = Gauge("routingd_messages_inflight", "Messages not yet terminal.", registry=r,
+                              multiprocess_mode="livesum")
         self.provider_drained = Gauge("routingd_provider_drained", "1 while the provider is drained by hand "
-                                      "(POST /v1/providers/NAME/drain).", ["provider"], registry=r)
+                                      "(POST /v1/providers/NAME/drain).", ["provider"], registry=r,
+                                      multiprocess_mode="livemax")
         self.breaker_open = Gauge("routingd_breaker_open", "1 while the provider's circuit breaker is open.",
-                                  ["provider"], registry=r)
+                                  ["provider"], registry=r, multiprocess_mode="livemax")
         self.breaker_notices = Counter(
             "routingd_breaker_notices_heard", "Breaker notices heard from other routingd processes on the same "
             "PostgreSQL database, by result (applied, unchanged, unknown_provider, malformed).", ["result"],
             registry=r)
         self.reload_ok = Gauge("routingd_config_last_reload_successful",
-                               "Whether the last configuration reload attempt was successful.", registry=r)
+                               "Whether the last configuration reload attempt was successful.", registry=r,
+                               multiprocess_mode="livemin")
         self.reload_ts = Gauge("routingd_config_last_reload_success_timestamp_seconds",
-                               "Timestamp of the last successful configuration reload.", registry=r)
+                               "Timestamp of the last successful configuration reload.", registry=r,
+                               multiprocess_mode="livemin")
         self.config_hash = Gauge("routingd_config_hash", "Hash of the loaded routing policy "
-                                 "(first 13 hex digits of its version as an integer).", registry=r)
+                                 "(first 13 hex digits of its version as an integer).", registry=r,
+                                 multiprocess_mode="livemostrecent")
         self.config_info = Info("routingd_config", "The loaded routing policy version.", registry=r)
         self.mqtt_dropped = Counter("routingd_mqtt_events_dropped",
                                     "MQTT publications dropped because the buffer was full.", registry=r)
         self.store_backlog = Gauge("routingd_store_backlog", "Writes kept in memory because the state store "
-                                   "refused them; written when it takes writes again.", registry=r)
+                                   "refused them; written when it takes writes again.", registry=r,
+                                   multiprocess_mode="livesum")
         self.receipts_unmatched = Counter(
             "routingd_receipts_unmatched", "Receipts that matched no stored attempt (unknown, or for a "
             "message the retention purge deleted: those are answered 200 and change nothing).", registry=r)
@@ -107,14 +136,15 @@ class Metrics:
             "routingd_resume_failed", "Stored messages that could not be resumed at start (finished "
             "undeliverable with a resume_failed event).", registry=r)
         self.mqtt_connected = Gauge("routingd_mqtt_connected", "1 while connected to the MQTT broker.",
-                                    registry=r)
+                                    registry=r, multiprocess_mode="livemin")
         self.connections_open = Gauge("routingd_http_connections_open", "Open connections of the HTTP listener.",
-                                      registry=r)
+                                      registry=r, multiprocess_mode="livesum")
         self.connections_closed = Counter("routingd_http_connections_closed",
                                           "Connections the daemon closed: idle, header (timeouts), evicted "
                                           "or refused (at max_connections).", ["reason"], registry=r)
         self.inflight_bytes = Gauge("routingd_inflight_bytes", "Request text (UTF-8 bytes) held by pending "
-                                    "messages; [daemon] max_inflight_bytes bounds it.", registry=r)
+                                    "messages; [daemon] max_inflight_bytes bounds it.", registry=r,
+                                    multiprocess_mode="livesum")
 
     # ------------------------------------------------------------------ per message (hot path)
 
@@ -133,8 +163,17 @@ class Metrics:
 
     def delivered_after(self, seconds: float) -> None:
         """One observation of routingd_time_to_deliver_seconds."""
-        self.deliver_buckets[bisect.bisect_left(_DELIVER_BUCKETS, seconds)] += 1
+        self.deliver_buckets[bisect.bisect_left(DELIVER_BUCKETS, seconds)] += 1
         self.deliver_sum += seconds
+
+    def sampled(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """`gauge` is `read()`, read when /metrics is scraped (with workers: also every second,
+        daemon/shared_metrics.py)."""
+        gauge.set_function(read)
+
+    def refresh(self) -> None:
+        """Write the values read at scrape time where other processes read them: nothing to do
+        for one process (daemon/shared_metrics.py does it with workers)."""
 
     # ------------------------------------------------------------------ config
 
@@ -162,45 +201,36 @@ class _MessageSeries(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        c = CounterMetricFamily("routingd_messages_accepted", "Messages accepted (committed to the store).")
+        c = CounterMetricFamily(ACCEPTED[0], ACCEPTED[1])
         c.add_metric([], m.accepted)
         yield c
-        c = CounterMetricFamily("routingd_messages_finished", "Messages that reached a terminal status.",
-                                labels=["status"])
+        c = CounterMetricFamily(FINISHED[0], FINISHED[1], labels=FINISHED[2])
         for status, n in list(m.finished.items()):
             c.add_metric([status], n)
         yield c
-        c = CounterMetricFamily("routingd_attempts", "Provider attempts by how they ended.",
-                                labels=["channel", "provider", "outcome"])
+        c = CounterMetricFamily(ATTEMPTS[0], ATTEMPTS[1], labels=ATTEMPTS[2])
         for key, n in list(m.attempts.items()):
             c.add_metric(list(key), n)
         yield c
-        c = CounterMetricFamily("routingd_failovers", "Failovers to the next provider or channel.", labels=["kind"])
+        c = CounterMetricFamily(FAILOVERS[0], FAILOVERS[1], labels=FAILOVERS[2])
         for kind, n in list(m.failovers.items()):
             c.add_metric([kind], n)
         yield c
-        h = HistogramMetricFamily("routingd_time_to_deliver_seconds",
-                                  "Seconds from accept to the first delivered outcome.")
+        h = HistogramMetricFamily(TIME_TO_DELIVER[0], TIME_TO_DELIVER[1])
         cumulative, buckets = 0, []
-        for bound, n in zip(_DELIVER_BUCKETS, list(m.deliver_buckets)):
+        for bound, n in zip(DELIVER_BUCKETS, list(m.deliver_buckets)):
             cumulative += n
             buckets.append((floatToGoString(bound), cumulative))
         h.add_metric([], buckets, m.deliver_sum, timestamp=None)
         yield h
         limits = m.limits()
-        for mname, mkey, mdoc in (
-                ("routingd_provider_queue_depth", "queue", "Messages waiting for their turn under the provider's rate limit."),
-                ("routingd_provider_calls_inflight", "inflight", "Calls in flight on a rate-limited provider."),
-                ("routingd_provider_rate_limit", "rate_now", "The rate limit in force (per second; this process's share of it, lower after a 429).")):
+        for mname, mkey, mdoc in LIMIT_GAUGES:
             g = GaugeMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
                 if snap[mkey] is not None:
                     g.add_metric([prov], float(snap[mkey]))
             yield g
-        for mname, mkey, mdoc in (
-                ("routingd_provider_spilled", "spilled", "Messages spilled over to the next provider: their turn came too late."),
-                ("routingd_provider_throttled", "throttled", "429 answers seen from a rate-limited provider."),
-                ("routingd_provider_queue_wait_seconds", "waited_s", "Seconds messages waited for their turn, summed.")):
+        for mname, mkey, mdoc in LIMIT_COUNTERS:
             c = CounterMetricFamily(mname, mdoc, labels=["provider"])
             for prov, snap in limits.items():
                 c.add_metric([prov], float(snap[mkey]))

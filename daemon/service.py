@@ -269,7 +269,6 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> int:
-        from .metrics import Metrics
         from .runtime import Router
         from .store import StoreError, is_postgres_url, make_store
 
@@ -277,10 +276,12 @@ class Service:
         from .adapters import AdapterContext
         from .mqtt import MqttConfigError
         from .sdnotify import Notifier, run_watchdog
+        from .shared_metrics import SharedMetrics, make_metrics
         from .watch import watch_file
 
         s = self.settings
-        metrics = Metrics()
+        # with workers, /metrics answers for all of them (daemon/shared_metrics.py)
+        metrics = make_metrics(self.worker is not None, self.policy.version)
         # a worker never talks to systemd: its supervisor does (and removed NOTIFY_SOCKET)
         self.notifier = notifier = Notifier(None) if self.worker is not None else Notifier.from_env()
         try:
@@ -319,12 +320,12 @@ class Service:
         guard = ConnectionGuard(runner.server, header_timeout_s=s.header_timeout / 1000.0,
                                 idle_timeout_s=s.idle_timeout / 1000.0, max_connections=s.max_connections,
                                 on_close=lambda reason: metrics.connections_closed.labels(reason=reason).inc())
-        metrics.connections_open.set_function(lambda: len(guard.open))
-        metrics.inflight_bytes.set_function(lambda: router.inflight_bytes)
+        metrics.sampled(metrics.connections_open, lambda: len(guard.open))
+        metrics.sampled(metrics.inflight_bytes, lambda: router.inflight_bytes)
         reloader = ConfigReloader(s.config, router, metrics, state, *self._cli, settings=s, notifier=notifier,
                                   guard=guard, worker=self.worker)
         state.reloader = reloader
-        metrics.store_backlog.set_function(lambda: store.backlog)
+        metrics.sampled(metrics.store_backlog, lambda: store.backlog)
         outage = getattr(store, "outage", None)     # the PostgreSQL store's (daemon/store/pg_outage.py)
         if outage is not None:
             state.extra_ready_checks.append(outage.problem)
@@ -346,6 +347,8 @@ class Service:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(reloader.reload("SIGHUP")))
         try:
+            if isinstance(metrics, SharedMetrics):
+                self._spawn(metrics.sample_forever())       # resumed messages count from the start
             try:
                 await router.start()
             except StoreError as e:
@@ -378,6 +381,7 @@ class Service:
             if link is not None:
                 await link.stop_ingress()   # let other daemons of a shared subscription take new sends
             await router.stop(grace_s)
+            metrics.refresh()           # with workers: the last of the sampled counters
             if link is not None:
                 await link.close(flush_timeout=min(2.0, grace_s))
         finally:

@@ -22,12 +22,18 @@ The supervisor:
 - forwards SIGHUP to every listening worker and waits (bounded) for each one's reload answer;
   forwards SIGTERM/SIGINT to every worker (each drains with its grace) and exits 0 when all
   exited 0, else 1;
+- gives the workers a private directory for their metric files (PROMETHEUS_MULTIPROC_DIR), so
+  /metrics answers for all of them; marks a worker's files dead when it exits and removes the
+  directory at the end (daemon/shared_metrics.py);
 - restarts a worker that died unexpectedly after a back-off (0.5 s doubling to 30 s); after
   QUICK_DEATHS deaths each within QUICK_S of its start it gives up on that worker with one
   error line (and exits 1 when no worker is left). Meanwhile the dead worker's pending messages
   are taken over by the others when its lease runs out (docs/scaling.md "Leases").
 A worker that exits before listening at the first start fails the whole start (exit 1): its
 own lines say why (a bad database URL, say), and every worker would fail the same way.
+
+(Over 400 lines because both ends of the supervisor's pipe protocol, WorkerLink and Supervisor,
+live here: a change to the protocol is one change to one file.)
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .settings import ListenAddress, Settings, parse_listen
+from .shared_metrics import ENV_DIR as METRICS_ENV
+from .shared_metrics import MetricsDir
 
 log = logging.getLogger("routingd.workers")
 
@@ -171,6 +179,7 @@ class Supervisor:
         self._failed: str | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics_dir: MetricsDir | None = None
 
     # ------------------------------------------------------------------ processes
 
@@ -184,6 +193,8 @@ class Supervisor:
     def env(self, index: int, fd: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ONLY}
         env.update({ENV_INDEX: str(index), ENV_FD: str(fd), ENV_PARENT: str(os.getpid())})
+        if self.metrics_dir is not None:
+            env[METRICS_ENV] = self.metrics_dir.path
         return env
 
     async def _spawn(self, w: _Worker, listen: str) -> asyncio.StreamReader:
@@ -234,6 +245,8 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
             rc = await proc.wait()
             await reports
+            if self.metrics_dir is not None:
+                self.metrics_dir.worker_died(proc.pid)      # its gauges leave /metrics, its counters stay
             w.last_rc = rc
             if self._stop.is_set():
                 return
@@ -336,6 +349,12 @@ class Supervisor:
             log.error("cannot listen on %s: %s", self.settings.listen, e.strerror or e)
             return 1
         listen = listen_arg(addr)
+        try:
+            metrics_dir = self.metrics_dir = MetricsDir.create()
+        except OSError as e:
+            reserved.close()
+            log.error("cannot create the directory of the workers' metrics: %s", e)
+            return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
@@ -374,6 +393,7 @@ class Supervisor:
                     w.proc.kill()
                     await w.proc.wait()
             reserved.close()
+            metrics_dir.remove()
             self.notifier.close()
         if self._failed is not None:
             return 1

@@ -73,7 +73,7 @@ class Router:
         self._rng = random.Random(rng_seed)
         self._put_events = store.put_events
         # routingd_messages_inflight is read at scrape time instead of set twice per message
-        metrics.inflight.set_function(self._inflight_now)
+        metrics.sampled(metrics.inflight, self._inflight_now)
         self._live = self.fleet.pending        # the pending messages (the Fleet's set itself)
         self._recent: OrderedDict[str, _Live] = OrderedDict()
         self._reserved = 0
