@@ -194,10 +194,14 @@ def test_one_of_three_sigkilled_under_load_loses_nothing(tmp_path: Path, pg_url:
             time.sleep(rng.uniform(1.0, 4.0))          # the seeded random moment; the load runs
             slot = rng.randrange(NODES)
             round_kills = [_kill(ds[slot], r, slot, tags[slot], pg_url)]
-            if rng.random() < 0.3:                      # killed again while it starts and claims
+            if rng.random() < 0.3:
+                # started again about when the victim's lease runs out, so that its start claims
+                # (Router.start: load_pending) race the others' claims, and killed again while it
+                # opens, claims, resumes, or just after
+                time.sleep(max(0.0, round_kills[0].at_mono + rng.uniform(1.0, 2.0) - time.monotonic()))
                 envs[slot]["ROUTINGD_TEST_NODE"] = tags[slot] = f"d{slot}.{ds[slot].starts + 1}"
                 ds[slot].spawn()
-                time.sleep(rng.uniform(0.3, 1.5))
+                time.sleep(rng.uniform(0.3, 2.0))
                 if ds[slot].running:
                     round_kills.append(_kill(ds[slot], r, slot, tags[slot], pg_url))
             tags[slot] = _start(ds[slot], envs[slot], slot)        # as a supervisor restarts it
