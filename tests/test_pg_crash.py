@@ -31,8 +31,11 @@ Asserted:
     process owned; never after a committed delivery. So the repeats of a round are bounded by
     the victim's calls for the messages it owned (counted from the data), and the "unknown
     outcome" repeats -- the provider may have acted on the first call -- and the duplicate
-    deliveries (a message answered 2xx twice) by the calls in flight at the victim at the kill
-    (its attempts the takeover found open).
+    deliveries a kill made (a message answered 2xx twice, the first answer never committed) by
+    the calls in flight at the victim at the kill (its attempts the takeover found open). A
+    message answered 2xx twice without a kill (the answer came after the daemon gave the call
+    up at its timeout, as a starved event loop on a busy machine may) is counted apart; none
+    is answered 2xx again after a delivery the daemon committed.
 
 The seed (ROUTINGD_PG_CRASH_SEED, default below) and the number of rounds (ROUTINGD_PG_CRASH_ROUNDS)
 are printed: a failure is replayed with the same seed (the kill moments and victims, the
@@ -69,7 +72,7 @@ CLAIM_S = LEASE_S / 3           # daemon/cluster.py: min(CLAIM_EVERY_S, lease/3)
 # A loaded 2-core machine (three daemons, PostgreSQL, the load and other people's builds) may be
 # seconds late to run a claim or a resume: the bound asserted is lease + claim interval + this.
 # The measured figures (printed, docs/reliability.md) are what tells how long a takeover takes.
-MARGIN_S = 10.0
+MARGIN_S = 20.0
 INTERRUPTED = "interrupted: routingd stopped during the attempt"     # daemon/runtime/resume.py
 
 CONFIG = """
@@ -328,19 +331,31 @@ def test_one_of_three_sigkilled_under_load_loses_nothing(tmp_path: Path, pg_url:
                 unexplained.append(f"{key}: {aid} ({tag}, {a[5]}) then {again.json['attempt_id']} "
                                    f"({_header(again, 'X-Node')}): {tag} {why}")
     assert not unexplained, f"{len(unexplained)} repeated call(s) no kill explains: {unexplained[:5]}"
-    # a message answered 2xx twice: the first answer never committed (its process died first)
+    # A message answered 2xx twice. Either the first answer never counted: its process died
+    # before committing it (in flight at a kill), or the 2xx reached the daemon after it had
+    # given the call up (its 1 s timeout; a starved event loop on a busy machine runs the timer
+    # first) and the message failed over -- at-least-once, not a kill's doing, counted apart.
+    # Never after a delivery the daemon committed.
     twice: dict[str, int] = Counter()
     ok_calls: dict[str, list[Any]] = defaultdict(list)
     for q in calls:
         if _is_2xx(q):
             ok_calls[q.json["message_id"]].append(q)
     for mid, qs in ok_calls.items():
-        qs.sort(key=lambda q: q.received_at)
+        qs.sort(key=lambda q: (_run_of(q.json["attempt_id"]), q.received_at))
         for q in qs[:-1]:
-            k = by_tag.get(tag_of[q.json["attempt_id"]])
-            assert k is not None and q.json["attempt_id"] in inflight[k.tag], \
-                f"{mid} answered 2xx twice, the first ({q.json['attempt_id']}) not cut by a kill"
-            twice[k.tag] += 1
+            aid = q.json["attempt_id"]
+            tag, a = tag_of[aid], attempts[aid]
+            k = by_tag.get(tag)
+            assert a[5] != "delivered", f"{mid} answered 2xx again after {aid} ({tag}) committed its delivery"
+            if k is not None and aid in inflight[k.tag]:
+                twice[k.tag] += 1
+            elif tag in late_renewal:
+                twice["late renewal"] += 1
+            else:
+                assert a[6] != INTERRUPTED and a[5] in ("failed", "timeout"), \
+                    f"{mid} answered 2xx twice, the first ({aid}, {tag}: {a[5]}, {a[6]!r}) neither cut by a kill nor given up"
+                twice["given up before the answer"] += 1
     for k in kills:
         rep = repeats[k.tag]
         assert rep["in_flight"] <= len(inflight[k.tag]) and twice[k.tag] <= len(inflight[k.tag])
@@ -368,7 +383,9 @@ def test_one_of_three_sigkilled_under_load_loses_nothing(tmp_path: Path, pg_url:
         "repeats_after_in_flight_call": sum(r["in_flight"] for r in repeats.values()),
         "repeats_channel_started_over": sum(r["channel_started_over"] for r in repeats.values()),
         "repeats_after_a_late_renewal": repeats["late renewal"]["after_a_late_renewal"],
-        "answered_2xx_twice": sum(twice.values()), "late_renewals": sorted(late_renewal),
+        "answered_2xx_twice": sum(v for t, v in twice.items() if t in by_tag),
+        "answered_2xx_after_the_daemon_gave_up": twice["given up before the answer"],
+        "late_renewals": sorted(late_renewal),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     line = json.dumps(summary)
