@@ -42,7 +42,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import pytest
@@ -228,12 +228,18 @@ class LoadGenerator:
     """Threads that POST /v1/send as long as `running`, each logical send with its own
     Idempotency-Key, resent with that same key until it gets an answer (as a careful client does
     when the connection drops). The daemon's URL is read afresh after every failure (a restart
-    gets a new port)."""
+    gets a new port).
 
-    daemon: DaemonProcess
+    `daemon` may be several daemons on one database (tests/test_pg_crash.py): the sends are then
+    spread over those that run (send n of thread i goes to the (i + n)-th), and a send whose
+    connection failed is resent, with its key, to the next one. `accepted_by` names the daemon
+    (its index) that answered each key's 202."""
+
+    daemon: DaemonProcess | Sequence[DaemonProcess]
     threads: int
     rate_per_thread: float
     accepted: dict[str, str] = field(default_factory=dict)      # idempotency key -> message id
+    accepted_by: dict[str, int] = field(default_factory=dict)   # idempotency key -> daemon index
     replayed: int = 0
     resent: int = 0
     unavailable: int = 0
@@ -255,9 +261,14 @@ class LoadGenerator:
             t.join(20)
         assert not any(t.is_alive() for t in self._workers), "a load thread did not stop"
 
+    def _target(self, k: int) -> tuple[int, str]:
+        """(index, URL) of the k-th daemon (round robin) that runs; URL "" when none does."""
+        ds = [self.daemon] if isinstance(self.daemon, DaemonProcess) else list(self.daemon)
+        live = [(j, d.url) for j, d in enumerate(ds) if d.url and (len(ds) == 1 or d.running)]
+        return live[k % len(live)] if live else (-1, "")
+
     def _run(self, i: int) -> None:
-        conn: http.client.HTTPConnection | None = None
-        url = ""
+        conns: dict[str, http.client.HTTPConnection] = {}
         n = 0
         interval = 1.0 / self.rate_per_thread
         next_at = time.monotonic()
@@ -267,15 +278,16 @@ class LoadGenerator:
                                            "content": {"title": "crash test", "body": key}}})
             tries = 0
             while not self._stop.is_set():
-                if conn is None or url != self.daemon.url:
-                    if conn is not None:
-                        conn.close()
-                    url = self.daemon.url
-                    if not url:
-                        time.sleep(0.02)
-                        continue
+                j, url = self._target(i + n + tries)
+                if not url:
+                    time.sleep(0.02)
+                    continue
+                for stale in [u for u in conns if u != url and u not in self._urls()]:
+                    conns.pop(stale).close()         # a daemon restarted on another port
+                conn = conns.get(url)
+                if conn is None:
                     u = urlsplit(url)
-                    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+                    conn = conns[url] = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
                 tries += 1
                 try:
                     conn.request("POST", "/v1/send", body=body,
@@ -283,8 +295,7 @@ class LoadGenerator:
                     r = conn.getresponse()
                     data = r.read()
                 except (OSError, http.client.HTTPException):
-                    conn.close()
-                    conn = None
+                    conns.pop(url).close()
                     with self._lock:
                         self.failures += 1
                     time.sleep(0.02)
@@ -292,6 +303,7 @@ class LoadGenerator:
                 if r.status == 202:
                     with self._lock:
                         self.accepted[key] = json.loads(data)["message_id"]
+                        self.accepted_by[key] = j
                         self.replayed += r.getheader("Idempotent-Replayed") == "true"
                         self.resent += tries > 1
                     break
@@ -308,8 +320,12 @@ class LoadGenerator:
                 time.sleep(delay)
             else:
                 next_at = time.monotonic()
-        if conn is not None:
+        for conn in conns.values():
             conn.close()
+
+    def _urls(self) -> set[str]:
+        ds = [self.daemon] if isinstance(self.daemon, DaemonProcess) else list(self.daemon)
+        return {d.url for d in ds if d.url}
 
 
 def store_rows(path: Path) -> tuple[dict[str, str], dict[str, str]]:

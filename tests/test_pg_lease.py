@@ -1,7 +1,9 @@
 """The lease SQL (daemon/store/lease.py) on a real database, with two stores standing for two
 processes: a live node's messages are never claimed, a dead one's are claimed once (by one
 claimer), a late renewal reports what is still owned, a clean close releases at once, and the
-retention purge keeps the policy another live process runs. The daemons: test_postgres_cluster.py."""
+retention purge keeps the policy another live process runs; a Router whose renewal came late drops
+every message taken over meanwhile, one accepted while the renewal waited included. The daemons:
+test_postgres_cluster.py, test_pg_crash.py."""
 
 from __future__ import annotations
 
@@ -10,8 +12,28 @@ from typing import Any, Awaitable, Callable
 
 import psycopg
 
+from routingd.daemon.core.policy import parse_policy
+from routingd.daemon.core.request import SendRequest
+from routingd.daemon.metrics import Metrics
+from routingd.daemon.runtime import Router
 from routingd.daemon.store import MessageRow, lease
 from routingd.daemon.store.postgres import PgStore
+
+# One provider that never answers: a message stays pending (in the Router's memory) until dropped.
+HANGING = """
+version = 1
+[timeouts]
+provider = "5m"
+channel = "10m"
+message = "1h"
+[providers.hang]
+type = "sandbox"
+fail = "hang"
+[channels.email]
+providers = ["hang"]
+[routes.default]
+channels = ["email"]
+"""
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -81,5 +103,61 @@ def test_the_purge_keeps_the_policy_another_live_process_runs(pg_url: str) -> No
         assert await b.policy_source("va") is None                 # a is gone, nothing names it
         await a.close()
         await b.close()
+
+    run(main)
+
+
+def test_a_late_renewal_drops_a_message_accepted_while_it_waited_and_taken_over(pg_url: str) -> None:
+    """Regression (found while writing test_pg_crash.py, reading Cluster.renew): the messages to check
+    were listed before the renewal, which waits for a claim holding this node's row; a message
+    accepted meanwhile and taken by that claim was then routed by both processes to the end.
+    Now what was taken is read after the renewal committed."""
+    def send() -> SendRequest:
+        return SendRequest.model_validate({"message": {"to": {"email": "a@example.com"},
+                                                       "content": {"title": "t", "body": "b"}}})
+
+    async def main() -> None:
+        router = Router(parse_policy(HANGING, "routing.toml", env={}), PgStore(pg_url, lease_s=10.0),
+                        Metrics(), rng_seed=1)
+        await router.start()
+        claimer = psycopg.connect(pg_url)
+        try:
+            cluster = router._cluster
+            assert cluster is not None
+            await cluster.stop()            # the test runs the renewal itself (the book reconnects)
+            node = cluster.node
+            before = (await router.submit(send())).message_id
+            stays = (await router.submit(send())).message_id
+            # the lease ran out (a stall); a claimer holds this node's row, as lease.claim does
+            claimer.execute("UPDATE nodes SET lease_until = now() - interval '1 second' WHERE node = %s", (node,))
+            claimer.commit()
+            claimer.execute("SELECT node FROM nodes WHERE node = %s FOR UPDATE", (node,))
+            renewal = asyncio.get_running_loop().create_task(cluster.renew())
+
+            def renewal_waits() -> bool:
+                with psycopg.connect(pg_url) as c:
+                    row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND datname = current_database()").fetchone()
+                return row is not None and row[0] > 0
+            for _ in range(400):            # bounded: the renewal reaches the row lock
+                if await asyncio.to_thread(renewal_waits):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the renewal never waited for the claimer's lock")
+            during = (await router.submit(send())).message_id      # accepted while the renewal waits
+            assert during in router._live
+            # the claim takes `before` and `during` (both committed, this node's lease expired)
+            claimer.execute("UPDATE messages SET owner = 'elsewhere/1/x' WHERE id = ANY(%s)", ([before, during],))
+            await asyncio.to_thread(claimer.commit)
+            await asyncio.wait_for(renewal, 30)
+            assert before not in router._live and during not in router._live, "a taken message is still routed here"
+            assert stays in router._live and cluster.lost == 2
+            after = (await router.submit(send())).message_id         # accepted after the renewal: kept
+            await cluster.renew()
+            assert after in router._live and stays in router._live
+        finally:
+            claimer.close()                 # its lock, if the test failed holding it
+            await router.stop(0.0)
 
     run(main)

@@ -99,6 +99,15 @@ def renew(conn: Any, node: str, lease_s: float, policy_version: str | None = Non
         "SELECT id FROM messages WHERE owner = ? AND status = 'pending'", (node,)).fetchall()}
 
 
+def taken_from(conn: Any, node: str, ids: list[str]) -> set[str]:
+    """Of the messages `ids` (pending in this node's memory), those another process owns now:
+    taken over while this node's lease had run out (daemon/cluster.py Cluster.renew)."""
+    if not ids:
+        return set()
+    return {str(r[0]) for r in conn.execute(
+        "SELECT id FROM messages WHERE id = ANY(?) AND owner IS DISTINCT FROM ?", (ids, node)).fetchall()}
+
+
 def live_nodes(conn: Any) -> int:
     """How many processes hold a lease now (this one included once it has renewed): the
     processes that split each provider's rate limit (daemon/cluster.py). One indexed COUNT of
