@@ -138,7 +138,7 @@ def test_a_daemon_killed_with_messages_pending_is_taken_over_within_the_lease(
             assert [x["outcome"] for x in st["attempts"]] == ["cancelled", "delivered"]
             assert ts(st["message_deadline"]) == ts(before[mid]["message_deadline"])    # the original deadline
             assert st["accepted_at"] == before[mid]["accepted_at"]
-            assert c.status(mid)["status"] == "delivered"
+            c.wait_status(mid, "delivered", timeout=20)     # c reads the store: once b committed it
             # never taken over while a's lease ran: the new call started after it expired
             assert ts(st["attempts"][1]["started_at"]) >= leased_until - 0.002
         took = time.monotonic() - killed_at
@@ -195,7 +195,7 @@ def test_a_receipt_and_a_cancel_posted_to_a_daemon_that_does_not_route_the_messa
         st = a.wait_status(mid, "delivered", timeout=20)               # a, its owner, applied it
         assert [x["outcome"] for x in st["attempts"]] == ["delivered"]
         assert not any(e["type"] == "late_receipt" for e in st["events"])
-        assert b.status(mid)["status"] == "delivered"
+        b.wait_status(mid, "delivered", timeout=20)     # b reads the store: once a committed it
         assert _post_receipt(b, attempt_id, "delivered") == 200        # a repeat changes nothing
         # a cancel posted to b for a message a routes (its call hangs)
         other = a.send({"to": {"email": "c@example.com"}})
