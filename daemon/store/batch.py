@@ -150,6 +150,11 @@ class _Writes:
     def insert_keyed(self, conn: Any, row: tuple, not_before: float, now: float) -> str | None:
         return _insert_keyed(conn, row, not_before, now)
 
+    def refused(self, seen: tuple[str, int | None]) -> BaseException | None:
+        """Why an insert whose accept assumed `seen` of its recipient's profile is refused, or
+        None (interface.py; the SQLite store is one process: nothing to refuse)."""
+        return None
+
 
 
 _SQLITE_WRITES = _Writes()
@@ -214,8 +219,12 @@ def _apply(conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future, Any]
                 i = j
             updates.clear()
 
-    def insert(payload: tuple) -> str | None:
-        row, not_before, now, ahead = payload
+    def insert(payload: tuple) -> str | BaseException | None:
+        row, not_before, now, ahead, seen = payload
+        if seen is not None:
+            refused = writes.refused(seen)
+            if refused is not None:     # not stored: its future raises (ProfileChanged)
+                return refused
         if row[_M_IDEMPOTENCY_KEY] is None:
             inserts.append(row)
             if ahead:

@@ -50,14 +50,14 @@ import psycopg
 
 from . import lease
 from .batch import _Writes, _apply
-from .interface import StoreError
+from .interface import ProfileChanged, StoreError
 from .pg_conn import _Conn, _explain, redact
 from .pg_outage import Outage, probe
 from .pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
 from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _list_query, _update_sql
 from .sqlite import Store
-from .writer import _FINISH, _Item
+from .writer import _FINISH, _INSERT, _ROWS, _Item
 
 # the connection and the schema are modules of their own; their names stay importable from here
 __all__ = ["CLAIM_BATCH", "MIGRATIONS", "SCHEMA_VERSION", "PgStore", "_Conn", "_explain", "migrate", "redact"]
@@ -76,6 +76,10 @@ _SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
 _SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 # a final status only from the owner: a process whose lease was taken over cannot overwrite it
 _SQL_FINISH_OWNED = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ? AND owner = ?"
+# Which of a batch's (user_id, version) assumptions (daemon/profiles.py) no longer hold: a profile
+# written since (another version), stored where none was, or deleted (version None vs a row's).
+_SQL_PROFILES_CHANGED = ("SELECT t.u, t.v FROM unnest(?::text[], ?::bigint[]) AS t(u, v) "
+                         "LEFT JOIN profiles p ON p.user_id = t.u WHERE p.version IS DISTINCT FROM t.v")
 _SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET message_id = excluded.message_id, created_at = excluded.created_at "
             "WHERE idempotency.created_at < ? RETURNING message_id")
@@ -88,6 +92,29 @@ class _PgWrites(_Writes):
 
     def __init__(self, node: str) -> None:
         self.owned = (node,)
+        self.changed: set[tuple[str, int | None]] = set()    # this transaction's refusals (check_profiles)
+
+    def check_profiles(self, conn: Any, items: list[_Item]) -> None:
+        """Find the inserts of this batch whose profile assumption no longer holds (one
+        statement, in the batch's transaction: after every send of it arrived, so a profile
+        committed before a send arrived is seen by its check)."""
+        seen: set[tuple[str, int | None]] = set()
+        for kind, payload, _fut in items:
+            if kind == _ROWS:
+                for k, row in payload:
+                    if k == _INSERT and row[0][4] is not None:
+                        seen.add(row[0][4])
+            elif kind == _INSERT and payload[4] is not None:
+                seen.add(payload[4])
+        if not seen:
+            self.changed = set()
+            return
+        users, versions = zip(*seen)
+        self.changed = {(str(u), None if v is None else int(v)) for u, v in conn.execute(
+            _SQL_PROFILES_CHANGED, (list(users), list(versions))).fetchall()}
+
+    def refused(self, seen: tuple[str, int | None]) -> BaseException | None:
+        return ProfileChanged(seen[0]) if seen in self.changed else None
 
     def messages(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         owned = self.owned
@@ -121,6 +148,8 @@ class _PgWrites(_Writes):
 
 class PgStore(Store):
     """The PostgreSQL store. `await open()` first; `await close()` last."""
+
+    profiles_versioned = True       # inserts check what accept assumed of profiles (_PgWrites.check_profiles)
 
     def __init__(self, url: str, max_backlog: int = 50_000, connect_timeout_s: int = 5,
                  lease_s: float = 10.0) -> None:
@@ -198,6 +227,7 @@ class PgStore(Store):
 
     def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
                      ends: list[int] | None) -> list[Any]:
+        self._writes.check_profiles(conn, items)
         return _apply(conn, items, extra, ends, self._writes)
 
     def _explain_error(self, exc: BaseException, doing: str) -> StoreError:
