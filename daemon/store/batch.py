@@ -6,7 +6,7 @@ statement -- message inserts, then attempt upserts (an attempt started and ended
 is one row), events (one event_log row per message, its JSON encoded here, by `_encode`) and
 message updates, each in queue order -- and hands each kind to a `_Writes`: the SQLite store's
 writes them with multi-row `INSERT ... VALUES (...),(...)` statements in fixed chunk sizes (below),
-the PostgreSQL store's (postgres._PgWrites) with one executemany per kind. A closure (`call()`,
+the PostgreSQL store's (pg_writes._PgWrites) with one statement of arrays per kind. A closure (`call()`,
 `write()`, `flush()`) or a keyed insert is a barrier: the rows gathered before it are written first.
 """
 
@@ -130,7 +130,7 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
 
 class _Writes:
     """How a store writes what _apply gathered: SQLite with multi-row statements (docs/performance.md);
-    postgres._PgWrites overrides each method, so that both stores share one gathering loop."""
+    pg_writes._PgWrites overrides each method, so that both stores share one gathering loop."""
 
     def messages(self, conn: Any, rows: list[tuple]) -> None:
         _write_messages(conn, rows)
