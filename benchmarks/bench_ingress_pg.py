@@ -15,10 +15,15 @@ Target (issue 17): workers = 2 sustained >= 0.5 x the bare handler's rate.
 
     .venv/bin/python benchmarks/bench_ingress_pg.py [--duration 8] [--rounds 2] [--without-user-id]
 
-The body is the other ingress benchmarks' (send_body(): to.user_id "u1"): on PostgreSQL that
-reads the recipient's profile with a query per send, on the event loop (daemon/profiles.py;
-the SQLite store skips it while no profile was ever stored). --without-user-id measures the
-same without it.
+The body is the other ingress benchmarks' (send_body(): to.user_id "u1", no profile stored):
+since 081bf4d no query per send reads it (daemon/profiles.py: the insert checks what the
+process assumed); --without-user-id measures the same without it.
+
+CPU per message: routingd's processes and PostgreSQL's (/proc, utime + stime) during the load,
+and wrk's; the bare handler's and wrk's per request in its round. cores x max(handler, wrk) /
+(routingd + PostgreSQL + wrk) is the ratio the CPU alone allows on an otherwise idle machine:
+the bare handler is one process, so one core; the subject's processes share every core
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -85,6 +91,23 @@ def _cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu_s() -> float:
+    """utime + stime of this process's waited-for children (wrk, once run_wrk returns)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _bare_round(settings: WrkSettings, work: Path, body: str, i: int) -> tuple[WrkResult, float, float]:
+    """The bare handler's wrk result and its CPU and wrk's per request (us): what the subject's
+    CPU per message is compared with (docs/performance.md)."""
+    with Helper([str(BENCH / "bare_server.py")], work, f"bare-server-{i}") as bare:
+        cpu0, wrk0 = _cpu_s([bare.proc.pid]), _children_cpu_s()
+        r = run_wrk(bare.url + "/v1/send", settings, body, work / f"wrk-bare-{i}.txt")
+        cpu, wrk = _cpu_s([bare.proc.pid]) - cpu0, _children_cpu_s() - wrk0
+    n = max(1, r.accepted)
+    return r, cpu / n * 1e6, wrk / n * 1e6
+
+
 def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, workers: int,
                   postmaster: int) -> dict[str, Any]:
     d = start_daemon(work, CONFIG.format(workers=workers),
@@ -98,9 +121,9 @@ def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, worker
                 time.sleep(0.05)
         # CPU per message: routingd's processes and PostgreSQL's (both on this machine's 2 cores)
         ours, theirs = _tree(d.pid), _tree(postmaster)
-        cpu0 = (_cpu_s(ours), _cpu_s(theirs))
+        cpu0 = (_cpu_s(ours), _cpu_s(theirs), _children_cpu_s())
         sub = run_wrk(d.url + "/v1/send", settings, body, work / "wrk-routingd.txt")
-        cpu = (_cpu_s(ours) - cpu0[0], _cpu_s(_tree(postmaster)) - cpu0[1])
+        cpu = (_cpu_s(ours) - cpu0[0], _cpu_s(_tree(postmaster)) - cpu0[1], _children_cpu_s() - cpu0[2])
         t0 = time.monotonic()
         while True:
             total, finished = _db_counts(url)
@@ -117,7 +140,8 @@ def _daemon_round(settings: WrkSettings, work: Path, body: str, url: str, worker
     return {"wrk": sub, "drained": drained, "drain_s": drain_s, "total": total, "counted": counted,
             "sustained": counted / elapsed if elapsed else 0.0, "rc": rc,
             "routingd_cpu_us": cpu[0] / sub.accepted * 1e6 if sub.accepted else None,
-            "postgres_cpu_us": cpu[1] / sub.accepted * 1e6 if sub.accepted else None}
+            "postgres_cpu_us": cpu[1] / sub.accepted * 1e6 if sub.accepted else None,
+            "wrk_cpu_us": cpu[2] / sub.accepted * 1e6 if sub.accepted else None}
 
 
 def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, user_id: bool = True) -> BenchResult:
@@ -134,12 +158,14 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, use
         del doc["message"]["to"]["user_id"]
         body = json.dumps(doc, separators=(",", ":"))
     bases: list[WrkResult] = []
+    bare_cpu: list[tuple[float, float]] = []      # (bare handler, wrk) CPU per request, us
     subs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     load = os.getloadavg()
     with PgCluster() as pg:
         for i in range(max(1, rounds)):
-            with Helper([str(BENCH / "bare_server.py")], work, f"bare-server-{i}") as bare:
-                bases.append(run_wrk(bare.url + "/v1/send", settings, body, work / f"wrk-bare-{i}.txt"))
+            b, b_us, b_wrk_us = _bare_round(settings, work, body, i)
+            bases.append(b)
+            bare_cpu.append((b_us, b_wrk_us))
             line = f"round {i + 1}: bare {bases[-1].accepted_per_s:.0f} req/s"
             for n in (1, 2):
                 s = _daemon_round(settings, work / f"daemon-{n}w-{i}", body, pg.new_database(), n,
@@ -151,8 +177,11 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, use
             res.say(line)
     load = tuple(max(a, b) for a, b in zip(load, os.getloadavg()))
     base = max(bases, key=lambda b: b.accepted_per_s)
+    b_us, b_wrk_us = bare_cpu[bases.index(base)]
     res.say(f"baseline bare aiohttp: {base.accepted_per_s:8.0f} req/s  202s {base.accepted}, other {base.other}, "
-            f"errors {base.errors}; latency p50 {ms(base.p50_s)} p99 {ms(base.p99_s)}")
+            f"errors {base.errors}; latency p50 {ms(base.p50_s)} p99 {ms(base.p99_s)}; CPU per request: "
+            f"the handler {b_us:.0f} us, wrk {b_wrk_us:.0f} us")
+    res.figures.update({"baseline_cpu_us_per_req": round(b_us), "baseline_wrk_cpu_us_per_req": round(b_wrk_us)})
     res.figures.update({"wrk": settings.describe(), "rounds": rounds,
                         "baseline_req_per_s": round(base.accepted_per_s, 1),
                         "loadavg_1_5_15": [round(x, 2) for x in load]})
@@ -164,7 +193,15 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, use
                 f"{best['sustained']:.0f} msg/s ({best['counted']} finished in {sub.duration_s:.1f}s load + "
                 f"{best['drain_s']:.2f}s drain{'' if best['drained'] else ', NOT drained'}); exit {best['rc']}; CPU per "
                 f"202 during the load: routingd {best['routingd_cpu_us']:.0f} us, PostgreSQL "
-                f"{best['postgres_cpu_us']:.0f} us")
+                f"{best['postgres_cpu_us']:.0f} us, wrk {best['wrk_cpu_us']:.0f} us")
+        # What the CPU per message allows on this machine with nothing else running: the bare
+        # handler is one process (at most one core, wrk on the other), routingd's processes,
+        # PostgreSQL's and wrk share all the cores (docs/performance.md)
+        cores = os.cpu_count() or 1
+        total = (best["routingd_cpu_us"] or 0) + (best["postgres_cpu_us"] or 0) + (best["wrk_cpu_us"] or 0)
+        bound = cores * max(b_us, b_wrk_us) / total if total else 0.0
+        res.say(f"workers={n}: ratio the CPU per message allows, {cores} cores x max(handler, wrk) / (routingd "
+                f"+ PostgreSQL + wrk): {bound:.3f}")
         r = ratio(best["sustained"], base.accepted_per_s)
         res.figures.update({
             f"workers{n}_ingress_req_per_s": round(sub.accepted_per_s, 1),
@@ -174,6 +211,8 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, use
             f"workers{n}_ratio": r, f"workers{n}_drained": best["drained"],
             f"workers{n}_routingd_cpu_us_per_msg": round(best["routingd_cpu_us"] or 0),
             f"workers{n}_postgres_cpu_us_per_msg": round(best["postgres_cpu_us"] or 0),
+            f"workers{n}_wrk_cpu_us_per_msg": round(best["wrk_cpu_us"] or 0),
+            f"workers{n}_cpu_bound_ratio": round(bound, 3),
         })
         if n == 2:
             res.check("workers=2 end-to-end / bare handler", r if best["drained"] else 0.0, TARGET_2)

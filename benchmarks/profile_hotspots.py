@@ -1,6 +1,6 @@
 """Profile the daemon under the ingress load, or the simulator, and print the hot spots.
 
-    python benchmarks/profile_hotspots.py daemon    [--tool cprofile|pyinstrument] [--duration 8]
+    python benchmarks/profile_hotspots.py daemon    [--tool cprofile|pyinstrument] [--duration 8] [--pg]
     python benchmarks/profile_hotspots.py simulator [--tool cprofile|pyinstrument]
     python benchmarks/profile_hotspots.py memory    [--messages 5000]
 
@@ -8,7 +8,8 @@ daemon: `routingd serve` (the ingress benchmark's config) runs under the profile
 /v1/send for --duration seconds; then the daemon drains and gets SIGTERM, and the profile of its
 main (event loop) thread is printed. simulator: the simulator benchmark's scenario runs under the
 profiler in this process. cProfile: the top functions by own time (tottime) with their share
-of the total, and the project's functions by cumulative time; pyinstrument (a sampler, far less
+of the total, and the project's functions by cumulative time (--pg: on the PostgreSQL store, a
+fresh database of a throwaway cluster, workers = 1, as bench_ingress_pg.py); pyinstrument (a sampler, far less
 overhead; needs `pip install pyinstrument` in the venv) is summarised the same way. memory: an in-process Router (real
 SQLite store, the memory benchmark's hanging provider) takes --messages sends; tracemalloc
 then attributes the bytes still held per pending message to the source lines that allocated
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (PYTHON, BenchError, WrkSettings, run_wrk, send_body, start_daemon, wait_drained)
+from common import (PYTHON, ROOT, BenchError, WrkSettings, run_wrk, send_body, start_daemon, wait_drained)
 
 
 def print_cprofile(path: Path, top: int) -> None:
@@ -59,11 +60,25 @@ def profiler_prefix(tool: str, out: Path) -> list[str]:
     return [str(Path(PYTHON).parent / "pyinstrument"), "-i", "0.0005", "-o", str(out), "-r", "pstats"]
 
 
-def profile_daemon(tool: str, duration: int, out_dir: Path, top: int) -> None:
+def profile_daemon(tool: str, duration: int, out_dir: Path, top: int, pg: bool = False) -> None:
+    if pg:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pg_cluster import PgCluster
+
+        with PgCluster() as cluster:
+            _profile_daemon(tool, duration, out_dir, top, cluster.new_database())
+    else:
+        _profile_daemon(tool, duration, out_dir, top, None)
+
+
+def _profile_daemon(tool: str, duration: int, out_dir: Path, top: int, store: str | None) -> None:
     from bench_ingress import CONFIG
 
     out = out_dir / f"daemon-{tool}.prof"
-    d = start_daemon(out_dir / "daemon", CONFIG, command_prefix=profiler_prefix(tool, out))
+    env = {"ROUTINGD_LOG_LEVEL": "WARNING"}
+    if store is not None:
+        env["ROUTINGD_STORE"] = store
+    d = start_daemon(out_dir / "daemon", CONFIG, env=env, command_prefix=profiler_prefix(tool, out))
     try:
         r = run_wrk(d.url + "/v1/send", WrkSettings(duration_s=duration), send_body())
         wait_drained(d, 60)
@@ -162,12 +177,13 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path)
+    p.add_argument("--pg", action="store_true", help="daemon: on the PostgreSQL store (a throwaway cluster)")
     a = p.parse_args()
     out_dir = a.out or Path(tempfile.mkdtemp(prefix="routingd-profile-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if a.target == "daemon":
-            profile_daemon(a.tool, a.duration, out_dir, a.top)
+            profile_daemon(a.tool, a.duration, out_dir, a.top, a.pg)
         elif a.target == "simulator":
             profile_simulator(a.tool, out_dir, a.top)
         else:

@@ -40,7 +40,7 @@ def unreachable(plan: Any, to: Mapping[str, Any], *, profiled: bool) -> str | No
     to end `undeliverable` with no attempt (docs/api.md "POST /v1/send").
 
     profiled: `to` was filled from the stored profile of its to.user_id (daemon/profiles.py
-    with_profile); a to.user_id without one is told how to store it (docs/api.md "Profiles")."""
+    merge_profile); a to.user_id without one is told how to store it (docs/api.md "Profiles")."""
     if next(plan_channels(plan.items, to), None) is not None:
         return None
     needs = [f"{s.channel} needs to.{s.requires}" for s in plan_channels(plan.items) if s.requires]

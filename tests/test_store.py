@@ -601,3 +601,27 @@ def test_close_reports_the_writes_it_could_not_store(tmp_path: Path, caplog: pyt
         assert "1 write(s) could not be stored" in caplog.text
 
     run(main)
+
+
+def test_sqlite_profiles_are_read_at_each_send_and_inserts_check_nothing(tmp_path: Path) -> None:
+    """The SQLite store is one process per file: a send reads its recipient's profile then and
+    there (none while no profile was ever stored) and insert_message ignores profile_seen
+    (the PostgreSQL store's check: tests/test_store_postgres.py)."""
+    from routingd.daemon.profiles import profiles_of
+
+    async def main() -> None:
+        s = Store(str(tmp_path / "state.db"))
+        await s.open()
+        try:
+            profiles = profiles_of(s)
+            assert not s.profiles_versioned
+            assert profiles.known("u1") == (None, None)
+            await profiles.put("u1", {"email": "a@example.com"}, 1000.0, merge=False)
+            assert profiles.known("u1") == ({"email": "a@example.com"}, None)
+            await profiles.put("u1", {"email": "b@example.com"}, 1001.0, merge=False)
+            assert profiles.known("u1") == ({"email": "b@example.com"}, None)
+            assert await s.insert_message(msg("m"), 100.0, 1000.0, None, ("u1", None)) is None
+        finally:
+            await s.close()
+
+    run(main)

@@ -106,3 +106,51 @@ def test_a_database_outage_fails_waited_writes_and_keeps_the_others_until_it_ret
             await s.close()
 
         asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_an_insert_whose_profile_assumption_no_longer_holds_is_refused_and_stores_nothing(pg_url: str) -> None:
+    """insert_message(profile_seen=(user_id, version)): checked in the insert's transaction
+    (daemon/profiles.py). A message assuming no profile where one is stored, or another version
+    than the stored one, is refused with ProfileChanged, its first attempts with it; the other
+    messages of the same batch are stored."""
+    from routingd.daemon.profiles import profiles_of
+    from routingd.daemon.store.interface import ProfileChanged
+
+    def first(aid: str, mid: str) -> tuple[Any, ...]:
+        return (aid, mid, "email", "p", 1, 1000.0, 1010.0, None, None, None, None)
+
+    async def main() -> None:
+        s = PgStore(pg_url)
+        await s.open()
+        try:
+            profiles = profiles_of(s)
+            assert profiles.known("u1") is None                  # not looked yet: read first
+            assert await profiles.read("u1") == (None, None)      # none stored (read now: nothing to check)
+            assert profiles.known("u1") == (None, ("u1", None))   # assumed from now on
+            await profiles.put("u1", {"email": "a@example.com"}, 1000.0, merge=False)
+            profile, seen = await profiles.read("u1")
+            assert profile == {"email": "a@example.com"} and seen is None
+            got = profiles.known("u1")
+            assert got is not None and got[0] == profile and got[1] is not None
+            version = got[1][1]
+            assert isinstance(version, int)
+            # one batch: a stale "none", a stale version, the current version, no assumption
+            futs = [s.insert_message(msg("none"), 100.0, 1000.0, [first("none.1", "none")], ("u1", None)),
+                    s.insert_message(msg("old"), 100.0, 1000.0, [first("old.1", "old")], ("u1", version - 1)),
+                    s.insert_message(msg("cur"), 100.0, 1000.0, [first("cur.1", "cur")], ("u1", version)),
+                    s.insert_message(msg("free"), 100.0, 1000.0, None, None)]
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            assert isinstance(results[0], ProfileChanged) and isinstance(results[1], ProfileChanged)
+            assert results[2:] == [None, None]
+            # an Idempotency-Key insert is checked too; and a new write is a new version
+            await profiles.put("u1", {"email": "b@example.com"}, 1001.0, merge=False)
+            with pytest.raises(ProfileChanged):
+                await s.insert_message(msg("keyed", key="k1"), 100.0, 1000.0, None, ("u1", version))
+            assert await s.insert_message(msg("keyed", key="k1"), 100.0, 1000.0, None, None) is None
+        finally:
+            await s.close()
+        with psycopg.connect(pg_url) as c:
+            assert sorted(r[0] for r in c.execute("SELECT id FROM messages")) == ["cur", "free", "keyed"]
+            assert sorted(r[0] for r in c.execute("SELECT attempt_id FROM attempts")) == ["cur.1"]
+
+    asyncio.run(main())

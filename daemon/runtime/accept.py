@@ -12,8 +12,9 @@ from ..core.plan import Plan, PlanError, resolve_plan
 from ..core.policy import Policy, Problem
 from ..core.request import MessageRequest, SendRequest
 from ..ids import new_message_id
-from ..profiles import with_profile
+from ..profiles import merge_profile, profiles_of
 from ..store import MessageRow, StoreError
+from ..store.interface import ProfileChanged
 from .base import Overloaded, SubmitResult, _attempt_values, _Live, request_bytes, timeout_problems
 
 if TYPE_CHECKING:
@@ -31,12 +32,44 @@ class Accept:
 
     async def submit(self, request: SendRequest, idempotency_key: str | None = None,
                      request_json: str | None = None, idempotency_ttl_s: float | None = None) -> SubmitResult:
+        user_id = request.message.to.get("user_id")
+        if not isinstance(user_id, str):
+            return await self._submit(request, idempotency_key, request_json, idempotency_ttl_s, None, None)
+        r = self._r
+        if not r._started or r._stopping:
+            raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
+        # A to.user_id gets its stored profile's fields, and is stored with them (docs/api.md
+        # "Profiles"). On PostgreSQL from what this process knows, which the insert checks: if a
+        # profile was written meanwhile (through another process), the insert is refused and the
+        # send accepted again with the profile read afresh, which is not checked (it was read
+        # after the send arrived), so that second try is not refused (daemon/profiles.py). A 422
+        # is never answered from what this process assumed either: the profile is read first.
+        profiles = profiles_of(r.store)
+        got = profiles.known(user_id)
+        if got is not None:
+            try:
+                return await self._submit(request, idempotency_key, request_json, idempotency_ttl_s, *got)
+            except ProfileChanged:
+                profiles.changed(user_id)
+            except PlanError:
+                if got[1] is None:          # read now (SQLite) or checked: the answer stands
+                    raise
+                profiles.changed(user_id)
+        try:
+            profile, seen = await profiles.read(user_id)
+        except StoreError as e:
+            log.error("cannot accept a message: %s", e)
+            raise Overloaded(5.0, "routingd cannot read its state store (the daemon log says why)") from None
+        return await self._submit(request, idempotency_key, request_json, idempotency_ttl_s, profile, seen)
+
+    async def _submit(self, request: SendRequest, idempotency_key: str | None, request_json: str | None,
+                      idempotency_ttl_s: float | None, profile: dict[str, Any] | None,
+                      seen: tuple[str, int | None] | None) -> SubmitResult:
         r = self._r
         if not r._started or r._stopping:
             raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
         policy = r._policy
-        # a to.user_id gets its stored profile's fields, and is stored with them (docs/api.md "Profiles")
-        request, profiled = with_profile(r.store, request)
+        request, profiled = merge_profile(request, profile)
         if profiled:
             request_json = None
         msg = request.message
@@ -90,7 +123,11 @@ class Accept:
         r._held_bytes += size        # taken back by _begin (then _finish) or below
         try:
             existing = await r.store.insert_message(
-                row, daemon.idempotency_ttl / 1000.0 if idempotency_ttl_s is None else idempotency_ttl_s, now, ahead)
+                row, daemon.idempotency_ttl / 1000.0 if idempotency_ttl_s is None else idempotency_ttl_s, now, ahead,
+                seen)
+        except ProfileChanged:
+            r._ratelimits.unstart(first, now)      # not stored: as an idempotent replay (below)
+            raise
         except StoreError as e:
             # Not stored, so not accepted: the client is told to retry (503), never a 202.
             log.error("cannot accept a message: %s", e)

@@ -6,7 +6,7 @@ statement -- message inserts, then attempt upserts (an attempt started and ended
 is one row), events (one event_log row per message, its JSON encoded here, by `_encode`) and
 message updates, each in queue order -- and hands each kind to a `_Writes`: the SQLite store's
 writes them with multi-row `INSERT ... VALUES (...),(...)` statements in fixed chunk sizes (below),
-the PostgreSQL store's (postgres._PgWrites) with one executemany per kind. A closure (`call()`,
+the PostgreSQL store's (pg_writes._PgWrites) with one statement of arrays per kind. A closure (`call()`,
 `write()`, `flush()`) or a keyed insert is a barrier: the rows gathered before it are written first.
 """
 
@@ -130,7 +130,7 @@ def _insert_keyed(conn: sqlite3.Connection, row: tuple, not_before: float, now: 
 
 class _Writes:
     """How a store writes what _apply gathered: SQLite with multi-row statements (docs/performance.md);
-    postgres._PgWrites overrides each method, so that both stores share one gathering loop."""
+    pg_writes._PgWrites overrides each method, so that both stores share one gathering loop."""
 
     def messages(self, conn: Any, rows: list[tuple]) -> None:
         _write_messages(conn, rows)
@@ -149,6 +149,11 @@ class _Writes:
 
     def insert_keyed(self, conn: Any, row: tuple, not_before: float, now: float) -> str | None:
         return _insert_keyed(conn, row, not_before, now)
+
+    def refused(self, seen: tuple[str, int | None]) -> BaseException | None:
+        """Why an insert whose accept assumed `seen` of its recipient's profile is refused, or
+        None (interface.py; the SQLite store is one process: nothing to refuse)."""
+        return None
 
 
 
@@ -214,8 +219,12 @@ def _apply(conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future, Any]
                 i = j
             updates.clear()
 
-    def insert(payload: tuple) -> str | None:
-        row, not_before, now, ahead = payload
+    def insert(payload: tuple) -> str | BaseException | None:
+        row, not_before, now, ahead, seen = payload
+        if seen is not None:
+            refused = writes.refused(seen)
+            if refused is not None:     # not stored: its future raises (ProfileChanged)
+                return refused
         if row[_M_IDEMPOTENCY_KEY] is None:
             inserts.append(row)
             if ahead:

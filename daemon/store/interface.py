@@ -13,6 +13,10 @@ retention purge use nothing else. The contract both keep (tests/test_store.py ru
   them: they wait in `backlog`; past `max_backlog`, `backlog_full` turns sends away.
 - Reads (`get_*`, `list_message_ids`, `counts`) see committed data only and run on the caller's
   thread; `load_pending`, `policy_source` and `purge` go through the writer.
+- `insert_message(..., profile_seen=(user_id, version))`: what accept assumed of the recipient's
+  profile (daemon/profiles.py). A store with `profiles_versioned` (PostgreSQL: several processes)
+  checks it in the insert's transaction and refuses the message with `ProfileChanged` when a
+  profile was written since; the SQLite store (one process) ignores it.
 - `call(fn)` / `write(fn)` run `fn(conn)` in the writer's transaction; `conn.execute(sql, args)`
   takes `?` placeholders on both stores (profiles.py is written once for both).
 """
@@ -36,8 +40,18 @@ class StoreError(RoutingdError):
         super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
 
 
+class ProfileChanged(RoutingdError):
+    """An insert refused: the recipient's profile is not what accept assumed (another process
+    wrote it). Not stored; accept reads the profile again and retries (daemon/profiles.py)."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        super().__init__(f"the profile of {user_id!r} changed while the message was accepted")
+
+
 class StateStore(Protocol):
     path: str
+    profiles_versioned: bool
     backlog: int
     max_backlog: int
     last_error: StoreError | None
@@ -58,7 +72,8 @@ class StateStore(Protocol):
 
     # writes
     def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float,
-                       attempts: list[tuple[Any, ...]] | None = None) -> asyncio.Future[str | None]: ...
+                       attempts: list[tuple[Any, ...]] | None = None,
+                       profile_seen: tuple[str, int | None] | None = None) -> asyncio.Future[str | None]: ...
     def put_policy(self, version: str, source: str, path: str, now: float) -> None: ...
     def put_attempt(self, a: AttemptRow) -> None: ...
     def put_attempt_values(self, values: tuple[Any, ...]) -> None: ...

@@ -42,9 +42,10 @@ class _Conn:
     """A psycopg connection in autocommit mode (transactions are the writer's explicit BEGIN and
     COMMIT, as with SQLite), taking `?` placeholders; connected again when it was lost."""
 
-    def __init__(self, url: str, connect_timeout_s: int) -> None:
+    def __init__(self, url: str, connect_timeout_s: int, custom_plans: bool = False) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
+        self.custom_plans = custom_plans
         self.raw: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._failed: psycopg.OperationalError | None = None
@@ -60,6 +61,13 @@ class _Conn:
             try:
                 self.raw = raw = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
                                                  application_name="routingd")
+                if self.custom_plans:
+                    # A prepared statement's generic plan is kept until the table's statistics
+                    # change; made while a table was small (a new database, before autovacuum's
+                    # first ANALYZE) it scans the table as it grows: pg_writes.py's UPDATE ...
+                    # FROM unnest() cost PostgreSQL 10x its CPU per message so. A plan for
+                    # every execution, with the arrays' actual sizes, costs far less.
+                    raw.execute("SET plan_cache_mode = force_custom_plan")
             except psycopg.OperationalError as e:
                 self._failed, self._retry_at = e, time.monotonic() + _RECONNECT_S
                 raise
@@ -69,6 +77,12 @@ class _Conn:
     def execute(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
         raw = self.ensure()
         return raw.execute(_q(sql) if args is not None else sql, args)
+
+    def execute_binary(self, sql: str, args: Any) -> psycopg.Cursor[Any]:
+        """execute() with every parameter sent in binary: an array of N values is packed, where
+        the text format escapes each value with a regular expression (4-5x the CPU for the
+        rows of pg_writes.py, whose JSON is full of quotes)."""
+        return self.ensure().execute(sql.replace("%", "%%").replace("?", "%b"), args)
 
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self.ensure().cursor() as cur:

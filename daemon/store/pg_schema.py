@@ -88,6 +88,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             created_at timestamptz NOT NULL DEFAULT now())""",
         "CREATE INDEX handoffs_message ON handoffs(message_id)",
     ]),
+    # Profiles at accept (daemon/profiles.py): every write of a profile gives it a new version,
+    # so an insert can check that the profile its accept assumed is still the stored one.
+    (3, [
+        "CREATE SEQUENCE profiles_version_seq",
+        "ALTER TABLE profiles ADD COLUMN version bigint NOT NULL DEFAULT nextval('profiles_version_seq')",
+        """CREATE FUNCTION routingd_profile_version() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN NEW.version := nextval('profiles_version_seq'); RETURN NEW; END $$""",
+        "CREATE TRIGGER profiles_version BEFORE UPDATE ON profiles FOR EACH ROW "
+        "EXECUTE FUNCTION routingd_profile_version()",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -5,8 +5,8 @@ subclasses `sqlite.Store` and keeps its queue, its one writer thread and its gro
 (every operation waiting is written in ONE transaction, one commit, then every caller's future
 resolves), its backlog of unwaited writes while the database refuses them, and its
 `committed()` marks. What changes is below the writer loop's hooks: the connection, the SQL
-(one `executemany` per statement kind and batch: psycopg sends them in pipeline mode, one round
-trip), the schema and its migration, the errors.
+(one statement per kind and batch, the rows as arrays: pg_writes.py; a batch of rows is one
+pipeline, BEGIN to COMMIT), the schema and its migration, the errors.
 
 Driver: psycopg 3 (synchronous). The store's design is one writer thread doing blocking
 transactions and reads on the caller's thread (the Router's status reads are synchronous); a
@@ -49,15 +49,16 @@ from typing import Any, Callable
 import psycopg
 
 from . import lease
-from .batch import _Writes, _apply
+from .batch import _apply
 from .interface import StoreError
 from .pg_conn import _Conn, _explain, redact
 from .pg_outage import Outage, probe
 from .pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from .rows import AttemptRow, EventRow, MessageRow, StoredMessage
-from .sql import _ATT_READ, _MSG_COLS, _SQL_ATTEMPT, _list_query, _update_sql
+from .pg_writes import _PgWrites
+from .sql import _ATT_READ, _MSG_COLS, _list_query
 from .sqlite import Store
-from .writer import _FINISH, _Item
+from .writer import _CALL, _Item
 
 # the connection and the schema are modules of their own; their names stay importable from here
 __all__ = ["CLAIM_BATCH", "MIGRATIONS", "SCHEMA_VERSION", "PgStore", "_Conn", "_explain", "migrate", "redact"]
@@ -71,56 +72,11 @@ _POLICY_GRACE_S = 3600.0
 
 _RECIPIENT_SQL = ("request::jsonb #>> '{message,to,user_id}', request::jsonb #>> '{message,to,email}', "
                   "request::jsonb #>> '{message,to,phone_number}'")
-_SQL_EVENT_LOG = "INSERT INTO event_log (message_id, events) VALUES (?,?)"
-# a new message is owned by the process that accepted it (its node row holds the lease)
-_SQL_INSERT = f"INSERT INTO messages ({_MSG_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-# a final status only from the owner: a process whose lease was taken over cannot overwrite it
-_SQL_FINISH_OWNED = "UPDATE messages SET status = ?, finished_at = ?, delivered_at = ? WHERE id = ? AND owner = ?"
-_SQL_KEY = ("INSERT INTO idempotency (key, message_id, created_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
-            "SET message_id = excluded.message_id, created_at = excluded.created_at "
-            "WHERE idempotency.created_at < ? RETURNING message_id")
-
-
-class _PgWrites(_Writes):
-    """sqlite._apply's writes for PostgreSQL: one executemany per gathered statement, and a keyed
-    insert that claims its key by the constraint. One per store: new rows name its node as
-    their owner."""
-
-    def __init__(self, node: str) -> None:
-        self.owned = (node,)
-
-    def messages(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        owned = self.owned
-        conn.executemany(_SQL_INSERT, [r + owned for r in rows])
-
-    def attempts(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_SQL_ATTEMPT, rows)
-
-    def events(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_SQL_EVENT_LOG, rows)
-
-    def updates(self, conn: Any, kind: int, rows: list[tuple[Any, ...]]) -> None:
-        if kind == _FINISH:
-            node = self.owned[0]
-            conn.executemany(_SQL_FINISH_OWNED, [r + (node,) for r in rows])
-        else:
-            conn.executemany(_update_sql(kind), rows)
-
-    def insert_keyed(self, conn: Any, row: tuple[Any, ...], not_before: float, now: float) -> str | None:
-        # The key is claimed by the constraint (a live key elsewhere makes the upsert do nothing;
-        # an expired one is taken over), never by a check and then an insert.
-        got = conn.execute(_SQL_KEY, (row[9], row[0], now, not_before)).fetchone()
-        if got is None:
-            hit = conn.execute("SELECT message_id FROM idempotency WHERE key = ?", (row[9],)).fetchone()
-            if hit is None:         # the key's row was purged between the two statements
-                raise psycopg.errors.SerializationFailure("idempotency key changed under the insert; retried")
-            return str(hit[0])
-        conn.execute(_SQL_INSERT, row + self.owned)
-        return None
-
 
 class PgStore(Store):
     """The PostgreSQL store. `await open()` first; `await close()` last."""
+
+    profiles_versioned = True       # inserts check what accept assumed of profiles (_PgWrites.check_profiles)
 
     def __init__(self, url: str, max_backlog: int = 50_000, connect_timeout_s: int = 5,
                  lease_s: float = 10.0) -> None:
@@ -133,6 +89,7 @@ class PgStore(Store):
         self.lease_s = lease_s
         self._writes = _PgWrites(self.node)
         self._read_lock = threading.Lock()
+        self._pipe: psycopg.Pipeline | None = None      # the writer's open pipeline (_apply_items)
         self._reader: _Conn | None = None
         self.outage = Outage()              # readyz's "the database cannot be written" (pg_outage.py)
         self._probe: asyncio.Task[None] | None = None
@@ -157,7 +114,7 @@ class PgStore(Store):
         return _Conn(self.url, self.connect_timeout_s)
 
     def _connect(self, query_only: bool = False) -> Any:
-        c = _Conn(self.url, self.connect_timeout_s)
+        c = _Conn(self.url, self.connect_timeout_s, custom_plans=not query_only)
         try:
             c.ensure()
         except psycopg.Error as e:
@@ -181,14 +138,34 @@ class PgStore(Store):
 
     # ------------------------------------------------------------------ writer hooks
 
+    # A batch of rows only (no closure: those may read a result psycopg has not fetched yet in
+    # pipeline mode, as rowcount) is one pipeline, BEGIN to COMMIT: its statements go out
+    # together and their results come back at the COMMIT (or at a statement whose rows are
+    # read: the profile check, a keyed insert), two or three round trips instead of one per
+    # statement; an error in it surfaces at the COMMIT and goes the same way as any other.
+
     def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN")
+        pass                      # BEGIN goes with the batch's first statements (_apply_items)
 
     def _commit(self, conn: Any) -> None:
         conn.execute("COMMIT")
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.__exit__(None, None, None)         # sends it all, raises the first error
         self.outage.up()
 
     def _rollback(self, conn: Any) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            # After an error in a pipeline psycopg may take a statement for prepared whose Parse
+            # the server skipped ("prepared statement _pg3_N does not exist" at its next use):
+            # a new connection (and statement cache) rather than that. Only after an error.
+            try:
+                pipe.__exit__(None, None, None)
+            except psycopg.Error:
+                pass
+            conn.close()            # the transaction ends with the session; ensure() connects again
+            return
         try:
             raw = conn.raw
             if raw is not None and not raw.closed and not raw.broken:
@@ -198,6 +175,11 @@ class PgStore(Store):
 
     def _apply_items(self, conn: Any, items: list[_Item], extra: list[tuple[asyncio.Future[Any], Any]],
                      ends: list[int] | None) -> list[Any]:
+        if all(item[0] != _CALL for item in items):
+            self._pipe = conn.ensure().pipeline()
+            self._pipe.__enter__()
+        conn.execute("BEGIN")
+        self._writes.check_profiles(conn, items)
         return _apply(conn, items, extra, ends, self._writes)
 
     def _explain_error(self, exc: BaseException, doing: str) -> StoreError:

@@ -342,8 +342,12 @@ class QueuedStore:
 
     # ------------------------------------------------------------------ writes
 
+    # a store whose insert checks what accept assumed of the recipient's profile (interface.py)
+    profiles_versioned = False
+
     def insert_message(self, row: MessageRow, idempotency_ttl_s: float, now: float,
-                       attempts: list[tuple[Any, ...]] | None = None) -> asyncio.Future[str | None]:
+                       attempts: list[tuple[Any, ...]] | None = None,
+                       profile_seen: tuple[str, int | None] | None = None) -> asyncio.Future[str | None]:
         """Store a new message; await the answer: None once committed, or -- with an idempotency
         key that is already known (and younger than the TTL) -- the earlier message's id, and
         nothing stored. The insert rides with the rows of this loop turn (one queue item).
@@ -351,13 +355,17 @@ class QueuedStore:
         `attempts`: rows (put_attempt_values() tuples) of the message's first attempts, written in
         the insert's own transaction -- all or none: not at all for an idempotent replay, and
         retried and failed together with the insert -- so those calls can go out right after the
-        commit the 202 waits for anyway, with their record already on disk."""
+        commit the 202 waits for anyway, with their record already on disk.
+
+        `profile_seen`: (user_id, version or None) accept assumed; a store with
+        `profiles_versioned` refuses the message (the future raises ProfileChanged) when it no
+        longer holds at the insert's transaction."""
         if self._thread is None or self._loop is None:
             raise StoreError(self.path, "the store is not open", "call `await Store.open()` first")
         fut: asyncio.Future[str | None] = self._loop.create_future()
         payload = ((row.id, row.request, row.route, row.policy_version, row.status, row.accepted_at,
                     row.message_deadline, row.finished_at, row.delivered_at, row.idempotency_key, row.run),
-                   now - idempotency_ttl_s, now, attempts)
+                   now - idempotency_ttl_s, now, attempts, profile_seen)
         rows = self._rows
         if not rows:
             self._loop.call_soon(self._hand_over)
@@ -425,5 +433,7 @@ def _resolve_all(results: list[tuple[asyncio.Future | None, Any, BaseException |
             continue
         if err is not None:
             fut.set_exception(err)
+        elif isinstance(value, BaseException):   # a refusal that is an answer (ProfileChanged)
+            fut.set_exception(value)
         else:
             fut.set_result(value)
