@@ -7,8 +7,8 @@ message's INSERT committed), one fast sandbox provider (latency 1ms). With worke
 supervisor (daemon/workers.py) starts two full processes sharing the port (SO_REUSEPORT).
 Counted are only messages that were accepted (202) AND finished: after wrk stops, the
 benchmark waits (bounded) until the database holds no pending message; the sustained rate is
-finished messages / (wrk's duration + that drain time). /metrics is per worker, so the
-database is what is counted.
+finished messages / (wrk's duration + that drain time), counted in the database (the one
+record every worker commits to).
 Baseline: benchmarks/bare_server.py (parses the same JSON, answers 202).
 Baseline and subjects alternate for --rounds rounds; the best round of each side counts.
 Target (issue 17): workers = 2 sustained >= 0.5 x the bare handler's rate.
