@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # rebuilt whenever one of its sources changes; until then importing it fails with a clear error
 # (daemon/core/__init__.py check_compiled), never runs a stale extension
 CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py \
-                daemon/core/tree.py simulator/invariants.py simulator/metrics.py simulator/readers.py \
+                daemon/core/tree.py simulator/invariants.py simulator/metrics.py simulator/providers.py simulator/readers.py \
                 simulator/runner.py simulator/sketch.py simulator/trace.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)

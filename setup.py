@@ -7,8 +7,8 @@ Import names. The folders daemon/ and simulator/ install as `routingd.daemon` an
 Compiled core (docs/architecture.md, "The compiled core"). daemon/core/commands.py, engine.py,
 health.py, plan.py and tree.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
 twice as fast; so is the simulator's per-message path (simulator/runner.py, metrics.py,
-invariants.py, sketch.py, trace.py, readers.py: docs/performance.md "Simulator: a day of
-traffic"). mypyc names a module after its path, so it compiles copies staged under
+invariants.py, providers.py, sketch.py, trace.py, readers.py: docs/performance.md "Simulator: a
+day of traffic"). mypyc names a module after its path, so it compiles copies staged under
 build/mypyc/routingd/ (daemon/ and simulator/ whole: mypy follows the imports), each compiled
 one with the SHA-256 of its source appended as `__source_sha256__`: routingd.daemon.core and
 routingd.simulator refuse to import a compiled module whose source has changed since. The
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
 COMPILED = ("commands", "engine", "health", "plan", "tree")      # keep in step with daemon/core/__init__.py COMPILED
 # keep in step with simulator/__init__.py COMPILED (and the Makefile's CORE_SOURCES)
-SIM_COMPILED = ("invariants", "metrics", "readers", "runner", "sketch", "trace")
+SIM_COMPILED = ("invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
 # folder -> (its modules compiled, the group whose shared library they share)
 GROUPS = {"daemon/core": (COMPILED, "routingd.daemon.core.native"),
           "simulator": (SIM_COMPILED, "routingd.simulator.native")}

@@ -61,15 +61,16 @@ from itertools import accumulate
 from typing import Any, Callable
 
 import simpy
-from simpy.core import NORMAL
+from simpy.core import NORMAL, EmptySchedule
 
-from ..daemon.core.behaviour import Draw, LatencyDist, sample_latency_s
+from ..daemon.core.behaviour import LatencyDist, sample_latency_s
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
 from .metrics import Metrics
+from .providers import SimProvider
 from .readers import event_sinks
 from .result import RunResult, outage_windows
 from .setup import RunSetup
@@ -185,6 +186,21 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     return _Driver(setup, progress, hold_wakeups, cut_inflight, commit_delay, trace).run()
 
 
+class _Exponential:
+    """rng.expovariate(rate), draw for draw (CPython's formula, -log(1 - random()) / rate),
+    compiled: the gaps of arrivals at one rate (ScenarioModel.traffic.gaps without bursts);
+    tests/test_simulator_compiled.py compares the two draw by draw."""
+
+    __slots__ = ("random", "rate")
+
+    def __init__(self, rng: random.Random, rate: float) -> None:
+        self.random: Callable[[], float] = rng.random
+        self.rate = rate
+
+    def draw(self) -> float:
+        return -math.log(1.0 - self.random()) / self.rate
+
+
 class _Driver:
     """One run: the SimPy environment, the fleet, the readers, and a handler per kind of
     happening (each a method: compiled, one calls the next directly, see the module docstring)."""
@@ -200,16 +216,19 @@ class _Driver:
         self.env = env = simpy.Environment()
         self.schedule: Callable[[_Due, int, float], None] = env.schedule   # type: ignore[assignment]
         self.now = 0.0      # SimPy's time: the `at` of the happening being handled
-        providers = setup.providers()
-        self.draw_of: dict[str, Callable[[float, bool], Draw]] = {name: p.draw for name, p in providers.items()}
+        self.providers: dict[str, SimProvider] = setup.providers()
+        providers = self.providers
         self.traffic = random.Random(f"{seed}:traffic")
         self.jitter = random.Random(f"{seed}:engine")
         self.metrics = Metrics(list(providers), outage_windows(setup))
         self.tracer: Trace | None = Trace(list(providers)) if trace else None
         self.checker = HierarchyChecker(setup.plans)
         self.duration: float = sc.duration / 1000.0
-        # Poisson arrivals at the rate of the time ([[traffic.bursts]])
+        # Poisson arrivals at the rate of the time ([[traffic.bursts]]); at one rate, the same
+        # draws compiled (see _Exponential)
         self.next_gap: Callable[[float], float] = sc.traffic.gaps(self.traffic)
+        self.gap: _Exponential | None = None if sc.traffic.bursts else _Exponential(self.traffic,
+                                                                                   float(sc.traffic.rate))
 
         self.routes = [r for r, _ in setup.route_mix]
         self.cum = list(accumulate(w for _, w in setup.route_mix))
@@ -267,7 +286,12 @@ class _Driver:
     def run(self) -> RunResult:
         env = self.env
         self.next_arrival()
-        env.run()
+        step = env.step     # = env.run() (no `until`), the loop compiled
+        try:
+            while True:
+                step()
+        except EmptySchedule:
+            pass
         # the run ends with its last event, a held-back wake-up included (it would have fired, if
         # only to be ignored): so the end does not depend on which ones were held back
         end = max(env.now, self.held_until)
@@ -365,7 +389,7 @@ class _Driver:
 
     def call(self, msg: _Msg, c: StartAttempt, now: float) -> None:
         """The provider sees attempt `c` at `now`: draw its answer and put it on the queue."""
-        kind, delay, status, retry_after, receipt = self.draw_of[c.provider](now, c.confirm == "receipt")
+        kind, delay, status, retry_after, receipt = self.providers[c.provider].draw(now, c.confirm == "receipt")
         if kind == "hang":
             return
         due = _Due(self.on_answered, msg)
@@ -512,7 +536,7 @@ class _Driver:
     def next_arrival(self) -> None:
         """Poisson arrivals until the scenario's duration: each one schedules the next."""
         now = self.now
-        gap = self.next_gap(now)
+        gap = self.next_gap(now) if self.gap is None else self.gap.draw()
         if now + gap < self.duration:
             self.later(gap, _Due(self.on_arrive, None))
 
