@@ -5,8 +5,9 @@ the core) and what its speed rests on (docs/performance.md "Simulator: a day of 
 simulator module never runs in place of its edited source (the core's guard, check_compiled);
 (3) the driver's `_Due` events go through SimPy's public Environment.schedule exactly as its
 own Timeouts do: the same times, the same order, each handler called once with its event;
-(4) the driver's compiled normal draw is random.Random.gauss(0, 1), draw for draw, so the commit
-delays and every report are what Random.gauss gives. That the compiled and the pure-Python
+(4) the driver's compiled draws are random.Random's, draw for draw: its normal draw is
+gauss(0, 1) (the commit delays), its exponential one expovariate(rate) (the arrivals at one
+rate), so every report is what Random's own methods give. That the compiled and the pure-Python
 simulator give the same reports for every shipped drill is tests/test_core_build.py's (its
 pure copy leaves out every extension, the simulator's too).
 """
@@ -27,7 +28,7 @@ from simpy.core import NORMAL
 from test_core_build import NOT_COMPILED_ON_PURPOSE, copy_package
 
 from routingd.simulator import COMPILED, simulator_build
-from routingd.simulator.runner import _Due, _Gauss
+from routingd.simulator.runner import _Due, _Exponential, _Gauss
 
 PROBE = """
 import importlib, json
@@ -122,3 +123,9 @@ def test_the_compiled_normal_draw_is_random_gauss_draw_for_draw() -> None:
     for seed in ("1:store", "42:store", 3):
         mine, theirs = _Gauss(random.Random(seed)), random.Random(seed)
         assert [mine.draw() for _ in range(5001)] == [theirs.gauss(0.0, 1.0) for _ in range(5001)]
+
+
+def test_the_compiled_exponential_draw_is_random_expovariate_draw_for_draw() -> None:
+    for seed, rate in (("1:traffic", 100.0), ("42:traffic", 0.5), (3, 20.0)):
+        mine, theirs = _Exponential(random.Random(seed), rate), random.Random(seed)
+        assert [mine.draw() for _ in range(5000)] == [theirs.expovariate(rate) for _ in range(5000)]
