@@ -131,8 +131,8 @@ class _Due:
     gen, asked  fire: the wake-up's generation and the time the engine asked for (limiter_due: asked)
     """
 
-    __slots__ = ("callbacks", "_ok", "at", "msg", "cmd", "aid", "kind", "status", "retry_after", "receipt",
-                 "gen", "asked")
+    __slots__ = ("_ok", "aid", "asked", "at", "callbacks", "cmd", "gen", "kind", "msg", "receipt", "retry_after",
+                 "status")
 
     def __init__(self, callbacks: tuple[Callable[[Any], None]], msg: _Msg | None) -> None:
         self.callbacks: tuple[Callable[[Any], None]] | None = callbacks
@@ -156,7 +156,7 @@ class _Gauss:
     commit delays and reports, a fraction of the cost; tests/test_simulator_compiled.py compares
     the two draw by draw, so a Python whose gauss differs fails there, not in a report."""
 
-    __slots__ = ("random", "next")
+    __slots__ = ("next", "random")
 
     def __init__(self, rng: random.Random) -> None:
         self.random: Callable[[], float] = rng.random
