@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: run test test-busy venv bench soak clean check
 
-# the compiled core (setup.py: mypyc) is rebuilt whenever one of its sources changes; until then
-# importing it fails with a clear error (daemon/core/__init__.py), never runs a stale extension
+# the compiled core (setup.py: mypyc; the engine's modules and the simulator's per-message ones) is
+# rebuilt whenever one of its sources changes; until then importing it fails with a clear error
+# (daemon/core/__init__.py check_compiled), never runs a stale extension
 CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py \
-                daemon/core/tree.py
+                daemon/core/tree.py simulator/invariants.py simulator/metrics.py simulator/providers.py simulator/readers.py \
+                simulator/runner.py simulator/sketch.py simulator/trace.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis daemon/core/*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis daemon/core/*.so simulator/*.so

@@ -6,12 +6,15 @@ Import names. The folders daemon/ and simulator/ install as `routingd.daemon` an
 
 Compiled core (docs/architecture.md, "The compiled core"). daemon/core/commands.py, engine.py,
 health.py, plan.py and tree.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
-twice as fast. mypyc names a module after its path, so it compiles copies staged under
-build/mypyc/routingd/daemon/core/, each with the SHA-256 of its source appended as
-`__source_sha256__`: routingd.daemon.core refuses to import a compiled module whose source has
-changed since. The extensions (and their shared library, routingd.daemon.core.native__mypyc) land
-in the wheel, or beside the sources in an editable install (`make venv` rebuilds them whenever a
-compiled source changes).
+twice as fast; so is the simulator's per-message path (simulator/runner.py, metrics.py,
+invariants.py, providers.py, sketch.py, trace.py, readers.py: docs/performance.md "Simulator: a
+day of traffic"). mypyc names a module after its path, so it compiles copies staged under
+build/mypyc/routingd/ (daemon/ and simulator/ whole: mypy follows the imports), each compiled
+one with the SHA-256 of its source appended as `__source_sha256__`: routingd.daemon.core and
+routingd.simulator refuse to import a compiled module whose source has changed since. The
+extensions (and the two shared libraries, routingd.daemon.core.native__mypyc and
+routingd.simulator.native__mypyc) land in the wheel, or beside the sources in an editable install
+(`make venv` rebuilds them whenever a compiled source changes).
 
     ROUTINGD_COMPILE=0 pip install .     skip the compilation (the pure-Python core, ~2x slower)
 
@@ -32,6 +35,11 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
 COMPILED = ("commands", "engine", "health", "plan", "tree")      # keep in step with daemon/core/__init__.py COMPILED
+# keep in step with simulator/__init__.py COMPILED (and the Makefile's CORE_SOURCES)
+SIM_COMPILED = ("invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
+# folder -> (its modules compiled, the group whose shared library they share)
+GROUPS = {"daemon/core": (COMPILED, "routingd.daemon.core.native"),
+          "simulator": (SIM_COMPILED, "routingd.simulator.native")}
 STAGE = Path("build") / "mypyc"
 
 
@@ -53,20 +61,24 @@ class BuildCore(build_ext):
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
 
 
-def _stage() -> list[str]:
-    """Copies of daemon/core/*.py under build/mypyc/routingd/daemon/core/, so that mypyc names
-    them routingd.daemon.core.*; the compiled ones carry the hash of their source."""
-    core = STAGE / "routingd" / "daemon" / "core"
+def _stage() -> list[tuple[list[str], str]]:
+    """Copies of daemon/**.py and simulator/**.py under build/mypyc/routingd/, so that mypyc names
+    them routingd.daemon.* and routingd.simulator.*; the compiled ones carry the hash of their
+    source. Returns mypycify's groups: (the staged paths to compile, the group's name)."""
     shutil.rmtree(STAGE, ignore_errors=True)
-    core.mkdir(parents=True)
-    for pkg in (STAGE / "routingd", STAGE / "routingd" / "daemon"):
-        (pkg / "__init__.py").write_text("")
-    for src in (HERE / "daemon" / "core").glob("*.py"):
-        text = src.read_bytes()
-        if src.stem in COMPILED:
-            text += f'\n__source_sha256__ = "{hashlib.sha256(text).hexdigest()}"\n'.encode()
-        (core / src.name).write_bytes(text)
-    return [str(core / f"{m}.py") for m in COMPILED]
+    (STAGE / "routingd").mkdir(parents=True)
+    (STAGE / "routingd" / "__init__.py").write_text("")
+    compiled = {HERE / folder / f"{m}.py" for folder, (mods, _) in GROUPS.items() for m in mods}
+    for folder in FOLDERS.values():
+        for src in (HERE / folder).rglob("*.py"):
+            dst = STAGE / "routingd" / src.relative_to(HERE)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            text = src.read_bytes()
+            if src in compiled:
+                text += f'\n__source_sha256__ = "{hashlib.sha256(text).hexdigest()}"\n'.encode()
+            dst.write_bytes(text)
+    return [([str(STAGE / "routingd" / folder / f"{m}.py") for m in mods], group)
+            for folder, (mods, group) in GROUPS.items()]
 
 
 def _extensions() -> list:
@@ -78,7 +90,9 @@ def _extensions() -> list:
         print("routingd: mypyc is not available; installing the pure-Python core", file=sys.stderr)
         return []
     try:
-        return mypycify(_stage(), opt_level="3", group_name="routingd.daemon.core.native")
+        groups = _stage()
+        # one shared library per group: the daemon's never holds the simulator's code
+        return mypycify([p for paths, _ in groups for p in paths], opt_level="3", separate=groups)
     except (Exception, SystemExit) as e:    # mypyc exits on a type error: say so, install pure Python
         print(f"routingd: mypyc could not compile the core ({e!r}); installing the pure-Python core",
               file=sys.stderr)

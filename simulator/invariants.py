@@ -21,7 +21,7 @@ end of the run, counts too, as does a message that never finished.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..daemon.core.engine import (ATTEMPT_ACCEPTED, ATTEMPT_ENDED, CHANNEL_FINISHED, CHANNEL_STARTED, Event, Finish,
@@ -262,4 +262,4 @@ class HierarchyChecker:
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "kinds": dict(self.counts),
-                "examples": [v.__dict__ for v in self.examples]}
+                "examples": [asdict(v) for v in self.examples]}

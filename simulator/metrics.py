@@ -12,7 +12,7 @@ keeps the old per-message and per-attempt rows for what needs them whole: the pl
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 from ..daemon.core.engine import (ATTEMPT_QUEUED, PROVIDER_SPILLED, ATTEMPT_ENDED, ATTEMPT_SLOW, BREAKER_CLOSED, BREAKER_OPENED, DUPLICATE, FAILOVER,
@@ -52,7 +52,7 @@ class ProviderStats:
     throttled: int = 0          # attempts the provider answered 429 (in `failed` too): its rate limit hit
 
     def to_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return asdict(self)     # not __dict__: compiled (mypyc), the class has none
 
 
 class RouteAround:

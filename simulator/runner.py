@@ -31,16 +31,23 @@ accept: the driver calls Delivery.cancel(now) then, as the daemon's cancel endpo
 on a message that finished before). Which ones, and when, comes from a fourth stream of its own,
 so the arrivals are the same with and without cancels.
 
-Arrivals, attempts, receipts and wake-ups are all plain SimPy timeouts with a callback rather
-than generator processes (one callback per kind; what it needs rides on the timeout as its
-value): same semantics and event order, a fraction of the cost. Arrivals are Poisson until the
-scenario's duration, each arrival scheduling the next; the run then goes on until the event
-queue is empty, so every message reaches a terminal state. Seeded random streams (traffic, each
-provider, the engine's back-off jitter, the commit delays) make the same seed give the same report.
+Arrivals, attempts, receipts and wake-ups are SimPy events with a callback rather than generator
+processes (one handler per kind): same semantics and event order, a fraction of the cost. Each is
+a `_Due` put on SimPy's queue with its public Environment.schedule(event, NORMAL, delay), which
+is what a Timeout does with itself: so the same times, the same tie-breaking order and the same
+reports as `env.timeout(delay, value)`, without a Timeout's Python-level constructor; what the
+handler needs rides on the `_Due`, its own SimPy time included (`at`, computed as SimPy computes
+it), so no handler reads `env.now`. Of an event SimPy's step() reads only `callbacks` (a tuple
+here: the one handler of the kind, shared) and `_ok`; tests/test_simulator_compiled.py holds
+SimPy to that. Arrivals are Poisson until the scenario's duration, each arrival scheduling the
+next; the run then goes on until the event queue is empty, so every message reaches a terminal
+state. Seeded random streams (traffic, each provider, the engine's back-off jitter, the commit
+delays) make the same seed give the same report.
 
-Over ~400 lines for one reason: `run` is one function whose handlers are closures over the run's
-locals (bound methods and tables looked up once, no attribute access per event: the simulator's
-speed, docs/performance.md), so it is kept whole; what it uses is elsewhere (traffic.py the
+Compiled (setup.py, like the core; docs/performance.md "Simulator: a day of traffic"): the run
+is one `_Driver` whose handlers are methods, so that one calls the next, the engine, the metrics
+and the checker as native calls, with typed attributes instead of a closure's cells. Over ~400
+lines for that reason: the driver is kept whole; what it uses is elsewhere (traffic.py the
 recipients, readers.py the readers' fan-out, result.py RunResult, metrics.py, invariants.py).
 """
 
@@ -54,20 +61,23 @@ from itertools import accumulate
 from typing import Any, Callable
 
 import simpy
+from simpy.core import NORMAL, EmptySchedule
 
-from ..daemon.core.behaviour import sample_latency_s
+from ..daemon.core.behaviour import LatencyDist, sample_latency_s
 from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finish, Outcome, SetTimer,
                                 StartAttempt)
-from ..daemon.core.behaviour import LatencyDist
 from ..daemon.core.fleet import Fleet
 
 from .invariants import HierarchyChecker
 from .metrics import Metrics
-from .readers import _both, event_sinks
+from .providers import SimProvider
+from .readers import event_sinks
 from .result import RunResult, outage_windows
 from .setup import RunSetup
 from .trace import Trace
 from .traffic import STANDARD_FIELDS, Recipient
+
+_TWOPI = 2.0 * math.pi
 
 # the recipients, the readers' fan-out and the result are modules of their own (traffic.py,
 # readers.py, result.py); their names stay importable from here
@@ -108,9 +118,60 @@ def _delay_to(now: float, t: float) -> float:
     return t - now      # pragma: no cover - within an ulp or two in practice
 
 
-# an attempt's answer as it rides on its SimPy timeout: (message, attempt id, then the provider's
-# draw less its delay: kind, status, retry_after, receipt delay)
-_Answer = tuple[_Msg, str, str, int | None, float | None, float | None]
+class _Due:
+    """One happening on SimPy's queue (see the module docstring); _Driver.later schedules it.
+
+    callbacks   (the handler of its kind,): SimPy's step() calls it with the _Due, then sets None
+    _ok         True, read by SimPy's step() (a failed event would end the run)
+    at          its SimPy time, computed as SimPy computes it (now + delay)
+    msg         its message (None: an arrival, the limiter's turn)
+    cmd         committed: the StartAttempt whose call goes out
+    aid         answered, receipted: the attempt
+    kind, status, retry_after, receipt      answered: the provider's draw, less its delay
+    gen, asked  fire: the wake-up's generation and the time the engine asked for (limiter_due: asked)
+    """
+
+    __slots__ = ("_ok", "aid", "asked", "at", "callbacks", "cmd", "gen", "kind", "msg", "receipt", "retry_after",
+                 "status")
+
+    def __init__(self, callbacks: tuple[Callable[[Any], None]], msg: _Msg | None) -> None:
+        self.callbacks: tuple[Callable[[Any], None]] | None = callbacks
+        self._ok = True
+        self.at = 0.0
+        self.msg = msg
+        self.cmd: StartAttempt | None = None
+        self.aid = ""
+        self.kind = ""
+        self.status: int | None = None
+        self.retry_after: float | None = None
+        self.receipt: float | None = None
+        self.gen = 0
+        self.asked = 0.0
+
+
+class _Gauss:
+    """rng.gauss(0.0, 1.0), draw for draw, for a stream nothing else draws normals from:
+    random.Random.gauss's algorithm as CPython writes it (Box-Muller, the second normal of each
+    pair kept for the next call), compiled, where Random.gauss is Python code. Same draws, same
+    commit delays and reports, a fraction of the cost; tests/test_simulator_compiled.py compares
+    the two draw by draw, so a Python whose gauss differs fails there, not in a report."""
+
+    __slots__ = ("next", "random")
+
+    def __init__(self, rng: random.Random) -> None:
+        self.random: Callable[[], float] = rng.random
+        self.next: float | None = None
+
+    def draw(self) -> float:
+        z = self.next
+        self.next = None
+        if z is None:
+            rnd = self.random
+            x2pi = rnd() * _TWOPI
+            g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
+            z = math.cos(x2pi) * g2rad
+            self.next = math.sin(x2pi) * g2rad
+        return z
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
@@ -118,208 +179,293 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         trace: bool = False) -> RunResult:
     """Simulate one scenario against one routing file.
 
-    hold_wakeups=False schedules every wake-up at once (see set_timer): the same run, slower.
+    hold_wakeups=False schedules every wake-up at once (see _Driver.set_timer): the same run, slower.
     cut_inflight overrides the scenario's [simulation] cut_inflight_on_breaker_open, commit_delay
     its commit_delay (`simulate --live` passes the one it measured). trace=True also keeps every
     message and attempt (RunResult.trace: the plot, the tests); memory then grows with the run."""
-    wall0 = time.perf_counter()
-    sc = setup.scenario.model
-    seed = setup.seed
-    env = simpy.Environment()
-    timeout = env.timeout
-    providers = setup.providers()
-    draw_of = {name: p.draw for name, p in providers.items()}
-    traffic = random.Random(f"{seed}:traffic")
-    jitter = random.Random(f"{seed}:engine")
-    metrics = Metrics(list(providers), outage_windows(setup))
-    tracer = Trace(list(providers)) if trace else None
-    checker = HierarchyChecker(setup.plans)
-    duration = sc.duration / 1000.0
-    next_gap = sc.traffic.gaps(traffic)     # Poisson arrivals at the rate of the time ([[traffic.bursts]])
+    return _Driver(setup, progress, hold_wakeups, cut_inflight, commit_delay, trace).run()
 
-    routes = [r for r, _ in setup.route_mix]
-    cum = list(accumulate(w for _, w in setup.route_mix))
-    plans = [setup.plans[r] for r in routes]
-    shares = sorted((f, s) for f, s in sc.traffic.recipients.items() if s < 1.0)
-    fields = tuple(dict.fromkeys((*STANDARD_FIELDS, *sorted(sc.traffic.recipients))))
-    recipients: dict[frozenset[str], Recipient] = {}
-    everyone = Recipient(fields, frozenset())      # the recipient when every field is always present
 
-    live: dict[str, _Msg] = {}      # attempts the driver is running
-    held_until = 0.0                # the latest wake-up ever held back (see set_timer)
-    live_pop = live.pop
-    pending = 0
-    cut = sc.simulation.cut_inflight_on_breaker_open if cut_inflight is None else cut_inflight
-    # the breakers, the pending set and the cut-over (daemon/core/fleet.py); the pending set is
-    # kept only when cutting (nothing else here reads it)
-    fleet: Fleet[_Msg] = Fleet(cut_inflight=cut)
-    health = fleet.health
-    # routingd's own outbound limits from the routing file (daemon/core/limiter.py), the same
-    # decisions as the daemon's; the vendor's limit is the scenario's behaviour `rate_limit`
-    limiter = fleet.limiter
-    limiter.configure({n: lim for n, p in setup.policy.providers.items()
-                       if (lim := p.outbound_limit()) is not None}, 0.0)
-    limited = any(True for _ in limiter.providers())
-    keep_pending = cut or limited       # the fleet's dispatch finds messages in its pending set
-    priorities = [setup.policy.routes[r].priority if r in setup.policy.routes else 0 for r, _ in setup.route_mix]
-    limiter_at: list[float] = []        # the limiter wake-ups scheduled (at most a few at once)
-    opened = fleet.opened
-    cut_over = fleet.cut_over
-    wake_time = fleet.wake_time
+class _Exponential:
+    """rng.expovariate(rate), draw for draw (CPython's formula, -log(1 - random()) / rate),
+    compiled: the gaps of arrivals at one rate (ScenarioModel.traffic.gaps without bursts);
+    tests/test_simulator_compiled.py compares the two draw by draw."""
 
-    sinks = event_sinks(metrics.handlers, checker.handlers, *((tracer.handlers,) if tracer else ()))
-    sink_of = sinks.get
-    wanted = frozenset(sinks)       # the engine builds only the events something here reads
-    # what the driver knows from its own commands it hands the readers itself
-    metrics_accept, checker_accept = metrics.accept, checker.on_accept
-    metrics_attempt, checker_attempt = metrics.start_attempt, checker.on_attempt_started
-    metrics_finish, checker_finish = metrics.finish, checker.on_finish
-    attempt_stopped = checker.on_attempt_stopped
-    if tracer is not None:      # the trace reads what the metrics read: one call for both
-        metrics_accept = _both(metrics_accept, tracer.accept)
-        metrics_attempt = _both(metrics_attempt, tracer.start_attempt)
-        metrics_finish = _both(metrics_finish, tracer.finish)
-    refused = Outcome(network=True, detail="connection refused")
-    commit_median, commit_sigma = (sc.simulation.commit_delay if commit_delay is None else commit_delay).fit
-    store_rng = random.Random(f"{seed}:store")
-    gauss = store_rng.gauss
-    outcome_of: dict[int | None, Outcome] = {}     # plain answers by status (Outcome is immutable)
+    __slots__ = ("random", "rate")
 
-    def execute(msg: _Msg, cmds: list[Command]) -> None:
+    def __init__(self, rng: random.Random, rate: float) -> None:
+        self.random: Callable[[], float] = rng.random
+        self.rate = rate
+
+    def draw(self) -> float:
+        return -math.log(1.0 - self.random()) / self.rate
+
+
+class _Driver:
+    """One run: the SimPy environment, the fleet, the readers, and a handler per kind of
+    happening (each a method: compiled, one calls the next directly, see the module docstring)."""
+
+    def __init__(self, setup: RunSetup, progress: Progress | None, hold_wakeups: bool,
+                 cut_inflight: bool | None, commit_delay: LatencyDist | None, trace: bool) -> None:
+        self.wall0 = time.perf_counter()
+        self.setup = setup
+        self.progress = progress
+        self.hold_wakeups = hold_wakeups
+        sc = setup.scenario.model
+        seed = setup.seed
+        self.env = env = simpy.Environment()
+        self.schedule: Callable[[_Due, int, float], None] = env.schedule   # type: ignore[assignment]
+        self.now = 0.0      # SimPy's time: the `at` of the happening being handled
+        self.providers: dict[str, SimProvider] = setup.providers()
+        providers = self.providers
+        self.traffic = random.Random(f"{seed}:traffic")
+        self.jitter = random.Random(f"{seed}:engine")
+        self.metrics = Metrics(list(providers), outage_windows(setup))
+        self.tracer: Trace | None = Trace(list(providers)) if trace else None
+        self.checker = HierarchyChecker(setup.plans)
+        self.duration: float = sc.duration / 1000.0
+        # Poisson arrivals at the rate of the time ([[traffic.bursts]]); at one rate, the same
+        # draws compiled (see _Exponential)
+        self.next_gap: Callable[[float], float] = sc.traffic.gaps(self.traffic)
+        self.gap: _Exponential | None = None if sc.traffic.bursts else _Exponential(self.traffic,
+                                                                                   float(sc.traffic.rate))
+
+        self.routes = [r for r, _ in setup.route_mix]
+        self.cum = list(accumulate(w for _, w in setup.route_mix))
+        self.plans = [setup.plans[r] for r in self.routes]
+        self.shares = sorted((f, s) for f, s in sc.traffic.recipients.items() if s < 1.0)
+        self.fields = tuple(dict.fromkeys((*STANDARD_FIELDS, *sorted(sc.traffic.recipients))))
+        self.recipients: dict[frozenset[str], Recipient] = {}
+        self.everyone = Recipient(self.fields, frozenset())   # the recipient when every field is always present
+
+        self.live: dict[str, _Msg] = {}     # attempts the driver is running
+        self.held_until = 0.0               # the latest wake-up ever held back (see set_timer)
+        self.pending = 0
+        self.count = 0
+        cut = sc.simulation.cut_inflight_on_breaker_open if cut_inflight is None else cut_inflight
+        # the breakers, the pending set and the cut-over (daemon/core/fleet.py); the pending set is
+        # kept only when cutting (nothing else here reads it)
+        self.fleet: Fleet[_Msg] = Fleet(cut_inflight=cut)
+        self.health = self.fleet.health
+        # routingd's own outbound limits from the routing file (daemon/core/limiter.py), the same
+        # decisions as the daemon's; the vendor's limit is the scenario's behaviour `rate_limit`
+        self.limiter = limiter = self.fleet.limiter
+        limiter.configure({n: lim for n, p in setup.policy.providers.items()
+                           if (lim := p.outbound_limit()) is not None}, 0.0)
+        self.limited = any(True for _ in limiter.providers())
+        self.keep_pending = cut or self.limited     # the fleet's dispatch finds messages in its pending set
+        self.priorities = [setup.policy.routes[r].priority if r in setup.policy.routes else 0
+                           for r, _ in setup.route_mix]
+        self.limiter_at: list[float] = []   # the limiter wake-ups scheduled (at most a few at once)
+        self.opened = self.fleet.opened
+
+        sinks = event_sinks(self.metrics.handlers, self.checker.handlers,
+                            *((self.tracer.handlers,) if self.tracer is not None else ()))
+        self.sinks = sinks
+        self.wanted = frozenset(sinks)      # the engine builds only the events something here reads
+        self.refused = Outcome(network=True, detail="connection refused")
+        self.commit_median, self.commit_sigma = (sc.simulation.commit_delay if commit_delay is None
+                                                 else commit_delay).fit
+        self.normal = _Gauss(random.Random(f"{seed}:store"))     # the commit delays' stream
+        self.outcome_of: dict[int | None, Outcome] = {}    # plain answers by status (Outcome is immutable)
+        self.cancel_share: float = sc.traffic.cancel
+        self.cancel_after: LatencyDist | None = sc.traffic.cancel_after
+        self.cancels = random.Random(f"{seed}:cancel")
+        self.one_route = len(self.cum) == 1
+        self.last_route = len(self.cum) - 1
+        # the handlers SimPy calls, bound once (a bound method is an object of its own)
+        self.on_arrive: tuple[Callable[[Any], None]] = (self.arrive,)
+        self.on_committed: tuple[Callable[[Any], None]] = (self.committed,)
+        self.on_answered: tuple[Callable[[Any], None]] = (self.answered,)
+        self.on_receipted: tuple[Callable[[Any], None]] = (self.receipted,)
+        self.on_fire: tuple[Callable[[Any], None]] = (self.fire,)
+        self.on_limiter_due: tuple[Callable[[Any], None]] = (self.limiter_due,)
+        self.on_client_cancels: tuple[Callable[[Any], None]] = (self.client_cancels,)
+        self.on_execute: Callable[[_Msg, list[Command]], None] = self.execute
+
+    def run(self) -> RunResult:
+        env = self.env
+        self.next_arrival()
+        step = env.step     # = env.run() (no `until`), the loop compiled
+        try:
+            while True:
+                step()
+        except EmptySchedule:
+            pass
+        # the run ends with its last event, a held-back wake-up included (it would have fired, if
+        # only to be ignored): so the end does not depend on which ones were held back
+        end = max(env.now, self.held_until)
+        self.checker.finish_run(end)
+        self.metrics.close()
+        if self.progress is not None:
+            self.progress(1.0)
+        return RunResult(self.setup, self.metrics, self.checker, self.pending, end,
+                         time.perf_counter() - self.wall0, self.tracer)
+
+    # ---------------------------------------------------------------- the engine's commands
+
+    def execute(self, msg: _Msg, cmds: list[Command]) -> None:
         i = msg.i
         for c in cmds:
-            t = type(c)
-            if t is Event:                          # events first: no dispatch through handler_of for them
-                sink = sink_of(c[0])  # type: ignore[arg-type]  # an Event is its own RecordEvent; [0] is its type
+            if type(c) is Event:        # an Event is its own RecordEvent; [0] is its type
+                sink = self.sinks.get(c[0])
                 if sink is not None:
-                    sink(i, c)  # type: ignore[arg-type]
-            else:
-                handler_of[t](msg, c)
-        if opened:
-            cut_over(env.now, execute)
-        if limited and limiter.waiting:
-            dispatch()
+                    sink(i, c)
+            elif type(c) is StartAttempt:
+                self.start_attempt(msg, c)
+            elif type(c) is SetTimer:
+                self.set_timer(msg, c)
+            elif type(c) is CancelAttempt:
+                self.cancel_attempt(msg, c)
+            elif type(c) is Finish:
+                self.finish(msg, c)
+            else:       # pragma: no cover - the engine's Command union is these five
+                raise TypeError(f"unknown command {c!r}")
+        if self.opened:
+            self.fleet.cut_over(self.now, self.on_execute)
+        if self.limited and self.limiter.waiting:
+            self.dispatch()
 
-    def dispatch() -> None:
+    def dispatch(self) -> None:
         """Hand queued runs their turn (Fleet.dispatch) and schedule the limiter's next one."""
-        now = env.now
-        fleet.dispatch(now, execute)
-        nxt = limiter.next_at(now)
+        now = self.now
+        self.fleet.dispatch(now, self.on_execute)
+        nxt = self.limiter.next_at(now)
+        limiter_at = self.limiter_at
         if nxt is not None and (not limiter_at or nxt < min(limiter_at)):
             limiter_at.append(nxt)
-            timeout(_delay_to(now, nxt), nxt).callbacks.append(limiter_due)  # type: ignore[union-attr]
+            due = _Due(self.on_limiter_due, None)
+            due.asked = nxt
+            self.later(_delay_to(now, nxt), due)
 
-    def limiter_due(e: Any) -> None:
-        limiter_at.remove(e.value)
-        dispatch()
+    def limiter_due(self, e: _Due) -> None:
+        self.now = e.at
+        self.limiter_at.remove(e.asked)
+        self.dispatch()
 
-    def call_ended(msg: _Msg, aid: str) -> None:
+    def later(self, delay: float, due: _Due) -> None:
+        """Put `due` on SimPy's queue `delay` from now (its `at` as SimPy computes it)."""
+        due.at = self.now + delay
+        self.schedule(due, NORMAL, delay)
+
+    def call_ended(self, msg: _Msg, aid: str) -> None:
         """A call on a rate-limited provider ended: its place in flight is free."""
         rec = msg.delivery.attempts.get(aid)
-        if rec is not None and limiter.limited(rec.provider):
-            limiter.release(rec.provider)
+        if rec is not None and self.limiter.limited(rec.provider):
+            self.limiter.release(rec.provider)
 
-    def start_attempt(msg: _Msg, c: StartAttempt) -> None:
-        aid = c.attempt_id
-        live[aid] = msg
+    def start_attempt(self, msg: _Msg, c: StartAttempt) -> None:
+        self.live[c.attempt_id] = msg
         i = msg.i
-        metrics_attempt(i, c)
-        checker_attempt(i, c)
-        if commit_median > 0.0:
+        self.metrics.start_attempt(i, c)
+        if self.tracer is not None:
+            self.tracer.start_attempt(i, c)
+        self.checker.on_attempt_started(i, c)
+        median = self.commit_median
+        if median > 0.0:
             # the call goes out once the attempt's row is committed (see the module docstring)
-            wait = commit_median if commit_sigma is None else commit_median * math.exp(commit_sigma * gauss(0.0, 1.0))
-            timeout(wait, (msg, c)).callbacks.append(committed)  # type: ignore[union-attr]
-            hold(msg, env.now + wait)
+            sigma = self.commit_sigma
+            wait = median if sigma is None else median * math.exp(sigma * self.normal.draw())
+            due = _Due(self.on_committed, msg)
+            due.cmd = c
+            self.later(wait, due)
+            self.hold(msg, self.now + wait)
             return
-        call(msg, c, env.now)
+        self.call(msg, c, self.now)
 
-    def committed(e: Any) -> None:
+    def committed(self, e: _Due) -> None:
         """An attempt's row is committed: its call goes out, unless it was cancelled meanwhile."""
-        msg: _Msg
-        c: StartAttempt
-        msg, c = e.value
-        now = env.now
+        msg = e.msg
+        c = e.cmd
+        assert msg is not None and c is not None
+        self.now = now = e.at
         anchor = msg.anchor
         if anchor is not None and anchor <= now:
             msg.anchor = None
-        if c.attempt_id in live:
-            call(msg, c, now)
+        if c.attempt_id in self.live:
+            self.call(msg, c, now)
         if msg.due is not None:
-            release(msg)
+            self.release(msg)
 
-    def call(msg: _Msg, c: StartAttempt, now: float) -> None:
+    def call(self, msg: _Msg, c: StartAttempt, now: float) -> None:
         """The provider sees attempt `c` at `now`: draw its answer and put it on the queue."""
-        aid = c.attempt_id
-        kind, delay, status, retry_after, receipt = draw_of[c.provider](now, c.confirm == "receipt")
+        kind, delay, status, retry_after, receipt = self.providers[c.provider].draw(now, c.confirm == "receipt")
         if kind == "hang":
             return
-        # what answered needs rides on the timeout as its value: no closure per attempt
-        answer: _Answer = (msg, aid, kind, status, retry_after, receipt)
-        timeout(delay, answer).callbacks.append(answered)  # type: ignore[union-attr]
-        t = now + delay                 # hold(msg, t), inlined: once per attempt
-        anchor = msg.anchor
-        if anchor is None or t < anchor:
-            msg.anchor = t
+        due = _Due(self.on_answered, msg)
+        due.aid = c.attempt_id
+        due.kind = kind
+        due.status = status
+        due.retry_after = retry_after
+        due.receipt = receipt
+        self.later(delay, due)
+        self.hold(msg, now + delay)
 
-    def answered(e: Any) -> None:
+    def answered(self, e: _Due) -> None:
         """An attempt's answer comes: hand it to the engine unless the attempt was cancelled."""
-        answer: _Answer = e.value
-        msg, aid, kind, status, retry_after, receipt = answer
-        now = env.now
+        msg = e.msg
+        assert msg is not None
+        aid, kind, status, retry_after, receipt = e.aid, e.kind, e.status, e.retry_after, e.receipt
+        self.now = now = e.at
         anchor = msg.anchor
         if anchor is not None and anchor <= now:
             msg.anchor = None
-        if live_pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
-            attempt_stopped(aid, now)
-            if limited:
-                call_ended(msg, aid)
+        if self.live.pop(aid, None) is not None:     # else cancelled meanwhile: the answer no longer counts
+            self.checker.on_attempt_stopped(aid, now)
+            if self.limited:
+                self.call_ended(msg, aid)
+            outcome: Outcome
             if kind == "refused":
-                outcome = refused
+                outcome = self.refused
             elif retry_after is None:
-                outcome = outcome_of.get(status)  # type: ignore[assignment]
-                if outcome is None:
-                    outcome = outcome_of[status] = Outcome(status=status)
+                o = self.outcome_of.get(status)
+                if o is None:
+                    o = self.outcome_of[status] = Outcome(status=status)
+                outcome = o
             else:
                 outcome = Outcome(status=status, retry_after_s=retry_after)
-            execute(msg, msg.delivery.on_outcome(aid, outcome, now))
+            self.execute(msg, msg.delivery.on_outcome(aid, outcome, now))
             if receipt is not None:
-                timeout(receipt, (msg, aid)).callbacks.append(receipted)  # type: ignore[union-attr]
-                hold(msg, now + receipt)
+                due = _Due(self.on_receipted, msg)
+                due.aid = aid
+                self.later(receipt, due)
+                self.hold(msg, now + receipt)
         if msg.due is not None:
-            release(msg)
+            self.release(msg)
 
-    def receipted(e: Any) -> None:
-        receipt: tuple[_Msg, str] = e.value         # (message, attempt id)
-        msg, aid = receipt
-        now = env.now
+    def receipted(self, e: _Due) -> None:
+        msg, aid = e.msg, e.aid
+        assert msg is not None
+        self.now = now = e.at
         anchor = msg.anchor
         if anchor is not None and anchor <= now:
             msg.anchor = None
-        execute(msg, msg.delivery.on_receipt(aid, "delivered", now))
+        self.execute(msg, msg.delivery.on_receipt(aid, "delivered", now))
         if msg.due is not None:
-            release(msg)
+            self.release(msg)
 
-    def hold(msg: _Msg, t: float) -> None:
+    def hold(self, msg: _Msg, t: float) -> None:
         """An answer or receipt of `msg` is on the queue for SimPy time `t`."""
         anchor = msg.anchor
         if anchor is None or t < anchor:
             msg.anchor = t
 
-    def release(msg: _Msg) -> None:
+    def release(self, msg: _Msg) -> None:
         """Schedule the held-back wake-up once no earlier answer or receipt will do it."""
         anchor = msg.anchor
         due = msg.due
-        if anchor is None or anchor >= due:  # type: ignore[operator]
+        assert due is not None
+        if anchor is None or anchor >= due:
             msg.due = None
-            wake(msg, _delay_to(env.now, due), msg.at)  # type: ignore[arg-type]
+            self.wake(msg, _delay_to(self.now, due), msg.at)
 
-    def cancel_attempt(msg: _Msg, c: CancelAttempt) -> None:
-        if live_pop(c.attempt_id, None) is not None:
-            attempt_stopped(c.attempt_id, env.now)
-            if limited:
-                call_ended(msg, c.attempt_id)
+    def cancel_attempt(self, msg: _Msg, c: CancelAttempt) -> None:
+        if self.live.pop(c.attempt_id, None) is not None:
+            self.checker.on_attempt_stopped(c.attempt_id, self.now)
+            if self.limited:
+                self.call_ended(msg, c.attempt_id)
 
-    def set_timer(msg: _Msg, c: SetTimer) -> None:
+    def set_timer(self, msg: _Msg, c: SetTimer) -> None:
         """One wake-up per message. Most are replaced before they come due (an attempt's deadline,
         dropped when its answer comes), so one that comes after an answer or receipt of the same
         message already on the queue is held back until that has been handled: by then it has
@@ -330,103 +476,92 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
         if at is None:
             msg.due = None
             return
-        now = env.now
+        now = self.now
         delay = at - now
         if delay < 0.0:
             delay = 0.0
         anchor = msg.anchor
-        if hold_wakeups and anchor is not None and anchor < now + delay:
+        if self.hold_wakeups and anchor is not None and anchor < now + delay:
             due = msg.due = now + delay
             msg.at = at
-            nonlocal held_until
-            if due > held_until:
-                held_until = due
+            if due > self.held_until:
+                self.held_until = due
             return
         msg.due = None
-        wake(msg, delay, at)
+        self.wake(msg, delay, at)
 
-    def wake(msg: _Msg, delay: float, at: float) -> None:
-        timeout(delay, (msg, msg.gen, at)).callbacks.append(fire)  # type: ignore[union-attr]
+    def wake(self, msg: _Msg, delay: float, at: float) -> None:
+        due = _Due(self.on_fire, msg)
+        due.gen = msg.gen
+        due.asked = at
+        self.later(delay, due)
 
-    def fire(e: Any) -> None:
-        wakeup: tuple[_Msg, int, float] = e.value   # (message, generation, the time asked for)
-        msg, gen, at = wakeup
-        if msg.gen == gen:
-            execute(msg, msg.delivery.on_timer(wake_time(env.now, at)))
+    def fire(self, e: _Due) -> None:
+        msg = e.msg         # its generation and the time asked for ride on `e`
+        assert msg is not None
+        self.now = now = e.at
+        if msg.gen == e.gen:
+            self.execute(msg, msg.delivery.on_timer(self.fleet.wake_time(now, e.asked)))
 
-    def finish(msg: _Msg, c: Finish) -> None:
-        nonlocal pending
+    def finish(self, msg: _Msg, c: Finish) -> None:
         i = msg.i
-        metrics_finish(i, c)
-        checker_finish(i, c)
-        pending -= 1
-        if keep_pending:
-            fleet.finished(i)
+        self.metrics.finish(i, c)
+        if self.tracer is not None:
+            self.tracer.finish(i, c)
+        self.checker.on_finish(i, c)
+        self.pending -= 1
+        if self.keep_pending:
+            self.fleet.finished(i)
 
-    handler_of: dict[type, Callable[[_Msg, Any], None]] = {
-        StartAttempt: start_attempt, SetTimer: set_timer, CancelAttempt: cancel_attempt, Finish: finish}
+    # ---------------------------------------------------------------- the traffic
 
-    cancel_share = sc.traffic.cancel
-    cancel_after = sc.traffic.cancel_after
-    cancels = random.Random(f"{seed}:cancel")
+    def client_cancels(self, e: _Due) -> None:
+        msg = e.msg
+        assert msg is not None
+        self.now = now = e.at
+        self.metrics.cancel_requested(msg.i, now)
+        if self.tracer is not None:
+            self.tracer.cancel_requested(msg.i, now)
+        self.execute(msg, msg.delivery.cancel(now))
 
-    def client_cancels(e: Any) -> None:
-        msg: _Msg = e.value
-        metrics.cancel_requested(msg.i, env.now)
-        if tracer is not None:
-            tracer.cancel_requested(msg.i, env.now)
-        execute(msg, msg.delivery.cancel(env.now))
-
-    def recipient() -> Recipient:
+    def recipient(self) -> Recipient:
         """A recipient missing each field of `shares` with its odds (only called when there are some)."""
-        absent = frozenset(f for f, s in shares if traffic.random() >= s)
-        r = recipients.get(absent)
+        traffic = self.traffic
+        absent = frozenset(f for f, s in self.shares if traffic.random() >= s)
+        r = self.recipients.get(absent)
         if r is None:
-            r = recipients[absent] = Recipient(fields, absent)
+            r = self.recipients[absent] = Recipient(self.fields, absent)
         return r
 
-    one_route = len(cum) == 1
-    last_route = len(cum) - 1
-    count = 0
-
-    def next_arrival() -> None:
+    def next_arrival(self) -> None:
         """Poisson arrivals until the scenario's duration: each one schedules the next."""
-        gap = next_gap(env.now)
-        if env.now + gap < duration:
-            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
+        now = self.now
+        gap = self.next_gap(now) if self.gap is None else self.gap.draw()
+        if now + gap < self.duration:
+            self.later(gap, _Due(self.on_arrive, None))
 
-    def arrive(_e: Any) -> None:
-        nonlocal pending, count
-        i = count
-        k = 0 if one_route else min(bisect_right(cum, traffic.random()), last_route)
-        rec = recipient() if shares else everyone
-        now = env.now
-        msg = _Msg(i, Delivery(f"m{i}", plans[k], rec, now, jitter, health, events=wanted,
-                               limiter=limiter if limited else None, priority=priorities[k]))
-        route = routes[k]
-        metrics_accept(i, now, route)
-        checker_accept(i, route, now)
-        pending += 1
-        if keep_pending:
-            fleet.admit(i, msg)
-        execute(msg, msg.delivery.start(now))
-        if cancel_share and cancels.random() < cancel_share:
-            timeout(sample_latency_s(cancel_after, cancels), msg).callbacks.append(  # type: ignore[arg-type,union-attr]
-                client_cancels)
-        count = i + 1
-        if progress is not None and count % 2000 == 0:
-            progress(min(now / duration, 1.0))
-        gap = next_gap(now)                 # next_arrival(), inlined: once per message
-        if now + gap < duration:
-            timeout(gap).callbacks.append(arrive)  # type: ignore[union-attr]
-
-    next_arrival()
-    env.run()
-    # the run ends with its last event, a held-back wake-up included (it would have fired, if
-    # only to be ignored): so the end does not depend on which ones were held back
-    end = max(env.now, held_until)
-    checker.finish_run(end)
-    metrics.close()
-    if progress is not None:
-        progress(1.0)
-    return RunResult(setup, metrics, checker, pending, end, time.perf_counter() - wall0, tracer)
+    def arrive(self, e: _Due) -> None:
+        self.now = e.at
+        i = self.count
+        k = 0 if self.one_route else min(bisect_right(self.cum, self.traffic.random()), self.last_route)
+        rec = self.recipient() if self.shares else self.everyone
+        now = self.now
+        msg = _Msg(i, Delivery(f"m{i}", self.plans[k], rec, now, self.jitter, self.health, events=self.wanted,
+                               limiter=self.limiter if self.limited else None, priority=self.priorities[k]))
+        route = self.routes[k]
+        self.metrics.accept(i, now, route)
+        if self.tracer is not None:
+            self.tracer.accept(i, now, route)
+        self.checker.on_accept(i, route, now)
+        self.pending += 1
+        if self.keep_pending:
+            self.fleet.admit(i, msg)
+        self.execute(msg, msg.delivery.start(now))
+        share = self.cancel_share
+        if share and self.cancels.random() < share:
+            assert self.cancel_after is not None     # set whenever [traffic] cancel is
+            self.later(sample_latency_s(self.cancel_after, self.cancels), _Due(self.on_client_cancels, msg))
+        self.count = i + 1
+        if self.progress is not None and self.count % 2000 == 0:
+            self.progress(min(now / self.duration, 1.0))
+        self.next_arrival()

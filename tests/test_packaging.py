@@ -132,10 +132,13 @@ def test_the_compiled_wheel_holds_only_routingd_names_and_runs_compiled(tmp_path
     wheel = build_wheel(tmp_path, compiled=True)
     names = check_layout(wheel)
     compiled = sorted(n for n in names if n.endswith(".so"))
-    # exactly the modules the core compiles (routingd.daemon.core.COMPILED) and mypyc's shared library
+    # exactly the modules the core and the simulator compile (routingd.daemon.core.COMPILED,
+    # routingd.simulator.COMPILED) and mypyc's shared library of each
     from routingd.daemon.core import COMPILED
-    assert [n.split(".")[0] for n in compiled] == sorted(f"routingd/daemon/core/{m}" for m in
-                                                         (*COMPILED, "native__mypyc")), compiled
+    from routingd.simulator import COMPILED as SIM_COMPILED
+    assert [n.split(".")[0] for n in compiled] == sorted(
+        [f"routingd/daemon/core/{m}" for m in (*COMPILED, "native__mypyc")]
+        + [f"routingd/simulator/{m}" for m in (*SIM_COMPILED, "native__mypyc")]), compiled
     py = install_beside_python_daemon(wheel, tmp_path / "venv")
     p = run(str(tmp_path / "venv" / "bin" / "routingd"), "--version")
     assert p.returncode == 0 and p.stdout == "routingd 0.1.0, core compiled (mypyc)\n", p.stdout + p.stderr

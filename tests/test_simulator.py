@@ -6,16 +6,19 @@ run, a provider timeout T and a backup with constant latency L.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
+from test_core_build import copy_package
 
-from routingd.daemon.core.engine import Command, Delivery, Event, Finish, StartAttempt
+from routingd.daemon.core.engine import Event, Finish, StartAttempt
 from routingd.daemon.config_files import load_policy
 from routingd.daemon.core.policy import PolicyError
-from routingd.simulator import runner
 from routingd.simulator.invariants import HierarchyChecker
 from routingd.simulator.report import build_report
 from routingd.simulator.runner import RunResult, run
@@ -469,52 +472,71 @@ def test_hierarchy_checker_counts_work_outside_a_message_and_what_never_ends() -
     }
 
 
-class _Tampered:
-    """A Delivery whose commands pass through `alter` before the driver sees them."""
+# The tampering runs in a child process on a copy of the package without the compiled extensions
+# (tests/test_core_build.py copy_package): the installed driver is compiled (setup.py), and a
+# compiled module calls the engine's Delivery directly, past any monkeypatch. The compiled and
+# the pure-Python driver give the same reports (test_core_build), so the catch is the same.
+TAMPERED = """
+import json, sys
+from typing import Any
+from routingd.daemon.config_files import load_policy
+from routingd.daemon.core.engine import Delivery, Event, Finish, StartAttempt
+from routingd.simulator import runner, simulator_build
+from routingd.simulator.scenario import load_scenario
+from routingd.simulator.setup import bind_scenario
 
-    alter: Callable[[list[Command]], list[Command]]
+assert simulator_build() == "pure Python", simulator_build()
+ALTER = {
+    "longer_deadlines": lambda cmds: [c._replace(deadline=c.deadline + 1.0) if type(c) is StartAttempt else c
+                                      for c in cmds],
+    "no_attempt_ended": lambda cmds: [c for c in cmds if not (type(c) is Event and c.type == "attempt_ended")],
+    "no_finish": lambda cmds: [c for c in cmds if type(c) is not Finish],
+}
 
+
+class Tampered:      # a Delivery whose commands pass through ALTER[sys.argv[2]] before the driver sees them
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._d = Delivery(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._d, name)
         if name in ("start", "on_outcome", "on_receipt", "on_timer", "on_provider_unhealthy"):
-            return lambda *args: self.alter(attr(*args))
+            return lambda *args: ALTER[sys.argv[2]](attr(*args))
         return attr
 
 
-def _longer_deadlines(cmds: list[Command]) -> list[Command]:
-    return [c._replace(deadline=c.deadline + 1.0) if type(c) is StartAttempt else c for c in cmds]
+def simulate() -> Any:
+    sc = load_scenario(sys.argv[1])
+    return runner.run(bind_scenario(sc, load_policy(sc.routing_path)), trace=True)
 
 
-def _no_attempt_ended(cmds: list[Command]) -> list[Command]:
-    return [c for c in cmds if not (type(c) is Event and c.type == "attempt_ended")]
-
-
-def _no_finish(cmds: list[Command]) -> list[Command]:
-    return [c for c in cmds if type(c) is not Finish]
+clean = simulate().checker.total
+runner.Delivery = Tampered      # type: ignore[misc]
+res = simulate()
+print(json.dumps({"clean": clean, "counts": dict(res.checker.counts), "messages": res.trace.messages,
+                  "attempts": len(res.trace.a_msg)}))
+"""
 
 
 @pytest.mark.parametrize("alter, kind", [
-    (_longer_deadlines, "attempt granted a deadline beyond the hierarchy"),
-    (_no_attempt_ended, "attempt outlived its message"),
-    (_no_finish, "message never finished"),
+    ("longer_deadlines", "attempt granted a deadline beyond the hierarchy"),
+    ("no_attempt_ended", "attempt outlived its message"),
+    ("no_finish", "message never finished"),
 ])
-def test_the_run_catches_an_engine_that_breaks_the_hierarchy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            alter: Callable[[list[Command]], list[Command]],
-                                                            kind: str) -> None:
+def test_the_run_catches_an_engine_that_breaks_the_hierarchy(tmp_path: Path, alter: str, kind: str) -> None:
     """The driver hands the checker what it knows from the engine's commands (StartAttempt, Finish)
     and from its own accepts: an engine that lies in them is caught in a whole run."""
     write_routing(tmp_path, "false")
     scenario = write_scenario(tmp_path, duration="10s")
-    assert simulate(scenario).checker.total == 0
-    monkeypatch.setattr(_Tampered, "alter", staticmethod(alter), raising=False)
-    monkeypatch.setattr(runner, "Delivery", _Tampered)
-    res = simulate(scenario)
-    per_message = res.trace.messages if kind == "message never finished" else len(res.trace.a_msg)
+    tree = copy_package(tmp_path / "pure", compiled=False)
+    p = subprocess.run([sys.executable, "-c", TAMPERED, str(scenario), alter], cwd="/", capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tree)}, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout)
+    assert got["clean"] == 0
+    per_message = got["messages"] if kind == "message never finished" else got["attempts"]
     assert per_message > 0
-    assert res.checker.counts == {kind: per_message}
+    assert got["counts"] == {kind: per_message}
 
 
 def test_the_report_counts_slow_call_marks_per_provider(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ Nothing in this package may do I/O, import an event loop or read a clock: time a
 are passed in, commands come out. tests/test_core_purity.py enforces it.
 
 Compiled or not (docs/architecture.md, "The compiled core"). An install compiles `commands`,
-`engine`, `health`, `plan` and `tree` with mypyc (setup.py); each compiled module carries the SHA-256 of the
-source it was built from. Python prefers an extension module to the .py file beside it, so
-importing this package checks that each compiled module was built from the source beside it and
-otherwise raises ImportError: an edited source never runs as its stale compiled version.
+`engine`, `health`, `plan` and `tree` with mypyc (setup.py), and the simulator's per-message
+modules (routingd.simulator.COMPILED); each compiled module carries the SHA-256 of the source it
+was built from. Python prefers an extension module to the .py file beside it, so importing this
+package (and routingd.simulator, through `check_compiled`) checks that each compiled module was
+built from the source beside it and otherwise raises ImportError: an edited source never runs as
+its stale compiled version.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ class StaleCompiledCore(RoutingdError, ImportError):
     """A compiled core module was built from another version of its source."""
 
 
-def _check_compiled() -> str:
-    """"compiled (mypyc)" or "pure Python"; raises StaleCompiledCore for a stale or partial build."""
-    here = Path(__file__).resolve().parent
+def check_compiled(package: str, folder: Path, names: tuple[str, ...]) -> str:
+    """"compiled (mypyc)" or "pure Python" for the modules `names` of `package`, whose sources are
+    in `folder`; raises StaleCompiledCore for a stale or partial build."""
     built: dict[str, str | None] = {}
-    for name in COMPILED:
-        module = importlib.import_module(f"{__name__}.{name}")
+    for name in names:
+        module = importlib.import_module(f"{package}.{name}")
         built[name] = getattr(module, "__source_sha256__", None)
-        source = here / f"{name}.py"
+        source = folder / f"{name}.py"
         if built[name] is not None and source.exists() \
                 and hashlib.sha256(source.read_bytes()).hexdigest() != built[name]:
             raise StaleCompiledCore(
@@ -41,11 +43,11 @@ def _check_compiled() -> str:
     if all(h is None for h in built.values()):
         return "pure Python"
     if any(h is None for h in built.values()):
-        raise StaleCompiledCore(f"only part of the core is compiled ({built}): rebuild it with `make venv`")
+        raise StaleCompiledCore(f"only part of {package} is compiled ({built}): rebuild it with `make venv`")
     return "compiled (mypyc)"
 
 
-_BUILD = _check_compiled()
+_BUILD = check_compiled(__name__, Path(__file__).resolve().parent, COMPILED)
 
 
 def core_build() -> str:
