@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # the compiled core (setup.py: mypyc; the engine's modules and the simulator's per-message ones) is
 # rebuilt whenever one of its sources changes; until then importing it fails with a clear error
 # (daemon/core/__init__.py check_compiled), never runs a stale extension
-CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/engine.py daemon/core/health.py daemon/core/plan.py \
-                daemon/core/tree.py simulator/invariants.py simulator/metrics.py simulator/providers.py simulator/readers.py \
+CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/deadlines.py daemon/core/engine.py daemon/core/health.py \
+                daemon/core/outcomes.py daemon/core/plan.py daemon/core/resume.py daemon/core/tree.py daemon/core/walk.py \
+                simulator/invariants.py simulator/metrics.py simulator/providers.py simulator/readers.py \
                 simulator/runner.py simulator/sketch.py simulator/trace.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)

@@ -4,8 +4,8 @@ Import names. The folders daemon/ and simulator/ install as `routingd.daemon` an
 `routingd.simulator` (`routingd` is a namespace package): nothing is installed as a top-level
 `daemon` or `simulator`, so routingd installs beside python-daemon (tests/test_packaging.py).
 
-Compiled core (docs/architecture.md, "The compiled core"). daemon/core/commands.py, engine.py,
-health.py, plan.py and tree.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
+Compiled core (docs/architecture.md, "The compiled core"). daemon/core/commands.py, engine.py (with
+deadlines.py, outcomes.py, resume.py, walk.py), health.py, plan.py and tree.py are also compiled with mypyc (https://mypyc.readthedocs.io), which runs the same code about
 twice as fast; so is the simulator's per-message path (simulator/runner.py, metrics.py,
 invariants.py, providers.py, sketch.py, trace.py, readers.py: docs/performance.md "Simulator: a
 day of traffic"). mypyc names a module after its path, so it compiles copies staged under
@@ -34,7 +34,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
-COMPILED = ("commands", "engine", "health", "plan", "tree")      # keep in step with daemon/core/__init__.py COMPILED
+COMPILED = ("commands", "deadlines", "engine", "health", "outcomes", "plan", "resume", "tree", "walk")      # keep in step with daemon/core/__init__.py COMPILED
 # keep in step with simulator/__init__.py COMPILED (and the Makefile's CORE_SOURCES)
 SIM_COMPILED = ("invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
 # folder -> (its modules compiled, the group whose shared library they share)

@@ -32,7 +32,8 @@ def pure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModuleT
     shutil.copytree(CORE, root / "purecore", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     sys.path.insert(0, str(root))
     try:
-        mods = {n: importlib.import_module(f"purecore.{n}") for n in ("engine", "tree", "health", "plan", "policy")}
+        mods = {n: importlib.import_module(f"purecore.{n}")
+                for n in ("engine", "walk", "tree", "health", "plan", "policy")}
         assert importlib.import_module("purecore").core_build() == "pure Python"
         yield mods
     finally:
@@ -75,7 +76,7 @@ def test_every_run_state_transition_is_in_the_table_and_every_listed_one_happens
         pure: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch) -> None:
     engine, tree = pure["engine"], pure["tree"]
     seen: set[tuple[int, int]] = set()
-    monkeypatch.setattr(engine, "_Run", checked_run(tree, seen))
+    monkeypatch.setattr(pure["walk"], "_Run", checked_run(tree, seen))     # where a channel makes its runs
     # the random-policy driver of the property tests, on the pure copy
     for name in ("Delivery", "CancelAttempt", "Command", "Finish", "Outcome", "RecordEvent", "SetTimer",
                  "StartAttempt"):

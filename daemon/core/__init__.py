@@ -4,7 +4,7 @@ Nothing in this package may do I/O, import an event loop or read a clock: time a
 are passed in, commands come out. tests/test_core_purity.py enforces it.
 
 Compiled or not (docs/architecture.md, "The compiled core"). An install compiles `commands`,
-`engine`, `health`, `plan` and `tree` with mypyc (setup.py), and the simulator's per-message
+`engine` (with `deadlines`, `outcomes`, `resume`, `walk`), `health`, `plan` and `tree` with mypyc (setup.py), and the simulator's per-message
 modules (routingd.simulator.COMPILED); each compiled module carries the SHA-256 of the source it
 was built from. Python prefers an extension module to the .py file beside it, so importing this
 package (and routingd.simulator, through `check_compiled`) checks that each compiled module was
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import RoutingdError
 
-COMPILED = ("commands", "engine", "health", "plan", "tree")     # keep in step with setup.py COMPILED
+COMPILED = ("commands", "deadlines", "engine", "health", "outcomes", "plan", "resume", "tree", "walk")     # keep in step with setup.py COMPILED
 
 
 class StaleCompiledCore(RoutingdError, ImportError):

@@ -7,7 +7,7 @@ uses are bucket.py.)
 A provider with `rate_limit` (a token bucket: `rate` per second, up to `burst` tokens saved up)
 and/or `max_inflight` (calls in flight at once) in routing.toml is *limited*
 (docs/configuration.md "Rate limits and priorities"). The engine asks for a slot where it would
-start an attempt on one (Delivery._try, like it asks the breakers through HealthTracker.allow):
+start an attempt on one (walk.py try_run, like it asks the breakers through HealthTracker.allow):
 
   * `request(...)` answers GO when the slot is free (a token taken, a call counted in flight):
     the attempt starts at once;
