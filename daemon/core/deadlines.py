@@ -65,7 +65,7 @@ def advance(d: Delivery, now: float, inclusive: bool) -> None:
             node.slow_at = None
             rec = node.attempt
             d._emit(ATTEMPT_SLOW, t, attempt_id=rec.attempt_id, channel=rec.channel,
-                       provider=rec.provider, after_s=t - rec.started_at)
+                    provider=rec.provider, after_s=t - rec.started_at)
             d._record_health(node, False, t)
             node.slow_counted = True
             if d.health.blocks(rec.provider, t):

@@ -36,7 +36,10 @@ records, the deadline heap's push, the hand-out of commands and the wake-up) -- 
 module-level functions that take it: walk.py starts and completes the nodes of the tree,
 outcomes.py moves a started run on (answers, receipts, retries, the breaker cut-over),
 deadlines.py fires what comes due and moves every time held, resume.py reads the attempts of
-earlier runs (docs/architecture.md "The engine").
+earlier runs (docs/architecture.md, the module table under "The engine contract (sans-IO)").
+Functions taking the Delivery rather than mixin classes: compiled, each call between them is a
+direct C call and the Delivery stays one slotted native class (docs/performance.md "The engine
+in five modules").
 
 Semantics (docs/configuration.md "Timeout precedence", "[failover]"; docs/architecture.md):
   * channel deadline = min(channel start + channel timeout, message deadline);
@@ -126,7 +129,7 @@ class Delivery:
         self._chans: list[_Channel] = []
         self._tried: list[_Run] = []
         # Every deadline ever set, as (time, rank, pre, seq, node), a min-heap. An entry whose
-        # node has since moved on is dropped when it reaches the top (_earliest): finding the
+        # node has since moved on is dropped when it reaches the top (deadlines.earliest): finding the
         # next deadline costs O(log n) per deadline, not a scan of every channel and attempt,
         # so a step never grows with the square of a message's attempts (docs/security.md).
         self._due: list[tuple[float, int, int, int, _Node]] = []

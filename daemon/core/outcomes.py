@@ -38,11 +38,11 @@ def handle_outcome(d: Delivery, run: _Run, o: Outcome, now: float) -> None:
         if run.step.confirm == "receipt":
             rec.status_code = o.status
             rec.receipt_deadline = min(now + run.step.receipt_timeout_ms / 1000.0,
-                                     d._channel_of(run).deadline)
+                                       d._channel_of(run).deadline)
             run.state = AWAITING
             d._push(rec.receipt_deadline, RANK_ATTEMPT, run)
             d._emit(ATTEMPT_ACCEPTED, now, attempt_id=rec.attempt_id, status_code=o.status,
-                       receipt_deadline=rec.receipt_deadline)
+                    receipt_deadline=rec.receipt_deadline)
             return
         d._end_attempt(rec, "delivered", o.status, now)
         d._record_health(run, True, now)
@@ -70,10 +70,10 @@ def handle_outcome(d: Delivery, run: _Run, o: Outcome, now: float) -> None:
 
 
 def retry_or_fail(d: Delivery, run: _Run, now: float, retry_after: float | None, reason: str,
-                   retryable: bool = True) -> None:
+                  retryable: bool = True) -> None:
     step = run.step
     ch = d._channel_of(run)
-    # the run goes to BACKOFF or, through _complete, to DONE (never DONE and back: RUN_TRANSITIONS)
+    # the run goes to BACKOFF or, through walk.complete, to DONE (never DONE and back: RUN_TRANSITIONS)
     if not retryable:
         ch.rejected = True
         complete(d, run, "failed", now, reason=f"{reason} (not in failover.on)")
@@ -89,10 +89,10 @@ def retry_or_fail(d: Delivery, run: _Run, now: float, retry_after: float | None,
             run.wake_at = now + delay
             d._push(run.wake_at, RANK_BACKOFF, run)
             d._emit(RETRY_SCHEDULED, now, channel=ch.step.channel, provider=step.provider,
-                       at=run.wake_at, delay_s=delay, reason=reason)
+                    at=run.wake_at, delay_s=delay, reason=reason)
             return
         d._emit(RETRY_ABANDONED, now, channel=ch.step.channel, provider=step.provider,
-                   reason=f"back-off of {delay:.3f}s does not fit before the channel deadline")
+                reason=f"back-off of {delay:.3f}s does not fit before the channel deadline")
     complete(d, run, "failed", now, reason=reason)
 
 
@@ -110,8 +110,8 @@ def run_delivered(d: Delivery, run: _Run, rec: AttemptRecord, now: float) -> Non
         if ch.parent == 0 and ch.method == "single" and ch.result is None:
             # The common case, in one go: the first attempt of the only channel started, right
             # under a `single` root, delivered. Nothing else ever ran, so nothing is left to cut:
-            # exactly what _complete -> _child_done -> _complete(channel) -> _complete(root) ->
-            # _finish do on this path, less their walks.
+            # exactly what complete -> child_done -> complete(channel) -> complete(root) ->
+            # finish (walk.py) do on this path, less their walks.
             run.result = "delivered"
             run.delivered = True
             ch.result = "delivered"
@@ -130,7 +130,7 @@ def run_delivered(d: Delivery, run: _Run, rec: AttemptRecord, now: float) -> Non
 
 def late_receipt(d: Delivery, run: _Run, rec: AttemptRecord, status: str, now: float) -> None:
     d._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
-               provider=rec.provider)
+            provider=rec.provider)
     if status != "delivered" or rec.outcome == "delivered":
         return
     rec.outcome = "delivered"
@@ -139,12 +139,12 @@ def late_receipt(d: Delivery, run: _Run, rec: AttemptRecord, status: str, now: f
         if d.status == "delivered":
             d.duplicates += 1
             d._emit(DUPLICATE, now, attempt_id=rec.attempt_id, channel=rec.channel,
-                       provider=rec.provider)
+                    provider=rec.provider)
         return
     if d.delivered_at is None:
         d.delivered_at = now
     d._emit(DELIVERED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
-               late=True)
+            late=True)
     if run.result is None:
         # The provider is still being tried (a retry in flight or backing off) but an earlier
         # try did deliver: stop trying it and let the tree go on as for any delivery.
@@ -162,7 +162,7 @@ def late_receipt(d: Delivery, run: _Run, rec: AttemptRecord, status: str, now: f
         if parent.method == "single" and parent.delivered:
             d.duplicates += 1
             d._emit(DUPLICATE, now, attempt_id=rec.attempt_id, channel=rec.channel,
-                       provider=rec.provider)
+                    provider=rec.provider)
             return
         parent.delivered = True
         if parent.result is None and parent.method == "single":
@@ -182,7 +182,7 @@ def cut_run(d: Delivery, run: _Run, now: float) -> None:
         d._end_attempt(rec, "cancelled", None, now, "breaker opened")
     else:
         d._emit(RETRY_ABANDONED, now, channel=d._channel_of(run).step.channel,
-                   provider=run.step.provider, reason="breaker opened")
+                provider=run.step.provider, reason="breaker opened")
     run.state = DONE
     run.wake_at = None
     run.slow_at = None
@@ -194,7 +194,7 @@ def earlier_receipt(d: Delivery, rec: AttemptRecord, status: str, now: float) ->
     found = locate(d, rec.channel, rec.provider) if rec.attempt_id not in d.attempts else None
     if status != "delivered" or d.status != "pending" or found is None:
         d._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
-                   provider=rec.provider, previous_run=True)
+                provider=rec.provider, previous_run=True)
         return
     ch, i = found
     if ch.started and ch.children:
@@ -206,14 +206,14 @@ def earlier_receipt(d: Delivery, rec: AttemptRecord, status: str, now: float) ->
         late_receipt(d, run, rec, status, now)
     else:
         d._emit(LATE_RECEIPT, now, attempt_id=rec.attempt_id, status=status, channel=rec.channel,
-                   provider=rec.provider, previous_run=True)
+                provider=rec.provider, previous_run=True)
         if d._resume is None:
             d._resume = _Resume()
         d._resume.delivered.add(ch.pre)
         if d.delivered_at is None:
             d.delivered_at = now
         d._emit(DELIVERED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
-                   late=True)
+                late=True)
 
 
 def provider_unhealthy(d: Delivery, provider: str, now: float) -> None:

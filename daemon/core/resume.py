@@ -93,4 +93,4 @@ def adopt_run(d: Delivery, run: _Run, rec: AttemptRecord, now: float) -> None:
     run.slow_counted = False
     d._push(rec.receipt_deadline, RANK_ATTEMPT, run)
     d._emit(ATTEMPT_RESUMED, now, attempt_id=rec.attempt_id, channel=rec.channel, provider=rec.provider,
-               receipt_deadline=rec.receipt_deadline)
+            receipt_deadline=rec.receipt_deadline)

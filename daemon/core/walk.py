@@ -1,4 +1,4 @@
-"""Walking a message's plan tree (docs/architecture.md "The engine"): starting nodes and ending them.
+"""Walking a message's plan tree: starting its nodes and ending them.
 
 Module-level functions that take the `Delivery` (daemon/core/engine.py) whose state they change.
 Down the tree: a scope starts its children (`single`: one at a time, `all`: every one), a channel
@@ -43,7 +43,7 @@ def start_node(d: Delivery, node: _Node, now: float) -> None:
         step = node.step
         if step.requires and not d.recipient.get(step.requires):
             d._emit(CHANNEL_SKIPPED, now, channel=step.channel,
-                       reason=f"recipient has no {step.requires!r}")
+                    reason=f"recipient has no {step.requires!r}")
             complete(d, node, "skipped", now)
             return
         pre = node.pre
@@ -89,7 +89,7 @@ def try_run(d: Delivery, run: _Run, now: float) -> None:
     if (step.breaker_failures is not None or d.health.drained) and \
             not d.health.allow(step.provider, step.breaker_failures, step.breaker_cooldown_ms / 1000.0, now):
         d._emit(PROVIDER_SKIPPED, now, channel=ch.step.channel, provider=step.provider,
-                   reason="drained" if step.provider in d.health.drained else "breaker open")
+                reason="drained" if step.provider in d.health.drained else "breaker open")
         complete(d, run, "failed", now, reason="skipped")
         return
     lim = d.limiter
@@ -111,7 +111,7 @@ def try_run(d: Delivery, run: _Run, now: float) -> None:
             run.state = QUEUED
             run.wake_at = None
             d._emit(ATTEMPT_QUEUED, now, channel=ch.step.channel, provider=step.provider,
-                       expected_wait_s=turn - now)
+                    expected_wait_s=turn - now)
             return
     begin(d, run, ch, now)
 
@@ -141,7 +141,7 @@ def begin(d: Delivery, run: _Run, ch: _Channel, now: float, queued: bool = False
     d._push(deadline, RANK_ATTEMPT, run)
     if d._wants(ATTEMPT_STARTED):
         d._emit(ATTEMPT_STARTED, now, attempt_id=attempt_id, channel=channel, provider=step.provider,
-                   attempt=run.tries, deadline=deadline)
+                attempt=run.tries, deadline=deadline)
     d._out.append(_tnew(StartAttempt, (                    # = StartAttempt(...), field order
         attempt_id, d.message_id, channel, step.provider, run.tries, now, deadline,
         f"{d.message_id}:{channel}:{step.provider}", step.confirm)))
@@ -163,7 +163,7 @@ def spill(d: Delivery, run: _Run, wait_s: float, now: float) -> None:
     ch = d._channel_of(run)
     run.state = DONE
     d._emit(PROVIDER_SPILLED, now, channel=ch.step.channel, provider=run.step.provider,
-               expected_wait_s=wait_s)
+            expected_wait_s=wait_s)
     complete(d, run, "failed", now, reason="rate limited")
 
 
@@ -183,7 +183,7 @@ def complete(d: Delivery, node: _Node, result: str, now: float, reason: str = ""
         res = "delivered" if node.delivered else result
         if result != "skipped":
             d._emit(CHANNEL_FINISHED, now, channel=node.step.channel, result=res,
-                       **({"reason": reason} if reason else {}))
+                    **({"reason": reason} if reason else {}))
     if node.parent < 0:
         finish(d, now)
         return
