@@ -82,7 +82,7 @@ def provider_timeout_ms(policy: Policy, provider: str) -> int:
 
 def derive(outcome: Outcome, rule: FailoverRule, confirm: str, timed_out: bool = False) -> tuple[bool, str]:
     """(delivered?, what routingd makes of the answer) -- the engine's classification
-    (daemon/core/engine.py _handle_outcome) in words."""
+    (daemon/core/outcomes.py handle_outcome) in words."""
     if timed_out or outcome.network or outcome.status is None:
         what, retry = ("no answer within the timeout", rule.timeout) if timed_out else ("network failure", rule.network)
         return False, (f"{what}: retryable -> retry or fail over to the channel's next provider" if retry
