@@ -80,6 +80,28 @@ def parse_listen(value: str) -> ListenAddress:
     return ListenAddress(host, int(port))
 
 
+def store_url_problem(url: str) -> str | None:
+    """Why `url` cannot be the PostgreSQL store's ([daemon] store, docs/scaling.md), in words that
+    never quote its password; None when libpq can parse it (whether the server answers is for the
+    start to find out: `check` does not connect)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return ("expected a PostgreSQL URL, postgresql://USER@HOST[:PORT]/DATABASE (leave store out for "
+                "the SQLite file named by `state`)")
+    import psycopg      # only with a store: the SQLite daemon never loads the driver
+    from psycopg.conninfo import conninfo_to_dict
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as e:
+        # libpq's message ends by quoting the offending part, which may be the password or the
+        # whole URL: keep what it says, not what it quotes
+        reason = str(e).strip().splitlines()[0].split(': "')[0].split(" in URI")[0] or "cannot be parsed"
+        return f"not a valid PostgreSQL URL: {reason}"
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"not a valid PostgreSQL URL: port {port!r} is not a number from 1 to 65535"
+    return None
+
+
 class _DaemonTableSource(PydanticBaseSettingsSource):
     """The [daemon] table of routing.toml (already validated and ${VAR}-interpolated)."""
 
@@ -142,6 +164,20 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        # ROUTINGD_STORE does not pass DaemonSection's own check (create_model carries the fields,
+        # not their validators): without this a mysql:// URL from the environment would open the
+        # SQLite file without a word, and a URL libpq cannot parse would fail at start with a
+        # traceback (or an error quoting its password)
+        if v is None or v == "":
+            return None
+        problem = store_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("lease")

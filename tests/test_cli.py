@@ -231,6 +231,38 @@ channels = ["c"]
     assert p.returncode == 0, p.stderr
 
 
+# A store URL mistyped in the file or in ROUTINGD_STORE: one line naming it from `check` and from
+# `serve` (before any connection), never the SQLite file instead, never the password
+_BAD_STORES = [
+    ("mysql://routingd:s3cret-pw@127.0.0.1/routingd", "expected a PostgreSQL URL"),
+    ("postgresql://routingd:s3cret-pw@127.0.0.1:99999/routingd", "port '99999' is not a number from 1 to 65535"),
+    ("postgresql://routingd:s3cret-pw@127.0.0.1:pg/routingd", "port 'pg' is not a number from 1 to 65535"),
+    ("postgresql://routingd:s3cret-pw@[::1/routingd", "not a valid PostgreSQL URL: end of string reached"),
+    ("postgresql://routingd:s3cret-pw%zz@127.0.0.1/routingd", "not a valid PostgreSQL URL: invalid percent-encoded"),
+]
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+@pytest.mark.parametrize("url,reason", _BAD_STORES)
+def test_a_bad_store_url_is_one_line_from_check_and_serve(tmp_path: Path, url: str, reason: str,
+                                                         where: str) -> None:
+    text = BUNDLED.read_text().replace('state = "routingd.db"', 'state = "routingd.db"\nstore = "{store}"')
+    assert "{store}" in text
+    if where == "file":
+        config, env = write(tmp_path / "routing.toml", text.replace("{store}", url)), {}
+    else:
+        config, env = BUNDLED, {"ROUTINGD_STORE": url}
+    for argv in (["check", config],
+                 ["serve", "--config", config, "--listen", "127.0.0.1:0", "--state", tmp_path / "state.db"]):
+        p = run(*argv, cwd=tmp_path, env=env)
+        assert p.returncode == 1, (argv, p.stdout, p.stderr)
+        lines = err_lines(p)
+        assert len(lines) == 1 and reason in lines[0] and "store" in lines[0], (argv, lines)
+        assert "s3cret-pw" not in p.stdout + p.stderr
+        assert "listening" not in p.stderr
+    assert not (tmp_path / "state.db").exists()         # no SQLite file instead
+
+
 def test_interrupt_exits_130_quietly() -> None:
     proc = subprocess.Popen([*ROUTINGD, "check", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
