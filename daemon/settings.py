@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Mapping
 
@@ -274,7 +275,21 @@ def load_settings(policy: Policy | None, *, config: str, listen: str | None = No
 def _problem_line(err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     msg = str(err.get("msg", "invalid"))
+    loc0 = err.get("loc", ("",))[0]
+    if err.get("type") in ("greater_than_equal", "less_than_equal") and _is_duration(str(loc0)):
+        msg += f" (milliseconds), got {err.get('input')!r}"        # a duration's bound: ROUTINGD_LEASE=500ms
     for pre in ("Value error, ", "Assertion failed, "):
         if msg.startswith(pre):
             msg = msg[len(pre):]
     return f"setting {loc} (daemon.{loc} / {ENV_PREFIX}{loc.upper().replace('.', '__')}): {msg}"
+
+
+def _is_duration(name: str) -> bool:
+    """Is the setting `name` a duration (its bounds are milliseconds, whatever unit was written)?"""
+    from .core.durations import parse_duration_ms
+
+    def holds(x: Any) -> bool:
+        return getattr(x, "func", None) is parse_duration_ms or any(holds(a) for a in typing.get_args(x))
+
+    field = Settings.model_fields.get(name)
+    return field is not None and (holds(field.annotation) or any(holds(m) for m in field.metadata))
