@@ -146,7 +146,9 @@ def live_command(scenario: Scenario, policy: Policy, speed: float, seed: int | N
 def cli_live(args: Any, prepare: Callable[..., tuple[list[RunSetup], list[str]]], stdout: TextIO, stderr: TextIO) -> int:
     """`routingd simulate --live`: each scenario (against its routing file) simulated and live."""
     bad = [f"routingd simulate: --live does not go with {opt}" for opt, on in
-           (("--plot", args.plot), ("several --routing files", len(args.routing) > 1)) if on]
+           # each an output --live does not write: refused, never accepted and left unwritten
+           (("--plot", args.plot), ("--junit", args.junit), ("--format github", args.format == "github"),
+            ("several --routing files", len(args.routing) > 1)) if on]
     speed = 1.0 if args.speed is None else args.speed
     if not speed > 0:
         bad.append(f"routingd simulate: --speed must be greater than 0, got {speed:g}")

@@ -121,6 +121,8 @@ def test_live_rejects_bad_speed_without_a_traceback() -> None:
     # the 5m drill's arrivals would be kept at 1 ms at 20e9/s: 20 million messages, not the drill
     (["--live", "--speed", "1e9"], "--speed: 1e+09 would shrink duration (5m) below 1 ms; at most 300000"),
     (["--speed", "10"], "--speed goes with --live"),        # else a plain run at speed 1, as if sped up
+    (["--live", "--junit", "out.xml"], "--live does not go with --junit"),     # else never written
+    (["--live", "--format", "github"], "--live does not go with --format github"),
 ])
 def test_speed_the_run_cannot_keep_is_one_line_exit_2(argv: list[str], reason: str) -> None:
     p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", "email-primary-hang", *argv],
