@@ -248,8 +248,11 @@ def serve_command(args: argparse.Namespace) -> int:
             log.warning("%s: warning: %s", path, w)
         return asyncio.run(Service(policy, settings, args.listen, args.state, worker=worker).run())
     except StartupError as e:
+        # a worker's lines name it, as its log lines do (docs/scaling.md "Workers")
+        from .workers import ENV_INDEX
+        tag = f"worker {os.environ[ENV_INDEX]}: " if os.environ.get(ENV_INDEX, "").isdigit() else ""
         for line in e.lines():
-            print(" ".join(line.split("\n")), file=sys.stderr)
+            print(tag + " ".join(line.split("\n")), file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - a bug: one log line (with its traceback folded), exit 1
         log.exception("routingd serve failed: %s", e)
@@ -363,7 +366,9 @@ class Service:
                 # follows is announced as RELOADING=1 + READY=1 after it, never before.
                 self._spawn(watch_file(s.config, lambda: reloader.reload("file"), stale=reloader.file_differs))
             startup = (f"listening on {url} (policy {self.policy.version} from {os.path.abspath(s.config)}, "
-                       f"state {os.path.abspath(s.state)}, core {core_build()}, "
+                       # the PostgreSQL store's URL without its password; `state` is not used then
+                       f"{f'store {store.path}' if s.store and is_postgres_url(s.store) else f'state {os.path.abspath(s.state)}'}, "
+                       f"core {core_build()}, "
                        f"auth {'on' if s.api_tokens else 'off (loopback only)'}, "
                        f"file watch {'on' if s.watch else 'off'})")
             if log.isEnabledFor(logging.INFO):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Mapping
 
@@ -80,6 +81,28 @@ def parse_listen(value: str) -> ListenAddress:
     return ListenAddress(host, int(port))
 
 
+def store_url_problem(url: str) -> str | None:
+    """Why `url` cannot be the PostgreSQL store's ([daemon] store, docs/scaling.md), in words that
+    never quote its password; None when libpq can parse it (whether the server answers is for the
+    start to find out: `check` does not connect)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return ("expected a PostgreSQL URL, postgresql://USER@HOST[:PORT]/DATABASE (leave store out for "
+                "the SQLite file named by `state`)")
+    import psycopg      # only with a store: the SQLite daemon never loads the driver
+    from psycopg.conninfo import conninfo_to_dict
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as e:
+        # libpq's message ends by quoting the offending part, which may be the password or the
+        # whole URL: keep what it says, not what it quotes
+        reason = str(e).strip().splitlines()[0].split(': "')[0].split(" in URI")[0] or "cannot be parsed"
+        return f"not a valid PostgreSQL URL: {reason}"
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"not a valid PostgreSQL URL: port {port!r} is not a number from 1 to 65535"
+    return None
+
+
 class _DaemonTableSource(PydanticBaseSettingsSource):
     """The [daemon] table of routing.toml (already validated and ${VAR}-interpolated)."""
 
@@ -142,6 +165,20 @@ class Settings(_DaemonSettings):  # type: ignore[valid-type,misc]  # made by cre
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        # ROUTINGD_STORE does not pass DaemonSection's own check (create_model carries the fields,
+        # not their validators): without this a mysql:// URL from the environment would open the
+        # SQLite file without a word, and a URL libpq cannot parse would fail at start with a
+        # traceback (or an error quoting its password)
+        if v is None or v == "":
+            return None
+        problem = store_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("lease")
@@ -238,7 +275,21 @@ def load_settings(policy: Policy | None, *, config: str, listen: str | None = No
 def _problem_line(err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     msg = str(err.get("msg", "invalid"))
+    loc0 = err.get("loc", ("",))[0]
+    if err.get("type") in ("greater_than_equal", "less_than_equal") and _is_duration(str(loc0)):
+        msg += f" (milliseconds), got {err.get('input')!r}"        # a duration's bound: ROUTINGD_LEASE=500ms
     for pre in ("Value error, ", "Assertion failed, "):
         if msg.startswith(pre):
             msg = msg[len(pre):]
     return f"setting {loc} (daemon.{loc} / {ENV_PREFIX}{loc.upper().replace('.', '__')}): {msg}"
+
+
+def _is_duration(name: str) -> bool:
+    """Is the setting `name` a duration (its bounds are milliseconds, whatever unit was written)?"""
+    from .core.durations import parse_duration_ms
+
+    def holds(x: Any) -> bool:
+        return getattr(x, "func", None) is parse_duration_ms or any(holds(a) for a in typing.get_args(x))
+
+    field = Settings.model_fields.get(name)
+    return field is not None and (holds(field.annotation) or any(holds(m) for m in field.metadata))

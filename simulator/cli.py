@@ -60,7 +60,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the shipped drills and exit")
     parser.add_argument("--live", action="store_true",
                         help="also run the scenario against a real daemon and compare (docs/simulator.md)")
-    parser.add_argument("--speed", type=float, default=1.0, metavar="N",
+    parser.add_argument("--speed", type=float, default=None, metavar="N",
                         help="with --live: divide every duration of the scenario and its routing by N")
     parser.add_argument("--format", choices=FORMATS, default="text",
                         help="github: errors and missed expectations as GitHub Actions annotations")
@@ -251,6 +251,10 @@ def simulate_command(args: argparse.Namespace) -> int:
             if why is not None:
                 stderr.write(f"{out}: cannot write the {what} ({flag}): {why}\n")
                 return EXIT_INVALID
+        if args.speed is not None and not args.live:
+            # it scales the live comparison only: a plain run at speed 1 would look like an answer
+            stderr.write("routingd simulate: --speed goes with --live (a simulated run needs no speed-up)\n")
+            return EXIT_INVALID
         if args.live:
             from .live_compare import cli_live
             return cli_live(args, prepare, stdout, stderr)

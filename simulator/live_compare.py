@@ -9,6 +9,7 @@ a time more than max(5%, 50 ms) apart ("never" agrees only with "never").
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from typing import Any, Callable, TextIO
@@ -145,9 +146,14 @@ def live_command(scenario: Scenario, policy: Policy, speed: float, seed: int | N
 def cli_live(args: Any, prepare: Callable[..., tuple[list[RunSetup], list[str]]], stdout: TextIO, stderr: TextIO) -> int:
     """`routingd simulate --live`: each scenario (against its routing file) simulated and live."""
     bad = [f"routingd simulate: --live does not go with {opt}" for opt, on in
-           (("--plot", args.plot), ("several --routing files", len(args.routing) > 1)) if on]
-    if not args.speed > 0:
-        bad.append(f"routingd simulate: --speed must be greater than 0, got {args.speed:g}")
+           # each an output --live does not write: refused, never accepted and left unwritten
+           (("--plot", args.plot), ("--junit", args.junit), ("--format github", args.format == "github"),
+            ("several --routing files", len(args.routing) > 1)) if on]
+    speed = 1.0 if args.speed is None else args.speed
+    if not speed > 0:
+        bad.append(f"routingd simulate: --speed must be greater than 0, got {speed:g}")
+    elif math.isinf(speed):
+        bad.append("routingd simulate: --speed must be a finite number, got inf")
     if bad:
         for line in bad:
             stderr.write(line + "\n")
@@ -159,6 +165,6 @@ def cli_live(args: Any, prepare: Callable[..., tuple[list[RunSetup], list[str]]]
         return 2
     worst = 0
     for s in setups:
-        code = live_command(s.scenario, s.policy, args.speed, args.seed, args.check, stdout, stderr, args.json)
+        code = live_command(s.scenario, s.policy, speed, args.seed, args.check, stdout, stderr, args.json)
         worst = max(worst, code)
     return worst

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from ..daemon.config_files import load_policy
 from ..daemon.core.behaviour import BehaviourSpec
+from ..daemon.core.durations import format_duration_ms
 from ..daemon.core.policy import Policy, PolicyError, Problem
 from ..daemon.secrets import read_secret
 
@@ -161,6 +162,16 @@ def prepare_live(sc: Scenario, policy: Policy, workdir: str, speed: float, seed:
     `workdir`, and bind the scaled scenario to that (raises PolicyError naming the scenario)."""
     if not speed > 0:
         raise PolicyError(sc.path, [Problem(("--speed",), f"must be greater than 0, got {speed}")])
+    # An arrival window shrunk below 1 ms is kept at 1 ms (_ms), at the rate multiplied by the
+    # speed: the run would draw speed/window times the scenario's messages (--speed 1e9 on a 5m
+    # drill: 20 million, a run of hours), no longer the scenario scaled
+    windows = [("duration", sc.model.duration)] + [(f"traffic.bursts.{i}.duration", b.duration)
+                                                    for i, b in enumerate(sc.model.traffic.bursts)]
+    for key, ms in windows:
+        if ms and ms / speed < 1:
+            raise PolicyError(sc.path, [Problem(("--speed",), f"{speed:g} would shrink {key} "
+                                                f"({format_duration_ms(ms)}) below 1 ms; at most {ms:g} "
+                                                "for this scenario (docs/simulator.md \"Where they differ\")")])
     if sc.model.traffic.cancel:     # refused rather than run without the cancels the file asks for
         raise PolicyError(sc.path, [Problem(("traffic", "cancel"), "--live does not send cancels yet; "
                                             "simulate this scenario without --live, or set cancel = 0")])

@@ -231,6 +231,62 @@ channels = ["c"]
     assert p.returncode == 0, p.stderr
 
 
+# A store URL mistyped in the file or in ROUTINGD_STORE: one line naming it from `check` and from
+# `serve` (before any connection), never the SQLite file instead, never the password
+_BAD_STORES = [
+    ("mysql://routingd:s3cret-pw@127.0.0.1/routingd", "expected a PostgreSQL URL"),
+    ("postgresql://routingd:s3cret-pw@127.0.0.1:99999/routingd", "port '99999' is not a number from 1 to 65535"),
+    ("postgresql://routingd:s3cret-pw@127.0.0.1:pg/routingd", "port 'pg' is not a number from 1 to 65535"),
+    ("postgresql://routingd:s3cret-pw@[::1/routingd", "not a valid PostgreSQL URL: end of string reached"),
+    ("postgresql://routingd:s3cret-pw%zz@127.0.0.1/routingd", "not a valid PostgreSQL URL: invalid percent-encoded"),
+]
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+@pytest.mark.parametrize("url,reason", _BAD_STORES)
+def test_a_bad_store_url_is_one_line_from_check_and_serve(tmp_path: Path, url: str, reason: str,
+                                                         where: str) -> None:
+    text = BUNDLED.read_text().replace('state = "routingd.db"', 'state = "routingd.db"\nstore = "{store}"')
+    assert "{store}" in text
+    if where == "file":
+        config, env = write(tmp_path / "routing.toml", text.replace("{store}", url)), {}
+    else:
+        config, env = BUNDLED, {"ROUTINGD_STORE": url}
+    for argv in (["check", config],
+                 ["serve", "--config", config, "--listen", "127.0.0.1:0", "--state", tmp_path / "state.db"]):
+        p = run(*argv, cwd=tmp_path, env=env)
+        assert p.returncode == 1, (argv, p.stdout, p.stderr)
+        lines = err_lines(p)
+        assert len(lines) == 1 and reason in lines[0] and "store" in lines[0], (argv, lines)
+        assert "s3cret-pw" not in p.stdout + p.stderr
+        assert "listening" not in p.stderr
+    assert not (tmp_path / "state.db").exists()         # no SQLite file instead
+
+
+@pytest.mark.parametrize("key,value,reason", [
+    ("lease", '"500ms"', 'daemon.lease: Input should be greater than or equal to 1000 (milliseconds), got "500ms"'),
+    ("lease", '"1d"', 'daemon.lease: Input should be less than or equal to 600000 (milliseconds), got "1d"'),
+    ("lease", '"ten seconds"', "daemon.lease: bad duration 'ten seconds'"),
+    ("workers", "0", "daemon.workers: Input should be greater than or equal to 1"),
+    ("workers", "-1", "daemon.workers: Input should be greater than or equal to 1"),
+    ("workers", '"two"', 'daemon.workers: expected an integer, got "two"'),
+    ("workers", "65", "daemon.workers: Input should be less than or equal to 64"),
+])
+def test_a_bad_lease_or_workers_is_one_line_naming_its_unit(tmp_path: Path, key: str, value: str,
+                                                           reason: str) -> None:
+    """The bounds of a duration are milliseconds whatever unit was written: the line says so
+    (and what was written), from the file and from ROUTINGD_*; no connection is made."""
+    store = 'store = "postgresql://routingd@127.0.0.1:9/routingd"'
+    text = BUNDLED.read_text().replace('state = "routingd.db"', f'state = "routingd.db"\n{store}\n{key} = {value}')
+    p = run("check", write(tmp_path / "routing.toml", text))
+    assert p.returncode == 1 and len(err_lines(p)) == 1 and reason in err_lines(p)[0], p.stderr
+    if value.startswith('"') and key == "lease":
+        p = run("check", BUNDLED, env={"ROUTINGD_STORE": "postgresql://routingd@127.0.0.1:9/routingd",
+                                       "ROUTINGD_LEASE": value.strip('"')})
+        assert p.returncode == 1 and len(err_lines(p)) == 1, p.stderr
+        assert "ROUTINGD_LEASE" in err_lines(p)[0] and reason.split(": ", 1)[1].split(", got")[0] in err_lines(p)[0]
+
+
 def test_interrupt_exits_130_quietly() -> None:
     proc = subprocess.Popen([*ROUTINGD, "check", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,

@@ -21,6 +21,8 @@ def test_send_deliver_idempotency_kill_and_resume_with_original_deadlines(
     d = DaemonProcess(tmp_path, SLOW_CONFIG.format(grace="1s", url=s.url),
                       env={"ROUTINGD_STORE": pg_url, "ROUTINGD_LEASE": "2s"})
     with d:
+        listening = next(line for line in d.log_text().splitlines() if "listening on" in line)
+        assert f"store {pg_url}," in listening and "state " not in listening   # not the unused SQLite path
         first = d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1")
         d.wait_status(first, "delivered")
         assert d.send({"to": {"email": "a@example.com"}}, idempotency_key="order-1") == first

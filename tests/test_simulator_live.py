@@ -116,6 +116,22 @@ def test_live_rejects_bad_speed_without_a_traceback() -> None:
     assert p.returncode == 2 and "--speed must be greater than 0" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("argv,reason", [
+    (["--live", "--speed", "inf"], "--speed must be a finite number, got inf"),
+    # the 5m drill's arrivals would be kept at 1 ms at 20e9/s: 20 million messages, not the drill
+    (["--live", "--speed", "1e9"], "--speed: 1e+09 would shrink duration (5m) below 1 ms; at most 300000"),
+    (["--speed", "10"], "--speed goes with --live"),        # else a plain run at speed 1, as if sped up
+    (["--live", "--junit", "out.xml"], "--live does not go with --junit"),     # else never written
+    (["--live", "--format", "github"], "--live does not go with --format github"),
+])
+def test_speed_the_run_cannot_keep_is_one_line_exit_2(argv: list[str], reason: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", "email-primary-hang", *argv],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and reason in lines[0], p.stderr
+    assert p.stdout == ""
+
+
 def test_live_routing_keeps_breaker_and_backoff_scaled() -> None:
     sc, policy = _drill("email-primary-hang")
     doc = live_routing(policy, bind_scenario(sc, policy), 4.0)

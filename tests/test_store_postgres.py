@@ -72,6 +72,17 @@ def test_unreachable_database_is_a_clear_error() -> None:
     assert "unreachable" in str(e.value) and "[daemon] store" in str(e.value)
 
 
+def test_a_url_is_shown_without_its_password_whatever_its_shape() -> None:
+    """The store's name in errors and logs (`redact`): the password gone from the user part and
+    from a ?password= parameter, the rest as written, even a port libpq would refuse."""
+    from routingd.daemon.store.pg_conn import redact
+    assert redact("postgresql://u:pw@h:99999/d") == "postgresql://u:***@h:99999/d"
+    assert redact("postgresql://u@h/d?password=pw&sslmode=require") == \
+        "postgresql://u@h/d?password=***&sslmode=require"
+    assert redact("postgresql://u:pw@h1:5432,h2:5433/d") == "postgresql://u:***@h1:5432,h2:5433/d"
+    assert redact("postgresql://routingd@db.internal/routingd") == "postgresql://routingd@db.internal/routingd"
+
+
 def test_a_database_outage_fails_waited_writes_and_keeps_the_others_until_it_returns() -> None:
     with PgCluster() as pg:
         url = pg.new_database()

@@ -183,6 +183,22 @@ def test_workers_are_refused_with_the_sqlite_store(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
+def test_a_worker_that_cannot_open_the_database_fails_the_start_with_lines_naming_it(
+        tmp_path: Path, pg_url: str) -> None:
+    """A missing database: each worker's one line says so and names the worker (as its log
+    lines do), the supervisor says which exited before listening, exit 1, no traceback."""
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_database"
+    d = DaemonProcess(tmp_path, CONFIG.format(url="http://127.0.0.1:9/x", message="60s"),
+                      env={"ROUTINGD_STORE": missing}, listen=f"127.0.0.1:{free_port()}")
+    d.spawn()
+    assert d.wait(60) == 1
+    text = d.log_text()
+    refused = [x for x in text.splitlines() if "no_such_database" in x and "does not exist" in x]
+    assert refused and all(re.match(r"worker [01]: postgresql://", x) for x in refused), text
+    assert "exited with 1 before listening" in text
+    assert "Traceback" not in text and "listening on" not in text
+
+
 def test_workers_with_an_mqtt_subscription_need_it_shared(tmp_path: Path) -> None:
     """N workers each subscribed to the send topic would each accept every MQTT send: refused
     by `check` unless the subscription is shared (or off)."""

@@ -32,10 +32,14 @@ def redact(url: str) -> str:
         u = urllib.parse.urlsplit(url)
     except ValueError:
         return "postgresql://…"
+    # libpq also takes the password as a query parameter (?password=...)
+    query = "&".join("password=***" if part.lower().startswith("password=") else part
+                     for part in u.query.split("&")) if u.query else u.query
     if u.password is None:
-        return url
-    netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+        return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path, query, u.fragment))
+    # the netloc as written, user and host:port kept (u.port refuses a port out of range)
+    netloc = f"{u.netloc.rpartition('@')[0].partition(':')[0]}:***@{u.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
 
 
 class _Conn:
