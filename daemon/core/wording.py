@@ -53,7 +53,11 @@ def problems_from_validation(err: ValidationError, prefix: tuple[str | int, ...]
     out: list[Problem] = []
     for e in err.errors():
         loc = user_loc(e["loc"])
-        msg = e["msg"] + (f" (milliseconds), got {toml_repr(e['input'])}" if e["type"] in ("greater_than_equal", "less_than_equal") and isinstance(e.get("input"), str) else "")   # a duration's bound: lease = "500ms" is below 1000 *ms*
+        msg = e["msg"]
+        if e["type"] in ("greater_than_equal", "less_than_equal") and isinstance(e.get("input"), str):
+            # a bound on a duration (the only text compared with a number: durations are read
+            # as milliseconds): lease = "500ms" is below 1000 *milliseconds*, say so
+            msg += f" (milliseconds), got {toml_repr(e['input'])}"
         for pre in ("Value error, ", "Assertion failed, "):
             if msg.startswith(pre):
                 msg = msg[len(pre):]
