@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # (daemon/core/__init__.py check_compiled), never runs a stale extension
 CORE_SOURCES := setup.py daemon/core/commands.py daemon/core/deadlines.py daemon/core/engine.py daemon/core/health.py \
                 daemon/core/outcomes.py daemon/core/plan.py daemon/core/resume.py daemon/core/tree.py daemon/core/walk.py \
-                simulator/invariants.py simulator/metrics.py simulator/providers.py simulator/readers.py \
+                simulator/draws.py simulator/happenings.py simulator/invariants.py simulator/metrics.py \
+                simulator/providers.py simulator/readers.py \
                 simulator/runner.py simulator/sketch.py simulator/trace.py
 
 $(STAMP): pyproject.toml $(CORE_SOURCES)

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 FOLDERS = {"routingd.daemon": "daemon", "routingd.simulator": "simulator"}   # import name: folder
 COMPILED = ("commands", "deadlines", "engine", "health", "outcomes", "plan", "resume", "tree", "walk")      # keep in step with daemon/core/__init__.py COMPILED
 # keep in step with simulator/__init__.py COMPILED (and the Makefile's CORE_SOURCES)
-SIM_COMPILED = ("invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
+SIM_COMPILED = ("draws", "happenings", "invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
 # folder -> (its modules compiled, the group whose shared library they share)
 GROUPS = {"daemon/core": (COMPILED, "routingd.daemon.core.native"),
           "simulator": (SIM_COMPILED, "routingd.simulator.native")}

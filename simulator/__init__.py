@@ -12,7 +12,8 @@ from pathlib import Path
 from ..daemon.core import check_compiled
 
 # keep in step with setup.py SIM_COMPILED (and the Makefile's CORE_SOURCES)
-COMPILED = ("invariants", "metrics", "providers", "readers", "runner", "sketch", "trace")
+COMPILED = ("draws", "happenings", "invariants", "metrics", "providers", "readers", "runner", "sketch",
+            "trace")
 
 _BUILD = check_compiled(__name__, Path(__file__).resolve().parent, COMPILED)
 

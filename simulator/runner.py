@@ -33,10 +33,10 @@ so the arrivals are the same with and without cancels.
 
 Arrivals, attempts, receipts and wake-ups are SimPy events with a callback rather than generator
 processes (one handler per kind): same semantics and event order, a fraction of the cost. Each is
-a `_Due` put on SimPy's queue with its public Environment.schedule(event, NORMAL, delay), which
+a `Due` put on SimPy's queue with its public Environment.schedule(event, NORMAL, delay), which
 is what a Timeout does with itself: so the same times, the same tie-breaking order and the same
 reports as `env.timeout(delay, value)`, without a Timeout's Python-level constructor; what the
-handler needs rides on the `_Due`, its own SimPy time included (`at`, computed as SimPy computes
+handler needs rides on the `Due`, its own SimPy time included (`at`, computed as SimPy computes
 it), so no handler reads `env.now`. Of an event SimPy's step() reads only `callbacks` (a tuple
 here: the one handler of the kind, shared) and `_ok`; tests/test_simulator_compiled.py holds
 SimPy to that. Arrivals are Poisson until the scenario's duration, each arrival scheduling the
@@ -46,9 +46,10 @@ delays) make the same seed give the same report.
 
 Compiled (setup.py, like the core; docs/performance.md "Simulator: a day of traffic"): the run
 is one `_Driver` whose handlers are methods, so that one calls the next, the engine, the metrics
-and the checker as native calls, with typed attributes instead of a closure's cells. Over ~400
-lines for that reason: the driver is kept whole; what it uses is elsewhere (traffic.py the
-recipients, readers.py the readers' fan-out, result.py RunResult, metrics.py, invariants.py).
+and the checker as native calls, with typed attributes instead of a closure's cells. The driver
+is kept whole for that reason; what it uses is elsewhere (happenings.py the events it schedules
+and its side of a message, draws.py the compiled draws, traffic.py the recipients, readers.py
+the readers' fan-out, result.py RunResult, metrics.py, invariants.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ from ..daemon.core.engine import (CancelAttempt, Command, Delivery, Event, Finis
                                 StartAttempt)
 from ..daemon.core.fleet import Fleet
 
+from .draws import Exponential, Gauss
+from .happenings import Due, Msg, delay_to
 from .invariants import HierarchyChecker
 from .metrics import Metrics
 from .providers import SimProvider
@@ -77,101 +80,11 @@ from .setup import RunSetup
 from .trace import Trace
 from .traffic import STANDARD_FIELDS, Recipient
 
-_TWOPI = 2.0 * math.pi
-
 # the recipients, the readers' fan-out and the result are modules of their own (traffic.py,
 # readers.py, result.py); their names stay importable from here
 __all__ = ["STANDARD_FIELDS", "Progress", "Recipient", "RunResult", "event_sinks", "outage_windows", "run"]
 
 Progress = Callable[[float], None]
-
-
-class _Msg:
-    """The driver's side of one message: its engine (`delivery`) and its one wake-up.
-
-    gen     generation of the wanted wake-up: a scheduled one of an older generation is stale
-    due     the SimPy time of a wanted wake-up held back, not scheduled yet (None: none held)
-    at      the time the engine asked for with it
-    anchor  the SimPy time of an answer or receipt of this message already on the queue, earlier
-            than `due`, whose handling schedules `due` (None: none known)
-    """
-
-    __slots__ = ("i", "delivery", "gen", "due", "at", "anchor")
-
-    def __init__(self, i: int, d: Delivery) -> None:
-        self.i = i
-        self.delivery = d
-        self.gen = 0
-        self.due: float | None = None
-        self.at = 0.0
-        self.anchor: float | None = None
-
-
-def _delay_to(now: float, t: float) -> float:
-    """A delay d >= 0 with now + d == t exactly (t - now alone can miss t by an ulp)."""
-    d = t - now
-    for _ in range(64):
-        s = now + d
-        if s == t:
-            return d
-        d = math.nextafter(d, math.inf if s < t else -math.inf)
-    return t - now      # pragma: no cover - within an ulp or two in practice
-
-
-class _Due:
-    """One happening on SimPy's queue (see the module docstring); _Driver.later schedules it.
-
-    callbacks   (the handler of its kind,): SimPy's step() calls it with the _Due, then sets None
-    _ok         True, read by SimPy's step() (a failed event would end the run)
-    at          its SimPy time, computed as SimPy computes it (now + delay)
-    msg         its message (None: an arrival, the limiter's turn)
-    cmd         committed: the StartAttempt whose call goes out
-    aid         answered, receipted: the attempt
-    kind, status, retry_after, receipt      answered: the provider's draw, less its delay
-    gen, asked  fire: the wake-up's generation and the time the engine asked for (limiter_due: asked)
-    """
-
-    __slots__ = ("_ok", "aid", "asked", "at", "callbacks", "cmd", "gen", "kind", "msg", "receipt", "retry_after",
-                 "status")
-
-    def __init__(self, callbacks: tuple[Callable[[Any], None]], msg: _Msg | None) -> None:
-        self.callbacks: tuple[Callable[[Any], None]] | None = callbacks
-        self._ok = True
-        self.at = 0.0
-        self.msg = msg
-        self.cmd: StartAttempt | None = None
-        self.aid = ""
-        self.kind = ""
-        self.status: int | None = None
-        self.retry_after: float | None = None
-        self.receipt: float | None = None
-        self.gen = 0
-        self.asked = 0.0
-
-
-class _Gauss:
-    """rng.gauss(0.0, 1.0), draw for draw, for a stream nothing else draws normals from:
-    random.Random.gauss's algorithm as CPython writes it (Box-Muller, the second normal of each
-    pair kept for the next call), compiled, where Random.gauss is Python code. Same draws, same
-    commit delays and reports, a fraction of the cost; tests/test_simulator_compiled.py compares
-    the two draw by draw, so a Python whose gauss differs fails there, not in a report."""
-
-    __slots__ = ("next", "random")
-
-    def __init__(self, rng: random.Random) -> None:
-        self.random: Callable[[], float] = rng.random
-        self.next: float | None = None
-
-    def draw(self) -> float:
-        z = self.next
-        self.next = None
-        if z is None:
-            rnd = self.random
-            x2pi = rnd() * _TWOPI
-            g2rad = math.sqrt(-2.0 * math.log(1.0 - rnd()))
-            z = math.cos(x2pi) * g2rad
-            self.next = math.sin(x2pi) * g2rad
-        return z
 
 
 def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool = True,
@@ -184,21 +97,6 @@ def run(setup: RunSetup, progress: Progress | None = None, *, hold_wakeups: bool
     its commit_delay (`simulate --live` passes the one it measured). trace=True also keeps every
     message and attempt (RunResult.trace: the plot, the tests); memory then grows with the run."""
     return _Driver(setup, progress, hold_wakeups, cut_inflight, commit_delay, trace).run()
-
-
-class _Exponential:
-    """rng.expovariate(rate), draw for draw (CPython's formula, -log(1 - random()) / rate),
-    compiled: the gaps of arrivals at one rate (ScenarioModel.traffic.gaps without bursts);
-    tests/test_simulator_compiled.py compares the two draw by draw."""
-
-    __slots__ = ("random", "rate")
-
-    def __init__(self, rng: random.Random, rate: float) -> None:
-        self.random: Callable[[], float] = rng.random
-        self.rate = rate
-
-    def draw(self) -> float:
-        return -math.log(1.0 - self.random()) / self.rate
 
 
 class _Driver:
@@ -214,7 +112,7 @@ class _Driver:
         sc = setup.scenario.model
         seed = setup.seed
         self.env = env = simpy.Environment()
-        self.schedule: Callable[[_Due, int, float], None] = env.schedule   # type: ignore[assignment]
+        self.schedule: Callable[[Due, int, float], None] = env.schedule   # type: ignore[assignment]
         self.now = 0.0      # SimPy's time: the `at` of the happening being handled
         self.providers: dict[str, SimProvider] = setup.providers()
         providers = self.providers
@@ -225,9 +123,9 @@ class _Driver:
         self.checker = HierarchyChecker(setup.plans)
         self.duration: float = sc.duration / 1000.0
         # Poisson arrivals at the rate of the time ([[traffic.bursts]]); at one rate, the same
-        # draws compiled (see _Exponential)
+        # draws compiled (see Exponential)
         self.next_gap: Callable[[float], float] = sc.traffic.gaps(self.traffic)
-        self.gap: _Exponential | None = None if sc.traffic.bursts else _Exponential(self.traffic,
+        self.gap: Exponential | None = None if sc.traffic.bursts else Exponential(self.traffic,
                                                                                    float(sc.traffic.rate))
 
         self.routes = [r for r, _ in setup.route_mix]
@@ -238,14 +136,14 @@ class _Driver:
         self.recipients: dict[frozenset[str], Recipient] = {}
         self.everyone = Recipient(self.fields, frozenset())   # the recipient when every field is always present
 
-        self.live: dict[str, _Msg] = {}     # attempts the driver is running
+        self.live: dict[str, Msg] = {}     # attempts the driver is running
         self.held_until = 0.0               # the latest wake-up ever held back (see set_timer)
         self.pending = 0
         self.count = 0
         cut = sc.simulation.cut_inflight_on_breaker_open if cut_inflight is None else cut_inflight
         # the breakers, the pending set and the cut-over (daemon/core/fleet.py); the pending set is
         # kept only when cutting (nothing else here reads it)
-        self.fleet: Fleet[_Msg] = Fleet(cut_inflight=cut)
+        self.fleet: Fleet[Msg] = Fleet(cut_inflight=cut)
         self.health = self.fleet.health
         # routingd's own outbound limits from the routing file (daemon/core/limiter.py), the same
         # decisions as the daemon's; the vendor's limit is the scenario's behaviour `rate_limit`
@@ -266,7 +164,7 @@ class _Driver:
         self.refused = Outcome(network=True, detail="connection refused")
         self.commit_median, self.commit_sigma = (sc.simulation.commit_delay if commit_delay is None
                                                  else commit_delay).fit
-        self.normal = _Gauss(random.Random(f"{seed}:store"))     # the commit delays' stream
+        self.normal = Gauss(random.Random(f"{seed}:store"))     # the commit delays' stream
         self.outcome_of: dict[int | None, Outcome] = {}    # plain answers by status (Outcome is immutable)
         self.cancel_share: float = sc.traffic.cancel
         self.cancel_after: LatencyDist | None = sc.traffic.cancel_after
@@ -281,7 +179,7 @@ class _Driver:
         self.on_fire: tuple[Callable[[Any], None]] = (self.fire,)
         self.on_limiter_due: tuple[Callable[[Any], None]] = (self.limiter_due,)
         self.on_client_cancels: tuple[Callable[[Any], None]] = (self.client_cancels,)
-        self.on_execute: Callable[[_Msg, list[Command]], None] = self.execute
+        self.on_execute: Callable[[Msg, list[Command]], None] = self.execute
 
     def run(self) -> RunResult:
         env = self.env
@@ -304,7 +202,7 @@ class _Driver:
 
     # ---------------------------------------------------------------- the engine's commands
 
-    def execute(self, msg: _Msg, cmds: list[Command]) -> None:
+    def execute(self, msg: Msg, cmds: list[Command]) -> None:
         i = msg.i
         for c in cmds:
             if type(c) is Event:        # an Event is its own RecordEvent; [0] is its type
@@ -334,27 +232,27 @@ class _Driver:
         limiter_at = self.limiter_at
         if nxt is not None and (not limiter_at or nxt < min(limiter_at)):
             limiter_at.append(nxt)
-            due = _Due(self.on_limiter_due, None)
+            due = Due(self.on_limiter_due, None)
             due.asked = nxt
-            self.later(_delay_to(now, nxt), due)
+            self.later(delay_to(now, nxt), due)
 
-    def limiter_due(self, e: _Due) -> None:
+    def limiter_due(self, e: Due) -> None:
         self.now = e.at
         self.limiter_at.remove(e.asked)
         self.dispatch()
 
-    def later(self, delay: float, due: _Due) -> None:
+    def later(self, delay: float, due: Due) -> None:
         """Put `due` on SimPy's queue `delay` from now (its `at` as SimPy computes it)."""
         due.at = self.now + delay
         self.schedule(due, NORMAL, delay)
 
-    def call_ended(self, msg: _Msg, aid: str) -> None:
+    def call_ended(self, msg: Msg, aid: str) -> None:
         """A call on a rate-limited provider ended: its place in flight is free."""
         rec = msg.delivery.attempts.get(aid)
         if rec is not None and self.limiter.limited(rec.provider):
             self.limiter.release(rec.provider)
 
-    def start_attempt(self, msg: _Msg, c: StartAttempt) -> None:
+    def start_attempt(self, msg: Msg, c: StartAttempt) -> None:
         self.live[c.attempt_id] = msg
         i = msg.i
         self.metrics.start_attempt(i, c)
@@ -366,14 +264,14 @@ class _Driver:
             # the call goes out once the attempt's row is committed (see the module docstring)
             sigma = self.commit_sigma
             wait = median if sigma is None else median * math.exp(sigma * self.normal.draw())
-            due = _Due(self.on_committed, msg)
+            due = Due(self.on_committed, msg)
             due.cmd = c
             self.later(wait, due)
             self.hold(msg, self.now + wait)
             return
         self.call(msg, c, self.now)
 
-    def committed(self, e: _Due) -> None:
+    def committed(self, e: Due) -> None:
         """An attempt's row is committed: its call goes out, unless it was cancelled meanwhile."""
         msg = e.msg
         c = e.cmd
@@ -387,12 +285,12 @@ class _Driver:
         if msg.due is not None:
             self.release(msg)
 
-    def call(self, msg: _Msg, c: StartAttempt, now: float) -> None:
+    def call(self, msg: Msg, c: StartAttempt, now: float) -> None:
         """The provider sees attempt `c` at `now`: draw its answer and put it on the queue."""
         kind, delay, status, retry_after, receipt = self.providers[c.provider].draw(now, c.confirm == "receipt")
         if kind == "hang":
             return
-        due = _Due(self.on_answered, msg)
+        due = Due(self.on_answered, msg)
         due.aid = c.attempt_id
         due.kind = kind
         due.status = status
@@ -401,7 +299,7 @@ class _Driver:
         self.later(delay, due)
         self.hold(msg, now + delay)
 
-    def answered(self, e: _Due) -> None:
+    def answered(self, e: Due) -> None:
         """An attempt's answer comes: hand it to the engine unless the attempt was cancelled."""
         msg = e.msg
         assert msg is not None
@@ -426,14 +324,14 @@ class _Driver:
                 outcome = Outcome(status=status, retry_after_s=retry_after)
             self.execute(msg, msg.delivery.on_outcome(aid, outcome, now))
             if receipt is not None:
-                due = _Due(self.on_receipted, msg)
+                due = Due(self.on_receipted, msg)
                 due.aid = aid
                 self.later(receipt, due)
                 self.hold(msg, now + receipt)
         if msg.due is not None:
             self.release(msg)
 
-    def receipted(self, e: _Due) -> None:
+    def receipted(self, e: Due) -> None:
         msg, aid = e.msg, e.aid
         assert msg is not None
         self.now = now = e.at
@@ -444,28 +342,28 @@ class _Driver:
         if msg.due is not None:
             self.release(msg)
 
-    def hold(self, msg: _Msg, t: float) -> None:
+    def hold(self, msg: Msg, t: float) -> None:
         """An answer or receipt of `msg` is on the queue for SimPy time `t`."""
         anchor = msg.anchor
         if anchor is None or t < anchor:
             msg.anchor = t
 
-    def release(self, msg: _Msg) -> None:
+    def release(self, msg: Msg) -> None:
         """Schedule the held-back wake-up once no earlier answer or receipt will do it."""
         anchor = msg.anchor
         due = msg.due
         assert due is not None
         if anchor is None or anchor >= due:
             msg.due = None
-            self.wake(msg, _delay_to(self.now, due), msg.at)
+            self.wake(msg, delay_to(self.now, due), msg.at)
 
-    def cancel_attempt(self, msg: _Msg, c: CancelAttempt) -> None:
+    def cancel_attempt(self, msg: Msg, c: CancelAttempt) -> None:
         if self.live.pop(c.attempt_id, None) is not None:
             self.checker.on_attempt_stopped(c.attempt_id, self.now)
             if self.limited:
                 self.call_ended(msg, c.attempt_id)
 
-    def set_timer(self, msg: _Msg, c: SetTimer) -> None:
+    def set_timer(self, msg: Msg, c: SetTimer) -> None:
         """One wake-up per message. Most are replaced before they come due (an attempt's deadline,
         dropped when its answer comes), so one that comes after an answer or receipt of the same
         message already on the queue is held back until that has been handled: by then it has
@@ -490,20 +388,20 @@ class _Driver:
         msg.due = None
         self.wake(msg, delay, at)
 
-    def wake(self, msg: _Msg, delay: float, at: float) -> None:
-        due = _Due(self.on_fire, msg)
+    def wake(self, msg: Msg, delay: float, at: float) -> None:
+        due = Due(self.on_fire, msg)
         due.gen = msg.gen
         due.asked = at
         self.later(delay, due)
 
-    def fire(self, e: _Due) -> None:
+    def fire(self, e: Due) -> None:
         msg = e.msg         # its generation and the time asked for ride on `e`
         assert msg is not None
         self.now = now = e.at
         if msg.gen == e.gen:
             self.execute(msg, msg.delivery.on_timer(self.fleet.wake_time(now, e.asked)))
 
-    def finish(self, msg: _Msg, c: Finish) -> None:
+    def finish(self, msg: Msg, c: Finish) -> None:
         i = msg.i
         self.metrics.finish(i, c)
         if self.tracer is not None:
@@ -515,7 +413,7 @@ class _Driver:
 
     # ---------------------------------------------------------------- the traffic
 
-    def client_cancels(self, e: _Due) -> None:
+    def client_cancels(self, e: Due) -> None:
         msg = e.msg
         assert msg is not None
         self.now = now = e.at
@@ -538,15 +436,15 @@ class _Driver:
         now = self.now
         gap = self.next_gap(now) if self.gap is None else self.gap.draw()
         if now + gap < self.duration:
-            self.later(gap, _Due(self.on_arrive, None))
+            self.later(gap, Due(self.on_arrive, None))
 
-    def arrive(self, e: _Due) -> None:
+    def arrive(self, e: Due) -> None:
         self.now = e.at
         i = self.count
         k = 0 if self.one_route else min(bisect_right(self.cum, self.traffic.random()), self.last_route)
         rec = self.recipient() if self.shares else self.everyone
         now = self.now
-        msg = _Msg(i, Delivery(f"m{i}", self.plans[k], rec, now, self.jitter, self.health, events=self.wanted,
+        msg = Msg(i, Delivery(f"m{i}", self.plans[k], rec, now, self.jitter, self.health, events=self.wanted,
                                limiter=self.limiter if self.limited else None, priority=self.priorities[k]))
         route = self.routes[k]
         self.metrics.accept(i, now, route)
@@ -560,7 +458,7 @@ class _Driver:
         share = self.cancel_share
         if share and self.cancels.random() < share:
             assert self.cancel_after is not None     # set whenever [traffic] cancel is
-            self.later(sample_latency_s(self.cancel_after, self.cancels), _Due(self.on_client_cancels, msg))
+            self.later(sample_latency_s(self.cancel_after, self.cancels), Due(self.on_client_cancels, msg))
         self.count = i + 1
         if self.progress is not None and self.count % 2000 == 0:
             self.progress(min(now / self.duration, 1.0))

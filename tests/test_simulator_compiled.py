@@ -3,7 +3,7 @@ the core) and what its speed rests on (docs/performance.md "Simulator: a day of 
 
 (1) The install compiles routingd.simulator.COMPILED, unless it was told not to; (2) a compiled
 simulator module never runs in place of its edited source (the core's guard, check_compiled);
-(3) the driver's `_Due` events go through SimPy's public Environment.schedule exactly as its
+(3) the driver's `Due` events go through SimPy's public Environment.schedule exactly as its
 own Timeouts do: the same times, the same order, each handler called once with its event;
 (4) the driver's compiled draws are random.Random's, draw for draw: its normal draw is
 gauss(0, 1) (the commit delays), its exponential one expovariate(rate) (the arrivals at one
@@ -28,7 +28,8 @@ from simpy.core import NORMAL
 from test_core_build import NOT_COMPILED_ON_PURPOSE, copy_package
 
 from routingd.simulator import COMPILED, simulator_build
-from routingd.simulator.runner import _Due, _Exponential, _Gauss
+from routingd.simulator.draws import Exponential, Gauss
+from routingd.simulator.happenings import Due
 
 PROBE = """
 import importlib, json
@@ -84,7 +85,7 @@ def test_a_copy_without_the_extensions_runs_the_simulator_sources(tmp_path: Path
 
 
 def test_due_events_keep_simpys_times_and_order() -> None:
-    """A _Due scheduled with Environment.schedule(due, NORMAL, delay) and a Timeout(delay) go in
+    """A Due scheduled with Environment.schedule(due, NORMAL, delay) and a Timeout(delay) go in
     SimPy's one queue alike: handled at the same times, ties in the order they were scheduled,
     each handler called once with its event, whose callbacks SimPy then sets to None."""
     rng = random.Random(7)
@@ -103,7 +104,7 @@ def test_due_events_keep_simpys_times_and_order() -> None:
 
         for k, d in enumerate(delays):
             if use_due and k % 2 == 0:      # mixed with plain Timeouts, as a run never is: same queue
-                due = _Due((handler(k),), None)
+                due = Due((handler(k),), None)
                 due.at = env.now + d
                 env.schedule(due, NORMAL, d)  # type: ignore[arg-type]
             else:
@@ -112,7 +113,7 @@ def test_due_events_keep_simpys_times_and_order() -> None:
         assert len(handled) == len(delays)
         for ev in handled:
             assert ev.callbacks is None
-            if isinstance(ev, _Due):
+            if isinstance(ev, Due):
                 assert ev.at == seen[handled.index(ev)][0]
         return seen
 
@@ -121,11 +122,11 @@ def test_due_events_keep_simpys_times_and_order() -> None:
 
 def test_the_compiled_normal_draw_is_random_gauss_draw_for_draw() -> None:
     for seed in ("1:store", "42:store", 3):
-        mine, theirs = _Gauss(random.Random(seed)), random.Random(seed)
+        mine, theirs = Gauss(random.Random(seed)), random.Random(seed)
         assert [mine.draw() for _ in range(5001)] == [theirs.gauss(0.0, 1.0) for _ in range(5001)]
 
 
 def test_the_compiled_exponential_draw_is_random_expovariate_draw_for_draw() -> None:
     for seed, rate in (("1:traffic", 100.0), ("42:traffic", 0.5), (3, 20.0)):
-        mine, theirs = _Exponential(random.Random(seed), rate), random.Random(seed)
+        mine, theirs = Exponential(random.Random(seed), rate), random.Random(seed)
         assert [mine.draw() for _ in range(5000)] == [theirs.expovariate(rate) for _ in range(5000)]
