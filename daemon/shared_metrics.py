@@ -117,9 +117,9 @@ class SharedMetrics(Metrics):
         self._deliver = Histogram(TIME_TO_DELIVER[0], TIME_TO_DELIVER[1], buckets=DELIVER_BUCKETS, registry=None)
         # children by label values: a .labels() lookup costs more than the update itself
         # every status and kind at 0 from the start, as _MessageSeries shows them
-        self._finished_by = {s: self._finished.labels(s) for s in self.finished}
-        self._failovers_by = {k: self._failovers.labels(k) for k in self.failovers}
-        self._attempts_by: dict[tuple[str, str, str], Any] = {}
+        self._finished_by: dict[tuple[str, ...], Any] = {(s,): self._finished.labels(s) for s in self.finished}
+        self._failovers_by: dict[tuple[str, ...], Any] = {(k,): self._failovers.labels(k) for k in self.failovers}
+        self._attempts_by: dict[tuple[str, ...], Any] = {}
         self._limit_gauges = [Gauge(name, doc, ["provider"], registry=None, multiprocess_mode="livesum")
                               for name, _, doc in LIMIT_GAUGES]
         self._limit_counters = [Counter(name, doc, ["provider"], registry=None) for name, _, doc in LIMIT_COUNTERS]
@@ -132,30 +132,20 @@ class SharedMetrics(Metrics):
     # ------------------------------------------------------------------ per message (hot path)
 
     def message_accepted(self) -> None:
-        self.accepted += 1
+        super().message_accepted()
         self._accepted.inc()
 
     def message_finished(self, status: str) -> None:
-        self.finished[status] = self.finished.get(status, 0) + 1
-        child = self._finished_by.get(status)
-        if child is None:
-            child = self._finished_by[status] = self._finished.labels(status)
-        child.inc()
+        super().message_finished(status)
+        _child(self._finished_by, self._finished, (status,)).inc()
 
     def attempt_ended(self, channel: str, provider: str, outcome: str) -> None:
-        key = (channel, provider, outcome)
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        child = self._attempts_by.get(key)
-        if child is None:
-            child = self._attempts_by[key] = self._attempts.labels(*key)
-        child.inc()
+        super().attempt_ended(channel, provider, outcome)
+        _child(self._attempts_by, self._attempts, (channel, provider, outcome)).inc()
 
     def failover(self, kind: str) -> None:
-        self.failovers[kind] = self.failovers.get(kind, 0) + 1
-        child = self._failovers_by.get(kind)
-        if child is None:
-            child = self._failovers_by[kind] = self._failovers.labels(kind)
-        child.inc()
+        super().failover(kind)
+        _child(self._failovers_by, self._failovers, (kind,)).inc()
 
     def delivered_after(self, seconds: float) -> None:
         super().delivered_after(seconds)
@@ -210,6 +200,15 @@ class SharedMetrics(Metrics):
     def render(self) -> bytes:
         self.refresh()          # this worker's own read-at-scrape values, exact
         return generate_latest(self._merged)
+
+
+def _child(cache: dict[tuple[str, ...], Any], counter: Counter, labels: tuple[str, ...]) -> Any:
+    """`counter`'s child for `labels`, kept in `cache` (a .labels() lookup costs more than the
+    update itself)."""
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = counter.labels(*labels)
+    return child
 
 
 class _Merged:
