@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (BENCH, BenchResult, Helper, WrkResult, WrkSettings, finished_counts, header, mib, ms,
-                    proc_status_kib, ratio, run_wrk, send_body, start_daemon, wait_drained)
+                    proc_status_kib, ratio, run_wrk, send_body, start_daemon, wait_drained, wrk_arguments, wrk_settings)
 
 TARGET = 0.25
 DRAIN_TIMEOUT_S = 60.0
@@ -119,12 +119,9 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None) -> 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--duration", type=int, default=8, help="wrk seconds per side (default 8)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2, help="alternating baseline/subject rounds, best counts")
+    wrk_arguments(p)
     a = p.parse_args()
-    return 0 if run(WrkSettings(a.threads, a.connections, a.duration), a.rounds).ok else 1
+    return 0 if run(wrk_settings(a), a.rounds).ok else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 
 import bench_ingress
 from common import (BENCH, ROOT, BenchResult, Helper, WrkResult, WrkSettings, header, ms, ratio, run_wrk,
-                    send_body, start_daemon)
+                    send_body, start_daemon, wrk_arguments, wrk_settings)
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -226,14 +226,11 @@ def run(settings: WrkSettings, rounds: int = 2, workdir: Path | None = None, use
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--duration", type=int, default=8, help="wrk seconds per side (default 8)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2, help="alternating baseline/subject rounds, best counts")
+    wrk_arguments(p)
     p.add_argument("--without-user-id", action="store_true",
                    help="send without to.user_id, so no recipient profile is read per send")
     a = p.parse_args()
-    return 0 if run(WrkSettings(a.threads, a.connections, a.duration), a.rounds,
+    return 0 if run(wrk_settings(a), a.rounds,
                     user_id=not a.without_user_id).ok else 1
 
 

@@ -8,6 +8,7 @@ every wait is bounded.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -233,6 +234,19 @@ class WrkSettings:
 
     def describe(self) -> str:
         return f"wrk -t{self.threads} -c{self.connections} -d{self.duration_s}s --timeout {self.timeout_s}s"
+
+
+def wrk_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line flags of a benchmark that runs wrk in alternating baseline/subject rounds."""
+    p.add_argument("--duration", type=int, default=8, help="wrk seconds per side (default 8)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2, help="alternating baseline/subject rounds, best counts")
+
+
+def wrk_settings(a: argparse.Namespace) -> WrkSettings:
+    """The WrkSettings of wrk_arguments' flags."""
+    return WrkSettings(a.threads, a.connections, a.duration)
 
 
 @dataclass
