@@ -1,25 +1,16 @@
 """Simulated providers: the shared behaviour model (routingd.daemon.core.behaviour) plus an outage timeline.
 
 The answer to each request is `routingd.daemon.core.behaviour.draw`'s -- the model the daemon's `sandbox`
-provider uses (through draw_answer, the same function wrapped in an Answer). The only
-simulator-specific part is *which* fail mode and behaviour apply at a given simulated time (the
-outage windows of the scenario).
+provider uses (through draw_answer, the same function wrapped in an Answer). Which fail mode
+and behaviour apply at a given simulated time is the core's mode_at over the scenario's outage
+windows, the rule the sandbox's own `outages` follow on the wall clock.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from ..daemon.core.behaviour import Answer, BehaviourSpec, Draw, RateWindow, draw
-
-
-@dataclass(frozen=True)
-class OutageWindow:
-    start_s: float
-    end_s: float
-    kind: str
-    spec: BehaviourSpec          # the provider's behaviour with this outage's parameters applied
+from ..daemon.core.behaviour import Answer, BehaviourSpec, Draw, OutageWindow, RateWindow, draw, mode_at
 
 
 class SimProvider:
@@ -36,13 +27,7 @@ class SimProvider:
 
     def mode_at(self, now: float) -> tuple[str, BehaviourSpec]:
         """The fail mode and behaviour in force at `now` (the latest-starting active outage wins)."""
-        fail, spec = self.fail, self.spec
-        for o in self.outages:
-            if o.start_s > now:
-                break
-            if now < o.end_s:
-                fail, spec = o.kind, o.spec
-        return fail, spec
+        return mode_at(self.fail, self.spec, self.outages, now)
 
     def answer(self, now: float, confirm_receipt: bool) -> Answer:
         return Answer(*self.draw(now, confirm_receipt))

@@ -51,7 +51,7 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..daemon.core.behaviour import BehaviourSpec, Duration, Latency, LatencyDist, OutageKind, Rate
+from ..daemon.core.behaviour import OUTAGE_PARAMS, BehaviourSpec, Duration, Latency, LatencyDist, OutageParams, Rate
 from ..daemon.config_files import read_config_text
 from ..daemon.core.policy import PolicyError, Problem, problems_from_validation
 
@@ -160,43 +160,12 @@ class TrafficSection(_Strict):
         return [(self.route or "default", 1.0)]
 
 
-# outage parameters and the kind they belong to
-OUTAGE_PARAMS = {"factor": "slow", "error_rate": "flaky", "retry_after": "throttle"}
+class OutageSection(_Strict, OutageParams):
+    """One [[outages]] entry: which provider, from when (scenario time); what it does is
+    OutageParams' (shared with the sandbox provider's `outages`, routingd.daemon.core.behaviour)."""
 
-
-class OutageSection(_Strict):
     provider: str
     start: Duration
-    duration: Duration
-    kind: OutageKind
-    factor: float | None = Field(default=None, ge=1.0)            # slow: latency x factor
-    error_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # flaky: share of 5xx
-    retry_after: Duration | None = None                             # throttle: Retry-After
-
-    @field_validator("duration")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("an outage must last longer than 0")
-        return v
-
-    @model_validator(mode="after")
-    def _params_fit_kind(self) -> "OutageSection":
-        for param, kind in OUTAGE_PARAMS.items():
-            if getattr(self, param) is not None and self.kind != kind:
-                raise ValueError(f"{param} applies only to kind = \"{kind}\", not \"{self.kind}\"")
-        return self
-
-    def behaviour_update(self) -> dict[str, Any]:
-        """BehaviourSpec fields this outage overrides while it lasts."""
-        out: dict[str, Any] = {}
-        if self.factor is not None:
-            out["slow_factor"] = self.factor
-        if self.error_rate is not None:
-            out["flaky_error_rate"] = self.error_rate
-        if self.retry_after is not None:
-            out["throttle_retry_after"] = self.retry_after
-        return out
 
 
 class ExpectSection(_Strict):

@@ -12,11 +12,11 @@ from typing import Any, Collection
 
 from pydantic import ValidationError
 
-from ..daemon.core.behaviour import BehaviourSpec, behaviour_of
+from ..daemon.core.behaviour import BehaviourSpec, OutageWindow, behaviour_of
 from ..daemon.core.plan import Plan, PlanError, resolve_plan
 from ..daemon.core.policy import Policy, PolicyError, Problem, problems_from_validation
 
-from .providers import OutageWindow, SimProvider
+from .providers import SimProvider
 from .scenario import Scenario
 
 
@@ -85,6 +85,15 @@ def bind_scenario(scenario: Scenario, policy: Policy, routing_path: str | None =
         if name not in known_elsewhere:
             known = ", ".join(sorted(policy.providers)) or "none"
             problems.append(Problem(loc, f"unknown provider {name!r} in {where}; providers: {known}"))
+
+    # a sandbox's own `outages` are wall-clock instants for the daemon: they mean nothing in
+    # simulated time, and running without them would ignore what the file asks for
+    timed = [Problem(("providers", name, "outages"), "a sandbox provider's outages are wall-clock "
+                     "times for the daemon; the simulator takes outages from the scenario's [[outages]] "
+                     "(docs/simulator.md \"Scenario files\")")
+             for name, cfg in policy.providers.items() if getattr(cfg, "outages", ())]
+    if timed:
+        raise PolicyError(policy.path, timed, policy.source)
 
     for name in scenario.provider_overrides:
         if name not in policy.providers:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .durations import parse_duration_ms
 from .limiter import TOKEN_EPSILON
@@ -197,6 +197,64 @@ def draw_answer(
     return Answer(*draw(spec, fail, rng, now, window, confirm_receipt))
 
 
+# ---- outages: a provider's fail mode switched on for a while (the scenario's [[outages]] in the
+# simulator, a sandbox provider's `outages` in the daemon; docs/simulator.md, docs/providers.md)
+
+# each outage parameter: the kind it belongs to, and the BehaviourSpec field it overrides
+OUTAGE_PARAMS = {"factor": "slow", "error_rate": "flaky", "retry_after": "throttle"}
+OUTAGE_PARAM_FIELDS = {"factor": "slow_factor", "error_rate": "flaky_error_rate", "retry_after": "throttle_retry_after"}
+
+
+class OutageParams(BaseModel):
+    """What an outage does: its kind and that kind's parameter; where and when are the user's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    duration: Duration
+    kind: OutageKind
+    factor: float | None = Field(default=None, ge=1.0)            # slow: latency x factor
+    error_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # flaky: share of 5xx
+    retry_after: Duration | None = None                             # throttle: Retry-After
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("an outage must last longer than 0")
+        return v
+
+    @model_validator(mode="after")
+    def _params_fit_kind(self) -> "OutageParams":
+        for param, kind in OUTAGE_PARAMS.items():
+            if getattr(self, param) is not None and self.kind != kind:
+                raise ValueError(f"{param} applies only to kind = \"{kind}\", not \"{self.kind}\"")
+        return self
+
+    def behaviour_update(self) -> dict[str, float | int]:
+        """BehaviourSpec fields this outage overrides while it lasts."""
+        return {f: getattr(self, p) for p, f in OUTAGE_PARAM_FIELDS.items() if getattr(self, p) is not None}
+
+
+@dataclass(frozen=True)
+class OutageWindow:
+    """One outage on one clock (simulated seconds, or the wall clock's for the sandbox)."""
+
+    start_s: float
+    end_s: float
+    kind: str
+    spec: BehaviourSpec          # the provider's behaviour with this outage's parameters applied
+
+
+def mode_at(fail: str, spec: BehaviourSpec, windows: tuple[OutageWindow, ...], now: float) -> tuple[str, BehaviourSpec]:
+    """The fail mode and behaviour in force at `now`: the latest-starting outage active then, else
+    the provider's own (`windows` sorted by start)."""
+    for o in windows:
+        if o.start_s > now:
+            break
+        if now < o.end_s:
+            fail, spec = o.kind, o.spec
+    return fail, spec
+
+
 def behaviour_of(config: BaseModel) -> BehaviourSpec:
     """The behaviour part of a provider config: a `sandbox` provider *is* a BehaviourSpec, so its
     latency, error_rate, rate_limit, receipt_delay and outage parameters come through unchanged;
@@ -207,5 +265,5 @@ def behaviour_of(config: BaseModel) -> BehaviourSpec:
 
 __all__ = [
     "Answer", "BehaviourSpec", "behaviour_of", "draw", "Draw", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
-    "OutageKind", "RateWindow", "draw_answer", "sample_latency_s", "Union",
+    "OutageKind", "OUTAGE_PARAM_FIELDS", "OUTAGE_PARAMS", "OutageParams", "OutageWindow", "RateWindow", "mode_at", "draw_answer", "sample_latency_s", "Union",
 ]

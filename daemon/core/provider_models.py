@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag,
                       field_validator, model_validator)
 
-from .behaviour import BehaviourSpec, Duration, FailMode, Rate
+from .behaviour import BehaviourSpec, Duration, FailMode, OutageParams, Rate
 from .durations import parse_duration_ms
 from .limiter import Limit
 from .sections import Strict
@@ -137,15 +137,38 @@ class MqttProvider(ProviderBase):
         return v
 
 
+def _aware(v: Any) -> Any:
+    """An outage's `start`: a TOML date-time with its offset, which names one instant."""
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            raise ValueError(f"{v.isoformat()} has no time zone offset; write it like "
+                             f"{v.isoformat()}Z (UTC) or with +01:00")
+        return v
+    raise ValueError(f"expected a date-time with its offset, like 2026-12-06T18:00:00Z (no "
+                     f"quotes), got {v!r}")
+
+
+class SandboxOutage(OutageParams):
+    """One of a sandbox provider's `outages`: from `start` (a wall-clock instant) for `duration`
+    (docs/providers.md "sandbox")."""
+
+    start: Annotated[Any, BeforeValidator(_aware)]
+
+
 class SandboxProvider(ProviderBase, BehaviourSpec):
     """A stand-in vendor: its `rate_limit` is the *vendor's* limit it models (it answers 429 above
     it, as the simulator's scenario `rate_limit` does), so routingd's own limit on it is spelled
-    `outbound_rate_limit` (docs/configuration.md "Rate limits and priorities")."""
+    `outbound_rate_limit` (docs/configuration.md "Rate limits and priorities"). `outages` switch
+    its fail mode on at wall-clock times (the latest-starting active one wins, as in the
+    simulator)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["sandbox"]
     fail: FailMode = "none"
     outbound_rate_limit: Rate | None = None
+    outages: list[SandboxOutage] = Field(default_factory=list)
 
     def outbound_rate(self) -> float | None:
         return self.outbound_rate_limit

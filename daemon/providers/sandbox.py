@@ -6,6 +6,9 @@ runtime cancels it at the deadline), "refused" is a network failure, and with co
 a `delivered` receipt is fed back into the runtime through AdapterContext.receipts after the
 drawn receipt delay.
 
+Besides send(), it offers Its `outages` switch the fail mode at wall-clock instants (core mode_at, the simulator's rule):
+`simulate --live` drives a drill's outage timeline through them, with no reload at the switch.
+
 Besides send(), it offers `timed_answer(req) -> (delay_s | None, Outcome, after)`: the whole
 answer drawn at once (delay None: it never answers), `after()` (or None) to be run when the
 answer is taken (it starts the receipt). The runtime uses it to answer with one loop timer
@@ -22,7 +25,7 @@ import time
 from typing import Any
 
 from ..adapters import AdapterContext, AttemptRequest, ProviderAdapter, TimedAnswer, register_adapter
-from ..core.behaviour import RateWindow, draw_answer
+from ..core.behaviour import OutageWindow, RateWindow, draw_answer, mode_at
 from ..core.engine import Outcome
 
 _NO_ANSWER = Outcome(network=True, detail="no answer (sandbox fail = 'hang')")   # never given out
@@ -38,6 +41,11 @@ class SandboxAdapter(ProviderAdapter):
         seed = None if ctx.rng_seed is None else f"{ctx.rng_seed}:{name}"
         self.rng = random.Random(seed)
         self.window = RateWindow(config.rate_limit)
+        # its `outages` on the wall clock (time.time(), the clock a TOML date-time names)
+        self.outages = tuple(sorted(
+            (OutageWindow(o.start.timestamp(), o.start.timestamp() + o.duration / 1000.0, o.kind,
+                          config.model_copy(update=o.behaviour_update())) for o in config.outages),
+            key=lambda w: w.start_s))
         self.receipt_tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, req: AttemptRequest) -> Outcome:
@@ -54,12 +62,13 @@ class SandboxAdapter(ProviderAdapter):
         """The answer to `req` drawn now: after delay_s seconds (None: never), this Outcome; run
         `after()` when it is taken (not if the attempt was cancelled first)."""
         cfg = self.config
-        answer = draw_answer(cfg, cfg.fail, self.rng, time.monotonic(), self.window,
+        fail, spec = mode_at(cfg.fail, cfg, self.outages, time.time()) if self.outages else (cfg.fail, cfg)
+        answer = draw_answer(spec, fail, self.rng, time.monotonic(), self.window,
                              confirm_receipt=cfg.confirm == "receipt")
         if answer.kind == "hang":
             return None, _NO_ANSWER, None
         if answer.kind == "refused":
-            return answer.delay_s, Outcome(network=True, detail=f"connection refused (sandbox fail = {cfg.fail!r})"), None
+            return answer.delay_s, Outcome(network=True, detail=f"connection refused (sandbox fail = {fail!r})"), None
         after = None
         if answer.receipt_delay_s is not None and self.ctx.receipts is not None:
             after = functools.partial(self._start_receipt, req.attempt_id, answer.receipt_delay_s)
