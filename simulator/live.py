@@ -12,8 +12,9 @@ docs/simulator.md "Simulated vs live" describes what this does and what the two 
 3. **The simulated run** is the ordinary runner on that file.
 4. **The live run** starts `routingd serve` on a free loopback port with its own temporary state
    directory, sends the scenario's traffic (the same seeded arrivals, route mix and recipients
-   as the simulator's traffic stream) over HTTP, switches each outage on and off at its time by
-   rewriting the file's sandbox `fail` mode and POSTing /-/reload, then reads every message's
+   as the simulator's traffic stream) over HTTP; the scenario's outages are the sandboxes' own
+   `outages` (loaded once before the traffic, `with_timeline`), which the daemon switches on and
+   off at their wall-clock instants itself; then it reads every message's
    final status and attempts back from GET /v1/messages/{id} into the simulator's Metrics, so
    that report.py builds the same report.
 5. **Compare** (simulator/live_compare.py, which also holds the `--live` command): each figure
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import random
@@ -40,12 +42,12 @@ from collections import Counter
 from itertools import accumulate
 from typing import Any, Callable, TextIO
 
-from ..daemon.core.behaviour import BehaviourSpec
+from ..daemon.core.behaviour import OUTAGE_PARAM_FIELDS
 from ..daemon.core.engine import Event
 
 from .live_calibrate import calibrate, commit_delay_of
 from .live_daemon import TERMINAL, LiveError, _Daemon, _ts
-from .live_routing import Prepared, _behaviour, live_routing, prepare_live, scaled_scenario, to_toml
+from .live_routing import Prepared, live_routing, prepare_live, scaled_scenario, to_toml
 from .metrics import OUTCOME_CODE, RUNNING, Metrics
 from .trace import attempt_code
 from .runner import STANDARD_FIELDS, RunResult, outage_windows
@@ -57,6 +59,7 @@ __all__ = ["LiveError", "LiveRoutingHook", "Prepared", "calibrate", "commit_dela
            "prepare_live", "run_live", "scaled_scenario", "to_toml"]
 
 LATE_SLACK_S = 0.010            # an attempt that ended this much past its deadline: a late timer
+ARM_LEAD_S = 1.0                # the outage timeline is loaded this long before scenario time 0
 
 # a hook for tests: a function(routing_dict) -> routing_dict applied to the live side only, to
 # prove that the comparison fails when the two runs really differ
@@ -66,11 +69,36 @@ LiveRoutingHook = Callable[[dict[str, Any]], dict[str, Any]]
 # ------------------------------------------------------------------------------ the live run
 
 
-def _modes_at(setup: RunSetup, t: float) -> dict[str, tuple[str, BehaviourSpec]]:
-    """Per provider with an outage: the fail mode and behaviour in force at scenario time `t`
-    (the latest-starting active outage wins, as in simulator/providers.py)."""
-    providers = setup.providers()
-    return {o.provider: providers[o.provider].mode_at(t) for o in setup.outages}
+def with_timeline(routing: dict[str, Any], setup: RunSetup, t0: float) -> dict[str, Any]:
+    """The routing file with the scenario's outages as its sandboxes' own `outages`, scenario
+    time 0 at wall-clock `t0`: the daemon switches each at its instant itself, with no reload at
+    the switch (one would block its event loop then, hold back the sends and reach only messages
+    accepted after it; docs/simulator.md "Where they differ")."""
+    doc = json.loads(json.dumps(routing))
+    fields = {f: p for p, f in OUTAGE_PARAM_FIELDS.items()}
+    for o in setup.outages:
+        entry: dict[str, Any] = {"start": dt.datetime.fromtimestamp(t0 + o.start_s, tz=dt.timezone.utc),
+                                 "duration": int(round((o.end_s - o.start_s) * 1000.0)), "kind": o.kind}
+        entry.update({fields[k]: v for k, v in o.update.items()})
+        doc["providers"][o.provider].setdefault("outages", []).append(entry)
+    return doc
+
+
+async def _arm(http: Any, setup: RunSetup, routing: dict[str, Any], live_path: str) -> float:
+    """Load the outage timeline into the daemon ahead of the traffic (one reload while nothing
+    is in flight); returns the wall-clock instant of scenario time 0, ARM_LEAD_S ahead."""
+    for _ in range(3):
+        t0 = time.time() + ARM_LEAD_S
+        tmp = live_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(to_toml(with_timeline(routing, setup, t0)))
+        os.replace(tmp, live_path)
+        async with http.post("/-/reload") as r:
+            if r.status != 200:
+                raise LiveError(f"POST /-/reload answered {r.status}: {await r.text()}")
+        if time.time() < t0 - 0.05:
+            return t0
+    raise LiveError(f"the daemon took more than {ARM_LEAD_S:g}s to load the outage timeline, three times")
 
 
 @dataclasses.dataclass
@@ -108,7 +136,6 @@ async def _live_run(prep: Prepared, daemon: _Daemon, routing: dict[str, Any], li
         arrivals.append((t, routes[k], to))
         t += next_gap(t)
 
-    boundaries = sorted({x for o in setup.outages for x in (o.start_s, o.end_s) if x < duration})
     ids: list[str | None] = [None] * len(arrivals)
     send_errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=64)
@@ -127,35 +154,15 @@ async def _live_run(prep: Prepared, daemon: _Daemon, routing: dict[str, Any], li
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 send_errors.append(f"POST /v1/send: {type(e).__name__}: {e}")
 
-        async def switch(at: float) -> None:
-            doc = json.loads(json.dumps(routing))
-            for provider, (fail, spec) in _modes_at(setup, at).items():
-                doc["providers"][provider].update(_behaviour(spec, 1.0))   # already scaled
-                doc["providers"][provider]["fail"] = fail
-            tmp = live_path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(to_toml(doc))
-            os.replace(tmp, live_path)
-            async with http.post("/-/reload") as r:
-                if r.status != 200:
-                    raise LiveError(f"POST /-/reload answered {r.status}: {await r.text()}")
-
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
-        t0_loop = loop.time()
-        t0 = time.time()
-        events: list[tuple[float, int, Any]] = [(a[0], 1, i) for i, a in enumerate(arrivals)]
-        events += [(b, 0, -1) for b in boundaries]       # a switch before an arrival at the same time
-        events.sort()
-        for at, kind, i in events:
+        t0 = await _arm(http, setup, routing, live_path)
+        t0_loop = loop.time() + (t0 - time.time())
+        for i, (at, route, to) in enumerate(arrivals):
             delay = t0_loop + at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if kind == 0:
-                await switch(at)
-            else:
-                _, route, to = arrivals[i]
-                tasks.append(loop.create_task(send(i, route, to)))
+            tasks.append(loop.create_task(send(i, route, to)))
         if tasks:
             await asyncio.wait(tasks)
         if send_errors:

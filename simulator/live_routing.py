@@ -9,6 +9,7 @@ keeping its timeout, retries, confirm, breaker and back-off; `to_toml` writes it
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -119,6 +120,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, dt.datetime):
+        return v.isoformat()        # RFC 3339 with its offset: a TOML offset date-time
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
