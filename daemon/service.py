@@ -43,6 +43,7 @@ from .core import core_build
 from .config_files import load_policy, read_config_text
 from .core.policy import Policy, PolicyError
 from .errors import RoutingdError
+from .ids import freeze_startup
 from .secrets import read_secret
 from .settings import ListenAddress, Settings, SettingsError, config_path, load_settings, parse_listen
 
@@ -139,7 +140,12 @@ class ConfigReloader:
             if notifier is not None:
                 notifier.reloading()
             try:
-                result = self._reload(current, trigger)
+                # reading, parsing and validating the file (templates compiled, secrets read) is
+                # the reload's cost and touches nothing the loop owns: a thread does it, so the
+                # loop keeps serving meanwhile (6.5 ms for the bundled file on an idle machine,
+                # far more for a large one or a loaded machine); the swap stays on the loop
+                loaded = await asyncio.to_thread(self._load, current, trigger)
+                result = loaded if isinstance(loaded, ReloadResult) else self._apply(current, trigger, *loaded)
             except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
                 log.exception("reload (%s) failed unexpectedly; keeping policy %s", trigger, current.version)
                 result = ReloadResult(False, current.version, errors=(f"{self.path}: internal error: {e}",))
@@ -158,7 +164,9 @@ class ConfigReloader:
                                         f"({len(result.errors)} error(s)); serving policy {result.version}")
             return result
 
-    def _reload(self, current: Policy, trigger: str) -> ReloadResult:
+    def _load(self, current: Policy, trigger: str) -> ReloadResult | tuple[Policy, Settings]:
+        """The file read and checked (in a worker thread): the new policy and its settings, or
+        the failed ReloadResult."""
         try:
             policy = load_policy(self.path, secrets=read_secret)
         except PolicyError as e:
@@ -174,6 +182,10 @@ class ConfigReloader:
             for line in lines:
                 log.error("reload (%s) rejected: %s", trigger, line)
             return ReloadResult(False, current.version, errors=lines)
+        return policy, settings
+
+    def _apply(self, current: Policy, trigger: str, policy: Policy, settings: Settings) -> ReloadResult:
+        """Put a checked policy and its settings in force (on the loop)."""
         for w in policy.warnings:
             log.warning("%s: warning: %s", self.path, w)
         for key in ("listen", "state", "store", "lease", "workers", "mqtt"):
@@ -352,6 +364,7 @@ class Service:
         try:
             if isinstance(metrics, SharedMetrics):
                 self._spawn(metrics.sample_forever())       # resumed messages count from the start
+            freeze_startup()        # full GC pauses walk only what messages add (daemon/ids.py)
             try:
                 await router.start()
             except StoreError as e:

@@ -324,3 +324,41 @@ def test_an_edit_while_the_daemon_reads_its_startup_file_is_picked_up(tmp_path: 
     finally:
         feeder.join(10)
         n.close()
+
+
+# --------------------------------------------------------------------------- the loop during a reload
+
+
+def test_the_daemon_keeps_answering_while_a_large_file_is_read(tmp_path: Path) -> None:
+    """Reading and checking the file (here 1,000 templates to compile: a second or more) happens
+    beside the event loop, not on it: requests sent while the reload runs are answered before
+    it ends. On the loop, none but one that slipped in ahead of it could be."""
+    small = policy("a").replace("[daemon]\n", "[daemon]\nwatch = false\n", 1)    # reloaded when told only
+    d = DaemonProcess(tmp_path, small)
+    templates = "".join(f'[templates.t{i}]\nemail = {{ title = "Disk {{{{ host }}}} {i}", '
+                        f'text = "{{% for x in items %}}{{{{ x }}}} {{% endfor %}} {i}" }}\n' for i in range(1000))
+    with d:
+        va = config(d)["version"]
+        d.write_config(small + templates)
+        done = threading.Event()
+        answer: list[Any] = []
+
+        def reload() -> None:
+            try:
+                answer.append(d.post("/-/reload", timeout=120))
+            finally:
+                done.set()
+
+        t = threading.Thread(target=reload, name="reload")
+        t.start()
+        answered = 0
+        for _ in range(100_000):                # bounded: the reload ends within its timeout
+            if done.is_set():
+                break
+            assert d.get("/healthz").status == 200
+            answered += not done.is_set()
+        t.join(120)
+        assert answer and answer[0].status == 200 and answer[0].json()["version"] != va, answer
+        assert answered >= 5, f"only {answered} request(s) answered while the file was read"
+        assert config(d)["version"] == answer[0].json()["version"]
+        assert d.stop() == 0
