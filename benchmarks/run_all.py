@@ -7,7 +7,8 @@
 Benchmarks: ingress (wrk vs a bare aiohttp handler), delivery (through a local HTTP sink vs a
 bare relay), simulator (vs a bare SimPy loop, plus every shipped drill's wall time), failover
 (breaker on/off vs the floor, simulated), memory (RSS with N pending messages vs idle), rate_limit
-(a 2,000 burst into a daemon whose provider enforces a token bucket at routingd's rate_limit).
+(a 2,000 burst into a daemon whose provider enforces a token bucket at routingd's rate_limit),
+gc_pause (a full garbage collection with the daemon's start frozen vs without).
 Exit status: 0 every target met, 1 a target missed, 2 a benchmark could not run.
 See benchmarks/README.md for how to read the output.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchError, BenchResult, WrkSettings  # noqa: E402
 
-NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan", "rate_limit", "limiter")
+NAMES = ("ingress", "delivery", "simulator", "failover", "memory", "worst_plan", "rate_limit", "limiter", "gc_pause")
 
 
 def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
@@ -64,8 +65,13 @@ def runners(a: argparse.Namespace) -> dict[str, Callable[[], BenchResult]]:
         import bench_limiter
         return bench_limiter.run()
 
+    def gc_pause() -> BenchResult:
+        import bench_gc_pause
+        return bench_gc_pause.run()
+
     return {"ingress": ingress, "delivery": delivery, "simulator": simulator, "failover": failover,
-            "memory": memory, "worst_plan": worst_plan, "rate_limit": rate_limit, "limiter": limiter}
+            "memory": memory, "worst_plan": worst_plan, "rate_limit": rate_limit, "limiter": limiter,
+            "gc_pause": gc_pause}
 
 
 def _names(value: str) -> list[str]:

@@ -771,3 +771,28 @@ def test_a_policy_swapped_while_the_router_starts_is_stored_for_resume(tmp_path:
             await router.stop(0.0)
 
     run(main)
+
+
+def test_freeze_startup_collects_the_starts_garbage_and_freezes_what_lives() -> None:
+    """`serve` calls it once before it routes (daemon/ids.py): a full collection then no longer
+    walks what the start built, and the start's garbage was collected first, not kept frozen."""
+    import gc
+    import weakref
+
+    from routingd.daemon.ids import freeze_startup
+
+    class Node:
+        pass
+
+    kept, cyclic = Node(), Node()
+    cyclic.me = cyclic                   # type: ignore[attr-defined]  # only the cyclic collector frees it
+    gone = weakref.ref(cyclic)
+    del cyclic
+    try:
+        freeze_startup()
+        assert gone() is None                                   # collected, not frozen
+        assert gc.get_freeze_count() > 0
+        assert not any(o is kept for o in gc.get_objects())     # out of the collector's walk
+    finally:
+        gc.unfreeze()
+    assert any(o is kept for o in gc.get_objects())
