@@ -173,3 +173,35 @@ def test_live_drives_the_drills_outages_through_the_sandboxes_own_timeline(tmp_p
     # to the microsecond, on the wall clock the daemon's sandbox reads
     assert tomllib.loads(text)["providers"]["ses"]["outages"][0]["start"].timestamp() == \
         t0 + prep.setup.outages[0].start_s
+
+
+def test_a_daemon_with_a_timeline_serves_reloads_and_shows_it(tmp_path: Path) -> None:
+    """A real `routingd serve`: a send during the outage fails over, the operator's views and
+    `explain` work, and a reload that moves the outage is taken."""
+    from daemon_process import DaemonProcess
+
+    def text(start: float) -> str:
+        return policy_text('[providers.s1]\ntype = "sandbox"\nlatency = "1ms"\nbreaker = false\n'
+                           f'outages = [{{ start = {_at(start)}, duration = "1h", kind = "down" }}]\n'
+                           '[providers.s2]\ntype = "sandbox"\nlatency = "1ms"\n',
+                           '[channels.email]\nproviders = ["s1", "s2"]\n', 'channels = ["email"]',
+                           daemon="watch = false")      # reloaded when told only
+
+    d = DaemonProcess(tmp_path, text(-1))
+    with d:
+        st_ = d.wait_status(d.send({"to": {"email": "a@example.com"}, "content": {"title": "t", "body": "b"}}),
+                            "delivered")
+        assert [(a["provider"], a["outcome"]) for a in st_["attempts"]] == [("s1", "network"), ("s2", "delivered")]
+        for path in ("/v1/config", "/v1/providers", "/ui", "/metrics"):
+            assert d.get(path).status == 200, path
+        d.write_config(text(3600))            # the outage moved an hour ahead
+        r = d.post("/-/reload")
+        assert r.status == 200 and r.json()["status"] == "reloaded", r.body
+        st_ = d.wait_status(d.send({"to": {"email": "a@example.com"}, "content": {"title": "t", "body": "b"}}),
+                            "delivered")
+        assert [a["provider"] for a in st_["attempts"]] == ["s1"]
+        p = subprocess.run([sys.executable, "-m", "routingd.daemon.cli", "explain", "default", "--config",
+                            str(d.config_path)], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        assert "Traceback" not in d.log_text()
+        assert d.stop() == 0

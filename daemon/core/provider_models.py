@@ -9,6 +9,7 @@ Re-exported by daemon/core/policy.py, the routing.toml model's entry point.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -139,8 +140,6 @@ class MqttProvider(ProviderBase):
 
 def _aware(v: Any) -> Any:
     """An outage's `start`: a TOML date-time with its offset, which names one instant."""
-    import datetime as dt
-
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
             raise ValueError(f"{v.isoformat()} has no time zone offset; write it like "
@@ -152,9 +151,9 @@ def _aware(v: Any) -> Any:
 
 class SandboxOutage(OutageParams):
     """One of a sandbox provider's `outages`: from `start` (a wall-clock instant) for `duration`
-    (docs/providers.md "sandbox")."""
+    (docs/configuration.md "type = sandbox")."""
 
-    start: Annotated[Any, BeforeValidator(_aware)]
+    start: Annotated[dt.datetime, BeforeValidator(_aware)]
 
 
 class SandboxProvider(ProviderBase, BehaviourSpec):

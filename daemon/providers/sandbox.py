@@ -6,7 +6,7 @@ runtime cancels it at the deadline), "refused" is a network failure, and with co
 a `delivered` receipt is fed back into the runtime through AdapterContext.receipts after the
 drawn receipt delay.
 
-Besides send(), it offers Its `outages` switch the fail mode at wall-clock instants (core mode_at, the simulator's rule):
+Its `outages` switch the fail mode at wall-clock instants (core mode_at, the simulator's rule):
 `simulate --live` drives a drill's outage timeline through them, with no reload at the switch.
 
 Besides send(), it offers `timed_answer(req) -> (delay_s | None, Outcome, after)`: the whole
