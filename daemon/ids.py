@@ -58,9 +58,9 @@ def freeze_startup() -> None:
     start's garbage so that none of it is frozen.
 
     A full collection walks every tracked object and the event loop stands still meanwhile:
-    walking the start's objects alone took 36-40 ms on the 2-core machine, the whole of a
-    full collection with 2,048 recent messages kept ~100-150 ms, enough to push healthy calls
-    past their slow-call mark (docs/performance.md "Figures behind code choices"). Called
+    walking the start's objects alone took 36-40 ms on the 2-core machine, enough with the
+    rest to push healthy calls past their slow-call mark (docs/performance.md "Figures behind
+    code choices"; runtime/router.py _RECENT bounds the rest). Called
     once by the daemon before it routes; not by the Router, which an embedding program (or
     a test) may start many times in one process."""
     gc.collect()

@@ -64,7 +64,7 @@ _NO_PRIOR: Mapping[str, AttemptRow] = MappingProxyType({})
 
 class _Live:
     """One message this process is routing (or finished recently). Slots and a plain __init__:
-    one is made per message and 2,048 finished ones are kept (and freed, cold) -- no attribute
+    one is made per message and 1,024 finished ones are kept (and freed, cold) -- no attribute
     dict, no default factories, and the attempts of earlier runs as a shared empty mapping
     unless the message was resumed."""
 

@@ -43,7 +43,11 @@ from .wakeups import WakeupHeap
 
 log = logging.getLogger("routingd.runtime")
 
-_RECENT = 2048                 # finished messages kept in memory (status, late receipts)
+# Finished messages kept in memory (status, and late receipts the engine still sees: health,
+# duplicates, late deliveries; older ones are read from the store). Every full garbage
+# collection walks them with the event loop standing still: 2,048 took 50 ms on the 2-core
+# machine, 1,024 4-6 ms, 512 about 2 ms (docs/performance.md "Garbage-collector pause").
+_RECENT = 1024
 
 
 class Router:
