@@ -23,8 +23,11 @@ from routingd.simulator.setup import bind_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 # the shipped drills CI runs live (make soak), each at a speed that keeps it under a minute: the
-# 5-minute primary hang in 30 s, the 4-minute 5xx storm in 30 s
-LIVE_DRILLS = [("email-primary-hang", "10", 5000), ("email-5xx-storm", "8", 4000)]
+# 5-minute primary hang in 37.5 s (44 s with the calibration and the read-back), the 4-minute
+# 5xx storm in 30 s. Speed 8, not 10, for the hang: its slow-call mark is then 125 ms against
+# sendgrid's 75 ms p99, so a stall of the loaded machine must be longer to mark healthy calls
+# slow (docs/simulator.md "Where they differ").
+LIVE_DRILLS = [("email-primary-hang", "8", 5000), ("email-5xx-storm", "8", 4000)]
 
 
 def _drill(name: str) -> Any:
