@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,28 @@ def test_the_generated_routing_file_is_the_scaled_policy_with_sandbox_providers(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)           # two live runs of under a minute each, with room on a loaded machine
 @pytest.mark.parametrize("drill,speed,at_least", LIVE_DRILLS)
 def test_a_shipped_drill_live_agrees_with_its_simulation(tmp_path: Path, drill: str, speed: str,
                                                          at_least: int) -> None:
     out = tmp_path / "live.json"
-    p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", drill, "--live",
-                        "--speed", speed, "--check", "--json", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert "Traceback" not in p.stderr
+
+    def run() -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "routingd.simulator.cli", drill, "--live",
+                            "--speed", speed, "--check", "--json", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert "Traceback" not in p.stderr
+        return p
+
+    p = run()
+    if p.returncode == 1:
+        # One stall of the shared machine longer than a slow-call mark (a disk flush delaying the
+        # commits before the calls, a burst of other work) opens a healthy provider's breaker
+        # in one live run, which the simulation cannot know of (docs/simulator.md "Where they
+        # differ"). A difference of the daemon's own shows in every run: a second run must agree.
+        warnings.warn(f"{drill} at speed {speed}: the first live run differed, a second one decides:\n"
+                      + p.stdout + p.stderr)
+        p = run()
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(out.read_text())
     sim, live = doc["runs"]
