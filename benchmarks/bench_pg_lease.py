@@ -3,8 +3,9 @@
 For each size N: a fresh database of a throwaway cluster (tests/pg_cluster.py), N pending
 messages owned by one process (inserted with generate_series), then the median of 7 renewals
 (one UPDATE of the node row) and of 7 claims that find nothing (every owner live), one claim
-of a batch of 500 once the owner's lease ran out, and the late renewal that then reads what the
-owner still owns. Prints one line per size; docs/performance.md "Figures behind code choices".
+of a batch of 500 once the owner's lease ran out, and the late renewal that then reads which
+of its N messages were taken over (daemon/cluster.py Cluster.renew: lease.renew, then
+lease.taken_from over the messages it routes). Prints one line per size; docs/performance.md "Figures behind code choices".
 
     .venv/bin/python benchmarks/bench_pg_lease.py [--sizes 1000,10000,100000]
 """
@@ -41,7 +42,7 @@ async def measure(url: str, n: int) -> str:
     renews, empty = [], []
     for _ in range(7):
         t = time.perf_counter()
-        assert await book.run(lambda c: lease.renew(c, s.node, 10.0), "renew") is None
+        assert await book.run(lambda c: lease.renew(c, s.node, 10.0), "renew") is False
         renews.append(time.perf_counter() - t)
         t = time.perf_counter()
         assert await book.run(lambda c: lease.claim(c, "other", 10.0, 500), "claim") == []
@@ -52,9 +53,11 @@ async def measure(url: str, n: int) -> str:
     got = await book.run(lambda c: lease.claim(c, "other", 10.0, 500), "claim")
     claimed = time.perf_counter() - t
     t = time.perf_counter()
-    owned = await book.run(lambda c: lease.renew(c, s.node, 10.0), "renew")
+    was_late = await book.run(lambda c: lease.renew(c, s.node, 10.0), "renew")
+    ids = [f"m{g}" for g in range(1, n + 1)]
+    taken = await book.run(lambda c: lease.taken_from(c, s.node, ids), "read what was taken over")
     late = time.perf_counter() - t
-    assert len(got) == min(500, n) and owned is not None and len(owned) == n - len(got)
+    assert len(got) == min(500, n) and was_late is True and len(taken) == len(got)
     book.close()
     await s.close()
     return (f"pending={n}: renewal {_median(renews) * 1000:.2f} ms, empty claim {_median(empty) * 1000:.2f} ms, "

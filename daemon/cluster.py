@@ -134,11 +134,11 @@ class Cluster:
     async def renew(self) -> None:
         router = self.router
         version = router.policy.version
-        owned, processes = await self.book.run(
+        late, processes = await self.book.run(
             lambda c: (lease.renew(c, self.node, self.lease_s, version), lease.live_nodes(c)), "renew the lease")
         if not router._halted:
             self._share(processes)
-        if owned is None:
+        if not late:
             return                  # renewed in time: nobody could take anything over
         log.warning("this process's lease ran out before it was renewed (a stall, or the database was "
                     "unreachable); renewed now")
@@ -146,8 +146,8 @@ class Cluster:
         # this process, and every message in _live is committed (it enters _live once its insert
         # committed). The messages held *before* the renewal would miss one accepted while it ran
         # (it waits for a claim holding this node's row) and taken by that claim: it would be
-        # routed here and by its new owner to the end. And `owned`, read inside the renewal, does
-        # not hold one committed after it, which must not be dropped.
+        # routed here and by its new owner to the end. And a list of what this node owns, read
+        # inside the renewal, would not hold one committed after it, which must not be dropped.
         held = [str(mid) for mid in router._live]
         taken = await self.book.run(lambda c: lease.taken_from(c, self.node, held), "read what was taken over")
         for mid in taken:

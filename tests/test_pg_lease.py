@@ -63,9 +63,11 @@ def test_claims_take_only_a_dead_nodes_messages_once_and_a_late_renewal_sees_wha
         got_c = await c.call(lambda conn: lease.claim(conn, c.node, 10.0, 100))
         assert [m.message.id for m in got_b] == ["m0", "m1", "m2"]          # oldest first, bounded
         assert [m.message.id for m in got_c] == ["m3", "m4"]                # each message once
-        # a renews late: live again, and told which messages it still owns (none)
-        assert await a.call(lambda conn: lease.renew(conn, a.node, 10.0)) == set()
-        assert await a.call(lambda conn: lease.renew(conn, a.node, 10.0)) is None      # in time now
+        # a renews late: live again, and told which of its messages were taken over (all five)
+        assert await a.call(lambda conn: lease.renew(conn, a.node, 10.0)) is True
+        assert await a.call(lambda conn: lease.taken_from(conn, a.node, [f"m{i}" for i in range(5)])) == \
+            {f"m{i}" for i in range(5)}
+        assert await a.call(lambda conn: lease.renew(conn, a.node, 10.0)) is False     # in time now
         # a final status from a (no longer the owner) is not written; b's is
         a.finish("m0", "delivered", 1001.0, 1001.0)
         b.finish("m1", "delivered", 1001.0, 1001.0)

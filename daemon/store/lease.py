@@ -82,21 +82,20 @@ def claim(conn: Any, node: str, lease_s: float, limit: int) -> list[StoredMessag
     return with_details(conn, msgs)
 
 
-def renew(conn: Any, node: str, lease_s: float, policy_version: str | None = None) -> set[str] | None:
+def renew(conn: Any, node: str, lease_s: float, policy_version: str | None = None) -> bool:
     """Extend this node's lease: one UPDATE of one row, whatever the number of messages it owns.
-    None: the lease had not run out, so nothing was taken. Else (it ran out: the process
-    stalled, or could not reach the database) the node is live again from this commit on, and
-    the set is the pending messages it still owns: the others were taken over meanwhile (a claim
-    holding its node row was waited for). `policy_version`: the policy the process runs, which
-    the retention purge keeps while the lease runs (PgStore.purge)."""
+    False: the lease had not run out, so nothing was taken. True: it ran out (the process
+    stalled, or could not reach the database) and the node is live again from this commit on;
+    what was taken over meanwhile (a claim holding its node row was waited for) is for
+    taken_from() to read once this has committed. `policy_version`: the policy the process runs,
+    which the retention purge keeps while the lease runs (PgStore.purge)."""
     if conn.execute(f"UPDATE nodes SET lease_until = {_LEASE}, policy_version = coalesce(?, policy_version) "
                     "WHERE node = ? AND lease_until >= now() RETURNING node",
                     (lease_s, policy_version, node)).fetchone() is not None:
-        return None
+        return False
     register(conn, node, lease_s)
     conn.execute("UPDATE nodes SET policy_version = coalesce(?, policy_version) WHERE node = ?", (policy_version, node))
-    return {str(r[0]) for r in conn.execute(
-        "SELECT id FROM messages WHERE owner = ? AND status = 'pending'", (node,)).fetchall()}
+    return True
 
 
 def taken_from(conn: Any, node: str, ids: list[str]) -> set[str]:
