@@ -36,8 +36,7 @@ class Accept:
         if not isinstance(user_id, str):
             return await self._submit(request, idempotency_key, request_json, idempotency_ttl_s, None, None)
         r = self._r
-        if not r._started or r._stopping:
-            raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
+        self._running()
         # A to.user_id gets its stored profile's fields, and is stored with them (docs/api.md
         # "Profiles"). On PostgreSQL from what this process knows, which the insert checks: if a
         # profile was written meanwhile (through another process), the insert is refused and the
@@ -62,12 +61,17 @@ class Accept:
             raise Overloaded(5.0, "routingd cannot read its state store (the daemon log says why)") from None
         return await self._submit(request, idempotency_key, request_json, idempotency_ttl_s, profile, seen)
 
+    def _running(self) -> None:
+        """Overloaded (503) unless the Router routes: not before its start, not once it stops
+        (checked again after a profile was read: the stop may have come meanwhile)."""
+        if not self._r._started or self._r._stopping:
+            raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
+
     async def _submit(self, request: SendRequest, idempotency_key: str | None, request_json: str | None,
                       idempotency_ttl_s: float | None, profile: dict[str, Any] | None,
                       seen: tuple[str, int | None] | None) -> SubmitResult:
         r = self._r
-        if not r._started or r._stopping:
-            raise Overloaded(1.0, "routingd is not running (starting or shutting down)")
+        self._running()
         policy = r._policy
         request, profiled = merge_profile(request, profile)
         if profiled:
