@@ -42,7 +42,7 @@ from collections import Counter
 from itertools import accumulate
 from typing import Any, Callable, TextIO
 
-from ..daemon.core.behaviour import OUTAGE_PARAM_FIELDS
+from ..daemon.core.behaviour import OUTAGE_PARAMS
 from ..daemon.core.engine import Event
 
 from .live_calibrate import calibrate, commit_delay_of
@@ -75,7 +75,7 @@ def with_timeline(routing: dict[str, Any], setup: RunSetup, t0: float) -> dict[s
     the switch (one would block its event loop then, hold back the sends and reach only messages
     accepted after it; docs/simulator.md "Where they differ")."""
     doc = json.loads(json.dumps(routing))
-    fields = {f: p for p, f in OUTAGE_PARAM_FIELDS.items()}
+    fields = {f: p for p, (_, f) in OUTAGE_PARAMS.items()}
     for o in setup.outages:
         entry: dict[str, Any] = {"start": dt.datetime.fromtimestamp(t0 + o.start_s, tz=dt.timezone.utc),
                                  "duration": int(round((o.end_s - o.start_s) * 1000.0)), "kind": o.kind}

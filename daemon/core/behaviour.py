@@ -198,11 +198,11 @@ def draw_answer(
 
 
 # ---- outages: a provider's fail mode switched on for a while (the scenario's [[outages]] in the
-# simulator, a sandbox provider's `outages` in the daemon; docs/simulator.md, docs/providers.md)
+# simulator, a sandbox provider's `outages` in the daemon; docs/simulator.md, docs/configuration.md)
 
-# each outage parameter: the kind it belongs to, and the BehaviourSpec field it overrides
-OUTAGE_PARAMS = {"factor": "slow", "error_rate": "flaky", "retry_after": "throttle"}
-OUTAGE_PARAM_FIELDS = {"factor": "slow_factor", "error_rate": "flaky_error_rate", "retry_after": "throttle_retry_after"}
+# each outage parameter: (the kind it belongs to, the BehaviourSpec field it overrides)
+OUTAGE_PARAMS = {"factor": ("slow", "slow_factor"), "error_rate": ("flaky", "flaky_error_rate"),
+                 "retry_after": ("throttle", "throttle_retry_after")}
 
 
 class OutageParams(BaseModel):
@@ -224,14 +224,14 @@ class OutageParams(BaseModel):
 
     @model_validator(mode="after")
     def _params_fit_kind(self) -> "OutageParams":
-        for param, kind in OUTAGE_PARAMS.items():
+        for param, (kind, _) in OUTAGE_PARAMS.items():
             if getattr(self, param) is not None and self.kind != kind:
                 raise ValueError(f"{param} applies only to kind = \"{kind}\", not \"{self.kind}\"")
         return self
 
     def behaviour_update(self) -> dict[str, float | int]:
         """BehaviourSpec fields this outage overrides while it lasts."""
-        return {f: getattr(self, p) for p, f in OUTAGE_PARAM_FIELDS.items() if getattr(self, p) is not None}
+        return {f: getattr(self, p) for p, (_, f) in OUTAGE_PARAMS.items() if getattr(self, p) is not None}
 
 
 @dataclass(frozen=True)
@@ -265,5 +265,5 @@ def behaviour_of(config: BaseModel) -> BehaviourSpec:
 
 __all__ = [
     "Answer", "BehaviourSpec", "behaviour_of", "draw", "Draw", "Duration", "FailMode", "Latency", "LatencyDist", "OUTAGE_KINDS",
-    "OutageKind", "OUTAGE_PARAM_FIELDS", "OUTAGE_PARAMS", "OutageParams", "OutageWindow", "RateWindow", "mode_at", "draw_answer", "sample_latency_s", "Union",
+    "OutageKind", "OUTAGE_PARAMS", "OutageParams", "OutageWindow", "RateWindow", "mode_at", "draw_answer", "sample_latency_s", "Union",
 ]
