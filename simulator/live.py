@@ -46,7 +46,7 @@ from ..daemon.core.behaviour import OUTAGE_PARAMS
 from ..daemon.core.engine import Event
 
 from .live_calibrate import calibrate, commit_delay_of
-from .live_daemon import TERMINAL, LiveError, _Daemon, _ts
+from .live_daemon import LiveError, _Daemon, _ts, read_finished
 from .live_routing import Prepared, live_routing, prepare_live, scaled_scenario, to_toml
 from .metrics import OUTCOME_CODE, RUNNING, Metrics
 from .trace import attempt_code
@@ -171,28 +171,9 @@ async def _live_run(prep: Prepared, daemon: _Daemon, routing: dict[str, Any], li
         # every message's final status: poll until all are terminal, bounded by the longest
         # message timeout after the last accept
         longest = max(p.message_timeout_ms for p in setup.plans.values()) / 1000.0 if setup.plans else 60.0
-        deadline = loop.time() + longest + 30.0
-        docs: dict[int, dict[str, Any]] = {}
-        sem = asyncio.Semaphore(32)
-
-        async def fetch(i: int, mid: str) -> None:
-            async with sem:
-                async with http.get(f"/v1/messages/{mid}") as r:
-                    if r.status == 200:
-                        doc = await r.json()
-                        if doc["status"] in TERMINAL:
-                            docs[i] = doc
-
-        while True:
-            todo = [(i, mid) for i, mid in enumerate(ids) if mid is not None and i not in docs]
-            if not todo:
-                break
-            await asyncio.gather(*(fetch(i, mid) for i, mid in todo))
-            if len(docs) == len(ids):
-                break
-            if loop.time() > deadline:
-                break
-            await asyncio.sleep(min(0.2, max(0.01, duration / 100)))
+        found = await read_finished(http, [mid for mid in ids if mid is not None], longest + 30.0,
+                                    min(0.2, max(0.01, duration / 100)))
+        docs = {i: found[mid] for i, mid in enumerate(ids) if mid is not None and mid in found}
     return _result(prep, arrivals, ids, docs, t0, time.time() - t0)
 
 

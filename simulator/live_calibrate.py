@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from ..daemon.core.behaviour import LatencyDist
 
-from .live_daemon import TERMINAL, LiveError, _Daemon, _ts
+from .live_daemon import LiveError, _Daemon, _ts, read_finished
 from .live_routing import to_toml
 from .metrics import percentile
 
@@ -90,8 +90,8 @@ async def _probe(url: str, rate: float) -> list[float]:
 
         loop = asyncio.get_running_loop()
 
-        async def batch(count: int) -> None:
-            """`count` probes at the rate; `docs` their statuses once every one is finished."""
+        async def batch(count: int) -> list[dict[str, Any]]:
+            """`count` probes at the rate; their statuses once every one is finished."""
             ids.clear()
             t0 = loop.time()
             tasks = []
@@ -103,25 +103,10 @@ async def _probe(url: str, rate: float) -> list[float]:
             await asyncio.wait(tasks)
             if errors:
                 raise LiveError(f"calibration: {len(errors)} of {count} sends failed; first: {errors[0]}")
-            docs.clear()
-            deadline = loop.time() + 30.0
-            todo = list(ids)
-            while todo and loop.time() < deadline:
-                left = []
-                for mid in todo:
-                    async with http.get(f"/v1/messages/{mid}") as r:
-                        doc = await r.json()
-                    if doc.get("status") not in TERMINAL:
-                        left.append(mid)
-                    else:
-                        docs.append(doc)
-                todo = left
-                if todo:
-                    await asyncio.sleep(0.05)
+            return list((await read_finished(http, list(ids), 30.0, 0.05)).values())
 
-        docs: list[dict[str, Any]] = []
         await batch(CALIBRATION_WARMUP)             # warms the daemon up; not measured
-        await batch(n)
+        docs = await batch(n)
         spans: list[float] = []
         for doc in docs:
             for a in doc["attempts"]:

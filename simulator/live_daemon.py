@@ -1,17 +1,19 @@
 """The daemon under test of `simulate --live` (simulator/live.py) and of its calibration
 (live_calibrate.py): `routingd serve` started on a free loopback port with its own temporary state
 directory, and stopped; `LiveError` when a live run cannot be made; `_ts`, a status timestamp
-read back as seconds.
+read back as seconds; `read_finished`, the messages' final statuses read back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 import time
 from datetime import datetime
+from typing import Any
 
 STARTUP_RE = re.compile(r"listening on (http://\S+)")
 TERMINAL = ("delivered", "undeliverable", "expired")
@@ -25,6 +27,34 @@ def _ts(value: str | None) -> float | None:
     if value is None:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def read_finished(http: Any, ids: list[str], within_s: float, pause_s: float) -> dict[str, dict[str, Any]]:
+    """GET /v1/messages/{id} (32 at a time, `http` an aiohttp session on the daemon) for each of
+    `ids` until every one is terminal or `within_s` has passed, `pause_s` between rounds: the
+    terminal ones' status documents, by message id."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    docs: dict[str, dict[str, Any]] = {}
+    sem = asyncio.Semaphore(32)
+
+    async def fetch(mid: str) -> None:
+        async with sem:
+            async with http.get(f"/v1/messages/{mid}") as r:
+                if r.status == 200:
+                    doc = await r.json()
+                    if doc["status"] in TERMINAL:
+                        docs[mid] = doc
+
+    while True:
+        todo = [mid for mid in ids if mid not in docs]
+        if not todo:
+            break
+        await asyncio.gather(*(fetch(mid) for mid in todo))
+        if len(docs) == len(ids) or loop.time() > deadline:
+            break
+        await asyncio.sleep(pause_s)
+    return docs
 
 
 class _Daemon:
