@@ -51,6 +51,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import random
 import signal
 import socket
 import struct
@@ -63,6 +64,29 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 Action = dict[str, Any]
 Script = Union[list[Action], Callable[[int, Any], Action], None]
+
+
+def seeded_answers(seed: int, max_delay_s: float, *, error: float = 0.0, hang: float = 0.0,
+                   reset: float = 0.0) -> Callable[[int, Any], Action]:
+    """A script whose answers are drawn from Random(seed) in arrival order, so that a run is the
+    same for the same seed: a 503 with probability `error`, no answer (`hang`), a reset
+    connection (`reset`), else a delay of up to `max_delay_s`. With all three 0 only the delay
+    is drawn."""
+    rng = random.Random(seed)
+    if not (error or hang or reset):
+        return lambda n, body: {"delay": rng.uniform(0.0, max_delay_s)}
+
+    def action(n: int, body: Any) -> Action:
+        x = rng.random()
+        if x < error:
+            return {"status": 503}
+        if x < error + hang:
+            return {"hang": True}
+        if x < error + hang + reset:
+            return {"reset": True}
+        return {"delay": rng.uniform(0.0, max_delay_s)}
+
+    return action
 
 
 def sign(secret: str, raw: bytes) -> str:

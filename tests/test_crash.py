@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from daemon_process import DaemonProcess, StandinLoop
-from provider_standin import sign
+from provider_standin import seeded_answers, sign
 
 CONFIG = """
 version = 1
@@ -86,24 +86,11 @@ channels = ["email"]
 def primary_script(seed: int) -> Any:
     """A provider with a bit of everything: slow answers, 503, hangs (cancelled at the 500ms
     attempt timeout), connection resets; deterministic per seed and arrival order."""
-    rng = random.Random(seed)
-
-    def action(n: int, body: Any) -> dict[str, Any]:
-        x = rng.random()
-        if x < 0.10:
-            return {"status": 503}
-        if x < 0.14:
-            return {"hang": True}
-        if x < 0.18:
-            return {"reset": True}
-        return {"delay": rng.uniform(0.0, 0.2)}
-
-    return action
+    return seeded_answers(seed, 0.2, error=0.10, hang=0.04, reset=0.04)
 
 
 def backup_script(seed: int) -> Any:
-    rng = random.Random(seed + 1)
-    return lambda n, body: {"delay": rng.uniform(0.0, 0.1)}
+    return seeded_answers(seed + 1, 0.1)
 
 
 SECRET = "crash-receipt-secret"

@@ -62,6 +62,7 @@ import psycopg
 import pytest
 
 from daemon_process import DaemonProcess, StandinLoop, wait_until
+from provider_standin import seeded_answers
 from test_crash import LoadGenerator
 
 SEED = int(os.environ.get("ROUTINGD_PG_CRASH_SEED", "20261206"))
@@ -104,22 +105,11 @@ channels = ["email"]
 
 def primary_script(seed: int) -> Any:
     """Slow answers, 503s, hangs (cut at the 1 s provider timeout); per seed, in arrival order."""
-    rng = random.Random(seed)
-
-    def action(n: int, body: Any) -> dict[str, Any]:
-        x = rng.random()
-        if x < 0.08:
-            return {"status": 503}
-        if x < 0.16:
-            return {"hang": True}
-        return {"delay": rng.uniform(0.0, 0.4)}
-
-    return action
+    return seeded_answers(seed, 0.4, error=0.08, hang=0.08)
 
 
 def backup_script(seed: int) -> Any:
-    rng = random.Random(seed + 1)
-    return lambda n, body: {"delay": rng.uniform(0.0, 0.1)}
+    return seeded_answers(seed + 1, 0.1)
 
 
 @dataclass
