@@ -70,7 +70,7 @@ def claim(conn: Any, node: str, lease_s: float, limit: int) -> list[StoredMessag
     """Take up to `limit` pending messages no live process owns (their node's lease expired, or
     they have no owner: rows of schema 1), oldest first. The dead nodes' rows are locked first
     (SKIP LOCKED: another claimer's are left to it), so that a node renewing late (renew())
-    waits for this claim to commit and then sees what it lost."""
+    waits for this claim to commit and then sees what it lost (taken_from())."""
     dead = [str(r[0]) for r in conn.execute(
         "SELECT node FROM nodes WHERE lease_until < now() AND node != ? FOR UPDATE SKIP LOCKED", (node,)).fetchall()]
     rows = conn.execute(
